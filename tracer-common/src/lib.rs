@@ -1,0 +1,250 @@
+//! Records and settings shared by the kernel programs and userspace: their byte layout is the ABI between the two.
+#![no_std]
+
+/// Length of a task's `comm`, NUL padded (kernel `TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Slots in the kernel-side pid and port filters; a zero slot is unused.
+pub const MAX_FILTER_PIDS: usize = 8;
+pub const MAX_FILTER_PORTS: usize = 8;
+
+/// Names of the objects in the eBPF object that userspace looks up.
+pub const MAP_EVENTS: &str = "EVENTS";
+pub const MAP_DROPS: &str = "DROPS";
+pub const MAP_OWNERS: &str = "OWNERS";
+pub const GLOBAL_CONFIG: &str = "CONFIG";
+
+/// Entries of the per-cookie owner map; LRU, so the stalest are recycled when full.
+pub const OWNERS_MAX_ENTRIES: u32 = 65536;
+
+/// What a ring record reports. Discriminants are ABI: never renumber.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `sock:inet_sock_set_state` on a TCP socket: `old_state` -> `new_state`.
+    StateChange = 1,
+    /// `tcp:tcp_destroy_sock`: the full socket is freed (`old_state` = its state).
+    Destroy = 2,
+    /// `tcp:tcp_send_reset`: this host sent a RST on the socket.
+    SendReset = 3,
+    /// `tcp:tcp_receive_reset`: the peer's RST arrived.
+    ReceiveReset = 4,
+}
+
+impl EventKind {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::StateChange),
+            2 => Some(Self::Destroy),
+            3 => Some(Self::SendReset),
+            4 => Some(Self::ReceiveReset),
+            _ => None,
+        }
+    }
+}
+
+/// Where an event's `tgid`/`comm` came from. Discriminants are ABI.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerSource {
+    /// Nobody was recorded for the socket yet (e.g. an accepted socket before
+    /// its first read): `tgid` is 0 and means nothing.
+    Unknown = 0,
+    /// The transition runs in the owning process (connect, close, shutdown,
+    /// listen), so the current task is the owner.
+    Current = 1,
+    /// Taken from the per-cookie owner map, because the current task may be
+    /// unrelated (softirq).
+    Recorded = 2,
+}
+
+impl OwnerSource {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Unknown),
+            1 => Some(Self::Current),
+            2 => Some(Self::Recorded),
+            _ => None,
+        }
+    }
+}
+
+/// TCP states with the kernel's numbering (`include/net/tcp_states.h`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TcpState {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+    BoundInactive = 13,
+}
+
+impl TcpState {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        Some(match value {
+            1 => Self::Established,
+            2 => Self::SynSent,
+            3 => Self::SynRecv,
+            4 => Self::FinWait1,
+            5 => Self::FinWait2,
+            6 => Self::TimeWait,
+            7 => Self::Close,
+            8 => Self::CloseWait,
+            9 => Self::LastAck,
+            10 => Self::Listen,
+            11 => Self::Closing,
+            12 => Self::NewSynRecv,
+            13 => Self::BoundInactive,
+            _ => return None,
+        })
+    }
+
+    /// The kernel's name without the `TCP_` prefix, as printed everywhere.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Established => "ESTABLISHED",
+            Self::SynSent => "SYN_SENT",
+            Self::SynRecv => "SYN_RECV",
+            Self::FinWait1 => "FIN_WAIT1",
+            Self::FinWait2 => "FIN_WAIT2",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Close => "CLOSE",
+            Self::CloseWait => "CLOSE_WAIT",
+            Self::LastAck => "LAST_ACK",
+            Self::Listen => "LISTEN",
+            Self::Closing => "CLOSING",
+            Self::NewSynRecv => "NEW_SYN_RECV",
+            Self::BoundInactive => "BOUND_INACTIVE",
+        }
+    }
+}
+
+/// One ring-buffer record. Widest fields first; `_pad` makes every byte explicit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns()` when the hook ran.
+    pub ts_ns: u64,
+    /// Socket cookie: the one key shared with sock_diag and timewait sockets.
+    pub cookie: u64,
+    /// Local address; IPv4 uses the first 4 bytes, network order.
+    pub saddr: [u8; 16],
+    /// Remote address, same encoding as `saddr`.
+    pub daddr: [u8; 16],
+    /// Owner's comm, NUL padded; meaningless when `owner_source` is `Unknown`.
+    pub comm: [u8; COMM_LEN],
+    /// Owner's thread-group id (the userspace pid), 0 when unknown.
+    pub tgid: u32,
+    /// Local port, host order.
+    pub sport: u16,
+    /// Remote port, host order.
+    pub dport: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// An [`EventKind`].
+    pub kind: u8,
+    /// State before the transition; for other kinds, the socket's state.
+    pub old_state: u8,
+    /// State after the transition; 0 for other kinds.
+    pub new_state: u8,
+    /// An [`OwnerSource`].
+    pub owner_source: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Who owns a socket and when it last moved data, per cookie in the owner map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Boot-clock ns of the last send that moved bytes; 0 if none seen.
+    pub last_send_ns: u64,
+    /// Boot-clock ns of the last receive that moved bytes; 0 if none seen.
+    pub last_recv_ns: u64,
+    pub comm: [u8; COMM_LEN],
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// Byte offsets of the fields the programs read, resolved from the running
+/// kernel's BTF at load time so one object works across kernel layouts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `sock_common.skc_daddr` (u32, network order).
+    pub daddr: u16,
+    /// `sock_common.skc_rcv_saddr` (u32, network order).
+    pub rcv_saddr: u16,
+    /// `sock_common.skc_dport` (u16, network order).
+    pub dport: u16,
+    /// `sock_common.skc_num` (u16, host order).
+    pub num: u16,
+    /// `sock_common.skc_family` (u16).
+    pub family: u16,
+    /// `sock_common.skc_state` (u8).
+    pub state: u16,
+    /// `sock_common.skc_v6_daddr` (16 bytes).
+    pub v6_daddr: u16,
+    /// `sock_common.skc_v6_rcv_saddr` (16 bytes).
+    pub v6_rcv_saddr: u16,
+    /// `sock.sk_protocol` (u16).
+    pub protocol: u16,
+    /// `inet_sock.inet_sport` (u16, network order). Full sockets only: it
+    /// keeps the local port after `inet_put_port()` zeroes `skc_num`, which
+    /// happens just before the transition to CLOSE is traced.
+    pub inet_sport: u16,
+}
+
+/// Load-time settings of the kernel programs (a read-only global).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Trace only sockets owned by these tgids; all zero = no pid filter.
+    pub pids: [u32; MAX_FILTER_PIDS],
+    /// Trace only sockets with one of these ports, local or remote; all zero = any.
+    pub ports: [u16; MAX_FILTER_PORTS],
+    /// `AF_INET` or `AF_INET6` to trace one family; 0 for both.
+    pub family: u16,
+    pub _pad: u16,
+    /// Ring fill level (bytes) from which a record forces a consumer wakeup;
+    /// below it records are written silently and userspace drains on a timer.
+    pub wakeup_bytes: u32,
+    pub offsets: SockOffsets,
+}
+
+// The structs must have no implicit padding: every byte is a named field.
+const _: () = assert!(core::mem::size_of::<Event>() == 80);
+const _: () = assert!(
+    core::mem::size_of::<Event>() == 8 + 8 + 16 + 16 + COMM_LEN + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 1 + 2
+);
+const _: () = assert!(core::mem::size_of::<Owner>() == 8 + 8 + COMM_LEN + 4 + 4);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 10 * 2);
+const _: () = assert!(
+    core::mem::size_of::<Config>()
+        == 4 * MAX_FILTER_PIDS
+            + 2 * MAX_FILTER_PORTS
+            + 2
+            + 2
+            + 4
+            + core::mem::size_of::<SockOffsets>()
+);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, `repr(C)`, no implicit padding (asserted above).
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::Config {}
+}

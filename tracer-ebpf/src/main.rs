@@ -1,0 +1,481 @@
+//! Kernel programs: TCP state changes, destroys and resets as ring records keyed by socket cookie, plus a per-cookie owner map fed by process-context hooks.
+#![no_std]
+#![no_main]
+// `atomic_xadd`: core's AtomicU64::fetch_add is not offered on the BPF target,
+// whose atomics lack compare-and-swap, but a plain atomic add is a BPF insn.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr::{addr_of, read_volatile},
+};
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+    },
+    macros::{btf_tracepoint, map},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
+};
+use tracer_common::{
+    AF_INET, AF_INET6, COMM_LEN, Config, Event, EventKind, IPPROTO_TCP, MAX_FILTER_PIDS,
+    MAX_FILTER_PORTS, OWNERS_MAX_ENTRIES, Owner, OwnerSource, SockOffsets, TcpState,
+};
+
+/// Set by userspace before load (`EbpfLoader::set_global`). The non-zero
+/// placeholder keeps it in `.rodata`, which aya freezes, so the verifier sees
+/// every field as a constant and prunes disabled filters.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config {
+    pids: [0; MAX_FILTER_PIDS],
+    ports: [0; MAX_FILTER_PORTS],
+    family: 0,
+    _pad: 0,
+    wakeup_bytes: u32::MAX,
+    offsets: SockOffsets {
+        daddr: 0,
+        rcv_saddr: 0,
+        dport: 0,
+        num: 0,
+        family: 0,
+        state: 0,
+        v6_daddr: 0,
+        v6_rcv_saddr: 0,
+        protocol: 0,
+        inet_sport: 0,
+    },
+};
+
+/// Size is replaced at load time from `--ring-bytes`.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Records lost because the ring was full, per CPU; slot 0.
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Cookie -> who owns the socket and when it last moved data.
+#[map]
+static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(OWNERS_MAX_ENTRIES, 0);
+
+macro_rules! config {
+    ($($field:tt)+) => {
+        // Volatile: the static's placeholder value must not be constant-folded
+        // into the program; the loaded value is what counts.
+        unsafe { read_volatile(addr_of!(CONFIG.$($field)+)) }
+    };
+}
+
+/// Local and remote endpoint of a socket, as the event wants them.
+struct Tuple {
+    family: u16,
+    sport: u16,
+    dport: u16,
+}
+
+/// The owner to report for an event.
+struct OwnerInfo {
+    tgid: u32,
+    comm: [u8; COMM_LEN],
+    source: OwnerSource,
+}
+
+impl OwnerInfo {
+    const UNKNOWN: Self = Self {
+        tgid: 0,
+        comm: [0; COMM_LEN],
+        source: OwnerSource::Unknown,
+    };
+}
+
+/// Reads a `T` at `base + offset`. Safe for any address: the helper copies
+/// with fault handling and reports a bad address as an error.
+#[inline(always)]
+fn read<T>(base: *const u8, offset: u16) -> Result<T, i32> {
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
+}
+
+/// The socket's family if it is inet and passes the family filter.
+#[inline(always)]
+fn traced_family(sk: *const u8) -> Result<Option<u16>, i32> {
+    let family: u16 = read(sk, config!(offsets.family))?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(None);
+    }
+    let want_family = config!(family);
+    if want_family != 0 && want_family != family {
+        return Ok(None);
+    }
+    Ok(Some(family))
+}
+
+/// Local and remote port (host order) if they pass the port filter.
+/// `full_sock`: `sk` is a full socket, not a request or timewait one, so
+/// `inet_sport` can stand in when `skc_num` was already zeroed on the way to
+/// CLOSE (otherwise the closing transitions would lose their local port and
+/// escape a `--port` filter on it).
+#[inline(always)]
+fn traced_ports(sk: *const u8, full_sock: bool) -> Result<Option<(u16, u16)>, i32> {
+    let mut sport: u16 = read(sk, config!(offsets.num))?;
+    if sport == 0 && full_sock {
+        sport = u16::from_be(read::<u16>(sk, config!(offsets.inet_sport))?);
+    }
+    let dport = u16::from_be(read::<u16>(sk, config!(offsets.dport))?);
+    Ok(port_allowed(sport, dport).then_some((sport, dport)))
+}
+
+/// Family and ports of a socket that passes the family and port filters.
+#[inline(always)]
+fn tuple_if_traced(sk: *const u8, full_sock: bool) -> Result<Option<Tuple>, i32> {
+    let Some(family) = traced_family(sk)? else {
+        return Ok(None);
+    };
+    let Some((sport, dport)) = traced_ports(sk, full_sock)? else {
+        return Ok(None);
+    };
+    Ok(Some(Tuple {
+        family,
+        sport,
+        dport,
+    }))
+}
+
+#[inline(always)]
+fn port_allowed(sport: u16, dport: u16) -> bool {
+    if config!(ports[0]) == 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_FILTER_PORTS {
+        let port = config!(ports[i]);
+        if port != 0 && (port == sport || port == dport) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn pid_allowed(tgid: u32) -> bool {
+    if config!(pids[0]) == 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_FILTER_PIDS {
+        let pid = config!(pids[i]);
+        if pid != 0 && pid == tgid {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn is_tcp(sk: *const u8) -> Result<bool, i32> {
+    let protocol: u16 = read(sk, config!(offsets.protocol))?;
+    Ok(protocol == IPPROTO_TCP)
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+fn cookie_of(sk: *const u8) -> u64 {
+    unsafe { bpf_get_socket_cookie(sk.cast_mut().cast::<c_void>()) }
+}
+
+/// The owner as recorded for `cookie`, without trusting the current task.
+#[inline(always)]
+fn recorded_owner(cookie: u64) -> OwnerInfo {
+    match unsafe { OWNERS.get(&cookie) } {
+        Some(owner) => OwnerInfo {
+            tgid: owner.tgid,
+            comm: owner.comm,
+            source: OwnerSource::Recorded,
+        },
+        None => OwnerInfo::UNKNOWN,
+    }
+}
+
+/// Records the current task as the owner of `cookie`, keeping its I/O times.
+/// `moved` stamps the send (`Some(true)`) or receive (`Some(false)`) time.
+#[inline(always)]
+fn record_current_owner(cookie: u64, tgid: u32, moved: Option<bool>) -> [u8; COMM_LEN] {
+    let now = match moved {
+        Some(_) => unsafe { bpf_ktime_get_boot_ns() },
+        None => 0,
+    };
+    if let Some(owner) = OWNERS.get_ptr_mut(&cookie) {
+        let owner = unsafe { &mut *owner };
+        // The comm copy is only paid when the socket changes hands.
+        if owner.tgid != tgid {
+            owner.tgid = tgid;
+            owner.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        }
+        match moved {
+            Some(true) => owner.last_send_ns = now,
+            Some(false) => owner.last_recv_ns = now,
+            None => {}
+        }
+        return owner.comm;
+    }
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    let owner = Owner {
+        last_send_ns: if moved == Some(true) { now } else { 0 },
+        last_recv_ns: if moved == Some(false) { now } else { 0 },
+        comm,
+        tgid,
+        _pad: 0,
+    };
+    // LRU insert only fails on allocation failure; the owner is then
+    // unknown for softirq events, which userspace already handles.
+    let _ = OWNERS.insert(&cookie, &owner, 0);
+    comm
+}
+
+/// Transitions that only happen inside a syscall of the owning process, so
+/// the current task is the owner: connect, listen, close and shutdown.
+#[inline(always)]
+fn runs_in_owner(old: u8, new: u8) -> bool {
+    const CLOSE: u8 = TcpState::Close as u8;
+    const SYN_SENT: u8 = TcpState::SynSent as u8;
+    const LISTEN: u8 = TcpState::Listen as u8;
+    const ESTABLISHED: u8 = TcpState::Established as u8;
+    const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
+    const CLOSE_WAIT: u8 = TcpState::CloseWait as u8;
+    const LAST_ACK: u8 = TcpState::LastAck as u8;
+    const SYN_RECV: u8 = TcpState::SynRecv as u8;
+    matches!(
+        (old, new),
+        (CLOSE, SYN_SENT)
+            | (CLOSE, LISTEN)
+            | (LISTEN, CLOSE)
+            | (ESTABLISHED, FIN_WAIT1)
+            | (SYN_RECV, FIN_WAIT1)
+            | (CLOSE_WAIT, LAST_ACK)
+    )
+}
+
+#[inline(always)]
+fn count_drop() {
+    if let Some(slot) = DROPS.get_ptr_mut(0) {
+        // Atomic: a softirq program can interrupt a process-context one on
+        // the same CPU.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+    }
+}
+
+/// Writes one record. Below the wakeup threshold the record is written
+/// without waking the consumer, which drains on a short timer: a wakeup per
+/// record is what makes tracing expensive at high connection rates.
+#[inline(always)]
+fn emit(
+    sk: *const u8,
+    kind: EventKind,
+    cookie: u64,
+    tuple: &Tuple,
+    old_state: u8,
+    new_state: u8,
+    owner: &OwnerInfo,
+) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count_drop();
+        return;
+    };
+    let v4 = tuple.family == AF_INET;
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    // A failed read leaves the address zeroed; the record is still worth
+    // more than a drop, and userspace shows 0.0.0.0 / :: for it.
+    if v4 {
+        if let Ok(a) = read::<[u8; 4]>(sk, config!(offsets.rcv_saddr)) {
+            saddr[..4].copy_from_slice(&a);
+        }
+        if let Ok(a) = read::<[u8; 4]>(sk, config!(offsets.daddr)) {
+            daddr[..4].copy_from_slice(&a);
+        }
+    } else {
+        saddr = read::<[u8; 16]>(sk, config!(offsets.v6_rcv_saddr)).unwrap_or([0; 16]);
+        daddr = read::<[u8; 16]>(sk, config!(offsets.v6_daddr)).unwrap_or([0; 16]);
+    }
+    entry.write(Event {
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        cookie,
+        saddr,
+        daddr,
+        comm: owner.comm,
+        tgid: owner.tgid,
+        sport: tuple.sport,
+        dport: tuple.dport,
+        family: tuple.family,
+        kind: kind as u8,
+        old_state,
+        new_state,
+        owner_source: owner.source as u8,
+        _pad: [0; 2],
+    });
+    let wakeup_bytes = config!(wakeup_bytes) as u64;
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+}
+
+/// `trace_inet_sock_set_state()` (include/trace/events/sock.h), fired by
+/// `inet_sk_state_store()`/`inet_sk_set_state()` on every state change of an
+/// inet socket; `tp_btf` so the `struct sock *` is typed and the cookie helper
+/// can take it.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_inet_sock_set_state(&ctx);
+    0
+}
+
+fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    if sk.is_null() || !is_tcp(sk)? {
+        return Ok(());
+    }
+    let Some(tuple) = tuple_if_traced(sk, true)? else {
+        return Ok(());
+    };
+    let (old, new) = (old as u8, new as u8);
+    let cookie = cookie_of(sk);
+    let owner = if runs_in_owner(old, new) {
+        let tgid = current_tgid();
+        OwnerInfo {
+            tgid,
+            comm: record_current_owner(cookie, tgid, None),
+            source: OwnerSource::Current,
+        }
+    } else {
+        recorded_owner(cookie)
+    };
+    if !pid_allowed(owner.tgid) {
+        return Ok(());
+    }
+    emit(sk, EventKind::StateChange, cookie, &tuple, old, new, &owner);
+    Ok(())
+}
+
+/// `trace_tcp_destroy_sock()` from `tcp_v4_destroy_sock()`: the full socket is
+/// freed (closed, or replaced by a timewait socket with the same cookie).
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_tcp_destroy_sock(&ctx);
+    0
+}
+
+fn try_tcp_destroy_sock(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        return Ok(());
+    }
+    let Some(tuple) = tuple_if_traced(sk, true)? else {
+        return Ok(());
+    };
+    let cookie = cookie_of(sk);
+    let owner = recorded_owner(cookie);
+    // The socket is gone: free its slot now rather than wait for LRU recycling.
+    let _ = OWNERS.remove(&cookie);
+    if !pid_allowed(owner.tgid) {
+        return Ok(());
+    }
+    let state: u8 = read(sk, config!(offsets.state))?;
+    emit(sk, EventKind::Destroy, cookie, &tuple, state, 0, &owner);
+    Ok(())
+}
+
+/// `trace_tcp_send_reset()` from `tcp_v4_send_reset()`/`tcp_send_active_reset()`:
+/// this host sends a RST. `sk` may be NULL (no socket), a request or a
+/// timewait socket, so only `sock_common` fields are read.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_reset(&ctx, EventKind::SendReset);
+    0
+}
+
+/// `trace_tcp_receive_reset()` from `tcp_reset()`: the peer's RST arrived.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_reset(&ctx, EventKind::ReceiveReset);
+    0
+}
+
+/// Only a received RST is sure to find a full socket.
+fn try_reset(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        return Ok(());
+    }
+    let Some(tuple) = tuple_if_traced(sk, kind == EventKind::ReceiveReset)? else {
+        return Ok(());
+    };
+    let cookie = cookie_of(sk);
+    let owner = recorded_owner(cookie);
+    if !pid_allowed(owner.tgid) {
+        return Ok(());
+    }
+    let state: u8 = read(sk, config!(offsets.state))?;
+    emit(sk, kind, cookie, &tuple, state, 0, &owner);
+    Ok(())
+}
+
+/// `trace_sock_send_length()` from `sock_sendmsg_nosec()`: runs in the task
+/// doing the I/O, so it names the owner and dates the last send. No record
+/// is written; this hook sits on every send of every socket.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    let _ = track_io(&ctx, true);
+    0
+}
+
+/// `trace_sock_recv_length()` from `sock_recvmsg_nosec()`: as above, for receives.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    let _ = track_io(&ctx, false);
+    0
+}
+
+fn track_io(ctx: &BtfTracePointContext, send: bool) -> Result<(), i32> {
+    let sk: *const u8 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    if sk.is_null() || traced_family(sk)?.is_none() || !is_tcp(sk)? {
+        return Ok(());
+    }
+    if config!(ports[0]) != 0 && traced_ports(sk, true)?.is_none() {
+        return Ok(());
+    }
+    let tgid = current_tgid();
+    if !pid_allowed(tgid) {
+        return Ok(());
+    }
+    let cookie = cookie_of(sk);
+    // Only calls that moved bytes count as activity; EAGAIN still names the owner.
+    let moved = if ret > 0 { Some(send) } else { None };
+    record_current_owner(cookie, tgid, moved);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,313 @@
+//! Command-line flags (clap) and their validation into the settings the tracer runs with.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracer_common::{MAX_FILTER_PIDS, MAX_FILTER_PORTS};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcplinger",
+    version,
+    about = "Trace the TCP connection lifecycle: who closes first, how long sockets linger, and why",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print TCP lifecycle events as they happen.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Print every state change (and every RST) as its own line.
+    #[arg(long)]
+    pub transitions: bool,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags shared by every command that traces.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Stop after this long (e.g. 30s, 5m, 1h30m); default: until Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub duration: Option<Duration>,
+
+    /// Only sockets owned by these process ids (comma-separated or repeated, at most 8).
+    #[arg(long, value_name = "PID", value_delimiter = ',', value_parser = parse_pid, allow_hyphen_values = true)]
+    pub pid: Vec<u32>,
+
+    /// Only sockets with one of these local or remote ports (comma-separated or repeated, at most 8).
+    #[arg(long, value_name = "PORT", value_delimiter = ',', value_parser = parse_port, allow_hyphen_values = true)]
+    pub port: Vec<u16>,
+
+    /// Only IPv4 sockets.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6 sockets (including IPv4-mapped ones).
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+
+    /// Size of the kernel-to-userspace ring buffer: a power of two, at least
+    /// 4KiB (suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, value_name = "BYTES", default_value = "4MiB", value_parser = parse_ring_bytes)]
+    pub ring_bytes: u32,
+}
+
+/// The largest ring accepted: far beyond any burst, and locked kernel memory.
+const MAX_RING_BYTES: u64 = 1 << 30;
+const MIN_RING_BYTES: u64 = 4096;
+
+/// Which address families to trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyFilter {
+    Any,
+    Ipv4,
+    Ipv6,
+}
+
+/// Validated kernel-side filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filters {
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+    pub family: FamilyFilter,
+}
+
+/// A flag value that parsed but cannot be used; the message names the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl TraceArgs {
+    pub fn filters(&self) -> Result<Filters, UsageError> {
+        let mut pids = self.pid.clone();
+        pids.sort_unstable();
+        pids.dedup();
+        if pids.len() > MAX_FILTER_PIDS {
+            return Err(UsageError(format!(
+                "--pid: at most {MAX_FILTER_PIDS} process ids (got {})",
+                pids.len()
+            )));
+        }
+        let mut ports = self.port.clone();
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.len() > MAX_FILTER_PORTS {
+            return Err(UsageError(format!(
+                "--port: at most {MAX_FILTER_PORTS} ports (got {})",
+                ports.len()
+            )));
+        }
+        let family = match (self.ipv4, self.ipv6) {
+            (true, _) => FamilyFilter::Ipv4,
+            (_, true) => FamilyFilter::Ipv6,
+            _ => FamilyFilter::Any,
+        };
+        Ok(Filters {
+            pids,
+            ports,
+            family,
+        })
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("expected a duration like 30s, 5m or 1h ({e})"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err("pid 0 is not a process".into()),
+        Ok(pid) if pid > i32::MAX as u32 => Err(format!("{pid} is beyond any pid")),
+        Ok(pid) => Ok(pid),
+        Err(_) => Err(format!("'{s}' is not a process id")),
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u32>() {
+        Ok(port @ 1..=65535) => Ok(port as u16),
+        Ok(port) => Err(format!("{port} is not a port (1-65535)")),
+        Err(_) => Err(format!("'{s}' is not a port number")),
+    }
+}
+
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}' (use K, M or G)")),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 4MiB, 262144)"))?;
+    let bytes = value
+        .checked_mul(multiplier)
+        .filter(|&b| b <= MAX_RING_BYTES)
+        .ok_or_else(|| format!("at most {}MiB", MAX_RING_BYTES >> 20))?;
+    if bytes < MIN_RING_BYTES {
+        return Err(format!("at least {MIN_RING_BYTES} bytes (one page)"));
+    }
+    if !bytes.is_power_of_two() {
+        return Err(format!("{bytes} is not a power of two"));
+    }
+    Ok(bytes as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tcplinger").chain(args.iter().copied()))
+    }
+
+    fn watch(args: &[&str]) -> WatchArgs {
+        let mut all = vec!["watch"];
+        all.extend(args);
+        match parse(&all).unwrap().command {
+            Command::Watch(w) => w,
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let w = watch(&[]);
+        assert!(!w.transitions);
+        assert_eq!(w.format, Format::Text);
+        assert_eq!(w.trace.duration, None);
+        assert_eq!(w.trace.ring_bytes, 4 << 20);
+        assert_eq!(
+            w.trace.filters().unwrap(),
+            Filters {
+                pids: vec![],
+                ports: vec![],
+                family: FamilyFilter::Any
+            }
+        );
+    }
+
+    #[test]
+    fn pids_and_ports_accept_lists_and_repeats() {
+        let w = watch(&[
+            "--pid", "10,20", "--pid", "10", "--port", "80", "--port", "443,8080",
+        ]);
+        let f = w.trace.filters().unwrap();
+        assert_eq!(f.pids, vec![10, 20]);
+        assert_eq!(f.ports, vec![80, 443, 8080]);
+    }
+
+    #[test]
+    fn family_flags() {
+        assert_eq!(
+            watch(&["-4"]).trace.filters().unwrap().family,
+            FamilyFilter::Ipv4
+        );
+        assert_eq!(
+            watch(&["-6"]).trace.filters().unwrap().family,
+            FamilyFilter::Ipv6
+        );
+        assert!(parse(&["watch", "-4", "-6"]).is_err());
+    }
+
+    #[test]
+    fn too_many_filter_values_name_the_flag() {
+        let pids: Vec<String> = (1..=9).map(|p| p.to_string()).collect();
+        let w = watch(&["--pid", &pids.join(",")]);
+        let err = w.trace.filters().unwrap_err().to_string();
+        assert!(err.starts_with("--pid:"), "{err}");
+        let w = watch(&["--port", "1,2,3,4,5,6,7,8,9"]);
+        assert!(
+            w.trace
+                .filters()
+                .unwrap_err()
+                .to_string()
+                .starts_with("--port:")
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for args in [
+            &["watch", "--port", "70000"][..],
+            &["watch", "--port", "0"],
+            &["watch", "--port", "http"],
+            &["watch", "--pid", "0"],
+            &["watch", "--pid", "-5"],
+            &["watch", "--pid", "abc"],
+            &["watch", "--duration", "-1s"],
+            &["watch", "--duration", "0s"],
+            &["watch", "--duration", "soon"],
+            &["watch", "--format", "xml"],
+            &["watch", "--ring-bytes", "3000"],
+            &["watch", "--ring-bytes", "5MiB"],
+            &["watch", "--ring-bytes", "2GiB"],
+            &["watch", "--ring-bytes", "99999999999999999999"],
+            &["watch", "--ring-bytes", "4XB"],
+            &["watch", "--no-such-flag"],
+        ] {
+            let err = parse(args).expect_err(&format!("{args:?} should fail"));
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn error_names_the_flag_and_reason() {
+        for (args, flag, reason) in [
+            (&["watch", "--port", "70000"][..], "--port", "1-65535"),
+            (&["watch", "--duration", "-3s"], "--duration", "duration"),
+            (&["watch", "--pid", "-5"], "--pid", "not a process id"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            let first = err.lines().next().unwrap();
+            assert!(first.contains(flag) && first.contains(reason), "{first}");
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(
+            watch(&["--duration", "1m30s"]).trace.duration,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            watch(&["--duration", "250ms"]).trace.duration,
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_ring_bytes("4096"), Ok(4096));
+        assert_eq!(parse_ring_bytes("64K"), Ok(65536));
+        assert_eq!(parse_ring_bytes("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_ring_bytes("1G"), Ok(1 << 30));
+    }
+}

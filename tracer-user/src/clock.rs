@@ -1,0 +1,59 @@
+//! Converts the kernel's boot-clock timestamps into wall-clock time.
+
+use std::time::{Duration, SystemTime};
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and pointer; these clocks cannot fail on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// Offset between the boot clock and the wall clock, refreshed now and then
+/// so NTP steps on a long run do not misdate records.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    offset_ns: i128,
+}
+
+impl WallClock {
+    pub fn new() -> Self {
+        let mut clock = Self { offset_ns: 0 };
+        clock.resync();
+        clock
+    }
+
+    pub fn resync(&mut self) {
+        self.offset_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> SystemTime {
+        let ns = (i128::from(boot_ns) + self.offset_ns).max(0);
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_time_now_maps_to_wall_time_now() {
+        let clock = WallClock::new();
+        let mapped = clock.wall(clock_ns(libc::CLOCK_BOOTTIME) as u64);
+        let now = SystemTime::now();
+        let skew = now.duration_since(mapped).unwrap_or_else(|e| e.duration());
+        assert!(skew < Duration::from_millis(50), "skew {skew:?}");
+    }
+
+    #[test]
+    fn later_boot_time_is_later_wall_time() {
+        let clock = WallClock::new();
+        let a = clock.wall(1_000_000_000);
+        let b = clock.wall(1_500_000_000);
+        assert_eq!(b.duration_since(a).unwrap(), Duration::from_millis(500));
+    }
+}

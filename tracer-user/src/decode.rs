@@ -1,0 +1,354 @@
+//! Turns raw ring-buffer records into typed events, rejecting anything malformed instead of trusting it.
+
+use std::{
+    fmt::{self, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use tracer_common::{AF_INET, AF_INET6, COMM_LEN, Event, EventKind, OwnerSource, TcpState};
+
+/// A record the decoder refuses; none of these should happen with a matching
+/// kernel object, so each is counted and shown rather than guessed at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes, expected {size}", size = size_of::<Event>())]
+    Length(usize),
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+    #[error("unknown address family {0}")]
+    Family(u16),
+    #[error("invalid TCP state {0}")]
+    State(u8),
+    #[error("unknown owner source {0}")]
+    OwnerSource(u8),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// A task name as the kernel stores it: up to 16 bytes, NUL padded, not
+/// necessarily UTF-8. Kept inline so decoding never allocates.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Comm([u8; COMM_LEN]);
+
+impl Comm {
+    pub fn new(raw: [u8; COMM_LEN]) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        let len = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        &self.0[..len]
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Lossy: a comm is attacker-chosen bytes; never let it break a line.
+        for chunk in self.as_bytes().utf8_chunks() {
+            for c in chunk.valid().chars() {
+                if c.is_control() {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    f.write_char(c)?;
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// The process a socket belongs to, as the kernel attributed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: Comm,
+    /// True when the current task was the owner (a syscall-driven
+    /// transition), false when taken from the per-socket record.
+    pub from_current_task: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    StateChange { old: TcpState, new: TcpState },
+    Destroy { state: TcpState },
+    SendReset { state: TcpState },
+    ReceiveReset { state: TcpState },
+}
+
+/// One decoded ring record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// Boot-clock nanoseconds (`CLOCK_BOOTTIME`).
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub kind: Kind,
+    pub family: Family,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    /// `None` when no process had been seen using the socket yet.
+    pub owner: Option<Owner>,
+}
+
+fn state(raw: u8) -> Result<TcpState, DecodeError> {
+    TcpState::from_u8(raw).ok_or(DecodeError::State(raw))
+}
+
+fn addr(family: Family, raw: [u8; 16]) -> IpAddr {
+    match family {
+        Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        Family::Ipv6 => IpAddr::V6(Ipv6Addr::from(raw)),
+    }
+}
+
+/// Decodes one record exactly as the kernel wrote it.
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() != size_of::<Event>() {
+        return Err(DecodeError::Length(bytes.len()));
+    }
+    // SAFETY: the length matches and every bit pattern is a valid `Event`
+    // (integers and byte arrays only); the ring gives no alignment promise.
+    let event: Event = unsafe { bytes.as_ptr().cast::<Event>().read_unaligned() };
+    decode_event(&event)
+}
+
+pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
+    let family = match event.family {
+        AF_INET => Family::Ipv4,
+        AF_INET6 => Family::Ipv6,
+        other => return Err(DecodeError::Family(other)),
+    };
+    let kind = match EventKind::from_u8(event.kind).ok_or(DecodeError::Kind(event.kind))? {
+        EventKind::StateChange => Kind::StateChange {
+            old: state(event.old_state)?,
+            new: state(event.new_state)?,
+        },
+        EventKind::Destroy => Kind::Destroy {
+            state: state(event.old_state)?,
+        },
+        EventKind::SendReset => Kind::SendReset {
+            state: state(event.old_state)?,
+        },
+        EventKind::ReceiveReset => Kind::ReceiveReset {
+            state: state(event.old_state)?,
+        },
+    };
+    let owner = match OwnerSource::from_u8(event.owner_source)
+        .ok_or(DecodeError::OwnerSource(event.owner_source))?
+    {
+        OwnerSource::Unknown => None,
+        source => Some(Owner {
+            pid: event.tgid,
+            comm: Comm::new(event.comm),
+            from_current_task: source == OwnerSource::Current,
+        }),
+    };
+    Ok(Record {
+        ts_ns: event.ts_ns,
+        cookie: event.cookie,
+        kind,
+        family,
+        laddr: addr(family, event.saddr),
+        lport: event.sport,
+        raddr: addr(family, event.daddr),
+        rport: event.dport,
+        owner,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn comm(name: &str) -> [u8; COMM_LEN] {
+        let mut raw = [0; COMM_LEN];
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        raw
+    }
+
+    fn bytes_of(event: &Event) -> Vec<u8> {
+        // SAFETY: `Event` is plain data without padding.
+        unsafe {
+            std::slice::from_raw_parts((event as *const Event).cast::<u8>(), size_of::<Event>())
+        }
+        .to_vec()
+    }
+
+    fn v4_event() -> Event {
+        let mut saddr = [0; 16];
+        saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let mut daddr = [0; 16];
+        daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        Event {
+            ts_ns: 123_456_789,
+            cookie: 8812,
+            saddr,
+            daddr,
+            comm: comm("curl"),
+            tgid: 4242,
+            sport: 51234,
+            dport: 8080,
+            family: AF_INET,
+            kind: EventKind::StateChange as u8,
+            old_state: TcpState::Established as u8,
+            new_state: TcpState::FinWait1 as u8,
+            owner_source: OwnerSource::Current as u8,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn ipv4_state_change_round_trips() {
+        let record = decode(&bytes_of(&v4_event())).unwrap();
+        assert_eq!(
+            record,
+            Record {
+                ts_ns: 123_456_789,
+                cookie: 8812,
+                kind: Kind::StateChange {
+                    old: TcpState::Established,
+                    new: TcpState::FinWait1
+                },
+                family: Family::Ipv4,
+                laddr: "10.0.0.1".parse().unwrap(),
+                lport: 51234,
+                raddr: "10.0.0.2".parse().unwrap(),
+                rport: 8080,
+                owner: Some(Owner {
+                    pid: 4242,
+                    comm: Comm::new(comm("curl")),
+                    from_current_task: true
+                }),
+            }
+        );
+    }
+
+    #[test]
+    fn ipv6_reset_with_recorded_owner() {
+        let mut event = v4_event();
+        event.family = AF_INET6;
+        event.saddr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+        event.daddr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+        event.kind = EventKind::ReceiveReset as u8;
+        event.old_state = TcpState::FinWait2 as u8;
+        event.new_state = 0;
+        event.owner_source = OwnerSource::Recorded as u8;
+        let record = decode(&bytes_of(&event)).unwrap();
+        assert_eq!(
+            record.kind,
+            Kind::ReceiveReset {
+                state: TcpState::FinWait2
+            }
+        );
+        assert_eq!(record.laddr, "fd00::1".parse::<IpAddr>().unwrap());
+        assert_eq!(record.raddr, "fd00::2".parse::<IpAddr>().unwrap());
+        assert_eq!(record.family, Family::Ipv6);
+        assert!(!record.owner.unwrap().from_current_task);
+    }
+
+    #[test]
+    fn unknown_owner_has_no_pid() {
+        let mut event = v4_event();
+        event.owner_source = OwnerSource::Unknown as u8;
+        event.tgid = 0;
+        assert_eq!(decode(&bytes_of(&event)).unwrap().owner, None);
+    }
+
+    #[test]
+    fn every_kind_decodes() {
+        for (kind, expect) in [
+            (
+                EventKind::Destroy,
+                Kind::Destroy {
+                    state: TcpState::Close,
+                },
+            ),
+            (
+                EventKind::SendReset,
+                Kind::SendReset {
+                    state: TcpState::Close,
+                },
+            ),
+            (
+                EventKind::ReceiveReset,
+                Kind::ReceiveReset {
+                    state: TcpState::Close,
+                },
+            ),
+        ] {
+            let mut event = v4_event();
+            event.kind = kind as u8;
+            event.old_state = TcpState::Close as u8;
+            event.new_state = 0;
+            assert_eq!(decode(&bytes_of(&event)).unwrap().kind, expect);
+        }
+    }
+
+    #[test]
+    fn short_and_long_records_are_rejected() {
+        let bytes = bytes_of(&v4_event());
+        for len in [0, 1, 8, bytes.len() - 1] {
+            assert_eq!(decode(&bytes[..len]), Err(DecodeError::Length(len)));
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(decode(&long), Err(DecodeError::Length(bytes.len() + 1)));
+    }
+
+    #[test]
+    fn malformed_fields_are_rejected() {
+        let cases: [(fn(&mut Event), DecodeError); 6] = [
+            (|e| e.kind = 0, DecodeError::Kind(0)),
+            (|e| e.kind = 99, DecodeError::Kind(99)),
+            (|e| e.family = 1, DecodeError::Family(1)),
+            (|e| e.old_state = 0, DecodeError::State(0)),
+            (|e| e.new_state = 14, DecodeError::State(14)),
+            (|e| e.owner_source = 3, DecodeError::OwnerSource(3)),
+        ];
+        for (corrupt, expect) in cases {
+            let mut event = v4_event();
+            corrupt(&mut event);
+            assert_eq!(decode(&bytes_of(&event)), Err(expect));
+        }
+    }
+
+    #[test]
+    fn decoding_unaligned_bytes_works() {
+        // Records in the ring are 8-aligned, but the decoder must not rely on it.
+        let mut buf = vec![0u8; 1];
+        buf.extend(bytes_of(&v4_event()));
+        assert_eq!(decode(&buf[1..]).unwrap().cookie, 8812);
+    }
+
+    #[test]
+    fn comm_is_printable_whatever_the_bytes() {
+        assert_eq!(Comm::new(comm("curl")).to_string(), "curl");
+        let mut raw = [0; COMM_LEN];
+        raw[..5].copy_from_slice(b"a\nb\xffc");
+        assert_eq!(Comm::new(raw).to_string(), "a\\nb\\xffc");
+        assert_eq!(Comm::new([b'x'; COMM_LEN]).to_string(), "x".repeat(16));
+    }
+}

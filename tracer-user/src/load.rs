@@ -1,0 +1,291 @@
+//! Loads the committed eBPF object, configures it for this kernel and these filters, and attaches its programs.
+
+use std::{
+    fs,
+    io::ErrorKind,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError},
+};
+use tracer_common::{
+    AF_INET, AF_INET6, Config, GLOBAL_CONFIG, MAP_DROPS, MAP_EVENTS, MAX_FILTER_PIDS,
+    MAX_FILTER_PORTS,
+};
+
+use crate::{
+    cli::{FamilyFilter, Filters},
+    error::EnvError,
+    offsets,
+};
+
+/// Built by `cargo xtask build-ebpf`; committed so running the tool needs no
+/// eBPF toolchain.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../ebpf/tcplinger.bpf.o");
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+/// Program name in the object, and the tracepoint it attaches to.
+const PROGRAMS: [&str; 6] = [
+    "inet_sock_set_state",
+    "tcp_destroy_sock",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "sock_send_length",
+    "sock_recv_length",
+];
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// What the kernel side is told at load time.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub filters: Filters,
+    pub ring_bytes: u32,
+}
+
+/// Attached programs plus the maps userspace reads. Dropping the `Ebpf`
+/// detaches every program; the maps are held apart so the ring can still be
+/// drained after detaching.
+pub struct Tracer {
+    ebpf: Option<Ebpf>,
+    ring: Option<RingBuf<MapData>>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+impl Tracer {
+    /// The ring to consume; taken once by the event source.
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+
+    /// Records the kernel could not write because the ring was full.
+    pub fn dropped(&self) -> anyhow::Result<u64> {
+        let per_cpu = self.drops.get(&0, 0)?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// Program runs the kernel skipped because a program of ours was already
+    /// running on that CPU (e.g. a softirq interrupting it); their events are
+    /// lost like drops. Read from each program's fdinfo.
+    pub fn missed_runs(&self) -> u64 {
+        let Some(ebpf) = &self.ebpf else { return 0 };
+        ebpf.programs()
+            .filter_map(|(_, program)| program.fd().ok())
+            .filter_map(|fd| {
+                let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+                let info = fs::read_to_string(path).ok()?;
+                info.lines()
+                    .find_map(|l| l.strip_prefix("recursion_misses:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+
+    /// Detaches and unloads every program; the maps stay readable.
+    pub fn detach(&mut self) {
+        self.ebpf = None;
+    }
+}
+
+/// Effective capabilities of this process, from /proc/self/status.
+fn effective_caps() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+fn has_cap(caps: u64, cap: u32) -> bool {
+    caps & (1 << cap) != 0
+}
+
+/// Fails early with one clear line rather than an EPERM deep in a syscall.
+pub fn check_privileges() -> Result<(), EnvError> {
+    let caps = effective_caps().unwrap_or(0);
+    if has_cap(caps, CAP_SYS_ADMIN) || (has_cap(caps, CAP_BPF) && has_cap(caps, CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(EnvError::NotPrivileged)
+    }
+}
+
+fn kernel_config(options: &LoadOptions, offsets: tracer_common::SockOffsets) -> Config {
+    let mut config = Config {
+        offsets,
+        // A quarter full: the consumer's timer normally drains long before,
+        // so wakeups only happen in bursts, in time to avoid drops.
+        wakeup_bytes: options.ring_bytes / 4,
+        ..Config::default()
+    };
+    let filters = &options.filters;
+    for (slot, pid) in config
+        .pids
+        .iter_mut()
+        .zip(filters.pids.iter().take(MAX_FILTER_PIDS))
+    {
+        *slot = *pid;
+    }
+    for (slot, port) in config
+        .ports
+        .iter_mut()
+        .zip(filters.ports.iter().take(MAX_FILTER_PORTS))
+    {
+        *slot = *port;
+    }
+    config.family = match filters.family {
+        FamilyFilter::Any => 0,
+        FamilyFilter::Ipv4 => AF_INET,
+        FamilyFilter::Ipv6 => AF_INET6,
+    };
+    config
+}
+
+fn is_permission(err: &std::io::Error) -> bool {
+    matches!(err.kind(), ErrorKind::PermissionDenied) || err.raw_os_error() == Some(libc::EPERM)
+}
+
+fn program_error(action: &'static str, program: &'static str, err: ProgramError) -> EnvError {
+    match err {
+        ProgramError::Btf(aya::BtfError::UnknownBtfTypeName { .. }) => {
+            EnvError::TracepointMissing(program)
+        }
+        ProgramError::LoadError { io_error, .. } if is_permission(&io_error) => {
+            EnvError::NotPrivileged
+        }
+        ProgramError::SyscallError(e) if is_permission(&e.io_error) => EnvError::NotPrivileged,
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => EnvError::Program {
+            action,
+            program,
+            reason: format!("{io_error}; verifier log:\n{verifier_log}"),
+        },
+        other => EnvError::Program {
+            action,
+            program,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn ebpf_error(err: EbpfError) -> EnvError {
+    match err {
+        EbpfError::MapError(MapError::CreateError { io_error, .. }) if is_permission(&io_error) => {
+            EnvError::NotPrivileged
+        }
+        other => EnvError::Program {
+            action: "load",
+            program: "the eBPF object",
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Loads and attaches everything; on error nothing stays attached (the
+/// partially built `Ebpf` is dropped).
+pub fn load(options: &LoadOptions) -> Result<Tracer, EnvError> {
+    check_privileges()?;
+    raise_memlock_limit();
+
+    let btf = aya::Btf::from_sys_fs().map_err(|e| EnvError::NoBtf(e.to_string()))?;
+    let layout = btf_rs::Btf::from_file(BTF_PATH).map_err(|e| EnvError::NoBtf(e.to_string()))?;
+    let config = kernel_config(options, offsets::sock_offsets(&layout)?);
+    drop(layout);
+
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .map_max_entries(MAP_EVENTS, options.ring_bytes)
+        .override_global(GLOBAL_CONFIG, &config, true)
+        .load(OBJECT)
+        .map_err(ebpf_error)?;
+
+    for name in PROGRAMS {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(EnvError::Program {
+                action: "find",
+                program: name,
+                reason: "not in the eBPF object (stale build?)".into(),
+            })?
+            .try_into()
+            .map_err(|e| program_error("load", name, e))?;
+        program
+            .load(name, &btf)
+            .map_err(|e| program_error("load", name, e))?;
+        program
+            .attach()
+            .map_err(|e| program_error("attach", name, e))?;
+    }
+
+    let missing = |map: &'static str| EnvError::Program {
+        action: "find",
+        program: map,
+        reason: "map not in the eBPF object (stale build?)".into(),
+    };
+    let ring = RingBuf::try_from(
+        ebpf.take_map(MAP_EVENTS)
+            .ok_or_else(|| missing(MAP_EVENTS))?,
+    )
+    .map_err(|e| EnvError::Program {
+        action: "open",
+        program: MAP_EVENTS,
+        reason: e.to_string(),
+    })?;
+    let drops = PerCpuArray::try_from(ebpf.take_map(MAP_DROPS).ok_or_else(|| missing(MAP_DROPS))?)
+        .map_err(|e| EnvError::Program {
+            action: "open",
+            program: MAP_DROPS,
+            reason: e.to_string(),
+        })?;
+    Ok(Tracer {
+        ebpf: Some(ebpf),
+        ring: Some(ring),
+        drops,
+    })
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones
+/// ignore it, so a failure here is not worth reporting.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_bits() {
+        assert!(has_cap(1 << CAP_SYS_ADMIN, CAP_SYS_ADMIN));
+        assert!(!has_cap(1 << CAP_BPF, CAP_PERFMON));
+        assert!(has_cap(0x1ff_ffff_ffff, CAP_BPF));
+    }
+
+    #[test]
+    fn config_carries_filters_and_wakeup_threshold() {
+        let options = LoadOptions {
+            filters: Filters {
+                pids: vec![7, 9],
+                ports: vec![80],
+                family: FamilyFilter::Ipv6,
+            },
+            ring_bytes: 1 << 20,
+        };
+        let c = kernel_config(&options, Default::default());
+        assert_eq!(c.pids[..3], [7, 9, 0]);
+        assert_eq!(c.ports[..2], [80, 0]);
+        assert_eq!(c.family, AF_INET6);
+        assert_eq!(c.wakeup_bytes, 1 << 18);
+    }
+}

@@ -1,0 +1,213 @@
+//! Finds where the kernel keeps the socket fields the programs read, from the running kernel's BTF.
+//!
+//! The kernel programs are built once and committed; passing these offsets
+//! as load-time constants is what lets one object read `struct sock`
+//! correctly on kernels whose layout differs from the build machine's.
+
+use btf_rs::{Btf, Type};
+use tracer_common::SockOffsets;
+
+/// Why the kernel's socket layout could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("struct {0} not found in kernel BTF")]
+    NoStruct(&'static str),
+    #[error("{strukt}.{field} not found in kernel BTF")]
+    NoField {
+        strukt: &'static str,
+        field: &'static str,
+    },
+    #[error("{strukt}.{field} is {got} bytes (or a bitfield), expected {want}")]
+    Size {
+        strukt: &'static str,
+        field: &'static str,
+        got: usize,
+        want: usize,
+    },
+    #[error("{strukt}.{field} lies beyond what a 16-bit offset can reach")]
+    TooFar {
+        strukt: &'static str,
+        field: &'static str,
+    },
+    #[error("reading kernel BTF: {0}")]
+    Btf(#[from] btf_rs::Error),
+}
+
+/// A named member found inside a struct: byte offset and byte size.
+struct Field {
+    offset: usize,
+    size: usize,
+}
+
+/// Strips typedefs and qualifiers down to the type that has a size.
+fn resolve(btf: &Btf, mut ty: Type) -> Result<Type, btf_rs::Error> {
+    loop {
+        ty = match ty {
+            Type::Typedef(t) => btf.resolve_chained_type(&t)?,
+            Type::Volatile(t) => btf.resolve_chained_type(&t)?,
+            Type::Const(t) => btf.resolve_chained_type(&t)?,
+            Type::Restrict(t) => btf.resolve_chained_type(&t)?,
+            Type::TypeTag(t) => btf.resolve_chained_type(&t)?,
+            other => return Ok(other),
+        };
+    }
+}
+
+fn size_of_type(btf: &Btf, ty: Type) -> Result<usize, btf_rs::Error> {
+    Ok(match resolve(btf, ty)? {
+        Type::Int(i) => i.size(),
+        Type::Enum(e) => e.size(),
+        Type::Struct(s) | Type::Union(s) => s.size(),
+        Type::Array(a) => a.len() * size_of_type(btf, btf.resolve_chained_type(&a)?)?,
+        Type::Ptr(_) => size_of::<usize>(),
+        _ => 0,
+    })
+}
+
+/// Depth-first search for `field`, descending into anonymous struct/union
+/// members the way C name lookup does (`skc_daddr` lives in an unnamed union).
+fn find(
+    btf: &Btf,
+    members: &[btf_rs::Member],
+    base_bits: usize,
+    field: &str,
+) -> Result<Option<Field>, btf_rs::Error> {
+    for member in members {
+        let name = btf.resolve_name(member)?;
+        let bits = base_bits + member.bit_offset() as usize;
+        if name == field {
+            if member.bitfield_size().is_some_and(|b| b != 0) || bits % 8 != 0 {
+                return Ok(Some(Field {
+                    offset: bits / 8,
+                    size: 0,
+                }));
+            }
+            let size = size_of_type(btf, btf.resolve_chained_type(member)?)?;
+            return Ok(Some(Field {
+                offset: bits / 8,
+                size,
+            }));
+        }
+        if name.is_empty()
+            && let Type::Struct(inner) | Type::Union(inner) =
+                resolve(btf, btf.resolve_chained_type(member)?)?
+            && let Some(found) = find(btf, &inner.members, bits, field)?
+        {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+fn struct_members(btf: &Btf, name: &'static str) -> Result<Vec<btf_rs::Member>, LayoutError> {
+    for ty in btf
+        .resolve_types_by_name(name)
+        .map_err(|_| LayoutError::NoStruct(name))?
+    {
+        if let Type::Struct(s) = ty {
+            return Ok(s.members);
+        }
+    }
+    Err(LayoutError::NoStruct(name))
+}
+
+/// Offset of `strukt.field`, checked to have the size the programs read.
+fn offset(
+    btf: &Btf,
+    members: &[btf_rs::Member],
+    strukt: &'static str,
+    field: &'static str,
+    want: usize,
+) -> Result<u16, LayoutError> {
+    let found = find(btf, members, 0, field)?.ok_or(LayoutError::NoField { strukt, field })?;
+    if found.size != want {
+        return Err(LayoutError::Size {
+            strukt,
+            field,
+            got: found.size,
+            want,
+        });
+    }
+    u16::try_from(found.offset).map_err(|_| LayoutError::TooFar { strukt, field })
+}
+
+/// Resolves every offset the programs need.
+pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
+    let common = struct_members(btf, "sock_common")?;
+    let sock = struct_members(btf, "sock")?;
+    let inet_sock = struct_members(btf, "inet_sock")?;
+    let c = |field, want| offset(btf, &common, "sock_common", field, want);
+    // `struct sock` starts with its `sock_common`, so these offsets hold for
+    // full, request and timewait sockets alike.
+    let v6 = |field| match c(field, 16) {
+        // A kernel built without IPv6 has no AF_INET6 sockets to read.
+        Err(LayoutError::NoField { .. }) => Ok(0),
+        other => other,
+    };
+    Ok(SockOffsets {
+        daddr: c("skc_daddr", 4)?,
+        rcv_saddr: c("skc_rcv_saddr", 4)?,
+        dport: c("skc_dport", 2)?,
+        num: c("skc_num", 2)?,
+        family: c("skc_family", 2)?,
+        state: c("skc_state", 1)?,
+        v6_daddr: v6("skc_v6_daddr")?,
+        v6_rcv_saddr: v6("skc_v6_rcv_saddr")?,
+        protocol: offset(btf, &sock, "sock", "sk_protocol", 2)?,
+        inet_sport: offset(btf, &inet_sock, "inet_sock", "inet_sport", 2)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The running kernel's BTF, when there is one (every machine that can
+    /// run the tracer has it; the privileged tests need it too).
+    fn kernel_btf() -> Btf {
+        Btf::from_file("/sys/kernel/btf/vmlinux").expect("kernel BTF at /sys/kernel/btf/vmlinux")
+    }
+
+    #[test]
+    fn resolves_the_running_kernels_sock_layout() {
+        let o = sock_offsets(&kernel_btf()).unwrap();
+        // sock_common has kept this prefix since Linux 4.x; a regression in
+        // the anonymous-union descent would show up as a zero or a mismatch.
+        assert_eq!(o.daddr, 0);
+        assert_eq!(o.rcv_saddr, 4);
+        assert_eq!(o.dport, 12);
+        assert_eq!(o.num, 14);
+        assert_eq!(o.family, 16);
+        assert_eq!(o.state, 18);
+        assert!(
+            o.v6_daddr >= 20 && o.v6_rcv_saddr == o.v6_daddr + 16,
+            "{o:?}"
+        );
+        // sk_protocol sits well past sock_common.
+        assert!(o.protocol > o.v6_rcv_saddr, "{o:?}");
+        // inet_sock embeds struct sock first, so its own fields come after.
+        assert!(o.inet_sport > o.protocol, "{o:?}");
+    }
+
+    #[test]
+    fn missing_struct_and_field_are_errors() {
+        let btf = kernel_btf();
+        assert!(matches!(
+            struct_members(&btf, "no_such_struct_tcplinger"),
+            Err(LayoutError::NoStruct(_))
+        ));
+        let common = struct_members(&btf, "sock_common").unwrap();
+        assert!(matches!(
+            offset(&btf, &common, "sock_common", "no_such_field", 4),
+            Err(LayoutError::NoField { .. })
+        ));
+        assert!(matches!(
+            offset(&btf, &common, "sock_common", "skc_family", 4),
+            Err(LayoutError::Size {
+                got: 2,
+                want: 4,
+                ..
+            })
+        ));
+    }
+}

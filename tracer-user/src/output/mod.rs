@@ -1,0 +1,70 @@
+//! Output: formatting shared by every writer (timestamps, endpoints), and one module per kind of output.
+
+pub mod transitions;
+
+use std::{fmt, net::IpAddr, time::SystemTime};
+
+/// RFC 3339 UTC with milliseconds, as in the JSON contract: `2026-01-01T00:00:00.123Z`.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `HH:MM:SS.mmm` (UTC) for text columns.
+pub fn time_of_day(t: SystemTime) -> String {
+    let full = rfc3339_millis(t);
+    full.get(11..23).unwrap_or(&full).to_string()
+}
+
+/// An address for display: IPv4-mapped IPv6 addresses are shown as the IPv4
+/// address they carry, which is what an operator will search for.
+pub fn display_addr(addr: IpAddr) -> IpAddr {
+    addr.to_canonical()
+}
+
+/// `addr:port`, with brackets around IPv6.
+pub struct Endpoint(pub IpAddr, pub u16);
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match display_addr(self.0) {
+            IpAddr::V4(a) => format!("{a}:{}", self.1),
+            IpAddr::V6(a) => format!("[{a}]:{}", self.1),
+        };
+        // Through `pad` so column widths apply.
+        f.pad(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            Endpoint("10.0.0.1".parse().unwrap(), 80).to_string(),
+            "10.0.0.1:80"
+        );
+        assert_eq!(
+            Endpoint("fd00::1".parse().unwrap(), 443).to_string(),
+            "[fd00::1]:443"
+        );
+        assert_eq!(
+            Endpoint("::ffff:10.1.2.3".parse().unwrap(), 8080).to_string(),
+            "10.1.2.3:8080"
+        );
+        assert_eq!(
+            format!("{:<14}|", Endpoint("1.2.3.4".parse().unwrap(), 5)),
+            "1.2.3.4:5     |"
+        );
+    }
+
+    #[test]
+    fn timestamps() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_767_225_600_123);
+        assert_eq!(rfc3339_millis(t), "2026-01-01T00:00:00.123Z");
+        assert_eq!(time_of_day(t), "00:00:00.123");
+    }
+}

@@ -1,0 +1,28 @@
+//! Test rig for the privileged tests: network namespaces joined by veth, TCP peers run as separate processes, and a tracer process whose output is collected.
+
+pub mod netns;
+pub mod peer;
+pub mod tracer;
+
+use std::time::{Duration, Instant};
+
+/// Polls `done` every 20 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// Privileged tests never skip: without root they fail and say why.
+pub fn require_root() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root (sudo -E env \"PATH=$PATH\" cargo xtask test)"
+    );
+}

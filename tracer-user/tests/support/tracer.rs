@@ -1,0 +1,142 @@
+//! Runs the real `tcplinger` binary, waits until its programs are attached, and collects its JSON lines and exit summary.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use super::wait_until;
+
+const START_LIMIT: Duration = Duration::from_secs(30);
+const STOP_LIMIT: Duration = Duration::from_secs(15);
+
+pub struct Tracer {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What a finished run printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub lines: Vec<Value>,
+    pub stderr: Vec<String>,
+    pub status: ExitStatus,
+    /// From the exit summary: records the kernel delivered.
+    pub events: u64,
+    pub dropped: u64,
+}
+
+impl Tracer {
+    /// Starts `tcplinger ARGS` and returns once it says it is tracing.
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning tcplinger");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let out_lines = lines.clone();
+        let err_lines = stderr.clone();
+        let readers = vec![
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                        panic!("tcplinger printed a non-JSON line {line:?}: {e}")
+                    });
+                    out_lines.lock().unwrap().push(value);
+                }
+            }),
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if line.contains("tracing") {
+                        let _ = ready_tx.send(());
+                    }
+                    err_lines.lock().unwrap().push(line);
+                }
+            }),
+        ];
+        let mut tracer = Tracer {
+            child,
+            lines,
+            stderr,
+            readers,
+        };
+        if ready_rx.recv_timeout(START_LIMIT).is_err() {
+            let _ = tracer.child.kill();
+            let status = tracer.child.wait().unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "tcplinger did not start tracing ({status}): {:?}",
+                tracer.stderr.lock().unwrap()
+            );
+        }
+        tracer
+    }
+
+    /// Waits until the lines printed so far satisfy `done`.
+    pub fn wait_for(&self, limit: Duration, done: impl Fn(&[Value]) -> bool) -> bool {
+        wait_until(limit, || done(&self.lines.lock().unwrap()))
+    }
+
+    /// Sends SIGINT, as Ctrl-C would, and collects everything.
+    pub fn stop(mut self) -> Finished {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > STOP_LIMIT {
+                let _ = self.child.kill();
+                panic!("tcplinger did not exit within {STOP_LIMIT:?} of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for reader in self.readers.drain(..) {
+            reader.join().expect("output reader");
+        }
+        let stderr = self.stderr.lock().unwrap().clone();
+        let summary = stderr
+            .iter()
+            .find(|l| l.contains(" events, "))
+            .unwrap_or_else(|| panic!("no exit summary in {stderr:?}"))
+            .clone();
+        let number_before = |word: &str| -> u64 {
+            let words: Vec<&str> = summary.split_whitespace().collect();
+            let i = words
+                .iter()
+                .position(|w| w.trim_end_matches(',') == word)
+                .unwrap_or_else(|| panic!("no '{word}' in summary {summary:?}"));
+            words[i - 1].parse().unwrap()
+        };
+        Finished {
+            lines: std::mem::take(&mut self.lines.lock().unwrap()),
+            events: number_before("events"),
+            dropped: number_before("dropped"),
+            stderr,
+            status,
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

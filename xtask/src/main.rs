@@ -1,0 +1,201 @@
+//! Project chores: rebuild or check the committed eBPF object, run the whole test suite as root.
+
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Where the committed object lives, relative to the workspace root.
+const OBJECT_PATH: &str = "tracer-user/ebpf/tcplinger.bpf.o";
+const EBPF_TARGET: &str = "bpfel-unknown-none";
+const TOOLCHAIN: &str = "nightly";
+
+#[derive(Parser)]
+#[command(about = "tcplinger project chores")]
+struct Cli {
+    #[command(subcommand)]
+    command: Chore,
+}
+
+#[derive(Subcommand)]
+enum Chore {
+    /// Rebuild the eBPF object (nightly + rust-src + bpf-linker) and store it
+    /// at tracer-user/ebpf/tcplinger.bpf.o.
+    BuildEbpf {
+        /// Rebuild, but only compare with the committed object; fail if they differ.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run every test, privileged ones included (needs root).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Chore::BuildEbpf { check } => build_ebpf(check),
+        Chore::Test { args } => test(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Says what is missing and how to get it; installs nothing.
+fn check_toolchain() -> Result<()> {
+    let sysroot = Command::new("rustup")
+        .args(["run", TOOLCHAIN, "rustc", "--print", "sysroot"])
+        .output();
+    let sysroot = match sysroot {
+        Ok(out) if out.status.success() => PathBuf::from(String::from_utf8(out.stdout)?.trim()),
+        Ok(_) => bail!(
+            "the {TOOLCHAIN} toolchain is not installed: rustup toolchain install {TOOLCHAIN} --component rust-src"
+        ),
+        Err(err) => bail!(
+            "rustup not found ({err}): the eBPF build needs rustup with a {TOOLCHAIN} toolchain"
+        ),
+    };
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        bail!(
+            "rust-src is missing from {TOOLCHAIN}: rustup component add rust-src --toolchain {TOOLCHAIN}"
+        );
+    }
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        bail!(
+            "bpf-linker not found in PATH: apt-get install llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev && \
+             LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version 0.13.0 --no-default-features --features llvm-22"
+        );
+    }
+    Ok(())
+}
+
+/// Flags as aya-build passes them, plus path remapping: debug info feeds the
+/// object's BTF, and absolute paths would make the bytes depend on where the
+/// clone and the toolchains live.
+fn ebpf_rustflags(root: &Path) -> OsString {
+    let mut flags: Vec<OsString> = vec![
+        format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH).into(),
+        "-Cdebuginfo=2".into(),
+        "-Clink-arg=--btf".into(),
+    ];
+    let mut remap = |from: &Path, to: &str| {
+        let mut flag = OsString::from("--remap-path-prefix=");
+        flag.push(from);
+        flag.push("=");
+        flag.push(to);
+        flags.push(flag);
+    };
+    remap(root, "/tcplinger");
+    let home = env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let cargo_home = env::var_os("CARGO_HOME").map_or_else(|| home.join(".cargo"), PathBuf::from);
+    let rustup_home =
+        env::var_os("RUSTUP_HOME").map_or_else(|| home.join(".rustup"), PathBuf::from);
+    remap(&cargo_home, "/cargo");
+    remap(&rustup_home, "/rustup");
+    flags.join(&OsString::from("\x1f"))
+}
+
+fn build_ebpf(check: bool) -> Result<()> {
+    check_toolchain()?;
+    let root = workspace_root();
+    let target_dir = root.join("target/ebpf");
+    let status = Command::new("rustup")
+        .args([
+            "run",
+            TOOLCHAIN,
+            "cargo",
+            "build",
+            "--package",
+            "tracer-ebpf",
+            "--bins",
+            "--release",
+        ])
+        .args(["--target", EBPF_TARGET, "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .current_dir(&root)
+        .env("CARGO_ENCODED_RUSTFLAGS", ebpf_rustflags(&root))
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTFLAGS")
+        .status()
+        .context("running cargo for the eBPF crate")?;
+    if !status.success() {
+        bail!("building tracer-ebpf failed ({status})");
+    }
+    let built = target_dir.join(EBPF_TARGET).join("release/tracer-ebpf");
+    let fresh = fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    let committed_path = root.join(OBJECT_PATH);
+    if check {
+        let committed = fs::read(&committed_path)
+            .with_context(|| format!("reading {}", committed_path.display()))?;
+        if committed != fresh {
+            let first = committed.iter().zip(&fresh).position(|(a, b)| a != b);
+            bail!(
+                "{OBJECT_PATH} is stale: rebuilt {} bytes vs committed {} (first difference at {}); \
+                 run `cargo xtask build-ebpf` and commit the result (fresh build: {})",
+                fresh.len(),
+                committed.len(),
+                first.map_or_else(
+                    || "the end of the shorter".to_string(),
+                    |i| format!("byte {i}")
+                ),
+                built.display()
+            );
+        }
+        println!(
+            "{OBJECT_PATH} matches a fresh build ({} bytes)",
+            fresh.len()
+        );
+    } else {
+        fs::create_dir_all(committed_path.parent().expect("object path has a parent"))?;
+        fs::write(&committed_path, &fresh)?;
+        println!("wrote {OBJECT_PATH} ({} bytes)", fresh.len());
+    }
+    Ok(())
+}
+
+fn test(args: &[OsString]) -> Result<()> {
+    // The privileged tests fail loudly without root; say so before compiling.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the test suite loads eBPF programs and creates network namespaces: run it as root, e.g. sudo -E env \"PATH=$PATH\" cargo xtask test"
+        );
+    }
+    let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .arg("test")
+        .args(args)
+        .current_dir(workspace_root())
+        .env("RUST_BACKTRACE", "1")
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
