@@ -320,7 +320,8 @@ pub(crate) mod tests {
 
     #[test]
     fn malformed_fields_are_rejected() {
-        let cases: [(fn(&mut Event), DecodeError); 6] = [
+        type Corrupt = fn(&mut Event);
+        let cases: [(Corrupt, DecodeError); 6] = [
             (|e| e.kind = 0, DecodeError::Kind(0)),
             (|e| e.kind = 99, DecodeError::Kind(99)),
             (|e| e.family = 1, DecodeError::Family(1)),

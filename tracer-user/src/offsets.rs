@@ -76,7 +76,7 @@ fn find(
         let name = btf.resolve_name(member)?;
         let bits = base_bits + member.bit_offset() as usize;
         if name == field {
-            if member.bitfield_size().is_some_and(|b| b != 0) || bits % 8 != 0 {
+            if member.bitfield_size().is_some_and(|b| b != 0) || !bits.is_multiple_of(8) {
                 return Ok(Some(Field {
                     offset: bits / 8,
                     size: 0,

@@ -18,6 +18,16 @@ use support::{
 
 const SETTLE: Duration = Duration::from_secs(10);
 
+/// Each test is a plain fn that panics on failure, named after itself.
+macro_rules! trials {
+    ($($test:ident),* $(,)?) => {
+        vec![$(Trial::test(stringify!($test), || {
+            $test();
+            Ok(())
+        })),*]
+    };
+}
+
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("__peer") {
@@ -27,34 +37,17 @@ fn main() {
     // One tracer at a time: each sees every namespace, and two cores are
     // better spent on one scenario than on contention.
     args.test_threads = Some(1);
-    let tests: [(&str, fn()); 7] = [
-        ("client_closes_first", client_closes_first),
-        ("server_closes_first", server_closes_first),
-        (
-            "softirq_close_wait_is_attributed_to_server",
-            softirq_close_wait_is_attributed_to_server,
-        ),
-        (
-            "port_filter_drops_other_ports_in_kernel",
-            port_filter_drops_other_ports_in_kernel,
-        ),
-        (
-            "pid_filter_drops_other_processes_in_kernel",
-            pid_filter_drops_other_processes_in_kernel,
-        ),
-        (
-            "ipv6_connection_has_correct_addresses",
-            ipv6_connection_has_correct_addresses,
-        ),
-        (
-            "bad_flags_and_missing_privileges_exit_cleanly",
-            bad_flags_and_missing_privileges_exit_cleanly,
-        ),
+    let trials = trials![
+        client_closes_first,
+        server_closes_first,
+        softirq_close_wait_is_attributed_to_server,
+        port_filter_drops_other_ports_in_kernel,
+        pid_filter_drops_other_processes_in_kernel,
+        ipv6_connection_has_correct_addresses,
+        full_ring_drops_are_counted,
+        sigterm_ends_the_run_cleanly,
+        bad_flags_and_missing_privileges_exit_cleanly,
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| Trial::test(name, move || Ok(test())))
-        .collect();
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -396,6 +389,60 @@ fn pid_filter_drops_other_processes_in_kernel() {
         assert_eq!(line["pid"], chosen_pid, "{line}");
         assert!(!mentions_port(line, other), "{line}");
     }
+}
+
+// ---- losses and exits ----
+
+/// Records one smallest ring holds: 4096 bytes of 8-byte headers + 80-byte records.
+const SMALLEST_RING_RECORDS: u64 = 4096 / (8 + 80);
+
+fn full_ring_drops_are_counted() {
+    require_root();
+    let net = NetPair::new();
+    let port = 18131u16;
+    let target = SocketAddr::new(net.server_v4, port);
+    let tracer = Tracer::start(&[
+        "watch",
+        "--transitions",
+        "--format",
+        "json",
+        "--ring-bytes",
+        "4096",
+        "--port",
+        &port.to_string(),
+    ]);
+    // A consumer that cannot run: the ring fills and the kernel must count
+    // every record it cannot write.
+    tracer.signal(libc::SIGSTOP);
+    let connections = 10;
+    let server = Peer::server(&net.server_ns, target, Closer::Peer, connections);
+    Peer::client(&net.client_ns, target, Closer::Me, connections).finish();
+    server.finish();
+    tracer.signal(libc::SIGCONT);
+    let run = tracer.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    eprintln!("full ring: {} delivered, {} dropped", run.events, run.dropped);
+    assert!(
+        run.events <= SMALLEST_RING_RECORDS,
+        "{} events in a 4KiB ring",
+        run.events
+    );
+    assert!(run.dropped > 0, "{:?}", run.stderr);
+    // Each connection writes at least 5 transitions and a destroy per side.
+    assert!(
+        run.events + run.dropped >= 12 * connections as u64,
+        "{} delivered + {} dropped for {connections} connections",
+        run.events,
+        run.dropped
+    );
+}
+
+fn sigterm_ends_the_run_cleanly() {
+    require_root();
+    let tracer = Tracer::start(&["watch", "--transitions", "--format", "json", "--port", "9"]);
+    tracer.signal(libc::SIGTERM);
+    let run = tracer.stop_after_signal();
+    assert_eq!(run.status.code(), Some(0), "{:?}", run.stderr);
 }
 
 // ---- exits ----

@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
+use tracer_common::TcpState;
 
 use super::{Endpoint, display_addr, rfc3339_millis, time_of_day};
 use crate::{
@@ -18,7 +19,7 @@ pub struct TransitionWriter<W: Write> {
 
 /// The JSON line; field names are the contract in DESIGN.md.
 #[derive(Serialize)]
-struct JsonLine<'a> {
+struct JsonLine {
     ts: String,
     /// `transition`, `reset_sent` or `reset_received`.
     event: &'static str,
@@ -26,12 +27,12 @@ struct JsonLine<'a> {
     pid: Option<u32>,
     comm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    old: Option<&'a str>,
+    old: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    new: Option<&'a str>,
+    new: Option<&'static str>,
     /// The socket's state when a RST was sent or received.
     #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'a str>,
+    state: Option<&'static str>,
     family: &'static str,
     laddr: String,
     lport: u16,
@@ -59,11 +60,9 @@ impl<W: Write> TransitionWriter<W> {
     /// (destroy records only matter to the lifecycle tracker).
     pub fn write(&mut self, record: &Record, clock: &WallClock) -> io::Result<()> {
         let (event, old, new, state) = match record.kind {
-            Kind::StateChange { old, new } => {
-                ("transition", Some(old.name()), Some(new.name()), None)
-            }
-            Kind::SendReset { state } => ("reset_sent", None, None, Some(state.name())),
-            Kind::ReceiveReset { state } => ("reset_received", None, None, Some(state.name())),
+            Kind::StateChange { old, new } => ("transition", Some(old), Some(new), None),
+            Kind::SendReset { state } => ("reset_sent", None, None, Some(state)),
+            Kind::ReceiveReset { state } => ("reset_received", None, None, Some(state)),
             Kind::Destroy { .. } => return Ok(()),
         };
         let when = clock.wall(record.ts_ns);
@@ -75,9 +74,9 @@ impl<W: Write> TransitionWriter<W> {
                     cookie: record.cookie,
                     pid: record.owner.map(|o| o.pid),
                     comm: record.owner.map(|o| o.comm.to_string()),
-                    old,
-                    new,
-                    state,
+                    old: old.map(TcpState::name),
+                    new: new.map(TcpState::name),
+                    state: state.map(TcpState::name),
                     family: record.family.name(),
                     laddr: display_addr(record.laddr).to_string(),
                     lport: record.lport,
@@ -92,11 +91,11 @@ impl<W: Write> TransitionWriter<W> {
                     Some(o) => (o.pid.to_string(), o.comm.to_string()),
                     None => ("-".to_string(), "-".to_string()),
                 };
-                let what = match (old, new, state) {
-                    (Some(old), Some(new), _) => format!("{old} -> {new}"),
-                    (_, _, Some(state)) if event == "reset_sent" => format!("RST sent in {state}"),
-                    (_, _, Some(state)) => format!("RST received in {state}"),
-                    _ => unreachable!("every shown kind sets old/new or state"),
+                let what = match record.kind {
+                    Kind::StateChange { old, new } => format!("{} -> {}", old.name(), new.name()),
+                    Kind::SendReset { state } => format!("RST sent in {}", state.name()),
+                    Kind::ReceiveReset { state } => format!("RST received in {}", state.name()),
+                    Kind::Destroy { .. } => return Ok(()),
                 };
                 writeln!(
                     self.out,
@@ -118,8 +117,6 @@ impl<W: Write> TransitionWriter<W> {
 
 #[cfg(test)]
 mod tests {
-    use tracer_common::TcpState;
-
     use super::*;
     use crate::decode::{Comm, Family, Owner, tests::comm};
 

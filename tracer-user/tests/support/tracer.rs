@@ -90,10 +90,19 @@ impl Tracer {
         wait_until(limit, || done(&self.lines.lock().unwrap()))
     }
 
-    /// Sends SIGINT, as Ctrl-C would, and collects everything.
-    pub fn stop(mut self) -> Finished {
+    pub fn signal(&self, signal: i32) {
         // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Sends SIGINT, as Ctrl-C would, and collects everything.
+    pub fn stop(self) -> Finished {
+        self.signal(libc::SIGINT);
+        self.stop_after_signal()
+    }
+
+    /// Collects everything once a signal sent earlier has ended the run.
+    pub fn stop_after_signal(mut self) -> Finished {
         let start = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
