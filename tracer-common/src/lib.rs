@@ -148,6 +148,9 @@ pub struct Event {
     pub comm: [u8; COMM_LEN],
     /// Owner's thread-group id (the userspace pid), 0 when unknown.
     pub tgid: u32,
+    /// Inode number of the socket's network namespace (`/proc/PID/ns/net`),
+    /// which is where sock_diag must be asked about it; 0 if unknown.
+    pub netns: u32,
     /// Local port, host order.
     pub sport: u16,
     /// Remote port, host order.
@@ -162,7 +165,7 @@ pub struct Event {
     pub new_state: u8,
     /// An [`OwnerSource`].
     pub owner_source: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 /// Who owns a socket and when it last moved data, per cookie in the owner map.
@@ -205,7 +208,15 @@ pub struct SockOffsets {
     /// keeps the local port after `inet_put_port()` zeroes `skc_num`, which
     /// happens just before the transition to CLOSE is traced.
     pub inet_sport: u16,
+    /// `sock_common.skc_net.net` (`struct net *`), or [`NO_OFFSET`] on a
+    /// kernel without network namespaces.
+    pub net: u16,
+    /// `net.ns.inum` (u32), or [`NO_OFFSET`].
+    pub net_inum: u16,
 }
+
+/// Marks a field this kernel does not have.
+pub const NO_OFFSET: u16 = u16::MAX;
 
 /// Load-time settings of the kernel programs (a read-only global).
 #[repr(C)]
@@ -225,12 +236,13 @@ pub struct Config {
 }
 
 // The structs must have no implicit padding: every byte is a named field.
-const _: () = assert!(core::mem::size_of::<Event>() == 80);
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
 const _: () = assert!(
-    core::mem::size_of::<Event>() == 8 + 8 + 16 + 16 + COMM_LEN + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 1 + 2
+    core::mem::size_of::<Event>()
+        == 8 + 8 + 16 + 16 + COMM_LEN + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 1 + 6
 );
 const _: () = assert!(core::mem::size_of::<Owner>() == 8 + 8 + COMM_LEN + 4 + 4);
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 10 * 2);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 12 * 2);
 const _: () = assert!(
     core::mem::size_of::<Config>()
         == 4 * MAX_FILTER_PIDS

@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, COMM_LEN, Config, Event, EventKind, IPPROTO_TCP, MAX_FILTER_PIDS,
-    MAX_FILTER_PORTS, OWNERS_MAX_ENTRIES, Owner, OwnerSource, SockOffsets, TcpState,
+    MAX_FILTER_PORTS, NO_OFFSET, OWNERS_MAX_ENTRIES, Owner, OwnerSource, SockOffsets, TcpState,
 };
 
 /// Set by userspace before load (`EbpfLoader::set_global`). The non-zero
@@ -48,6 +48,8 @@ static CONFIG: Config = Config {
         v6_rcv_saddr: 0,
         protocol: 0,
         inet_sport: 0,
+        net: NO_OFFSET,
+        net_inum: NO_OFFSET,
     },
 };
 
@@ -183,6 +185,20 @@ fn is_tcp(sk: *const u8) -> Result<bool, i32> {
     Ok(protocol == IPPROTO_TCP)
 }
 
+/// Inode number of the socket's network namespace; 0 if the kernel has
+/// none or the read fails.
+#[inline(always)]
+fn netns_of(sk: *const u8) -> u32 {
+    let net_offset = config!(offsets.net);
+    if net_offset == NO_OFFSET {
+        return 0;
+    }
+    let Ok(net) = read::<u64>(sk, net_offset) else {
+        return 0;
+    };
+    read::<u32>(net as *const u8, config!(offsets.net_inum)).unwrap_or(0)
+}
+
 #[inline(always)]
 fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
@@ -314,6 +330,7 @@ fn emit(
         daddr,
         comm: owner.comm,
         tgid: owner.tgid,
+        netns: netns_of(sk),
         sport: tuple.sport,
         dport: tuple.dport,
         family: tuple.family,
@@ -321,7 +338,7 @@ fn emit(
         old_state,
         new_state,
         owner_source: owner.source as u8,
-        _pad: [0; 2],
+        _pad: [0; 6],
     });
     let wakeup_bytes = config!(wakeup_bytes) as u64;
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {

@@ -1,9 +1,11 @@
 //! Command-line flags (clap) and their validation into the settings the tracer runs with.
 
-use std::time::Duration;
+use std::{num::NonZeroUsize, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracer_common::{MAX_FILTER_PIDS, MAX_FILTER_PORTS};
+
+use crate::decode::Family;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +34,11 @@ pub struct WatchArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+
+    /// Most sockets followed at once; beyond it the stalest is dropped
+    /// (counted as evicted) to bound memory.
+    #[arg(long, value_name = "N", default_value = "262144", value_parser = parse_max_sockets)]
+    pub max_sockets: NonZeroUsize,
 
     #[command(flatten)]
     pub trace: TraceArgs,
@@ -92,6 +99,21 @@ pub struct Filters {
     pub pids: Vec<u32>,
     pub ports: Vec<u16>,
     pub family: FamilyFilter,
+}
+
+impl Filters {
+    /// The kernel's filters, for sockets userspace finds by itself (the
+    /// start-up snapshot): family, any port local or remote, owner pid.
+    pub fn admits(&self, family: Family, lport: u16, rport: u16, pid: Option<u32>) -> bool {
+        let family_ok = match self.family {
+            FamilyFilter::Any => true,
+            FamilyFilter::Ipv4 => family == Family::Ipv4,
+            FamilyFilter::Ipv6 => family == Family::Ipv6,
+        };
+        let port_ok = self.ports.is_empty() || self.ports.iter().any(|&p| p == lport || p == rport);
+        let pid_ok = self.pids.is_empty() || pid.is_some_and(|pid| self.pids.contains(&pid));
+        family_ok && port_ok && pid_ok
+    }
 }
 
 /// A flag value that parsed but cannot be used; the message names the flag.
@@ -158,6 +180,17 @@ fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
+/// Far more than any host holds; keeps a typo from reserving absurd memory.
+const MAX_MAX_SOCKETS: usize = 1 << 26;
+
+fn parse_max_sockets(s: &str) -> Result<NonZeroUsize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 1..=MAX_MAX_SOCKETS) => Ok(NonZeroUsize::new(n).expect("n >= 1")),
+        Ok(_) => Err(format!("between 1 and {MAX_MAX_SOCKETS}")),
+        Err(_) => Err(format!("'{s}' is not a count")),
+    }
+}
+
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -208,6 +241,7 @@ mod tests {
         assert_eq!(w.format, Format::Text);
         assert_eq!(w.trace.duration, None);
         assert_eq!(w.trace.ring_bytes, 4 << 20);
+        assert_eq!(w.max_sockets.get(), 262144);
         assert_eq!(
             w.trace.filters().unwrap(),
             Filters {
@@ -276,6 +310,8 @@ mod tests {
             &["watch", "--ring-bytes", "99999999999999999999"],
             &["watch", "--ring-bytes", "4XB"],
             &["watch", "--no-such-flag"],
+            &["watch", "--max-sockets", "0"],
+            &["watch", "--max-sockets", "many"],
         ] {
             let err = parse(args).expect_err(&format!("{args:?} should fail"));
             assert_eq!(err.exit_code(), 2, "{args:?}");
@@ -293,6 +329,28 @@ mod tests {
             let first = err.lines().next().unwrap();
             assert!(first.contains(flag) && first.contains(reason), "{first}");
         }
+    }
+
+    #[test]
+    fn userspace_filter_matches_the_kernel_rules() {
+        let any = watch(&[]).trace.filters().unwrap();
+        assert!(any.admits(Family::Ipv6, 1, 2, None));
+        let f = watch(&["-4", "--port", "80", "--pid", "7"])
+            .trace
+            .filters()
+            .unwrap();
+        assert!(f.admits(Family::Ipv4, 80, 5000, Some(7)));
+        assert!(
+            f.admits(Family::Ipv4, 5000, 80, Some(7)),
+            "remote port counts"
+        );
+        assert!(!f.admits(Family::Ipv6, 80, 5000, Some(7)));
+        assert!(!f.admits(Family::Ipv4, 81, 5000, Some(7)));
+        assert!(!f.admits(Family::Ipv4, 80, 5000, Some(8)));
+        assert!(
+            !f.admits(Family::Ipv4, 80, 5000, None),
+            "unknown owner fails a pid filter"
+        );
     }
 
     #[test]

@@ -12,6 +12,12 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
+/// Now on the clock the kernel programs stamp records with
+/// (`bpf_ktime_get_boot_ns`, i.e. `CLOCK_BOOTTIME`: it keeps counting across suspend).
+pub fn boot_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME) as u64
+}
+
 /// Offset between the boot clock and the wall clock, refreshed now and then
 /// so NTP steps on a long run do not misdate records.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +49,7 @@ mod tests {
     #[test]
     fn boot_time_now_maps_to_wall_time_now() {
         let clock = WallClock::new();
-        let mapped = clock.wall(clock_ns(libc::CLOCK_BOOTTIME) as u64);
+        let mapped = clock.wall(boot_ns());
         let now = SystemTime::now();
         let skew = now.duration_since(mapped).unwrap_or_else(|e| e.duration());
         assert!(skew < Duration::from_millis(50), "skew {skew:?}");

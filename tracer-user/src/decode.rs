@@ -30,6 +30,8 @@ pub enum Family {
 }
 
 impl Family {
+    pub const ALL: [Self; 2] = [Self::Ipv4, Self::Ipv6];
+
     pub const fn name(self) -> &'static str {
         match self {
             Self::Ipv4 => "ipv4",
@@ -111,6 +113,8 @@ pub struct Record {
     pub rport: u16,
     /// `None` when no process had been seen using the socket yet.
     pub owner: Option<Owner>,
+    /// Network namespace inode; 0 if unknown.
+    pub netns: u32,
 }
 
 fn state(raw: u8) -> Result<TcpState, DecodeError> {
@@ -176,6 +180,7 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
         raddr: addr(family, event.daddr),
         rport: event.dport,
         owner,
+        netns: event.netns,
     })
 }
 
@@ -209,6 +214,7 @@ pub(crate) mod tests {
             daddr,
             comm: comm("curl"),
             tgid: 4242,
+            netns: 4026531840,
             sport: 51234,
             dport: 8080,
             family: AF_INET,
@@ -216,7 +222,7 @@ pub(crate) mod tests {
             old_state: TcpState::Established as u8,
             new_state: TcpState::FinWait1 as u8,
             owner_source: OwnerSource::Current as u8,
-            _pad: [0; 2],
+            _pad: [0; 6],
         }
     }
 
@@ -242,6 +248,7 @@ pub(crate) mod tests {
                     comm: Comm::new(comm("curl")),
                     from_current_task: true
                 }),
+                netns: 4026531840,
             }
         );
     }

@@ -56,6 +56,8 @@ pub struct Tracer {
     ebpf: Option<Ebpf>,
     ring: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
+    /// `missed_runs` as read just before detaching, when the programs go.
+    missed_at_detach: u64,
 }
 
 impl Tracer {
@@ -74,7 +76,9 @@ impl Tracer {
     /// running on that CPU (e.g. a softirq interrupting it); their events are
     /// lost like drops. Read from each program's fdinfo.
     pub fn missed_runs(&self) -> u64 {
-        let Some(ebpf) = &self.ebpf else { return 0 };
+        let Some(ebpf) = &self.ebpf else {
+            return self.missed_at_detach;
+        };
         ebpf.programs()
             .filter_map(|(_, program)| program.fd().ok())
             .filter_map(|fd| {
@@ -89,7 +93,10 @@ impl Tracer {
 
     /// Detaches and unloads every program; the maps stay readable.
     pub fn detach(&mut self) {
-        self.ebpf = None;
+        if self.ebpf.is_some() {
+            self.missed_at_detach = self.missed_runs();
+            self.ebpf = None;
+        }
     }
 }
 
@@ -247,6 +254,7 @@ pub fn load(options: &LoadOptions) -> Result<Tracer, EnvError> {
         ebpf: Some(ebpf),
         ring: Some(ring),
         drops,
+        missed_at_detach: 0,
     })
 }
 

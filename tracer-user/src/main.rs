@@ -4,10 +4,16 @@ mod cli;
 mod clock;
 mod decode;
 mod error;
+mod follow;
 mod load;
+mod netns;
 mod offsets;
 mod output;
+mod owners;
 mod ring;
+mod snapshot;
+mod sock_diag;
+mod tracker;
 mod watch;
 
 use std::process::ExitCode;

@@ -5,7 +5,7 @@
 //! correctly on kernels whose layout differs from the build machine's.
 
 use btf_rs::{Btf, Type};
-use tracer_common::SockOffsets;
+use tracer_common::{NO_OFFSET, SockOffsets};
 
 /// Why the kernel's socket layout could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +33,12 @@ pub enum LayoutError {
     Btf(#[from] btf_rs::Error),
 }
 
-/// A named member found inside a struct: byte offset and byte size.
-struct Field {
-    offset: usize,
-    size: usize,
+/// A named member found inside a struct.
+struct Found {
+    /// Bits from the start of the outermost struct searched.
+    bit_offset: usize,
+    bitfield: bool,
+    ty: Type,
 }
 
 /// Strips typedefs and qualifiers down to the type that has a size.
@@ -71,26 +73,20 @@ fn find(
     members: &[btf_rs::Member],
     base_bits: usize,
     field: &str,
-) -> Result<Option<Field>, btf_rs::Error> {
+) -> Result<Option<Found>, btf_rs::Error> {
     for member in members {
         let name = btf.resolve_name(member)?;
         let bits = base_bits + member.bit_offset() as usize;
+        let ty = btf.resolve_chained_type(member)?;
         if name == field {
-            if member.bitfield_size().is_some_and(|b| b != 0) || !bits.is_multiple_of(8) {
-                return Ok(Some(Field {
-                    offset: bits / 8,
-                    size: 0,
-                }));
-            }
-            let size = size_of_type(btf, btf.resolve_chained_type(member)?)?;
-            return Ok(Some(Field {
-                offset: bits / 8,
-                size,
+            return Ok(Some(Found {
+                bit_offset: bits,
+                bitfield: member.bitfield_size().is_some_and(|b| b != 0),
+                ty,
             }));
         }
         if name.is_empty()
-            && let Type::Struct(inner) | Type::Union(inner) =
-                resolve(btf, btf.resolve_chained_type(member)?)?
+            && let Type::Struct(inner) | Type::Union(inner) = resolve(btf, ty)?
             && let Some(found) = find(btf, &inner.members, bits, field)?
         {
             return Ok(Some(found));
@@ -111,37 +107,55 @@ fn struct_members(btf: &Btf, name: &'static str) -> Result<Vec<btf_rs::Member>, 
     Err(LayoutError::NoStruct(name))
 }
 
-/// Offset of `strukt.field`, checked to have the size the programs read.
+/// Offset of `strukt.a.b...` (each step a named member, possibly inside
+/// anonymous members), checked to be a whole-byte field of `want` bytes.
 fn offset(
     btf: &Btf,
-    members: &[btf_rs::Member],
     strukt: &'static str,
-    field: &'static str,
+    path: &[&'static str],
     want: usize,
 ) -> Result<u16, LayoutError> {
-    let found = find(btf, members, 0, field)?.ok_or(LayoutError::NoField { strukt, field })?;
-    if found.size != want {
-        return Err(LayoutError::Size {
+    let field = path.last().copied().unwrap_or("");
+    let mut members = struct_members(btf, strukt)?;
+    let mut bits = 0;
+    for (i, step) in path.iter().enumerate() {
+        let found = find(btf, &members, 0, step)?.ok_or(LayoutError::NoField {
             strukt,
-            field,
-            got: found.size,
-            want,
-        });
+            field: step,
+        })?;
+        bits += found.bit_offset;
+        if i + 1 == path.len() {
+            let size = size_of_type(btf, found.ty)?;
+            if found.bitfield || !bits.is_multiple_of(8) || size != want {
+                return Err(LayoutError::Size {
+                    strukt,
+                    field,
+                    got: size,
+                    want,
+                });
+            }
+            break;
+        }
+        members = match resolve(btf, found.ty)? {
+            Type::Struct(s) | Type::Union(s) => s.members,
+            _ => return Err(LayoutError::NoField { strukt, field }),
+        };
     }
-    u16::try_from(found.offset).map_err(|_| LayoutError::TooFar { strukt, field })
+    u16::try_from(bits / 8)
+        .ok()
+        .filter(|&o| o != NO_OFFSET)
+        .ok_or(LayoutError::TooFar { strukt, field })
 }
 
 /// Resolves every offset the programs need.
 pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
-    let common = struct_members(btf, "sock_common")?;
-    let sock = struct_members(btf, "sock")?;
-    let inet_sock = struct_members(btf, "inet_sock")?;
-    let c = |field, want| offset(btf, &common, "sock_common", field, want);
+    let c = |field, want| offset(btf, "sock_common", &[field], want);
     // `struct sock` starts with its `sock_common`, so these offsets hold for
     // full, request and timewait sockets alike.
-    let v6 = |field| match c(field, 16) {
-        // A kernel built without IPv6 has no AF_INET6 sockets to read.
-        Err(LayoutError::NoField { .. }) => Ok(0),
+    let optional = |result: Result<u16, LayoutError>| match result {
+        // A kernel without IPv6 has no AF_INET6 sockets to read; one without
+        // network namespaces has a single one.
+        Err(LayoutError::NoField { .. }) => Ok(NO_OFFSET),
         other => other,
     };
     Ok(SockOffsets {
@@ -151,10 +165,17 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
         num: c("skc_num", 2)?,
         family: c("skc_family", 2)?,
         state: c("skc_state", 1)?,
-        v6_daddr: v6("skc_v6_daddr")?,
-        v6_rcv_saddr: v6("skc_v6_rcv_saddr")?,
-        protocol: offset(btf, &sock, "sock", "sk_protocol", 2)?,
-        inet_sport: offset(btf, &inet_sock, "inet_sock", "inet_sport", 2)?,
+        v6_daddr: optional(c("skc_v6_daddr", 16))?,
+        v6_rcv_saddr: optional(c("skc_v6_rcv_saddr", 16))?,
+        protocol: offset(btf, "sock", &["sk_protocol"], 2)?,
+        inet_sport: offset(btf, "inet_sock", &["inet_sport"], 2)?,
+        net: optional(offset(
+            btf,
+            "sock_common",
+            &["skc_net", "net"],
+            size_of::<u64>(),
+        ))?,
+        net_inum: optional(offset(btf, "net", &["ns", "inum"], 4))?,
     })
 }
 
@@ -187,6 +208,10 @@ mod tests {
         assert!(o.protocol > o.v6_rcv_saddr, "{o:?}");
         // inet_sock embeds struct sock first, so its own fields come after.
         assert!(o.inet_sport > o.protocol, "{o:?}");
+        // skc_net sits between the addresses and the IPv6 addresses; inum
+        // is somewhere inside struct net.
+        assert!(o.net > o.state && o.net < o.v6_daddr, "{o:?}");
+        assert!(o.net_inum != NO_OFFSET, "{o:?}");
     }
 
     #[test]
@@ -196,18 +221,22 @@ mod tests {
             struct_members(&btf, "no_such_struct_tcplinger"),
             Err(LayoutError::NoStruct(_))
         ));
-        let common = struct_members(&btf, "sock_common").unwrap();
         assert!(matches!(
-            offset(&btf, &common, "sock_common", "no_such_field", 4),
+            offset(&btf, "sock_common", &["no_such_field"], 4),
             Err(LayoutError::NoField { .. })
         ));
         assert!(matches!(
-            offset(&btf, &common, "sock_common", "skc_family", 4),
+            offset(&btf, "sock_common", &["skc_family"], 4),
             Err(LayoutError::Size {
                 got: 2,
                 want: 4,
                 ..
             })
+        ));
+        // A path that continues through a member that is not a struct.
+        assert!(matches!(
+            offset(&btf, "sock_common", &["skc_family", "x"], 2),
+            Err(LayoutError::NoField { .. })
         ));
     }
 }

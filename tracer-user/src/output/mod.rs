@@ -1,5 +1,6 @@
 //! Output: formatting shared by every writer (timestamps, endpoints), and one module per kind of output.
 
+pub mod connections;
 pub mod transitions;
 
 use std::{fmt, net::IpAddr, time::SystemTime};

@@ -34,6 +34,8 @@ struct JsonLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     state: Option<&'static str>,
     family: &'static str,
+    /// Network namespace inode, as `ls -l /proc/PID/ns/net` shows it.
+    netns: u32,
     laddr: String,
     lport: u16,
     raddr: String,
@@ -78,6 +80,7 @@ impl<W: Write> TransitionWriter<W> {
                     new: new.map(TcpState::name),
                     state: state.map(TcpState::name),
                     family: record.family.name(),
+                    netns: record.netns,
                     laddr: display_addr(record.laddr).to_string(),
                     lport: record.lport,
                     raddr: display_addr(record.raddr).to_string(),
@@ -131,6 +134,7 @@ mod tests {
             raddr: "10.0.0.2".parse().unwrap(),
             rport: 8080,
             owner,
+            netns: 4026531840,
         }
     }
 

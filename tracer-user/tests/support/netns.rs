@@ -84,8 +84,27 @@ impl NetPair {
         pair
     }
 
+    /// Rate-limits both directions of the link (token bucket, one packet
+    /// of burst): a packet queued behind a full-size one waits about 1 s at
+    /// 10kbit, which stands in for network latency (netem is not always built).
+    pub fn rate_limit(&self, rate: &str) {
+        for ns in [&self.client_ns, &self.server_ns] {
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", ns, "tc", "qdisc", "add", "dev", "veth0", "root", "tbf",
+                ])
+                .args(["rate", rate, "burst", "1540", "latency", "5s"])
+                .output()
+                .expect("running tc (iproute2)");
+            assert!(
+                out.status.success(),
+                "tc: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     /// Sets a sysctl inside one namespace, e.g. `net.ipv4.tcp_fin_timeout`.
-    #[allow(dead_code)]
     pub fn sysctl(&self, ns: &str, key: &str, value: &str) {
         ip(&[
             "netns",

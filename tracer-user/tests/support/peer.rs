@@ -1,85 +1,141 @@
-//! TCP peers for the tests. The test binary re-executes itself (`__peer ...`) inside a namespace, so each peer is its own process with its own pid and comm.
+//! TCP peers for the tests. The test binary re-executes itself (`__peer ...`) inside a namespace, so each peer is its own process with its own pid and comm; its behaviour is set by flags.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
+
+use clap::{Parser, ValueEnum};
 
 pub const SERVER_COMM: &str = "tl-server";
 pub const CLIENT_COMM: &str = "tl-client";
 
 /// Bounds every blocking call of a peer: a stuck test fails instead of hanging.
-const IO_TIMEOUT: Duration = Duration::from_secs(15);
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Who sends the first FIN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Closer {
-    /// This side closes right after the exchange.
-    Me,
-    /// This side waits for the peer's FIN, then closes.
-    Peer,
+/// UDP port both peers sink jam datagrams on, so no ICMP answers them.
+const JAM_PORT: u16 = 9;
+
+/// When a peer closes its side, after the request/response exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Close {
+    /// Right away: this side sends the first FIN.
+    First,
+    /// After the peer's FIN (read returns 0).
+    AfterEof,
+    /// Never: the socket stays open until the process is killed.
+    Never,
+    /// When a line arrives on stdin (clients only).
+    OnStdin,
 }
 
-impl Closer {
-    fn arg(self) -> &'static str {
-        match self {
-            Closer::Me => "closes",
-            Closer::Peer => "waits",
-        }
-    }
+#[derive(Debug, Clone, Parser)]
+#[command(no_binary_name = true)]
+pub struct PeerArgs {
+    /// `server` or `client`.
+    pub role: String,
+    /// Listen on (server) or connect to (client).
+    pub addr: SocketAddr,
+    #[arg(long, default_value_t = 1)]
+    pub count: u32,
+    #[arg(long, value_enum, default_value_t = Close::First)]
+    pub close: Close,
+    /// Server: sleep this long after reading the request (a stuck handler).
+    #[arg(long, default_value_t = 0)]
+    pub hold_ms: u64,
+    /// Server: do not answer.
+    #[arg(long)]
+    pub no_reply: bool,
+    /// Client: give up waiting for the answer after this long.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Close with SO_LINGER 0: an abortive close (RST).
+    #[arg(long)]
+    pub linger0: bool,
+    /// Before closing, queue UDP junk to this address's port 9, so a
+    /// rate-limited link delays the FIN behind it.
+    #[arg(long)]
+    pub jam: Option<std::net::IpAddr>,
 }
 
 /// A peer process; killed if still running when dropped.
 pub struct Peer {
     child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
     pub pid: u32,
 }
 
 impl Peer {
-    fn spawn(ns: &str, role: &str, addr: SocketAddr, closer: Closer, count: u32) -> Peer {
+    /// Starts `__peer ARGS` in namespace `ns`. A server returns once it is
+    /// listening; a client once it has connected and exchanged.
+    pub fn start(ns: &str, args: &[&str]) -> Peer {
         let exe = std::env::current_exe().expect("test executable path");
-        let child = Command::new("ip")
+        let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(exe)
-            .args([
-                "__peer",
-                role,
-                &addr.to_string(),
-                closer.arg(),
-                &count.to_string(),
-            ])
-            .stdin(Stdio::null())
+            .arg("__peer")
+            .args(args)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawning peer");
+        let stdout = child.stdout.take().expect("peer stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
         // `ip netns exec` execs the command, so the pid is the peer's own.
         let pid = child.id();
-        Peer { child, pid }
-    }
-
-    /// A server listening on `addr` in `ns`; returns once it is listening.
-    pub fn server(ns: &str, addr: SocketAddr, closer: Closer, count: u32) -> Peer {
-        let mut peer = Self::spawn(ns, "server", addr, closer, count);
-        let stdout = peer.child.stdout.take().expect("peer stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(IO_TIMEOUT)
-            .expect("server did not start listening");
-        assert_eq!(line.trim(), "listening", "server said {line:?}");
+        let stdin = child.stdin.take();
+        let peer = Peer {
+            child,
+            stdin,
+            lines,
+            pid,
+        };
+        if args.first() == Some(&"server") {
+            peer.expect_line("listening");
+        }
         peer
     }
 
-    pub fn client(ns: &str, addr: SocketAddr, closer: Closer, count: u32) -> Peer {
-        Self::spawn(ns, "client", addr, closer, count)
+    /// A server on `addr` in `ns` with extra flags; returns once it listens.
+    pub fn server(ns: &str, addr: SocketAddr, flags: &[&str]) -> Peer {
+        let addr = addr.to_string();
+        let mut args = vec!["server", addr.as_str()];
+        args.extend_from_slice(flags);
+        Self::start(ns, &args)
+    }
+
+    /// A client of `addr` in `ns` with extra flags.
+    pub fn client(ns: &str, addr: SocketAddr, flags: &[&str]) -> Peer {
+        let addr = addr.to_string();
+        let mut args = vec!["client", addr.as_str()];
+        args.extend_from_slice(flags);
+        Self::start(ns, &args)
+    }
+
+    /// Waits for the peer to print `want` (e.g. `connected`).
+    pub fn expect_line(&self, want: &str) {
+        let line = self
+            .lines
+            .recv_timeout(IO_TIMEOUT)
+            .unwrap_or_else(|_| panic!("peer {} never said {want:?}", self.pid));
+        assert_eq!(line.trim(), want, "peer {} said {line:?}", self.pid);
+    }
+
+    /// Sends a line to the peer's stdin (`--close on-stdin`).
+    pub fn tell(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("peer stdin");
+        writeln!(stdin, "{line}").expect("writing to peer");
+        stdin.flush().expect("flushing peer stdin");
     }
 
     /// Waits for the peer to finish its connections successfully.
@@ -116,69 +172,161 @@ fn set_comm(name: &str) {
     unsafe { libc::prctl(libc::PR_SET_NAME, raw.as_ptr()) };
 }
 
-/// One request/response, then the close as `closer` says.
-fn exchange(mut stream: TcpStream, server: bool, closer: Closer) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    let mut buf = [0u8; 64];
-    if server {
-        let n = stream.read(&mut buf)?;
-        assert!(n > 0, "client sent nothing");
-        stream.write_all(b"ok\n")?;
-    } else {
-        stream.write_all(b"req\n")?;
-        let n = stream.read(&mut buf)?;
-        assert!(n > 0, "server sent nothing");
+fn set_linger0(stream: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a valid fd and a properly sized struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+/// Reads until EOF; a reset counts as the end too.
+fn read_to_eof(stream: &mut TcpStream) -> std::io::Result<()> {
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => return Err(e),
+        }
     }
-    if closer == Closer::Peer {
-        // Wait for the peer's FIN (read returns 0) before closing.
-        while stream.read(&mut buf)? > 0 {}
+}
+
+/// Two full-size datagrams: the first uses the link's burst, the second
+/// (and the FIN behind it) waits for the rate limiter.
+fn jam(to: std::net::IpAddr) -> std::io::Result<()> {
+    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .expect("literal");
+    let socket = UdpSocket::bind(bind)?;
+    for _ in 0..2 {
+        socket.send_to(&[0u8; 1400], (to, JAM_PORT))?;
+    }
+    Ok(())
+}
+
+fn close(mut stream: TcpStream, args: &PeerArgs, held: &mut Vec<TcpStream>) -> std::io::Result<()> {
+    match args.close {
+        Close::First => {}
+        Close::AfterEof => read_to_eof(&mut stream)?,
+        Close::Never => {
+            held.push(stream);
+            return Ok(());
+        }
+        Close::OnStdin => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+        }
+    }
+    if let Some(to) = args.jam {
+        jam(to)?;
+    }
+    if args.linger0 {
+        set_linger0(&stream);
     }
     drop(stream);
     Ok(())
 }
 
-/// Entry point of a peer process: `__peer server|client ADDR closes|waits COUNT`.
-pub fn run(args: &[String]) -> ! {
-    let [role, addr, closer, count] = args else {
-        eprintln!("usage: __peer server|client ADDR closes|waits COUNT");
-        std::process::exit(2);
+fn serve(args: &PeerArgs) -> std::io::Result<()> {
+    let listener = TcpListener::bind(args.addr)?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    let mut held = Vec::new();
+    for _ in 0..args.count {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf)?;
+        assert!(n > 0, "client sent nothing");
+        std::thread::sleep(Duration::from_millis(args.hold_ms));
+        if !args.no_reply {
+            stream.write_all(b"ok\n")?;
+        }
+        close(stream, args, &mut held)?;
+    }
+    if !held.is_empty() {
+        // Keep them open until killed.
+        std::thread::sleep(IO_TIMEOUT * 3);
+    }
+    Ok(())
+}
+
+fn connect(args: &PeerArgs) -> std::io::Result<()> {
+    let mut held = Vec::new();
+    for _ in 0..args.count {
+        let mut stream = TcpStream::connect_timeout(&args.addr, IO_TIMEOUT)?;
+        stream.write_all(b"req\n")?;
+        let timeout = args.timeout_ms.map_or(IO_TIMEOUT, Duration::from_millis);
+        stream.set_read_timeout(Some(timeout))?;
+        let mut buf = [0u8; 64];
+        match stream.read(&mut buf) {
+            Ok(_) => {}
+            // The client-side timeout: give up on the answer and close.
+            Err(e)
+                if args.timeout_ms.is_some()
+                    && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e),
+        }
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        if args.count == 1 {
+            println!("connected");
+            std::io::stdout().flush()?;
+        }
+        close(stream, args, &mut held)?;
+    }
+    if !held.is_empty() {
+        std::thread::sleep(IO_TIMEOUT * 3);
+    }
+    Ok(())
+}
+
+/// Entry point of a peer process: `__peer server|client ADDR [flags]`.
+pub fn run(argv: &[String]) -> ! {
+    let args = match PeerArgs::try_parse_from(argv) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("peer: {e}");
+            std::process::exit(2);
+        }
     };
-    let addr: SocketAddr = addr.parse().expect("peer address");
-    let closer = if closer == "closes" {
-        Closer::Me
-    } else {
-        Closer::Peer
-    };
-    let count: u32 = count.parse().expect("peer count");
-    let result: std::io::Result<()> = match role.as_str() {
+    // Absorb the other side's jam datagrams (no ICMP port-unreachable noise).
+    let _sink = args.jam.map(|to| {
+        let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:9" } else { "[::]:9" }
+            .parse()
+            .expect("literal");
+        UdpSocket::bind(any).expect("binding the jam sink")
+    });
+    let result = match args.role.as_str() {
         "server" => {
             set_comm(SERVER_COMM);
-            (|| {
-                let listener = TcpListener::bind(addr)?;
-                println!("listening");
-                std::io::stdout().flush()?;
-                for _ in 0..count {
-                    let (stream, _) = listener.accept()?;
-                    exchange(stream, true, closer)?;
-                }
-                Ok(())
-            })()
+            serve(&args)
         }
-        _ => {
+        "client" => {
             set_comm(CLIENT_COMM);
-            (|| {
-                for _ in 0..count {
-                    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-                    exchange(stream, false, closer)?;
-                }
-                Ok(())
-            })()
+            connect(&args)
+        }
+        other => {
+            eprintln!("peer: unknown role {other}");
+            std::process::exit(2);
         }
     };
     match result {
         Ok(()) => std::process::exit(0),
         Err(err) => {
-            eprintln!("peer {role}: {err}");
+            eprintln!("peer {}: {err}", args.role);
             std::process::exit(1);
         }
     }

@@ -1,0 +1,97 @@
+//! The timewait follower's I/O: runs the sock_diag dumps the tracker asks for, one per namespace and family, inside the namespace concerned.
+
+use std::collections::HashMap;
+
+use crate::{
+    clock,
+    netns::{self, NetnsPaths},
+    sock_diag::{self, Diag, DiagError, DiagSocket},
+    tracker::DiagRequest,
+};
+
+/// How often followed sockets are looked up. The linger times do not
+/// depend on it (they are dated from the kernel's timers); it bounds how
+/// late a record is written and how often a large timewait table is read.
+pub const DIAG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// One answered request: timewait sockets by cookie, and when the dump ended.
+pub struct DiagAnswer {
+    pub request: DiagRequest,
+    pub timewait: HashMap<u64, DiagSocket>,
+    pub done_ns: u64,
+}
+
+/// Keeps one sock_diag socket per namespace while something there is
+/// followed. Each socket pins its namespace, so unused ones are closed.
+#[derive(Default)]
+pub struct Follower {
+    paths: NetnsPaths,
+    sockets: HashMap<u32, Diag>,
+    own: Option<u32>,
+    /// Failures other than a vanished namespace, reported once.
+    warned: bool,
+}
+
+impl Follower {
+    fn socket(&mut self, inum: u32) -> Result<Option<&mut Diag>, DiagError> {
+        if !self.sockets.contains_key(&inum) {
+            let own = *self.own.get_or_insert_with(|| netns::own().unwrap_or(0));
+            let diag = if inum == own || inum == 0 {
+                Diag::open()?
+            } else {
+                match self.paths.find(inum) {
+                    Some(path) => match Diag::open_in(&path) {
+                        Ok(diag) => diag,
+                        // It vanished between the lookup and the open.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    },
+                    None => return Ok(None),
+                }
+            };
+            self.sockets.insert(inum, diag);
+        }
+        Ok(self.sockets.get_mut(&inum))
+    }
+
+    /// Answers every request it can. A namespace that no longer exists is
+    /// answered with an empty dump (its timewait sockets died with it); a
+    /// dump that fails otherwise is skipped and asked again next time.
+    pub fn poll(&mut self, requests: Vec<DiagRequest>) -> Vec<DiagAnswer> {
+        let states = sock_diag::states(&[
+            tracer_common::TcpState::FinWait2,
+            tracer_common::TcpState::TimeWait,
+        ]);
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in requests {
+            let dump = match self.socket(request.netns) {
+                Ok(Some(diag)) => diag.dump(request.family, states.clone()).map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match dump {
+                Ok(Some(sockets)) => answers.push(DiagAnswer {
+                    done_ns: clock::boot_ns(),
+                    timewait: sock_diag::timewait_by_cookie(sockets),
+                    request,
+                }),
+                Ok(None) => answers.push(DiagAnswer {
+                    done_ns: clock::boot_ns(),
+                    timewait: HashMap::new(),
+                    request,
+                }),
+                Err(e) => {
+                    // The socket may be broken; open a fresh one next time.
+                    self.sockets.remove(&request.netns);
+                    if !self.warned {
+                        eprintln!("tcplinger: warning: sock_diag lookup failed, will retry: {e}");
+                        self.warned = true;
+                    }
+                }
+            }
+        }
+        let wanted: Vec<u32> = answers.iter().map(|a| a.request.netns).collect();
+        self.sockets.retain(|inum, _| wanted.contains(inum));
+        answers
+    }
+}

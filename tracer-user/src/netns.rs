@@ -1,0 +1,85 @@
+//! Finds network namespaces by inode number, so sock_diag can be asked inside the namespace a socket lives in.
+
+use std::{
+    collections::HashMap,
+    fs, io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+/// Where `ip netns` keeps named namespaces alive without any process in them.
+const NAMED_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
+
+/// The inode number of the namespace behind an `ns/net` file or mount; the
+/// same number the kernel programs report.
+pub fn inum_of(path: &Path) -> io::Result<u32> {
+    Ok(fs::metadata(path)?.ino() as u32)
+}
+
+/// The tracer's own network namespace.
+pub fn own() -> io::Result<u32> {
+    inum_of(Path::new("/proc/self/ns/net"))
+}
+
+/// Every network namespace reachable through a named mount or a process,
+/// by inode number, with one path to open it.
+pub fn all() -> HashMap<u32, PathBuf> {
+    let mut found = HashMap::new();
+    let mut add = |path: PathBuf| {
+        if let Ok(inum) = inum_of(&path) {
+            found.entry(inum).or_insert(path);
+        }
+    };
+    for dir in NAMED_DIRS {
+        if let Ok(entries) = fs::read_dir(dir) {
+            entries.flatten().for_each(|e| add(e.path()));
+        }
+    }
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                add(entry.path().join("ns/net"));
+            }
+        }
+    }
+    found
+}
+
+/// Remembers where each namespace can be opened; rescans on a miss, since
+/// namespaces come and go.
+#[derive(Debug, Default)]
+pub struct NetnsPaths {
+    known: HashMap<u32, PathBuf>,
+}
+
+impl NetnsPaths {
+    pub fn find(&mut self, inum: u32) -> Option<PathBuf> {
+        if let Some(path) = self.known.get(&inum)
+            && inum_of(path).ok() == Some(inum)
+        {
+            return Some(path.clone());
+        }
+        self.known = all();
+        self.known.get(&inum).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_namespace_is_found_among_all() {
+        let own = own().unwrap();
+        assert_ne!(own, 0);
+        assert!(all().contains_key(&own));
+        let mut paths = NetnsPaths::default();
+        let path = paths.find(own).unwrap();
+        assert_eq!(inum_of(&path).unwrap(), own);
+        assert_eq!(paths.find(1), None, "inode 1 is no namespace");
+    }
+}

@@ -1,0 +1,91 @@
+//! Maps socket inodes to the processes holding them, from /proc/*/fd: the owners of sockets the tracer never saw being used.
+
+use std::{collections::HashMap, fs, path::Path};
+
+use tracer_common::COMM_LEN;
+
+use crate::decode::Comm;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcOwner {
+    pub pid: u32,
+    pub comm: Comm,
+}
+
+/// The inode in a `/proc/PID/fd/N` link target such as `socket:[12345]`.
+fn socket_inode(target: &Path) -> Option<u32> {
+    target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+fn comm_of(pid_dir: &Path) -> Comm {
+    let mut raw = [0u8; COMM_LEN];
+    if let Ok(comm) = fs::read(pid_dir.join("comm")) {
+        let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
+        let len = comm.len().min(COMM_LEN);
+        raw[..len].copy_from_slice(&comm[..len]);
+    }
+    Comm::new(raw)
+}
+
+/// Socket inode -> the first process (lowest pid) holding it. Processes
+/// that vanish mid-scan, or whose fds cannot be read, are skipped.
+pub fn socket_owners() -> HashMap<u32, ProcOwner> {
+    let mut pids: Vec<u32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    let mut owners = HashMap::new();
+    for pid in pids {
+        let dir = Path::new("/proc").join(pid.to_string());
+        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
+            continue;
+        };
+        let mut comm = None;
+        for fd in fds.flatten() {
+            let Some(inode) = fs::read_link(fd.path())
+                .ok()
+                .as_deref()
+                .and_then(socket_inode)
+            else {
+                continue;
+            };
+            let comm = *comm.get_or_insert_with(|| comm_of(&dir));
+            owners.entry(inode).or_insert(ProcOwner { pid, comm });
+        }
+    }
+    owners
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::TcpListener, os::unix::fs::MetadataExt as _};
+
+    use super::*;
+
+    #[test]
+    fn parses_socket_links_only() {
+        assert_eq!(socket_inode(Path::new("socket:[12345]")), Some(12345));
+        assert_eq!(socket_inode(Path::new("pipe:[12345]")), None);
+        assert_eq!(socket_inode(Path::new("socket:[x]")), None);
+        assert_eq!(socket_inode(Path::new("/dev/null")), None);
+    }
+
+    #[test]
+    fn finds_this_process_as_owner_of_its_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        use std::os::fd::AsRawFd as _;
+        let link = format!("/proc/self/fd/{}", listener.as_raw_fd());
+        let inode = fs::metadata(&link).unwrap().ino() as u32;
+        let owner = socket_owners()[&inode];
+        assert_eq!(owner.pid, std::process::id());
+        assert!(!owner.comm.as_bytes().is_empty());
+    }
+}

@@ -1,0 +1,333 @@
+//! Dumps TCP sockets through NETLINK_SOCK_DIAG (inet_diag), the source for sockets the tracepoints cannot see: timewait sockets and those opened before the tracer.
+
+use std::{collections::HashMap, io, net::IpAddr, os::fd::AsRawFd as _, path::Path};
+
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
+};
+use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
+use tracer_common::TcpState;
+
+use crate::{clock, decode::Family};
+
+/// Everything the tracer uses about one socket from a dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiagSocket {
+    pub family: Family,
+    /// For a timewait socket, its substate: FIN_WAIT2 or TIME_WAIT.
+    pub state: TcpState,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub cookie: u64,
+    /// 0 for sockets no file refers to (orphans, timewait sockets).
+    pub inode: u32,
+    /// Milliseconds left on a timewait socket's timer; `None` for full sockets.
+    pub timewait_expires_ms: Option<u32>,
+    /// Boot-clock ns when the kernel reported this entry (when its batch
+    /// of the dump was read), the reference for `timewait_expires_ms`.
+    pub seen_ns: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiagError {
+    #[error("sock_diag socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("sock_diag reply could not be parsed: {0}")]
+    Parse(String),
+    #[error("sock_diag request refused by the kernel: errno {0}")]
+    Kernel(i32),
+}
+
+/// Where `idiag_expires` sits in a reply: after the 16-byte netlink header,
+/// the 4 one-byte fields and the 48-byte socket id of `struct inet_diag_msg`.
+/// Read from the raw bytes because the crate drops it for timewait sockets,
+/// which is the one case the follower needs it for.
+const EXPIRES_OFFSET: usize = 16 + 4 + 48;
+
+fn cookie_of(id: &SocketId) -> u64 {
+    // The kernel writes the cookie as two native-endian u32 halves, low first.
+    let low = u32::from_ne_bytes(id.cookie[0..4].try_into().expect("4 bytes"));
+    let high = u32::from_ne_bytes(id.cookie[4..8].try_into().expect("4 bytes"));
+    u64::from(low) | (u64::from(high) << 32)
+}
+
+fn to_diag_socket(response: &InetResponse, raw: &[u8], seen_ns: u64) -> Option<DiagSocket> {
+    let header = &response.header;
+    let family = match header.family {
+        AF_INET => Family::Ipv4,
+        AF_INET6 => Family::Ipv6,
+        _ => return None,
+    };
+    let state = TcpState::from_u8(header.state)?;
+    let timewait_expires_ms = match header.timer {
+        Some(Timer::TimeWait) => raw
+            .get(EXPIRES_OFFSET..EXPIRES_OFFSET + 4)
+            .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes"))),
+        _ => None,
+    };
+    let id = &header.socket_id;
+    Some(DiagSocket {
+        family,
+        state,
+        laddr: id.source_address,
+        lport: id.source_port,
+        raddr: id.destination_address,
+        rport: id.destination_port,
+        cookie: cookie_of(id),
+        inode: header.inode,
+        timewait_expires_ms,
+        seen_ns,
+    })
+}
+
+/// Parses one batch of dump replies into `out`; returns true once the dump
+/// is complete. Malformed input is an error, never a panic.
+pub fn parse_batch(
+    mut bytes: &[u8],
+    seen_ns: u64,
+    out: &mut Vec<DiagSocket>,
+) -> Result<bool, DiagError> {
+    while !bytes.is_empty() {
+        let message = <NetlinkMessage<SockDiagMessage>>::deserialize(bytes)
+            .map_err(|e| DiagError::Parse(e.to_string()))?;
+        let len = message.header.length as usize;
+        if len < 16 || len > bytes.len() {
+            return Err(DiagError::Parse(format!(
+                "message length {len} with {} bytes left",
+                bytes.len()
+            )));
+        }
+        match message.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                if let Some(socket) = to_diag_socket(&response, &bytes[..len], seen_ns) {
+                    out.push(socket);
+                }
+            }
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(err) => {
+                return Err(DiagError::Kernel(err.code.map_or(0, |c| c.get())));
+            }
+            _ => {}
+        }
+        // Netlink messages are 4-byte aligned.
+        bytes = &bytes[len.next_multiple_of(4).min(bytes.len())..];
+    }
+    Ok(false)
+}
+
+/// A sock_diag socket bound to one network namespace.
+pub struct Diag {
+    socket: Socket,
+    sequence: u32,
+    buf: Vec<u8>,
+}
+
+impl Diag {
+    /// A sock_diag socket in the tracer's own network namespace.
+    pub fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        socket.bind_auto()?;
+        socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+        Ok(Self {
+            socket,
+            sequence: 0,
+            // Large enough for the kernel's dump batches (up to ~32 KiB).
+            buf: vec![0; 64 * 1024],
+        })
+    }
+
+    /// A sock_diag socket in the network namespace at `ns_path` (an
+    /// `ns/net` file). A netlink socket answers for the namespace it was
+    /// created in, so it is created by a short-lived thread that entered
+    /// that namespace; the rest of the tracer never changes namespace.
+    pub fn open_in(ns_path: &Path) -> io::Result<Self> {
+        let ns = std::fs::File::open(ns_path)?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on a valid namespace fd; affects this thread only.
+                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Self::open()
+                })
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+        })
+    }
+
+    /// Every TCP socket of `family` in one of `states`.
+    pub fn dump(
+        &mut self,
+        family: Family,
+        states: StateFlags,
+    ) -> Result<Vec<DiagSocket>, DiagError> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = self.sequence;
+        let mut request = NetlinkMessage::new(
+            header,
+            SockDiagMessage::InetRequest(InetRequest {
+                family: match family {
+                    Family::Ipv4 => AF_INET,
+                    Family::Ipv6 => AF_INET6,
+                },
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states,
+                socket_id: match family {
+                    Family::Ipv4 => SocketId::new_v4(),
+                    Family::Ipv6 => SocketId::new_v6(),
+                },
+            })
+            .into(),
+        );
+        request.finalize();
+        let mut bytes = vec![0; request.buffer_len()];
+        request.serialize(&mut bytes);
+        self.socket.send(&bytes, 0)?;
+
+        let mut sockets = Vec::new();
+        loop {
+            let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+            if n == 0 {
+                return Err(DiagError::Parse("sock_diag closed mid-dump".into()));
+            }
+            let seen_ns = clock::boot_ns();
+            if parse_batch(&self.buf[..n], seen_ns, &mut sockets)? {
+                return Ok(sockets);
+            }
+        }
+    }
+}
+
+/// States as the dump filter wants them.
+pub fn states(list: &[TcpState]) -> StateFlags {
+    StateFlags::from_bits_truncate(list.iter().fold(0, |bits, s| bits | 1 << *s as u32))
+}
+
+/// Timewait sockets of one dump by cookie.
+pub fn timewait_by_cookie(sockets: Vec<DiagSocket>) -> HashMap<u64, DiagSocket> {
+    sockets
+        .into_iter()
+        .filter(|s| s.timewait_expires_ms.is_some())
+        .map(|s| (s.cookie, s))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::DoneMessage;
+    use netlink_packet_sock_diag::inet::InetResponseHeader;
+    use smallvec::SmallVec;
+
+    use super::*;
+
+    fn response(state: u8, timer: Option<Timer>, cookie: u64) -> Vec<u8> {
+        let mut id = SocketId::new_v4();
+        id.source_address = "10.0.0.1".parse().unwrap();
+        id.destination_address = "10.0.0.2".parse().unwrap();
+        id.source_port = 40000;
+        id.destination_port = 8080;
+        id.cookie[0..4].copy_from_slice(&(cookie as u32).to_ne_bytes());
+        id.cookie[4..8].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        let mut message = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            SockDiagMessage::InetResponse(Box::new(InetResponse {
+                header: InetResponseHeader {
+                    family: AF_INET,
+                    state,
+                    timer,
+                    socket_id: id,
+                    recv_queue: 0,
+                    send_queue: 0,
+                    uid: 0,
+                    inode: 77,
+                },
+                nlas: SmallVec::new(),
+            }))
+            .into(),
+        );
+        message.finalize();
+        let mut bytes = vec![0; message.buffer_len()];
+        message.serialize(&mut bytes);
+        bytes
+    }
+
+    fn done() -> Vec<u8> {
+        let mut message: NetlinkMessage<SockDiagMessage> = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::Done(DoneMessage::default()),
+        );
+        message.finalize();
+        let mut bytes = vec![0; message.buffer_len()];
+        message.serialize(&mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn timewait_expiry_and_cookie_come_through() {
+        let mut tw = response(
+            TcpState::FinWait2 as u8,
+            Some(Timer::TimeWait),
+            0x1_0000_0002,
+        );
+        // The crate writes 0 for a timewait timer; put the kernel's value in.
+        tw[EXPIRES_OFFSET..EXPIRES_OFFSET + 4].copy_from_slice(&2345u32.to_ne_bytes());
+        let mut batch = tw;
+        batch.extend(response(TcpState::Established as u8, None, 9));
+        batch.extend(done());
+        let mut out = Vec::new();
+        assert!(parse_batch(&batch, 42, &mut out).unwrap());
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].cookie, 0x1_0000_0002);
+        assert_eq!(out[0].state, TcpState::FinWait2);
+        assert_eq!(out[0].timewait_expires_ms, Some(2345));
+        assert_eq!(out[0].seen_ns, 42);
+        assert_eq!(out[0].lport, 40000);
+        assert_eq!(out[1].timewait_expires_ms, None);
+        assert_eq!(out[1].inode, 77);
+        let by_cookie = timewait_by_cookie(out);
+        assert_eq!(by_cookie.len(), 1);
+        assert!(by_cookie.contains_key(&0x1_0000_0002));
+    }
+
+    #[test]
+    fn a_batch_without_done_asks_for_more() {
+        let mut out = Vec::new();
+        assert!(!parse_batch(&response(1, None, 1), 0, &mut out).unwrap());
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn truncated_and_garbage_batches_are_errors() {
+        let full = response(1, None, 1);
+        for cut in [1, 8, 15, 16, 40, full.len() - 1] {
+            let mut out = Vec::new();
+            assert!(
+                parse_batch(&full[..cut], 0, &mut out).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut lying = full.clone();
+        lying[0..4].copy_from_slice(&10_000u32.to_ne_bytes());
+        assert!(parse_batch(&lying, 0, &mut Vec::new()).is_err());
+        let mut zero = full;
+        zero[0..4].copy_from_slice(&0u32.to_ne_bytes());
+        assert!(parse_batch(&zero, 0, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn state_masks() {
+        let mask = states(&[TcpState::FinWait2, TcpState::TimeWait]);
+        assert_eq!(mask, StateFlags::FIN_WAIT2 | StateFlags::TIME_WAIT);
+    }
+}

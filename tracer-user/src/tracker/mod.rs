@@ -1,0 +1,876 @@
+//! Per-socket lifecycle state machine: turns ring events, timewait observations and the start-up snapshot into one record per connection, saying who closed first and how long each state lasted.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::IpAddr,
+    num::NonZeroUsize,
+};
+
+use lru::LruCache;
+use tracer_common::TcpState;
+
+use crate::{
+    decode::{Comm, Family, Kind, Record},
+    sock_diag::DiagSocket,
+};
+
+/// A timewait socket's timer restarts at this when FIN_WAIT2 becomes
+/// TIME_WAIT (`TCP_TIMEWAIT_LEN`), which dates the switch.
+pub const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
+
+/// How long a closed socket waits for the RST or destroy record that the
+/// same kernel path writes right after the CLOSE (an abortive close traces
+/// CLOSE first, then the RST); the destroy can come much later if the
+/// application keeps the file open.
+pub const CLOSE_GRACE_NS: u64 = 100_000_000;
+
+/// Timer rounding tolerated before a vanished timewait socket counts as
+/// killed early rather than expired.
+const EXPIRY_SLACK_NS: u64 = 20_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// This host sent the SYN.
+    Client,
+    /// This host accepted the connection.
+    Server,
+    /// Seen mid-life with nothing telling which.
+    Unknown,
+}
+
+impl Role {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Server => "server",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// The first closing act of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClosedBy {
+    /// This host sent the first FIN (ESTABLISHED -> FIN_WAIT1).
+    Local,
+    /// The peer's FIN came first (ESTABLISHED -> CLOSE_WAIT).
+    Remote,
+    /// Both FINs crossed (FIN_WAIT1 -> CLOSING).
+    Simultaneous,
+    /// This host reset the connection before any FIN.
+    ResetLocal,
+    /// The peer reset the connection before any FIN.
+    ResetRemote,
+    Unknown,
+}
+
+impl ClosedBy {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Remote => "remote",
+            Self::Simultaneous => "simultaneous",
+            Self::ResetLocal => "reset_local",
+            Self::ResetRemote => "reset_remote",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// How a FIN_WAIT2 linger ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fw2End {
+    /// The peer's FIN arrived: on to TIME_WAIT.
+    PeerFin,
+    /// `tcp_fin_timeout` expired with no FIN from the peer.
+    Timeout,
+    /// A RST ended it, or the timewait socket was killed early.
+    Reset,
+    /// Still lingering when the tracer stopped.
+    Open,
+}
+
+impl Fw2End {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PeerFin => "peer_fin",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Open => "open",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnerRef {
+    pub pid: u32,
+    pub comm: Comm,
+}
+
+/// States in the order a lifecycle passes through them, for output.
+const LIFECYCLE_ORDER: [TcpState; 8] = [
+    TcpState::SynSent,
+    TcpState::SynRecv,
+    TcpState::Established,
+    TcpState::FinWait1,
+    TcpState::FinWait2,
+    TcpState::Closing,
+    TcpState::CloseWait,
+    TcpState::LastAck,
+];
+
+/// Nanoseconds spent in each state a connection entered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateTimes {
+    ns: [u64; 16],
+    entered: u16,
+}
+
+impl StateTimes {
+    fn enter(&mut self, state: TcpState) {
+        self.entered |= 1 << state as u8;
+    }
+
+    fn add(&mut self, state: TcpState, ns: u64) {
+        self.enter(state);
+        self.ns[state as usize] = self.ns[state as usize].saturating_add(ns);
+    }
+
+    pub fn get(&self, state: TcpState) -> Option<u64> {
+        (self.entered & (1 << state as u8) != 0).then_some(self.ns[state as usize])
+    }
+
+    /// A copy with `ns` spent in `state`.
+    #[cfg(test)]
+    pub fn with(mut self, state: TcpState, ns: u64) -> Self {
+        self.add(state, ns);
+        self
+    }
+
+    /// Entered states with their time, in lifecycle order.
+    pub fn iter(&self) -> impl Iterator<Item = (TcpState, u64)> + '_ {
+        LIFECYCLE_ORDER
+            .iter()
+            .filter_map(|&s| self.get(s).map(|ns| (s, ns)))
+    }
+}
+
+/// One connection's lifecycle, as `watch` prints it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnRecord {
+    /// Boot-clock ns when the lifecycle step that completed it happened.
+    pub end_ns: u64,
+    pub cookie: u64,
+    pub netns: u32,
+    pub owner: Option<OwnerRef>,
+    pub role: Role,
+    pub family: Family,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub closed_by: ClosedBy,
+    /// From the first state seen to the full socket's CLOSE (or to now, for
+    /// a socket still open at exit); a timewait socket's linger is in `states`.
+    pub lifetime_ns: u64,
+    pub states: StateTimes,
+    /// Set when the connection entered FIN_WAIT2 and its end is known.
+    pub fin_wait2_end: Option<Fw2End>,
+    pub time_wait: bool,
+    /// False when events may be missing: the socket predates the tracer,
+    /// events were lost, or its transitions did not chain.
+    pub complete: bool,
+    /// The state a socket is still in when the tracer stops; `None` for a
+    /// completed lifecycle.
+    pub open_state: Option<TcpState>,
+}
+
+/// What sock_diag must be asked: the cookies followed in one namespace and family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiagRequest {
+    pub netns: u32,
+    pub family: Family,
+    pub cookies: Vec<u64>,
+}
+
+/// A socket found by the start-up sock_diag dump.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub cookie: u64,
+    pub netns: u32,
+    pub family: Family,
+    pub state: TcpState,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub owner: Option<OwnerRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The full socket is alive.
+    Live,
+    /// The full socket reached CLOSE at `at_ns`. Waiting for its destroy or
+    /// the grace period, or, for a `timewait_candidate` (closed from
+    /// FIN_WAIT2 or CLOSING without a reset), for sock_diag to say whether a
+    /// timewait socket took its place.
+    Closed {
+        at_ns: u64,
+        timewait_candidate: bool,
+    },
+    /// An orphaned FIN_WAIT2 living on as a timewait socket, followed with
+    /// sock_diag until the peer's FIN, the timeout or a reset ends it.
+    Fw2Timewait {
+        closed_ns: u64,
+        /// When sock_diag last saw it in FIN_WAIT2.
+        seen_ns: u64,
+        /// When its timer is due, as of that sighting.
+        expires_ns: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    netns: u32,
+    family: Family,
+    laddr: IpAddr,
+    lport: u16,
+    raddr: IpAddr,
+    rport: u16,
+    owner: Option<OwnerRef>,
+    role: Role,
+    closed_by: Option<ClosedBy>,
+    /// Side of the first RST seen: true = sent by this host.
+    reset_local: Option<bool>,
+    state: TcpState,
+    /// When `state` was entered; not known for a socket first seen mid-life.
+    since_ns: Option<u64>,
+    first_ns: u64,
+    last_ns: u64,
+    /// The last transition applied, to recognise a duplicate record.
+    last_step: (TcpState, TcpState),
+    times: StateTimes,
+    fin_wait2_end: Option<Fw2End>,
+    time_wait: bool,
+    complete: bool,
+    phase: Phase,
+}
+
+impl Conn {
+    fn from_record(r: &Record, state: TcpState, role: Role, born: bool) -> Self {
+        Self {
+            netns: r.netns,
+            family: r.family,
+            laddr: r.laddr,
+            lport: r.lport,
+            raddr: r.raddr,
+            rport: r.rport,
+            owner: r.owner.map(|o| OwnerRef {
+                pid: o.pid,
+                comm: o.comm,
+            }),
+            role,
+            closed_by: None,
+            reset_local: None,
+            state,
+            since_ns: born.then_some(r.ts_ns),
+            first_ns: r.ts_ns,
+            last_ns: r.ts_ns,
+            last_step: (state, state),
+            times: StateTimes::default(),
+            fin_wait2_end: None,
+            time_wait: false,
+            complete: born,
+            phase: Phase::Live,
+        }
+    }
+
+    /// Closes the books on the current state at `now` and enters `next`.
+    fn enter(&mut self, next: TcpState, now: u64) {
+        if let Some(since) = self.since_ns {
+            self.times.add(self.state, now.saturating_sub(since));
+        }
+        if next != TcpState::Close {
+            self.times.enter(next);
+        }
+        self.state = next;
+        self.since_ns = Some(now);
+    }
+
+    fn record(
+        &self,
+        cookie: u64,
+        end_ns: u64,
+        lifetime_end_ns: u64,
+        open_state: Option<TcpState>,
+    ) -> ConnRecord {
+        let closed_by = self.closed_by.unwrap_or(match self.reset_local {
+            Some(true) => ClosedBy::ResetLocal,
+            Some(false) => ClosedBy::ResetRemote,
+            None => ClosedBy::Unknown,
+        });
+        ConnRecord {
+            end_ns,
+            cookie,
+            netns: self.netns,
+            owner: self.owner,
+            role: self.role,
+            family: self.family,
+            laddr: self.laddr,
+            lport: self.lport,
+            raddr: self.raddr,
+            rport: self.rport,
+            closed_by,
+            lifetime_ns: lifetime_end_ns.saturating_sub(self.first_ns),
+            states: self.times,
+            fin_wait2_end: self.fin_wait2_end,
+            time_wait: self.time_wait,
+            complete: self.complete,
+            open_state,
+        }
+    }
+}
+
+/// Tracks every connection it hears of, up to a cap.
+pub struct Tracker {
+    conns: LruCache<u64, Conn>,
+    /// Owner of each listening socket, by (netns, port): accepted sockets
+    /// start with no owner until their first I/O, and inherit this.
+    listeners: HashMap<(u32, u16), Option<OwnerRef>>,
+    /// Sockets closed without a timewait successor, in closing order,
+    /// waiting out [`CLOSE_GRACE_NS`].
+    closing: VecDeque<(u64, u64)>,
+    /// Cookies sock_diag must look up, by (netns, family).
+    followed: HashMap<(u32, Family), HashSet<u64>>,
+    ready: Vec<ConnRecord>,
+    evicted: u64,
+}
+
+impl Tracker {
+    pub fn new(max_sockets: NonZeroUsize) -> Self {
+        Self {
+            conns: LruCache::new(max_sockets),
+            listeners: HashMap::new(),
+            closing: VecDeque::new(),
+            followed: HashMap::new(),
+            ready: Vec::new(),
+            evicted: 0,
+        }
+    }
+
+    /// Sockets currently tracked.
+    #[cfg(test)]
+    pub fn tracked(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Sockets dropped to stay under the cap.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Records completed since the last call.
+    pub fn take_ready(&mut self) -> Vec<ConnRecord> {
+        std::mem::take(&mut self.ready)
+    }
+
+    fn insert(&mut self, cookie: u64, conn: Conn) {
+        if let Some((old, _)) = self.conns.push(cookie, conn)
+            && old != cookie
+        {
+            self.evicted += 1;
+        }
+    }
+
+    fn follow(&mut self, cookie: u64, netns: u32, family: Family) {
+        self.followed
+            .entry((netns, family))
+            .or_default()
+            .insert(cookie);
+    }
+
+    fn unfollow(&mut self, cookie: u64, netns: u32, family: Family) {
+        if let Some(set) = self.followed.get_mut(&(netns, family)) {
+            set.remove(&cookie);
+            if set.is_empty() {
+                self.followed.remove(&(netns, family));
+            }
+        }
+    }
+
+    /// Ends a lifecycle: the record is ready and the socket forgotten.
+    fn finalize(&mut self, cookie: u64, end_ns: u64) {
+        if let Some(conn) = self.conns.pop(&cookie) {
+            let lifetime_end = match conn.phase {
+                Phase::Closed { at_ns, .. } => at_ns,
+                Phase::Fw2Timewait { closed_ns, .. } => closed_ns,
+                Phase::Live => end_ns,
+            };
+            self.unfollow(cookie, conn.netns, conn.family);
+            self.ready
+                .push(conn.record(cookie, end_ns, lifetime_end, None));
+        }
+    }
+
+    pub fn on_record(&mut self, r: &Record) {
+        match r.kind {
+            Kind::StateChange { old, new } => self.on_transition(r, old, new),
+            Kind::Destroy { .. } => self.on_destroy(r),
+            Kind::SendReset { .. } => self.on_reset(r, true),
+            Kind::ReceiveReset { .. } => self.on_reset(r, false),
+        }
+    }
+
+    fn on_transition(&mut self, r: &Record, old: TcpState, new: TcpState) {
+        use TcpState::*;
+        if new == Listen {
+            let owner = r.owner.map(|o| OwnerRef {
+                pid: o.pid,
+                comm: o.comm,
+            });
+            self.listeners.insert((r.netns, r.lport), owner);
+            return;
+        }
+        if old == Listen && new == Close {
+            self.listeners.remove(&(r.netns, r.lport));
+            return;
+        }
+        // A socket that failed to connect can connect again: a new lifecycle
+        // under the same cookie.
+        if old == Close
+            && new == SynSent
+            && self
+                .conns
+                .peek(&r.cookie)
+                .is_some_and(|c| matches!(c.phase, Phase::Closed { .. }))
+        {
+            self.finalize(r.cookie, r.ts_ns);
+        }
+        if !self.conns.contains(&r.cookie) {
+            let (role, born) = match (old, new) {
+                (Close, SynSent) => (Role::Client, true),
+                (Listen | NewSynRecv, SynRecv) => (Role::Server, true),
+                (SynSent, _) => (Role::Client, false),
+                (SynRecv | NewSynRecv, _) => (Role::Server, false),
+                _ if self.listeners.contains_key(&(r.netns, r.lport)) => (Role::Server, false),
+                _ => (Role::Unknown, false),
+            };
+            let mut conn = Conn::from_record(r, old, role, born);
+            if conn.owner.is_none() && role == Role::Server {
+                conn.owner = self.listeners.get(&(r.netns, r.lport)).copied().flatten();
+            }
+            self.insert(r.cookie, conn);
+        }
+        let Some(conn) = self.conns.get_mut(&r.cookie) else {
+            return;
+        };
+        if conn.last_step == (old, new) && conn.last_ns == r.ts_ns {
+            // The same record twice: nothing new.
+            return;
+        }
+        if conn.phase != Phase::Live {
+            // A transition after CLOSE: events were missed or reordered.
+            conn.complete = false;
+            return;
+        }
+        if r.ts_ns < conn.last_ns {
+            conn.complete = false;
+        }
+        if old != conn.state {
+            // A step is missing between what we saw last and this one.
+            conn.complete = false;
+        }
+        let now = r.ts_ns.max(conn.since_ns.unwrap_or(0));
+        conn.last_ns = conn.last_ns.max(r.ts_ns);
+        conn.last_step = (old, new);
+        if conn.lport == 0 && r.lport != 0 {
+            // A client's port is picked after CLOSE -> SYN_SENT is traced.
+            conn.laddr = r.laddr;
+            conn.lport = r.lport;
+        }
+        conn.enter(new, now);
+        if let Some(o) = r.owner {
+            conn.owner = Some(OwnerRef {
+                pid: o.pid,
+                comm: o.comm,
+            });
+        }
+        match (old, new) {
+            (Established | SynRecv, FinWait1) if conn.closed_by.is_none() => {
+                conn.closed_by = Some(ClosedBy::Local)
+            }
+            (Established | SynRecv, CloseWait) if conn.closed_by.is_none() => {
+                conn.closed_by = Some(ClosedBy::Remote)
+            }
+            (FinWait1, Closing) if matches!(conn.closed_by, None | Some(ClosedBy::Local)) => {
+                conn.closed_by = Some(ClosedBy::Simultaneous)
+            }
+            // The deciding step was missed (seen mid-life, or lost): a closing
+            // state still tells who sent the first FIN.
+            _ if conn.closed_by.is_none() => conn.closed_by = closer_implied_by(old),
+            _ => {}
+        }
+        if new == Close {
+            self.closed(r.cookie, old, now);
+        }
+    }
+
+    /// The full socket reached CLOSE: decide what must be learned before
+    /// its record can be written.
+    fn closed(&mut self, cookie: u64, from: TcpState, at_ns: u64) {
+        let Some(conn) = self.conns.get_mut(&cookie) else {
+            return;
+        };
+        // FIN_WAIT2 and CLOSING are the states a timewait socket replaces;
+        // a RST rules it out.
+        let timewait_candidate =
+            matches!(from, TcpState::FinWait2 | TcpState::Closing) && conn.reset_local.is_none();
+        conn.phase = Phase::Closed {
+            at_ns,
+            timewait_candidate,
+        };
+        if from == TcpState::FinWait2 && conn.reset_local.is_some() {
+            conn.fin_wait2_end = Some(Fw2End::Reset);
+        }
+        let (netns, family) = (conn.netns, conn.family);
+        if timewait_candidate {
+            self.follow(cookie, netns, family);
+        } else {
+            self.closing.push_back((at_ns, cookie));
+        }
+    }
+
+    fn on_destroy(&mut self, r: &Record) {
+        let Some(conn) = self.conns.get_mut(&r.cookie) else {
+            return;
+        };
+        match conn.phase {
+            Phase::Live => {
+                // The CLOSE record was lost: close it now.
+                conn.complete = false;
+                let (from, now) = (conn.state, r.ts_ns.max(conn.since_ns.unwrap_or(0)));
+                conn.enter(TcpState::Close, now);
+                self.closed(r.cookie, from, now);
+                self.on_destroy(r);
+            }
+            Phase::Closed {
+                at_ns,
+                timewait_candidate: false,
+            } => self.finalize(r.cookie, at_ns),
+            // A timewait candidate's destroy says nothing about its successor.
+            Phase::Closed { .. } | Phase::Fw2Timewait { .. } => {}
+        }
+    }
+
+    fn on_reset(&mut self, r: &Record, local: bool) {
+        let Some(conn) = self.conns.get_mut(&r.cookie) else {
+            return;
+        };
+        if conn.reset_local.is_none() {
+            conn.reset_local = Some(local);
+        }
+        // A RST after a FIN does not change who closed first.
+        if conn.closed_by.is_none() {
+            conn.closed_by = Some(if local {
+                ClosedBy::ResetLocal
+            } else {
+                ClosedBy::ResetRemote
+            });
+        }
+        match conn.phase {
+            Phase::Live => {
+                if conn.state == TcpState::FinWait2 {
+                    conn.fin_wait2_end = Some(Fw2End::Reset);
+                }
+            }
+            Phase::Closed {
+                at_ns,
+                timewait_candidate: true,
+            } => {
+                // Reset right after the CLOSE (e.g. FIN_WAIT2 with linger2 < 0):
+                // no timewait successor to wait for.
+                if conn.times.get(TcpState::FinWait2).is_some() {
+                    conn.fin_wait2_end = Some(Fw2End::Reset);
+                }
+                conn.phase = Phase::Closed {
+                    at_ns,
+                    timewait_candidate: false,
+                };
+                let (netns, family) = (conn.netns, conn.family);
+                self.unfollow(r.cookie, netns, family);
+                self.closing.push_back((at_ns, r.cookie));
+            }
+            Phase::Closed { .. } => {}
+            Phase::Fw2Timewait { closed_ns, .. } => {
+                // The orphan's timewait socket sent or got a RST: that ends it,
+                // to the nanosecond.
+                let end = r.ts_ns.max(closed_ns);
+                conn.times.add(TcpState::FinWait2, end - closed_ns);
+                conn.fin_wait2_end = Some(Fw2End::Reset);
+                self.finalize(r.cookie, end);
+            }
+        }
+    }
+
+    /// Events were lost since the last call: every socket alive now, and
+    /// every record not yet written, may be missing some.
+    pub fn note_loss(&mut self) {
+        for (_, conn) in self.conns.iter_mut() {
+            conn.complete = false;
+        }
+        for record in &mut self.ready {
+            record.complete = false;
+        }
+    }
+
+    /// Writes the records of sockets whose grace period has passed.
+    pub fn tick(&mut self, now_ns: u64) {
+        while let Some(&(at_ns, cookie)) = self.closing.front() {
+            if at_ns.saturating_add(CLOSE_GRACE_NS) > now_ns {
+                break;
+            }
+            self.closing.pop_front();
+            let due = self.conns.peek(&cookie).is_some_and(|c| {
+                c.phase
+                    == Phase::Closed {
+                        at_ns,
+                        timewait_candidate: false,
+                    }
+            });
+            if due {
+                self.finalize(cookie, at_ns);
+            }
+        }
+    }
+
+    /// What sock_diag should be asked now; empty when nothing is followed.
+    pub fn diag_requests(&self) -> Vec<DiagRequest> {
+        self.followed
+            .iter()
+            .map(|(&(netns, family), cookies)| DiagRequest {
+                netns,
+                family,
+                cookies: cookies.iter().copied().collect(),
+            })
+            .collect()
+    }
+
+    /// Applies one dump (timewait sockets by cookie) taken for `request`;
+    /// `done_ns` is when the dump finished. A namespace that no longer
+    /// exists is an empty dump: its timewait sockets went with it.
+    pub fn on_diag(
+        &mut self,
+        request: &DiagRequest,
+        timewait: &HashMap<u64, DiagSocket>,
+        done_ns: u64,
+    ) {
+        for &cookie in &request.cookies {
+            let Some(conn) = self.conns.get_mut(&cookie) else {
+                self.unfollow(cookie, request.netns, request.family);
+                continue;
+            };
+            let seen = timewait.get(&cookie);
+            match conn.phase {
+                Phase::Closed {
+                    at_ns,
+                    timewait_candidate: true,
+                } => match seen {
+                    Some(tw) if tw.state == TcpState::TimeWait => {
+                        // Either created as TIME_WAIT (the FIN had come while
+                        // the full socket lived) or it switched from FIN_WAIT2
+                        // before this first look: the timer dates which.
+                        conn.time_wait = true;
+                        let mut end = at_ns;
+                        if conn.times.get(TcpState::FinWait2).is_some() {
+                            end = timewait_switch(tw, at_ns);
+                            conn.times.add(TcpState::FinWait2, end - at_ns);
+                            conn.fin_wait2_end = Some(Fw2End::PeerFin);
+                        }
+                        self.finalize(cookie, end);
+                    }
+                    Some(tw) => {
+                        conn.phase = Phase::Fw2Timewait {
+                            closed_ns: at_ns,
+                            seen_ns: tw.seen_ns,
+                            expires_ns: expiry(tw),
+                        };
+                        // Keep followed sockets away from LRU eviction.
+                        self.conns.promote(&cookie);
+                    }
+                    None => {
+                        // No successor: the timewait table was full
+                        // (tcp_max_tw_buckets) or it was gone before we asked.
+                        self.finalize(cookie, at_ns);
+                    }
+                },
+                Phase::Fw2Timewait {
+                    closed_ns,
+                    seen_ns,
+                    expires_ns,
+                } => match seen {
+                    Some(tw) if tw.state == TcpState::TimeWait => {
+                        let end = timewait_switch(tw, seen_ns);
+                        conn.times
+                            .add(TcpState::FinWait2, end.saturating_sub(closed_ns));
+                        conn.fin_wait2_end = Some(Fw2End::PeerFin);
+                        conn.time_wait = true;
+                        self.finalize(cookie, end);
+                    }
+                    Some(tw) => {
+                        conn.phase = Phase::Fw2Timewait {
+                            closed_ns,
+                            seen_ns: tw.seen_ns,
+                            expires_ns: expiry(tw),
+                        };
+                        self.conns.promote(&cookie);
+                    }
+                    None => {
+                        let (end, how) = if done_ns.saturating_add(EXPIRY_SLACK_NS) < expires_ns {
+                            // Gone before its timer: killed by a RST or reused.
+                            (done_ns, Fw2End::Reset)
+                        } else {
+                            (
+                                expires_ns.clamp(seen_ns, done_ns.max(seen_ns)),
+                                Fw2End::Timeout,
+                            )
+                        };
+                        conn.times
+                            .add(TcpState::FinWait2, end.saturating_sub(closed_ns));
+                        conn.fin_wait2_end = Some(how);
+                        self.finalize(cookie, end);
+                    }
+                },
+                _ => self.unfollow(cookie, request.netns, request.family),
+            }
+        }
+    }
+
+    /// Adds the sockets open when tracing started. Sockets already known
+    /// from events only get what they lack (owner, role).
+    pub fn seed(&mut self, seeds: &[Seed], now_ns: u64) {
+        for s in seeds.iter().filter(|s| s.state == TcpState::Listen) {
+            self.listeners.entry((s.netns, s.lport)).or_insert(s.owner);
+        }
+        for s in seeds {
+            if matches!(
+                s.state,
+                TcpState::Listen
+                    | TcpState::Close
+                    | TcpState::SynRecv
+                    | TcpState::NewSynRecv
+                    | TcpState::TimeWait
+            ) {
+                continue;
+            }
+            let serves = self.listeners.contains_key(&(s.netns, s.lport));
+            if let Some(conn) = self.conns.peek_mut(&s.cookie) {
+                conn.owner = conn.owner.or(s.owner);
+                if conn.role == Role::Unknown && serves {
+                    conn.role = Role::Server;
+                }
+                continue;
+            }
+            let mut times = StateTimes::default();
+            times.enter(s.state);
+            let conn = Conn {
+                netns: s.netns,
+                family: s.family,
+                laddr: s.laddr,
+                lport: s.lport,
+                raddr: s.raddr,
+                rport: s.rport,
+                owner: s.owner,
+                role: if serves { Role::Server } else { Role::Unknown },
+                closed_by: closer_implied_by(s.state),
+                reset_local: None,
+                state: s.state,
+                since_ns: Some(now_ns),
+                first_ns: now_ns,
+                last_ns: now_ns,
+                last_step: (s.state, s.state),
+                times,
+                fin_wait2_end: None,
+                time_wait: false,
+                complete: false,
+                phase: Phase::Live,
+            };
+            self.insert(s.cookie, conn);
+        }
+    }
+
+    /// At exit: records for every socket still lingering (closing states,
+    /// timewait FIN_WAIT2), timed up to `now_ns`, plus any closed socket
+    /// still waiting for its verdict. Open connections are not records.
+    pub fn finish(&mut self, now_ns: u64) -> Vec<ConnRecord> {
+        let mut out = self.take_ready();
+        let cookies: Vec<u64> = self.conns.iter().map(|(&c, _)| c).collect();
+        for cookie in cookies {
+            let Some(mut conn) = self.conns.pop(&cookie) else {
+                continue;
+            };
+            match conn.phase {
+                Phase::Live => {
+                    let state = conn.state;
+                    if !matches!(
+                        state,
+                        TcpState::FinWait1
+                            | TcpState::FinWait2
+                            | TcpState::Closing
+                            | TcpState::CloseWait
+                            | TcpState::LastAck
+                    ) {
+                        continue;
+                    }
+                    if let Some(since) = conn.since_ns {
+                        conn.times.add(state, now_ns.saturating_sub(since));
+                    }
+                    if state == TcpState::FinWait2 {
+                        conn.fin_wait2_end = Some(Fw2End::Open);
+                    }
+                    out.push(conn.record(cookie, now_ns, now_ns, Some(state)));
+                }
+                Phase::Closed { at_ns, .. } => out.push(conn.record(cookie, at_ns, at_ns, None)),
+                Phase::Fw2Timewait { closed_ns, .. } => {
+                    conn.times
+                        .add(TcpState::FinWait2, now_ns.saturating_sub(closed_ns));
+                    conn.fin_wait2_end = Some(Fw2End::Open);
+                    out.push(conn.record(cookie, now_ns, closed_ns, Some(TcpState::FinWait2)));
+                }
+            }
+        }
+        self.followed.clear();
+        self.closing.clear();
+        out
+    }
+}
+
+/// Who closed first, as implied by being in `state`: only the local-first
+/// path passes FIN_WAIT1/FIN_WAIT2 without CLOSING.
+fn closer_implied_by(state: TcpState) -> Option<ClosedBy> {
+    match state {
+        TcpState::FinWait1 | TcpState::FinWait2 => Some(ClosedBy::Local),
+        TcpState::CloseWait | TcpState::LastAck => Some(ClosedBy::Remote),
+        TcpState::Closing => Some(ClosedBy::Simultaneous),
+        _ => None,
+    }
+}
+
+/// When a timewait socket seen in TIME_WAIT left FIN_WAIT2: its timer
+/// restarted at [`TIMEWAIT_LEN_NS`] then. Clamped to after `not_before`
+/// (when it was last known to be in FIN_WAIT2) and to the sighting itself.
+fn timewait_switch(tw: &DiagSocket, not_before: u64) -> u64 {
+    let left_ns = u64::from(tw.timewait_expires_ms.unwrap_or(0)) * 1_000_000;
+    let switched = tw
+        .seen_ns
+        .saturating_sub(TIMEWAIT_LEN_NS.saturating_sub(left_ns));
+    switched.clamp(not_before, tw.seen_ns.max(not_before))
+}
+
+/// When a timewait socket's timer is due, from one sighting.
+fn expiry(tw: &DiagSocket) -> u64 {
+    tw.seen_ns + u64::from(tw.timewait_expires_ms.unwrap_or(0)) * 1_000_000
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,705 @@
+//! The tracker on synthetic event sequences: every closing pattern, timewait follow-ups, and missing, duplicated and out-of-order events.
+
+use std::{collections::HashMap, num::NonZeroUsize};
+
+use tracer_common::TcpState::{self, *};
+
+use super::*;
+use crate::decode::{Comm, Family, Kind, Owner, Record, tests::comm};
+
+const NETNS: u32 = 4026531840;
+const MS: u64 = 1_000_000;
+
+fn owner(pid: u32, name: &str) -> Option<Owner> {
+    Some(Owner {
+        pid,
+        comm: Comm::new(comm(name)),
+        from_current_task: false,
+    })
+}
+
+/// Events of one socket: client side is 10.0.0.1:40000 -> 10.0.0.2:8080.
+struct Sock {
+    cookie: u64,
+    server: bool,
+    owner: Option<Owner>,
+}
+
+impl Sock {
+    fn client(cookie: u64) -> Self {
+        Self {
+            cookie,
+            server: false,
+            owner: owner(100, "curl"),
+        }
+    }
+
+    fn server(cookie: u64) -> Self {
+        Self {
+            cookie,
+            server: true,
+            owner: owner(200, "nginx"),
+        }
+    }
+
+    fn record(&self, ms: u64, kind: Kind) -> Record {
+        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let (laddr, lport, raddr, rport) = if self.server {
+            (b, 8080, a, 40000)
+        } else {
+            (a, 40000, b, 8080)
+        };
+        Record {
+            ts_ns: ms * MS,
+            cookie: self.cookie,
+            kind,
+            family: Family::Ipv4,
+            laddr,
+            lport,
+            raddr,
+            rport,
+            owner: self.owner,
+            netns: NETNS,
+        }
+    }
+
+    fn step(&self, ms: u64, old: TcpState, new: TcpState) -> Record {
+        self.record(ms, Kind::StateChange { old, new })
+    }
+
+    fn unowned_step(&self, ms: u64, old: TcpState, new: TcpState) -> Record {
+        Record {
+            owner: None,
+            ..self.step(ms, old, new)
+        }
+    }
+}
+
+fn tracker() -> Tracker {
+    Tracker::new(NonZeroUsize::new(1000).unwrap())
+}
+
+fn feed(t: &mut Tracker, records: &[Record]) {
+    for r in records {
+        t.on_record(r);
+    }
+}
+
+/// A sock_diag sighting of a timewait socket.
+fn timewait(cookie: u64, substate: TcpState, seen_ms: u64, expires_ms: u32) -> (u64, DiagSocket) {
+    let s = Sock::client(cookie).step(0, Established, Established);
+    (
+        cookie,
+        DiagSocket {
+            family: Family::Ipv4,
+            state: substate,
+            laddr: s.laddr,
+            lport: s.lport,
+            raddr: s.raddr,
+            rport: s.rport,
+            cookie,
+            inode: 0,
+            timewait_expires_ms: Some(expires_ms),
+            seen_ns: seen_ms * MS,
+        },
+    )
+}
+
+/// Answers every pending sock_diag request with `sightings`.
+fn diag(t: &mut Tracker, sightings: &[(u64, DiagSocket)], done_ms: u64) {
+    let seen: HashMap<u64, DiagSocket> = sightings.iter().cloned().collect();
+    for request in t.diag_requests() {
+        t.on_diag(&request, &seen, done_ms * MS);
+    }
+}
+
+fn ms(ns: Option<u64>) -> Option<f64> {
+    ns.map(|ns| ns as f64 / MS as f64)
+}
+
+fn only(records: Vec<ConnRecord>) -> ConnRecord {
+    assert_eq!(records.len(), 1, "{records:#?}");
+    records.into_iter().next().unwrap()
+}
+
+/// Client handshake and an exchange, ESTABLISHED from 1 ms.
+fn client_open(c: &Sock) -> Vec<Record> {
+    // No local port yet when CLOSE -> SYN_SENT is traced.
+    let connect = Record {
+        lport: 0,
+        ..c.step(0, Close, SynSent)
+    };
+    vec![connect, c.step(1, SynSent, Established)]
+}
+
+fn server_open(s: &Sock) -> Vec<Record> {
+    vec![
+        s.unowned_step(0, Listen, SynRecv),
+        s.unowned_step(1, SynRecv, Established),
+    ]
+}
+
+#[test]
+fn client_closes_first_and_lingers_in_timewait_fin_wait2_until_peer_fin() {
+    let mut t = tracker();
+    let c = Sock::client(1);
+    feed(&mut t, &client_open(&c));
+    feed(
+        &mut t,
+        &[
+            c.step(1000, Established, FinWait1),
+            c.unowned_step(1001, FinWait1, FinWait2),
+            // Orphaned: replaced by a timewait socket in FIN_WAIT2 at once.
+            c.unowned_step(1001, FinWait2, Close),
+            c.record(1001, Kind::Destroy { state: Close }),
+        ],
+    );
+    assert!(t.take_ready().is_empty(), "must wait for sock_diag");
+    let requests = t.diag_requests();
+    assert_eq!(
+        requests,
+        vec![DiagRequest {
+            netns: NETNS,
+            family: Family::Ipv4,
+            cookies: vec![1]
+        }]
+    );
+    diag(&mut t, &[timewait(1, FinWait2, 1100, 59_900)], 1100);
+    assert!(t.take_ready().is_empty(), "still in FIN_WAIT2");
+    // The peer's FIN at 3000 ms restarted the timer at 60 s.
+    diag(&mut t, &[timewait(1, TimeWait, 3200, 59_800)], 3200);
+    let r = only(t.take_ready());
+    assert_eq!(r.role, Role::Client);
+    assert_eq!(r.closed_by, ClosedBy::Local);
+    assert_eq!(r.fin_wait2_end, Some(Fw2End::PeerFin));
+    assert!(r.time_wait);
+    assert!(r.complete);
+    assert_eq!(ms(r.states.get(FinWait2)), Some(1999.0));
+    assert_eq!(ms(r.states.get(FinWait1)), Some(1.0));
+    assert_eq!(ms(r.states.get(Established)), Some(999.0));
+    assert_eq!(r.lifetime_ns, 1001 * MS);
+    assert_eq!(r.end_ns, 3000 * MS);
+    assert_eq!(r.owner.unwrap().pid, 100);
+    assert_eq!(r.lport, 40000);
+    assert!(t.diag_requests().is_empty(), "nothing left to follow");
+    assert_eq!(t.tracked(), 0);
+}
+
+#[test]
+fn server_sees_close_wait_then_last_ack_and_inherits_the_listener_owner() {
+    let mut t = tracker();
+    let s = Sock::server(2);
+    t.on_record(&s.step(0, Close, Listen));
+    feed(&mut t, &server_open(&s));
+    feed(
+        &mut t,
+        &[
+            s.unowned_step(1000, Established, CloseWait),
+            s.step(3000, CloseWait, LastAck),
+            s.unowned_step(3001, LastAck, Close),
+            s.record(3001, Kind::Destroy { state: Close }),
+        ],
+    );
+    let r = only(t.take_ready());
+    assert_eq!(r.role, Role::Server);
+    assert_eq!(r.closed_by, ClosedBy::Remote);
+    assert_eq!(ms(r.states.get(CloseWait)), Some(2000.0));
+    assert_eq!(ms(r.states.get(LastAck)), Some(1.0));
+    assert_eq!(r.fin_wait2_end, None);
+    assert!(!r.time_wait);
+    assert!(r.complete);
+    assert!(
+        t.diag_requests().is_empty(),
+        "LAST_ACK -> CLOSE has no timewait successor"
+    );
+}
+
+#[test]
+fn accepted_socket_without_io_is_owned_by_its_listener() {
+    let mut t = tracker();
+    let s = Sock::server(3);
+    t.on_record(&s.step(0, Close, Listen));
+    feed(&mut t, &server_open(&s));
+    feed(
+        &mut t,
+        &[
+            s.unowned_step(5, Established, CloseWait),
+            s.unowned_step(6, CloseWait, LastAck),
+            s.unowned_step(7, LastAck, Close),
+            s.record(7, Kind::Destroy { state: Close }),
+        ],
+    );
+    let r = only(t.take_ready());
+    assert_eq!(r.owner.map(|o| o.pid), Some(200));
+}
+
+#[test]
+fn server_closes_first_and_timewait_lands_on_it() {
+    let mut t = tracker();
+    let s = Sock::server(4);
+    feed(&mut t, &server_open(&s));
+    feed(
+        &mut t,
+        &[
+            s.step(10, Established, FinWait1),
+            s.unowned_step(11, FinWait1, FinWait2),
+            s.unowned_step(11, FinWait2, Close),
+        ],
+    );
+    // By the first dump the client's FIN had come: already TIME_WAIT.
+    diag(&mut t, &[timewait(4, TimeWait, 200, 59_950)], 200);
+    let r = only(t.take_ready());
+    assert_eq!(r.closed_by, ClosedBy::Local);
+    assert!(r.time_wait);
+    assert_eq!(r.fin_wait2_end, Some(Fw2End::PeerFin));
+    // Dated from the timer: the FIN came at 150 ms, 139 ms into FIN_WAIT2.
+    assert_eq!(ms(r.states.get(FinWait2)), Some(139.0));
+}
+
+#[test]
+fn fin_wait2_that_turned_into_time_wait_before_the_close_is_dated_by_the_close() {
+    // A FIN_WAIT2 full socket (shutdown, still open) gets the peer's FIN:
+    // the tracepoint shows FIN_WAIT2 -> CLOSE and the successor is TIME_WAIT.
+    let mut t = tracker();
+    let c = Sock::client(5);
+    feed(&mut t, &client_open(&c));
+    feed(
+        &mut t,
+        &[
+            c.step(10, Established, FinWait1),
+            c.unowned_step(11, FinWait1, FinWait2),
+            c.unowned_step(500, FinWait2, Close),
+        ],
+    );
+    diag(&mut t, &[timewait(5, TimeWait, 600, 59_900)], 600);
+    let r = only(t.take_ready());
+    assert_eq!(ms(r.states.get(FinWait2)), Some(489.0));
+    assert_eq!(r.fin_wait2_end, Some(Fw2End::PeerFin));
+    assert_eq!(r.end_ns, 500 * MS);
+}
+
+fn orphaned_fin_wait2(t: &mut Tracker, cookie: u64) -> Sock {
+    let c = Sock::client(cookie);
+    feed(t, &client_open(&c));
+    feed(
+        t,
+        &[
+            c.step(1000, Established, FinWait1),
+            c.unowned_step(1001, FinWait1, FinWait2),
+            c.unowned_step(1001, FinWait2, Close),
+        ],
+    );
+    // tcp_fin_timeout 3 s: due at 4001 ms.
+    diag(t, &[timewait(cookie, FinWait2, 1101, 2900)], 1101);
+    c
+}
+
+#[test]
+fn fin_wait2_timeout_when_the_peer_never_closes() {
+    let mut t = tracker();
+    orphaned_fin_wait2(&mut t, 6);
+    diag(&mut t, &[timewait(6, FinWait2, 3000, 1001)], 3000);
+    assert!(t.take_ready().is_empty());
+    diag(&mut t, &[], 4100);
+    let r = only(t.take_ready());
+    assert_eq!(r.fin_wait2_end, Some(Fw2End::Timeout));
+    assert!(!r.time_wait);
+    assert_eq!(ms(r.states.get(FinWait2)), Some(3000.0));
+    assert_eq!(r.end_ns, 4001 * MS);
+}
+
+#[test]
+fn fin_wait2_gone_before_its_timer_was_killed_early() {
+    let mut t = tracker();
+    orphaned_fin_wait2(&mut t, 7);
+    diag(&mut t, &[], 2000);
+    let r = only(t.take_ready());
+    assert_eq!(r.fin_wait2_end, Some(Fw2End::Reset));
+    assert_eq!(ms(r.states.get(FinWait2)), Some(999.0));
+}
+
+#[test]
+fn rst_from_the_timewait_socket_ends_fin_wait2_exactly() {
+    // The server writes into the half-closed connection; the client's
+    // orphaned FIN_WAIT2 answers with a RST.
+    let mut t = tracker();
+    let c = orphaned_fin_wait2(&mut t, 8);
+    t.on_record(&Record {
+        owner: None,
+        ..c.record(2500, Kind::SendReset { state: FinWait2 })
+    });
+    let r = only(t.take_ready());
+    assert_eq!(
+        r.closed_by,
+        ClosedBy::Local,
+        "a RST after the FIN does not change closed_by"
+    );
+    assert_eq!(r.fin_wait2_end, Some(Fw2End::Reset));
+    assert_eq!(ms(r.states.get(FinWait2)), Some(1499.0));
+    assert!(t.diag_requests().is_empty());
+}
+
+#[test]
+fn abortive_close_is_reset_local_on_one_side_and_reset_remote_on_the_other() {
+    let mut t = tracker();
+    let c = Sock::client(9);
+    let s = Sock::server(10);
+    feed(&mut t, &client_open(&c));
+    feed(&mut t, &server_open(&s));
+    // SO_LINGER 0: the kernel traces CLOSE, then sends the RST, then destroys.
+    feed(
+        &mut t,
+        &[
+            c.step(50, Established, Close),
+            c.record(50, Kind::SendReset { state: Close }),
+            c.record(50, Kind::Destroy { state: Close }),
+        ],
+    );
+    // The server gets the RST; its application still holds the socket.
+    feed(
+        &mut t,
+        &[
+            s.record(50, Kind::ReceiveReset { state: Established }),
+            s.unowned_step(50, Established, Close),
+        ],
+    );
+    let client = only(t.take_ready());
+    assert_eq!(client.cookie, 9);
+    assert_eq!(client.closed_by, ClosedBy::ResetLocal);
+    t.tick(50 * MS + CLOSE_GRACE_NS - 1);
+    assert!(t.take_ready().is_empty(), "grace not over");
+    t.tick(50 * MS + CLOSE_GRACE_NS);
+    let server = only(t.take_ready());
+    assert_eq!(server.closed_by, ClosedBy::ResetRemote);
+    assert!(!server.time_wait);
+    assert!(server.complete);
+}
+
+#[test]
+fn simultaneous_close_goes_through_closing_to_time_wait() {
+    let mut t = tracker();
+    let c = Sock::client(11);
+    feed(&mut t, &client_open(&c));
+    feed(
+        &mut t,
+        &[
+            c.step(10, Established, FinWait1),
+            c.unowned_step(60, FinWait1, Closing),
+            c.unowned_step(61, Closing, Close),
+        ],
+    );
+    diag(&mut t, &[timewait(11, TimeWait, 100, 59_961)], 100);
+    let r = only(t.take_ready());
+    assert_eq!(r.closed_by, ClosedBy::Simultaneous);
+    assert!(r.time_wait);
+    assert_eq!(r.fin_wait2_end, None, "never in FIN_WAIT2");
+    assert_eq!(ms(r.states.get(Closing)), Some(1.0));
+}
+
+#[test]
+fn refused_connect_is_reset_remote_and_a_retry_is_a_new_lifecycle() {
+    let mut t = tracker();
+    let c = Sock::client(12);
+    feed(
+        &mut t,
+        &[
+            c.step(0, Close, SynSent),
+            c.record(1, Kind::ReceiveReset { state: SynSent }),
+            c.unowned_step(1, SynSent, Close),
+            // connect() again on the same socket.
+            c.step(5, Close, SynSent),
+        ],
+    );
+    let first = only(t.take_ready());
+    assert_eq!(first.closed_by, ClosedBy::ResetRemote);
+    assert_eq!(first.role, Role::Client);
+    assert_eq!(t.tracked(), 1, "the retry is tracked afresh");
+}
+
+#[test]
+fn timewait_table_full_means_no_time_wait() {
+    let mut t = tracker();
+    let c = Sock::client(13);
+    feed(&mut t, &client_open(&c));
+    feed(
+        &mut t,
+        &[
+            c.step(10, Established, FinWait1),
+            c.unowned_step(11, FinWait1, FinWait2),
+            c.unowned_step(300, FinWait2, Close),
+        ],
+    );
+    diag(&mut t, &[], 400);
+    let r = only(t.take_ready());
+    assert!(!r.time_wait);
+    assert_eq!(r.fin_wait2_end, None, "unknown, not guessed");
+}
+
+#[test]
+fn a_lost_transition_makes_the_record_incomplete_but_not_wrong() {
+    let mut t = tracker();
+    let c = Sock::client(14);
+    feed(&mut t, &client_open(&c));
+    // ESTABLISHED -> FIN_WAIT1 was dropped.
+    feed(
+        &mut t,
+        &[
+            c.unowned_step(1001, FinWait1, FinWait2),
+            c.unowned_step(1001, FinWait2, Close),
+        ],
+    );
+    diag(&mut t, &[timewait(14, TimeWait, 1100, 59_950)], 1100);
+    let r = only(t.take_ready());
+    assert!(!r.complete);
+    assert_eq!(
+        r.closed_by,
+        ClosedBy::Local,
+        "FIN_WAIT1 implies a local first FIN"
+    );
+}
+
+#[test]
+fn a_lost_close_is_recovered_from_the_destroy() {
+    let mut t = tracker();
+    let s = Sock::server(15);
+    feed(&mut t, &server_open(&s));
+    feed(
+        &mut t,
+        &[
+            s.unowned_step(10, Established, CloseWait),
+            s.step(20, CloseWait, LastAck),
+            // LAST_ACK -> CLOSE was dropped.
+            s.record(21, Kind::Destroy { state: Close }),
+        ],
+    );
+    let r = only(t.take_ready());
+    assert!(!r.complete);
+    assert_eq!(r.closed_by, ClosedBy::Remote);
+    assert_eq!(r.lifetime_ns, 21 * MS);
+}
+
+#[test]
+fn duplicated_records_change_nothing() {
+    let mut t = tracker();
+    let s = Sock::server(16);
+    let mut records = server_open(&s);
+    records.extend([
+        s.unowned_step(10, Established, CloseWait),
+        s.unowned_step(10, Established, CloseWait),
+        s.step(20, CloseWait, LastAck),
+        s.unowned_step(21, LastAck, Close),
+        s.unowned_step(21, LastAck, Close),
+        s.record(21, Kind::Destroy { state: Close }),
+        s.record(21, Kind::Destroy { state: Close }),
+    ]);
+    feed(&mut t, &records);
+    let r = only(t.take_ready());
+    assert!(r.complete);
+    assert_eq!(ms(r.states.get(CloseWait)), Some(10.0));
+}
+
+#[test]
+fn out_of_order_records_are_incomplete_and_never_negative() {
+    let mut t = tracker();
+    let c = Sock::client(17);
+    feed(&mut t, &client_open(&c));
+    feed(
+        &mut t,
+        &[
+            c.step(100, Established, FinWait1),
+            // Arrives with an earlier timestamp than the one before it.
+            c.unowned_step(50, FinWait1, FinWait2),
+            c.unowned_step(60, FinWait2, Close),
+        ],
+    );
+    diag(&mut t, &[timewait(17, TimeWait, 200, 59_900)], 200);
+    let r = only(t.take_ready());
+    assert!(!r.complete);
+    assert!(
+        r.states.iter().all(|(_, ns)| ns < 1_000 * MS),
+        "{:?}",
+        r.states
+    );
+}
+
+#[test]
+fn events_for_unknown_sockets_start_mid_life_records() {
+    let mut t = tracker();
+    let s = Sock::server(18);
+    // First seen when the peer closes: pre-existing or evicted.
+    feed(
+        &mut t,
+        &[
+            s.step(10, Established, CloseWait),
+            s.step(20, CloseWait, LastAck),
+            s.step(21, LastAck, Close),
+            s.record(21, Kind::Destroy { state: Close }),
+        ],
+    );
+    let r = only(t.take_ready());
+    assert!(!r.complete);
+    assert_eq!(r.role, Role::Unknown);
+    assert_eq!(r.closed_by, ClosedBy::Remote);
+    assert_eq!(
+        r.states.get(Established),
+        None,
+        "its ESTABLISHED time is unknown"
+    );
+    assert_eq!(ms(r.states.get(CloseWait)), Some(10.0));
+}
+
+#[test]
+fn eviction_keeps_the_cap_and_counts() {
+    let mut t = Tracker::new(NonZeroUsize::new(2).unwrap());
+    for cookie in 1..=5 {
+        feed(&mut t, &client_open(&Sock::client(cookie)));
+    }
+    assert_eq!(t.tracked(), 2);
+    assert_eq!(t.evicted(), 3);
+    // The stalest went first: cookie 1 comes back as a mid-life socket.
+    t.on_record(&Sock::client(1).step(10, Established, FinWait1));
+    assert_eq!(t.evicted(), 4);
+    let c1 = Sock::client(1);
+    feed(&mut t, &[c1.unowned_step(11, FinWait1, FinWait2)]);
+    let records = t.finish(20 * MS);
+    let r = records.iter().find(|r| r.cookie == 1).unwrap();
+    assert!(!r.complete);
+}
+
+#[test]
+fn a_loss_marks_everything_alive_and_pending() {
+    let mut t = tracker();
+    let a = Sock::client(19);
+    let b = Sock::server(20);
+    feed(&mut t, &client_open(&a));
+    feed(&mut t, &server_open(&b));
+    feed(
+        &mut t,
+        &[
+            b.unowned_step(5, Established, CloseWait),
+            b.step(6, CloseWait, LastAck),
+            b.unowned_step(7, LastAck, Close),
+            b.record(7, Kind::Destroy { state: Close }),
+        ],
+    );
+    t.note_loss();
+    assert!(!only(t.take_ready()).complete, "not yet written: marked");
+    feed(
+        &mut t,
+        &[
+            a.step(8, Established, FinWait1),
+            a.unowned_step(9, FinWait1, FinWait2),
+            a.unowned_step(9, FinWait2, Close),
+        ],
+    );
+    diag(&mut t, &[timewait(19, TimeWait, 10, 59_999)], 10);
+    assert!(!only(t.take_ready()).complete, "alive at the loss: marked");
+}
+
+#[test]
+fn seeded_sockets_get_owner_and_role_and_are_incomplete() {
+    let mut t = tracker();
+    let seed = |cookie, state, lport, rport, pid| Seed {
+        cookie,
+        netns: NETNS,
+        family: Family::Ipv4,
+        state,
+        laddr: "10.0.0.2".parse().unwrap(),
+        lport,
+        raddr: "10.0.0.1".parse().unwrap(),
+        rport,
+        owner: Some(OwnerRef {
+            pid,
+            comm: Comm::new(comm("app")),
+        }),
+    };
+    t.seed(
+        &[
+            seed(30, Listen, 8080, 0, 200),
+            seed(31, Established, 8080, 40000, 200),
+            seed(32, Established, 50000, 443, 300),
+            seed(33, CloseWait, 8080, 40001, 200),
+        ],
+        1000 * MS,
+    );
+    assert_eq!(t.tracked(), 3, "listeners are not connections");
+    let server = Sock {
+        cookie: 31,
+        server: true,
+        owner: None,
+    };
+    feed(
+        &mut t,
+        &[
+            server.unowned_step(1500, Established, CloseWait),
+            server.unowned_step(1600, CloseWait, LastAck),
+            server.unowned_step(1601, LastAck, Close),
+            server.record(1601, Kind::Destroy { state: Close }),
+        ],
+    );
+    let r = only(t.take_ready());
+    assert_eq!(r.role, Role::Server);
+    assert_eq!(r.owner.map(|o| o.pid), Some(200));
+    assert!(!r.complete);
+    assert_eq!(r.closed_by, ClosedBy::Remote);
+    assert_eq!(
+        ms(r.states.get(Established)),
+        Some(500.0),
+        "from tracer start"
+    );
+    let at_exit = t.finish(2000 * MS);
+    assert_eq!(
+        at_exit.len(),
+        1,
+        "only the CLOSE_WAIT lingers: {at_exit:#?}"
+    );
+    assert_eq!(at_exit[0].open_state, Some(CloseWait));
+    assert_eq!(at_exit[0].closed_by, ClosedBy::Remote);
+    assert_eq!(ms(at_exit[0].states.get(CloseWait)), Some(1000.0));
+}
+
+#[test]
+fn seeding_fills_gaps_of_sockets_already_seen() {
+    let mut t = tracker();
+    let s = Sock {
+        cookie: 40,
+        server: true,
+        owner: None,
+    };
+    t.on_record(&s.step(10, Established, CloseWait));
+    t.seed(
+        &[Seed {
+            cookie: 40,
+            netns: NETNS,
+            family: Family::Ipv4,
+            state: CloseWait,
+            laddr: "10.0.0.2".parse().unwrap(),
+            lport: 8080,
+            raddr: "10.0.0.1".parse().unwrap(),
+            rport: 40000,
+            owner: Some(OwnerRef {
+                pid: 200,
+                comm: Comm::new(comm("nginx")),
+            }),
+        }],
+        20 * MS,
+    );
+    let r = only(t.finish(30 * MS));
+    assert_eq!(r.owner.map(|o| o.pid), Some(200));
+    assert_eq!(ms(r.states.get(CloseWait)), Some(20.0), "event timing kept");
+}
+
+#[test]
+fn finish_reports_lingering_sockets_only() {
+    let mut t = tracker();
+    let open = Sock::client(50);
+    feed(&mut t, &client_open(&open));
+    orphaned_fin_wait2(&mut t, 51);
+    let records = t.finish(2001 * MS);
+    let r = only(records);
+    assert_eq!(r.cookie, 51);
+    assert_eq!(r.fin_wait2_end, Some(Fw2End::Open));
+    assert_eq!(r.open_state, Some(FinWait2));
+    assert_eq!(ms(r.states.get(FinWait2)), Some(1000.0));
+    assert_eq!(r.lifetime_ns, 1001 * MS);
+}
