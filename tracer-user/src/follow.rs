@@ -14,10 +14,11 @@ use crate::{
 /// late a record is written and how often a large timewait table is read.
 pub const DIAG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// One answered request: timewait sockets by cookie, and when the dump ended.
+/// One answered request: timewait sockets by cookie (`None` if the dump
+/// failed), and when the dump ended.
 pub struct DiagAnswer {
     pub request: DiagRequest,
-    pub timewait: HashMap<u64, DiagSocket>,
+    pub timewait: Option<HashMap<u64, DiagSocket>>,
     pub done_ns: u64,
 }
 
@@ -54,9 +55,9 @@ impl Follower {
         Ok(self.sockets.get_mut(&inum))
     }
 
-    /// Answers every request it can. A namespace that no longer exists is
-    /// answered with an empty dump (its timewait sockets died with it); a
-    /// dump that fails otherwise is skipped and asked again next time.
+    /// Answers every request. A namespace that no longer exists is answered
+    /// with an empty dump (its timewait sockets died with it); a dump that
+    /// fails otherwise is answered `None`.
     pub fn poll(&mut self, requests: Vec<DiagRequest>) -> Vec<DiagAnswer> {
         let states = sock_diag::states(&[
             tracer_common::TcpState::FinWait2,
@@ -72,25 +73,36 @@ impl Follower {
             match dump {
                 Ok(Some(sockets)) => answers.push(DiagAnswer {
                     done_ns: clock::boot_ns(),
-                    timewait: sock_diag::timewait_by_cookie(sockets),
+                    timewait: Some(sock_diag::timewait_by_cookie(sockets)),
                     request,
                 }),
                 Ok(None) => answers.push(DiagAnswer {
                     done_ns: clock::boot_ns(),
-                    timewait: HashMap::new(),
+                    timewait: Some(HashMap::new()),
                     request,
                 }),
                 Err(e) => {
                     // The socket may be broken; open a fresh one next time.
                     self.sockets.remove(&request.netns);
                     if !self.warned {
-                        eprintln!("tcplinger: warning: sock_diag lookup failed, will retry: {e}");
+                        eprintln!(
+                            "tcplinger: warning: sock_diag lookup failed ({e}): TIME_WAIT and FIN_WAIT2 linger of affected sockets is unknown"
+                        );
                         self.warned = true;
                     }
+                    answers.push(DiagAnswer {
+                        done_ns: clock::boot_ns(),
+                        timewait: None,
+                        request,
+                    });
                 }
             }
         }
-        let wanted: Vec<u32> = answers.iter().map(|a| a.request.netns).collect();
+        let wanted: Vec<u32> = answers
+            .iter()
+            .filter(|a| a.timewait.is_some())
+            .map(|a| a.request.netns)
+            .collect();
         self.sockets.retain(|inum, _| wanted.contains(inum));
         answers
     }

@@ -219,9 +219,7 @@ impl Session {
                     diag = None;
                     if let Ok((back, answers)) = answers {
                         follower = Some(back);
-                        for a in &answers {
-                            tracker.on_diag(&a.request, &a.timewait, a.done_ns);
-                        }
+                        apply(tracker, &answers);
                     }
                 }
                 _ = diag_tick.tick(), if follower.is_some() => {
@@ -266,17 +264,13 @@ impl Session {
             && let Ok((back, answers)) = pending.await
         {
             follower = Some(back);
-            for a in &answers {
-                tracker.on_diag(&a.request, &a.timewait, a.done_ns);
-            }
+            apply(tracker, &answers);
         }
         let requests = tracker.diag_requests();
         if let Some(mut f) = follower.filter(|_| !requests.is_empty())
             && let Ok(answers) = tokio::task::spawn_blocking(move || f.poll(requests)).await
         {
-            for a in &answers {
-                tracker.on_diag(&a.request, &a.timewait, a.done_ns);
-            }
+            apply(tracker, &answers);
         }
         let now = clock::boot_ns();
         // Sockets closed moments ago have had all the grace they will get.
@@ -285,6 +279,15 @@ impl Session {
             out.write(&record, &self.clock)?;
         }
         Ok(())
+    }
+}
+
+fn apply(tracker: &mut Tracker, answers: &[DiagAnswer]) {
+    for a in answers {
+        match &a.timewait {
+            Some(timewait) => tracker.on_diag(&a.request, timewait, a.done_ns),
+            None => tracker.on_diag_failed(&a.request),
+        }
     }
 }
 

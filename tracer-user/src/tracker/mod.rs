@@ -746,6 +746,23 @@ impl Tracker {
         }
     }
 
+    /// sock_diag could not answer `request`: sockets waiting for their
+    /// first look are written without a verdict on their successor
+    /// (incomplete); followed ones wait for a later look.
+    pub fn on_diag_failed(&mut self, request: &DiagRequest) {
+        for &cookie in &request.cookies {
+            if let Some(conn) = self.conns.peek_mut(&cookie)
+                && let Phase::Closed {
+                    at_ns,
+                    timewait_candidate: true,
+                } = conn.phase
+            {
+                conn.complete = false;
+                self.finalize(cookie, at_ns);
+            }
+        }
+    }
+
     /// Adds the sockets open when tracing started. Sockets already known
     /// from events only get what they lack (owner, role).
     pub fn seed(&mut self, seeds: &[Seed], now_ns: u64) {

@@ -703,3 +703,26 @@ fn finish_reports_lingering_sockets_only() {
     assert_eq!(ms(r.states.get(FinWait2)), Some(1000.0));
     assert_eq!(r.lifetime_ns, 1001 * MS);
 }
+
+#[test]
+fn a_failed_lookup_writes_waiting_sockets_as_incomplete() {
+    let mut t = tracker();
+    let c = Sock::client(60);
+    feed(&mut t, &client_open(&c));
+    feed(
+        &mut t,
+        &[
+            c.step(10, Established, FinWait1),
+            c.unowned_step(11, FinWait1, FinWait2),
+            c.unowned_step(11, FinWait2, Close),
+        ],
+    );
+    for request in t.diag_requests() {
+        t.on_diag_failed(&request);
+    }
+    let r = only(t.take_ready());
+    assert!(!r.complete);
+    assert_eq!(r.closed_by, ClosedBy::Local);
+    assert_eq!(r.fin_wait2_end, None);
+    assert!(t.diag_requests().is_empty());
+}
