@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::{TraceArgs, UsageError, WatchArgs},
+    cli::{Filters, TraceArgs, UsageError, WatchArgs},
     clock::{self, WallClock},
     decode::{Record, decode},
     follow::{DIAG_INTERVAL, DiagAnswer, Follower},
@@ -182,7 +182,7 @@ impl Session {
         tracer: &mut Tracer,
         out: &mut ConnectionWriter<W>,
         tracker: &mut Tracker,
-        filters: crate::cli::Filters,
+        filters: Filters,
     ) -> io::Result<()> {
         tokio::pin!(stop);
         out.header()?;
