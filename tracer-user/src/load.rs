@@ -8,12 +8,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, Config, GLOBAL_CONFIG, MAP_DROPS, MAP_EVENTS, MAX_FILTER_PIDS,
-    MAX_FILTER_PORTS,
+    AF_INET, AF_INET6, Config, GLOBAL_CONFIG, MAP_DROPS, MAP_EVENTS, MAP_OWNERS, MAX_FILTER_PIDS,
+    MAX_FILTER_PORTS, Owner,
 };
 
 use crate::{
@@ -56,8 +56,17 @@ pub struct Tracer {
     ebpf: Option<Ebpf>,
     ring: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
+    owners: BpfHashMap<MapData, u64, Owner>,
     /// `missed_runs` as read just before detaching, when the programs go.
     missed_at_detach: u64,
+}
+
+/// When a socket last moved data, from the kernel's owner map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LastIo {
+    /// Boot-clock ns; `None` if no send (receive) was seen.
+    pub send_ns: Option<u64>,
+    pub recv_ns: Option<u64>,
 }
 
 impl Tracer {
@@ -89,6 +98,16 @@ impl Tracer {
                     .and_then(|v| v.trim().parse::<u64>().ok())
             })
             .sum()
+    }
+
+    /// Last send and receive of a socket, if the kernel saw it do I/O.
+    pub fn last_io(&self, cookie: u64) -> Option<LastIo> {
+        let owner = self.owners.get(&cookie, 0).ok()?;
+        let some = |ns: u64| (ns != 0).then_some(ns);
+        Some(LastIo {
+            send_ns: some(owner.last_send_ns),
+            recv_ns: some(owner.last_recv_ns),
+        })
     }
 
     /// Detaches and unloads every program; the maps stay readable.
@@ -250,10 +269,20 @@ pub fn load(options: &LoadOptions) -> Result<Tracer, EnvError> {
             program: MAP_DROPS,
             reason: e.to_string(),
         })?;
+    let owners = BpfHashMap::try_from(
+        ebpf.take_map(MAP_OWNERS)
+            .ok_or_else(|| missing(MAP_OWNERS))?,
+    )
+    .map_err(|e| EnvError::Program {
+        action: "open",
+        program: MAP_OWNERS,
+        reason: e.to_string(),
+    })?;
     Ok(Tracer {
         ebpf: Some(ebpf),
         ring: Some(ring),
         drops,
+        owners,
         missed_at_detach: 0,
     })
 }

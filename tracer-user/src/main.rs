@@ -11,6 +11,7 @@ mod offsets;
 mod output;
 mod owners;
 mod ring;
+mod session;
 mod snapshot;
 mod sock_diag;
 mod tracker;

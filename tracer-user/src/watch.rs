@@ -8,35 +8,22 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    task::JoinHandle,
-    time::{MissedTickBehavior, interval},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{Filters, TraceArgs, UsageError, WatchArgs},
+    cli::{TraceArgs, UsageError, WatchArgs},
     clock::{self, WallClock},
-    decode::{Record, decode},
-    follow::{DIAG_INTERVAL, DiagAnswer, Follower},
-    load::{self, LoadOptions, Tracer},
+    load::{self, LoadOptions},
     output::{connections::ConnectionWriter, transitions::TransitionWriter},
     ring::{EventSource, MAX_BATCH},
-    snapshot,
-    tracker::{CLOSE_GRACE_NS, Seed, Tracker},
+    session::{self, Counts, Progress, Session},
+    tracker::Tracker,
 };
-
-/// What one run saw and lost, printed on exit.
-#[derive(Debug, Default)]
-struct Counts {
-    events: u64,
-    malformed: u64,
-}
 
 /// Resolves when the run should end: SIGINT, SIGTERM or `--duration`.
 /// Handlers are installed before it is returned, so a signal that arrives
 /// right after attaching is not lost.
-fn stop_signal(duration: Option<Duration>) -> anyhow::Result<impl Future<Output = ()>> {
+pub fn stop_signal(duration: Option<Duration>) -> anyhow::Result<impl Future<Output = ()>> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -71,86 +58,45 @@ pub fn load_options(trace: &TraceArgs) -> Result<LoadOptions, UsageError> {
     })
 }
 
-pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
-    let options = load_options(&args.trace)?;
-    let stop = stop_signal(args.trace.duration)?;
-    let mut tracer = load::load(&options)?;
-    let source = EventSource::new(tracer.take_ring().context("ring buffer already taken")?)
-        .context("watching the ring buffer")?;
-    let out = BufWriter::new(io::stdout().lock());
-    let mut session = Session {
-        source,
-        clock: WallClock::new(),
-        counts: Counts::default(),
-    };
-    let (result, evicted) = if args.transitions {
-        eprintln!("tcplinger: tracing TCP state changes; Ctrl-C to stop");
-        let mut out = TransitionWriter::new(out, args.format);
-        let result = session.transitions(stop, &mut tracer, &mut out).await;
-        (result.and_then(|()| out.flush()), None)
-    } else {
-        let mut out = ConnectionWriter::new(out, args.format);
-        let mut tracker = Tracker::new(args.max_sockets);
-        let result = session
-            .connections(
-                stop,
-                &mut tracer,
-                &mut out,
-                &mut tracker,
-                options.filters.clone(),
-            )
-            .await;
-        (result.and_then(|()| out.flush()), Some(tracker.evicted()))
-    };
-    let dropped = tracer.dropped().unwrap_or(0);
-    let evicted = evicted.map_or_else(String::new, |n| {
-        format!(", {n} evicted (over --max-sockets {})", args.max_sockets)
-    });
-    eprintln!(
-        "tcplinger: {} events, {dropped} dropped (ring full), {} missed (hook busy), {} malformed{evicted}",
-        session.counts.events,
-        tracer.missed_runs(),
-        session.counts.malformed
-    );
+/// The reader of stdout went away (`watch | head`): that ends the run, it
+/// is not a failure.
+pub fn output_result(result: io::Result<()>) -> anyhow::Result<()> {
     match result {
-        // The reader went away (`watch | head`): that ends the run, it is not a failure.
         Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing output"),
     }
 }
 
-struct Session {
-    source: EventSource,
-    clock: WallClock,
-    counts: Counts,
+pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
+    let options = load_options(&args.trace)?;
+    let stop = stop_signal(args.trace.duration)?;
+    let out = BufWriter::new(io::stdout().lock());
+    if args.transitions {
+        transitions(&options, stop, TransitionWriter::new(out, args.format)).await
+    } else {
+        connections(
+            &options,
+            stop,
+            ConnectionWriter::new(out, args.format),
+            args.max_sockets.get(),
+        )
+        .await
+    }
 }
 
-impl Session {
-    /// Decodes every waiting record into `each`; returns how many were read.
-    fn drain(&mut self, mut each: impl FnMut(&Record) -> io::Result<()>) -> io::Result<usize> {
-        let counts = &mut self.counts;
-        self.source.drain(|bytes| {
-            counts.events += 1;
-            match decode(bytes) {
-                Ok(record) => each(&record),
-                Err(err) => {
-                    if counts.malformed == 0 {
-                        eprintln!("tcplinger: skipping malformed record: {err}");
-                    }
-                    counts.malformed += 1;
-                    Ok(())
-                }
-            }
-        })
-    }
-
-    /// `--transitions`: every record straight to the output.
-    async fn transitions<W: Write>(
-        &mut self,
-        stop: impl Future<Output = ()>,
-        tracer: &mut Tracer,
-        out: &mut TransitionWriter<W>,
-    ) -> io::Result<()> {
+/// `--transitions`: every record straight to the output.
+async fn transitions<W: Write>(
+    options: &LoadOptions,
+    stop: impl Future<Output = ()>,
+    mut out: TransitionWriter<W>,
+) -> anyhow::Result<()> {
+    let mut tracer = load::load(options)?;
+    let mut source = EventSource::new(tracer.take_ring().context("ring buffer already taken")?)
+        .context("watching the ring buffer")?;
+    eprintln!("tcplinger: tracing TCP state changes; Ctrl-C to stop");
+    let mut clock = WallClock::new();
+    let mut counts = Counts::default();
+    let result = async {
         tokio::pin!(stop);
         out.header()?;
         out.flush()?;
@@ -159,153 +105,78 @@ impl Session {
             tokio::select! {
                 biased;
                 () = &mut stop => break,
-                () = self.source.ready(), if !backlog => {}
+                () = source.ready(), if !backlog => {}
                 () = tokio::task::yield_now(), if backlog => {}
             }
-            self.clock.resync();
-            let clock = self.clock;
-            backlog = self.drain(|r| out.write(r, &clock))? == MAX_BATCH;
+            clock.resync();
+            backlog =
+                session::drain(&mut source, &mut counts, |r| out.write(r, &clock))? == MAX_BATCH;
             out.flush()?;
         }
         tracer.detach();
         // Records written before the programs went away are still in the ring.
-        let clock = self.clock;
-        self.drain(|r| out.write(r, &clock))?;
-        Ok(())
+        session::drain(&mut source, &mut counts, |r| out.write(r, &clock))?;
+        out.flush()
     }
+    .await;
+    tracer.detach();
+    eprintln!(
+        "tcplinger: {} events, {} dropped (ring full), {} missed (hook busy), {} malformed",
+        counts.events,
+        tracer.dropped().unwrap_or(0),
+        tracer.missed_runs(),
+        counts.malformed
+    );
+    output_result(result)
+}
 
-    /// Default mode: events and timewait sightings through the tracker,
-    /// one record per completed lifecycle.
-    async fn connections<W: Write>(
-        &mut self,
-        stop: impl Future<Output = ()>,
-        tracer: &mut Tracer,
-        out: &mut ConnectionWriter<W>,
-        tracker: &mut Tracker,
-        filters: Filters,
-    ) -> io::Result<()> {
+/// Default mode: one record per completed connection lifecycle, and the
+/// sockets still lingering at exit.
+async fn connections<W: Write>(
+    options: &LoadOptions,
+    stop: impl Future<Output = ()>,
+    mut out: ConnectionWriter<W>,
+    max_sockets: usize,
+) -> anyhow::Result<()> {
+    let tracker = Tracker::new(max_sockets.try_into().context("--max-sockets")?);
+    let mut session = Session::start(options, tracker, false)?;
+    let result = async {
         tokio::pin!(stop);
         out.header()?;
         out.flush()?;
-        // The snapshot of what is already open runs while events flow, so a
-        // slow /proc scan cannot overflow the ring.
-        let mut seeding: Option<JoinHandle<(Vec<Seed>, usize)>> =
-            Some(tokio::task::spawn_blocking(move || {
-                snapshot::take(&filters)
-            }));
-        let mut follower = Some(Follower::default());
-        let mut diag: Option<JoinHandle<(Follower, Vec<DiagAnswer>)>> = None;
-        let mut diag_tick = interval(DIAG_INTERVAL);
-        diag_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut losses = Losses::default();
-        let mut backlog = false;
         loop {
             tokio::select! {
                 biased;
                 () = &mut stop => break,
-                seeds = async { seeding.as_mut().expect("guarded").await }, if seeding.is_some() => {
-                    seeding = None;
-                    let (seeds, unreadable) = seeds.unwrap_or_default();
-                    tracker.seed(&seeds, clock::boot_ns());
-                    if unreadable > 0 {
-                        eprintln!("tcplinger: warning: {unreadable} network namespace dumps failed; their open sockets are not seeded");
-                    }
-                    eprintln!(
-                        "tcplinger: tracing TCP connections ({} already open); Ctrl-C to stop",
-                        seeds.iter().filter(|s| s.state != tracer_common::TcpState::Listen).count()
-                    );
-                }
-                answers = async { diag.as_mut().expect("guarded").await }, if diag.is_some() => {
-                    diag = None;
-                    if let Ok((back, answers)) = answers {
-                        follower = Some(back);
-                        apply(tracker, &answers);
+                progress = session.step() => {
+                    if let Progress::Seeded { open, unreadable } = progress? {
+                        announce(open, unreadable);
                     }
                 }
-                _ = diag_tick.tick(), if follower.is_some() => {
-                    let requests = tracker.diag_requests();
-                    if !requests.is_empty() {
-                        let mut f = follower.take().expect("guarded");
-                        diag = Some(tokio::task::spawn_blocking(move || {
-                            let answers = f.poll(requests);
-                            (f, answers)
-                        }));
-                    }
-                }
-                () = self.source.ready(), if !backlog => {}
-                () = tokio::task::yield_now(), if backlog => {}
             }
-            self.clock.resync();
-            backlog = self.drain(|r| {
-                tracker.on_record(r);
-                Ok(())
-            })? == MAX_BATCH;
-            // After the drain: a loss counted now may concern any record read so far.
-            if losses.grew(tracer) {
-                tracker.note_loss();
-            }
-            tracker.tick(clock::boot_ns());
-            for record in tracker.take_ready() {
-                out.write(&record, &self.clock)?;
+            for record in session.tracker.take_ready() {
+                out.write(&record, &session.clock)?;
             }
             out.flush()?;
         }
-
-        tracer.detach();
-        self.drain(|r| {
-            tracker.on_record(r);
-            Ok(())
-        })?;
-        if losses.grew(tracer) {
-            tracker.note_loss();
+        session.stop().await?;
+        for record in session.tracker.finish(clock::boot_ns()) {
+            out.write(&record, &session.clock)?;
         }
-        // One last look for sockets that just closed or are still followed.
-        if let Some(pending) = diag.take()
-            && let Ok((back, answers)) = pending.await
-        {
-            follower = Some(back);
-            apply(tracker, &answers);
-        }
-        let requests = tracker.diag_requests();
-        if let Some(mut f) = follower.filter(|_| !requests.is_empty())
-            && let Ok(answers) = tokio::task::spawn_blocking(move || f.poll(requests)).await
-        {
-            apply(tracker, &answers);
-        }
-        let now = clock::boot_ns();
-        // Sockets closed moments ago have had all the grace they will get.
-        tracker.tick(now.saturating_add(CLOSE_GRACE_NS));
-        for record in tracker.finish(now) {
-            out.write(&record, &self.clock)?;
-        }
-        Ok(())
+        out.flush()
     }
+    .await;
+    session.tracer.detach();
+    eprintln!("{}", session.summary(max_sockets));
+    output_result(result)
 }
 
-fn apply(tracker: &mut Tracker, answers: &[DiagAnswer]) {
-    for a in answers {
-        match &a.timewait {
-            Some(timewait) => tracker.on_diag(&a.request, timewait, a.done_ns),
-            None => tracker.on_diag_failed(&a.request),
-        }
+/// The line that says tracing has started, once the open sockets are known.
+pub fn announce(open: usize, unreadable: usize) {
+    if unreadable > 0 {
+        eprintln!(
+            "tcplinger: warning: {unreadable} sock_diag dumps of network namespaces failed; their open sockets are not seeded"
+        );
     }
-}
-
-/// Kernel-side loss counters as last seen.
-#[derive(Default)]
-struct Losses {
-    dropped: u64,
-    missed: u64,
-}
-
-impl Losses {
-    /// True if records were dropped or hook runs missed since the last call.
-    fn grew(&mut self, tracer: &Tracer) -> bool {
-        let dropped = tracer.dropped().unwrap_or(self.dropped);
-        let missed = tracer.missed_runs();
-        let grew = dropped > self.dropped || missed > self.missed;
-        self.dropped = dropped;
-        self.missed = missed;
-        grew
-    }
+    eprintln!("tcplinger: tracing TCP connections ({open} already open); Ctrl-C to stop");
 }

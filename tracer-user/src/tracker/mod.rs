@@ -107,6 +107,47 @@ pub struct OwnerRef {
     pub comm: Comm,
 }
 
+/// Who a connection belongs to and where it goes: what aggregation groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnId {
+    pub netns: u32,
+    pub owner: Option<OwnerRef>,
+    pub role: Role,
+    pub family: Family,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+}
+
+/// A socket alive now, as the tracker knows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LiveConn {
+    pub cookie: u64,
+    pub id: ConnId,
+    /// FIN_WAIT2 for an orphan living on as a timewait socket.
+    pub state: TcpState,
+    /// When it entered `state`; `None` if that predates what was seen.
+    pub since_ns: Option<u64>,
+}
+
+/// A TIME_WAIT socket that went away, and how long it lasted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimewaitEnd {
+    pub id: ConnId,
+    pub duration_ns: u64,
+}
+
+/// A TIME_WAIT socket still followed after its connection's record was
+/// written, to time TIME_WAIT itself.
+#[derive(Debug, Clone, Copy)]
+struct Timewait {
+    id: ConnId,
+    since_ns: u64,
+    seen_ns: u64,
+    expires_ns: u64,
+}
+
 /// States in the order a lifecycle passes through them, for output.
 const LIFECYCLE_ORDER: [TcpState; 8] = [
     TcpState::SynSent,
@@ -183,6 +224,21 @@ pub struct ConnRecord {
     /// The state a socket is still in when the tracer stops; `None` for a
     /// completed lifecycle.
     pub open_state: Option<TcpState>,
+}
+
+impl ConnRecord {
+    pub fn id(&self) -> ConnId {
+        ConnId {
+            netns: self.netns,
+            owner: self.owner,
+            role: self.role,
+            family: self.family,
+            laddr: self.laddr,
+            lport: self.lport,
+            raddr: self.raddr,
+            rport: self.rport,
+        }
+    }
 }
 
 /// What sock_diag must be asked: the cookies followed in one namespace and family.
@@ -286,6 +342,19 @@ impl Conn {
         }
     }
 
+    fn id(&self) -> ConnId {
+        ConnId {
+            netns: self.netns,
+            owner: self.owner,
+            role: self.role,
+            family: self.family,
+            laddr: self.laddr,
+            lport: self.lport,
+            raddr: self.raddr,
+            rport: self.rport,
+        }
+    }
+
     /// Closes the books on the current state at `now` and enters `next`.
     fn enter(&mut self, next: TcpState, now: u64) {
         if let Some(since) = self.since_ns {
@@ -343,7 +412,12 @@ pub struct Tracker {
     closing: VecDeque<(u64, u64)>,
     /// Cookies sock_diag must look up, by (netns, family).
     followed: HashMap<(u32, Family), HashSet<u64>>,
+    /// TIME_WAIT sockets followed to their end, when asked to.
+    timewaits: Option<HashMap<u64, Timewait>>,
+    cap: usize,
     ready: Vec<ConnRecord>,
+    opened: Vec<ConnId>,
+    timewait_ends: Vec<TimewaitEnd>,
     evicted: u64,
 }
 
@@ -354,9 +428,20 @@ impl Tracker {
             listeners: HashMap::new(),
             closing: VecDeque::new(),
             followed: HashMap::new(),
+            timewaits: None,
+            cap: max_sockets.get(),
             ready: Vec::new(),
+            opened: Vec::new(),
+            timewait_ends: Vec::new(),
             evicted: 0,
         }
+    }
+
+    /// Also follow TIME_WAIT sockets after their record, to time TIME_WAIT
+    /// (at most `max_sockets` of them; more are counted as evicted).
+    pub fn follow_timewait(mut self) -> Self {
+        self.timewaits = Some(HashMap::new());
+        self
     }
 
     /// Sockets currently tracked.
@@ -373,6 +458,49 @@ impl Tracker {
     /// Records completed since the last call.
     pub fn take_ready(&mut self) -> Vec<ConnRecord> {
         std::mem::take(&mut self.ready)
+    }
+
+    /// Connections whose opening was seen since the last call.
+    pub fn take_opened(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.opened)
+    }
+
+    /// TIME_WAIT sockets that ended since the last call.
+    pub fn take_timewait_ends(&mut self) -> Vec<TimewaitEnd> {
+        std::mem::take(&mut self.timewait_ends)
+    }
+
+    /// Every socket alive now: full sockets in their state, orphans in
+    /// timewait FIN_WAIT2, and followed TIME_WAIT sockets.
+    pub fn live(&self) -> impl Iterator<Item = LiveConn> + '_ {
+        let conns = self.conns.iter().filter_map(|(&cookie, c)| {
+            let (state, since_ns) = match c.phase {
+                Phase::Live => (c.state, c.since_ns),
+                Phase::Fw2Timewait { closed_ns, .. } => {
+                    // It entered FIN_WAIT2 before its full socket closed.
+                    let before = c.times.get(TcpState::FinWait2).unwrap_or(0);
+                    (TcpState::FinWait2, Some(closed_ns.saturating_sub(before)))
+                }
+                Phase::Closed { .. } => return None,
+            };
+            Some(LiveConn {
+                cookie,
+                id: c.id(),
+                state,
+                since_ns,
+            })
+        });
+        let timewaits = self
+            .timewaits
+            .iter()
+            .flatten()
+            .map(|(&cookie, tw)| LiveConn {
+                cookie,
+                id: tw.id,
+                state: TcpState::TimeWait,
+                since_ns: Some(tw.since_ns),
+            });
+        conns.chain(timewaits)
     }
 
     fn insert(&mut self, cookie: u64, conn: Conn) {
@@ -408,6 +536,24 @@ impl Tracker {
                 Phase::Live => end_ns,
             };
             self.unfollow(cookie, conn.netns, conn.family);
+            if conn.time_wait
+                && let Some(timewaits) = &mut self.timewaits
+            {
+                if timewaits.len() < self.cap {
+                    timewaits.insert(
+                        cookie,
+                        Timewait {
+                            id: conn.id(),
+                            since_ns: end_ns,
+                            seen_ns: end_ns,
+                            // Unknown until seen; a TIME_WAIT lasts this long.
+                            expires_ns: end_ns + TIMEWAIT_LEN_NS,
+                        },
+                    );
+                } else {
+                    self.evicted += 1;
+                }
+            }
             self.ready
                 .push(conn.record(cookie, end_ns, lifetime_end, None));
         }
@@ -459,6 +605,9 @@ impl Tracker {
             let mut conn = Conn::from_record(r, old, role, born);
             if conn.owner.is_none() && role == Role::Server {
                 conn.owner = self.listeners.get(&(r.netns, r.lport)).copied().flatten();
+            }
+            if born {
+                self.opened.push(conn.id());
             }
             self.insert(r.cookie, conn);
         }
@@ -645,15 +794,59 @@ impl Tracker {
     }
 
     /// What sock_diag should be asked now; empty when nothing is followed.
-    pub fn diag_requests(&self) -> Vec<DiagRequest> {
-        self.followed
+    /// With `timewait`, the followed TIME_WAIT sockets too: they change
+    /// once in 60 s, so they are worth asking about less often.
+    pub fn diag_requests(&self, timewait: bool) -> Vec<DiagRequest> {
+        let mut by_namespace: HashMap<(u32, Family), Vec<u64>> = self
+            .followed
             .iter()
-            .map(|(&(netns, family), cookies)| DiagRequest {
+            .map(|(&key, cookies)| (key, cookies.iter().copied().collect()))
+            .collect();
+        if timewait {
+            for (&cookie, tw) in self.timewaits.iter().flatten() {
+                by_namespace
+                    .entry((tw.id.netns, tw.id.family))
+                    .or_default()
+                    .push(cookie);
+            }
+        }
+        by_namespace
+            .into_iter()
+            .map(|((netns, family), cookies)| DiagRequest {
                 netns,
                 family,
-                cookies: cookies.iter().copied().collect(),
+                cookies,
             })
             .collect()
+    }
+
+    /// A followed TIME_WAIT socket in a dump, or missing from it.
+    fn on_timewait_sighting(&mut self, cookie: u64, seen: Option<&DiagSocket>, done_ns: u64) {
+        let Some(timewaits) = &mut self.timewaits else {
+            return;
+        };
+        let Some(tw) = timewaits.get_mut(&cookie) else {
+            return;
+        };
+        match seen {
+            Some(s) => {
+                tw.seen_ns = s.seen_ns;
+                tw.expires_ns = expiry(s);
+            }
+            None => {
+                let end = if done_ns.saturating_add(EXPIRY_SLACK_NS) < tw.expires_ns {
+                    // Gone early: reused by a new connection, or killed by a RST.
+                    done_ns
+                } else {
+                    tw.expires_ns.clamp(tw.seen_ns, done_ns.max(tw.seen_ns))
+                };
+                self.timewait_ends.push(TimewaitEnd {
+                    id: tw.id,
+                    duration_ns: end.saturating_sub(tw.since_ns),
+                });
+                timewaits.remove(&cookie);
+            }
+        }
     }
 
     /// Applies one dump (timewait sockets by cookie) taken for `request`;
@@ -666,11 +859,12 @@ impl Tracker {
         done_ns: u64,
     ) {
         for &cookie in &request.cookies {
+            let seen = timewait.get(&cookie);
             let Some(conn) = self.conns.get_mut(&cookie) else {
                 self.unfollow(cookie, request.netns, request.family);
+                self.on_timewait_sighting(cookie, seen, done_ns);
                 continue;
             };
-            let seen = timewait.get(&cookie);
             match conn.phase {
                 Phase::Closed {
                     at_ns,

@@ -108,7 +108,7 @@ fn timewait(cookie: u64, substate: TcpState, seen_ms: u64, expires_ms: u32) -> (
 /// Answers every pending sock_diag request with `sightings`.
 fn diag(t: &mut Tracker, sightings: &[(u64, DiagSocket)], done_ms: u64) {
     let seen: HashMap<u64, DiagSocket> = sightings.iter().cloned().collect();
-    for request in t.diag_requests() {
+    for request in t.diag_requests(true) {
         t.on_diag(&request, &seen, done_ms * MS);
     }
 }
@@ -155,7 +155,7 @@ fn client_closes_first_and_lingers_in_timewait_fin_wait2_until_peer_fin() {
         ],
     );
     assert!(t.take_ready().is_empty(), "must wait for sock_diag");
-    let requests = t.diag_requests();
+    let requests = t.diag_requests(false);
     assert_eq!(
         requests,
         vec![DiagRequest {
@@ -181,7 +181,7 @@ fn client_closes_first_and_lingers_in_timewait_fin_wait2_until_peer_fin() {
     assert_eq!(r.end_ns, 3000 * MS);
     assert_eq!(r.owner.unwrap().pid, 100);
     assert_eq!(r.lport, 40000);
-    assert!(t.diag_requests().is_empty(), "nothing left to follow");
+    assert!(t.diag_requests(false).is_empty(), "nothing left to follow");
     assert_eq!(t.tracked(), 0);
 }
 
@@ -209,7 +209,7 @@ fn server_sees_close_wait_then_last_ack_and_inherits_the_listener_owner() {
     assert!(!r.time_wait);
     assert!(r.complete);
     assert!(
-        t.diag_requests().is_empty(),
+        t.diag_requests(false).is_empty(),
         "LAST_ACK -> CLOSE has no timewait successor"
     );
 }
@@ -336,7 +336,7 @@ fn rst_from_the_timewait_socket_ends_fin_wait2_exactly() {
     );
     assert_eq!(r.fin_wait2_end, Some(Fw2End::Reset));
     assert_eq!(ms(r.states.get(FinWait2)), Some(1499.0));
-    assert!(t.diag_requests().is_empty());
+    assert!(t.diag_requests(false).is_empty());
 }
 
 #[test]
@@ -717,12 +717,71 @@ fn a_failed_lookup_writes_waiting_sockets_as_incomplete() {
             c.unowned_step(11, FinWait2, Close),
         ],
     );
-    for request in t.diag_requests() {
+    for request in t.diag_requests(false) {
         t.on_diag_failed(&request);
     }
     let r = only(t.take_ready());
     assert!(!r.complete);
     assert_eq!(r.closed_by, ClosedBy::Local);
     assert_eq!(r.fin_wait2_end, None);
-    assert!(t.diag_requests().is_empty());
+    assert!(t.diag_requests(false).is_empty());
+}
+
+#[test]
+fn time_wait_is_followed_to_its_end_when_asked() {
+    let mut t = tracker().follow_timewait();
+    let s = Sock::server(70);
+    t.on_record(&s.step(0, Close, Listen));
+    feed(&mut t, &server_open(&s));
+    assert_eq!(t.take_opened().len(), 1);
+    feed(
+        &mut t,
+        &[
+            s.step(10, Established, FinWait1),
+            s.unowned_step(11, FinWait1, FinWait2),
+            s.unowned_step(12, FinWait2, Close),
+        ],
+    );
+    // The client's FIN came at 20 ms: TIME_WAIT until 60.020 s.
+    diag(&mut t, &[timewait(70, TimeWait, 100, 59_920)], 100);
+    let r = only(t.take_ready());
+    assert!(r.time_wait);
+    let live: Vec<LiveConn> = t.live().collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].state, TimeWait);
+    assert_eq!(live[0].id.owner.map(|o| o.pid), Some(200), "{live:?}");
+    assert!(
+        t.diag_requests(false).is_empty(),
+        "only the slow cadence asks about TIME_WAIT"
+    );
+    diag(&mut t, &[timewait(70, TimeWait, 30_000, 30_020)], 30_000);
+    assert!(t.take_timewait_ends().is_empty());
+    diag(&mut t, &[], 61_000);
+    let ends = t.take_timewait_ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].duration_ns, 60_000 * MS);
+    assert_eq!(t.live().count(), 0);
+}
+
+#[test]
+fn live_lists_open_and_lingering_sockets_with_their_state() {
+    let mut t = tracker();
+    let c = Sock::client(71);
+    feed(&mut t, &client_open(&c));
+    orphaned_fin_wait2(&mut t, 72);
+    let mut live: Vec<(u64, TcpState, Option<u64>)> =
+        t.live().map(|l| (l.cookie, l.state, l.since_ns)).collect();
+    live.sort();
+    // The orphan entered FIN_WAIT2 at 1001 ms, then lived on as a timewait socket.
+    assert_eq!(
+        live,
+        vec![(71, Established, Some(MS)), (72, FinWait2, Some(1001 * MS))]
+    );
+    let opened = t.take_opened();
+    assert_eq!(opened.len(), 2);
+    assert!(
+        opened
+            .iter()
+            .all(|id| id.role == Role::Client && id.owner.map(|o| o.pid) == Some(100))
+    );
 }
