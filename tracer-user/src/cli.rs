@@ -21,8 +21,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print TCP lifecycle events as they happen.
+    /// Print one record per connection as its lifecycle completes (or, with
+    /// --transitions, every state change).
     Watch(WatchArgs),
+    /// Trace for a while, then print what is wrong (findings) and the
+    /// busiest process/endpoint groups.
+    Report(ReportArgs),
+    /// Live table of process/endpoint groups, with findings as they appear.
+    Top(TopArgs),
+    /// What lingers right now, by process and endpoint (no tracing).
+    Sockets(SocketsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -35,13 +43,100 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
-    /// Most sockets followed at once; beyond it the stalest is dropped
-    /// (counted as evicted) to bound memory.
-    #[arg(long, value_name = "N", default_value = "262144", value_parser = parse_max_sockets)]
-    pub max_sockets: NonZeroUsize,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+
+    /// Groups listed after the findings (all groups in JSON).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+
+    #[command(flatten)]
+    pub analysis: AnalysisArgs,
 
     #[command(flatten)]
     pub trace: TraceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Initial sort key (change it with the keys shown at the bottom).
+    #[arg(long, value_enum, default_value_t = SortKey::Lingering)]
+    pub sort: SortKey,
+
+    #[command(flatten)]
+    pub analysis: AnalysisArgs,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// Flags of the commands that aggregate.
+#[derive(Debug, Args)]
+pub struct AnalysisArgs {
+    /// Most process/endpoint groups kept; the rest are folded into one
+    /// "other" row and counted.
+    #[arg(long, value_name = "N", default_value = "500", value_parser = parse_max_groups)]
+    pub max_groups: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SocketsArgs {
+    /// Only these states (comma-separated, e.g. close-wait,time-wait);
+    /// default: every state but LISTEN.
+    #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
+    pub state: Vec<tracer_common::TcpState>,
+
+    /// Only sockets owned by these process ids.
+    #[arg(long, value_name = "PID", value_delimiter = ',', value_parser = parse_pid, allow_hyphen_values = true)]
+    pub pid: Vec<u32>,
+
+    /// Only sockets with one of these local or remote ports.
+    #[arg(long, value_name = "PORT", value_delimiter = ',', value_parser = parse_port, allow_hyphen_values = true)]
+    pub port: Vec<u16>,
+
+    /// Only IPv4 sockets.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6 sockets.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Aligned columns for a terminal.
+    Text,
+    /// `{"findings":[...],"groups":[...]}`.
+    Json,
+    /// Headings and tables to paste into an incident ticket.
+    Markdown,
+}
+
+/// What `top` sorts its rows by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SortKey {
+    /// Sockets in closing states and TIME_WAIT now.
+    Lingering,
+    /// Connections opened per second.
+    Rate,
+    /// Age of the oldest CLOSE_WAIT socket.
+    CloseWaitAge,
+    /// FIN_WAIT2 p99.
+    FinWait2,
+    /// ESTABLISHED sockets now.
+    Established,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -74,6 +169,11 @@ pub struct TraceArgs {
     /// Only IPv6 sockets (including IPv4-mapped ones).
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+
+    /// Most sockets followed at once; beyond it the stalest is dropped
+    /// (counted as evicted) to bound memory.
+    #[arg(long, value_name = "N", default_value = "262144", value_parser = parse_max_sockets)]
+    pub max_sockets: NonZeroUsize,
 
     /// Size of the kernel-to-userspace ring buffer: a power of two, at least
     /// 4KiB (suffixes K, M, G, KiB, MiB, GiB).
@@ -180,6 +280,28 @@ fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
+/// Far more groups than a screen or a report can use.
+const MAX_MAX_GROUPS: usize = 100_000;
+
+fn parse_max_groups(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 1..=MAX_MAX_GROUPS) => Ok(n),
+        Ok(_) => Err(format!("between 1 and {MAX_MAX_GROUPS}")),
+        Err(_) => Err(format!("'{s}' is not a count")),
+    }
+}
+
+/// A TCP state by its name, any case, `-` or `_`: `close-wait`, `TIME_WAIT`.
+fn parse_state(s: &str) -> Result<tracer_common::TcpState, String> {
+    let wanted = s.trim().to_ascii_uppercase().replace('-', "_");
+    (1..=13)
+        .filter_map(tracer_common::TcpState::from_u8)
+        .find(|state| state.name() == wanted)
+        .ok_or_else(|| {
+            format!("'{s}' is not a TCP state (e.g. established, close-wait, fin-wait2, time-wait)")
+        })
+}
+
 /// Far more than any host holds; keeps a typo from reserving absurd memory.
 const MAX_MAX_SOCKETS: usize = 1 << 26;
 
@@ -231,6 +353,7 @@ mod tests {
         all.extend(args);
         match parse(&all).unwrap().command {
             Command::Watch(w) => w,
+            other => panic!("parsed {other:?}"),
         }
     }
 
@@ -241,7 +364,7 @@ mod tests {
         assert_eq!(w.format, Format::Text);
         assert_eq!(w.trace.duration, None);
         assert_eq!(w.trace.ring_bytes, 4 << 20);
-        assert_eq!(w.max_sockets.get(), 262144);
+        assert_eq!(w.trace.max_sockets.get(), 262144);
         assert_eq!(
             w.trace.filters().unwrap(),
             Filters {
@@ -351,6 +474,55 @@ mod tests {
             !f.admits(Family::Ipv4, 80, 5000, None),
             "unknown owner fails a pid filter"
         );
+    }
+
+    #[test]
+    fn report_top_and_sockets_flags() {
+        let Command::Report(r) = parse(&[
+            "report",
+            "--format",
+            "markdown",
+            "--duration",
+            "10s",
+            "--max-groups",
+            "5",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(r.format, ReportFormat::Markdown);
+        assert_eq!(r.analysis.max_groups, 5);
+        assert_eq!(r.trace.duration, Some(Duration::from_secs(10)));
+        let Command::Top(t) = parse(&["top", "--sort", "close-wait-age"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(t.sort, SortKey::CloseWaitAge);
+        let Command::Sockets(s) =
+            parse(&["sockets", "--state", "close-wait,TIME_WAIT", "--pid", "1"])
+                .unwrap()
+                .command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            s.state,
+            vec![
+                tracer_common::TcpState::CloseWait,
+                tracer_common::TcpState::TimeWait
+            ]
+        );
+        assert_eq!(s.pid, vec![1]);
+        for bad in [
+            &["report", "--format", "html"][..],
+            &["report", "--max-groups", "0"],
+            &["top", "--sort", "bogus"],
+            &["sockets", "--state", "half-open"],
+            &["sockets", "--duration", "5s"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use crate::{
     clock,
-    netns::{self, NetnsPaths},
+    netns::NetnsPaths,
     sock_diag::{self, Diag, DiagError, DiagSocket},
     tracker::DiagRequest,
 };
@@ -28,7 +28,6 @@ pub struct DiagAnswer {
 pub struct Follower {
     paths: NetnsPaths,
     sockets: HashMap<u32, Diag>,
-    own: Option<u32>,
     /// Failures other than a vanished namespace, reported once.
     warned: bool,
 }
@@ -36,21 +35,10 @@ pub struct Follower {
 impl Follower {
     fn socket(&mut self, inum: u32) -> Result<Option<&mut Diag>, DiagError> {
         if !self.sockets.contains_key(&inum) {
-            let own = *self.own.get_or_insert_with(|| netns::own().unwrap_or(0));
-            let diag = if inum == own || inum == 0 {
-                Diag::open()?
-            } else {
-                match self.paths.find(inum) {
-                    Some(path) => match Diag::open_in(&path) {
-                        Ok(diag) => diag,
-                        // It vanished between the lookup and the open.
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                        Err(e) => return Err(e.into()),
-                    },
-                    None => return Ok(None),
-                }
+            match Diag::open_for(inum, &mut self.paths)? {
+                Some(diag) => self.sockets.insert(inum, diag),
+                None => return Ok(None),
             };
-            self.sockets.insert(inum, diag);
         }
         Ok(self.sockets.get_mut(&inum))
     }
@@ -66,7 +54,7 @@ impl Follower {
         let mut answers = Vec::with_capacity(requests.len());
         for request in requests {
             let dump = match self.socket(request.netns) {
-                Ok(Some(diag)) => diag.dump(request.family, states.clone()).map(Some),
+                Ok(Some(diag)) => diag.dump(request.family, states.clone(), false).map(Some),
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };

@@ -1,8 +1,11 @@
 //! tcplinger: parse the command line, run the command, map the outcome to an exit code.
 
+mod aggregate;
+mod analysis;
 mod cli;
 mod clock;
 mod decode;
+mod diagnose;
 mod error;
 mod follow;
 mod load;
@@ -10,10 +13,13 @@ mod netns;
 mod offsets;
 mod output;
 mod owners;
+mod report;
 mod ring;
 mod session;
 mod snapshot;
 mod sock_diag;
+mod sockets;
+mod top;
 mod tracker;
 mod watch;
 
@@ -41,6 +47,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Watch(args) => watch::run(args).await,
+            Command::Report(args) => report::run(args).await,
+            Command::Top(args) => top::run(args).await,
+            Command::Sockets(args) => sockets::run(args),
         }
     });
     match result {

@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     fs, io,
-    os::unix::fs::MetadataExt as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -49,14 +49,41 @@ pub fn all() -> HashMap<u32, PathBuf> {
     found
 }
 
+/// Runs `f` inside the network namespace at `ns_path`, on a short-lived
+/// thread: setns only moves the calling thread, and the rest of the tracer
+/// never changes namespace. What `f` creates there (a netlink socket)
+/// stays bound to that namespace; what it reads from /proc/sys/net is that
+/// namespace's.
+pub fn run_in<T: Send>(ns_path: &Path, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let ns = fs::File::open(ns_path)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on a valid namespace fd; affects this thread only.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
+    })
+}
+
 /// Remembers where each namespace can be opened; rescans on a miss, since
 /// namespaces come and go.
 #[derive(Debug, Default)]
 pub struct NetnsPaths {
     known: HashMap<u32, PathBuf>,
+    own: Option<u32>,
 }
 
 impl NetnsPaths {
+    /// The tracer's own namespace (0 if it cannot be read).
+    pub fn own(&mut self) -> u32 {
+        *self.own.get_or_insert_with(|| own().unwrap_or(0))
+    }
+
     pub fn find(&mut self, inum: u32) -> Option<PathBuf> {
         if let Some(path) = self.known.get(&inum)
             && inum_of(path).ok() == Some(inum)

@@ -1,6 +1,10 @@
 //! Maps socket inodes to the processes holding them, from /proc/*/fd: the owners of sockets the tracer never saw being used.
 
-use std::{collections::HashMap, fs, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    path::Path,
+};
 
 use tracer_common::COMM_LEN;
 
@@ -64,6 +68,26 @@ pub fn socket_owners() -> HashMap<u32, ProcOwner> {
     owners
 }
 
+/// The fds of `pid` that refer to one of `inodes`, in order.
+pub fn fds_of(pid: u32, inodes: &HashSet<u32>) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut fds: Vec<u32> = entries
+        .flatten()
+        .filter(|e| {
+            fs::read_link(e.path())
+                .ok()
+                .as_deref()
+                .and_then(socket_inode)
+                .is_some_and(|inode| inodes.contains(&inode))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
 #[cfg(test)]
 mod tests {
     use std::{net::TcpListener, os::unix::fs::MetadataExt as _};
@@ -87,5 +111,7 @@ mod tests {
         let owner = socket_owners()[&inode];
         assert_eq!(owner.pid, std::process::id());
         assert!(!owner.comm.as_bytes().is_empty());
+        let fds = fds_of(std::process::id(), &HashSet::from([inode]));
+        assert_eq!(fds, vec![listener.as_raw_fd() as u32]);
     }
 }

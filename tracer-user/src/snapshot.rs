@@ -1,59 +1,74 @@
-//! What is open when tracing starts: every TCP socket of every network namespace (sock_diag), with its owner (/proc/*/fd), as seeds for the tracker.
+//! What is open right now: every TCP socket of every network namespace (sock_diag), with its owner (/proc/*/fd). Seeds the tracker at start and backs `sockets`.
+
+use std::collections::{HashMap, HashSet};
 
 use tracer_common::TcpState;
 
 use crate::{
     cli::Filters,
     decode::Family,
-    netns,
-    owners::socket_owners,
-    sock_diag::{self, Diag},
+    netns::{self, NetnsPaths},
+    owners::{fds_of, socket_owners},
+    sock_diag::{self, Diag, DiagSocket},
     tracker::{OwnerRef, Seed},
 };
 
-/// All states but the ones the tracker ignores.
-const STATES: [TcpState; 10] = [
+/// Every state a socket can be found in by a dump.
+pub const ALL_STATES: [TcpState; 11] = [
     TcpState::Established,
     TcpState::SynSent,
     TcpState::SynRecv,
     TcpState::FinWait1,
     TcpState::FinWait2,
+    TcpState::TimeWait,
     TcpState::CloseWait,
     TcpState::LastAck,
     TcpState::Listen,
     TcpState::Closing,
-    TcpState::TimeWait,
+    TcpState::Close,
 ];
 
-/// Seeds for every socket the filters admit, and a count of the
-/// namespaces that could not be read (they are skipped, not fatal).
-pub fn take(filters: &Filters) -> (Vec<Seed>, usize) {
-    let states = sock_diag::states(&STATES);
-    let own = netns::own().unwrap_or(0);
+/// A socket found by a dump, and the namespace it lives in.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub netns: u32,
+    pub socket: DiagSocket,
+}
+
+/// Dumps `states` in every namespace, both families. Returns the sockets
+/// and how many dumps failed (a namespace gone or unreadable is skipped).
+pub fn dump_all(states: &[TcpState], info: bool) -> (Vec<Found>, usize) {
+    let mask = sock_diag::states(states);
+    let mut paths = NetnsPaths::default();
     let mut found = Vec::new();
-    let mut unreadable = 0;
-    for (inum, path) in netns::all() {
-        let diag = if inum == own {
-            Diag::open()
-        } else {
-            Diag::open_in(&path)
-        };
-        let Ok(mut diag) = diag else {
-            unreadable += 1;
+    let mut failed = 0;
+    for inum in netns::all().into_keys() {
+        let Ok(Some(mut diag)) = Diag::open_for(inum, &mut paths) else {
+            failed += 1;
             continue;
         };
         for family in Family::ALL {
-            match diag.dump(family, states.clone()) {
-                Ok(sockets) => found.extend(sockets.into_iter().map(|s| (inum, s))),
-                Err(_) => unreadable += 1,
+            match diag.dump(family, mask.clone(), info) {
+                Ok(sockets) => found.extend(sockets.into_iter().map(|socket| Found {
+                    netns: inum,
+                    socket,
+                })),
+                Err(_) => failed += 1,
             }
         }
     }
+    (found, failed)
+}
+
+/// Seeds for every socket the filters admit, and a count of the dumps
+/// that failed (skipped, not fatal).
+pub fn take(filters: &Filters) -> (Vec<Seed>, usize) {
+    let (found, failed) = dump_all(&ALL_STATES, false);
     let owners = socket_owners();
     let seeds = found
         .into_iter()
-        .filter(|(_, s)| s.timewait_expires_ms.is_none())
-        .filter_map(|(netns, s)| {
+        .filter(|f| f.socket.timewait_expires_ms.is_none())
+        .filter_map(|Found { netns, socket: s }| {
             let owner = owners.get(&s.inode).map(|o| OwnerRef {
                 pid: o.pid,
                 comm: o.comm,
@@ -73,5 +88,33 @@ pub fn take(filters: &Filters) -> (Vec<Seed>, usize) {
                 })
         })
         .collect();
-    (seeds, unreadable)
+    (seeds, failed)
+}
+
+/// File descriptors of `pid` that hold these CLOSE_WAIT sockets, given as
+/// (netns, cookie): sock_diag names their inodes, /proc/PID/fd the fds.
+pub fn close_wait_fds(pid: u32, sample: &[(u32, u64)]) -> Vec<u32> {
+    let mut by_netns: HashMap<u32, HashSet<u64>> = HashMap::new();
+    for &(netns, cookie) in sample {
+        by_netns.entry(netns).or_default().insert(cookie);
+    }
+    let mut paths = NetnsPaths::default();
+    let mut inodes = HashSet::new();
+    for (inum, cookies) in by_netns {
+        let Ok(Some(mut diag)) = Diag::open_for(inum, &mut paths) else {
+            continue;
+        };
+        for family in Family::ALL {
+            if let Ok(sockets) = diag.dump(family, sock_diag::states(&[TcpState::CloseWait]), false)
+            {
+                inodes.extend(
+                    sockets
+                        .iter()
+                        .filter(|s| cookies.contains(&s.cookie))
+                        .map(|s| s.inode),
+                );
+            }
+        }
+    }
+    fds_of(pid, &inodes)
 }

@@ -1,6 +1,6 @@
 //! Dumps TCP sockets through NETLINK_SOCK_DIAG (inet_diag), the source for sockets the tracepoints cannot see: timewait sockets and those opened before the tracer.
 
-use std::{collections::HashMap, io, net::IpAddr, os::fd::AsRawFd as _, path::Path};
+use std::{collections::HashMap, io, net::IpAddr, path::Path};
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -8,12 +8,24 @@ use netlink_packet_core::{
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer, nlas::Nla},
 };
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use tracer_common::TcpState;
 
-use crate::{clock, decode::Family};
+use crate::{
+    clock,
+    decode::Family,
+    netns::{self, NetnsPaths},
+};
+
+/// The TCP_INFO times, in ms ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpTimes {
+    pub last_data_sent_ms: u32,
+    pub last_data_recv_ms: u32,
+    pub last_ack_recv_ms: u32,
+}
 
 /// Everything the tracer uses about one socket from a dump.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +42,9 @@ pub struct DiagSocket {
     pub inode: u32,
     /// Milliseconds left on a timewait socket's timer; `None` for full sockets.
     pub timewait_expires_ms: Option<u32>,
+    /// From TCP_INFO, when asked for: ms since data was last sent and
+    /// received, and since any segment (ACK) last arrived.
+    pub tcp_info: Option<TcpTimes>,
     /// Boot-clock ns when the kernel reported this entry (when its batch
     /// of the dump was read), the reference for `timewait_expires_ms`.
     pub seen_ns: u64,
@@ -72,6 +87,14 @@ fn to_diag_socket(response: &InetResponse, raw: &[u8], seen_ns: u64) -> Option<D
             .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes"))),
         _ => None,
     };
+    let tcp_info = response.nlas.iter().find_map(|nla| match nla {
+        Nla::TcpInfo(info) => Some(TcpTimes {
+            last_data_sent_ms: info.last_data_sent,
+            last_data_recv_ms: info.last_data_recv,
+            last_ack_recv_ms: info.last_ack_recv,
+        }),
+        _ => None,
+    });
     let id = &header.socket_id;
     Some(DiagSocket {
         family,
@@ -83,6 +106,7 @@ fn to_diag_socket(response: &InetResponse, raw: &[u8], seen_ns: u64) -> Option<D
         cookie: cookie_of(id),
         inode: header.inode,
         timewait_expires_ms,
+        tcp_info,
         seen_ns,
     })
 }
@@ -144,30 +168,36 @@ impl Diag {
     }
 
     /// A sock_diag socket in the network namespace at `ns_path` (an
-    /// `ns/net` file). A netlink socket answers for the namespace it was
-    /// created in, so it is created by a short-lived thread that entered
-    /// that namespace; the rest of the tracer never changes namespace.
+    /// `ns/net` file): a netlink socket answers for the namespace it was
+    /// created in.
     pub fn open_in(ns_path: &Path) -> io::Result<Self> {
-        let ns = std::fs::File::open(ns_path)?;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: setns on a valid namespace fd; affects this thread only.
-                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Self::open()
-                })
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("namespace thread panicked")))
-        })
+        netns::run_in(ns_path, Self::open)
     }
 
-    /// Every TCP socket of `family` in one of `states`.
+    /// A sock_diag socket in the namespace with inode `inum` (0 or the
+    /// tracer's own: here); `None` if that namespace no longer exists.
+    pub fn open_for(inum: u32, paths: &mut NetnsPaths) -> io::Result<Option<Self>> {
+        if inum == 0 || inum == paths.own() {
+            return Self::open().map(Some);
+        }
+        let Some(path) = paths.find(inum) else {
+            return Ok(None);
+        };
+        match Self::open_in(&path) {
+            Ok(diag) => Ok(Some(diag)),
+            // It vanished between the lookup and the open.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every TCP socket of `family` in one of `states`; with `info`, also
+    /// each full socket's TCP_INFO times (idle, last segment).
     pub fn dump(
         &mut self,
         family: Family,
         states: StateFlags,
+        info: bool,
     ) -> Result<Vec<DiagSocket>, DiagError> {
         self.sequence = self.sequence.wrapping_add(1);
         let mut header = NetlinkHeader::default();
@@ -181,7 +211,11 @@ impl Diag {
                     Family::Ipv6 => AF_INET6,
                 },
                 protocol: IPPROTO_TCP,
-                extensions: ExtensionFlags::empty(),
+                extensions: if info {
+                    ExtensionFlags::INFO
+                } else {
+                    ExtensionFlags::empty()
+                },
                 states,
                 socket_id: match family {
                     Family::Ipv4 => SocketId::new_v4(),

@@ -78,7 +78,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
             &options,
             stop,
             ConnectionWriter::new(out, args.format),
-            args.max_sockets.get(),
+            args.trace.max_sockets.get(),
         )
         .await
     }

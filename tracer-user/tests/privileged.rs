@@ -1,5 +1,7 @@
 //! Privileged end-to-end tests: the real programs loaded into this kernel, real TCP between two network namespaces. Run as root; they fail, never skip, without it.
 
+#[path = "privileged/analysis.rs"]
+mod analysis;
 #[path = "privileged/lifecycle.rs"]
 mod lifecycle;
 mod support;
@@ -27,6 +29,7 @@ fn main() {
     // One tracer at a time: each sees every namespace, and two cores are
     // better spent on one scenario than on contention.
     args.test_threads = Some(1);
+    use analysis::*;
     use lifecycle::*;
     use transitions::*;
     let trials = trials![
@@ -47,6 +50,16 @@ fn main() {
         lifecycle_preexisting_connection,
         lifecycle_client_timeout_ipv6,
         lifecycle_burst_of_2000,
+        report_client_timeout_stuck_server,
+        report_server_closes,
+        report_no_reuse,
+        report_leaked_idle,
+        report_unanswered_requests,
+        report_deadline_pooled,
+        report_close_wait_leak,
+        sockets_shows_what_lingers_now,
+        top_in_a_pty_draws_updates_and_quits,
+        top_refuses_without_a_terminal,
     ];
     libtest_mimic::run(&args, trials).exit();
 }

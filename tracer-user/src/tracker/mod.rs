@@ -652,7 +652,11 @@ impl Tracker {
             (Established | SynRecv, CloseWait) if conn.closed_by.is_none() => {
                 conn.closed_by = Some(ClosedBy::Remote)
             }
-            (FinWait1, Closing) if matches!(conn.closed_by, None | Some(ClosedBy::Local)) => {
+            // FIN_WAIT1 -> CLOSING, or leaving CLOSING when that step was
+            // missed (a lost or skipped record): the FINs crossed.
+            (FinWait1, Closing) | (Closing, _)
+                if matches!(conn.closed_by, None | Some(ClosedBy::Local)) =>
+            {
                 conn.closed_by = Some(ClosedBy::Simultaneous)
             }
             // The deciding step was missed (seen mid-life, or lost): a closing

@@ -100,6 +100,7 @@ fn timewait(cookie: u64, substate: TcpState, seen_ms: u64, expires_ms: u32) -> (
             cookie,
             inode: 0,
             timewait_expires_ms: Some(expires_ms),
+            tcp_info: None,
             seen_ns: seen_ms * MS,
         },
     )
@@ -784,4 +785,24 @@ fn live_lists_open_and_lingering_sockets_with_their_state() {
             .iter()
             .all(|id| id.role == Role::Client && id.owner.map(|o| o.pid) == Some(100))
     );
+}
+
+#[test]
+fn a_missed_step_into_closing_still_reads_as_simultaneous() {
+    let mut t = tracker();
+    let c = Sock::client(80);
+    feed(&mut t, &client_open(&c));
+    feed(
+        &mut t,
+        &[
+            c.step(10, Established, FinWait1),
+            // FIN_WAIT1 -> CLOSING skipped by the kernel (hook busy).
+            c.unowned_step(61, Closing, Close),
+        ],
+    );
+    diag(&mut t, &[timewait(80, TimeWait, 100, 59_961)], 100);
+    let r = only(t.take_ready());
+    assert!(!r.complete);
+    assert_eq!(r.closed_by, ClosedBy::Simultaneous);
+    assert!(r.time_wait);
 }

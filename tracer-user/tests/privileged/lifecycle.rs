@@ -179,9 +179,9 @@ pub fn lifecycle_simultaneous_close() {
     )
     .finish();
     server.finish();
-    let (c, s, _) = both_sides(tracer, port);
+    let (c, s, run) = both_sides(tracer, port);
     for r in [&c, &s] {
-        assert_eq!(r["closed_by"], "simultaneous", "{r}");
+        assert_eq!(r["closed_by"], "simultaneous", "{r} {:?}", run.stderr);
         assert_eq!(r["time_wait"], true, "{r}");
         assert!(r["states_ms"]["CLOSING"].is_number(), "{r}");
     }

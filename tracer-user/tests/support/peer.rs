@@ -59,6 +59,12 @@ pub struct PeerArgs {
     /// rate-limited link delays the FIN behind it.
     #[arg(long)]
     pub jam: Option<std::net::IpAddr>,
+    /// After the exchange, keep the connection this long before closing.
+    #[arg(long, default_value_t = 0)]
+    pub keep_ms: u64,
+    /// Run all `count` connections at once, one thread each.
+    #[arg(long)]
+    pub parallel: bool,
 }
 
 /// A peer process; killed if still running when dropped.
@@ -217,14 +223,14 @@ fn jam(to: std::net::IpAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-fn close(mut stream: TcpStream, args: &PeerArgs, held: &mut Vec<TcpStream>) -> std::io::Result<()> {
+/// Closes as `--close` says; a connection never closed is handed back to
+/// be held.
+fn close(mut stream: TcpStream, args: &PeerArgs) -> std::io::Result<Option<TcpStream>> {
+    std::thread::sleep(Duration::from_millis(args.keep_ms));
     match args.close {
         Close::First => {}
         Close::AfterEof => read_to_eof(&mut stream)?,
-        Close::Never => {
-            held.push(stream);
-            return Ok(());
-        }
+        Close::Never => return Ok(Some(stream)),
         Close::OnStdin => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
@@ -237,26 +243,61 @@ fn close(mut stream: TcpStream, args: &PeerArgs, held: &mut Vec<TcpStream>) -> s
         set_linger0(&stream);
     }
     drop(stream);
-    Ok(())
+    Ok(None)
+}
+
+/// Runs `one` `count` times, in turn or all at once; returns the
+/// connections to hold open.
+fn repeat(
+    args: &PeerArgs,
+    mut next: impl FnMut() -> std::io::Result<TcpStream>,
+    one: impl Fn(TcpStream) -> std::io::Result<Option<TcpStream>> + Sync,
+) -> std::io::Result<Vec<TcpStream>> {
+    let mut held = Vec::new();
+    if args.parallel {
+        let streams = (0..args.count)
+            .map(|_| next())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let results: Vec<std::io::Result<Option<TcpStream>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = streams
+                .into_iter()
+                .map(|s| scope.spawn(|| one(s)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("peer thread"))
+                .collect()
+        });
+        for r in results {
+            held.extend(r?);
+        }
+    } else {
+        for _ in 0..args.count {
+            held.extend(one(next()?)?);
+        }
+    }
+    Ok(held)
 }
 
 fn serve(args: &PeerArgs) -> std::io::Result<()> {
     let listener = TcpListener::bind(args.addr)?;
     println!("listening");
     std::io::stdout().flush()?;
-    let mut held = Vec::new();
-    for _ in 0..args.count {
-        let (mut stream, _) = listener.accept()?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        let mut buf = [0u8; 64];
-        let n = stream.read(&mut buf)?;
-        assert!(n > 0, "client sent nothing");
-        std::thread::sleep(Duration::from_millis(args.hold_ms));
-        if !args.no_reply {
-            stream.write_all(b"ok\n")?;
-        }
-        close(stream, args, &mut held)?;
-    }
+    let held = repeat(
+        args,
+        || listener.accept().map(|(s, _)| s),
+        |mut stream| {
+            stream.set_read_timeout(Some(IO_TIMEOUT))?;
+            let mut buf = [0u8; 64];
+            let n = stream.read(&mut buf)?;
+            assert!(n > 0, "client sent nothing");
+            std::thread::sleep(Duration::from_millis(args.hold_ms));
+            if !args.no_reply {
+                stream.write_all(b"ok\n")?;
+            }
+            close(stream, args)
+        },
+    )?;
     if !held.is_empty() {
         // Keep them open until killed.
         std::thread::sleep(IO_TIMEOUT * 3);
@@ -265,28 +306,32 @@ fn serve(args: &PeerArgs) -> std::io::Result<()> {
 }
 
 fn connect(args: &PeerArgs) -> std::io::Result<()> {
-    let mut held = Vec::new();
-    for _ in 0..args.count {
-        let mut stream = TcpStream::connect_timeout(&args.addr, IO_TIMEOUT)?;
-        stream.write_all(b"req\n")?;
-        let timeout = args.timeout_ms.map_or(IO_TIMEOUT, Duration::from_millis);
-        stream.set_read_timeout(Some(timeout))?;
-        let mut buf = [0u8; 64];
-        match stream.read(&mut buf) {
-            Ok(_) => {}
-            // The client-side timeout: give up on the answer and close.
-            Err(e)
-                if args.timeout_ms.is_some()
-                    && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => return Err(e),
-        }
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        if args.count == 1 {
-            println!("connected");
-            std::io::stdout().flush()?;
-        }
-        close(stream, args, &mut held)?;
-    }
+    let held = repeat(
+        args,
+        || TcpStream::connect_timeout(&args.addr, IO_TIMEOUT),
+        |mut stream| {
+            stream.write_all(b"req\n")?;
+            let timeout = args.timeout_ms.map_or(IO_TIMEOUT, Duration::from_millis);
+            stream.set_read_timeout(Some(timeout))?;
+            let mut buf = [0u8; 64];
+            match stream.read(&mut buf) {
+                Ok(_) => {}
+                // The client-side timeout: give up on the answer and close.
+                Err(e)
+                    if args.timeout_ms.is_some()
+                        && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e),
+            }
+            stream.set_read_timeout(Some(IO_TIMEOUT))?;
+            if args.count == 1 {
+                println!("connected");
+                std::io::stdout().flush()?;
+            }
+            close(stream, args)
+        },
+    )?;
+    println!("done");
+    std::io::stdout().flush()?;
     if !held.is_empty() {
         std::thread::sleep(IO_TIMEOUT * 3);
     }

@@ -1,0 +1,58 @@
+//! `tcplinger report`: trace for a while (30 s by default, or until Ctrl-C), then print the findings and the groups behind them.
+
+use std::{
+    io::{self, BufWriter, Write},
+    time::Duration,
+};
+
+use crate::{
+    analysis::Analysis,
+    cli::ReportArgs,
+    output::report::{Report, rank},
+    session::Progress,
+    watch::{output_result, stop_signal},
+};
+
+const DEFAULT_DURATION: Duration = Duration::from_secs(30);
+
+pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
+    let duration = args.trace.duration.unwrap_or(DEFAULT_DURATION);
+    let stop = stop_signal(Some(duration))?;
+    let mut analysis = Analysis::start(&args.trace, &args.analysis)?;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            progress = analysis.step() => {
+                if let Progress::Seeded { open, unreadable } = progress? {
+                    if unreadable > 0 {
+                        eprintln!("tcplinger: warning: {unreadable} sock_diag dumps of network namespaces failed; their open sockets are not counted");
+                    }
+                    eprintln!(
+                        "tcplinger: tracing TCP connections for {} ({open} already open); Ctrl-C to stop early",
+                        humantime::format_duration(duration)
+                    );
+                }
+            }
+        }
+    }
+    analysis.stop().await?;
+    let findings = analysis.findings();
+    let report = Report {
+        window_s: analysis.window_s(),
+        events: analysis.session.counts.events,
+        dropped: analysis.session.tracer.dropped().unwrap_or(0),
+        findings: &findings,
+        groups: rank(analysis.agg.groups(), &findings),
+        other: analysis.agg.other(),
+        folded: analysis.agg.folded(),
+        top: args.top,
+    };
+    let mut out = BufWriter::new(io::stdout().lock());
+    let written = report
+        .write(args.format, &mut out)
+        .and_then(|()| out.flush());
+    eprintln!("{}", analysis.session.summary(args.trace.max_sockets.get()));
+    output_result(written)
+}

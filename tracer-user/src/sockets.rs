@@ -1,0 +1,301 @@
+//! `tcplinger sockets`: what lingers right now, by process and endpoint, from one sock_diag snapshot with /proc owners; no tracing, no eBPF.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{self, BufWriter, Write},
+};
+
+use serde::Serialize;
+use tracer_common::TcpState;
+
+use crate::{
+    aggregate::GroupKey,
+    cli::{FamilyFilter, Filters, Format, SocketsArgs},
+    netns::{self, NetnsPaths},
+    output::connections::human,
+    owners::socket_owners,
+    snapshot::{ALL_STATES, Found, dump_all},
+    tracker::{ConnId, OwnerRef, Role, TIMEWAIT_LEN_NS},
+};
+
+/// Shown unless `--state` says otherwise: everything but listeners and
+/// sockets already closed.
+const DEFAULT_STATES: [TcpState; 9] = [
+    TcpState::Established,
+    TcpState::SynSent,
+    TcpState::SynRecv,
+    TcpState::FinWait1,
+    TcpState::FinWait2,
+    TcpState::TimeWait,
+    TcpState::CloseWait,
+    TcpState::LastAck,
+    TcpState::Closing,
+];
+
+/// Counts and ages of one process/endpoint group now.
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    by_state: BTreeMap<TcpState, u64>,
+    /// Oldest age per state, in ns, where the kernel tells it: TIME_WAIT
+    /// and timewait FIN_WAIT2 from their timers, CLOSE_WAIT from the last
+    /// segment received (its FIN, unless the peer sent more).
+    oldest_ns: BTreeMap<TcpState, u64>,
+    /// Longest silence of an ESTABLISHED socket (TCP_INFO), in ns.
+    max_idle_ns: Option<u64>,
+}
+
+impl Tally {
+    fn lingering(&self) -> u64 {
+        self.by_state
+            .iter()
+            .filter(|(s, _)| {
+                !matches!(
+                    s,
+                    TcpState::Established | TcpState::SynSent | TcpState::SynRecv
+                )
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn count(&self, state: TcpState) -> u64 {
+        self.by_state.get(&state).copied().unwrap_or(0)
+    }
+}
+
+/// `tcp_fin_timeout` of a namespace, which a timewait FIN_WAIT2 counts down from.
+fn fin_timeout_ns(
+    inum: u32,
+    paths: &mut NetnsPaths,
+    cache: &mut HashMap<u32, Option<u64>>,
+) -> Option<u64> {
+    *cache.entry(inum).or_insert_with(|| {
+        let read = || std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout");
+        let text = if inum == paths.own() {
+            read().ok()
+        } else {
+            paths
+                .find(inum)
+                .and_then(|path| netns::run_in(&path, read).ok())
+        };
+        text?.trim().parse::<u64>().ok().map(|s| s * 1_000_000_000)
+    })
+}
+
+pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
+    let filters = Filters {
+        pids: args.pid.clone(),
+        ports: args.port.clone(),
+        family: match (args.ipv4, args.ipv6) {
+            (true, _) => FamilyFilter::Ipv4,
+            (_, true) => FamilyFilter::Ipv6,
+            _ => FamilyFilter::Any,
+        },
+    };
+    let states: Vec<TcpState> = if args.state.is_empty() {
+        DEFAULT_STATES.to_vec()
+    } else {
+        args.state.clone()
+    };
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "tcplinger: warning: not root: other users' processes and other network namespaces are not visible"
+        );
+    }
+    // Listeners are dumped whatever is shown: they name the owner and role
+    // of server-side sockets no file refers to any more.
+    let (found, failed) = dump_all(&ALL_STATES, true);
+    if failed > 0 {
+        eprintln!(
+            "tcplinger: warning: {failed} sock_diag dumps failed; those namespaces are missing"
+        );
+    }
+    let owners = socket_owners();
+    let listeners: HashMap<(u32, u16), Option<OwnerRef>> = found
+        .iter()
+        .filter(|f| f.socket.state == TcpState::Listen)
+        .map(|f| {
+            let owner = owners.get(&f.socket.inode).map(|o| OwnerRef {
+                pid: o.pid,
+                comm: o.comm,
+            });
+            ((f.netns, f.socket.lport), owner)
+        })
+        .collect();
+    let mut paths = NetnsPaths::default();
+    let mut fin_timeouts = HashMap::new();
+    let mut groups: HashMap<GroupKey, Tally> = HashMap::new();
+    let mut total = 0u64;
+    for Found { netns, socket: s } in &found {
+        if !states.contains(&s.state) {
+            continue;
+        }
+        let listener = listeners.get(&(*netns, s.lport));
+        let owner = owners
+            .get(&s.inode)
+            .map(|o| OwnerRef {
+                pid: o.pid,
+                comm: o.comm,
+            })
+            .or_else(|| listener.copied().flatten());
+        if !filters.admits(s.family, s.lport, s.rport, owner.map(|o| o.pid)) {
+            continue;
+        }
+        let id = ConnId {
+            netns: *netns,
+            owner,
+            role: if s.state == TcpState::Listen {
+                Role::Unknown
+            } else if listener.is_some() {
+                Role::Server
+            } else {
+                Role::Client
+            },
+            family: s.family,
+            laddr: s.laddr,
+            lport: s.lport,
+            raddr: s.raddr,
+            rport: s.rport,
+        };
+        total += 1;
+        let tally = groups.entry(GroupKey::of(&id)).or_default();
+        *tally.by_state.entry(s.state).or_default() += 1;
+        let left_ns = s.timewait_expires_ms.map(|ms| u64::from(ms) * 1_000_000);
+        let age = match (s.state, left_ns, s.tcp_info) {
+            (TcpState::TimeWait, Some(left), _) => Some(TIMEWAIT_LEN_NS.saturating_sub(left)),
+            (TcpState::FinWait2, Some(left), _) => {
+                fin_timeout_ns(*netns, &mut paths, &mut fin_timeouts)
+                    .map(|t| t.saturating_sub(left))
+            }
+            (TcpState::CloseWait, None, Some(info)) => {
+                Some(u64::from(info.last_ack_recv_ms) * 1_000_000)
+            }
+            _ => None,
+        };
+        if let Some(age) = age {
+            let oldest = tally.oldest_ns.entry(s.state).or_default();
+            *oldest = (*oldest).max(age);
+        }
+        if let (TcpState::Established, Some(info)) = (s.state, s.tcp_info) {
+            let idle = u64::from(info.last_data_sent_ms.min(info.last_data_recv_ms)) * 1_000_000;
+            tally.max_idle_ns = Some(tally.max_idle_ns.unwrap_or(0).max(idle));
+        }
+    }
+    let mut rows: Vec<(GroupKey, Tally)> = groups.into_iter().collect();
+    rows.sort_by_key(|(k, t)| {
+        std::cmp::Reverse((t.lingering(), t.by_state.values().sum::<u64>(), k.pid))
+    });
+    let mut out = BufWriter::new(io::stdout().lock());
+    let written = match args.format {
+        Format::Json => write_json(&mut out, &rows, total, failed),
+        Format::Text => write_text(&mut out, &rows, total),
+    }
+    .and_then(|()| out.flush());
+    crate::watch::output_result(written)
+}
+
+fn write_json(
+    out: &mut impl Write,
+    rows: &[(GroupKey, Tally)],
+    total: u64,
+    failed: usize,
+) -> io::Result<()> {
+    #[derive(Serialize)]
+    struct Group {
+        pid: Option<u32>,
+        comm: Option<String>,
+        role: &'static str,
+        remote: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        local_port: Option<u16>,
+        states: BTreeMap<&'static str, u64>,
+        oldest_ms: BTreeMap<&'static str, f64>,
+        established_max_idle_ms: Option<f64>,
+    }
+    #[derive(Serialize)]
+    struct Json {
+        sockets: u64,
+        failed_dumps: usize,
+        groups: Vec<Group>,
+    }
+    let ms = |ns: u64| (ns as f64 / 1e3).round() / 1e3;
+    let json = Json {
+        sockets: total,
+        failed_dumps: failed,
+        groups: rows
+            .iter()
+            .map(|(k, t)| Group {
+                pid: k.pid,
+                comm: k.comm.map(|c| c.to_string()),
+                role: k.role.name(),
+                remote: k.remote(),
+                local_port: (k.role == Role::Server).then_some(k.port),
+                states: t.by_state.iter().map(|(s, n)| (s.name(), *n)).collect(),
+                oldest_ms: t
+                    .oldest_ns
+                    .iter()
+                    .map(|(s, ns)| (s.name(), ms(*ns)))
+                    .collect(),
+                established_max_idle_ms: t.max_idle_ns.map(ms),
+            })
+            .collect(),
+    };
+    serde_json::to_writer(&mut *out, &json)?;
+    writeln!(out)
+}
+
+fn write_text(out: &mut impl Write, rows: &[(GroupKey, Tally)], total: u64) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:<22} {:<7} {:<28} {:>6} {:>10} {:>9} {:>9} {:>6}  OLDEST / MAX IDLE",
+        "PROCESS", "ROLE", "REMOTE", "ESTAB", "CLOSE_WAIT", "FIN_WAIT2", "TIME_WAIT", "OTHER"
+    )?;
+    for (k, t) in rows {
+        let remote = if k.role == Role::Server {
+            format!("{} (:{})", k.remote(), k.port)
+        } else {
+            k.remote()
+        };
+        let main = [
+            TcpState::Established,
+            TcpState::CloseWait,
+            TcpState::FinWait2,
+            TcpState::TimeWait,
+        ];
+        let other: u64 = t
+            .by_state
+            .iter()
+            .filter(|(s, _)| !main.contains(s))
+            .map(|(_, n)| n)
+            .sum();
+        let mut ages: Vec<String> = t
+            .oldest_ns
+            .iter()
+            .map(|(s, ns)| {
+                let approx = if *s == TcpState::CloseWait { "~" } else { "" };
+                format!("{} {approx}{}", s.name(), human(*ns))
+            })
+            .collect();
+        if let Some(idle) = t.max_idle_ns {
+            ages.push(format!("idle {}", human(idle)));
+        }
+        writeln!(
+            out,
+            "{:<22} {:<7} {:<28} {:>6} {:>10} {:>9} {:>9} {:>6}  {}",
+            k.process(),
+            k.role.name(),
+            remote,
+            t.count(TcpState::Established),
+            t.count(TcpState::CloseWait),
+            t.count(TcpState::FinWait2),
+            t.count(TcpState::TimeWait),
+            other,
+            if ages.is_empty() {
+                "-".to_string()
+            } else {
+                ages.join(", ")
+            }
+        )?;
+    }
+    writeln!(out, "{total} sockets in {} groups", rows.len())
+}

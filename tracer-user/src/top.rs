@@ -1,0 +1,480 @@
+//! `tcplinger top`: a live table of process/endpoint groups refreshed every second, the current findings below it, and a status line.
+
+use std::{
+    io::{self, IsTerminal as _},
+    time::Duration,
+};
+
+use ratatui::{
+    Frame,
+    crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
+    layout::{Constraint, Layout},
+    style::{Modifier, Style},
+    text::Line,
+    widgets::{Block, Borders, Paragraph, Row, Table, TableState},
+};
+use tokio::{sync::mpsc, time::interval};
+use tracer_common::TcpState;
+
+use crate::{
+    aggregate::{Group, GroupKey},
+    analysis::Analysis,
+    cli::{SortKey, TopArgs, UsageError},
+    diagnose::Finding,
+    output::connections::human,
+    session::Progress,
+    watch::stop_signal,
+};
+
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// One table row, computed at each refresh.
+#[derive(Debug, Clone, PartialEq)]
+struct RowView {
+    process: String,
+    role: &'static str,
+    remote: String,
+    established: u64,
+    close_wait: u64,
+    fin_wait2: u64,
+    time_wait: u64,
+    opened_per_s: f64,
+    oldest_close_wait_ns: u64,
+    fin_wait2_p99_ms: Option<f64>,
+    lingering: u64,
+}
+
+impl RowView {
+    fn of(key: &GroupKey, g: &Group, window_s: f64) -> Self {
+        Self {
+            process: key.process(),
+            role: match key.role {
+                crate::tracker::Role::Client => "client",
+                crate::tracker::Role::Server => "server",
+                crate::tracker::Role::Unknown => "?",
+            },
+            remote: if key.role == crate::tracker::Role::Server {
+                format!("{} :{}", key.remote().trim_end_matches(":*"), key.port)
+            } else {
+                key.remote()
+            },
+            established: g.now.count(TcpState::Established),
+            close_wait: g.now.count(TcpState::CloseWait),
+            fin_wait2: g.now.count(TcpState::FinWait2),
+            time_wait: g.now.count(TcpState::TimeWait),
+            opened_per_s: g.opened as f64 / window_s.max(1.0),
+            oldest_close_wait_ns: g.now.oldest_close_wait_ns,
+            fin_wait2_p99_ms: g.fin_wait2.quantile_ms(0.99),
+            lingering: g.lingering(),
+        }
+    }
+}
+
+/// What the screen shows.
+#[derive(Debug, Default)]
+struct Model {
+    rows: Vec<RowView>,
+    findings: Vec<Finding>,
+    sort: Option<SortKey>,
+    events_per_s: f64,
+    dropped: u64,
+    folded: u64,
+    seeded: bool,
+    elapsed_s: f64,
+    table: TableState,
+    last_events: u64,
+}
+
+const SORTS: [SortKey; 5] = [
+    SortKey::Lingering,
+    SortKey::Rate,
+    SortKey::CloseWaitAge,
+    SortKey::FinWait2,
+    SortKey::Established,
+];
+
+fn sort_name(key: SortKey) -> &'static str {
+    match key {
+        SortKey::Lingering => "lingering",
+        SortKey::Rate => "rate",
+        SortKey::CloseWaitAge => "close-wait-age",
+        SortKey::FinWait2 => "fin-wait2",
+        SortKey::Established => "established",
+    }
+}
+
+impl Model {
+    fn sort_key(&self) -> SortKey {
+        self.sort.unwrap_or(SortKey::Lingering)
+    }
+
+    fn next_sort(&mut self) {
+        let i = SORTS
+            .iter()
+            .position(|&s| s == self.sort_key())
+            .unwrap_or(0);
+        self.sort = Some(SORTS[(i + 1) % SORTS.len()]);
+        self.sort_rows();
+    }
+
+    fn sort_rows(&mut self) {
+        let key = self.sort_key();
+        self.rows.sort_by(|a, b| {
+            let (x, y) = match key {
+                SortKey::Lingering => (a.lingering as f64, b.lingering as f64),
+                SortKey::Rate => (a.opened_per_s, b.opened_per_s),
+                SortKey::CloseWaitAge => {
+                    (a.oldest_close_wait_ns as f64, b.oldest_close_wait_ns as f64)
+                }
+                SortKey::FinWait2 => (
+                    a.fin_wait2_p99_ms.unwrap_or(0.0),
+                    b.fin_wait2_p99_ms.unwrap_or(0.0),
+                ),
+                SortKey::Established => (a.established as f64, b.established as f64),
+            };
+            y.total_cmp(&x).then_with(|| a.process.cmp(&b.process))
+        });
+    }
+
+    fn refresh(&mut self, analysis: &mut Analysis) {
+        analysis.observe();
+        let window_s = analysis.window_s();
+        self.rows = analysis
+            .agg
+            .groups()
+            .map(|(k, g)| RowView::of(k, g, window_s))
+            .collect();
+        self.sort_rows();
+        self.findings = analysis.findings();
+        let events = analysis.session.counts.events;
+        self.events_per_s = (events - self.last_events) as f64 / REFRESH.as_secs_f64();
+        self.last_events = events;
+        self.dropped = analysis.session.tracer.dropped().unwrap_or(0);
+        self.folded = analysis.agg.folded();
+        self.seeded = analysis.seeded;
+        self.elapsed_s = window_s;
+    }
+
+    /// Moves the selection, keeping it on the table.
+    fn scroll(&mut self, down: bool) {
+        let last = self.rows.len().saturating_sub(1);
+        let at = self.table.selected().unwrap_or(0);
+        self.table.select(Some(if down {
+            (at + 1).min(last)
+        } else {
+            at.saturating_sub(1)
+        }));
+    }
+}
+
+/// Draws one frame; fits 80x24 (the table takes what the findings and
+/// status lines leave).
+fn draw(frame: &mut Frame, model: &mut Model) {
+    let findings_height = (model.findings.len().min(6) as u16 + 2).max(3);
+    let [status, table, findings, keys] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(5),
+        Constraint::Length(findings_height),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+
+    let status_text = format!(
+        " tcplinger top  {:.0}s  {:.0} events/s  {} dropped  {} groups{}{}",
+        model.elapsed_s,
+        model.events_per_s,
+        model.dropped,
+        model.rows.len(),
+        if model.folded > 0 {
+            format!(" (+{} folded)", model.folded)
+        } else {
+            String::new()
+        },
+        if model.seeded {
+            ""
+        } else {
+            "  (reading open sockets…)"
+        }
+    );
+    frame.render_widget(
+        Paragraph::new(status_text).style(Style::new().add_modifier(Modifier::REVERSED)),
+        status,
+    );
+
+    let header = Row::new([
+        "PROCESS", "ROLE", "REMOTE", "ESTAB", "CW", "FW2", "TW", "NEW/s", "CW_AGE",
+    ])
+    .style(Style::new().add_modifier(Modifier::BOLD));
+    let rows = model.rows.iter().map(|r| {
+        Row::new([
+            r.process.clone(),
+            r.role.to_string(),
+            r.remote.clone(),
+            r.established.to_string(),
+            r.close_wait.to_string(),
+            r.fin_wait2.to_string(),
+            r.time_wait.to_string(),
+            format!("{:.1}", r.opened_per_s),
+            if r.oldest_close_wait_ns > 0 {
+                human(r.oldest_close_wait_ns)
+            } else {
+                "-".into()
+            },
+        ])
+    });
+    let widths = [
+        Constraint::Length(16),
+        Constraint::Length(6),
+        Constraint::Fill(1),
+        Constraint::Length(6),
+        Constraint::Length(4),
+        Constraint::Length(4),
+        Constraint::Length(5),
+        Constraint::Length(6),
+        Constraint::Length(7),
+    ];
+    let table_widget = Table::new(rows, widths)
+        .header(header)
+        .column_spacing(1)
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .block(Block::new().borders(Borders::TOP).title(format!(
+            " groups, sorted by {} ",
+            sort_name(model.sort_key())
+        )));
+    frame.render_stateful_widget(table_widget, table, &mut model.table);
+
+    let lines: Vec<Line> = if model.findings.is_empty() {
+        vec![Line::from(" none")]
+    } else {
+        model
+            .findings
+            .iter()
+            .take(6)
+            .map(|f| {
+                Line::from(format!(
+                    " [{}] {} -> {}: {}",
+                    f.pathology.id(),
+                    f.key.process(),
+                    f.key.remote(),
+                    f.summary
+                ))
+            })
+            .collect()
+    };
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::new()
+                .borders(Borders::TOP)
+                .title(format!(" findings ({}) ", model.findings.len())),
+        ),
+        findings,
+    );
+    frame.render_widget(Paragraph::new(" q quit   s sort   ↑/↓ select"), keys);
+}
+
+enum Action {
+    Quit,
+    Redraw,
+    Nothing,
+}
+
+fn on_key(model: &mut Model, key: KeyEvent) -> Action {
+    if key.kind != KeyEventKind::Press {
+        return Action::Nothing;
+    }
+    match key.code {
+        KeyCode::Char('q') | KeyCode::Esc => Action::Quit,
+        // Raw mode turns Ctrl-C into a key, not a signal.
+        KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => Action::Quit,
+        KeyCode::Char('s') => {
+            model.next_sort();
+            Action::Redraw
+        }
+        KeyCode::Down => {
+            model.scroll(true);
+            Action::Redraw
+        }
+        KeyCode::Up => {
+            model.scroll(false);
+            Action::Redraw
+        }
+        _ => Action::Nothing,
+    }
+}
+
+/// Restores the terminal however `run` ends (the panic hook installed by
+/// ratatui covers panics).
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
+}
+
+pub async fn run(args: TopArgs) -> anyhow::Result<()> {
+    if !io::stdout().is_terminal() || !io::stdin().is_terminal() {
+        return Err(UsageError(
+            "top needs a terminal; for output to a pipe or file use `tcplinger report`".into(),
+        )
+        .into());
+    }
+    let stop = stop_signal(args.trace.duration)?;
+    // Loaded before the screen is taken over, so errors print normally.
+    let mut analysis = Analysis::start(&args.trace, &args.analysis)?;
+    let mut terminal = ratatui::try_init()?;
+    let restore = Restore;
+    let (tx, mut keys) = mpsc::unbounded_channel();
+    // crossterm's reader blocks; it lives on its own thread and ends with
+    // the process.
+    std::thread::spawn(move || {
+        while let Ok(ev) = event::read() {
+            if tx.send(ev).is_err() {
+                break;
+            }
+        }
+    });
+    let mut model = Model {
+        sort: Some(args.sort),
+        ..Model::default()
+    };
+    let mut refresh = interval(REFRESH);
+    tokio::pin!(stop);
+    let result: anyhow::Result<()> = async {
+        loop {
+            let redraw = tokio::select! {
+                biased;
+                () = &mut stop => break,
+                Some(ev) = keys.recv() => match ev {
+                    Event::Key(key) => match on_key(&mut model, key) {
+                        Action::Quit => break,
+                        Action::Redraw => true,
+                        Action::Nothing => false,
+                    },
+                    Event::Resize(..) => true,
+                    _ => false,
+                },
+                progress = analysis.step() => {
+                    matches!(progress?, Progress::Seeded { .. })
+                }
+                _ = refresh.tick() => {
+                    model.refresh(&mut analysis);
+                    true
+                }
+            };
+            if redraw {
+                terminal.draw(|frame| draw(frame, &mut model))?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(restore);
+    analysis.session.tracer.detach();
+    eprintln!("{}", analysis.session.summary(args.trace.max_sockets.get()));
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::{Terminal, backend::TestBackend};
+
+    use super::*;
+    use crate::{
+        aggregate::{
+            Aggregator,
+            tests::{id, record},
+        },
+        diagnose::diagnose,
+        tracker::{ClosedBy, Role},
+    };
+
+    fn model() -> Model {
+        let mut a = Aggregator::new(10, 0);
+        for port in [8080, 9090] {
+            let c = id(4242, Role::Client, port);
+            for _ in 0..5 {
+                a.on_opened(&c);
+                a.on_record(&record(
+                    c,
+                    ClosedBy::Local,
+                    1_000,
+                    Some(if port == 8080 { 2_000 } else { 3 }),
+                ));
+            }
+        }
+        let mut m = Model {
+            rows: a.groups().map(|(k, g)| RowView::of(k, g, 10.0)).collect(),
+            findings: diagnose(a.groups(), 10.0),
+            sort: Some(SortKey::FinWait2),
+            seeded: true,
+            ..Model::default()
+        };
+        m.sort_rows();
+        m
+    }
+
+    fn screen(model: &mut Model) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        terminal.draw(|f| draw(f, model)).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        (0..24)
+            .map(|y| (0..80).map(|x| buffer[(x, y)].symbol()).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn fits_80x24_with_rows_findings_and_keys() {
+        let mut m = model();
+        let s = screen(&mut m);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 24);
+        assert!(lines[0].contains("tcplinger top"), "{s}");
+        assert!(
+            s.contains("PROCESS") && s.contains("REMOTE") && s.contains("CW_AGE"),
+            "{s}"
+        );
+        // Sorted by FIN_WAIT2 p99: the slow endpoint first.
+        let first = s.find("10.0.0.2:8080").unwrap();
+        let second = s.find("10.0.0.2:9090").unwrap();
+        assert!(first < second, "{s}");
+        assert!(s.contains("[client_timeout_stuck_server] 4242/app"), "{s}");
+        assert!(lines[23].contains("q quit"), "{s}");
+    }
+
+    #[test]
+    fn keys_sort_select_and_quit() {
+        let mut m = model();
+        let press = |c| KeyEvent::new(c, KeyModifiers::NONE);
+        assert!(matches!(
+            on_key(&mut m, press(KeyCode::Char('s'))),
+            Action::Redraw
+        ));
+        assert_eq!(m.sort_key(), SortKey::Established);
+        assert!(matches!(
+            on_key(&mut m, press(KeyCode::Down)),
+            Action::Redraw
+        ));
+        assert!(matches!(
+            on_key(&mut m, press(KeyCode::Down)),
+            Action::Redraw
+        ));
+        assert_eq!(m.table.selected(), Some(1), "stays on the last row");
+        assert!(matches!(
+            on_key(&mut m, press(KeyCode::Char('q'))),
+            Action::Quit
+        ));
+        assert!(matches!(
+            on_key(
+                &mut m,
+                KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)
+            ),
+            Action::Quit
+        ));
+        assert!(matches!(
+            on_key(&mut m, press(KeyCode::Char('x'))),
+            Action::Nothing
+        ));
+    }
+}

@@ -1,0 +1,409 @@
+//! `report`, `top` and `sockets` on real TCP: each of the seven pathologies reproduced between two namespaces, its finding checked for the right process and endpoint.
+
+use std::{
+    net::SocketAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::support::{netns::NetPair, peer::Peer, require_root, tracer::Tracer, wait_until};
+
+/// A report that ends when the test says so (SIGINT), not by its clock.
+fn start_report(port: u16) -> Tracer {
+    Tracer::start(&[
+        "report",
+        "--format",
+        "json",
+        "--duration",
+        "5m",
+        "--port",
+        &port.to_string(),
+    ])
+}
+
+/// Stops the report and returns its JSON, after giving the last closes a
+/// moment to be read.
+fn finish_report(tracer: Tracer) -> Value {
+    std::thread::sleep(Duration::from_millis(500));
+    let run = tracer.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    assert_eq!(run.lines.len(), 1, "one JSON report: {:#?}", run.lines);
+    run.lines.into_iter().next().unwrap()
+}
+
+fn finding<'a>(report: &'a Value, pathology: &str, pid: u32) -> &'a Value {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["pathology"] == pathology && f["pid"] == pid)
+        .unwrap_or_else(|| panic!("no {pathology} finding for pid {pid}: {report:#}"))
+}
+
+fn has_pathology(report: &Value, pathology: &str) -> bool {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["pathology"] == pathology)
+}
+
+/// Each test gets its own link, port and server address.
+struct Scene {
+    net: NetPair,
+    port: u16,
+    target: SocketAddr,
+}
+
+impl Scene {
+    fn new(port: u16) -> Self {
+        require_root();
+        let net = NetPair::new();
+        let target = SocketAddr::new(net.server_v4, port);
+        Self { net, port, target }
+    }
+
+    fn server(&self, flags: &[&str]) -> Peer {
+        Peer::server(&self.net.server_ns, self.target, flags)
+    }
+
+    fn client(&self, flags: &[&str]) -> Peer {
+        Peer::client(&self.net.client_ns, self.target, flags)
+    }
+
+    /// The finding's endpoint as the client side names it.
+    fn server_endpoint(&self) -> String {
+        format!("{}:{}", self.net.server_v4, self.port)
+    }
+
+    fn client_endpoint(&self) -> String {
+        format!("{}:*", self.net.client_v4)
+    }
+}
+
+pub fn report_client_timeout_stuck_server() {
+    let scene = Scene::new(18301);
+    let tracer = start_report(scene.port);
+    let server = scene.server(&[
+        "--count",
+        "3",
+        "--hold-ms",
+        "2500",
+        "--no-reply",
+        "--close",
+        "first",
+    ]);
+    let client = scene.client(&["--count", "3", "--timeout-ms", "1000", "--close", "first"]);
+    let (client_pid, server_pid) = (client.pid, server.pid);
+    client.finish();
+    server.finish();
+    let report = finish_report(tracer);
+    let f = finding(&report, "client_timeout_stuck_server", client_pid);
+    assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
+    assert_eq!(f["role"], "client");
+    assert!(
+        f["evidence"]["fin_wait2_p50_ms"].as_f64().unwrap() >= 1000.0,
+        "{f}"
+    );
+    let f = finding(&report, "client_timeout_stuck_server", server_pid);
+    assert_eq!(f["remote"], scene.client_endpoint(), "{f}");
+    assert!(
+        f["evidence"]["close_wait_p50_ms"].as_f64().unwrap() >= 1000.0,
+        "{f}"
+    );
+}
+
+pub fn report_server_closes() {
+    let scene = Scene::new(18302);
+    let tracer = start_report(scene.port);
+    let server = scene.server(&["--count", "12", "--close", "first"]);
+    let client = scene.client(&["--count", "12", "--close", "after-eof"]);
+    let (client_pid, server_pid) = (client.pid, server.pid);
+    client.finish();
+    server.finish();
+    let report = finish_report(tracer);
+    let f = finding(&report, "server_closes", server_pid);
+    assert_eq!(f["role"], "server");
+    assert_eq!(f["evidence"]["closed_by_local_pct"], 100.0);
+    assert_eq!(f["evidence"]["time_wait_now"], 12, "{f}");
+    let f = finding(&report, "server_closes", client_pid);
+    assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
+    assert!(
+        !has_pathology(&report, "client_timeout_stuck_server"),
+        "{report:#}"
+    );
+}
+
+pub fn report_no_reuse() {
+    let scene = Scene::new(18303);
+    let tracer = start_report(scene.port);
+    let server = scene.server(&["--count", "40", "--close", "after-eof"]);
+    let client = scene.client(&["--count", "40", "--close", "first"]);
+    let client_pid = client.pid;
+    client.finish();
+    server.finish();
+    let report = finish_report(tracer);
+    let f = finding(&report, "no_reuse", client_pid);
+    assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
+    assert_eq!(f["evidence"]["opened"], 40, "{f}");
+    assert_eq!(
+        report["findings"].as_array().unwrap().len(),
+        1,
+        "only no_reuse: {report:#}"
+    );
+}
+
+pub fn report_leaked_idle() {
+    let scene = Scene::new(18304);
+    let tracer = start_report(scene.port);
+    let _server = scene.server(&["--count", "15", "--close", "never"]);
+    let client = scene.client(&["--count", "15", "--close", "never"]);
+    client.expect_line("done");
+    // Long enough for all of them to count as idle.
+    std::thread::sleep(Duration::from_millis(2500));
+    let report = finish_report(tracer);
+    let f = finding(&report, "leaked_idle", client.pid);
+    assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
+    assert_eq!(f["evidence"]["established_now"], 15, "{f}");
+    assert_eq!(f["evidence"]["established_first"], 0, "{f}");
+    assert_eq!(
+        report["findings"].as_array().unwrap().len(),
+        1,
+        "the server is not blamed: {report:#}"
+    );
+}
+
+pub fn report_unanswered_requests() {
+    let scene = Scene::new(18305);
+    let tracer = start_report(scene.port);
+    let _server = scene.server(&["--count", "10", "--close", "never", "--no-reply"]);
+    // A pool of 10: each connection sends a request, gives up waiting
+    // after 100 ms and stays open, as a pooled client's would.
+    let client = scene.client(&["--count", "10", "--timeout-ms", "100", "--close", "never"]);
+    client.expect_line("done");
+    std::thread::sleep(Duration::from_millis(1500));
+    let report = finish_report(tracer);
+    let f = finding(&report, "unanswered_requests", client.pid);
+    assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
+    assert_eq!(f["evidence"]["awaiting_reply"], 10, "{f}");
+    assert!(
+        !has_pathology(&report, "leaked_idle"),
+        "awaiting is not idle: {report:#}"
+    );
+}
+
+pub fn report_deadline_pooled() {
+    let scene = Scene::new(18306);
+    let tracer = start_report(scene.port);
+    let server = scene.server(&["--count", "6", "--parallel", "--close", "after-eof"]);
+    let client = scene.client(&[
+        "--count",
+        "6",
+        "--parallel",
+        "--keep-ms",
+        "3000",
+        "--close",
+        "first",
+    ]);
+    let client_pid = client.pid;
+    client.finish();
+    server.finish();
+    let report = finish_report(tracer);
+    let f = finding(&report, "deadline_pooled", client_pid);
+    assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
+    let p50 = f["evidence"]["lifetime_p50_ms"].as_f64().unwrap();
+    assert!((p50 - 3000.0).abs() <= 350.0, "lifetime p50 {p50}: {f}");
+}
+
+pub fn report_close_wait_leak() {
+    let scene = Scene::new(18307);
+    let tracer = start_report(scene.port);
+    let server = scene.server(&["--count", "5", "--close", "never"]);
+    scene.client(&["--count", "5", "--close", "first"]).finish();
+    // Old enough to be a leak, not a socket about to be closed.
+    std::thread::sleep(Duration::from_millis(5500));
+    let report = finish_report(tracer);
+    let f = finding(&report, "close_wait_leak", server.pid);
+    assert_eq!(f["remote"], scene.client_endpoint(), "{f}");
+    assert_eq!(f["evidence"]["close_wait_now"], 5, "{f}");
+    let fds = f["evidence"]["fds"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no fds: {f}"));
+    assert_eq!(fds.len(), 5, "{f}");
+    for fd in fds {
+        let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", server.pid)).unwrap();
+        assert!(
+            link.to_string_lossy().starts_with("socket:["),
+            "fd {fd} is {link:?}"
+        );
+    }
+    assert!(f["summary"].as_str().unwrap().contains("fds"), "{f}");
+}
+
+/// `sockets` sees the same leak without any tracing.
+pub fn sockets_shows_what_lingers_now() {
+    let scene = Scene::new(18308);
+    let server = scene.server(&["--count", "4", "--close", "never"]);
+    scene.client(&["--count", "4", "--close", "first"]).finish();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args([
+            "sockets",
+            "--format",
+            "json",
+            "--port",
+            &scene.port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let groups = v["groups"].as_array().unwrap();
+    let server_group = groups
+        .iter()
+        .find(|g| g["pid"] == server.pid)
+        .unwrap_or_else(|| panic!("no group for the server: {v:#}"));
+    assert_eq!(server_group["states"]["CLOSE_WAIT"], 4, "{v:#}");
+    assert_eq!(server_group["role"], "server");
+    assert!(server_group["oldest_ms"]["CLOSE_WAIT"].as_f64().unwrap() >= 0.0);
+    // The client's closed sockets linger as timewait FIN_WAIT2 with no owner left.
+    let orphans = groups
+        .iter()
+        .find(|g| g["pid"].is_null())
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(orphans["states"]["FIN_WAIT2"], 4, "{v:#}");
+    assert!(
+        orphans["oldest_ms"]["FIN_WAIT2"].as_f64().unwrap() < 60_000.0,
+        "{v:#}"
+    );
+    // --state narrows it.
+    let out = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args([
+            "sockets",
+            "--format",
+            "json",
+            "--state",
+            "fin-wait2",
+            "--port",
+            &scene.port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["sockets"], 4, "{v:#}");
+}
+
+/// tmux on a private socket, so nothing else is disturbed.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new() -> Self {
+        let tmux = Self {
+            socket: format!("tltest{}", std::process::id()),
+        };
+        tmux.run(&["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"]);
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("running tmux");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "top"])
+    }
+
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no {what} on screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+pub fn top_in_a_pty_draws_updates_and_quits() {
+    let scene = Scene::new(18309);
+    let tmux = Tmux::new();
+    let stty = std::env::temp_dir().join(format!("tcplinger-stty-{}", std::process::id()));
+    let command = format!(
+        "{} top --port {}; stty -a > {}; echo TOP-EXITED",
+        env!("CARGO_BIN_EXE_tcplinger"),
+        scene.port,
+        stty.display()
+    );
+    tmux.run(&["send-keys", "-t", "top", &command, "Enter"]);
+    let first = tmux.wait_for("the table", |s| {
+        s.contains("PROCESS") && s.contains("findings")
+    });
+    assert!(first.lines().count() <= 24, "{first}");
+    // Traffic appears as rows on a later refresh.
+    let server = scene.server(&["--count", "3", "--close", "never"]);
+    scene.client(&["--count", "3", "--close", "first"]).finish();
+    let updated = tmux.wait_for("the server's row", |s| {
+        s.contains(&format!("{}/tl-server", server.pid))
+    });
+    assert!(updated.contains("tl-client"), "{updated}");
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+    let after = tmux.wait_for("the shell again", |s| s.contains("TOP-EXITED"));
+    assert!(
+        !after.contains("PROCESS"),
+        "the alternate screen was left:\n{after}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || stty.exists()));
+    let modes = std::fs::read_to_string(&stty).unwrap();
+    let _ = std::fs::remove_file(&stty);
+    let flags: Vec<&str> = modes.split_whitespace().collect();
+    for sane in ["icanon", "echo", "isig"] {
+        assert!(
+            flags.contains(&sane),
+            "terminal left raw ({sane} missing): {modes}"
+        );
+    }
+}
+
+pub fn top_refuses_without_a_terminal() {
+    require_root();
+    let out = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args(["top"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("report"), "{stderr}");
+}
