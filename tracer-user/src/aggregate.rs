@@ -62,6 +62,15 @@ impl GroupKey {
         }
     }
 
+    /// The far end in words: `10.0.0.2:8080` for a client, `clients at
+    /// 10.0.0.1 on :8080` for a server.
+    pub fn far_end(&self) -> String {
+        match self.role {
+            Role::Server => format!("clients at {} on :{}", self.peer.to_canonical(), self.port),
+            _ => self.remote(),
+        }
+    }
+
     /// `pid/comm`, or `-` when no process was seen.
     pub fn process(&self) -> String {
         match (self.pid, self.comm) {

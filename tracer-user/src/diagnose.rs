@@ -97,12 +97,79 @@ pub struct Finding {
 }
 
 impl Finding {
-    #[cfg(test)]
     pub fn figure(&self, name: &str) -> Option<&Figure> {
         self.evidence
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, f)| f)
+    }
+
+    /// The decisive figures in a few words, for a one-line display.
+    pub fn brief(&self) -> String {
+        let f = |name| self.figure(name).map_or_else(|| "?".into(), Figure::show);
+        match self.pathology {
+            Pathology::ClientTimeoutStuckServer if self.key.role == Role::Client => format!(
+                "FIN_WAIT2 p50 {} p99 {}, {} closed here first",
+                f("fin_wait2_p50_ms"),
+                f("fin_wait2_p99_ms"),
+                f("closed_by_local_pct")
+            ),
+            Pathology::ClientTimeoutStuckServer => format!(
+                "CLOSE_WAIT p50 {} p99 {}, {} closed by the peer",
+                f("close_wait_p50_ms"),
+                f("close_wait_p99_ms"),
+                f("closed_by_remote_pct")
+            ),
+            Pathology::ServerCloses if self.key.role == Role::Client => {
+                format!(
+                    "server closed {} of {}",
+                    f("closed_by_remote_pct"),
+                    f("closed")
+                )
+            }
+            Pathology::ServerCloses => format!(
+                "closed {} of {} first, {} in TIME_WAIT",
+                f("closed_by_local_pct"),
+                f("closed"),
+                f("time_wait_now")
+            ),
+            Pathology::NoReuse => format!(
+                "{} opened ({}), lifetime p50 {}",
+                f("opened"),
+                f("opened_per_s"),
+                f("lifetime_p50_ms")
+            ),
+            Pathology::LeakedIdle => format!(
+                "ESTABLISHED {} -> {}, {} idle",
+                f("established_first"),
+                f("established_now"),
+                f("idle_pct")
+            ),
+            Pathology::UnansweredRequests => {
+                format!(
+                    "{} awaiting a reply, oldest {}",
+                    f("awaiting_reply"),
+                    f("oldest_wait_ms")
+                )
+            }
+            Pathology::DeadlinePooled => format!(
+                "lifetime p50 {} (p10-p90 {}-{})",
+                f("lifetime_p50_ms"),
+                f("lifetime_p10_ms"),
+                f("lifetime_p90_ms")
+            ),
+            Pathology::CloseWaitLeak => {
+                let fds = self
+                    .figure("fds")
+                    .map(|fds| format!(", fds {}", fds.show()))
+                    .unwrap_or_default();
+                format!(
+                    "{} in CLOSE_WAIT, oldest {}{fds}",
+                    f("close_wait_now"),
+                    f("oldest_close_wait_ms")
+                )
+            }
+        }
     }
 }
 
@@ -183,8 +250,8 @@ fn client_timeout_stuck_server(key: &GroupKey, g: &Group, _: f64) -> Option<Find
             key.remote()
         ),
         _ => format!(
-            "Clients from {} close first and {} keeps their sockets in CLOSE_WAIT for {} (p50): its handler is stuck past the clients' timeout; check what the handler waits on (locks, downstream calls, pool limits).",
-            key.remote(),
+            "The {} close first and {} keeps their sockets in CLOSE_WAIT for {} (p50): its handler is stuck past the clients' timeout; check what the handler waits on (locks, downstream calls, pool limits).",
+            key.far_end(),
             who(key),
             dur(p50)
         ),
@@ -248,7 +315,7 @@ fn server_closes(key: &GroupKey, g: &Group, _: f64) -> Option<Finding> {
             "{} closes {:.0}% of its connections with {} first (Connection: close, or keep-alive off): TIME_WAIT piles up here, {} now; check its keep-alive settings.",
             who(key),
             share * 100.0,
-            key.remote(),
+            key.far_end(),
             g.now.count(TcpState::TimeWait)
         ),
     };
@@ -431,9 +498,9 @@ fn close_wait_leak(key: &GroupKey, g: &Group, _: f64) -> Option<Finding> {
             ("oldest_close_wait_ms", ms(oldest)),
         ],
         summary: format!(
-            "{} has {count} sockets from {} in CLOSE_WAIT, the oldest for {}: the peer closed them and the application never does, a socket leak; check the error paths that return without close().",
+            "{} has {count} sockets with {} in CLOSE_WAIT, the oldest for {}: the peer closed them and the application never does, a socket leak; check the error paths that return without close().",
             who(key),
-            key.remote(),
+            key.far_end(),
             dur(oldest)
         ),
     })

@@ -170,7 +170,8 @@ impl Model {
 /// Draws one frame; fits 80x24 (the table takes what the findings and
 /// status lines leave).
 fn draw(frame: &mut Frame, model: &mut Model) {
-    let findings_height = (model.findings.len().min(6) as u16 + 2).max(3);
+    // Up to three findings of two lines each, under a title line.
+    let findings_height = (model.findings.len().min(3) as u16 * 2 + 1).max(2);
     let [status, table, findings, keys] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(5),
@@ -243,24 +244,31 @@ fn draw(frame: &mut Frame, model: &mut Model) {
         )));
     frame.render_stateful_widget(table_widget, table, &mut model.table);
 
-    let lines: Vec<Line> = if model.findings.is_empty() {
-        vec![Line::from(" none")]
-    } else {
-        model
-            .findings
-            .iter()
-            .take(6)
-            .map(|f| {
-                Line::from(format!(
-                    " [{}] {} -> {}: {}",
-                    f.pathology.id(),
-                    f.key.process(),
-                    f.key.remote(),
-                    f.summary
-                ))
-            })
-            .collect()
-    };
+    // Two lines per finding: what and who, then the figures behind it.
+    let shown = usize::from(findings.height.saturating_sub(1)) / 2;
+    let mut lines: Vec<Line> = Vec::new();
+    for f in model.findings.iter().take(shown) {
+        lines.push(
+            Line::from(format!(
+                " {} {} {}",
+                f.pathology.id(),
+                f.key.process(),
+                f.key.remote()
+            ))
+            .style(Style::new().add_modifier(Modifier::BOLD)),
+        );
+        lines.push(Line::from(format!("   {}", f.brief())));
+    }
+    if model.findings.is_empty() {
+        lines.push(Line::from(" none"));
+    } else if model.findings.len() > shown {
+        let last = lines.len().saturating_sub(1);
+        lines.truncate(last);
+        lines.push(Line::from(format!(
+            " … {} more: `tcplinger report` has them all",
+            model.findings.len() - shown + 1
+        )));
+    }
     frame.render_widget(
         Paragraph::new(lines).block(
             Block::new()
@@ -439,7 +447,11 @@ mod tests {
         let first = s.find("10.0.0.2:8080").unwrap();
         let second = s.find("10.0.0.2:9090").unwrap();
         assert!(first < second, "{s}");
-        assert!(s.contains("[client_timeout_stuck_server] 4242/app"), "{s}");
+        assert!(
+            s.contains(" client_timeout_stuck_server 4242/app 10.0.0.2:8080"),
+            "{s}"
+        );
+        assert!(s.contains("FIN_WAIT2 p50 2.00s"), "{s}");
         assert!(lines[23].contains("q quit"), "{s}");
     }
 

@@ -277,3 +277,31 @@ fn a_server_holding_idle_or_answered_connections_is_not_blamed() {
     let g = a.groups().next().unwrap().1;
     assert_eq!((g.now.awaiting, g.now.idle), (0, 20));
 }
+
+#[test]
+fn every_pathology_has_a_brief_line() {
+    let mut a = Aggregator::new(100, 0);
+    closes(
+        &mut a,
+        id(1, Role::Client, 8080),
+        5,
+        ClosedBy::Local,
+        1_000,
+        Some(2_000),
+    );
+    let f = only(&a, Pathology::ClientTimeoutStuckServer);
+    assert_eq!(
+        f.brief(),
+        "FIN_WAIT2 p50 2.00s p99 2.00s, 100% closed here first"
+    );
+    let mut a = Aggregator::new(100, 0);
+    let s = id(9, Role::Server, 50002);
+    a.observe(
+        (0..4).map(|i| live(s, i, TcpState::CloseWait, 1_000 * i, None)),
+        12_000 * MS,
+    );
+    assert_eq!(
+        only(&a, Pathology::CloseWaitLeak).brief(),
+        "4 in CLOSE_WAIT, oldest 12.00s"
+    );
+}
