@@ -109,7 +109,7 @@ impl Dist {
 }
 
 /// Sockets of a group alive at the last observation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Now {
     /// Count per state, indexed by the kernel's state number.
     pub by_state: [u64; 16],
@@ -120,6 +120,9 @@ pub struct Now {
     /// [`UNANSWERED_AFTER_NS`] or more ago.
     pub awaiting: u64,
     pub oldest_awaiting_ns: u64,
+    /// How long each ESTABLISHED socket has been silent (since its last
+    /// send or receive, or since it was first seen).
+    pub idle_time: Dist,
     pub oldest_close_wait_ns: u64,
     /// (netns, cookie) of some CLOSE_WAIT sockets, to find their fds.
     pub close_wait_sample: Vec<(u32, u64)>,
@@ -285,6 +288,7 @@ impl Aggregator {
                         .max()
                         .unwrap_or(since);
                     let silent = now_ns.saturating_sub(last);
+                    now.idle_time.record(silent);
                     // A server that answered and waits for the next request
                     // also sent last: for it that is idleness, not waiting.
                     let unanswered = key.role != Role::Server
@@ -511,6 +515,8 @@ pub(crate) mod tests {
         assert_eq!(g.now.idle, 1);
         assert_eq!(g.now.awaiting, 1);
         assert_eq!(g.now.oldest_awaiting_ns, 5_000 * MS);
+        assert_eq!(g.now.idle_time.count(), 3);
+        assert!((g.now.idle_time.quantile_ms(0.5).unwrap() - 5_000.0).abs() < 50.0);
         assert_eq!(g.now.oldest_close_wait_ns, 30_000 * MS);
         assert_eq!(g.now.close_wait_sample, vec![(1, 4)]);
         assert_eq!(g.lingering(), 2);

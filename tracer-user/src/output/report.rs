@@ -121,6 +121,8 @@ struct JsonGroup {
     now: BTreeMap<&'static str, u64>,
     idle: u64,
     awaiting_reply: u64,
+    /// Silence of the ESTABLISHED sockets now (since their last send/receive).
+    established_idle_ms: Option<Percentiles>,
     oldest_close_wait_ms: Option<f64>,
     lifetime_ms: Option<Percentiles>,
     fin_wait2_ms: Option<Percentiles>,
@@ -154,6 +156,7 @@ fn json_group(key: Option<&GroupKey>, g: &Group) -> JsonGroup {
             .collect(),
         idle: g.now.idle,
         awaiting_reply: g.now.awaiting,
+        established_idle_ms: percentiles(&g.now.idle_time),
         oldest_close_wait_ms: (g.now.oldest_close_wait_ns > 0)
             .then(|| (g.now.oldest_close_wait_ns as f64 / 1e3).round() / 1e3),
         lifetime_ms: percentiles(&g.lifetime),
