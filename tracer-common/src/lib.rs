@@ -16,6 +16,7 @@ pub const MAX_FILTER_PORTS: usize = 8;
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_DROPS: &str = "DROPS";
 pub const MAP_OWNERS: &str = "OWNERS";
+pub const MAP_RING_PEAK: &str = "RING_PEAK";
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
 /// Entries of the per-cookie owner map; LRU, so the stalest are recycled when full.
@@ -140,6 +141,8 @@ pub struct Event {
     pub ts_ns: u64,
     /// Socket cookie: the one key shared with sock_diag and timewait sockets.
     pub cookie: u64,
+    /// Owner's cgroup v2 id (the inode of its cgroup directory); 0 if unknown.
+    pub cgroup_id: u64,
     /// Local address; IPv4 uses the first 4 bytes, network order.
     pub saddr: [u8; 16],
     /// Remote address, same encoding as `saddr`.
@@ -176,6 +179,8 @@ pub struct Owner {
     pub last_send_ns: u64,
     /// Boot-clock ns of the last receive that moved bytes; 0 if none seen.
     pub last_recv_ns: u64,
+    /// The owner's cgroup v2 id when it was recorded.
+    pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
     pub tgid: u32,
     pub _pad: u32,
@@ -236,12 +241,12 @@ pub struct Config {
 }
 
 // The structs must have no implicit padding: every byte is a named field.
-const _: () = assert!(core::mem::size_of::<Event>() == 88);
+const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(
     core::mem::size_of::<Event>()
-        == 8 + 8 + 16 + 16 + COMM_LEN + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 1 + 6
+        == 8 + 8 + 8 + 16 + 16 + COMM_LEN + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 1 + 6
 );
-const _: () = assert!(core::mem::size_of::<Owner>() == 8 + 8 + COMM_LEN + 4 + 4);
+const _: () = assert!(core::mem::size_of::<Owner>() == 8 + 8 + 8 + COMM_LEN + 4 + 4);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 12 * 2);
 const _: () = assert!(
     core::mem::size_of::<Config>()

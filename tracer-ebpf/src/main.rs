@@ -16,7 +16,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     },
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -61,6 +61,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Highest ring fill level (bytes) seen by a writer, per CPU; userspace
+/// reads and resets it to show how close the ring came to dropping.
+#[map]
+static RING_PEAK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Cookie -> who owns the socket and when it last moved data.
 #[map]
 static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(OWNERS_MAX_ENTRIES, 0);
@@ -84,6 +89,7 @@ struct Tuple {
 struct OwnerInfo {
     tgid: u32,
     comm: [u8; COMM_LEN],
+    cgroup_id: u64,
     source: OwnerSource,
 }
 
@@ -91,6 +97,7 @@ impl OwnerInfo {
     const UNKNOWN: Self = Self {
         tgid: 0,
         comm: [0; COMM_LEN],
+        cgroup_id: 0,
         source: OwnerSource::Unknown,
     };
 }
@@ -216,38 +223,48 @@ fn recorded_owner(cookie: u64) -> OwnerInfo {
         Some(owner) => OwnerInfo {
             tgid: owner.tgid,
             comm: owner.comm,
+            cgroup_id: owner.cgroup_id,
             source: OwnerSource::Recorded,
         },
         None => OwnerInfo::UNKNOWN,
     }
 }
 
-/// Records the current task as the owner of `cookie`, keeping its I/O times.
+/// Records the current task as the owner of `cookie`, keeping its I/O times;
+/// returns the owner as recorded.
 /// `moved` stamps the send (`Some(true)`) or receive (`Some(false)`) time.
 #[inline(always)]
-fn record_current_owner(cookie: u64, tgid: u32, moved: Option<bool>) -> [u8; COMM_LEN] {
+fn record_current_owner(cookie: u64, tgid: u32, moved: Option<bool>) -> OwnerInfo {
     let now = match moved {
         Some(_) => unsafe { bpf_ktime_get_boot_ns() },
         None => 0,
     };
     if let Some(owner) = OWNERS.get_ptr_mut(&cookie) {
         let owner = unsafe { &mut *owner };
-        // The comm copy is only paid when the socket changes hands.
+        // The comm and cgroup are only fetched when the socket changes hands.
         if owner.tgid != tgid {
             owner.tgid = tgid;
             owner.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+            owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         }
         match moved {
             Some(true) => owner.last_send_ns = now,
             Some(false) => owner.last_recv_ns = now,
             None => {}
         }
-        return owner.comm;
+        return OwnerInfo {
+            tgid,
+            comm: owner.comm,
+            cgroup_id: owner.cgroup_id,
+            source: OwnerSource::Current,
+        };
     }
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let owner = Owner {
         last_send_ns: if moved == Some(true) { now } else { 0 },
         last_recv_ns: if moved == Some(false) { now } else { 0 },
+        cgroup_id,
         comm,
         tgid,
         _pad: 0,
@@ -255,7 +272,12 @@ fn record_current_owner(cookie: u64, tgid: u32, moved: Option<bool>) -> [u8; COM
     // LRU insert only fails on allocation failure; the owner is then
     // unknown for softirq events, which userspace already handles.
     let _ = OWNERS.insert(&cookie, &owner, 0);
-    comm
+    OwnerInfo {
+        tgid,
+        comm,
+        cgroup_id,
+        source: OwnerSource::Current,
+    }
 }
 
 /// Transitions that only happen inside a syscall of the owning process, so
@@ -326,6 +348,7 @@ fn emit(
     entry.write(Event {
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         cookie,
+        cgroup_id: owner.cgroup_id,
         saddr,
         daddr,
         comm: owner.comm,
@@ -341,7 +364,16 @@ fn emit(
         _pad: [0; 6],
     });
     let wakeup_bytes = config!(wakeup_bytes) as u64;
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wakeup_bytes {
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if let Some(peak) = RING_PEAK.get_ptr_mut(0) {
+        // Per CPU: a lost race between nested writers only lowers a watermark.
+        unsafe {
+            if avail > *peak {
+                *peak = avail;
+            }
+        }
+    }
+    let flags = if avail >= wakeup_bytes {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -372,12 +404,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let (old, new) = (old as u8, new as u8);
     let cookie = cookie_of(sk);
     let owner = if runs_in_owner(old, new) {
-        let tgid = current_tgid();
-        OwnerInfo {
-            tgid,
-            comm: record_current_owner(cookie, tgid, None),
-            source: OwnerSource::Current,
-        }
+        record_current_owner(cookie, current_tgid(), None)
     } else {
         recorded_owner(cookie)
     };

@@ -351,6 +351,7 @@ pub(crate) mod tests {
             owner: Some(OwnerRef {
                 pid,
                 comm: Comm::new(comm("app")),
+                cgroup_id: 0,
             }),
             role,
             family: Family::Ipv4,

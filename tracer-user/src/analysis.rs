@@ -6,12 +6,13 @@ use tracer_common::TcpState;
 
 use crate::{
     aggregate::{Aggregator, LiveSocket},
+    cgroups::Cgroups,
     cli::{AnalysisArgs, TraceArgs},
     clock,
     diagnose::{Figure, Finding, Pathology, diagnose},
     session::{Progress, Session},
     snapshot,
-    tracker::Tracker,
+    tracker::{ConnId, ConnRecord, LiveConn, TimewaitEnd, Tracker},
     watch::load_options,
 };
 
@@ -21,6 +22,30 @@ pub struct Analysis {
     started_ns: u64,
     /// The start-up snapshot is in; before that, the picture is partial.
     pub seeded: bool,
+    /// Copies of what was fed to the aggregator, for another consumer (the
+    /// daemon's metrics); `None` when nobody asked.
+    pub tap: Option<Fed>,
+    /// Only connections whose owner's cgroup path starts with this count.
+    cgroup: Option<(String, Cgroups)>,
+}
+
+/// Tracker output passed to the aggregator.
+#[derive(Debug, Default)]
+pub struct Fed {
+    pub opened: Vec<ConnId>,
+    pub records: Vec<ConnRecord>,
+    pub timewait_ends: Vec<TimewaitEnd>,
+}
+
+/// True when `id`'s owner lives in a cgroup under `prefix`.
+fn in_cgroup(cgroups: &mut Cgroups, prefix: &str, id: &ConnId) -> bool {
+    let Some(owner) = id.owner else { return false };
+    cgroups.lookup(owner.cgroup_id).is_some_and(|c| {
+        c.path == prefix
+            || c.path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
 }
 
 impl Analysis {
@@ -35,7 +60,21 @@ impl Analysis {
             agg: Aggregator::new(analysis.max_groups, started_ns),
             started_ns,
             seeded: false,
+            tap: None,
+            cgroup: None,
         })
+    }
+
+    /// Counts only connections owned by processes in cgroups under `prefix`.
+    pub fn only_cgroup(&mut self, prefix: String) {
+        self.cgroup = Some((prefix, Cgroups::new()));
+    }
+
+    fn admitted(&mut self, id: &ConnId) -> bool {
+        match &mut self.cgroup {
+            Some((prefix, cgroups)) => in_cgroup(cgroups, prefix, id),
+            None => true,
+        }
     }
 
     /// One step of the session, its results fed to the aggregator. The
@@ -52,25 +91,46 @@ impl Analysis {
 
     fn feed(&mut self) {
         let tracker = &mut self.session.tracker;
-        for id in tracker.take_opened() {
-            self.agg.on_opened(&id);
+        let (opened, records, ends) = (
+            tracker.take_opened(),
+            tracker.take_ready(),
+            tracker.take_timewait_ends(),
+        );
+        let opened: Vec<ConnId> = opened.into_iter().filter(|id| self.admitted(id)).collect();
+        let records: Vec<ConnRecord> = records
+            .into_iter()
+            .filter(|r| self.admitted(&r.id()))
+            .collect();
+        let ends: Vec<TimewaitEnd> = ends.into_iter().filter(|e| self.admitted(&e.id)).collect();
+        for id in &opened {
+            self.agg.on_opened(id);
         }
-        for record in tracker.take_ready() {
-            self.agg.on_record(&record);
+        for record in &records {
+            self.agg.on_record(record);
         }
-        for end in tracker.take_timewait_ends() {
-            self.agg.on_timewait_end(&end);
+        for end in &ends {
+            self.agg.on_timewait_end(end);
         }
+        if let Some(tap) = &mut self.tap {
+            tap.opened.extend(opened);
+            tap.records.extend(records);
+            tap.timewait_ends.extend(ends);
+        }
+    }
+
+    /// The live sockets that count (the cgroup filter applied).
+    pub fn live(&mut self) -> Vec<LiveConn> {
+        let live: Vec<LiveConn> = self.session.tracker.live().collect();
+        live.into_iter().filter(|l| self.admitted(&l.id)).collect()
     }
 
     /// Refreshes the aggregate's picture of what is alive now, with the
     /// kernel's last send/receive time for each open connection.
     pub fn observe(&mut self) {
+        let live = self.live();
         let tracer = &self.session.tracer;
-        let live: Vec<LiveSocket> = self
-            .session
-            .tracker
-            .live()
+        let live: Vec<LiveSocket> = live
+            .into_iter()
             .map(|l| LiveSocket {
                 id: l.id,
                 cookie: l.cookie,

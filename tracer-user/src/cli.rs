@@ -31,6 +31,78 @@ pub enum Command {
     Top(TopArgs),
     /// What lingers right now, by process and endpoint (no tracing).
     Sockets(SocketsArgs),
+    /// Run in the background: Prometheus metrics on /metrics, findings as
+    /// log lines, until SIGTERM.
+    Daemon(DaemonArgs),
+}
+
+/// The daemon's flags. Each can also be set in the --config file under the
+/// same name; a flag given here wins over the file.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// TOML file with the same keys as these flags (e.g. max-sockets = 100000).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Validate the configuration, print it as it would be used, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// Address for /metrics and /healthz [default: 127.0.0.1:9917].
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Findings on stdout as text lines or JSON lines [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Only sockets owned by these process ids.
+    #[arg(long, value_name = "PID", value_delimiter = ',', value_parser = parse_pid, allow_hyphen_values = true)]
+    pub pid: Option<Vec<u32>>,
+
+    /// Only sockets with one of these local or remote ports.
+    #[arg(long, value_name = "PORT", value_delimiter = ',', value_parser = parse_port, allow_hyphen_values = true)]
+    pub port: Option<Vec<u16>>,
+
+    /// Only IPv4 sockets.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+
+    /// Only IPv6 sockets.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+
+    /// Only sockets whose owner's cgroup path starts with this (e.g.
+    /// /kubepods.slice or /system.slice/nginx.service).
+    #[arg(long, value_name = "PATH", value_parser = parse_cgroup)]
+    pub cgroup: Option<String>,
+
+    /// Most sockets followed at once [default: 262144].
+    #[arg(long, value_name = "N", value_parser = parse_max_sockets)]
+    pub max_sockets: Option<NonZeroUsize>,
+
+    /// Most process/endpoint groups aggregated for the findings [default: 500].
+    #[arg(long, value_name = "N", value_parser = parse_max_groups)]
+    pub max_groups: Option<usize>,
+
+    /// Most remote endpoints (address and port) with metric series of their
+    /// own; the rest share remote_addr="other" [default: 100].
+    #[arg(long, value_name = "N", value_parser = parse_max_endpoints)]
+    pub max_endpoints: Option<usize>,
+
+    /// Kernel-to-userspace ring size, a power of two [default: 4MiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
+    pub ring_bytes: Option<u32>,
+
+    /// Stop after this long (mostly for tests); default: until SIGTERM.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -254,7 +326,7 @@ impl TraceArgs {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim())
         .map_err(|e| format!("expected a duration like 30s, 5m or 1h ({e})"))?;
     if d.is_zero() {
@@ -263,7 +335,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_pid(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_pid(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
         Ok(0) => Err("pid 0 is not a process".into()),
         Ok(pid) if pid > i32::MAX as u32 => Err(format!("{pid} is beyond any pid")),
@@ -272,7 +344,7 @@ fn parse_pid(s: &str) -> Result<u32, String> {
     }
 }
 
-fn parse_port(s: &str) -> Result<u16, String> {
+pub(crate) fn parse_port(s: &str) -> Result<u16, String> {
     match s.trim().parse::<u32>() {
         Ok(port @ 1..=65535) => Ok(port as u16),
         Ok(port) => Err(format!("{port} is not a port (1-65535)")),
@@ -280,10 +352,35 @@ fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
+pub(crate) fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not an address:port (e.g. 127.0.0.1:9917 or [::1]:9917)"))
+}
+
+pub(crate) fn parse_cgroup(s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        Ok(s.trim_end_matches('/').to_string())
+    } else {
+        Err(format!("'{s}' is not a cgroup path (they start with /)"))
+    }
+}
+
+/// Keeps the metric series of one daemon within what Prometheus handles well.
+const MAX_MAX_ENDPOINTS: usize = 10_000;
+
+pub(crate) fn parse_max_endpoints(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 0..=MAX_MAX_ENDPOINTS) => Ok(n),
+        Ok(_) => Err(format!("at most {MAX_MAX_ENDPOINTS}")),
+        Err(_) => Err(format!("'{s}' is not a count")),
+    }
+}
+
 /// Far more groups than a screen or a report can use.
 const MAX_MAX_GROUPS: usize = 100_000;
 
-fn parse_max_groups(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_max_groups(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(n @ 1..=MAX_MAX_GROUPS) => Ok(n),
         Ok(_) => Err(format!("between 1 and {MAX_MAX_GROUPS}")),
@@ -305,7 +402,7 @@ fn parse_state(s: &str) -> Result<tracer_common::TcpState, String> {
 /// Far more than any host holds; keeps a typo from reserving absurd memory.
 const MAX_MAX_SOCKETS: usize = 1 << 26;
 
-fn parse_max_sockets(s: &str) -> Result<NonZeroUsize, String> {
+pub(crate) fn parse_max_sockets(s: &str) -> Result<NonZeroUsize, String> {
     match s.trim().parse::<usize>() {
         Ok(n @ 1..=MAX_MAX_SOCKETS) => Ok(NonZeroUsize::new(n).expect("n >= 1")),
         Ok(_) => Err(format!("between 1 and {MAX_MAX_SOCKETS}")),
@@ -313,7 +410,7 @@ fn parse_max_sockets(s: &str) -> Result<NonZeroUsize, String> {
     }
 }
 
-fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);

@@ -86,6 +86,8 @@ impl fmt::Debug for Comm {
 pub struct Owner {
     pub pid: u32,
     pub comm: Comm,
+    /// cgroup v2 id of the owner; 0 if unknown.
+    pub cgroup_id: u64,
     /// True when the current task was the owner (a syscall-driven
     /// transition), false when taken from the per-socket record.
     pub from_current_task: bool,
@@ -167,6 +169,7 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
         source => Some(Owner {
             pid: event.tgid,
             comm: Comm::new(event.comm),
+            cgroup_id: event.cgroup_id,
             from_current_task: source == OwnerSource::Current,
         }),
     };
@@ -210,6 +213,7 @@ pub(crate) mod tests {
         Event {
             ts_ns: 123_456_789,
             cookie: 8812,
+            cgroup_id: 777,
             saddr,
             daddr,
             comm: comm("curl"),
@@ -246,6 +250,7 @@ pub(crate) mod tests {
                 owner: Some(Owner {
                     pid: 4242,
                     comm: Comm::new(comm("curl")),
+                    cgroup_id: 777,
                     from_current_task: true
                 }),
                 netns: 4026531840,

@@ -104,6 +104,28 @@ impl Finding {
             .map(|(_, f)| f)
     }
 
+    /// One number that grows as the problem does, to tell a finding that
+    /// got worse from one that merely persists.
+    pub fn magnitude(&self) -> f64 {
+        let name = match self.pathology {
+            Pathology::ClientTimeoutStuckServer if self.key.role == Role::Client => {
+                "fin_wait2_p50_ms"
+            }
+            Pathology::ClientTimeoutStuckServer => "close_wait_p50_ms",
+            Pathology::ServerCloses => "closed",
+            Pathology::NoReuse => "opened_per_s",
+            Pathology::LeakedIdle => "established_now",
+            Pathology::UnansweredRequests => "awaiting_reply",
+            Pathology::DeadlinePooled => "closed",
+            Pathology::CloseWaitLeak => "close_wait_now",
+        };
+        match self.figure(name) {
+            Some(Figure::Count(n)) => *n as f64,
+            Some(Figure::Ms(v) | Figure::Percent(v) | Figure::PerSecond(v)) => *v,
+            _ => 0.0,
+        }
+    }
+
     /// The decisive figures in a few words, for a one-line display.
     pub fn brief(&self) -> String {
         let f = |name| self.figure(name).map_or_else(|| "?".into(), Figure::show);

@@ -24,6 +24,13 @@ pub enum EnvError {
         program: &'static str,
         reason: String,
     },
+    #[error(
+        "cannot serve metrics on {addr}: {reason} (another tcplinger daemon? choose one with --listen)"
+    )]
+    Listen {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
     #[error("this kernel's socket layout is not understood: {0}")]
     Layout(#[from] crate::offsets::LayoutError),
 }

@@ -12,8 +12,8 @@ use aya::{
     programs::{BtfTracePoint, ProgramError},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, Config, GLOBAL_CONFIG, MAP_DROPS, MAP_EVENTS, MAP_OWNERS, MAX_FILTER_PIDS,
-    MAX_FILTER_PORTS, Owner,
+    AF_INET, AF_INET6, Config, GLOBAL_CONFIG, MAP_DROPS, MAP_EVENTS, MAP_OWNERS, MAP_RING_PEAK,
+    MAX_FILTER_PIDS, MAX_FILTER_PORTS, Owner,
 };
 
 use crate::{
@@ -57,6 +57,8 @@ pub struct Tracer {
     ring: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     owners: BpfHashMap<MapData, u64, Owner>,
+    ring_peak: PerCpuArray<MapData, u64>,
+    ring_bytes: u32,
     /// `missed_runs` as read just before detaching, when the programs go.
     missed_at_detach: u64,
 }
@@ -98,6 +100,26 @@ impl Tracer {
                     .and_then(|v| v.trim().parse::<u64>().ok())
             })
             .sum()
+    }
+
+    /// The ring's size in bytes.
+    pub fn ring_bytes(&self) -> u32 {
+        self.ring_bytes
+    }
+
+    /// The fullest the ring has been (bytes waiting) since the last call.
+    pub fn ring_peak_and_reset(&mut self) -> u64 {
+        let peak = self
+            .ring_peak
+            .get(&0, 0)
+            .map(|v| v.iter().copied().max().unwrap_or(0))
+            .unwrap_or(0);
+        if let Ok(cpus) = aya::util::nr_cpus()
+            && let Ok(zeros) = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])
+        {
+            let _ = self.ring_peak.set(0, zeros, 0);
+        }
+        peak
     }
 
     /// Last send and receive of a socket, if the kernel saw it do I/O.
@@ -278,11 +300,22 @@ pub fn load(options: &LoadOptions) -> Result<Tracer, EnvError> {
         program: MAP_OWNERS,
         reason: e.to_string(),
     })?;
+    let ring_peak = PerCpuArray::try_from(
+        ebpf.take_map(MAP_RING_PEAK)
+            .ok_or_else(|| missing(MAP_RING_PEAK))?,
+    )
+    .map_err(|e| EnvError::Program {
+        action: "open",
+        program: MAP_RING_PEAK,
+        reason: e.to_string(),
+    })?;
     Ok(Tracer {
         ebpf: Some(ebpf),
         ring: Some(ring),
         drops,
         owners,
+        ring_peak,
+        ring_bytes: options.ring_bytes,
         missed_at_detach: 0,
     })
 }

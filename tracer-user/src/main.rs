@@ -2,13 +2,18 @@
 
 mod aggregate;
 mod analysis;
+mod cgroups;
 mod cli;
 mod clock;
+mod config;
+mod daemon;
 mod decode;
 mod diagnose;
 mod error;
 mod follow;
+mod http;
 mod load;
+mod metrics;
 mod netns;
 mod offsets;
 mod output;
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
             Command::Report(args) => report::run(args).await,
             Command::Top(args) => top::run(args).await,
             Command::Sockets(args) => sockets::run(args),
+            Command::Daemon(args) => daemon::run(args).await,
         }
     });
     match result {

@@ -8,12 +8,24 @@ use std::{
 
 use tracer_common::COMM_LEN;
 
-use crate::decode::Comm;
+use crate::{cgroups::Cgroups, decode::Comm};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcOwner {
     pub pid: u32,
     pub comm: Comm,
+    /// cgroup v2 id; 0 if it could not be read.
+    pub cgroup_id: u64,
+}
+
+impl From<ProcOwner> for crate::tracker::OwnerRef {
+    fn from(o: ProcOwner) -> Self {
+        Self {
+            pid: o.pid,
+            comm: o.comm,
+            cgroup_id: o.cgroup_id,
+        }
+    }
 }
 
 /// The inode in a `/proc/PID/fd/N` link target such as `socket:[12345]`.
@@ -46,13 +58,14 @@ pub fn socket_owners() -> HashMap<u32, ProcOwner> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
+    let cgroups = Cgroups::new();
     let mut owners = HashMap::new();
     for pid in pids {
         let dir = Path::new("/proc").join(pid.to_string());
         let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;
         };
-        let mut comm = None;
+        let mut owner = None;
         for fd in fds.flatten() {
             let Some(inode) = fs::read_link(fd.path())
                 .ok()
@@ -61,8 +74,12 @@ pub fn socket_owners() -> HashMap<u32, ProcOwner> {
             else {
                 continue;
             };
-            let comm = *comm.get_or_insert_with(|| comm_of(&dir));
-            owners.entry(inode).or_insert(ProcOwner { pid, comm });
+            let owner = *owner.get_or_insert_with(|| ProcOwner {
+                pid,
+                comm: comm_of(&dir),
+                cgroup_id: cgroups.id_of_pid(pid).unwrap_or(0),
+            });
+            owners.entry(inode).or_insert(owner);
         }
     }
     owners

@@ -69,10 +69,7 @@ pub fn take(filters: &Filters) -> (Vec<Seed>, usize) {
         .into_iter()
         .filter(|f| f.socket.timewait_expires_ms.is_none())
         .filter_map(|Found { netns, socket: s }| {
-            let owner = owners.get(&s.inode).map(|o| OwnerRef {
-                pid: o.pid,
-                comm: o.comm,
-            });
+            let owner = owners.get(&s.inode).map(|&o| OwnerRef::from(o));
             filters
                 .admits(s.family, s.lport, s.rport, owner.map(|o| o.pid))
                 .then_some(Seed {

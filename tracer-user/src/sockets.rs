@@ -115,10 +115,7 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
         .iter()
         .filter(|f| f.socket.state == TcpState::Listen)
         .map(|f| {
-            let owner = owners.get(&f.socket.inode).map(|o| OwnerRef {
-                pid: o.pid,
-                comm: o.comm,
-            });
+            let owner = owners.get(&f.socket.inode).map(|&o| OwnerRef::from(o));
             ((f.netns, f.socket.lport), owner)
         })
         .collect();
@@ -133,10 +130,7 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
         let listener = listeners.get(&(*netns, s.lport));
         let owner = owners
             .get(&s.inode)
-            .map(|o| OwnerRef {
-                pid: o.pid,
-                comm: o.comm,
-            })
+            .map(|&o| OwnerRef::from(o))
             .or_else(|| listener.copied().flatten());
         if !filters.admits(s.family, s.lport, s.rport, owner.map(|o| o.pid)) {
             continue;

@@ -2,6 +2,8 @@
 
 #[path = "privileged/analysis.rs"]
 mod analysis;
+#[path = "privileged/daemon.rs"]
+mod daemon;
 #[path = "privileged/lifecycle.rs"]
 mod lifecycle;
 mod support;
@@ -30,6 +32,7 @@ fn main() {
     // better spent on one scenario than on contention.
     args.test_threads = Some(1);
     use analysis::*;
+    use daemon::*;
     use lifecycle::*;
     use transitions::*;
     let trials = trials![
@@ -60,6 +63,12 @@ fn main() {
         sockets_shows_what_lingers_now,
         top_in_a_pty_draws_updates_and_quits,
         top_refuses_without_a_terminal,
+        daemon_metrics_match_traffic_and_prometheus_scrapes_them,
+        daemon_survives_abuse,
+        daemon_sigterm_under_load_exits_fast_and_detaches,
+        daemon_bounds_endpoint_series,
+        daemon_config_file_is_checked,
+        daemon_labels_containers_and_filters_by_cgroup,
     ];
     libtest_mimic::run(&args, trials).exit();
 }

@@ -211,6 +211,7 @@ mod tests {
             owner: Some(OwnerRef {
                 pid: 4242,
                 comm: Comm::new(comm("curl")),
+                cgroup_id: 0,
             }),
             role: Role::Client,
             family: Family::Ipv4,

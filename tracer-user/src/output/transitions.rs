@@ -142,6 +142,7 @@ mod tests {
         Some(Owner {
             pid: 4242,
             comm: Comm::new(comm("curl")),
+            cgroup_id: 0,
             from_current_task: false,
         })
     }

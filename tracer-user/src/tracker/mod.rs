@@ -105,6 +105,18 @@ impl Fw2End {
 pub struct OwnerRef {
     pub pid: u32,
     pub comm: Comm,
+    /// cgroup v2 id; 0 if unknown.
+    pub cgroup_id: u64,
+}
+
+impl From<crate::decode::Owner> for OwnerRef {
+    fn from(o: crate::decode::Owner) -> Self {
+        Self {
+            pid: o.pid,
+            comm: o.comm,
+            cgroup_id: o.cgroup_id,
+        }
+    }
 }
 
 /// Who a connection belongs to and where it goes: what aggregation groups by.
@@ -322,10 +334,7 @@ impl Conn {
             lport: r.lport,
             raddr: r.raddr,
             rport: r.rport,
-            owner: r.owner.map(|o| OwnerRef {
-                pid: o.pid,
-                comm: o.comm,
-            }),
+            owner: r.owner.map(OwnerRef::from),
             role,
             closed_by: None,
             reset_local: None,
@@ -445,7 +454,6 @@ impl Tracker {
     }
 
     /// Sockets currently tracked.
-    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.conns.len()
     }
@@ -571,10 +579,7 @@ impl Tracker {
     fn on_transition(&mut self, r: &Record, old: TcpState, new: TcpState) {
         use TcpState::*;
         if new == Listen {
-            let owner = r.owner.map(|o| OwnerRef {
-                pid: o.pid,
-                comm: o.comm,
-            });
+            let owner = r.owner.map(OwnerRef::from);
             self.listeners.insert((r.netns, r.lport), owner);
             return;
         }
@@ -640,10 +645,7 @@ impl Tracker {
         }
         conn.enter(new, now);
         if let Some(o) = r.owner {
-            conn.owner = Some(OwnerRef {
-                pid: o.pid,
-                comm: o.comm,
-            });
+            conn.owner = Some(o.into());
         }
         match (old, new) {
             (Established | SynRecv, FinWait1) if conn.closed_by.is_none() => {

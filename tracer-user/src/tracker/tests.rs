@@ -14,6 +14,7 @@ fn owner(pid: u32, name: &str) -> Option<Owner> {
     Some(Owner {
         pid,
         comm: Comm::new(comm(name)),
+        cgroup_id: 0,
         from_current_task: false,
     })
 }
@@ -612,6 +613,7 @@ fn seeded_sockets_get_owner_and_role_and_are_incomplete() {
         owner: Some(OwnerRef {
             pid,
             comm: Comm::new(comm("app")),
+            cgroup_id: 0,
         }),
     };
     t.seed(
@@ -681,6 +683,7 @@ fn seeding_fills_gaps_of_sockets_already_seen() {
             owner: Some(OwnerRef {
                 pid: 200,
                 comm: Comm::new(comm("nginx")),
+                cgroup_id: 0,
             }),
         }],
         20 * MS,

@@ -1,0 +1,222 @@
+//! cgroup v2 ids to paths, and the container id and pod uid a path names (systemd and cgroupfs layouts of Docker, containerd, CRI-O, Podman and Kubernetes).
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// What a cgroup says about the container it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Container {
+    /// The cgroup path below the cgroup2 mount, e.g. `/system.slice/nginx.service`.
+    pub path: String,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+}
+
+/// A rescan of the cgroup tree at most this often, however many unknown ids arrive.
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The container id and pod uid in a cgroup path, if it follows one of
+/// the usual layouts.
+pub fn parse(path: &str) -> Container {
+    let mut container_id = None;
+    let mut pod_uid = None;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        let stem = part.strip_suffix(".scope").unwrap_or(part);
+        // systemd: docker-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, libpod-<id>.scope
+        let id = stem.rsplit('-').next().unwrap_or(stem);
+        if is_container_id(id) {
+            container_id = Some(id.to_string());
+            continue;
+        }
+        // systemd: kubepods-burstable-pod<uid_with_underscores>.slice;
+        // cgroupfs: pod<uid>
+        let slice = part.strip_suffix(".slice").unwrap_or(part);
+        if let Some(idx) = slice.rfind("pod") {
+            let uid = &slice[idx + 3..];
+            let looks_like_uid = uid.len() >= 32
+                && uid
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'_');
+            if looks_like_uid && (idx == 0 || slice[..idx].ends_with('-')) {
+                pod_uid = Some(uid.replace('_', "-"));
+            }
+        }
+    }
+    Container {
+        path: path.to_string(),
+        container_id,
+        pod_uid,
+    }
+}
+
+/// Where cgroup v2 is mounted, from /proc/self/mountinfo.
+fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        // "... mount_point ... - cgroup2 cgroup2 rw"
+        let (fields, fstype) = line.split_once(" - ")?;
+        let mount_point = fields.split(' ').nth(4)?;
+        fstype
+            .starts_with("cgroup2 ")
+            .then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// Resolves cgroup ids (as the kernel programs report them) to containers.
+#[derive(Debug)]
+pub struct Cgroups {
+    root: Option<PathBuf>,
+    by_id: HashMap<u64, Container>,
+    last_scan: Option<Instant>,
+}
+
+impl Default for Cgroups {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cgroups {
+    pub fn new() -> Self {
+        Self {
+            root: cgroup2_root(),
+            by_id: HashMap::new(),
+            last_scan: None,
+        }
+    }
+
+    /// The cgroup with this id; a miss rescans the tree (rate-limited).
+    pub fn lookup(&mut self, id: u64) -> Option<&Container> {
+        if id == 0 {
+            return None;
+        }
+        if !self.by_id.contains_key(&id)
+            && self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
+        {
+            self.scan();
+        }
+        self.by_id.get(&id)
+    }
+
+    /// The cgroup id of a process, from /proc/PID/cgroup.
+    pub fn id_of_pid(&self, pid: u32) -> Option<u64> {
+        let root = self.root.as_ref()?;
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        Some(
+            fs::metadata(root.join(path.trim_start_matches('/')))
+                .ok()?
+                .ino(),
+        )
+    }
+
+    fn scan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        let Some(root) = self.root.clone() else {
+            return;
+        };
+        let mut by_id = HashMap::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(meta) = fs::metadata(&dir) else {
+                continue;
+            };
+            let relative = Path::new("/").join(dir.strip_prefix(&root).unwrap_or(Path::new("")));
+            by_id.insert(meta.ino(), parse(&relative.to_string_lossy()));
+            if let Ok(entries) = fs::read_dir(&dir) {
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        self.by_id = by_id;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn kubernetes_systemd_driver() {
+        let path = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f901.slice/cri-containerd-{ID}.scope"
+        );
+        let c = parse(&path);
+        assert_eq!(c.container_id.as_deref(), Some(ID));
+        assert_eq!(
+            c.pod_uid.as_deref(),
+            Some("1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901")
+        );
+    }
+
+    #[test]
+    fn kubernetes_cgroupfs_driver() {
+        let c = parse(&format!(
+            "/kubepods/besteffort/pod1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901/{ID}"
+        ));
+        assert_eq!(c.container_id.as_deref(), Some(ID));
+        assert_eq!(
+            c.pod_uid.as_deref(),
+            Some("1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901")
+        );
+    }
+
+    #[test]
+    fn docker_podman_and_crio() {
+        for path in [
+            format!("/system.slice/docker-{ID}.scope"),
+            format!("/docker/{ID}"),
+            format!("/machine.slice/libpod-{ID}.scope"),
+            format!("/kubepods.slice/crio-{ID}.scope"),
+        ] {
+            let c = parse(&path);
+            assert_eq!(c.container_id.as_deref(), Some(ID), "{path}");
+            assert_eq!(c.pod_uid, None, "{path}");
+        }
+    }
+
+    #[test]
+    fn plain_services_are_no_containers() {
+        for path in [
+            "/",
+            "/system.slice/nginx.service",
+            "/user.slice/user-1000.slice/session-2.scope",
+            "/podcast.slice",
+        ] {
+            let c = parse(path);
+            assert_eq!((c.container_id, c.pod_uid), (None, None), "{path}");
+        }
+    }
+
+    #[test]
+    fn this_process_resolves_to_its_cgroup() {
+        let mut cgroups = Cgroups::new();
+        let Some(id) = cgroups.id_of_pid(std::process::id()) else {
+            // No cgroup v2 mounted: nothing to resolve on this machine.
+            assert!(cgroup2_root().is_none());
+            return;
+        };
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let path = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap()
+            .to_string();
+        assert_eq!(cgroups.lookup(id).map(|c| c.path.clone()), Some(path));
+    }
+}

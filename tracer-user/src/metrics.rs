@@ -1,0 +1,690 @@
+//! The daemon's Prometheus metrics: closes, linger histograms, sockets now, findings and the tracer's own health, with every label's cardinality bounded.
+
+use std::collections::{HashMap, HashSet};
+
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use tracer_common::TcpState;
+
+use crate::{
+    aggregate::GroupKey,
+    cgroups::Container,
+    diagnose::Finding,
+    tracker::{ConnId, ConnRecord, TimewaitEnd},
+};
+
+/// Refreshes (one a second) the ring peak is the maximum of.
+const RING_PEAK_WINDOW: usize = 60;
+
+/// The label value standing for everything beyond a budget.
+pub const OTHER: &str = "other";
+
+/// Buckets in seconds: a healthy close takes microseconds, the lingers
+/// worth alerting on take seconds, TIME_WAIT a minute.
+const LINGER_BUCKETS: [f64; 16] = [
+    0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+const LIFETIME_BUCKETS: [f64; 16] = [
+    0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
+    86400.0,
+];
+
+/// Gives label values their own series, the first `limit` values seen;
+/// later ones share `other`. A slot, once given, stays: a counter's
+/// increments must never move between series, so slots cannot be handed
+/// to busier values later. Every increment is still counted, under `other`.
+#[derive(Debug)]
+pub struct LabelBudget {
+    limit: usize,
+    admitted: HashSet<String>,
+}
+
+impl LabelBudget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            admitted: HashSet::new(),
+        }
+    }
+
+    pub fn label(&mut self, value: &str) -> String {
+        if self.admitted.contains(value) {
+            return value.to_string();
+        }
+        if self.admitted.len() >= self.limit {
+            return OTHER.to_string();
+        }
+        self.admitted.insert(value.to_string());
+        value.to_string()
+    }
+}
+
+/// The tracer's own counts, as absolute values.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Health {
+    pub events: u64,
+    pub dropped: u64,
+    pub missed: u64,
+    pub malformed: u64,
+    pub evicted: u64,
+    pub tracked: u64,
+    pub ring_bytes: u64,
+    pub ring_peak: u64,
+    pub groups: u64,
+    pub folded: u64,
+}
+
+/// Counters fed from absolute values: only the increase is added.
+#[derive(Debug, Default)]
+struct Last(Health);
+
+pub struct Metrics {
+    registry: Registry,
+    opened: IntCounterVec,
+    closed: IntCounterVec,
+    lifetime: HistogramVec,
+    fin_wait2: HistogramVec,
+    close_wait: HistogramVec,
+    last_ack: HistogramVec,
+    time_wait: HistogramVec,
+    sockets: IntGaugeVec,
+    findings: IntCounterVec,
+    findings_active: IntGaugeVec,
+    events: IntCounter,
+    dropped: IntCounter,
+    missed: IntCounter,
+    malformed: IntCounter,
+    evicted: IntCounter,
+    folded: IntCounter,
+    tracked: IntGauge,
+    groups: IntGauge,
+    ring_bytes: IntGauge,
+    ring_peak: IntGauge,
+    last: Last,
+    /// Ring peaks of the last minute, one per refresh: a scrape every 15 s
+    /// must not miss the burst that nearly filled it.
+    ring_peaks: std::collections::VecDeque<u64>,
+    /// Remote endpoints (address and service port) with their own series.
+    endpoints: LabelBudget,
+    comms: LabelBudget,
+    pids: LabelBudget,
+}
+
+/// Labels of a connection's series.
+const CONN_LABELS: [&str; 6] = [
+    "comm",
+    "role",
+    "remote_addr",
+    "port",
+    "container_id",
+    "pod_uid",
+];
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(v.clone()))
+        .expect("unique metric");
+    v
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    let v = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &["comm", "role"],
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(v.clone()))
+        .expect("unique metric");
+    v
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+impl Metrics {
+    /// `max_endpoints` bounds the remote endpoints (address and service
+    /// port) with series of their own; process names and pids get budgets
+    /// of their own.
+    pub fn new(max_endpoints: usize) -> Self {
+        let r = Registry::new();
+        Self {
+            opened: counter_vec(
+                &r,
+                "tcplinger_connections_opened_total",
+                "TCP connections whose opening was seen.",
+                &CONN_LABELS,
+            ),
+            closed: counter_vec(
+                &r,
+                "tcplinger_connections_closed_total",
+                "TCP connections whose lifecycle completed, by who closed first.",
+                &[
+                    "comm",
+                    "role",
+                    "closed_by",
+                    "remote_addr",
+                    "port",
+                    "container_id",
+                    "pod_uid",
+                ],
+            ),
+            lifetime: histogram_vec(
+                &r,
+                "tcplinger_connection_lifetime_seconds",
+                "From the first state seen to the full socket's close.",
+                &LIFETIME_BUCKETS,
+            ),
+            fin_wait2: histogram_vec(
+                &r,
+                "tcplinger_fin_wait2_seconds",
+                "Time in FIN_WAIT2, including the timewait phase.",
+                &LINGER_BUCKETS,
+            ),
+            close_wait: histogram_vec(
+                &r,
+                "tcplinger_close_wait_seconds",
+                "Time in CLOSE_WAIT.",
+                &LINGER_BUCKETS,
+            ),
+            last_ack: histogram_vec(
+                &r,
+                "tcplinger_last_ack_seconds",
+                "Time in LAST_ACK.",
+                &LINGER_BUCKETS,
+            ),
+            time_wait: histogram_vec(
+                &r,
+                "tcplinger_time_wait_seconds",
+                "Time in TIME_WAIT.",
+                &LINGER_BUCKETS,
+            ),
+            sockets: {
+                let v = IntGaugeVec::new(
+                    Opts::new(
+                        "tcplinger_sockets",
+                        "TCP sockets now, by owning process and state.",
+                    ),
+                    &["comm", "pid", "state", "container_id", "pod_uid"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(v.clone())).expect("unique metric");
+                v
+            },
+            findings: counter_vec(
+                &r,
+                "tcplinger_findings_total",
+                "Diagnosis findings raised (each once, and again if it worsens).",
+                &["pathology"],
+            ),
+            findings_active: {
+                let v = IntGaugeVec::new(
+                    Opts::new(
+                        "tcplinger_findings_active",
+                        "Diagnosis findings standing now.",
+                    ),
+                    &["pathology"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(v.clone())).expect("unique metric");
+                v
+            },
+            events: counter(
+                &r,
+                "tcplinger_events_total",
+                "Records received from the kernel.",
+            ),
+            dropped: counter(
+                &r,
+                "tcplinger_events_dropped_total",
+                "Records the kernel could not write: the ring was full.",
+            ),
+            missed: counter(
+                &r,
+                "tcplinger_hook_missed_total",
+                "Program runs the kernel skipped because one of ours was already running on that CPU.",
+            ),
+            malformed: counter(
+                &r,
+                "tcplinger_records_malformed_total",
+                "Records the decoder refused.",
+            ),
+            evicted: counter(
+                &r,
+                "tcplinger_sockets_evicted_total",
+                "Sockets forgotten to stay under --max-sockets.",
+            ),
+            folded: counter(
+                &r,
+                "tcplinger_groups_folded_total",
+                "Events of process/endpoint groups beyond --max-groups, folded into one.",
+            ),
+            tracked: gauge(
+                &r,
+                "tcplinger_tracked_sockets",
+                "Sockets the tracker follows now.",
+            ),
+            groups: gauge(
+                &r,
+                "tcplinger_groups",
+                "Process/endpoint groups aggregated.",
+            ),
+            ring_bytes: gauge(
+                &r,
+                "tcplinger_ring_size_bytes",
+                "Size of the kernel-to-userspace ring.",
+            ),
+            ring_peak: gauge(
+                &r,
+                "tcplinger_ring_peak_bytes",
+                "Most bytes waiting in the ring over the last minute.",
+            ),
+            registry: r,
+            last: Last::default(),
+            ring_peaks: std::collections::VecDeque::new(),
+            endpoints: LabelBudget::new(max_endpoints),
+            comms: LabelBudget::new(200),
+            pids: LabelBudget::new(500),
+        }
+    }
+
+    fn conn_labels(&mut self, id: &ConnId, container: Option<&Container>) -> [String; 6] {
+        let key = GroupKey::of(id);
+        let endpoint = format!("{}:{}", key.peer, key.port);
+        let (addr, port) = if self.endpoints.label(&endpoint) == OTHER {
+            (OTHER.to_string(), OTHER.to_string())
+        } else {
+            (key.peer.to_string(), key.port.to_string())
+        };
+        [
+            self.comms
+                .label(&id.owner.map_or_else(String::new, |o| o.comm.to_string())),
+            key.role.name().to_string(),
+            addr,
+            port,
+            container
+                .and_then(|c| c.container_id.clone())
+                .unwrap_or_default(),
+            container
+                .and_then(|c| c.pod_uid.clone())
+                .unwrap_or_default(),
+        ]
+    }
+
+    pub fn on_opened(&mut self, id: &ConnId, container: Option<&Container>) {
+        let labels = self.conn_labels(id, container);
+        self.opened.with_label_values(&labels).inc();
+    }
+
+    pub fn on_record(&mut self, r: &ConnRecord, container: Option<&Container>) {
+        if r.open_state.is_some() {
+            return;
+        }
+        let [comm, role, addr, port, cid, pod] = self.conn_labels(&r.id(), container);
+        self.closed
+            .with_label_values(&[&comm, &role, r.closed_by.name(), &addr, &port, &cid, &pod])
+            .inc();
+        let seconds = |ns: u64| ns as f64 / 1e9;
+        self.lifetime
+            .with_label_values(&[&comm, &role])
+            .observe(seconds(r.lifetime_ns));
+        for (state, hist) in [
+            (TcpState::FinWait2, &self.fin_wait2),
+            (TcpState::CloseWait, &self.close_wait),
+            (TcpState::LastAck, &self.last_ack),
+        ] {
+            if let Some(ns) = r.states.get(state) {
+                hist.with_label_values(&[&comm, &role]).observe(seconds(ns));
+            }
+        }
+    }
+
+    pub fn on_timewait_end(&mut self, end: &TimewaitEnd) {
+        let comm = self.comms.label(
+            &end.id
+                .owner
+                .map_or_else(String::new, |o| o.comm.to_string()),
+        );
+        self.time_wait
+            .with_label_values(&[&comm, end.id.role.name()])
+            .observe(end.duration_ns as f64 / 1e9);
+    }
+
+    /// Replaces the socket gauges with what is alive now.
+    pub fn set_sockets<'a>(
+        &mut self,
+        live: impl IntoIterator<Item = (ConnId, TcpState, Option<&'a Container>)>,
+    ) {
+        let mut counts: HashMap<[String; 5], i64> = HashMap::new();
+        for (id, state, container) in live {
+            let comm = self
+                .comms
+                .label(&id.owner.map_or_else(String::new, |o| o.comm.to_string()));
+            let pid = self
+                .pids
+                .label(&id.owner.map_or_else(String::new, |o| o.pid.to_string()));
+            let labels = [
+                comm,
+                pid,
+                state.name().to_string(),
+                container
+                    .and_then(|c| c.container_id.clone())
+                    .unwrap_or_default(),
+                container
+                    .and_then(|c| c.pod_uid.clone())
+                    .unwrap_or_default(),
+            ];
+            *counts.entry(labels).or_default() += 1;
+        }
+        self.sockets.reset();
+        for (labels, n) in counts {
+            self.sockets.with_label_values(&labels).set(n);
+        }
+    }
+
+    /// `raised`: findings new or worse since the last call; `active`: all
+    /// standing now.
+    pub fn on_findings(&mut self, raised: &[Finding], active: &[Finding]) {
+        for f in raised {
+            self.findings.with_label_values(&[f.pathology.id()]).inc();
+        }
+        self.findings_active.reset();
+        for f in active {
+            self.findings_active
+                .with_label_values(&[f.pathology.id()])
+                .inc();
+        }
+    }
+
+    pub fn set_health(&mut self, h: Health) {
+        let last = self.last.0;
+        self.events.inc_by(h.events.saturating_sub(last.events));
+        self.dropped.inc_by(h.dropped.saturating_sub(last.dropped));
+        self.missed.inc_by(h.missed.saturating_sub(last.missed));
+        self.malformed
+            .inc_by(h.malformed.saturating_sub(last.malformed));
+        self.evicted.inc_by(h.evicted.saturating_sub(last.evicted));
+        self.folded.inc_by(h.folded.saturating_sub(last.folded));
+        self.tracked.set(h.tracked as i64);
+        self.groups.set(h.groups as i64);
+        self.ring_bytes.set(h.ring_bytes as i64);
+        if self.ring_peaks.len() >= RING_PEAK_WINDOW {
+            self.ring_peaks.pop_front();
+        }
+        self.ring_peaks.push_back(h.ring_peak);
+        self.ring_peak
+            .set(self.ring_peaks.iter().copied().max().unwrap_or(0) as i64);
+        self.last = Last(h);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding plain counters, gauges and histograms cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::{
+        aggregate::tests::record,
+        decode::{Comm, Family, tests::comm},
+        tracker::TimewaitEnd,
+        tracker::{ClosedBy, OwnerRef, Role},
+    };
+
+    fn id(raddr: IpAddr, rport: u16) -> ConnId {
+        ConnId {
+            netns: 1,
+            owner: Some(OwnerRef {
+                pid: 7,
+                comm: Comm::new(comm("curl")),
+                cgroup_id: 0,
+            }),
+            role: Role::Client,
+            family: Family::Ipv4,
+            laddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            lport: 40000,
+            raddr,
+            rport,
+        }
+    }
+
+    fn series(text: &str, metric: &str) -> usize {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")))
+            .count()
+    }
+
+    #[test]
+    fn closes_and_lingers_are_exported_in_seconds() {
+        let mut m = Metrics::new(10);
+        let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
+        for _ in 0..3 {
+            m.on_record(&record(c, ClosedBy::Local, 1_000, Some(2_000)), None);
+        }
+        let text = m.encode();
+        assert!(
+            text.contains(r#"tcplinger_connections_closed_total{closed_by="local",comm="curl",container_id="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tcplinger_fin_wait2_seconds_count{comm="curl",role="client"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tcplinger_fin_wait2_seconds_sum{comm="curl",role="client"} 6"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"tcplinger_fin_wait2_seconds_bucket{comm="curl",role="client",le="2"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"tcplinger_fin_wait2_seconds_bucket{comm="curl",role="client",le="1"} 0"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ten_thousand_endpoints_stay_within_the_budget() {
+        let limit = 20;
+        let mut m = Metrics::new(limit);
+        for i in 0..10_000u32 {
+            let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+            let repeats = if i % 500 == 0 { 5 } else { 1 };
+            for _ in 0..repeats {
+                m.on_record(&record(id(addr, 443), ClosedBy::Remote, 10, None), None);
+            }
+        }
+        let text = m.encode();
+        let n = series(&text, "tcplinger_connections_closed_total");
+        assert!(n <= limit + 1, "{n} series for a budget of {limit}");
+        assert!(text.contains(r#"port="other",remote_addr="other""#));
+        // The first endpoints seen have series of their own, with all their closes.
+        assert!(
+            text.contains(r#"port="443",remote_addr="10.0.0.0",role="client"} 5"#),
+            "{text}"
+        );
+        let total: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("tcplinger_connections_closed_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(total, 10_000 - 20 + 20 * 5, "nothing lost by folding");
+    }
+
+    #[test]
+    fn label_budget_keeps_its_slots() {
+        let mut b = LabelBudget::new(2);
+        assert_eq!(b.label("a"), "a");
+        assert_eq!(b.label("b"), "b");
+        assert_eq!(b.label("c"), OTHER, "budget spent");
+        assert_eq!(b.label("a"), "a");
+    }
+
+    #[test]
+    fn socket_gauges_are_replaced_not_accumulated() {
+        let mut m = Metrics::new(10);
+        let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
+        m.set_sockets([
+            (c, TcpState::CloseWait, None),
+            (c, TcpState::CloseWait, None),
+        ]);
+        assert!(m.encode().contains(r#"tcplinger_sockets{comm="curl",container_id="",pid="7",pod_uid="",state="CLOSE_WAIT"} 2"#));
+        m.set_sockets([(c, TcpState::Established, None)]);
+        let text = m.encode();
+        assert!(!text.contains("CLOSE_WAIT"), "{text}");
+        assert!(text.contains(r#"state="ESTABLISHED"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn health_counters_follow_absolute_values() {
+        let mut m = Metrics::new(10);
+        m.set_health(Health {
+            events: 100,
+            dropped: 2,
+            ..Health::default()
+        });
+        m.set_health(Health {
+            events: 150,
+            dropped: 2,
+            ring_bytes: 4096,
+            ..Health::default()
+        });
+        m.set_health(Health {
+            events: 150,
+            dropped: 2,
+            ring_bytes: 4096,
+            ring_peak: 700,
+            ..Health::default()
+        });
+        m.set_health(Health {
+            events: 150,
+            dropped: 2,
+            ring_bytes: 4096,
+            ring_peak: 10,
+            ..Health::default()
+        });
+        let text = m.encode();
+        assert!(
+            text.contains("tcplinger_ring_peak_bytes 700"),
+            "the burst is still shown: {text}"
+        );
+        assert!(text.contains("tcplinger_events_total 150"), "{text}");
+        assert!(text.contains("tcplinger_events_dropped_total 2"), "{text}");
+        assert!(text.contains("tcplinger_ring_size_bytes 4096"), "{text}");
+    }
+
+    /// The metric names in a PromQL expression.
+    fn metric_names(expr: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = expr;
+        while let Some(i) = rest.find("tcplinger_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            names.push(name);
+        }
+        names
+    }
+
+    #[test]
+    fn the_grafana_dashboard_shows_what_the_daemon_exports() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana/dashboard.json"))
+                .expect("valid JSON");
+        let mut m = Metrics::new(10);
+        // Make every family appear in the exposition.
+        let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 80);
+        let mut r = record(c, ClosedBy::Local, 10, Some(5));
+        r.states = r
+            .states
+            .with(TcpState::CloseWait, 1)
+            .with(TcpState::LastAck, 1);
+        m.on_record(&r, None);
+        m.on_opened(&c, None);
+        m.on_timewait_end(&TimewaitEnd {
+            id: c,
+            duration_ns: 1,
+        });
+        m.set_sockets([(c, TcpState::TimeWait, None)]);
+        let a = {
+            let mut agg = crate::aggregate::Aggregator::new(10, 0);
+            for _ in 0..12 {
+                agg.on_record(&record(c, ClosedBy::Remote, 5, None));
+            }
+            crate::diagnose::diagnose(agg.groups(), 10.0)
+        };
+        m.on_findings(&a, &a);
+        let exported = m.encode();
+        let panels = dashboard["panels"].as_array().unwrap();
+        for (title, kind) in [
+            ("Closes by side", "timeseries"),
+            ("FIN_WAIT2 duration", "heatmap"),
+            ("CLOSE_WAIT duration", "heatmap"),
+            ("Lingering sockets by process", "timeseries"),
+            ("Findings", "timeseries"),
+            ("Tracer health", "timeseries"),
+        ] {
+            let panel = panels
+                .iter()
+                .find(|p| p["title"] == title)
+                .unwrap_or_else(|| panic!("no panel {title}"));
+            assert_eq!(panel["type"], kind, "{title}");
+        }
+        for panel in panels {
+            for t in panel["targets"].as_array().unwrap() {
+                for name in metric_names(t["expr"].as_str().unwrap()) {
+                    assert!(
+                        exported.contains(&format!("\n{name}{{"))
+                            || exported.contains(&format!("\n{name} ")),
+                        "panel {} uses {name}, which the daemon does not export",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn container_labels_appear_when_known() {
+        let mut m = Metrics::new(10);
+        let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
+        let container = Container {
+            path: "/kubepods/pod-x".into(),
+            container_id: Some("abc".into()),
+            pod_uid: Some("uid-1".into()),
+        };
+        m.on_opened(&c, Some(&container));
+        assert!(m.encode().contains(r#"container_id="abc""#));
+        assert!(m.encode().contains(r#"pod_uid="uid-1""#));
+    }
+}
