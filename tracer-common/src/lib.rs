@@ -168,8 +168,17 @@ pub struct Event {
     pub new_state: u8,
     /// An [`OwnerSource`].
     pub owner_source: u8,
-    pub _pad: [u8; 6],
+    /// For a state change: 1 if the peer's FIN had arrived (the socket's
+    /// `SOCK_DONE` flag, which `tcp_fin` sets), 0 if not, [`FIN_UNKNOWN`]
+    /// if the flag could not be read. It tells a FIN_WAIT2 -> CLOSE that
+    /// handed over to a TIME_WAIT socket from one that left an orphan in
+    /// FIN_WAIT2. (`sk_shutdown` cannot: `close()` sets both bits.)
+    pub fin_received: u8,
+    pub _pad: [u8; 5],
 }
+
+/// [`Event::fin_received`] when it is not known.
+pub const FIN_UNKNOWN: u8 = 0xff;
 
 /// Who owns a socket and when it last moved data, per cookie in the owner map.
 #[repr(C)]
@@ -218,6 +227,10 @@ pub struct SockOffsets {
     pub net: u16,
     /// `net.ns.inum` (u32), or [`NO_OFFSET`].
     pub net_inum: u16,
+    /// `sock_common.skc_flags` (unsigned long), or [`NO_OFFSET`].
+    pub flags: u16,
+    /// The bit of `SOCK_DONE` in it (from `enum sock_flags`).
+    pub flag_done_bit: u16,
 }
 
 /// Marks a field this kernel does not have.
@@ -244,10 +257,10 @@ pub struct Config {
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
 const _: () = assert!(
     core::mem::size_of::<Event>()
-        == 8 + 8 + 8 + 16 + 16 + COMM_LEN + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 1 + 6
+        == 8 + 8 + 8 + 16 + 16 + COMM_LEN + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 1 + 1 + 5
 );
 const _: () = assert!(core::mem::size_of::<Owner>() == 8 + 8 + 8 + COMM_LEN + 4 + 4);
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 12 * 2);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 14 * 2);
 const _: () = assert!(
     core::mem::size_of::<Config>()
         == 4 * MAX_FILTER_PIDS

@@ -23,8 +23,9 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use tracer_common::{
-    AF_INET, AF_INET6, COMM_LEN, Config, Event, EventKind, IPPROTO_TCP, MAX_FILTER_PIDS,
-    MAX_FILTER_PORTS, NO_OFFSET, OWNERS_MAX_ENTRIES, Owner, OwnerSource, SockOffsets, TcpState,
+    AF_INET, AF_INET6, COMM_LEN, Config, Event, EventKind, FIN_UNKNOWN, IPPROTO_TCP,
+    MAX_FILTER_PIDS, MAX_FILTER_PORTS, NO_OFFSET, OWNERS_MAX_ENTRIES, Owner, OwnerSource,
+    SockOffsets, TcpState,
 };
 
 /// Set by userspace before load (`EbpfLoader::set_global`). The non-zero
@@ -50,6 +51,8 @@ static CONFIG: Config = Config {
         inet_sport: 0,
         net: NO_OFFSET,
         net_inum: NO_OFFSET,
+        flags: NO_OFFSET,
+        flag_done_bit: 0,
     },
 };
 
@@ -206,6 +209,19 @@ fn netns_of(sk: *const u8) -> u32 {
     read::<u32>(net as *const u8, config!(offsets.net_inum)).unwrap_or(0)
 }
 
+/// Whether the peer's FIN has arrived (`SOCK_DONE`), or [`FIN_UNKNOWN`].
+#[inline(always)]
+fn fin_received(sk: *const u8) -> u8 {
+    let offset = config!(offsets.flags);
+    if offset == NO_OFFSET {
+        return FIN_UNKNOWN;
+    }
+    match read::<u64>(sk, offset) {
+        Ok(flags) => ((flags >> (config!(offsets.flag_done_bit) & 63)) & 1) as u8,
+        Err(_) => FIN_UNKNOWN,
+    }
+}
+
 #[inline(always)]
 fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
@@ -316,6 +332,7 @@ fn count_drop() {
 /// without waking the consumer, which drains on a short timer: a wakeup per
 /// record is what makes tracing expensive at high connection rates.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn emit(
     sk: *const u8,
     kind: EventKind,
@@ -324,6 +341,7 @@ fn emit(
     old_state: u8,
     new_state: u8,
     owner: &OwnerInfo,
+    fin_received: u8,
 ) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_drop();
@@ -361,7 +379,8 @@ fn emit(
         old_state,
         new_state,
         owner_source: owner.source as u8,
-        _pad: [0; 6],
+        fin_received,
+        _pad: [0; 5],
     });
     let wakeup_bytes = config!(wakeup_bytes) as u64;
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
@@ -411,7 +430,16 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if !pid_allowed(owner.tgid) {
         return Ok(());
     }
-    emit(sk, EventKind::StateChange, cookie, &tuple, old, new, &owner);
+    emit(
+        sk,
+        EventKind::StateChange,
+        cookie,
+        &tuple,
+        old,
+        new,
+        &owner,
+        fin_received(sk),
+    );
     Ok(())
 }
 
@@ -439,7 +467,16 @@ fn try_tcp_destroy_sock(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let state: u8 = read(sk, config!(offsets.state))?;
-    emit(sk, EventKind::Destroy, cookie, &tuple, state, 0, &owner);
+    emit(
+        sk,
+        EventKind::Destroy,
+        cookie,
+        &tuple,
+        state,
+        0,
+        &owner,
+        FIN_UNKNOWN,
+    );
     Ok(())
 }
 
@@ -474,7 +511,7 @@ fn try_reset(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i32> {
         return Ok(());
     }
     let state: u8 = read(sk, config!(offsets.state))?;
-    emit(sk, kind, cookie, &tuple, state, 0, &owner);
+    emit(sk, kind, cookie, &tuple, state, 0, &owner, FIN_UNKNOWN);
     Ok(())
 }
 

@@ -126,11 +126,20 @@ pub struct Now {
     pub oldest_close_wait_ns: u64,
     /// (netns, cookie) of some CLOSE_WAIT sockets, to find their fds.
     pub close_wait_sample: Vec<(u32, u64)>,
+    /// TIME_WAIT sockets the tracker follows, counted as they start and
+    /// end rather than walked at each observation: there can be hundreds
+    /// of thousands, and each changes once.
+    pub time_wait_followed: u64,
 }
 
 impl Now {
     pub fn count(&self, state: TcpState) -> u64 {
-        self.by_state[state as usize]
+        let followed = if state == TcpState::TimeWait {
+            self.time_wait_followed
+        } else {
+            0
+        };
+        self.by_state[state as usize] + followed
     }
 }
 
@@ -138,8 +147,8 @@ impl Now {
 pub struct Group {
     pub opened: u64,
     pub closed: u64,
-    /// Closed connections by [`ClosedBy`].
-    pub closed_by: HashMap<ClosedBy, u64>,
+    /// Closed connections by [`ClosedBy`] (indexed by its discriminant).
+    closed_by: [u64; ClosedBy::COUNT],
     /// Closed connections that went on to TIME_WAIT here.
     pub time_wait_closes: u64,
     pub incomplete: u64,
@@ -156,7 +165,7 @@ pub struct Group {
 
 impl Group {
     pub fn closed_by(&self, by: ClosedBy) -> u64 {
-        self.closed_by.get(&by).copied().unwrap_or(0)
+        self.closed_by[by as usize]
     }
 
     /// Share of closed connections closed `by`, 0 when none closed.
@@ -241,7 +250,7 @@ impl Aggregator {
         }
         let g = self.group(GroupKey::of(&r.id()));
         g.closed += 1;
-        *g.closed_by.entry(r.closed_by).or_default() += 1;
+        g.closed_by[r.closed_by as usize] += 1;
         if r.time_wait {
             g.time_wait_closes += 1;
         }
@@ -260,18 +269,32 @@ impl Aggregator {
         }
     }
 
-    pub fn on_timewait_end(&mut self, end: &TimewaitEnd) {
-        self.group(GroupKey::of(&end.id))
-            .time_wait
-            .record(end.duration_ns);
+    /// The tracker follows one more TIME_WAIT socket.
+    pub fn on_timewait_start(&mut self, id: &ConnId) {
+        self.group(GroupKey::of(id)).now.time_wait_followed += 1;
     }
 
-    /// Replaces the picture of what is alive now.
+    pub fn on_timewait_end(&mut self, end: &TimewaitEnd) {
+        let g = self.group(GroupKey::of(&end.id));
+        g.time_wait.record(end.duration_ns);
+        g.now.time_wait_followed = g.now.time_wait_followed.saturating_sub(1);
+    }
+
+    /// Replaces the picture of what is alive now: `live` are the sockets
+    /// alive but the followed TIME_WAIT ones, which are counted as they
+    /// come and go.
     pub fn observe(&mut self, live: impl IntoIterator<Item = LiveSocket>, now_ns: u64) {
-        for g in self.groups.values_mut() {
-            g.now = Now::default();
+        for now in self
+            .groups
+            .values_mut()
+            .map(|g| &mut g.now)
+            .chain([&mut self.other.now])
+        {
+            *now = Now {
+                time_wait_followed: now.time_wait_followed,
+                ..Now::default()
+            };
         }
-        self.other.now = Now::default();
         for s in live {
             let started_ns = self.started_ns;
             let key = GroupKey::of(&s.id);
@@ -550,6 +573,28 @@ pub(crate) mod tests {
         r.open_state = Some(TcpState::CloseWait);
         a.on_record(&r);
         assert_eq!(a.groups().count(), 0);
+    }
+
+    #[test]
+    fn followed_timewait_sockets_are_counted_as_they_come_and_go() {
+        let mut a = Aggregator::new(10, 0);
+        let s = id(8, Role::Client, 443);
+        for _ in 0..3 {
+            a.on_timewait_start(&s);
+        }
+        // An observation replaces the rest of the picture, not these.
+        a.observe([live(s, 9, TcpState::TimeWait, 0, None)], MS);
+        let g = a.groups().next().unwrap().1;
+        assert_eq!(g.now.count(TcpState::TimeWait), 4);
+        assert_eq!(g.lingering(), 4);
+        a.on_timewait_end(&TimewaitEnd {
+            id: s,
+            duration_ns: 60_000 * MS,
+        });
+        a.observe([], 2 * MS);
+        let g = a.groups().next().unwrap().1;
+        assert_eq!(g.now.count(TcpState::TimeWait), 2);
+        assert_eq!(g.time_wait.count(), 1);
     }
 
     #[test]

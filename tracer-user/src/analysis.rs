@@ -34,6 +34,7 @@ pub struct Analysis {
 pub struct Fed {
     pub opened: Vec<ConnId>,
     pub records: Vec<ConnRecord>,
+    pub timewait_starts: Vec<ConnId>,
     pub timewait_ends: Vec<TimewaitEnd>,
 }
 
@@ -91,9 +92,10 @@ impl Analysis {
 
     fn feed(&mut self) {
         let tracker = &mut self.session.tracker;
-        let (opened, records, ends) = (
+        let (opened, records, starts, ends) = (
             tracker.take_opened(),
             tracker.take_ready(),
+            tracker.take_timewait_starts(),
             tracker.take_timewait_ends(),
         );
         let opened: Vec<ConnId> = opened.into_iter().filter(|id| self.admitted(id)).collect();
@@ -101,6 +103,7 @@ impl Analysis {
             .into_iter()
             .filter(|r| self.admitted(&r.id()))
             .collect();
+        let starts: Vec<ConnId> = starts.into_iter().filter(|id| self.admitted(id)).collect();
         let ends: Vec<TimewaitEnd> = ends.into_iter().filter(|e| self.admitted(&e.id)).collect();
         for id in &opened {
             self.agg.on_opened(id);
@@ -108,17 +111,23 @@ impl Analysis {
         for record in &records {
             self.agg.on_record(record);
         }
+        // Starts first: a socket can start and end within one batch.
+        for id in &starts {
+            self.agg.on_timewait_start(id);
+        }
         for end in &ends {
             self.agg.on_timewait_end(end);
         }
         if let Some(tap) = &mut self.tap {
             tap.opened.extend(opened);
             tap.records.extend(records);
+            tap.timewait_starts.extend(starts);
             tap.timewait_ends.extend(ends);
         }
     }
 
-    /// The live sockets that count (the cgroup filter applied).
+    /// The live sockets that count (the cgroup filter applied), but the
+    /// followed TIME_WAIT ones: those are counted as they start and end.
     pub fn live(&mut self) -> Vec<LiveConn> {
         let live: Vec<LiveConn> = self.session.tracker.live().collect();
         live.into_iter().filter(|l| self.admitted(&l.id)).collect()

@@ -27,7 +27,12 @@ use crate::{
     watch::stop_signal,
 };
 
+/// How often the socket gauges and the tracer's health are refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
+
+/// How often the picture of what is alive is redrawn with each open
+/// socket's last I/O (a map lookup per socket), and findings drawn from it.
+const ANALYSIS_EVERY: u32 = 5;
 
 /// A finding is logged again only when its magnitude has grown this much.
 pub const WORSENED_FACTOR: f64 = 1.5;
@@ -183,6 +188,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let mut cgroups = Cgroups::new();
     let mut findings_log = FindingLog::default();
     let mut refresh = interval(REFRESH);
+    let mut refreshes: u32 = 0;
     let stdout = io::stdout();
     tokio::pin!(stop);
     let result: anyhow::Result<()> = async {
@@ -204,18 +210,23 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 }
                 _ = refresh.tick() => {
                     refresh_metrics(&mut analysis, &shared, &mut cgroups);
-                    let findings = analysis.findings();
-                    let raised = findings_log.raise(&findings);
-                    if let Ok(mut m) = shared.metrics.lock() {
-                        let raised: Vec<Finding> = raised.iter().map(|(f, _)| (*f).clone()).collect();
-                        m.on_findings(&raised, &findings);
+                    refreshes += 1;
+                    // The first tick comes at once: findings of the first look.
+                    if refreshes % ANALYSIS_EVERY == 1 {
+                        analysis.observe();
+                        let findings = analysis.findings();
+                        let raised = findings_log.raise(&findings);
+                        if let Ok(mut m) = shared.metrics.lock() {
+                            let raised: Vec<Finding> = raised.iter().map(|(f, _)| (*f).clone()).collect();
+                            m.on_findings(&raised, &findings);
+                        }
+                        let mut out = stdout.lock();
+                        for (f, worsened) in raised {
+                            writeln!(out, "{}", log_line(f, worsened, settings.log_format, std::time::SystemTime::now()))
+                                .context("writing the log")?;
+                        }
+                        out.flush().context("writing the log")?;
                     }
-                    let mut out = stdout.lock();
-                    for (f, worsened) in raised {
-                        writeln!(out, "{}", log_line(f, worsened, settings.log_format, std::time::SystemTime::now()))
-                            .context("writing the log")?;
-                    }
-                    out.flush().context("writing the log")?;
                 }
             }
             shared.last_loop_ns.store(clock::boot_ns(), Ordering::Relaxed);
@@ -247,31 +258,24 @@ fn feed_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgroups)
         let c = container(r.owner.map(|o| o.cgroup_id));
         m.on_record(r, c.as_ref());
     }
+    for id in &fed.timewait_starts {
+        m.on_timewait_start(id);
+    }
     for e in &fed.timewait_ends {
         m.on_timewait_end(e);
     }
 }
 
-/// Once a second: what is alive now, and the tracer's own health.
+/// Once a second: the sockets alive now, and the tracer's own health.
 fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgroups) {
-    analysis.observe();
     let live = analysis.live();
-    let containers: Vec<_> = live
-        .iter()
-        .map(|l| {
-            l.id.owner
-                .and_then(|o| cgroups.lookup(o.cgroup_id).cloned())
-        })
-        .collect();
     let ring_peak = analysis.session.tracer.ring_peak_and_reset();
     let Ok(mut m) = shared.metrics.lock() else {
         return;
     };
-    m.set_sockets(
-        live.iter()
-            .zip(&containers)
-            .map(|(l, c)| (l.id, l.state, c.as_ref())),
-    );
+    m.set_sockets(live.iter().map(|l| (l.id, l.state)), |cgroup_id| {
+        cgroups.lookup(cgroup_id).cloned()
+    });
     let session = &analysis.session;
     m.set_health(Health {
         events: session.counts.events,

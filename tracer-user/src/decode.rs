@@ -5,7 +5,9 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use tracer_common::{AF_INET, AF_INET6, COMM_LEN, Event, EventKind, OwnerSource, TcpState};
+use tracer_common::{
+    AF_INET, AF_INET6, COMM_LEN, Event, EventKind, FIN_UNKNOWN, OwnerSource, TcpState,
+};
 
 /// A record the decoder refuses; none of these should happen with a matching
 /// kernel object, so each is counted and shown rather than guessed at.
@@ -117,6 +119,9 @@ pub struct Record {
     pub owner: Option<Owner>,
     /// Network namespace inode; 0 if unknown.
     pub netns: u32,
+    /// For a state change: whether the peer's FIN had arrived; `None` for
+    /// other kinds or when unreadable.
+    pub peer_fin: Option<bool>,
 }
 
 fn state(raw: u8) -> Result<TcpState, DecodeError> {
@@ -184,6 +189,11 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
         rport: event.dport,
         owner,
         netns: event.netns,
+        peer_fin: match event.fin_received {
+            _ if event.kind != EventKind::StateChange as u8 => None,
+            FIN_UNKNOWN => None,
+            received => Some(received != 0),
+        },
     })
 }
 
@@ -226,7 +236,8 @@ pub(crate) mod tests {
             old_state: TcpState::Established as u8,
             new_state: TcpState::FinWait1 as u8,
             owner_source: OwnerSource::Current as u8,
-            _pad: [0; 6],
+            fin_received: 0,
+            _pad: [0; 5],
         }
     }
 
@@ -254,6 +265,7 @@ pub(crate) mod tests {
                     from_current_task: true
                 }),
                 netns: 4026531840,
+                peer_fin: Some(false),
             }
         );
     }
@@ -287,6 +299,19 @@ pub(crate) mod tests {
         event.owner_source = OwnerSource::Unknown as u8;
         event.tgid = 0;
         assert_eq!(decode(&bytes_of(&event)).unwrap().owner, None);
+    }
+
+    #[test]
+    fn peer_fin_is_known_only_for_readable_state_changes() {
+        let mut event = v4_event();
+        for (raw, expect) in [(0, Some(false)), (1, Some(true)), (FIN_UNKNOWN, None)] {
+            event.fin_received = raw;
+            assert_eq!(decode(&bytes_of(&event)).unwrap().peer_fin, expect, "{raw}");
+        }
+        event.fin_received = 1;
+        event.kind = EventKind::Destroy as u8;
+        event.new_state = 0;
+        assert_eq!(decode(&bytes_of(&event)).unwrap().peer_fin, None);
     }
 
     #[test]

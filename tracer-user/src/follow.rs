@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use crate::{
     clock,
     netns::NetnsPaths,
-    sock_diag::{self, Diag, DiagError, DiagSocket},
+    sock_diag::{self, Diag, DiagError, DiagSocket, Wanted},
     tracker::DiagRequest,
 };
+use tracer_common::TcpState;
 
 /// How often followed sockets are looked up. The linger times do not
 /// depend on it (they are dated from the kernel's timers); it bounds how
@@ -44,31 +45,19 @@ impl Follower {
     }
 
     /// Answers every request. A namespace that no longer exists is answered
-    /// with an empty dump (its timewait sockets died with it); a dump that
-    /// fails otherwise is answered `None`.
+    /// with nothing found (its timewait sockets died with it); a request
+    /// that fails otherwise is answered `None`.
     pub fn poll(&mut self, requests: Vec<DiagRequest>) -> Vec<DiagAnswer> {
-        let states = sock_diag::states(&[
-            tracer_common::TcpState::FinWait2,
-            tracer_common::TcpState::TimeWait,
-        ]);
         let mut answers = Vec::with_capacity(requests.len());
         for request in requests {
-            let dump = match self.socket(request.netns) {
-                Ok(Some(diag)) => diag.dump(request.family, states.clone(), false).map(Some),
+            let found = match self.socket(request.netns) {
+                Ok(Some(diag)) => ask(diag, &request).map(Some),
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
-            match dump {
-                Ok(Some(sockets)) => answers.push(DiagAnswer {
-                    done_ns: clock::boot_ns(),
-                    timewait: Some(sock_diag::timewait_by_cookie(sockets)),
-                    request,
-                }),
-                Ok(None) => answers.push(DiagAnswer {
-                    done_ns: clock::boot_ns(),
-                    timewait: Some(HashMap::new()),
-                    request,
-                }),
+            let timewait = match found {
+                Ok(Some(found)) => Some(found),
+                Ok(None) => Some(HashMap::new()),
                 Err(e) => {
                     // The socket may be broken; open a fresh one next time.
                     self.sockets.remove(&request.netns);
@@ -78,13 +67,14 @@ impl Follower {
                         );
                         self.warned = true;
                     }
-                    answers.push(DiagAnswer {
-                        done_ns: clock::boot_ns(),
-                        timewait: None,
-                        request,
-                    });
+                    None
                 }
-            }
+            };
+            answers.push(DiagAnswer {
+                done_ns: clock::boot_ns(),
+                timewait,
+                request,
+            });
         }
         let wanted: Vec<u32> = answers
             .iter()
@@ -94,4 +84,40 @@ impl Follower {
         self.sockets.retain(|inum, _| wanted.contains(inum));
         answers
     }
+}
+
+/// The timewait sockets of one request by cookie. Orphans are looked for
+/// in a FIN_WAIT2 dump (few sockets, wherever the table is large), and
+/// those not there looked up one by one: they turned TIME_WAIT or are
+/// gone. Only followed TIME_WAIT sockets need the TIME_WAIT table read.
+fn ask(diag: &mut Diag, request: &DiagRequest) -> Result<HashMap<u64, DiagSocket>, DiagError> {
+    let mut found = HashMap::new();
+    if !request.fin_wait2.is_empty() {
+        let states = sock_diag::states(&[TcpState::FinWait2]);
+        found.extend(sock_diag::timewait_by_cookie(diag.dump(
+            request.family,
+            states,
+            false,
+        )?));
+        let missing: Vec<Wanted> = request
+            .fin_wait2
+            .iter()
+            .filter(|w| !found.contains_key(&w.cookie))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            found.extend(sock_diag::timewait_by_cookie(
+                diag.lookup(request.family, &missing)?,
+            ));
+        }
+    }
+    if !request.time_wait.is_empty() {
+        let states = sock_diag::states(&[TcpState::TimeWait]);
+        found.extend(sock_diag::timewait_by_cookie(diag.dump(
+            request.family,
+            states,
+            false,
+        )?));
+    }
+    Ok(found)
 }

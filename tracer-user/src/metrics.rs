@@ -11,6 +11,7 @@ use tracer_common::TcpState;
 use crate::{
     aggregate::GroupKey,
     cgroups::Container,
+    decode::Comm,
     diagnose::Finding,
     tracker::{ConnId, ConnRecord, TimewaitEnd},
 };
@@ -110,6 +111,26 @@ pub struct Metrics {
     endpoints: LabelBudget,
     comms: LabelBudget,
     pids: LabelBudget,
+    /// Followed TIME_WAIT sockets now, by owner.
+    time_wait_followed: HashMap<SocketOwner, i64>,
+}
+
+/// Whom a socket gauge counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SocketOwner {
+    comm: Option<Comm>,
+    pid: Option<u32>,
+    cgroup_id: u64,
+}
+
+impl SocketOwner {
+    fn of(id: &ConnId) -> Self {
+        Self {
+            comm: id.owner.map(|o| o.comm),
+            pid: id.owner.map(|o| o.pid),
+            cgroup_id: id.owner.map_or(0, |o| o.cgroup_id),
+        }
+    }
 }
 
 /// Labels of a connection's series.
@@ -301,6 +322,7 @@ impl Metrics {
             endpoints: LabelBudget::new(max_endpoints),
             comms: LabelBudget::new(200),
             pids: LabelBudget::new(500),
+            time_wait_followed: HashMap::new(),
         }
     }
 
@@ -356,6 +378,13 @@ impl Metrics {
     }
 
     pub fn on_timewait_end(&mut self, end: &TimewaitEnd) {
+        let owner = SocketOwner::of(&end.id);
+        if let Some(n) = self.time_wait_followed.get_mut(&owner) {
+            *n -= 1;
+            if *n <= 0 {
+                self.time_wait_followed.remove(&owner);
+            }
+        }
         let comm = self.comms.label(
             &end.id
                 .owner
@@ -366,31 +395,52 @@ impl Metrics {
             .observe(end.duration_ns as f64 / 1e9);
     }
 
-    /// Replaces the socket gauges with what is alive now.
-    pub fn set_sockets<'a>(
+    /// One more followed TIME_WAIT socket: those are counted as they come
+    /// and go rather than walked each second.
+    pub fn on_timewait_start(&mut self, id: &ConnId) {
+        *self
+            .time_wait_followed
+            .entry(SocketOwner::of(id))
+            .or_default() += 1;
+    }
+
+    /// Replaces the socket gauges with what is alive now: `live` are the
+    /// sockets but the followed TIME_WAIT ones (see
+    /// [`Self::on_timewait_start`]); `container` names a cgroup id's
+    /// container, asked once per owner.
+    pub fn set_sockets(
         &mut self,
-        live: impl IntoIterator<Item = (ConnId, TcpState, Option<&'a Container>)>,
+        live: impl IntoIterator<Item = (ConnId, TcpState)>,
+        mut container: impl FnMut(u64) -> Option<Container>,
     ) {
+        // Counted by compact key first: label strings are made per owner,
+        // not per socket.
+        let mut by_owner: HashMap<(SocketOwner, TcpState), i64> = HashMap::new();
+        for (id, state) in live {
+            *by_owner.entry((SocketOwner::of(&id), state)).or_default() += 1;
+        }
+        for (&owner, &n) in &self.time_wait_followed {
+            *by_owner.entry((owner, TcpState::TimeWait)).or_default() += n;
+        }
         let mut counts: HashMap<[String; 5], i64> = HashMap::new();
-        for (id, state, container) in live {
-            let comm = self
-                .comms
-                .label(&id.owner.map_or_else(String::new, |o| o.comm.to_string()));
-            let pid = self
-                .pids
-                .label(&id.owner.map_or_else(String::new, |o| o.pid.to_string()));
+        for ((owner, state), n) in by_owner {
+            let container = container(owner.cgroup_id);
             let labels = [
-                comm,
-                pid,
+                self.comms
+                    .label(&owner.comm.map_or_else(String::new, |c| c.to_string())),
+                self.pids
+                    .label(&owner.pid.map_or_else(String::new, |p| p.to_string())),
                 state.name().to_string(),
                 container
+                    .as_ref()
                     .and_then(|c| c.container_id.clone())
                     .unwrap_or_default(),
                 container
+                    .as_ref()
                     .and_then(|c| c.pod_uid.clone())
                     .unwrap_or_default(),
             ];
-            *counts.entry(labels).or_default() += 1;
+            *counts.entry(labels).or_default() += n;
         }
         self.sockets.reset();
         for (labels, n) in counts {
@@ -552,15 +602,41 @@ mod tests {
     fn socket_gauges_are_replaced_not_accumulated() {
         let mut m = Metrics::new(10);
         let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
-        m.set_sockets([
-            (c, TcpState::CloseWait, None),
-            (c, TcpState::CloseWait, None),
-        ]);
+        m.set_sockets([(c, TcpState::CloseWait), (c, TcpState::CloseWait)], |_| {
+            None
+        });
         assert!(m.encode().contains(r#"tcplinger_sockets{comm="curl",container_id="",pid="7",pod_uid="",state="CLOSE_WAIT"} 2"#));
-        m.set_sockets([(c, TcpState::Established, None)]);
+        m.set_sockets([(c, TcpState::Established)], |_| None);
         let text = m.encode();
         assert!(!text.contains("CLOSE_WAIT"), "{text}");
         assert!(text.contains(r#"state="ESTABLISHED"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn followed_timewait_sockets_are_counted_as_they_come_and_go() {
+        let mut m = Metrics::new(10);
+        let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
+        m.on_timewait_start(&c);
+        m.on_timewait_start(&c);
+        m.set_sockets([(c, TcpState::TimeWait)], |_| None);
+        assert!(
+            m.encode()
+                .contains(r#"pid="7",pod_uid="",state="TIME_WAIT"} 3"#),
+            "{}",
+            m.encode()
+        );
+        for _ in 0..2 {
+            m.on_timewait_end(&TimewaitEnd {
+                id: c,
+                duration_ns: 1,
+            });
+        }
+        m.set_sockets([], |_| None);
+        assert!(
+            !m.encode().contains(r#"state="TIME_WAIT""#),
+            "{}",
+            m.encode()
+        );
     }
 
     #[test]
@@ -635,7 +711,7 @@ mod tests {
             id: c,
             duration_ns: 1,
         });
-        m.set_sockets([(c, TcpState::TimeWait, None)]);
+        m.set_sockets([(c, TcpState::TimeWait)], |_| None);
         let a = {
             let mut agg = crate::aggregate::Aggregator::new(10, 0);
             for _ in 0..12 {

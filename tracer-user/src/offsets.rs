@@ -147,6 +147,23 @@ fn offset(
         .ok_or(LayoutError::TooFar { strukt, field })
 }
 
+/// The bit number of `SOCK_DONE` in `enum sock_flags`, if the kernel has it.
+fn sock_done_bit(btf: &Btf) -> Result<Option<u16>, LayoutError> {
+    let Ok(types) = btf.resolve_types_by_name("sock_flags") else {
+        return Ok(None);
+    };
+    for ty in types {
+        if let Type::Enum(e) = ty {
+            for member in &e.members {
+                if btf.resolve_name(member)? == "SOCK_DONE" {
+                    return Ok(u16::try_from(member.val()).ok().filter(|&b| b < 64));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Resolves every offset the programs need.
 pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
     let c = |field, want| offset(btf, "sock_common", &[field], want);
@@ -176,6 +193,12 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
             size_of::<u64>(),
         ))?,
         net_inum: optional(offset(btf, "net", &["ns", "inum"], 4))?,
+        // Without them userspace asks sock_diag about every FIN_WAIT2 close.
+        flags: match sock_done_bit(btf)? {
+            Some(_) => optional(c("skc_flags", size_of::<u64>()))?,
+            None => NO_OFFSET,
+        },
+        flag_done_bit: sock_done_bit(btf)?.unwrap_or(0),
     })
 }
 
@@ -212,6 +235,9 @@ mod tests {
         // is somewhere inside struct net.
         assert!(o.net > o.state && o.net < o.v6_daddr, "{o:?}");
         assert!(o.net_inum != NO_OFFSET, "{o:?}");
+        // In sock_common, after the addresses; SOCK_DONE follows SOCK_DEAD.
+        assert!(o.flags > o.daddr && o.flags < o.protocol, "{o:?}");
+        assert_eq!(o.flag_done_bit, 1, "{o:?}");
     }
 
     #[test]

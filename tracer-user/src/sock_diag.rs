@@ -111,40 +111,127 @@ fn to_diag_socket(response: &InetResponse, raw: &[u8], seen_ns: u64) -> Option<D
     })
 }
 
+/// One netlink message of a reply.
+#[derive(Debug)]
+enum Message {
+    Socket(DiagSocket),
+    Done,
+    /// The kernel's answer to a request it refused (a negative errno).
+    Error(i32),
+    /// Anything else (a reply for another family, a noop).
+    Other,
+}
+
+/// The messages of one `recv`, parsed one by one. Malformed input is an
+/// error, never a panic; iteration stops after it.
+struct Messages<'a> {
+    bytes: &'a [u8],
+    seen_ns: u64,
+}
+
+impl Iterator for Messages<'_> {
+    type Item = Result<Message, DiagError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.bytes.is_empty() {
+            return None;
+        }
+        let bytes = self.bytes;
+        let parsed = <NetlinkMessage<SockDiagMessage>>::deserialize(bytes)
+            .map_err(|e| DiagError::Parse(e.to_string()))
+            .and_then(|message| {
+                let len = message.header.length as usize;
+                if len < 16 || len > bytes.len() {
+                    return Err(DiagError::Parse(format!(
+                        "message length {len} with {} bytes left",
+                        bytes.len()
+                    )));
+                }
+                Ok((message.payload, len))
+            });
+        let (payload, len) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                self.bytes = &[];
+                return Some(Err(e));
+            }
+        };
+        // Netlink messages are 4-byte aligned.
+        self.bytes = &bytes[len.next_multiple_of(4).min(bytes.len())..];
+        Some(Ok(match payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                to_diag_socket(&response, &bytes[..len], self.seen_ns)
+                    .map_or(Message::Other, Message::Socket)
+            }
+            NetlinkPayload::Done(_) => Message::Done,
+            NetlinkPayload::Error(err) => Message::Error(err.code.map_or(0, |c| c.get())),
+            _ => Message::Other,
+        }))
+    }
+}
+
 /// Parses one batch of dump replies into `out`; returns true once the dump
-/// is complete. Malformed input is an error, never a panic.
+/// is complete.
 pub fn parse_batch(
-    mut bytes: &[u8],
+    bytes: &[u8],
     seen_ns: u64,
     out: &mut Vec<DiagSocket>,
 ) -> Result<bool, DiagError> {
-    while !bytes.is_empty() {
-        let message = <NetlinkMessage<SockDiagMessage>>::deserialize(bytes)
-            .map_err(|e| DiagError::Parse(e.to_string()))?;
-        let len = message.header.length as usize;
-        if len < 16 || len > bytes.len() {
-            return Err(DiagError::Parse(format!(
-                "message length {len} with {} bytes left",
-                bytes.len()
-            )));
+    for message in (Messages { bytes, seen_ns }) {
+        match message? {
+            Message::Socket(socket) => out.push(socket),
+            Message::Done => return Ok(true),
+            Message::Error(code) => return Err(DiagError::Kernel(code)),
+            Message::Other => {}
         }
-        match message.payload {
-            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                if let Some(socket) = to_diag_socket(&response, &bytes[..len], seen_ns) {
-                    out.push(socket);
-                }
-            }
-            NetlinkPayload::Done(_) => return Ok(true),
-            NetlinkPayload::Error(err) => {
-                return Err(DiagError::Kernel(err.code.map_or(0, |c| c.get())));
-            }
-            _ => {}
-        }
-        // Netlink messages are 4-byte aligned.
-        bytes = &bytes[len.next_multiple_of(4).min(bytes.len())..];
     }
     Ok(false)
 }
+
+/// Parses one batch of replies to exact lookups into `out`; returns how
+/// many lookups it answers. "No such socket" answers count; any other
+/// refusal is an error.
+fn parse_lookups(
+    bytes: &[u8],
+    seen_ns: u64,
+    out: &mut Vec<DiagSocket>,
+) -> Result<usize, DiagError> {
+    let mut answered = 0;
+    for message in (Messages { bytes, seen_ns }) {
+        match message? {
+            Message::Socket(socket) => {
+                answered += 1;
+                out.push(socket);
+            }
+            // Gone, or the 4-tuple now belongs to another socket.
+            Message::Error(code) if code == -libc::ENOENT || code == -libc::ESTALE => answered += 1,
+            Message::Error(code) => return Err(DiagError::Kernel(code)),
+            Message::Done | Message::Other => {}
+        }
+    }
+    Ok(answered)
+}
+
+/// A socket to find by itself: its cookie and 4-tuple, as seen locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    pub cookie: u64,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+}
+
+/// Exact lookups sent per `send`: their replies (about 100 bytes each)
+/// must fit the socket's receive buffer, or the kernel drops some.
+const LOOKUP_BATCH: usize = 256;
+
+/// Waits longer than this for a reply mean one was lost: the caller is
+/// told, rather than blocked for good.
+const REPLY_TIMEOUT: libc::timeval = libc::timeval {
+    tv_sec: 5,
+    tv_usec: 0,
+};
 
 /// A sock_diag socket bound to one network namespace.
 pub struct Diag {
@@ -159,6 +246,20 @@ impl Diag {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
         socket.bind_auto()?;
         socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+        let timeout = REPLY_TIMEOUT;
+        // SAFETY: a valid socket and a `timeval` of the size passed.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(Self {
             socket,
             sequence: 0,
@@ -191,6 +292,11 @@ impl Diag {
         }
     }
 
+    fn next_sequence(&mut self) -> u32 {
+        self.sequence = self.sequence.wrapping_add(1);
+        self.sequence
+    }
+
     /// Every TCP socket of `family` in one of `states`; with `info`, also
     /// each full socket's TCP_INFO times (idle, last segment).
     pub fn dump(
@@ -199,48 +305,123 @@ impl Diag {
         states: StateFlags,
         info: bool,
     ) -> Result<Vec<DiagSocket>, DiagError> {
-        self.sequence = self.sequence.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = self.sequence;
-        let mut request = NetlinkMessage::new(
-            header,
-            SockDiagMessage::InetRequest(InetRequest {
-                family: match family {
-                    Family::Ipv4 => AF_INET,
-                    Family::Ipv6 => AF_INET6,
-                },
-                protocol: IPPROTO_TCP,
-                extensions: if info {
-                    ExtensionFlags::INFO
-                } else {
-                    ExtensionFlags::empty()
-                },
-                states,
-                socket_id: match family {
-                    Family::Ipv4 => SocketId::new_v4(),
-                    Family::Ipv6 => SocketId::new_v6(),
-                },
-            })
-            .into(),
+        let socket_id = match family {
+            Family::Ipv4 => SocketId::new_v4(),
+            Family::Ipv6 => SocketId::new_v6(),
+        };
+        let extensions = if info {
+            ExtensionFlags::INFO
+        } else {
+            ExtensionFlags::empty()
+        };
+        let mut bytes = Vec::new();
+        let sequence = self.next_sequence();
+        request(
+            NLM_F_REQUEST | NLM_F_DUMP,
+            sequence,
+            family,
+            states,
+            extensions,
+            socket_id,
+            &mut bytes,
         );
-        request.finalize();
-        let mut bytes = vec![0; request.buffer_len()];
-        request.serialize(&mut bytes);
         self.socket.send(&bytes, 0)?;
 
         let mut sockets = Vec::new();
         loop {
-            let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
-            if n == 0 {
-                return Err(DiagError::Parse("sock_diag closed mid-dump".into()));
-            }
-            let seen_ns = clock::boot_ns();
-            if parse_batch(&self.buf[..n], seen_ns, &mut sockets)? {
+            let n = self.recv()?;
+            if parse_batch(&self.buf[..n], clock::boot_ns(), &mut sockets)? {
                 return Ok(sockets);
             }
         }
     }
+
+    /// The sockets among `wanted` (all of `family`) that still exist, full
+    /// or timewait, each looked up by its 4-tuple and cookie: far cheaper
+    /// than a dump when the table is large and few are wanted. A socket
+    /// whose 4-tuple now belongs to another is not returned.
+    pub fn lookup(
+        &mut self,
+        family: Family,
+        wanted: &[Wanted],
+    ) -> Result<Vec<DiagSocket>, DiagError> {
+        let mut found = Vec::new();
+        let mut bytes = Vec::new();
+        for chunk in wanted.chunks(LOOKUP_BATCH) {
+            bytes.clear();
+            for w in chunk {
+                let mut id = match family {
+                    Family::Ipv4 => SocketId::new_v4(),
+                    Family::Ipv6 => SocketId::new_v6(),
+                };
+                // The socket id is the socket's own view: source = local.
+                id.source_address = w.laddr;
+                id.source_port = w.lport;
+                id.destination_address = w.raddr;
+                id.destination_port = w.rport;
+                id.cookie[0..4].copy_from_slice(&(w.cookie as u32).to_ne_bytes());
+                id.cookie[4..8].copy_from_slice(&((w.cookie >> 32) as u32).to_ne_bytes());
+                let sequence = self.next_sequence();
+                request(
+                    NLM_F_REQUEST,
+                    sequence,
+                    family,
+                    StateFlags::all(),
+                    ExtensionFlags::empty(),
+                    id,
+                    &mut bytes,
+                );
+            }
+            self.socket.send(&bytes, 0)?;
+            let mut answered = 0;
+            while answered < chunk.len() {
+                let n = self.recv()?;
+                answered += parse_lookups(&self.buf[..n], clock::boot_ns(), &mut found)?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn recv(&mut self) -> Result<usize, DiagError> {
+        let n = self.socket.recv(&mut &mut self.buf[..], 0)?;
+        if n == 0 {
+            return Err(DiagError::Parse("sock_diag closed mid-reply".into()));
+        }
+        Ok(n)
+    }
+}
+
+/// Appends one inet_diag request to `out`.
+fn request(
+    flags: u16,
+    sequence: u32,
+    family: Family,
+    states: StateFlags,
+    extensions: ExtensionFlags,
+    socket_id: SocketId,
+    out: &mut Vec<u8>,
+) {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = sequence;
+    let mut message = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family: match family {
+                Family::Ipv4 => AF_INET,
+                Family::Ipv6 => AF_INET6,
+            },
+            protocol: IPPROTO_TCP,
+            extensions,
+            states,
+            socket_id,
+        })
+        .into(),
+    );
+    message.finalize();
+    let start = out.len();
+    out.resize(start + message.buffer_len().next_multiple_of(4), 0);
+    message.serialize(&mut out[start..]);
 }
 
 /// States as the dump filter wants them.
@@ -357,6 +538,41 @@ mod tests {
         let mut zero = full;
         zero[0..4].copy_from_slice(&0u32.to_ne_bytes());
         assert!(parse_batch(&zero, 0, &mut Vec::new()).is_err());
+    }
+
+    fn error(code: i32) -> Vec<u8> {
+        let mut message: NetlinkMessage<SockDiagMessage> = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::Error({
+                let mut e = netlink_packet_core::ErrorMessage::default();
+                e.code = std::num::NonZeroI32::new(code);
+                // The echoed request header.
+                e.header = vec![0; 16];
+                e
+            }),
+        );
+        message.finalize();
+        let mut bytes = vec![0; message.buffer_len()];
+        message.serialize(&mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn lookups_count_found_and_vanished_sockets_and_fail_on_other_errors() {
+        let mut batch = response(TcpState::TimeWait as u8, Some(Timer::TimeWait), 5);
+        batch.extend(error(-libc::ENOENT));
+        batch.extend(error(-libc::ESTALE));
+        let mut out = Vec::new();
+        assert_eq!(parse_lookups(&batch, 7, &mut out).unwrap(), 3);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].cookie, 5);
+        batch.extend(error(-libc::EPERM));
+        assert!(matches!(
+            parse_lookups(&batch, 7, &mut Vec::new()),
+            Err(DiagError::Kernel(code)) if code == -libc::EPERM
+        ));
+        // A dump refused outright is an error too.
+        assert!(parse_batch(&error(-libc::EINVAL), 0, &mut Vec::new()).is_err());
     }
 
     #[test]

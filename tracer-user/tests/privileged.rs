@@ -47,6 +47,7 @@ fn main() {
         bad_flags_and_missing_privileges_exit_cleanly,
         lifecycle_client_timeout_with_stuck_server,
         lifecycle_server_closes_first,
+        lifecycle_half_close_then_peer_fin,
         lifecycle_abortive_close,
         lifecycle_simultaneous_close,
         lifecycle_peer_never_closes,

@@ -1,4 +1,8 @@
-//! Project chores: rebuild or check the committed eBPF object, run the whole test suite as root.
+//! Project chores: rebuild or check the committed eBPF object, run the whole test suite as root, run the benchmark.
+
+mod bench;
+mod churn;
+mod hold;
 
 use std::{
     env,
@@ -38,6 +42,19 @@ enum Chore {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Measure tracing overhead and scale (needs root; see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+    /// Helper of the benchmark: hold loopback connections open.
+    #[command(hide = true)]
+    Hold { index: u8, pairs: u64 },
+    /// Helper of the benchmark: churn connections on loopback (for profiling).
+    #[command(hide = true)]
+    Churn {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +62,25 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Chore::BuildEbpf { check } => build_ebpf(check),
         Chore::Test { args } => test(&args),
+        Chore::Bench(args) => bench::run(&args, &workspace_root()),
+        Chore::Hold { index, pairs } => hold::hold(index, pairs),
+        Chore::Churn { seconds, threads } => churn::run(churn::Churn {
+            port: 18999,
+            threads,
+            duration: std::time::Duration::from_secs(seconds),
+            max_connections: u64::MAX,
+            rate: None,
+        })
+        .map(|o| {
+            println!(
+                "{} connections in {:?} ({:.0}/s), {} failed",
+                o.connections,
+                o.elapsed,
+                o.per_second(),
+                o.failures
+            )
+        })
+        .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -135,6 +135,7 @@ mod tests {
             rport: 8080,
             owner,
             netns: 4026531840,
+            peer_fin: None,
         }
     }
 

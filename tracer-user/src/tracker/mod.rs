@@ -11,7 +11,7 @@ use tracer_common::TcpState;
 
 use crate::{
     decode::{Comm, Family, Kind, Record},
-    sock_diag::DiagSocket,
+    sock_diag::{DiagSocket, Wanted},
 };
 
 /// A timewait socket's timer restarts at this when FIN_WAIT2 becomes
@@ -52,7 +52,7 @@ impl Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClosedBy {
     /// This host sent the first FIN (ESTABLISHED -> FIN_WAIT1).
-    Local,
+    Local = 0,
     /// The peer's FIN came first (ESTABLISHED -> CLOSE_WAIT).
     Remote,
     /// Both FINs crossed (FIN_WAIT1 -> CLOSING).
@@ -65,6 +65,9 @@ pub enum ClosedBy {
 }
 
 impl ClosedBy {
+    /// How many there are: the discriminants are 0..COUNT.
+    pub const COUNT: usize = Self::Unknown as usize + 1;
+
     pub const fn name(self) -> &'static str {
         match self {
             Self::Local => "local",
@@ -258,7 +261,22 @@ impl ConnRecord {
 pub struct DiagRequest {
     pub netns: u32,
     pub family: Family,
-    pub cookies: Vec<u64>,
+    /// Orphans to find among FIN_WAIT2 timewait sockets, with their
+    /// 4-tuple: one missing from that dump is looked up by itself (it
+    /// turned TIME_WAIT, or it is gone).
+    pub fin_wait2: Vec<Wanted>,
+    /// TIME_WAIT sockets followed to their end: a TIME_WAIT dump.
+    pub time_wait: Vec<u64>,
+}
+
+impl DiagRequest {
+    /// Every cookie asked about.
+    pub fn cookies(&self) -> impl Iterator<Item = u64> + '_ {
+        self.fin_wait2
+            .iter()
+            .map(|w| w.cookie)
+            .chain(self.time_wait.iter().copied())
+    }
 }
 
 /// A socket found by the start-up sock_diag dump.
@@ -426,6 +444,7 @@ pub struct Tracker {
     cap: usize,
     ready: Vec<ConnRecord>,
     opened: Vec<ConnId>,
+    timewait_starts: Vec<ConnId>,
     timewait_ends: Vec<TimewaitEnd>,
     evicted: u64,
 }
@@ -441,6 +460,7 @@ impl Tracker {
             cap: max_sockets.get(),
             ready: Vec::new(),
             opened: Vec::new(),
+            timewait_starts: Vec::new(),
             timewait_ends: Vec::new(),
             evicted: 0,
         }
@@ -473,15 +493,23 @@ impl Tracker {
         std::mem::take(&mut self.opened)
     }
 
+    /// TIME_WAIT sockets followed from now on (each will have an end):
+    /// what keeps counts of TIME_WAIT sockets without walking them.
+    pub fn take_timewait_starts(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.timewait_starts)
+    }
+
     /// TIME_WAIT sockets that ended since the last call.
     pub fn take_timewait_ends(&mut self) -> Vec<TimewaitEnd> {
         std::mem::take(&mut self.timewait_ends)
     }
 
-    /// Every socket alive now: full sockets in their state, orphans in
-    /// timewait FIN_WAIT2, and followed TIME_WAIT sockets.
+    /// Every socket alive now but TIME_WAIT ones: full sockets in their
+    /// state, and orphans in timewait FIN_WAIT2. (TIME_WAIT sockets are
+    /// counted from [`Self::take_timewait_starts`] and ends instead: there
+    /// can be far more of them, and they change once.)
     pub fn live(&self) -> impl Iterator<Item = LiveConn> + '_ {
-        let conns = self.conns.iter().filter_map(|(&cookie, c)| {
+        self.conns.iter().filter_map(|(&cookie, c)| {
             let (state, since_ns) = match c.phase {
                 Phase::Live => (c.state, c.since_ns),
                 Phase::Fw2Timewait { closed_ns, .. } => {
@@ -497,18 +525,7 @@ impl Tracker {
                 state,
                 since_ns,
             })
-        });
-        let timewaits = self
-            .timewaits
-            .iter()
-            .flatten()
-            .map(|(&cookie, tw)| LiveConn {
-                cookie,
-                id: tw.id,
-                state: TcpState::TimeWait,
-                since_ns: Some(tw.since_ns),
-            });
-        conns.chain(timewaits)
+        })
     }
 
     fn insert(&mut self, cookie: u64, conn: Conn) {
@@ -548,6 +565,7 @@ impl Tracker {
                 && let Some(timewaits) = &mut self.timewaits
             {
                 if timewaits.len() < self.cap {
+                    self.timewait_starts.push(conn.id());
                     timewaits.insert(
                         cookie,
                         Timewait {
@@ -667,20 +685,37 @@ impl Tracker {
             _ => {}
         }
         if new == Close {
-            self.closed(r.cookie, old, now);
+            self.closed(r.cookie, old, now, r.peer_fin);
         }
     }
 
     /// The full socket reached CLOSE: decide what must be learned before
     /// its record can be written.
-    fn closed(&mut self, cookie: u64, from: TcpState, at_ns: u64) {
+    /// `peer_fin`: whether the peer's FIN had arrived when the full socket
+    /// closed (`None`: not known).
+    fn closed(&mut self, cookie: u64, from: TcpState, at_ns: u64, peer_fin: Option<bool>) {
         let Some(conn) = self.conns.get_mut(&cookie) else {
             return;
         };
         // FIN_WAIT2 and CLOSING are the states a timewait socket replaces;
         // a RST rules it out.
-        let timewait_candidate =
+        let successor =
             matches!(from, TcpState::FinWait2 | TcpState::Closing) && conn.reset_local.is_none();
+        // With the peer's FIN in (always so from CLOSING), the successor is
+        // in TIME_WAIT from this instant: nothing to ask sock_diag.
+        if successor && (from == TcpState::Closing || peer_fin == Some(true)) {
+            conn.phase = Phase::Closed {
+                at_ns,
+                timewait_candidate: false,
+            };
+            conn.time_wait = true;
+            if from == TcpState::FinWait2 {
+                conn.fin_wait2_end = Some(Fw2End::PeerFin);
+            }
+            self.finalize(cookie, at_ns);
+            return;
+        }
+        let timewait_candidate = successor;
         conn.phase = Phase::Closed {
             at_ns,
             timewait_candidate,
@@ -706,7 +741,7 @@ impl Tracker {
                 conn.complete = false;
                 let (from, now) = (conn.state, r.ts_ns.max(conn.since_ns.unwrap_or(0)));
                 conn.enter(TcpState::Close, now);
-                self.closed(r.cookie, from, now);
+                self.closed(r.cookie, from, now, None);
                 self.on_destroy(r);
             }
             Phase::Closed {
@@ -801,29 +836,44 @@ impl Tracker {
 
     /// What sock_diag should be asked now; empty when nothing is followed.
     /// With `timewait`, the followed TIME_WAIT sockets too: they change
-    /// once in 60 s, so they are worth asking about less often.
+    /// once in 60 s, and their table can be large.
     pub fn diag_requests(&self, timewait: bool) -> Vec<DiagRequest> {
-        let mut by_namespace: HashMap<(u32, Family), Vec<u64>> = self
-            .followed
-            .iter()
-            .map(|(&key, cookies)| (key, cookies.iter().copied().collect()))
-            .collect();
+        let mut by_namespace: HashMap<(u32, Family), DiagRequest> = HashMap::new();
+        fn request(
+            map: &mut HashMap<(u32, Family), DiagRequest>,
+            netns: u32,
+            family: Family,
+        ) -> &mut DiagRequest {
+            map.entry((netns, family)).or_insert_with(|| DiagRequest {
+                netns,
+                family,
+                fin_wait2: Vec::new(),
+                time_wait: Vec::new(),
+            })
+        }
+        for (&(netns, family), cookies) in &self.followed {
+            for &cookie in cookies {
+                if let Some(c) = self.conns.peek(&cookie) {
+                    request(&mut by_namespace, netns, family)
+                        .fin_wait2
+                        .push(Wanted {
+                            cookie,
+                            laddr: c.laddr,
+                            lport: c.lport,
+                            raddr: c.raddr,
+                            rport: c.rport,
+                        });
+                }
+            }
+        }
         if timewait {
             for (&cookie, tw) in self.timewaits.iter().flatten() {
-                by_namespace
-                    .entry((tw.id.netns, tw.id.family))
-                    .or_default()
+                request(&mut by_namespace, tw.id.netns, tw.id.family)
+                    .time_wait
                     .push(cookie);
             }
         }
-        by_namespace
-            .into_iter()
-            .map(|((netns, family), cookies)| DiagRequest {
-                netns,
-                family,
-                cookies,
-            })
-            .collect()
+        by_namespace.into_values().collect()
     }
 
     /// A followed TIME_WAIT socket in a dump, or missing from it.
@@ -864,7 +914,7 @@ impl Tracker {
         timewait: &HashMap<u64, DiagSocket>,
         done_ns: u64,
     ) {
-        for &cookie in &request.cookies {
+        for cookie in request.cookies() {
             let seen = timewait.get(&cookie);
             let Some(conn) = self.conns.get_mut(&cookie) else {
                 self.unfollow(cookie, request.netns, request.family);
@@ -950,7 +1000,7 @@ impl Tracker {
     /// first look are written without a verdict on their successor
     /// (incomplete); followed ones wait for a later look.
     pub fn on_diag_failed(&mut self, request: &DiagRequest) {
-        for &cookie in &request.cookies {
+        for cookie in request.cookies() {
             if let Some(conn) = self.conns.peek_mut(&cookie)
                 && let Phase::Closed {
                     at_ns,

@@ -61,6 +61,7 @@ impl Sock {
             rport,
             owner: self.owner,
             netns: NETNS,
+            peer_fin: matches!(kind, Kind::StateChange { .. }).then_some(false),
         }
     }
 
@@ -163,8 +164,16 @@ fn client_closes_first_and_lingers_in_timewait_fin_wait2_until_peer_fin() {
         vec![DiagRequest {
             netns: NETNS,
             family: Family::Ipv4,
-            cookies: vec![1]
-        }]
+            fin_wait2: vec![Wanted {
+                cookie: 1,
+                laddr: "10.0.0.1".parse().unwrap(),
+                lport: 40000,
+                raddr: "10.0.0.2".parse().unwrap(),
+                rport: 8080,
+            }],
+            time_wait: vec![],
+        }],
+        "the orphan, with its 4-tuple for a lookup by itself"
     );
     diag(&mut t, &[timewait(1, FinWait2, 1100, 59_900)], 1100);
     assert!(t.take_ready().is_empty(), "still in FIN_WAIT2");
@@ -750,10 +759,12 @@ fn time_wait_is_followed_to_its_end_when_asked() {
     diag(&mut t, &[timewait(70, TimeWait, 100, 59_920)], 100);
     let r = only(t.take_ready());
     assert!(r.time_wait);
-    let live: Vec<LiveConn> = t.live().collect();
-    assert_eq!(live.len(), 1);
-    assert_eq!(live[0].state, TimeWait);
-    assert_eq!(live[0].id.owner.map(|o| o.pid), Some(200), "{live:?}");
+    // Counted from its start and end, not listed among the live.
+    assert_eq!(t.live().count(), 0);
+    let starts = t.take_timewait_starts();
+    assert_eq!(starts.len(), 1);
+    assert_eq!(starts[0].owner.map(|o| o.pid), Some(200), "{starts:?}");
+    assert_eq!(starts[0].role, Role::Server);
     assert!(
         t.diag_requests(false).is_empty(),
         "only the slow cadence asks about TIME_WAIT"
@@ -764,7 +775,73 @@ fn time_wait_is_followed_to_its_end_when_asked() {
     let ends = t.take_timewait_ends();
     assert_eq!(ends.len(), 1);
     assert_eq!(ends[0].duration_ns, 60_000 * MS);
-    assert_eq!(t.live().count(), 0);
+    assert!(t.take_timewait_starts().is_empty());
+}
+
+#[test]
+fn a_full_socket_closing_after_the_peers_fin_needs_no_lookup() {
+    let mut t = tracker().follow_timewait();
+    let c = Sock::client(73);
+    feed(&mut t, &client_open(&c));
+    // The app shut down writing and waited for EOF: the peer's FIN reached
+    // the full socket in FIN_WAIT2, which became TIME_WAIT there and then.
+    feed(
+        &mut t,
+        &[
+            c.step(10, Established, FinWait1),
+            c.unowned_step(11, FinWait1, FinWait2),
+            Record {
+                peer_fin: Some(true),
+                ..c.unowned_step(500, FinWait2, Close)
+            },
+        ],
+    );
+    assert!(
+        t.diag_requests(false).is_empty(),
+        "nothing to ask sock_diag"
+    );
+    let r = only(t.take_ready());
+    assert!(r.time_wait);
+    assert!(r.complete);
+    assert_eq!(r.fin_wait2_end, Some(Fw2End::PeerFin));
+    assert_eq!(ms(r.states.get(FinWait2)), Some(489.0));
+    assert_eq!(r.end_ns, 500 * MS);
+    assert_eq!(
+        t.take_timewait_starts().len(),
+        1,
+        "TIME_WAIT followed from 500 ms"
+    );
+    // Its end still comes from the TIME_WAIT table.
+    assert_eq!(t.diag_requests(true).len(), 1);
+    diag(&mut t, &[], 60_600);
+    let ends = t.take_timewait_ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].duration_ns, 60_000 * MS);
+}
+
+#[test]
+fn an_orphan_whose_peer_fin_is_unknown_is_still_looked_up() {
+    for peer_fin in [None, Some(false)] {
+        let mut t = tracker();
+        let c = Sock::client(74);
+        feed(&mut t, &client_open(&c));
+        feed(
+            &mut t,
+            &[
+                c.step(10, Established, FinWait1),
+                c.unowned_step(11, FinWait1, FinWait2),
+                Record {
+                    peer_fin,
+                    ..c.unowned_step(11, FinWait2, Close)
+                },
+            ],
+        );
+        assert!(t.take_ready().is_empty(), "{peer_fin:?}");
+        let requests = t.diag_requests(false);
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].fin_wait2.len(), 1);
+        assert!(requests[0].time_wait.is_empty());
+    }
 }
 
 #[test]

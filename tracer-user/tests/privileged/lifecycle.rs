@@ -139,6 +139,32 @@ pub fn lifecycle_server_closes_first() {
     assert!(c["states_ms"]["CLOSE_WAIT"].is_number(), "{c}");
 }
 
+/// The client half-closes and waits; the server closes 500 ms later. The
+/// server's FIN reaches the client's full socket in FIN_WAIT2, which turns
+/// TIME_WAIT at that instant (no orphan, nothing to look up).
+pub fn lifecycle_half_close_then_peer_fin() {
+    require_root();
+    let net = NetPair::new();
+    let port = 18209;
+    let target = SocketAddr::new(net.server_v4, port);
+    let tracer = watch(port);
+    let server = Peer::server(
+        &net.server_ns,
+        target,
+        &["--keep-ms", "500", "--close", "after-eof"],
+    );
+    Peer::client(&net.client_ns, target, &["--close", "shutdown-first"]).finish();
+    server.finish();
+    let (c, s, _) = both_sides(tracer, port);
+    assert_eq!(c["closed_by"], "local", "{c}");
+    assert_eq!(c["fin_wait2_end"], "peer_fin", "{c}");
+    assert_eq!(c["time_wait"], true, "{c}");
+    assert_eq!(c["complete"], true, "{c}");
+    assert_near(&c, "FIN_WAIT2", 500.0);
+    assert_eq!(s["closed_by"], "remote", "{s}");
+    assert_near(&s, "CLOSE_WAIT", 500.0);
+}
+
 pub fn lifecycle_abortive_close() {
     require_root();
     let net = NetPair::new();

@@ -30,6 +30,9 @@ pub enum Close {
     Never,
     /// When a line arrives on stdin (clients only).
     OnStdin,
+    /// Shut down writing right away (the first FIN), then wait for the
+    /// peer's FIN before closing: FIN_WAIT2 spent in the full socket.
+    ShutdownFirst,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -234,6 +237,10 @@ fn close(mut stream: TcpStream, args: &PeerArgs) -> std::io::Result<Option<TcpSt
         Close::OnStdin => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
+        }
+        Close::ShutdownFirst => {
+            stream.shutdown(std::net::Shutdown::Write)?;
+            read_to_eof(&mut stream)?;
         }
     }
     if let Some(to) = args.jam {

@@ -1,0 +1,221 @@
+//! The scale part of the benchmark: many real ESTABLISHED sockets held open on loopback by helper processes (a process may not raise its fd limit here), then `sockets` and `daemon` timed and weighed against them.
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Connection pairs per helper: two fds each, under a 20,000 fd limit.
+const PAIRS_PER_HOLDER: u64 = 9_000;
+
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid pointers.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+/// `xtask hold INDEX PAIRS`: opens PAIRS loopback connections (both ends
+/// held here), says "held", and keeps them until stdin closes.
+pub fn hold(index: u8, pairs: u64) -> Result<()> {
+    raise_fd_limit();
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let to = listener.local_addr()?;
+    let mut held = Vec::with_capacity(2 * pairs as usize);
+    for i in 0..pairs {
+        // A source address per 250 connections keeps ephemeral ports plentiful.
+        let src = Ipv4Addr::new(127, 10 + index, (i / 250) as u8, 1 + (i % 250) as u8);
+        let client = connect_from(src, to.port())?;
+        let (server, _) = listener.accept()?;
+        held.push(client);
+        held.push(server);
+    }
+    println!("held {}", held.len());
+    std::io::stdout().flush()?;
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    Ok(())
+}
+
+fn connect_from(src: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+    // std has no bind-before-connect; do it by hand.
+    // SAFETY: plain socket syscalls on a fresh fd.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        use std::os::fd::FromRawFd as _;
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            4,
+        );
+        let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let local = addr(src, 0);
+        let remote = addr(Ipv4Addr::LOCALHOST, port);
+        let len = size_of::<libc::sockaddr_in>() as u32;
+        if libc::bind(
+            stream.as_raw_fd(),
+            (&local as *const libc::sockaddr_in).cast(),
+            len,
+        ) != 0
+            || libc::connect(
+                stream.as_raw_fd(),
+                (&remote as *const libc::sockaddr_in).cast(),
+                len,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// Helpers holding the sockets; they let go when dropped.
+struct Holders(Vec<Child>);
+
+impl Drop for Holders {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            drop(child.stdin.take());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_holders(sockets: u64) -> Result<Holders> {
+    let exe = std::env::current_exe()?;
+    let mut pairs_left = sockets / 2;
+    let mut holders = Holders(Vec::new());
+    let mut index = 0u8;
+    while pairs_left > 0 {
+        let pairs = pairs_left.min(PAIRS_PER_HOLDER);
+        let child = Command::new(&exe)
+            .args(["hold", &index.to_string(), &pairs.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a socket holder")?;
+        holders.0.push(child);
+        pairs_left -= pairs;
+        index += 1;
+    }
+    for child in &mut holders.0 {
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("piped")).read_line(&mut line)?;
+        if !line.starts_with("held") {
+            bail!("a socket holder failed: {line:?}");
+        }
+    }
+    Ok(holders)
+}
+
+/// Runs `cmd` to the end; wall time and peak RSS (kB) from wait4.
+fn timed(mut cmd: Command) -> Result<(Duration, u64)> {
+    let start = Instant::now();
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers, a pid of our own child.
+    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    Ok((start.elapsed(), usage.ru_maxrss as u64))
+}
+
+fn rss_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The daemon from start until it says it traces; then its RSS after a
+/// few more seconds.
+fn daemon_rss(tcplinger: &Path, settle: Duration) -> Result<(Duration, u64, u64)> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let start = Instant::now();
+    let mut child = Command::new(tcplinger)
+        .args(["daemon", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let err = child.stderr.take().expect("piped");
+    let mut lines = BufReader::new(err).lines();
+    let ready = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("tracing") => break start.elapsed(),
+            Some(_) => continue,
+            None => bail!("the daemon exited before tracing"),
+        }
+    };
+    std::thread::sleep(settle);
+    let (now, peak) = (rss_kb(child.id(), "VmRSS:"), rss_kb(child.id(), "VmHWM:"));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    Ok((ready, now, peak))
+}
+
+pub fn scale(sockets: u64, tcplinger: &Path) -> Result<String> {
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let mut s = String::from("| measurement | figure |\n|---|---|\n");
+    eprintln!("bench: daemon idle");
+    let (_, idle_now, idle_peak) = daemon_rss(tcplinger, Duration::from_secs(5))?;
+    let _ = writeln!(
+        s,
+        "| daemon RSS, idle host, 5 s after start (now / peak) | {:.1} MB / {:.1} MB |",
+        mb(idle_now),
+        mb(idle_peak)
+    );
+    eprintln!("bench: holding {sockets} ESTABLISHED sockets");
+    let holders = start_holders(sockets)?;
+    let mut sockets_cmd = Command::new(tcplinger);
+    sockets_cmd.args(["sockets", "--format", "json"]);
+    let (took, peak) = timed(sockets_cmd)?;
+    let _ = writeln!(
+        s,
+        "| `tcplinger sockets` with {sockets} ESTABLISHED sockets: wall time / peak RSS | {:.2} s / {:.1} MB |",
+        took.as_secs_f64(),
+        mb(peak)
+    );
+    let (ready, now, peak) = daemon_rss(tcplinger, Duration::from_secs(5))?;
+    let _ = writeln!(
+        s,
+        "| daemon with {sockets} ESTABLISHED sockets: start to tracing (snapshot included) / RSS 5 s later (now / peak) | {:.2} s / {:.1} MB / {:.1} MB |",
+        ready.as_secs_f64(),
+        mb(now),
+        mb(peak)
+    );
+    drop(holders);
+    Ok(format!(
+        "Scale: {sockets} real ESTABLISHED sockets held on loopback by helper processes.\n\n{s}"
+    ))
+}
