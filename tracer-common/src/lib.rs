@@ -19,9 +19,6 @@ pub const MAP_OWNERS: &str = "OWNERS";
 pub const MAP_RING_PEAK: &str = "RING_PEAK";
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
-/// Entries of the per-cookie owner map; LRU, so the stalest are recycled when full.
-pub const OWNERS_MAX_ENTRIES: u32 = 65536;
-
 /// What a ring record reports. Discriminants are ABI: never renumber.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +138,11 @@ pub struct Event {
     pub ts_ns: u64,
     /// Socket cookie: the one key shared with sock_diag and timewait sockets.
     pub cookie: u64,
+    /// For a state change: when the socket entered `old_state`, as the
+    /// owner map recorded it; 0 if unknown. It is what lets the programs
+    /// skip a record for a step userspace can rebuild (see
+    /// [`Config::every_transition`]).
+    pub since_ns: u64,
     /// Owner's cgroup v2 id (the inode of its cgroup directory); 0 if unknown.
     pub cgroup_id: u64,
     /// Local address; IPv4 uses the first 4 bytes, network order.
@@ -180,19 +182,21 @@ pub struct Event {
 /// [`Event::fin_received`] when it is not known.
 pub const FIN_UNKNOWN: u8 = 0xff;
 
-/// Who owns a socket and when it last moved data, per cookie in the owner map.
+/// Who owns a socket and when it entered its state, per cookie in the
+/// owner map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
-    /// Boot-clock ns of the last send that moved bytes; 0 if none seen.
-    pub last_send_ns: u64,
-    /// Boot-clock ns of the last receive that moved bytes; 0 if none seen.
-    pub last_recv_ns: u64,
     /// The owner's cgroup v2 id when it was recorded.
     pub cgroup_id: u64,
+    /// Boot-clock ns when the socket entered `since_state`.
+    pub since_ns: u64,
     pub comm: [u8; COMM_LEN],
     pub tgid: u32,
-    pub _pad: u32,
+    /// The state the socket is in since `since_ns`; 0 until a transition
+    /// is seen with the entry present.
+    pub since_state: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Byte offsets of the fields the programs read, resolved from the running
@@ -231,10 +235,17 @@ pub struct SockOffsets {
     pub flags: u16,
     /// The bit of `SOCK_DONE` in it (from `enum sock_flags`).
     pub flag_done_bit: u16,
+    /// The bit of `SOCK_DEAD` (orphaned: closed by its process).
+    pub flag_dead_bit: u16,
+    pub _pad: u16,
 }
 
 /// Marks a field this kernel does not have.
 pub const NO_OFFSET: u16 = u16::MAX;
+
+/// Entries of the per-cookie owner map: LRU, so on a host with more live
+/// sockets than this the stalest entries are recycled.
+pub const OWNERS_MAX_ENTRIES: u32 = 65536;
 
 /// Load-time settings of the kernel programs (a read-only global).
 #[repr(C)]
@@ -246,7 +257,14 @@ pub struct Config {
     pub ports: [u16; MAX_FILTER_PORTS],
     /// `AF_INET` or `AF_INET6` to trace one family; 0 for both.
     pub family: u16,
-    pub _pad: u16,
+    /// Non-zero: a record for every transition and destroy (`watch
+    /// --transitions`). Zero: the programs skip records for the steps
+    /// userspace rebuilds from the next record's `since_ns` (connect,
+    /// an accepted socket's creation, an orphan's FIN_WAIT1 -> FIN_WAIT2)
+    /// and for destroys, which the tracker does without: fewer ring
+    /// writes at the same answer.
+    pub every_transition: u8,
+    pub _pad: u8,
     /// Ring fill level (bytes) from which a record forces a consumer wakeup;
     /// below it records are written silently and userspace drains on a timer.
     pub wakeup_bytes: u32,
@@ -254,19 +272,20 @@ pub struct Config {
 }
 
 // The structs must have no implicit padding: every byte is a named field.
-const _: () = assert!(core::mem::size_of::<Event>() == 96);
+const _: () = assert!(core::mem::size_of::<Event>() == 104);
 const _: () = assert!(
     core::mem::size_of::<Event>()
-        == 8 + 8 + 8 + 16 + 16 + COMM_LEN + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 1 + 1 + 5
+        == 8 + 8 + 8 + 8 + 16 + 16 + COMM_LEN + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 1 + 1 + 5
 );
-const _: () = assert!(core::mem::size_of::<Owner>() == 8 + 8 + 8 + COMM_LEN + 4 + 4);
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 14 * 2);
+const _: () = assert!(core::mem::size_of::<Owner>() == 8 + 8 + COMM_LEN + 4 + 1 + 3);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 16 * 2);
 const _: () = assert!(
     core::mem::size_of::<Config>()
         == 4 * MAX_FILTER_PIDS
             + 2 * MAX_FILTER_PORTS
             + 2
-            + 2
+            + 1
+            + 1
             + 4
             + core::mem::size_of::<SockOffsets>()
 );

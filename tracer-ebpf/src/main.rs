@@ -36,6 +36,7 @@ static CONFIG: Config = Config {
     pids: [0; MAX_FILTER_PIDS],
     ports: [0; MAX_FILTER_PORTS],
     family: 0,
+    every_transition: 1,
     _pad: 0,
     wakeup_bytes: u32::MAX,
     offsets: SockOffsets {
@@ -53,6 +54,8 @@ static CONFIG: Config = Config {
         net_inum: NO_OFFSET,
         flags: NO_OFFSET,
         flag_done_bit: 0,
+        flag_dead_bit: 0,
+        _pad: 0,
     },
 };
 
@@ -69,9 +72,26 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static RING_PEAK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Cookie -> who owns the socket and when it last moved data.
+/// Cookie -> who owns the socket and when it entered its state.
+/// (Socket-local storage was measured too: its lookups are cheaper, but
+/// creating and freeing an entry for every socket cost four times what
+/// an LRU insert and delete do, and connections that live for
+/// milliseconds are what this tool must keep up with.)
 #[map]
 static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(OWNERS_MAX_ENTRIES, 0);
+
+/// The socket's owner entry, if it has one.
+#[inline(always)]
+fn owner_of(cookie: u64) -> Option<&'static mut Owner> {
+    OWNERS.get_ptr_mut(&cookie).map(|p| unsafe { &mut *p })
+}
+
+/// Gives the socket the owner entry `init`; false if that failed
+/// (allocation failure: the owner then stays unknown for softirq events).
+#[inline(always)]
+fn create_owner(cookie: u64, init: &Owner) -> bool {
+    OWNERS.insert(&cookie, init, 0).is_ok()
+}
 
 macro_rules! config {
     ($($field:tt)+) => {
@@ -105,25 +125,36 @@ impl OwnerInfo {
     };
 }
 
-/// Reads a `T` at `base + offset`. Safe for any address: the helper copies
-/// with fault handling and reports a bad address as an error.
+/// Reads a `T` at `base + offset` with a plain load. The programs are
+/// `tp_btf`, so the verifier knows `base` is a `struct sock` and checks each
+/// offset (a constant, from frozen `.rodata`) against the kernel's BTF; the
+/// JIT emits a load that cannot fault. Several times cheaper than a
+/// `bpf_probe_read_kernel` call per field, which mattered: these programs
+/// sit on every state change, send and receive.
 #[inline(always)]
-fn read<T>(base: *const u8, offset: u16) -> Result<T, i32> {
+fn field<T>(base: *const u8, offset: u16) -> T {
+    unsafe { read_volatile(base.wrapping_add(offset as usize).cast::<T>()) }
+}
+
+/// Reads a `T` at `base + offset` through the helper, for fields outside
+/// what the BTF type of `base` covers.
+#[inline(always)]
+fn probe<T>(base: *const u8, offset: u16) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
 }
 
 /// The socket's family if it is inet and passes the family filter.
 #[inline(always)]
-fn traced_family(sk: *const u8) -> Result<Option<u16>, i32> {
-    let family: u16 = read(sk, config!(offsets.family))?;
+fn traced_family(sk: *const u8) -> Option<u16> {
+    let family: u16 = field(sk, config!(offsets.family));
     if family != AF_INET && family != AF_INET6 {
-        return Ok(None);
+        return None;
     }
     let want_family = config!(family);
     if want_family != 0 && want_family != family {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(family))
+    Some(family)
 }
 
 /// Local and remote port (host order) if they pass the port filter.
@@ -133,18 +164,19 @@ fn traced_family(sk: *const u8) -> Result<Option<u16>, i32> {
 /// escape a `--port` filter on it).
 #[inline(always)]
 fn traced_ports(sk: *const u8, full_sock: bool) -> Result<Option<(u16, u16)>, i32> {
-    let mut sport: u16 = read(sk, config!(offsets.num))?;
+    let mut sport: u16 = field(sk, config!(offsets.num));
     if sport == 0 && full_sock {
-        sport = u16::from_be(read::<u16>(sk, config!(offsets.inet_sport))?);
+        // In `struct inet_sock`, beyond the `struct sock` the BTF type covers.
+        sport = u16::from_be(probe::<u16>(sk, config!(offsets.inet_sport))?);
     }
-    let dport = u16::from_be(read::<u16>(sk, config!(offsets.dport))?);
+    let dport = u16::from_be(field::<u16>(sk, config!(offsets.dport)));
     Ok(port_allowed(sport, dport).then_some((sport, dport)))
 }
 
 /// Family and ports of a socket that passes the family and port filters.
 #[inline(always)]
 fn tuple_if_traced(sk: *const u8, full_sock: bool) -> Result<Option<Tuple>, i32> {
-    let Some(family) = traced_family(sk)? else {
+    let Some(family) = traced_family(sk) else {
         return Ok(None);
     };
     let Some((sport, dport)) = traced_ports(sk, full_sock)? else {
@@ -190,9 +222,8 @@ fn pid_allowed(tgid: u32) -> bool {
 }
 
 #[inline(always)]
-fn is_tcp(sk: *const u8) -> Result<bool, i32> {
-    let protocol: u16 = read(sk, config!(offsets.protocol))?;
-    Ok(protocol == IPPROTO_TCP)
+fn is_tcp(sk: *const u8) -> bool {
+    field::<u16>(sk, config!(offsets.protocol)) == IPPROTO_TCP
 }
 
 /// Inode number of the socket's network namespace; 0 if the kernel has
@@ -203,23 +234,32 @@ fn netns_of(sk: *const u8) -> u32 {
     if net_offset == NO_OFFSET {
         return 0;
     }
-    let Ok(net) = read::<u64>(sk, net_offset) else {
+    // A pointer member: the verifier types the loaded value `struct net *`.
+    let net: *const u8 = field(sk, net_offset);
+    if net.is_null() {
         return 0;
-    };
-    read::<u32>(net as *const u8, config!(offsets.net_inum)).unwrap_or(0)
+    }
+    field::<u32>(net, config!(offsets.net_inum))
 }
 
 /// Whether the peer's FIN has arrived (`SOCK_DONE`), or [`FIN_UNKNOWN`].
 #[inline(always)]
 fn fin_received(sk: *const u8) -> u8 {
+    match sock_flag(sk, config!(offsets.flag_done_bit)) {
+        Some(set) => set as u8,
+        None => FIN_UNKNOWN,
+    }
+}
+
+/// Bit `bit` of the socket's `skc_flags`; `None` if they cannot be read.
+#[inline(always)]
+fn sock_flag(sk: *const u8, bit: u16) -> Option<bool> {
     let offset = config!(offsets.flags);
     if offset == NO_OFFSET {
-        return FIN_UNKNOWN;
+        return None;
     }
-    match read::<u64>(sk, offset) {
-        Ok(flags) => ((flags >> (config!(offsets.flag_done_bit) & 63)) & 1) as u8,
-        Err(_) => FIN_UNKNOWN,
-    }
+    let flags: u64 = field(sk, offset);
+    Some((flags >> (bit & 63)) & 1 != 0)
 }
 
 #[inline(always)]
@@ -232,67 +272,141 @@ fn cookie_of(sk: *const u8) -> u64 {
     unsafe { bpf_get_socket_cookie(sk.cast_mut().cast::<c_void>()) }
 }
 
-/// The owner as recorded for `cookie`, without trusting the current task.
+/// The owner as recorded for the socket, without trusting the current task.
 #[inline(always)]
 fn recorded_owner(cookie: u64) -> OwnerInfo {
-    match unsafe { OWNERS.get(&cookie) } {
-        Some(owner) => OwnerInfo {
-            tgid: owner.tgid,
-            comm: owner.comm,
-            cgroup_id: owner.cgroup_id,
-            source: OwnerSource::Recorded,
-        },
+    match owner_of(cookie) {
+        Some(owner) => recorded(owner),
         None => OwnerInfo::UNKNOWN,
     }
 }
 
-/// Records the current task as the owner of `cookie`, keeping its I/O times;
-/// returns the owner as recorded.
-/// `moved` stamps the send (`Some(true)`) or receive (`Some(false)`) time.
 #[inline(always)]
-fn record_current_owner(cookie: u64, tgid: u32, moved: Option<bool>) -> OwnerInfo {
-    let now = match moved {
-        Some(_) => unsafe { bpf_ktime_get_boot_ns() },
-        None => 0,
+fn recorded(owner: &Owner) -> OwnerInfo {
+    OwnerInfo {
+        tgid: owner.tgid,
+        comm: owner.comm,
+        cgroup_id: owner.cgroup_id,
+        source: OwnerSource::Recorded,
+    }
+}
+
+/// What a state change learned from and left in the owner entry.
+struct Step {
+    owner: OwnerInfo,
+    /// When the socket entered the old state; 0 if not recorded.
+    since_ns: u64,
+    /// The entry holds the new state's entry time: the next record can
+    /// carry it, so this one may be skipped.
+    recorded: bool,
+}
+
+/// Moves the socket's recorded state on to `new` at `now`, returning when
+/// it had entered `old`.
+#[inline(always)]
+fn advance(owner: &mut Owner, old: u8, new: u8, now: u64) -> u64 {
+    let since = if owner.since_state == old {
+        owner.since_ns
+    } else {
+        0
     };
-    if let Some(owner) = OWNERS.get_ptr_mut(&cookie) {
-        let owner = unsafe { &mut *owner };
-        // The comm and cgroup are only fetched when the socket changes hands.
-        if owner.tgid != tgid {
-            owner.tgid = tgid;
-            owner.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-            owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        }
-        match moved {
-            Some(true) => owner.last_send_ns = now,
-            Some(false) => owner.last_recv_ns = now,
-            None => {}
-        }
-        return OwnerInfo {
-            tgid,
-            comm: owner.comm,
-            cgroup_id: owner.cgroup_id,
-            source: OwnerSource::Current,
+    owner.since_state = new;
+    owner.since_ns = now;
+    since
+}
+
+/// A state change in softirq or timer context: the recorded owner, if any.
+#[inline(always)]
+fn step_recorded(cookie: u64, old: u8, new: u8, now: u64) -> Step {
+    match owner_of(cookie) {
+        Some(owner) => Step {
+            since_ns: advance(owner, old, new, now),
+            owner: recorded(owner),
+            recorded: true,
+        },
+        None => Step {
+            owner: OwnerInfo::UNKNOWN,
+            since_ns: 0,
+            recorded: false,
+        },
+    }
+}
+
+/// A state change inside a syscall of the owner: the current task is
+/// recorded as the owner.
+#[inline(always)]
+fn step_current(cookie: u64, tgid: u32, old: u8, new: u8, now: u64) -> Step {
+    if let Some(owner) = owner_of(cookie) {
+        adopt(owner, tgid);
+        return Step {
+            since_ns: advance(owner, old, new, now),
+            owner: current(owner),
+            recorded: true,
         };
     }
-    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let owner = Owner {
-        last_send_ns: if moved == Some(true) { now } else { 0 },
-        last_recv_ns: if moved == Some(false) { now } else { 0 },
-        cgroup_id,
-        comm,
-        tgid,
-        _pad: 0,
-    };
-    // LRU insert only fails on allocation failure; the owner is then
-    // unknown for softirq events, which userspace already handles.
-    let _ = OWNERS.insert(&cookie, &owner, 0);
+    let owner = new_owner(tgid, new, now);
+    let recorded = create_owner(cookie, &owner);
+    Step {
+        owner: current(&owner),
+        since_ns: 0,
+        recorded,
+    }
+}
+
+/// Makes `tgid` the owner; the comm and cgroup are only fetched when the
+/// socket changes hands.
+#[inline(always)]
+fn adopt(owner: &mut Owner, tgid: u32) {
+    if owner.tgid != tgid {
+        owner.tgid = tgid;
+        owner.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    }
+}
+
+#[inline(always)]
+fn current(owner: &Owner) -> OwnerInfo {
     OwnerInfo {
-        tgid,
-        comm,
-        cgroup_id,
+        tgid: owner.tgid,
+        comm: owner.comm,
+        cgroup_id: owner.cgroup_id,
         source: OwnerSource::Current,
+    }
+}
+
+/// The current task as the owner of a socket in `state` since `since_ns`.
+#[inline(always)]
+fn new_owner(tgid: u32, state: u8, since_ns: u64) -> Owner {
+    Owner {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        since_ns,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        tgid,
+        since_state: state,
+        _pad: [0; 3],
+    }
+}
+
+/// Steps whose record can be left out (see `Config::every_transition`):
+/// the next record's `since_ns` dates them. Connect and an accepted
+/// socket's creation (its SYN_RECV lasts no time: it is born on the final
+/// ACK and made ESTABLISHED at once); an orphan's FIN_WAIT1 -> FIN_WAIT2,
+/// which hands over to a timewait socket in the same instant.
+#[inline(always)]
+fn skippable(sk: *const u8, old: u8, new: u8, recorded: bool) -> bool {
+    const CLOSE: u8 = TcpState::Close as u8;
+    const SYN_SENT: u8 = TcpState::SynSent as u8;
+    const LISTEN: u8 = TcpState::Listen as u8;
+    const SYN_RECV: u8 = TcpState::SynRecv as u8;
+    const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
+    const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
+    match (old, new) {
+        (CLOSE, SYN_SENT) => recorded,
+        (LISTEN, SYN_RECV) => true,
+        (FIN_WAIT1, FIN_WAIT2) => {
+            recorded && sock_flag(sk, config!(offsets.flag_dead_bit)) == Some(true)
+        }
+        _ => false,
     }
 }
 
@@ -328,6 +442,25 @@ fn count_drop() {
     }
 }
 
+/// An IPv4 address (network order, as loaded) in the record's 16 bytes.
+#[inline(always)]
+fn v4_addr(raw: u32) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&raw.to_ne_bytes());
+    out
+}
+
+/// An IPv6 address in two 8-byte loads (the widest a BPF load goes).
+#[inline(always)]
+fn v6_addr(sk: *const u8, offset: u16) -> [u8; 16] {
+    let high: u64 = field(sk, offset);
+    let low: u64 = field(sk, offset + 8);
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&high.to_ne_bytes());
+    out[8..].copy_from_slice(&low.to_ne_bytes());
+    out
+}
+
 /// Writes one record. Below the wakeup threshold the record is written
 /// without waking the consumer, which drains on a short timer: a wakeup per
 /// record is what makes tracing expensive at high connection rates.
@@ -342,30 +475,28 @@ fn emit(
     new_state: u8,
     owner: &OwnerInfo,
     fin_received: u8,
+    since_ns: u64,
+    ts_ns: u64,
 ) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_drop();
         return;
     };
-    let v4 = tuple.family == AF_INET;
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    // A failed read leaves the address zeroed; the record is still worth
-    // more than a drop, and userspace shows 0.0.0.0 / :: for it.
-    if v4 {
-        if let Ok(a) = read::<[u8; 4]>(sk, config!(offsets.rcv_saddr)) {
-            saddr[..4].copy_from_slice(&a);
-        }
-        if let Ok(a) = read::<[u8; 4]>(sk, config!(offsets.daddr)) {
-            daddr[..4].copy_from_slice(&a);
-        }
+    let (saddr, daddr) = if tuple.family == AF_INET {
+        (
+            v4_addr(field(sk, config!(offsets.rcv_saddr))),
+            v4_addr(field(sk, config!(offsets.daddr))),
+        )
     } else {
-        saddr = read::<[u8; 16]>(sk, config!(offsets.v6_rcv_saddr)).unwrap_or([0; 16]);
-        daddr = read::<[u8; 16]>(sk, config!(offsets.v6_daddr)).unwrap_or([0; 16]);
-    }
+        (
+            v6_addr(sk, config!(offsets.v6_rcv_saddr)),
+            v6_addr(sk, config!(offsets.v6_daddr)),
+        )
+    };
     entry.write(Event {
-        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        ts_ns,
         cookie,
+        since_ns,
         cgroup_id: owner.cgroup_id,
         saddr,
         daddr,
@@ -414,7 +545,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let sk: *const u8 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    if sk.is_null() || !is_tcp(sk)? {
+    if sk.is_null() || !is_tcp(sk) {
         return Ok(());
     }
     let Some(tuple) = tuple_if_traced(sk, true)? else {
@@ -422,12 +553,16 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     let (old, new) = (old as u8, new as u8);
     let cookie = cookie_of(sk);
-    let owner = if runs_in_owner(old, new) {
-        record_current_owner(cookie, current_tgid(), None)
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let step = if runs_in_owner(old, new) {
+        step_current(cookie, current_tgid(), old, new, now)
     } else {
-        recorded_owner(cookie)
+        step_recorded(cookie, old, new, now)
     };
-    if !pid_allowed(owner.tgid) {
+    if !pid_allowed(step.owner.tgid) {
+        return Ok(());
+    }
+    if config!(every_transition) == 0 && skippable(sk, old, new, step.recorded) {
         return Ok(());
     }
     emit(
@@ -437,8 +572,10 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         &tuple,
         old,
         new,
-        &owner,
+        &step.owner,
         fin_received(sk),
+        step.since_ns,
+        now,
     );
     Ok(())
 }
@@ -460,13 +597,18 @@ fn try_tcp_destroy_sock(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     let cookie = cookie_of(sk);
+    if config!(every_transition) == 0 {
+        // No record wanted: only the entry to free.
+        let _ = OWNERS.remove(&cookie);
+        return Ok(());
+    }
     let owner = recorded_owner(cookie);
-    // The socket is gone: free its slot now rather than wait for LRU recycling.
+    // The socket is gone: free its entry now rather than wait for LRU recycling.
     let _ = OWNERS.remove(&cookie);
     if !pid_allowed(owner.tgid) {
         return Ok(());
     }
-    let state: u8 = read(sk, config!(offsets.state))?;
+    let state: u8 = field(sk, config!(offsets.state));
     emit(
         sk,
         EventKind::Destroy,
@@ -476,6 +618,8 @@ fn try_tcp_destroy_sock(ctx: &BtfTracePointContext) -> Result<(), i32> {
         0,
         &owner,
         FIN_UNKNOWN,
+        0,
+        unsafe { bpf_ktime_get_boot_ns() },
     );
     Ok(())
 }
@@ -510,31 +654,43 @@ fn try_reset(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i32> {
     if !pid_allowed(owner.tgid) {
         return Ok(());
     }
-    let state: u8 = read(sk, config!(offsets.state))?;
-    emit(sk, kind, cookie, &tuple, state, 0, &owner, FIN_UNKNOWN);
+    let state: u8 = field(sk, config!(offsets.state));
+    emit(
+        sk,
+        kind,
+        cookie,
+        &tuple,
+        state,
+        0,
+        &owner,
+        FIN_UNKNOWN,
+        0,
+        unsafe { bpf_ktime_get_boot_ns() },
+    );
     Ok(())
 }
 
 /// `trace_sock_send_length()` from `sock_sendmsg_nosec()`: runs in the task
-/// doing the I/O, so it names the owner and dates the last send. No record
-/// is written; this hook sits on every send of every socket.
+/// doing the I/O, so it names the owner (an accepted socket's first, or a
+/// socket handed to another process). No record is written; this hook sits
+/// on every send of every socket, so its common path is one lookup. (When
+/// data last moved, the kernel keeps itself: userspace reads TCP_INFO.)
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    let _ = track_io(&ctx, true);
+    let _ = track_io(&ctx);
     0
 }
 
 /// `trace_sock_recv_length()` from `sock_recvmsg_nosec()`: as above, for receives.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    let _ = track_io(&ctx, false);
+    let _ = track_io(&ctx);
     0
 }
 
-fn track_io(ctx: &BtfTracePointContext, send: bool) -> Result<(), i32> {
+fn track_io(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let sk: *const u8 = ctx.arg(0);
-    let ret: i32 = ctx.arg(1);
-    if sk.is_null() || traced_family(sk)?.is_none() || !is_tcp(sk)? {
+    if sk.is_null() || traced_family(sk).is_none() || !is_tcp(sk) {
         return Ok(());
     }
     if config!(ports[0]) != 0 && traced_ports(sk, true)?.is_none() {
@@ -545,9 +701,14 @@ fn track_io(ctx: &BtfTracePointContext, send: bool) -> Result<(), i32> {
         return Ok(());
     }
     let cookie = cookie_of(sk);
-    // Only calls that moved bytes count as activity; EAGAIN still names the owner.
-    let moved = if ret > 0 { Some(send) } else { None };
-    record_current_owner(cookie, tgid, moved);
+    match owner_of(cookie) {
+        // The common case, every send and receive: nothing to do.
+        Some(owner) if owner.tgid == tgid => {}
+        Some(owner) => adopt(owner, tgid),
+        None => {
+            create_owner(cookie, &new_owner(tgid, 0, 0));
+        }
+    }
     Ok(())
 }
 

@@ -1,14 +1,15 @@
 //! Statistics per (process, remote endpoint, role): connections opened and closed and by whom, linger-time histograms, and the sockets alive now, with a cap on groups.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
 
+use foldhash::{HashMap, HashMapExt as _};
 use hdrhistogram::Histogram;
 use tracer_common::TcpState;
 
 use crate::{
     decode::Comm,
     diagnose::{IDLE_AFTER_NS, UNANSWERED_AFTER_NS},
-    load::LastIo,
+    last_io::LastIo,
     tracker::{ClosedBy, ConnId, ConnRecord, Role, TimewaitEnd},
 };
 

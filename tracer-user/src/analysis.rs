@@ -10,6 +10,7 @@ use crate::{
     cli::{AnalysisArgs, TraceArgs},
     clock,
     diagnose::{Figure, Finding, Pathology, diagnose},
+    last_io::IoReader,
     session::{Progress, Session},
     snapshot,
     tracker::{ConnId, ConnRecord, LiveConn, TimewaitEnd, Tracker},
@@ -27,6 +28,7 @@ pub struct Analysis {
     pub tap: Option<Fed>,
     /// Only connections whose owner's cgroup path starts with this count.
     cgroup: Option<(String, Cgroups)>,
+    io: IoReader,
 }
 
 /// Tracker output passed to the aggregator.
@@ -63,6 +65,7 @@ impl Analysis {
             seeded: false,
             tap: None,
             cgroup: None,
+            io: IoReader::default(),
         })
     }
 
@@ -137,19 +140,18 @@ impl Analysis {
     /// kernel's last send/receive time for each open connection.
     pub fn observe(&mut self) {
         let live = self.live();
-        let tracer = &self.session.tracer;
-        let live: Vec<LiveSocket> = live
-            .into_iter()
-            .map(|l| LiveSocket {
-                id: l.id,
-                cookie: l.cookie,
-                state: l.state,
-                since_ns: l.since_ns,
-                io: (l.state == TcpState::Established)
-                    .then(|| tracer.last_io(l.cookie))
-                    .flatten(),
-            })
-            .collect();
+        let io = self.io.read(
+            live.iter()
+                .filter(|l| l.state == TcpState::Established)
+                .map(|l| (l.id.netns, l.id.family)),
+        );
+        let live = live.into_iter().map(|l| LiveSocket {
+            id: l.id,
+            cookie: l.cookie,
+            state: l.state,
+            since_ns: l.since_ns,
+            io: io.get(&l.cookie).copied(),
+        });
         self.agg.observe(live, clock::boot_ns());
     }
 

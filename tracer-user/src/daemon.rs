@@ -248,15 +248,12 @@ fn feed_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgroups)
     let Ok(mut m) = shared.metrics.lock() else {
         return;
     };
-    let mut container =
-        |cgroup_id: Option<u64>| cgroup_id.and_then(|id| cgroups.lookup(id).cloned());
+    let mut container = |cgroup_id: u64| cgroups.lookup(cgroup_id).cloned();
     for id in &fed.opened {
-        let c = container(id.owner.map(|o| o.cgroup_id));
-        m.on_opened(id, c.as_ref());
+        m.on_opened(id, &mut container);
     }
     for r in &fed.records {
-        let c = container(r.owner.map(|o| o.cgroup_id));
-        m.on_record(r, c.as_ref());
+        m.on_record(r, &mut container);
     }
     for id in &fed.timewait_starts {
         m.on_timewait_start(id);

@@ -122,6 +122,9 @@ pub struct Record {
     /// For a state change: whether the peer's FIN had arrived; `None` for
     /// other kinds or when unreadable.
     pub peer_fin: Option<bool>,
+    /// For a state change: when the socket entered the old state, if the
+    /// kernel recorded it (it may have left that step's record out).
+    pub since_ns: Option<u64>,
 }
 
 fn state(raw: u8) -> Result<TcpState, DecodeError> {
@@ -189,6 +192,8 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
         rport: event.dport,
         owner,
         netns: event.netns,
+        since_ns: (event.kind == EventKind::StateChange as u8 && event.since_ns != 0)
+            .then_some(event.since_ns),
         peer_fin: match event.fin_received {
             _ if event.kind != EventKind::StateChange as u8 => None,
             FIN_UNKNOWN => None,
@@ -223,6 +228,7 @@ pub(crate) mod tests {
         Event {
             ts_ns: 123_456_789,
             cookie: 8812,
+            since_ns: 100_000_000,
             cgroup_id: 777,
             saddr,
             daddr,
@@ -266,6 +272,7 @@ pub(crate) mod tests {
                 }),
                 netns: 4026531840,
                 peer_fin: Some(false),
+                since_ns: Some(100_000_000),
             }
         );
     }
@@ -308,10 +315,15 @@ pub(crate) mod tests {
             event.fin_received = raw;
             assert_eq!(decode(&bytes_of(&event)).unwrap().peer_fin, expect, "{raw}");
         }
+        event.since_ns = 0;
+        assert_eq!(decode(&bytes_of(&event)).unwrap().since_ns, None, "0: unknown");
         event.fin_received = 1;
+        event.since_ns = 5;
         event.kind = EventKind::Destroy as u8;
         event.new_state = 0;
-        assert_eq!(decode(&bytes_of(&event)).unwrap().peer_fin, None);
+        let destroy = decode(&bytes_of(&event)).unwrap();
+        assert_eq!(destroy.peer_fin, None);
+        assert_eq!(destroy.since_ns, None);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use crate::{
     clock,
     netns::NetnsPaths,
-    sock_diag::{self, Diag, DiagError, DiagSocket, Wanted},
+    sock_diag::{self, Diag, DiagError, Sightings},
     tracker::DiagRequest,
 };
 use tracer_common::TcpState;
@@ -19,7 +19,7 @@ pub const DIAG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 /// failed), and when the dump ended.
 pub struct DiagAnswer {
     pub request: DiagRequest,
-    pub timewait: Option<HashMap<u64, DiagSocket>>,
+    pub timewait: Option<Sightings>,
     pub done_ns: u64,
 }
 
@@ -57,7 +57,7 @@ impl Follower {
             };
             let timewait = match found {
                 Ok(Some(found)) => Some(found),
-                Ok(None) => Some(HashMap::new()),
+                Ok(None) => Some(Sightings::default()),
                 Err(e) => {
                     // The socket may be broken; open a fresh one next time.
                     self.sockets.remove(&request.netns);
@@ -86,38 +86,19 @@ impl Follower {
     }
 }
 
-/// The timewait sockets of one request by cookie. Orphans are looked for
-/// in a FIN_WAIT2 dump (few sockets, wherever the table is large), and
-/// those not there looked up one by one: they turned TIME_WAIT or are
-/// gone. Only followed TIME_WAIT sockets need the TIME_WAIT table read.
-fn ask(diag: &mut Diag, request: &DiagRequest) -> Result<HashMap<u64, DiagSocket>, DiagError> {
-    let mut found = HashMap::new();
+/// The timewait sockets of one request by cookie. Orphans are looked up
+/// one by one (by 4-tuple and cookie): a dump, even one filtered to
+/// FIN_WAIT2, walks the whole socket table, which holds every TIME_WAIT
+/// socket of a busy host. Only followed TIME_WAIT sockets need that walk,
+/// and they are asked about far less often.
+fn ask(diag: &mut Diag, request: &DiagRequest) -> Result<Sightings, DiagError> {
+    let mut found = Sightings::default();
     if !request.fin_wait2.is_empty() {
-        let states = sock_diag::states(&[TcpState::FinWait2]);
-        found.extend(sock_diag::timewait_by_cookie(diag.dump(
-            request.family,
-            states,
-            false,
-        )?));
-        let missing: Vec<Wanted> = request
-            .fin_wait2
-            .iter()
-            .filter(|w| !found.contains_key(&w.cookie))
-            .copied()
-            .collect();
-        if !missing.is_empty() {
-            found.extend(sock_diag::timewait_by_cookie(
-                diag.lookup(request.family, &missing)?,
-            ));
-        }
+        sock_diag::add_timewait(&diag.lookup(request.family, &request.fin_wait2)?, &mut found);
     }
     if !request.time_wait.is_empty() {
         let states = sock_diag::states(&[TcpState::TimeWait]);
-        found.extend(sock_diag::timewait_by_cookie(diag.dump(
-            request.family,
-            states,
-            false,
-        )?));
+        sock_diag::add_timewait(&diag.dump(request.family, states, false)?, &mut found);
     }
     Ok(found)
 }

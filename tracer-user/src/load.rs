@@ -8,12 +8,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{MapData, MapError, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, Config, GLOBAL_CONFIG, MAP_DROPS, MAP_EVENTS, MAP_OWNERS, MAP_RING_PEAK,
-    MAX_FILTER_PIDS, MAX_FILTER_PORTS, Owner,
+    AF_INET, AF_INET6, Config, GLOBAL_CONFIG, MAP_DROPS, MAP_EVENTS, MAP_RING_PEAK,
+    MAX_FILTER_PIDS, MAX_FILTER_PORTS,
 };
 
 use crate::{
@@ -47,6 +47,9 @@ const CAP_BPF: u32 = 39;
 pub struct LoadOptions {
     pub filters: Filters,
     pub ring_bytes: u32,
+    /// A record for every transition and destroy (`--transitions`); else
+    /// the steps the tracker can rebuild are left out.
+    pub every_transition: bool,
 }
 
 /// Attached programs plus the maps userspace reads. Dropping the `Ebpf`
@@ -56,19 +59,10 @@ pub struct Tracer {
     ebpf: Option<Ebpf>,
     ring: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
-    owners: BpfHashMap<MapData, u64, Owner>,
     ring_peak: PerCpuArray<MapData, u64>,
     ring_bytes: u32,
     /// `missed_runs` as read just before detaching, when the programs go.
     missed_at_detach: u64,
-}
-
-/// When a socket last moved data, from the kernel's owner map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LastIo {
-    /// Boot-clock ns; `None` if no send (receive) was seen.
-    pub send_ns: Option<u64>,
-    pub recv_ns: Option<u64>,
 }
 
 impl Tracer {
@@ -122,16 +116,6 @@ impl Tracer {
         peak
     }
 
-    /// Last send and receive of a socket, if the kernel saw it do I/O.
-    pub fn last_io(&self, cookie: u64) -> Option<LastIo> {
-        let owner = self.owners.get(&cookie, 0).ok()?;
-        let some = |ns: u64| (ns != 0).then_some(ns);
-        Some(LastIo {
-            send_ns: some(owner.last_send_ns),
-            recv_ns: some(owner.last_recv_ns),
-        })
-    }
-
     /// Detaches and unloads every program; the maps stay readable.
     pub fn detach(&mut self) {
         if self.ebpf.is_some() {
@@ -168,6 +152,7 @@ fn kernel_config(options: &LoadOptions, offsets: tracer_common::SockOffsets) -> 
         // A quarter full: the consumer's timer normally drains long before,
         // so wakeups only happen in bursts, in time to avoid drops.
         wakeup_bytes: options.ring_bytes / 4,
+        every_transition: options.every_transition.into(),
         ..Config::default()
     };
     let filters = &options.filters;
@@ -291,15 +276,6 @@ pub fn load(options: &LoadOptions) -> Result<Tracer, EnvError> {
             program: MAP_DROPS,
             reason: e.to_string(),
         })?;
-    let owners = BpfHashMap::try_from(
-        ebpf.take_map(MAP_OWNERS)
-            .ok_or_else(|| missing(MAP_OWNERS))?,
-    )
-    .map_err(|e| EnvError::Program {
-        action: "open",
-        program: MAP_OWNERS,
-        reason: e.to_string(),
-    })?;
     let ring_peak = PerCpuArray::try_from(
         ebpf.take_map(MAP_RING_PEAK)
             .ok_or_else(|| missing(MAP_RING_PEAK))?,
@@ -313,7 +289,6 @@ pub fn load(options: &LoadOptions) -> Result<Tracer, EnvError> {
         ebpf: Some(ebpf),
         ring: Some(ring),
         drops,
-        owners,
         ring_peak,
         ring_bytes: options.ring_bytes,
         missed_at_detach: 0,
@@ -351,11 +326,21 @@ mod tests {
                 family: FamilyFilter::Ipv6,
             },
             ring_bytes: 1 << 20,
+            every_transition: false,
         };
         let c = kernel_config(&options, Default::default());
         assert_eq!(c.pids[..3], [7, 9, 0]);
         assert_eq!(c.ports[..2], [80, 0]);
         assert_eq!(c.family, AF_INET6);
         assert_eq!(c.wakeup_bytes, 1 << 18);
+        assert_eq!(c.every_transition, 0);
+        let all = kernel_config(
+            &LoadOptions {
+                every_transition: true,
+                ..options
+            },
+            Default::default(),
+        );
+        assert_eq!(all.every_transition, 1);
     }
 }

@@ -12,6 +12,7 @@ mod diagnose;
 mod error;
 mod follow;
 mod http;
+mod last_io;
 mod load;
 mod metrics;
 mod netns;

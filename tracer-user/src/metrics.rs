@@ -2,9 +2,11 @@
 
 use std::collections::{HashMap, HashSet};
 
+use std::net::IpAddr;
+
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tracer_common::TcpState;
 
@@ -13,7 +15,7 @@ use crate::{
     cgroups::Container,
     decode::Comm,
     diagnose::Finding,
-    tracker::{ConnId, ConnRecord, TimewaitEnd},
+    tracker::{ClosedBy, ConnId, ConnRecord, Role, TimewaitEnd},
 };
 
 /// Refreshes (one a second) the ring peak is the maximum of.
@@ -113,6 +115,10 @@ pub struct Metrics {
     pids: LabelBudget,
     /// Followed TIME_WAIT sockets now, by owner.
     time_wait_followed: HashMap<SocketOwner, i64>,
+    conn_cache: foldhash::HashMap<ConnKey, ConnSeries>,
+    /// The series of a key whose container is not known yet.
+    uncached: Option<ConnSeries>,
+    linger_cache: foldhash::HashMap<(Option<Comm>, Role), LingerSeries>,
 }
 
 /// Whom a socket gauge counts.
@@ -131,6 +137,49 @@ impl SocketOwner {
             cgroup_id: id.owner.map_or(0, |o| o.cgroup_id),
         }
     }
+}
+
+/// Connection keys whose series handles are kept; beyond it the cache
+/// starts over (a bound for hosts talking to very many endpoints).
+const SERIES_CACHE: usize = 16_384;
+
+/// What a connection's series are told apart by, before labels are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ConnKey {
+    comm: Option<Comm>,
+    role: Role,
+    peer: IpAddr,
+    port: u16,
+    cgroup_id: u64,
+}
+
+impl ConnKey {
+    fn of(id: &ConnId) -> Self {
+        let group = GroupKey::of(id);
+        Self {
+            comm: group.comm,
+            role: group.role,
+            peer: group.peer,
+            port: group.port,
+            cgroup_id: id.owner.map_or(0, |o| o.cgroup_id),
+        }
+    }
+}
+
+/// A connection key's labels and the counters made from them so far.
+struct ConnSeries {
+    labels: [String; 6],
+    opened: Option<IntCounter>,
+    closed: [Option<IntCounter>; ClosedBy::COUNT],
+}
+
+/// The histograms of one (comm, role).
+struct LingerSeries {
+    lifetime: Histogram,
+    fin_wait2: Histogram,
+    close_wait: Histogram,
+    last_ack: Histogram,
+    time_wait: Histogram,
 }
 
 /// Labels of a connection's series.
@@ -323,6 +372,9 @@ impl Metrics {
             comms: LabelBudget::new(200),
             pids: LabelBudget::new(500),
             time_wait_followed: HashMap::new(),
+            conn_cache: foldhash::HashMap::default(),
+            uncached: None,
+            linger_cache: foldhash::HashMap::default(),
         }
     }
 
@@ -335,8 +387,7 @@ impl Metrics {
             (key.peer.to_string(), key.port.to_string())
         };
         [
-            self.comms
-                .label(&id.owner.map_or_else(String::new, |o| o.comm.to_string())),
+            self.comm_label(id.owner.map(|o| o.comm)),
             key.role.name().to_string(),
             addr,
             port,
@@ -349,30 +400,101 @@ impl Metrics {
         ]
     }
 
-    pub fn on_opened(&mut self, id: &ConnId, container: Option<&Container>) {
-        let labels = self.conn_labels(id, container);
-        self.opened.with_label_values(&labels).inc();
+    fn comm_label(&mut self, comm: Option<Comm>) -> String {
+        self.comms
+            .label(&comm.map_or_else(String::new, |c| c.to_string()))
     }
 
-    pub fn on_record(&mut self, r: &ConnRecord, container: Option<&Container>) {
+    /// The series of a connection's key, resolved on first use: label
+    /// strings are built and the registry searched once per key, not per
+    /// connection. `container` is asked for on that first use only.
+    fn conn_series(
+        &mut self,
+        id: &ConnId,
+        container: &mut dyn FnMut(u64) -> Option<Container>,
+    ) -> &mut ConnSeries {
+        let key = ConnKey::of(id);
+        if !self.conn_cache.contains_key(&key) {
+            if self.conn_cache.len() >= SERIES_CACHE {
+                // The series stay registered; only their handles are dropped.
+                self.conn_cache.clear();
+            }
+            let cgroup_id = key.cgroup_id;
+            let found = (cgroup_id != 0).then(|| container(cgroup_id)).flatten();
+            let labels = self.conn_labels(id, found.as_ref());
+            let series = ConnSeries {
+                labels,
+                opened: None,
+                closed: Default::default(),
+            };
+            if cgroup_id != 0 && found.is_none() {
+                // Not known (yet): not cached, asked again next time.
+                self.uncached = Some(series);
+                return self.uncached.as_mut().expect("just set");
+            }
+            self.conn_cache.insert(key, series);
+        }
+        self.conn_cache.get_mut(&key).expect("just inserted")
+    }
+
+    /// The linger histograms of a (comm, role), resolved on first use.
+    fn linger_series(&mut self, id: &ConnId) -> &LingerSeries {
+        let key = (id.owner.map(|o| o.comm), id.role);
+        if !self.linger_cache.contains_key(&key) {
+            let labels = [self.comm_label(key.0), id.role.name().to_string()];
+            let child = |h: &HistogramVec| h.with_label_values(&labels);
+            let series = LingerSeries {
+                lifetime: child(&self.lifetime),
+                fin_wait2: child(&self.fin_wait2),
+                close_wait: child(&self.close_wait),
+                last_ack: child(&self.last_ack),
+                time_wait: child(&self.time_wait),
+            };
+            self.linger_cache.insert(key, series);
+        }
+        &self.linger_cache[&key]
+    }
+
+    pub fn on_opened(
+        &mut self,
+        id: &ConnId,
+        container: &mut dyn FnMut(u64) -> Option<Container>,
+    ) {
+        let opened = self.opened.clone();
+        let series = self.conn_series(id, container);
+        series
+            .opened
+            .get_or_insert_with(|| opened.with_label_values(&series.labels))
+            .inc();
+    }
+
+    pub fn on_record(
+        &mut self,
+        r: &ConnRecord,
+        container: &mut dyn FnMut(u64) -> Option<Container>,
+    ) {
         if r.open_state.is_some() {
             return;
         }
-        let [comm, role, addr, port, cid, pod] = self.conn_labels(&r.id(), container);
-        self.closed
-            .with_label_values(&[&comm, &role, r.closed_by.name(), &addr, &port, &cid, &pod])
+        let id = r.id();
+        let closed = self.closed.clone();
+        let series = self.conn_series(&id, container);
+        series.closed[r.closed_by as usize]
+            .get_or_insert_with(|| {
+                let [comm, role, addr, port, cid, pod] = &series.labels;
+                closed.with_label_values(&[comm, role, r.closed_by.name(), addr, port, cid, pod])
+            })
             .inc();
         let seconds = |ns: u64| ns as f64 / 1e9;
-        self.lifetime
-            .with_label_values(&[&comm, &role])
-            .observe(seconds(r.lifetime_ns));
+        let lingers = self.linger_series(&id);
+        lingers.lifetime.observe(seconds(r.lifetime_ns));
         for (state, hist) in [
-            (TcpState::FinWait2, &self.fin_wait2),
-            (TcpState::CloseWait, &self.close_wait),
-            (TcpState::LastAck, &self.last_ack),
+            (TcpState::FinWait2, &lingers.fin_wait2),
+            (TcpState::CloseWait, &lingers.close_wait),
+            (TcpState::LastAck, &lingers.last_ack),
         ] {
             if let Some(ns) = r.states.get(state) {
-                hist.with_label_values(&[&comm, &role]).observe(seconds(ns));
+                hist.observe(seconds(ns));
             }
         }
     }
@@ -385,13 +507,8 @@ impl Metrics {
                 self.time_wait_followed.remove(&owner);
             }
         }
-        let comm = self.comms.label(
-            &end.id
-                .owner
-                .map_or_else(String::new, |o| o.comm.to_string()),
-        );
-        self.time_wait
-            .with_label_values(&[&comm, end.id.role.name()])
+        self.linger_series(&end.id)
+            .time_wait
             .observe(end.duration_ns as f64 / 1e9);
     }
 
@@ -532,7 +649,7 @@ mod tests {
         let mut m = Metrics::new(10);
         let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
         for _ in 0..3 {
-            m.on_record(&record(c, ClosedBy::Local, 1_000, Some(2_000)), None);
+            m.on_record(&record(c, ClosedBy::Local, 1_000, Some(2_000)), &mut |_| None);
         }
         let text = m.encode();
         assert!(
@@ -569,7 +686,7 @@ mod tests {
             let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
             let repeats = if i % 500 == 0 { 5 } else { 1 };
             for _ in 0..repeats {
-                m.on_record(&record(id(addr, 443), ClosedBy::Remote, 10, None), None);
+                m.on_record(&record(id(addr, 443), ClosedBy::Remote, 10, None), &mut |_| None);
             }
         }
         let text = m.encode();
@@ -705,8 +822,8 @@ mod tests {
             .states
             .with(TcpState::CloseWait, 1)
             .with(TcpState::LastAck, 1);
-        m.on_record(&r, None);
-        m.on_opened(&c, None);
+        m.on_record(&r, &mut |_| None);
+        m.on_opened(&c, &mut |_| None);
         m.on_timewait_end(&TimewaitEnd {
             id: c,
             duration_ns: 1,
@@ -753,14 +870,35 @@ mod tests {
     #[test]
     fn container_labels_appear_when_known() {
         let mut m = Metrics::new(10);
-        let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
+        let mut c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
+        c.owner.as_mut().unwrap().cgroup_id = 42;
         let container = Container {
             path: "/kubepods/pod-x".into(),
             container_id: Some("abc".into()),
             pod_uid: Some("uid-1".into()),
         };
-        m.on_opened(&c, Some(&container));
-        assert!(m.encode().contains(r#"container_id="abc""#));
-        assert!(m.encode().contains(r#"pod_uid="uid-1""#));
+        // Not known at first: asked again, and labelled once known.
+        let mut asked = 0;
+        m.on_opened(&c, &mut |_| {
+            asked += 1;
+            None
+        });
+        for _ in 0..3 {
+            m.on_opened(&c, &mut |cgroup_id| {
+                asked += 1;
+                assert_eq!(cgroup_id, 42);
+                Some(container.clone())
+            });
+        }
+        assert_eq!(asked, 2, "cached once known");
+        let text = m.encode();
+        assert!(
+            text.contains(r#"tcplinger_connections_opened_total{comm="curl",container_id="abc",pod_uid="uid-1",port="8080",remote_addr="10.0.0.2",role="client"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tcplinger_connections_opened_total{comm="curl",container_id="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 1"#),
+            "{text}"
+        );
     }
 }

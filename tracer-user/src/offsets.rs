@@ -147,15 +147,15 @@ fn offset(
         .ok_or(LayoutError::TooFar { strukt, field })
 }
 
-/// The bit number of `SOCK_DONE` in `enum sock_flags`, if the kernel has it.
-fn sock_done_bit(btf: &Btf) -> Result<Option<u16>, LayoutError> {
+/// The bit number of `name` in `enum sock_flags`, if the kernel has it.
+fn sock_flag_bit(btf: &Btf, name: &str) -> Result<Option<u16>, LayoutError> {
     let Ok(types) = btf.resolve_types_by_name("sock_flags") else {
         return Ok(None);
     };
     for ty in types {
         if let Type::Enum(e) = ty {
             for member in &e.members {
-                if btf.resolve_name(member)? == "SOCK_DONE" {
+                if btf.resolve_name(member)? == name {
                     return Ok(u16::try_from(member.val()).ok().filter(|&b| b < 64));
                 }
             }
@@ -175,6 +175,10 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
         Err(LayoutError::NoField { .. }) => Ok(NO_OFFSET),
         other => other,
     };
+    let (done, dead) = (
+        sock_flag_bit(btf, "SOCK_DONE")?,
+        sock_flag_bit(btf, "SOCK_DEAD")?,
+    );
     Ok(SockOffsets {
         daddr: c("skc_daddr", 4)?,
         rcv_saddr: c("skc_rcv_saddr", 4)?,
@@ -193,12 +197,15 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
             size_of::<u64>(),
         ))?,
         net_inum: optional(offset(btf, "net", &["ns", "inum"], 4))?,
-        // Without them userspace asks sock_diag about every FIN_WAIT2 close.
-        flags: match sock_done_bit(btf)? {
-            Some(_) => optional(c("skc_flags", size_of::<u64>()))?,
-            None => NO_OFFSET,
+        // Without them userspace asks sock_diag about every FIN_WAIT2
+        // close, and every orphan's FIN_WAIT1 -> FIN_WAIT2 is recorded.
+        flags: match (done, dead) {
+            (Some(_), Some(_)) => optional(c("skc_flags", size_of::<u64>()))?,
+            _ => NO_OFFSET,
         },
-        flag_done_bit: sock_done_bit(btf)?.unwrap_or(0),
+        flag_done_bit: done.unwrap_or(0),
+        flag_dead_bit: dead.unwrap_or(0),
+        _pad: 0,
     })
 }
 
@@ -238,6 +245,7 @@ mod tests {
         // In sock_common, after the addresses; SOCK_DONE follows SOCK_DEAD.
         assert!(o.flags > o.daddr && o.flags < o.protocol, "{o:?}");
         assert_eq!(o.flag_done_bit, 1, "{o:?}");
+        assert_eq!(o.flag_dead_bit, 0, "{o:?}");
     }
 
     #[test]

@@ -20,8 +20,10 @@ use crate::{
 };
 
 /// How often followed TIME_WAIT sockets are looked up: they change once
-/// in 60 s, and their table can be large.
-const TIMEWAIT_POLL_NS: u64 = 2_000_000_000;
+/// in 60 s, and their table can be large (a dump of 130,000 costs tens of
+/// ms). Expiry is dated from the timer; only a TIME_WAIT cut short (reused,
+/// reset) is dated to the look that missed it, up to this late.
+const TIMEWAIT_POLL_NS: u64 = 5_000_000_000;
 
 /// What one run saw and lost.
 #[derive(Debug, Default, Clone, Copy)]

@@ -1,6 +1,6 @@
 //! Dumps TCP sockets through NETLINK_SOCK_DIAG (inet_diag), the source for sockets the tracepoints cannot see: timewait sockets and those opened before the tracer.
 
-use std::{collections::HashMap, io, net::IpAddr, path::Path};
+use std::{io, net::IpAddr, path::Path};
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -19,12 +19,16 @@ use crate::{
     netns::{self, NetnsPaths},
 };
 
-/// The TCP_INFO times, in ms ago.
+/// What the tracer uses of TCP_INFO: times in ms ago, and whether data
+/// ever moved (the times alone cannot say: "never" reads as long ago, or
+/// as the handshake).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpTimes {
     pub last_data_sent_ms: u32,
     pub last_data_recv_ms: u32,
     pub last_ack_recv_ms: u32,
+    pub data_segs_in: u32,
+    pub data_segs_out: u32,
 }
 
 /// Everything the tracer uses about one socket from a dump.
@@ -92,6 +96,8 @@ fn to_diag_socket(response: &InetResponse, raw: &[u8], seen_ns: u64) -> Option<D
             last_data_sent_ms: info.last_data_sent,
             last_data_recv_ms: info.last_data_recv,
             last_ack_recv_ms: info.last_ack_recv,
+            data_segs_in: info.data_segs_in,
+            data_segs_out: info.data_segs_out,
         }),
         _ => None,
     });
@@ -429,13 +435,34 @@ pub fn states(list: &[TcpState]) -> StateFlags {
     StateFlags::from_bits_truncate(list.iter().fold(0, |bits, s| bits | 1 << *s as u32))
 }
 
-/// Timewait sockets of one dump by cookie.
-pub fn timewait_by_cookie(sockets: Vec<DiagSocket>) -> HashMap<u64, DiagSocket> {
-    sockets
-        .into_iter()
-        .filter(|s| s.timewait_expires_ms.is_some())
-        .map(|s| (s.cookie, s))
-        .collect()
+/// What the follower needs of a timewait socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimewaitSighting {
+    /// Its substate: FIN_WAIT2 or TIME_WAIT.
+    pub state: TcpState,
+    /// Boot-clock ns when the kernel reported it.
+    pub seen_ns: u64,
+    /// Milliseconds then left on its timer.
+    pub expires_ms: u32,
+}
+
+/// Timewait sockets by cookie.
+pub type Sightings = foldhash::HashMap<u64, TimewaitSighting>;
+
+/// Adds the timewait sockets among `sockets` to `out`.
+pub fn add_timewait(sockets: &[DiagSocket], out: &mut Sightings) {
+    out.extend(sockets.iter().filter_map(|s| {
+        s.timewait_expires_ms.map(|expires_ms| {
+            (
+                s.cookie,
+                TimewaitSighting {
+                    state: s.state,
+                    seen_ns: s.seen_ns,
+                    expires_ms,
+                },
+            )
+        })
+    }));
 }
 
 #[cfg(test)]
@@ -510,9 +537,17 @@ mod tests {
         assert_eq!(out[0].lport, 40000);
         assert_eq!(out[1].timewait_expires_ms, None);
         assert_eq!(out[1].inode, 77);
-        let by_cookie = timewait_by_cookie(out);
+        let mut by_cookie = Sightings::default();
+        add_timewait(&out, &mut by_cookie);
         assert_eq!(by_cookie.len(), 1);
-        assert!(by_cookie.contains_key(&0x1_0000_0002));
+        assert_eq!(
+            by_cookie[&0x1_0000_0002],
+            TimewaitSighting {
+                state: TcpState::FinWait2,
+                seen_ns: 42,
+                expires_ms: 2345
+            }
+        );
     }
 
     #[test]

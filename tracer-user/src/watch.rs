@@ -43,6 +43,7 @@ pub fn stop_signal(duration: Option<Duration>) -> anyhow::Result<impl Future<Out
 }
 
 /// Load options from the shared tracing flags, refusing pids that do not exist.
+/// Options for a connection-tracing session (records per connection).
 pub fn load_options(trace: &TraceArgs) -> Result<LoadOptions, UsageError> {
     let filters = trace.filters()?;
     if let Some(pid) = filters
@@ -55,6 +56,7 @@ pub fn load_options(trace: &TraceArgs) -> Result<LoadOptions, UsageError> {
     Ok(LoadOptions {
         filters,
         ring_bytes: trace.ring_bytes,
+        every_transition: false,
     })
 }
 
@@ -68,7 +70,10 @@ pub fn output_result(result: io::Result<()>) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
-    let options = load_options(&args.trace)?;
+    let options = LoadOptions {
+        every_transition: args.transitions,
+        ..load_options(&args.trace)?
+    };
     let stop = stop_signal(args.trace.duration)?;
     let out = BufWriter::new(io::stdout().lock());
     if args.transitions {

@@ -18,14 +18,15 @@ use crate::churn::{self, Churn, Outcome};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Interleaved rounds of every configuration.
+    /// Interleaved rounds of every configuration (0: kernel run time only).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Seconds of churn per run.
     #[arg(long, default_value_t = 8)]
     pub seconds: u64,
-    /// Client (and server) threads of the churn.
-    #[arg(long, default_value_t = 2)]
+    /// Client (and server) threads of the churn: enough that the machine
+    /// has no idle CPU (each connection waits on its peer).
+    #[arg(long, default_value_t = 8)]
     pub threads: usize,
     /// Connections per second to aim for; default: as fast as possible.
     #[arg(long)]
@@ -36,9 +37,20 @@ pub struct BenchArgs {
     /// Skip the bpftrace comparison.
     #[arg(long)]
     pub no_bpftrace: bool,
+    /// Only these tracers (the no-tracer baseline always runs), e.g.
+    /// `--only daemon`; for quick iterations.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Only>,
     /// Also write the tables to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    Daemon,
+    Watch,
+    Bpftrace,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -315,8 +327,15 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
         bail!("building tcplinger failed");
     }
     let tcplinger = root.join("target/release/tcplinger");
-    let mut configs = vec![Config::NoTracer, Config::Daemon, Config::Watch];
-    if !args.no_bpftrace {
+    let wanted = |o: Only| args.only.is_empty() || args.only.contains(&o);
+    let mut configs = vec![Config::NoTracer];
+    if wanted(Only::Daemon) {
+        configs.push(Config::Daemon);
+    }
+    if wanted(Only::Watch) {
+        configs.push(Config::Watch);
+    }
+    if !args.no_bpftrace && wanted(Only::Bpftrace) {
         if Command::new("bpftrace").arg("--version").output().is_ok() {
             ensure_tracefs();
             configs.push(Config::Bpftrace);
@@ -341,8 +360,11 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
         eprintln!("bench: kernel run time of {}", config.name());
         kernel.insert(config, kernel_ns(config, args, &tcplinger)?);
     }
-    let mut report = throughput_table(&configs, &runs, args);
-    report.push('\n');
+    let mut report = String::new();
+    if args.rounds > 0 {
+        report.push_str(&throughput_table(&configs, &runs, args));
+        report.push('\n');
+    }
     report.push_str(&kernel_table(&kernel));
     if args.live_sockets > 0 {
         report.push('\n');

@@ -136,6 +136,7 @@ mod tests {
             owner,
             netns: 4026531840,
             peer_fin: None,
+            since_ns: None,
         }
     }
 

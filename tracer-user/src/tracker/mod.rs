@@ -1,17 +1,15 @@
 //! Per-socket lifecycle state machine: turns ring events, timewait observations and the start-up snapshot into one record per connection, saying who closed first and how long each state lasted.
 
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    net::IpAddr,
-    num::NonZeroUsize,
-};
+use std::{collections::VecDeque, net::IpAddr, num::NonZeroUsize};
+
+use foldhash::{HashMap, HashMapExt as _, HashSet};
 
 use lru::LruCache;
 use tracer_common::TcpState;
 
 use crate::{
     decode::{Comm, Family, Kind, Record},
-    sock_diag::{DiagSocket, Wanted},
+    sock_diag::{Sightings, TimewaitSighting, Wanted},
 };
 
 /// A timewait socket's timer restarts at this when FIN_WAIT2 becomes
@@ -344,7 +342,11 @@ struct Conn {
 }
 
 impl Conn {
+    /// A socket first heard of through `r`, in `state` (its old state).
+    /// A `born` one started there: at `r.since_ns` when the kernel left out
+    /// the step that began it (connect), else at `r`.
     fn from_record(r: &Record, state: TcpState, role: Role, born: bool) -> Self {
+        let start = r.since_ns.unwrap_or(r.ts_ns).min(r.ts_ns);
         Self {
             netns: r.netns,
             family: r.family,
@@ -357,8 +359,8 @@ impl Conn {
             closed_by: None,
             reset_local: None,
             state,
-            since_ns: born.then_some(r.ts_ns),
-            first_ns: r.ts_ns,
+            since_ns: born.then_some(start),
+            first_ns: if born { start } else { r.ts_ns },
             last_ns: r.ts_ns,
             last_step: (state, state),
             times: StateTimes::default(),
@@ -606,21 +608,29 @@ impl Tracker {
             return;
         }
         // A socket that failed to connect can connect again: a new lifecycle
-        // under the same cookie.
-        if old == Close
-            && new == SynSent
-            && self
-                .conns
-                .peek(&r.cookie)
-                .is_some_and(|c| matches!(c.phase, Phase::Closed { .. }))
+        // under the same cookie (its connect dated by `since_ns` when the
+        // kernel left that record out).
+        let reconnect = match (old, new) {
+            (Close, SynSent) => Some(r.ts_ns),
+            (SynSent, _) => r.since_ns,
+            _ => None,
+        };
+        if let Some(connect_ns) = reconnect
+            && let Some(Phase::Closed { at_ns, .. }) = self.conns.peek(&r.cookie).map(|c| c.phase)
+            && connect_ns >= at_ns
         {
-            self.finalize(r.cookie, r.ts_ns);
+            self.finalize(r.cookie, at_ns);
         }
         if !self.conns.contains(&r.cookie) {
             let (role, born) = match (old, new) {
                 (Close, SynSent) => (Role::Client, true),
                 (Listen | NewSynRecv, SynRecv) => (Role::Server, true),
-                (SynSent, _) => (Role::Client, false),
+                // Connect's record left out: this one dates it.
+                (SynSent, _) => (Role::Client, r.since_ns.is_some()),
+                // An accepted socket is born on the handshake's last ACK and
+                // made ESTABLISHED in the same instant (its creation's
+                // record may be left out).
+                (SynRecv, Established) => (Role::Server, true),
                 (SynRecv | NewSynRecv, _) => (Role::Server, false),
                 _ if self.listeners.contains_key(&(r.netns, r.lport)) => (Role::Server, false),
                 _ => (Role::Unknown, false),
@@ -650,8 +660,17 @@ impl Tracker {
             conn.complete = false;
         }
         if old != conn.state {
-            // A step is missing between what we saw last and this one.
-            conn.complete = false;
+            match (conn.state, old, r.since_ns) {
+                // An orphan's FIN_WAIT1 -> FIN_WAIT2, left out by the kernel
+                // and dated by this record.
+                (FinWait1, FinWait2, Some(since)) => {
+                    let floor = conn.since_ns.unwrap_or(0);
+                    let at = since.max(floor).min(r.ts_ns.max(floor));
+                    conn.enter(FinWait2, at);
+                }
+                // A step is missing between what we saw last and this one.
+                _ => conn.complete = false,
+            }
         }
         let now = r.ts_ns.max(conn.since_ns.unwrap_or(0));
         conn.last_ns = conn.last_ns.max(r.ts_ns);
@@ -877,7 +896,7 @@ impl Tracker {
     }
 
     /// A followed TIME_WAIT socket in a dump, or missing from it.
-    fn on_timewait_sighting(&mut self, cookie: u64, seen: Option<&DiagSocket>, done_ns: u64) {
+    fn on_timewait_sighting(&mut self, cookie: u64, seen: Option<&TimewaitSighting>, done_ns: u64) {
         let Some(timewaits) = &mut self.timewaits else {
             return;
         };
@@ -911,7 +930,7 @@ impl Tracker {
     pub fn on_diag(
         &mut self,
         request: &DiagRequest,
-        timewait: &HashMap<u64, DiagSocket>,
+        timewait: &Sightings,
         done_ns: u64,
     ) {
         for cookie in request.cookies() {
@@ -1126,8 +1145,8 @@ fn closer_implied_by(state: TcpState) -> Option<ClosedBy> {
 /// When a timewait socket seen in TIME_WAIT left FIN_WAIT2: its timer
 /// restarted at [`TIMEWAIT_LEN_NS`] then. Clamped to after `not_before`
 /// (when it was last known to be in FIN_WAIT2) and to the sighting itself.
-fn timewait_switch(tw: &DiagSocket, not_before: u64) -> u64 {
-    let left_ns = u64::from(tw.timewait_expires_ms.unwrap_or(0)) * 1_000_000;
+fn timewait_switch(tw: &TimewaitSighting, not_before: u64) -> u64 {
+    let left_ns = u64::from(tw.expires_ms) * 1_000_000;
     let switched = tw
         .seen_ns
         .saturating_sub(TIMEWAIT_LEN_NS.saturating_sub(left_ns));
@@ -1135,8 +1154,8 @@ fn timewait_switch(tw: &DiagSocket, not_before: u64) -> u64 {
 }
 
 /// When a timewait socket's timer is due, from one sighting.
-fn expiry(tw: &DiagSocket) -> u64 {
-    tw.seen_ns + u64::from(tw.timewait_expires_ms.unwrap_or(0)) * 1_000_000
+fn expiry(tw: &TimewaitSighting) -> u64 {
+    tw.seen_ns + u64::from(tw.expires_ms) * 1_000_000
 }
 
 #[cfg(test)]

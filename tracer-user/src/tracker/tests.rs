@@ -1,6 +1,6 @@
 //! The tracker on synthetic event sequences: every closing pattern, timewait follow-ups, and missing, duplicated and out-of-order events.
 
-use std::{collections::HashMap, num::NonZeroUsize};
+use std::num::NonZeroUsize;
 
 use tracer_common::TcpState::{self, *};
 
@@ -62,6 +62,7 @@ impl Sock {
             owner: self.owner,
             netns: NETNS,
             peer_fin: matches!(kind, Kind::StateChange { .. }).then_some(false),
+            since_ns: None,
         }
     }
 
@@ -88,29 +89,25 @@ fn feed(t: &mut Tracker, records: &[Record]) {
 }
 
 /// A sock_diag sighting of a timewait socket.
-fn timewait(cookie: u64, substate: TcpState, seen_ms: u64, expires_ms: u32) -> (u64, DiagSocket) {
-    let s = Sock::client(cookie).step(0, Established, Established);
+fn timewait(
+    cookie: u64,
+    substate: TcpState,
+    seen_ms: u64,
+    expires_ms: u32,
+) -> (u64, TimewaitSighting) {
     (
         cookie,
-        DiagSocket {
-            family: Family::Ipv4,
+        TimewaitSighting {
             state: substate,
-            laddr: s.laddr,
-            lport: s.lport,
-            raddr: s.raddr,
-            rport: s.rport,
-            cookie,
-            inode: 0,
-            timewait_expires_ms: Some(expires_ms),
-            tcp_info: None,
             seen_ns: seen_ms * MS,
+            expires_ms,
         },
     )
 }
 
 /// Answers every pending sock_diag request with `sightings`.
-fn diag(t: &mut Tracker, sightings: &[(u64, DiagSocket)], done_ms: u64) {
-    let seen: HashMap<u64, DiagSocket> = sightings.iter().cloned().collect();
+fn diag(t: &mut Tracker, sightings: &[(u64, TimewaitSighting)], done_ms: u64) {
+    let seen: Sightings = sightings.iter().copied().collect();
     for request in t.diag_requests(true) {
         t.on_diag(&request, &seen, done_ms * MS);
     }
@@ -885,4 +882,107 @@ fn a_missed_step_into_closing_still_reads_as_simultaneous() {
     assert!(!r.complete);
     assert_eq!(r.closed_by, ClosedBy::Simultaneous);
     assert!(r.time_wait);
+}
+
+/// A state change carrying the kernel's date for entering its old state.
+fn dated(step: Record, since_ms: u64) -> Record {
+    Record {
+        since_ns: Some(since_ms * MS),
+        ..step
+    }
+}
+
+#[test]
+fn lean_records_rebuild_the_same_client_lifecycle() {
+    // What the kernel writes without --transitions: no connect, no orphan
+    // FIN_WAIT1 -> FIN_WAIT2, no destroy; the next record dates each.
+    let mut t = tracker();
+    let c = Sock::client(90);
+    feed(
+        &mut t,
+        &[
+            dated(c.unowned_step(3, SynSent, Established), 1),
+            c.step(1000, Established, FinWait1),
+            dated(c.unowned_step(1004, FinWait2, Close), 1002),
+        ],
+    );
+    let opened = t.take_opened();
+    assert_eq!(opened.len(), 1, "born at the dated connect");
+    assert_eq!(opened[0].role, Role::Client);
+    diag(&mut t, &[timewait(90, TimeWait, 1100, 59_950)], 1100);
+    let r = only(t.take_ready());
+    assert!(r.complete, "{r:?}");
+    assert_eq!(r.closed_by, ClosedBy::Local);
+    assert_eq!(ms(r.states.get(SynSent)), Some(2.0));
+    assert_eq!(ms(r.states.get(Established)), Some(997.0));
+    assert_eq!(ms(r.states.get(FinWait1)), Some(2.0));
+    // Entered at 1002 by the kernel's date; the peer's FIN came at 1050.
+    assert_eq!(ms(r.states.get(FinWait2)), Some(48.0));
+    assert_eq!(r.lifetime_ns, 1003 * MS, "from connect to the full socket's close");
+}
+
+#[test]
+fn lean_records_rebuild_the_same_server_lifecycle() {
+    let mut t = tracker();
+    let s = Sock::server(91);
+    t.on_record(&s.step(0, Close, Listen));
+    feed(
+        &mut t,
+        &[
+            s.unowned_step(5, SynRecv, Established),
+            dated(s.unowned_step(500, Established, CloseWait), 5),
+            dated(s.step(700, CloseWait, LastAck), 500),
+            dated(s.unowned_step(701, LastAck, Close), 700),
+        ],
+    );
+    assert_eq!(t.take_opened().len(), 1);
+    t.tick(701 * MS + CLOSE_GRACE_NS);
+    let r = only(t.take_ready());
+    assert!(r.complete, "{r:?}");
+    assert_eq!(r.role, Role::Server);
+    assert_eq!(r.closed_by, ClosedBy::Remote);
+    assert_eq!(r.owner.unwrap().pid, 200);
+    assert_eq!(ms(r.states.get(CloseWait)), Some(200.0));
+    assert_eq!(ms(r.states.get(LastAck)), Some(1.0));
+    assert_eq!(r.lifetime_ns, 696 * MS);
+}
+
+#[test]
+fn a_skipped_step_is_rebuilt_only_where_the_kernel_skips_one() {
+    let mut t = tracker();
+    let c = Sock::client(92);
+    feed(&mut t, &client_open(&c));
+    // ESTABLISHED -> FIN_WAIT1 is never left out: its absence is a loss,
+    // even with a date.
+    t.on_record(&dated(c.unowned_step(50, FinWait2, Close), 40));
+    diag(&mut t, &[], 60);
+    let r = only(t.take_ready());
+    assert!(!r.complete);
+    // A date from before the last step seen cannot move time backwards.
+    let c = Sock::client(93);
+    feed(&mut t, &client_open(&c));
+    t.on_record(&c.step(100, Established, FinWait1));
+    t.on_record(&dated(c.unowned_step(105, FinWait2, Close), 90));
+    diag(&mut t, &[], 120);
+    let r = only(t.take_ready());
+    assert!(r.complete);
+    assert_eq!(ms(r.states.get(FinWait1)), Some(0.0));
+    assert_eq!(ms(r.states.get(FinWait2)), Some(5.0));
+}
+
+#[test]
+fn a_failed_connect_then_a_new_one_are_two_lifecycles_in_lean_records() {
+    let mut t = tracker();
+    let c = Sock::client(94);
+    // Refused: SYN_SENT -> CLOSE, dated connect at 0.
+    t.on_record(&dated(c.unowned_step(1, SynSent, Close), 0));
+    // Connects again on the same socket at 10.
+    t.on_record(&dated(c.unowned_step(12, SynSent, Established), 10));
+    let first = only(t.take_ready());
+    assert_eq!(first.end_ns, MS);
+    assert_eq!(ms(first.states.get(SynSent)), Some(1.0));
+    assert_eq!(t.take_opened().len(), 2);
+    let live: Vec<LiveConn> = t.live().collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].state, Established);
 }

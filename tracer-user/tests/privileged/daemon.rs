@@ -228,8 +228,10 @@ pub fn daemon_metrics_match_traffic_and_prometheus_scrapes_them() {
         5.0,
         "{text}"
     );
+    // At least 7 records a connection (the kernel leaves out the steps the
+    // tracker rebuilds: connect, accept, the orphan's FIN_WAIT2, destroys).
     assert!(
-        value(&text, "tcplinger_events_total", &[]) >= 50.0,
+        value(&text, "tcplinger_events_total", &[]) >= 35.0,
         "{text}"
     );
     assert_eq!(
@@ -424,11 +426,11 @@ pub fn daemon_sigterm_under_load_exits_fast_and_detaches() {
         took < Duration::from_secs(2),
         "SIGTERM to exit took {took:?}"
     );
-    assert_eq!(
-        our_programs_loaded(),
-        Vec::<String>::new(),
-        "programs left behind"
-    );
+    // The kernel frees a released program after an RCU grace period (for
+    // tracing programs, an RCU-tasks one: up to a second or so), so they
+    // may still be listed for a moment after the exit.
+    let gone = wait_until(Duration::from_secs(5), || our_programs_loaded().is_empty());
+    assert!(gone, "programs left behind: {:?}", our_programs_loaded());
 }
 
 pub fn daemon_bounds_endpoint_series() {

@@ -1,0 +1,133 @@
+//! When each open connection last sent and received data, from the kernel's own TCP_INFO (over sock_diag), for telling idle sockets from ones awaiting an answer.
+
+use std::collections::HashMap;
+
+use tracer_common::TcpState;
+
+use crate::{
+    decode::Family,
+    netns::NetnsPaths,
+    sock_diag::{self, Diag, DiagSocket},
+};
+
+/// When a socket last moved data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LastIo {
+    /// Boot-clock ns of the last data sent; `None` if none was.
+    pub send_ns: Option<u64>,
+    /// Boot-clock ns of the last data received; `None` if none was.
+    pub recv_ns: Option<u64>,
+}
+
+impl LastIo {
+    /// From a dump entry's TCP_INFO ("ms ago" as of the dump). The data
+    /// segment counts say whether data ever moved: a socket that never
+    /// received has its handshake as "last receive", one that never sent
+    /// the time since boot.
+    pub fn of(s: &DiagSocket) -> Option<Self> {
+        let info = s.tcp_info?;
+        let at = |moved: u32, ms_ago: u32| {
+            (moved > 0)
+                .then(|| s.seen_ns.checked_sub(u64::from(ms_ago) * 1_000_000))
+                .flatten()
+        };
+        Some(Self {
+            send_ns: at(info.data_segs_out, info.last_data_sent_ms),
+            recv_ns: at(info.data_segs_in, info.last_data_recv_ms),
+        })
+    }
+}
+
+/// Last I/O by cookie.
+pub type ByCookie = foldhash::HashMap<u64, LastIo>;
+
+/// Reads last I/O of ESTABLISHED sockets, keeping one sock_diag socket per
+/// namespace asked about.
+#[derive(Default)]
+pub struct IoReader {
+    paths: NetnsPaths,
+    sockets: HashMap<u32, Diag>,
+}
+
+impl IoReader {
+    /// Last I/O of every ESTABLISHED socket in the namespaces and families
+    /// listed. A namespace that cannot be read is skipped: its sockets then
+    /// have no I/O known, as before their first look.
+    pub fn read(&mut self, wanted: impl IntoIterator<Item = (u32, Family)>) -> ByCookie {
+        let mut out = ByCookie::default();
+        let mut asked: Vec<(u32, Family)> = wanted.into_iter().collect();
+        asked.sort_unstable_by_key(|&(netns, family)| (netns, family == Family::Ipv6));
+        asked.dedup();
+        let states = sock_diag::states(&[TcpState::Established]);
+        for &(netns, family) in &asked {
+            if !self.sockets.contains_key(&netns) {
+                match Diag::open_for(netns, &mut self.paths) {
+                    Ok(Some(diag)) => {
+                        self.sockets.insert(netns, diag);
+                    }
+                    _ => continue,
+                }
+            }
+            let Some(diag) = self.sockets.get_mut(&netns) else {
+                continue;
+            };
+            match diag.dump(family, states.clone(), true) {
+                Ok(sockets) => out.extend(
+                    sockets
+                        .iter()
+                        .filter_map(|s| LastIo::of(s).map(|io| (s.cookie, io))),
+                ),
+                // Broken or gone: a fresh socket next time.
+                Err(_) => {
+                    self.sockets.remove(&netns);
+                }
+            }
+        }
+        self.sockets.retain(|netns, _| asked.iter().any(|(n, _)| n == netns));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sock_diag::TcpTimes;
+
+    #[test]
+    fn tcp_info_ages_become_boot_clock_times() {
+        let mut s = DiagSocket {
+            family: Family::Ipv4,
+            state: TcpState::Established,
+            laddr: "10.0.0.1".parse().unwrap(),
+            lport: 1,
+            raddr: "10.0.0.2".parse().unwrap(),
+            rport: 2,
+            cookie: 9,
+            inode: 1,
+            timewait_expires_ms: None,
+            tcp_info: Some(TcpTimes {
+                last_data_sent_ms: 5_000,
+                last_data_recv_ms: 250,
+                last_ack_recv_ms: 250,
+                data_segs_in: 1,
+                data_segs_out: 3,
+            }),
+            seen_ns: 60_000_000_000,
+        };
+        assert_eq!(
+            LastIo::of(&s),
+            Some(LastIo {
+                send_ns: Some(55_000_000_000),
+                recv_ns: Some(59_750_000_000),
+            })
+        );
+        // Older than boot cannot be.
+        s.tcp_info.as_mut().unwrap().last_data_sent_ms = u32::MAX;
+        assert_eq!(LastIo::of(&s).unwrap().send_ns, None);
+        // Never received data: the last "receive" is the handshake's.
+        s.tcp_info.as_mut().unwrap().data_segs_in = 0;
+        assert_eq!(LastIo::of(&s).unwrap().recv_ns, None);
+        s.tcp_info = None;
+        assert_eq!(LastIo::of(&s), None);
+    }
+}
