@@ -25,6 +25,12 @@ pub struct WallClock {
     offset_ns: i128,
 }
 
+impl Default for WallClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl WallClock {
     pub fn new() -> Self {
         let mut clock = Self { offset_ns: 0 };

@@ -316,7 +316,11 @@ pub(crate) mod tests {
             assert_eq!(decode(&bytes_of(&event)).unwrap().peer_fin, expect, "{raw}");
         }
         event.since_ns = 0;
-        assert_eq!(decode(&bytes_of(&event)).unwrap().since_ns, None, "0: unknown");
+        assert_eq!(
+            decode(&bytes_of(&event)).unwrap().since_ns,
+            None,
+            "0: unknown"
+        );
         event.fin_received = 1;
         event.since_ns = 5;
         event.kind = EventKind::Destroy as u8;

@@ -94,7 +94,10 @@ impl Follower {
 fn ask(diag: &mut Diag, request: &DiagRequest) -> Result<Sightings, DiagError> {
     let mut found = Sightings::default();
     if !request.fin_wait2.is_empty() {
-        sock_diag::add_timewait(&diag.lookup(request.family, &request.fin_wait2)?, &mut found);
+        sock_diag::add_timewait(
+            &diag.lookup(request.family, &request.fin_wait2)?,
+            &mut found,
+        );
     }
     if !request.time_wait.is_empty() {
         let states = sock_diag::states(&[TcpState::TimeWait]);

@@ -83,7 +83,8 @@ impl IoReader {
                 }
             }
         }
-        self.sockets.retain(|netns, _| asked.iter().any(|(n, _)| n == netns));
+        self.sockets
+            .retain(|netns, _| asked.iter().any(|(n, _)| n == netns));
         out
     }
 }

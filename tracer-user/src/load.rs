@@ -226,10 +226,11 @@ pub fn load(options: &LoadOptions) -> Result<Tracer, EnvError> {
     check_privileges()?;
     raise_memlock_limit();
 
-    let btf = aya::Btf::from_sys_fs().map_err(|e| EnvError::NoBtf(e.to_string()))?;
+    // One parse of the kernel's BTF at a time: each takes tens of MB.
     let layout = btf_rs::Btf::from_file(BTF_PATH).map_err(|e| EnvError::NoBtf(e.to_string()))?;
     let config = kernel_config(options, offsets::sock_offsets(&layout)?);
     drop(layout);
+    let btf = aya::Btf::from_sys_fs().map_err(|e| EnvError::NoBtf(e.to_string()))?;
 
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))

@@ -1,39 +1,13 @@
 //! tcplinger: parse the command line, run the command, map the outcome to an exit code.
 
-mod aggregate;
-mod analysis;
-mod cgroups;
-mod cli;
-mod clock;
-mod config;
-mod daemon;
-mod decode;
-mod diagnose;
-mod error;
-mod follow;
-mod http;
-mod last_io;
-mod load;
-mod metrics;
-mod netns;
-mod offsets;
-mod output;
-mod owners;
-mod report;
-mod ring;
-mod session;
-mod snapshot;
-mod sock_diag;
-mod sockets;
-mod top;
-mod tracker;
-mod watch;
-
 use std::process::ExitCode;
 
 use clap::{Parser as _, error::ErrorKind};
 
-use crate::cli::{Cli, Command};
+use tracer_user::{
+    cli::{Cli, Command},
+    daemon, error, report, sockets, top, watch,
+};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -455,11 +455,7 @@ impl Metrics {
         &self.linger_cache[&key]
     }
 
-    pub fn on_opened(
-        &mut self,
-        id: &ConnId,
-        container: &mut dyn FnMut(u64) -> Option<Container>,
-    ) {
+    pub fn on_opened(&mut self, id: &ConnId, container: &mut dyn FnMut(u64) -> Option<Container>) {
         let opened = self.opened.clone();
         let series = self.conn_series(id, container);
         series
@@ -649,7 +645,9 @@ mod tests {
         let mut m = Metrics::new(10);
         let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
         for _ in 0..3 {
-            m.on_record(&record(c, ClosedBy::Local, 1_000, Some(2_000)), &mut |_| None);
+            m.on_record(&record(c, ClosedBy::Local, 1_000, Some(2_000)), &mut |_| {
+                None
+            });
         }
         let text = m.encode();
         assert!(
@@ -686,7 +684,10 @@ mod tests {
             let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
             let repeats = if i % 500 == 0 { 5 } else { 1 };
             for _ in 0..repeats {
-                m.on_record(&record(id(addr, 443), ClosedBy::Remote, 10, None), &mut |_| None);
+                m.on_record(
+                    &record(id(addr, 443), ClosedBy::Remote, 10, None),
+                    &mut |_| None,
+                );
             }
         }
         let text = m.encode();

@@ -148,7 +148,12 @@ impl Session {
                 let (seeds, unreadable) = r.unwrap_or_default();
                 self.tracker.seed(&seeds, clock::boot_ns());
                 let open = seeds.iter().filter(|s| s.state != TcpState::Listen).count();
+                drop(seeds);
                 progress = Progress::Seeded { open, unreadable };
+                // Start-up is over (the kernel's BTF parsed, every socket
+                // dumped): hand what it used back, so a long-running tracer
+                // does not keep its peak.
+                release_free_memory();
             }
             Woke::Diag(r) => {
                 self.diag = None;
@@ -243,6 +248,12 @@ impl Session {
             self.tracker.evicted(),
         )
     }
+}
+
+/// Returns freed heap memory to the system (glibc keeps it otherwise).
+fn release_free_memory() {
+    // SAFETY: no preconditions; it only walks the allocator's free lists.
+    unsafe { libc::malloc_trim(0) };
 }
 
 /// Kernel-side loss counters as last seen.

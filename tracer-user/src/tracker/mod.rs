@@ -4,7 +4,6 @@ use std::{collections::VecDeque, net::IpAddr, num::NonZeroUsize};
 
 use foldhash::{HashMap, HashMapExt as _, HashSet};
 
-use lru::LruCache;
 use tracer_common::TcpState;
 
 use crate::{
@@ -120,6 +119,26 @@ impl From<crate::decode::Owner> for OwnerRef {
     }
 }
 
+/// A connection's owner in the 32 bytes of an [`OwnerRef`]: pid 0 (no
+/// process has it) stands for none, saving the option's tag in every
+/// tracked socket.
+#[derive(Debug, Clone, Copy)]
+struct KeptOwner(OwnerRef);
+
+impl KeptOwner {
+    fn new(owner: Option<OwnerRef>) -> Self {
+        Self(owner.filter(|o| o.pid != 0).unwrap_or(OwnerRef {
+            pid: 0,
+            comm: Comm::new([0; tracer_common::COMM_LEN]),
+            cgroup_id: 0,
+        }))
+    }
+
+    fn get(self) -> Option<OwnerRef> {
+        (self.0.pid != 0).then_some(self.0)
+    }
+}
+
 /// Who a connection belongs to and where it goes: what aggregation groups by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnId {
@@ -173,25 +192,62 @@ const LIFECYCLE_ORDER: [TcpState; 8] = [
     TcpState::LastAck,
 ];
 
-/// Nanoseconds spent in each state a connection entered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Nanoseconds spent in each state of the lifecycle a connection entered
+/// (one slot per [`LIFECYCLE_ORDER`] state: this is in every tracked
+/// socket, so it is kept small).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateTimes {
-    ns: [u64; 16],
-    entered: u16,
+    /// [`NOT_ENTERED`] for a state the connection never entered.
+    ns: [u64; LIFECYCLE_ORDER.len()],
+}
+
+/// No real duration comes near it (585 years).
+const NOT_ENTERED: u64 = u64::MAX;
+
+impl Default for StateTimes {
+    fn default() -> Self {
+        Self {
+            ns: [NOT_ENTERED; LIFECYCLE_ORDER.len()],
+        }
+    }
+}
+
+/// A state's slot in [`StateTimes`]; `None` for states no full socket
+/// passes through mid-lifecycle (CLOSE, LISTEN, TIME_WAIT...).
+const fn slot(state: TcpState) -> Option<usize> {
+    let mut i = 0;
+    while i < LIFECYCLE_ORDER.len() {
+        if LIFECYCLE_ORDER[i] as u8 == state as u8 {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 impl StateTimes {
     fn enter(&mut self, state: TcpState) {
-        self.entered |= 1 << state as u8;
+        if let Some(i) = slot(state)
+            && self.ns[i] == NOT_ENTERED
+        {
+            self.ns[i] = 0;
+        }
     }
 
     fn add(&mut self, state: TcpState, ns: u64) {
-        self.enter(state);
-        self.ns[state as usize] = self.ns[state as usize].saturating_add(ns);
+        if let Some(i) = slot(state) {
+            let before = if self.ns[i] == NOT_ENTERED {
+                0
+            } else {
+                self.ns[i]
+            };
+            self.ns[i] = before.saturating_add(ns).min(NOT_ENTERED - 1);
+        }
     }
 
     pub fn get(&self, state: TcpState) -> Option<u64> {
-        (self.entered & (1 << state as u8) != 0).then_some(self.ns[state as usize])
+        let i = slot(state)?;
+        (self.ns[i] != NOT_ENTERED).then_some(self.ns[i])
     }
 
     /// A copy with `ns` spent in `state`.
@@ -322,16 +378,16 @@ struct Conn {
     lport: u16,
     raddr: IpAddr,
     rport: u16,
-    owner: Option<OwnerRef>,
+    owner: KeptOwner,
     role: Role,
     closed_by: Option<ClosedBy>,
     /// Side of the first RST seen: true = sent by this host.
     reset_local: Option<bool>,
     state: TcpState,
     /// When `state` was entered; not known for a socket first seen mid-life.
+    /// Never earlier than any step applied so far.
     since_ns: Option<u64>,
     first_ns: u64,
-    last_ns: u64,
     /// The last transition applied, to recognise a duplicate record.
     last_step: (TcpState, TcpState),
     times: StateTimes,
@@ -354,14 +410,13 @@ impl Conn {
             lport: r.lport,
             raddr: r.raddr,
             rport: r.rport,
-            owner: r.owner.map(OwnerRef::from),
+            owner: KeptOwner::new(r.owner.map(OwnerRef::from)),
             role,
             closed_by: None,
             reset_local: None,
             state,
             since_ns: born.then_some(start),
             first_ns: if born { start } else { r.ts_ns },
-            last_ns: r.ts_ns,
             last_step: (state, state),
             times: StateTimes::default(),
             fin_wait2_end: None,
@@ -371,10 +426,14 @@ impl Conn {
         }
     }
 
+    fn since(&self) -> Option<u64> {
+        self.since_ns
+    }
+
     fn id(&self) -> ConnId {
         ConnId {
             netns: self.netns,
-            owner: self.owner,
+            owner: self.owner.get(),
             role: self.role,
             family: self.family,
             laddr: self.laddr,
@@ -386,7 +445,7 @@ impl Conn {
 
     /// Closes the books on the current state at `now` and enters `next`.
     fn enter(&mut self, next: TcpState, now: u64) {
-        if let Some(since) = self.since_ns {
+        if let Some(since) = self.since() {
             self.times.add(self.state, now.saturating_sub(since));
         }
         if next != TcpState::Close {
@@ -412,7 +471,7 @@ impl Conn {
             end_ns,
             cookie,
             netns: self.netns,
-            owner: self.owner,
+            owner: self.owner.get(),
             role: self.role,
             family: self.family,
             laddr: self.laddr,
@@ -432,7 +491,7 @@ impl Conn {
 
 /// Tracks every connection it hears of, up to a cap.
 pub struct Tracker {
-    conns: LruCache<u64, Conn>,
+    conns: LruTable<Conn>,
     /// Owner of each listening socket, by (netns, port): accepted sockets
     /// start with no owner until their first I/O, and inherit this.
     listeners: HashMap<(u32, u16), Option<OwnerRef>>,
@@ -454,7 +513,7 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(max_sockets: NonZeroUsize) -> Self {
         Self {
-            conns: LruCache::new(max_sockets),
+            conns: LruTable::new(max_sockets.get()),
             listeners: HashMap::new(),
             closing: VecDeque::new(),
             followed: HashMap::new(),
@@ -513,7 +572,7 @@ impl Tracker {
     pub fn live(&self) -> impl Iterator<Item = LiveConn> + '_ {
         self.conns.iter().filter_map(|(&cookie, c)| {
             let (state, since_ns) = match c.phase {
-                Phase::Live => (c.state, c.since_ns),
+                Phase::Live => (c.state, c.since()),
                 Phase::Fw2Timewait { closed_ns, .. } => {
                     // It entered FIN_WAIT2 before its full socket closed.
                     let before = c.times.get(TcpState::FinWait2).unwrap_or(0);
@@ -636,8 +695,9 @@ impl Tracker {
                 _ => (Role::Unknown, false),
             };
             let mut conn = Conn::from_record(r, old, role, born);
-            if conn.owner.is_none() && role == Role::Server {
-                conn.owner = self.listeners.get(&(r.netns, r.lport)).copied().flatten();
+            if conn.owner.get().is_none() && role == Role::Server {
+                conn.owner =
+                    KeptOwner::new(self.listeners.get(&(r.netns, r.lport)).copied().flatten());
             }
             if born {
                 self.opened.push(conn.id());
@@ -647,7 +707,7 @@ impl Tracker {
         let Some(conn) = self.conns.get_mut(&r.cookie) else {
             return;
         };
-        if conn.last_step == (old, new) && conn.last_ns == r.ts_ns {
+        if conn.last_step == (old, new) && conn.since() == Some(r.ts_ns) {
             // The same record twice: nothing new.
             return;
         }
@@ -656,7 +716,8 @@ impl Tracker {
             conn.complete = false;
             return;
         }
-        if r.ts_ns < conn.last_ns {
+        // Every step so far is dated no later than the current state's entry.
+        if r.ts_ns < conn.since().unwrap_or(0) {
             conn.complete = false;
         }
         if old != conn.state {
@@ -664,7 +725,7 @@ impl Tracker {
                 // An orphan's FIN_WAIT1 -> FIN_WAIT2, left out by the kernel
                 // and dated by this record.
                 (FinWait1, FinWait2, Some(since)) => {
-                    let floor = conn.since_ns.unwrap_or(0);
+                    let floor = conn.since().unwrap_or(0);
                     let at = since.max(floor).min(r.ts_ns.max(floor));
                     conn.enter(FinWait2, at);
                 }
@@ -672,8 +733,7 @@ impl Tracker {
                 _ => conn.complete = false,
             }
         }
-        let now = r.ts_ns.max(conn.since_ns.unwrap_or(0));
-        conn.last_ns = conn.last_ns.max(r.ts_ns);
+        let now = r.ts_ns.max(conn.since().unwrap_or(0));
         conn.last_step = (old, new);
         if conn.lport == 0 && r.lport != 0 {
             // A client's port is picked after CLOSE -> SYN_SENT is traced.
@@ -682,7 +742,7 @@ impl Tracker {
         }
         conn.enter(new, now);
         if let Some(o) = r.owner {
-            conn.owner = Some(o.into());
+            conn.owner = KeptOwner::new(Some(o.into()));
         }
         match (old, new) {
             (Established | SynRecv, FinWait1) if conn.closed_by.is_none() => {
@@ -758,7 +818,7 @@ impl Tracker {
             Phase::Live => {
                 // The CLOSE record was lost: close it now.
                 conn.complete = false;
-                let (from, now) = (conn.state, r.ts_ns.max(conn.since_ns.unwrap_or(0)));
+                let (from, now) = (conn.state, r.ts_ns.max(conn.since().unwrap_or(0)));
                 conn.enter(TcpState::Close, now);
                 self.closed(r.cookie, from, now, None);
                 self.on_destroy(r);
@@ -825,9 +885,7 @@ impl Tracker {
     /// Events were lost since the last call: every socket alive now, and
     /// every record not yet written, may be missing some.
     pub fn note_loss(&mut self) {
-        for (_, conn) in self.conns.iter_mut() {
-            conn.complete = false;
-        }
+        self.conns.for_each_mut(|_, conn| conn.complete = false);
         for record in &mut self.ready {
             record.complete = false;
         }
@@ -927,12 +985,7 @@ impl Tracker {
     /// Applies one dump (timewait sockets by cookie) taken for `request`;
     /// `done_ns` is when the dump finished. A namespace that no longer
     /// exists is an empty dump: its timewait sockets went with it.
-    pub fn on_diag(
-        &mut self,
-        request: &DiagRequest,
-        timewait: &Sightings,
-        done_ns: u64,
-    ) {
+    pub fn on_diag(&mut self, request: &DiagRequest, timewait: &Sightings, done_ns: u64) {
         for cookie in request.cookies() {
             let seen = timewait.get(&cookie);
             let Some(conn) = self.conns.get_mut(&cookie) else {
@@ -1051,7 +1104,7 @@ impl Tracker {
             }
             let serves = self.listeners.contains_key(&(s.netns, s.lport));
             if let Some(conn) = self.conns.peek_mut(&s.cookie) {
-                conn.owner = conn.owner.or(s.owner);
+                conn.owner = KeptOwner::new(conn.owner.get().or(s.owner));
                 if conn.role == Role::Unknown && serves {
                     conn.role = Role::Server;
                 }
@@ -1066,14 +1119,13 @@ impl Tracker {
                 lport: s.lport,
                 raddr: s.raddr,
                 rport: s.rport,
-                owner: s.owner,
+                owner: KeptOwner::new(s.owner),
                 role: if serves { Role::Server } else { Role::Unknown },
                 closed_by: closer_implied_by(s.state),
                 reset_local: None,
                 state: s.state,
                 since_ns: Some(now_ns),
                 first_ns: now_ns,
-                last_ns: now_ns,
                 last_step: (s.state, s.state),
                 times,
                 fin_wait2_end: None,
@@ -1108,7 +1160,7 @@ impl Tracker {
                     ) {
                         continue;
                     }
-                    if let Some(since) = conn.since_ns {
+                    if let Some(since) = conn.since() {
                         conn.times.add(state, now_ns.saturating_sub(since));
                     }
                     if state == TcpState::FinWait2 {
@@ -1157,6 +1209,10 @@ fn timewait_switch(tw: &TimewaitSighting, not_before: u64) -> u64 {
 fn expiry(tw: &TimewaitSighting) -> u64 {
     tw.seen_ns + u64::from(tw.expires_ms) * 1_000_000
 }
+
+mod table;
+
+use table::LruTable;
 
 #[cfg(test)]
 mod tests;

@@ -918,7 +918,11 @@ fn lean_records_rebuild_the_same_client_lifecycle() {
     assert_eq!(ms(r.states.get(FinWait1)), Some(2.0));
     // Entered at 1002 by the kernel's date; the peer's FIN came at 1050.
     assert_eq!(ms(r.states.get(FinWait2)), Some(48.0));
-    assert_eq!(r.lifetime_ns, 1003 * MS, "from connect to the full socket's close");
+    assert_eq!(
+        r.lifetime_ns,
+        1003 * MS,
+        "from connect to the full socket's close"
+    );
 }
 
 #[test]
@@ -985,4 +989,12 @@ fn a_failed_connect_then_a_new_one_are_two_lifecycles_in_lean_records() {
     let live: Vec<LiveConn> = t.live().collect();
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].state, Established);
+}
+
+/// Every tracked socket costs this much: a million must fit in 300 MB
+/// with the table's own overhead (see benches/scale.rs).
+#[test]
+fn a_tracked_socket_stays_small() {
+    assert!(size_of::<Conn>() <= 208, "{}", size_of::<Conn>());
+    assert_eq!(size_of::<StateTimes>(), 64);
 }

@@ -1,0 +1,30 @@
+//! tcplinger as a library: every concern in its own module; `main.rs` parses the command line and dispatches. A library so that benchmarks can drive the tracker and aggregator in-process.
+
+pub mod aggregate;
+pub mod analysis;
+pub mod cgroups;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod decode;
+pub mod diagnose;
+pub mod error;
+pub mod follow;
+pub mod http;
+pub mod last_io;
+pub mod load;
+pub mod metrics;
+pub mod netns;
+pub mod offsets;
+pub mod output;
+pub mod owners;
+pub mod report;
+pub mod ring;
+pub mod session;
+pub mod snapshot;
+pub mod sock_diag;
+pub mod sockets;
+pub mod top;
+pub mod tracker;
+pub mod watch;
