@@ -360,7 +360,9 @@ pub fn top_in_a_pty_draws_updates_and_quits() {
     let tmux = Tmux::new();
     let stty = std::env::temp_dir().join(format!("tcplinger-stty-{}", std::process::id()));
     let command = format!(
-        "{} top --port {}; stty -a > {}; echo TOP-EXITED",
+        // The marker is computed so that the typed command line, which
+        // shows once top leaves the alternate screen, cannot match it.
+        "{} top --port {}; stty -a > {}; echo TOP-EXITED-$((40+2))",
         env!("CARGO_BIN_EXE_tcplinger"),
         scene.port,
         stty.display()
@@ -378,7 +380,7 @@ pub fn top_in_a_pty_draws_updates_and_quits() {
     });
     assert!(updated.contains("tl-client"), "{updated}");
     tmux.run(&["send-keys", "-t", "top", "q"]);
-    let after = tmux.wait_for("the shell again", |s| s.contains("TOP-EXITED"));
+    let after = tmux.wait_for("the shell again", |s| s.contains("TOP-EXITED-42"));
     assert!(
         !after.contains("PROCESS"),
         "the alternate screen was left:\n{after}"
