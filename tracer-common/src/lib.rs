@@ -25,7 +25,9 @@ pub const GLOBAL_CONFIG: &str = "CONFIG";
 pub enum EventKind {
     /// `sock:inet_sock_set_state` on a TCP socket: `old_state` -> `new_state`.
     StateChange = 1,
-    /// `tcp:tcp_destroy_sock`: the full socket is freed (`old_state` = its state).
+    /// `tcp:tcp_destroy_sock`: the full socket is freed (`old_state` = its
+    /// state). No longer written (the program only frees the owner entry);
+    /// kept so the number stays taken.
     Destroy = 2,
     /// `tcp:tcp_send_reset`: this host sent a RST on the socket.
     SendReset = 3,
@@ -257,12 +259,11 @@ pub struct Config {
     pub ports: [u16; MAX_FILTER_PORTS],
     /// `AF_INET` or `AF_INET6` to trace one family; 0 for both.
     pub family: u16,
-    /// Non-zero: a record for every transition and destroy (`watch
-    /// --transitions`). Zero: the programs skip records for the steps
-    /// userspace rebuilds from the next record's `since_ns` (connect,
-    /// an accepted socket's creation, an orphan's FIN_WAIT1 -> FIN_WAIT2)
-    /// and for destroys, which the tracker does without: fewer ring
-    /// writes at the same answer.
+    /// Non-zero: a record for every transition (`watch --transitions`).
+    /// Zero: the programs skip records for the steps userspace rebuilds
+    /// from the next record's `since_ns` (connect, an accepted socket's
+    /// creation, an orphan's FIN_WAIT1 -> FIN_WAIT2): fewer ring writes
+    /// at the same answer.
     pub every_transition: u8,
     pub _pad: u8,
     /// Ring fill level (bytes) from which a record forces a consumer wakeup;

@@ -582,46 +582,16 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
 
 /// `trace_tcp_destroy_sock()` from `tcp_v4_destroy_sock()`: the full socket is
 /// freed (closed, or replaced by a timewait socket with the same cookie).
+/// Its owner entry goes with it, rather than waiting for LRU recycling to
+/// push out an entry still in use. No record: the tracker closes a
+/// lifecycle on its CLOSE, and `--transitions` prints state changes.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_tcp_destroy_sock(&ctx);
-    0
-}
-
-fn try_tcp_destroy_sock(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let sk: *const u8 = ctx.arg(0);
-    if sk.is_null() {
-        return Ok(());
+    if !sk.is_null() && traced_family(sk).is_some() {
+        let _ = OWNERS.remove(&cookie_of(sk));
     }
-    let Some(tuple) = tuple_if_traced(sk, true)? else {
-        return Ok(());
-    };
-    let cookie = cookie_of(sk);
-    if config!(every_transition) == 0 {
-        // No record wanted: only the entry to free.
-        let _ = OWNERS.remove(&cookie);
-        return Ok(());
-    }
-    let owner = recorded_owner(cookie);
-    // The socket is gone: free its entry now rather than wait for LRU recycling.
-    let _ = OWNERS.remove(&cookie);
-    if !pid_allowed(owner.tgid) {
-        return Ok(());
-    }
-    let state: u8 = field(sk, config!(offsets.state));
-    emit(
-        sk,
-        EventKind::Destroy,
-        cookie,
-        &tuple,
-        state,
-        0,
-        &owner,
-        FIN_UNKNOWN,
-        0,
-        unsafe { bpf_ktime_get_boot_ns() },
-    );
-    Ok(())
+    0
 }
 
 /// `trace_tcp_send_reset()` from `tcp_v4_send_reset()`/`tcp_send_active_reset()`:

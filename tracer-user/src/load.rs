@@ -47,8 +47,8 @@ const CAP_BPF: u32 = 39;
 pub struct LoadOptions {
     pub filters: Filters,
     pub ring_bytes: u32,
-    /// A record for every transition and destroy (`--transitions`); else
-    /// the steps the tracker can rebuild are left out.
+    /// A record for every transition (`--transitions`); else the steps the
+    /// tracker can rebuild are left out.
     pub every_transition: bool,
 }
 

@@ -217,7 +217,7 @@ impl Session {
     pub async fn stop(&mut self) -> io::Result<()> {
         self.tracer.detach();
         self.drain()?;
-        if self.losses.grew(&self.tracer) {
+        if self.losses.refresh(&self.tracer) {
             self.tracker.note_loss();
         }
         if let Some(pending) = self.diag.take()
@@ -261,16 +261,34 @@ fn release_free_memory() {
 struct Losses {
     dropped: u64,
     missed: u64,
+    missed_read_ns: u64,
 }
+
+/// Missed runs are read from each program's fdinfo (a file per program):
+/// at most this often, where the drop counter is one map read per step.
+/// An idle tracer steps 50 times a second, and those reads were most of
+/// what it did.
+const MISSED_READ_EVERY_NS: u64 = 1_000_000_000;
 
 impl Losses {
     /// True if records were dropped or hook runs missed since the last call.
     fn grew(&mut self, tracer: &Tracer) -> bool {
         let dropped = tracer.dropped().unwrap_or(self.dropped);
-        let missed = tracer.missed_runs();
+        let now = clock::boot_ns();
+        let mut missed = self.missed;
+        if now.saturating_sub(self.missed_read_ns) >= MISSED_READ_EVERY_NS {
+            missed = tracer.missed_runs();
+            self.missed_read_ns = now;
+        }
         let grew = dropped > self.dropped || missed > self.missed;
         self.dropped = dropped;
         self.missed = missed;
         grew
+    }
+
+    /// Reads every counter now (at the end of a run).
+    fn refresh(&mut self, tracer: &Tracer) -> bool {
+        self.missed_read_ns = 0;
+        self.grew(tracer)
     }
 }

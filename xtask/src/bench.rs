@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Live sockets held for the scale part (0 to skip it).
     #[arg(long, default_value_t = 100_000)]
     pub live_sockets: u64,
+    /// Synthetic sockets for the in-process tracker/aggregator benchmark
+    /// (0 to skip it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub synthetic_sockets: u64,
     /// Skip the bpftrace comparison.
     #[arg(long)]
     pub no_bpftrace: bool,
@@ -93,7 +97,7 @@ fn free_port() -> u16 {
 }
 
 /// user+sys of a process, in seconds, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> f64 {
+pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised comm: state is field 3; utime 14, stime 15.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
@@ -304,6 +308,34 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
+/// bpftrace, installed from the distribution's package if missing (the
+/// peer is part of the benchmark, not of the tool).
+fn have_bpftrace() -> bool {
+    let present = || Command::new("bpftrace").arg("--version").output().is_ok();
+    if present() {
+        return true;
+    }
+    eprintln!("bench: installing bpftrace (apt-get install bpftrace)");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let install = [
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "bpftrace",
+    ];
+    // Package lists may be stale on a fresh machine: refresh once if needed.
+    let installed = apt(&install) || (apt(&["update", "-qq"]) && apt(&install));
+    installed && present()
+}
+
 fn ensure_tracefs() {
     // bpftrace's classic tracepoints need tracefs (not mounted on every machine).
     if !Path::new("/sys/kernel/tracing/events").exists() {
@@ -336,11 +368,13 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
         configs.push(Config::Watch);
     }
     if !args.no_bpftrace && wanted(Only::Bpftrace) {
-        if Command::new("bpftrace").arg("--version").output().is_ok() {
+        if have_bpftrace() {
             ensure_tracefs();
             configs.push(Config::Bpftrace);
         } else {
-            eprintln!("bench: bpftrace not found (Debian package bpftrace): its column is skipped");
+            eprintln!(
+                "bench: bpftrace is not installed and could not be (Debian package bpftrace): its row is left out"
+            );
         }
     }
     let mut runs: BTreeMap<Config, Vec<Run>> = BTreeMap::new();
@@ -360,7 +394,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
         eprintln!("bench: kernel run time of {}", config.name());
         kernel.insert(config, kernel_ns(config, args, &tcplinger)?);
     }
-    let mut report = String::new();
+    let mut report = machine(root);
     if args.rounds > 0 {
         report.push_str(&throughput_table(&configs, &runs, args));
         report.push('\n');
@@ -370,11 +404,74 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
         report.push('\n');
         report.push_str(&crate::hold::scale(args.live_sockets, &tcplinger)?);
     }
+    if args.synthetic_sockets > 0 {
+        eprintln!(
+            "bench: {} synthetic sockets through the tracker and aggregator",
+            args.synthetic_sockets
+        );
+        report.push('\n');
+        report.push_str(&synthetic(args.synthetic_sockets, root)?);
+    }
     println!("{report}");
     if let Some(path) = &args.out {
         fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Where the figures come from: kernel, CPUs, memory, and the commit.
+fn machine(root: &Path) -> String {
+    let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let mem_gib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / (1024.0 * 1024.0));
+    let kernel = read("/proc/sys/kernel/osrelease");
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "Machine: {cpus} CPUs ({model}), {mem_gib:.0} GiB, Linux {}; tcplinger at commit {commit}.\n\n",
+        kernel.trim()
+    )
+}
+
+/// The in-process micro-benchmark (`tracer-user/benches/scale.rs`).
+fn synthetic(sockets: u64, root: &Path) -> Result<String> {
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args([
+            "bench",
+            "--quiet",
+            "-p",
+            "tracer-user",
+            "--bench",
+            "scale",
+            "--",
+        ])
+        .args(["--sockets", &sockets.to_string(), "--rounds", "3"])
+        .current_dir(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the scale micro-benchmark")?;
+    if !out.status.success() {
+        bail!("the scale micro-benchmark failed ({})", out.status);
+    }
+    String::from_utf8(out.stdout).context("scale micro-benchmark output")
 }
 
 fn throughput_table(

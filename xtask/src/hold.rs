@@ -157,9 +157,20 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The daemon from start until it says it traces; then its RSS after a
-/// few more seconds.
-fn daemon_rss(tcplinger: &Path, settle: Duration) -> Result<(Duration, u64, u64)> {
+/// What the daemon did on a host at rest.
+struct DaemonAtRest {
+    /// From start until it said it traces (the start-up snapshot included).
+    ready: Duration,
+    rss_kb: u64,
+    peak_rss_kb: u64,
+    /// user+sys CPU per second of wall over `settle`, after ready.
+    cores: f64,
+}
+
+/// The daemon from start until it says it traces; then its CPU over
+/// `settle` (which includes its periodic looks at every open socket) and
+/// its RSS at the end.
+fn daemon_at_rest(tcplinger: &Path, settle: Duration) -> Result<DaemonAtRest> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let start = Instant::now();
     let mut child = Command::new(tcplinger)
@@ -176,24 +187,37 @@ fn daemon_rss(tcplinger: &Path, settle: Duration) -> Result<(Duration, u64, u64)
             None => bail!("the daemon exited before tracing"),
         }
     };
+    let cpu0 = crate::bench::cpu_seconds(child.id());
     std::thread::sleep(settle);
-    let (now, peak) = (rss_kb(child.id(), "VmRSS:"), rss_kb(child.id(), "VmHWM:"));
+    let cores = (crate::bench::cpu_seconds(child.id()) - cpu0) / settle.as_secs_f64();
+    let (rss_kb, peak_rss_kb) = (rss_kb(child.id(), "VmRSS:"), rss_kb(child.id(), "VmHWM:"));
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
-    Ok((ready, now, peak))
+    Ok(DaemonAtRest {
+        ready,
+        rss_kb,
+        peak_rss_kb,
+        cores,
+    })
 }
+
+/// Long enough for two of the daemon's looks at every open socket (one
+/// each 5 s).
+const SETTLE: Duration = Duration::from_secs(11);
 
 pub fn scale(sockets: u64, tcplinger: &Path) -> Result<String> {
     let mb = |kb: u64| kb as f64 / 1024.0;
     let mut s = String::from("| measurement | figure |\n|---|---|\n");
     eprintln!("bench: daemon idle");
-    let (_, idle_now, idle_peak) = daemon_rss(tcplinger, Duration::from_secs(5))?;
+    let idle = daemon_at_rest(tcplinger, SETTLE)?;
     let _ = writeln!(
         s,
-        "| daemon RSS, idle host, 5 s after start (now / peak) | {:.1} MB / {:.1} MB |",
-        mb(idle_now),
-        mb(idle_peak)
+        "| daemon on an idle host: RSS {} s after start (peak during start-up) / CPU | {:.1} MB ({:.1} MB) / {:.3} cores |",
+        SETTLE.as_secs(),
+        mb(idle.rss_kb),
+        mb(idle.peak_rss_kb),
+        idle.cores
     );
     eprintln!("bench: holding {sockets} ESTABLISHED sockets");
     let holders = start_holders(sockets)?;
@@ -206,13 +230,19 @@ pub fn scale(sockets: u64, tcplinger: &Path) -> Result<String> {
         took.as_secs_f64(),
         mb(peak)
     );
-    let (ready, now, peak) = daemon_rss(tcplinger, Duration::from_secs(5))?;
+    let held = daemon_at_rest(tcplinger, SETTLE)?;
     let _ = writeln!(
         s,
-        "| daemon with {sockets} ESTABLISHED sockets: start to tracing (snapshot included) / RSS 5 s later (now / peak) | {:.2} s / {:.1} MB / {:.1} MB |",
-        ready.as_secs_f64(),
-        mb(now),
-        mb(peak)
+        "| daemon with {sockets} ESTABLISHED sockets: start to tracing (snapshot included) | {:.2} s |",
+        held.ready.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "| daemon with {sockets} ESTABLISHED sockets: RSS {} s later (peak) / CPU | {:.1} MB ({:.1} MB) / {:.3} cores |",
+        SETTLE.as_secs(),
+        mb(held.rss_kb),
+        mb(held.peak_rss_kb),
+        held.cores
     );
     drop(holders);
     Ok(format!(

@@ -229,7 +229,7 @@ pub fn daemon_metrics_match_traffic_and_prometheus_scrapes_them() {
         "{text}"
     );
     // At least 7 records a connection (the kernel leaves out the steps the
-    // tracker rebuilds: connect, accept, the orphan's FIN_WAIT2, destroys).
+    // tracker rebuilds: connect, accept, the orphan's FIN_WAIT2).
     assert!(
         value(&text, "tcplinger_events_total", &[]) >= 35.0,
         "{text}"
