@@ -496,9 +496,19 @@ fn throughput_table(
                 "aiming at {r} connections/s"
             ))
     );
-    s.push_str("| configuration | connections/s (per round) | vs no tracer | tracer CPU (cores) | CPU per 10k conn/s | peak RSS | events | dropped |\n|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| configuration | connections/s (per round) | vs no tracer | vs no tracer in the same round (median) | tracer CPU (cores) | CPU per 10k conn/s | peak RSS | events | dropped |\n|---|---|---|---|---|---|---|---|---|\n");
+    let baseline_rounds = &runs[&Config::NoTracer];
     for config in configs {
         let r = &runs[config];
+        // Rounds run back to back, so a round's ratio is the least
+        // disturbed by the machine's drift over the whole run.
+        let mut ratios: Vec<f64> = r
+            .iter()
+            .zip(baseline_rounds)
+            .map(|(x, b)| x.conns_per_s / b.conns_per_s.max(1.0))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let median_ratio = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
         let per_round: Vec<String> = r.iter().map(|x| format!("{:.0}", x.conns_per_s)).collect();
         let rate = mean(&r.iter().map(|x| x.conns_per_s).collect::<Vec<_>>());
         let cpu = mean(&r.iter().map(|x| x.cpu).collect::<Vec<_>>());
@@ -525,7 +535,7 @@ fn throughput_table(
         let failures: u64 = r.iter().map(|x| x.failures).sum();
         let _ = writeln!(
             s,
-            "| {}{} | {:.0} ({}) | {:.1}% | {} | {} | {} | {} | {} |",
+            "| {}{} | {:.0} ({}) | {:.1}% | {:.1}% | {} | {} | {} | {} | {} |",
             config.name(),
             if failures > 0 {
                 format!(" ({failures} failed connects)")
@@ -535,6 +545,7 @@ fn throughput_table(
             rate,
             per_round.join(", "),
             100.0 * rate / baseline,
+            100.0 * median_ratio,
             cpu_cell,
             per10k,
             rss,
