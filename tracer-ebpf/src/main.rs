@@ -552,9 +552,22 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     let (old, new) = (old as u8, new as u8);
+    // An accepted socket's creation, in softirq: no process holds it yet,
+    // so it has no owner entry to look up, and its record is one the
+    // tracker does without.
+    let created = old == TcpState::Listen as u8 && new == TcpState::SynRecv as u8;
+    if created && config!(every_transition) == 0 {
+        return Ok(());
+    }
     let cookie = cookie_of(sk);
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let step = if runs_in_owner(old, new) {
+    let step = if created {
+        Step {
+            owner: OwnerInfo::UNKNOWN,
+            since_ns: 0,
+            recorded: false,
+        }
+    } else if runs_in_owner(old, new) {
         step_current(cookie, current_tgid(), old, new, now)
     } else {
         step_recorded(cookie, old, new, now)
