@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// `--only daemon`; for quick iterations.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Only>,
+    /// Measure this tcplinger binary (another build, to compare) instead
+    /// of building this tree's.
+    #[arg(long, value_name = "PATH")]
+    pub tcplinger: Option<PathBuf>,
     /// Also write the tables to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -359,15 +363,21 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--release", "--quiet", "-p", "tracer-user"])
-        .current_dir(root)
-        .status()
-        .context("building tcplinger")?;
-    if !status.success() {
-        bail!("building tcplinger failed");
-    }
-    let tcplinger = root.join("target/release/tcplinger");
+    let tcplinger = match &args.tcplinger {
+        Some(path) => path.clone(),
+        None => {
+            let status =
+                Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                    .args(["build", "--release", "--quiet", "-p", "tracer-user"])
+                    .current_dir(root)
+                    .status()
+                    .context("building tcplinger")?;
+            if !status.success() {
+                bail!("building tcplinger failed");
+            }
+            root.join("target/release/tcplinger")
+        }
+    };
     let wanted = |o: Only| args.only.is_empty() || args.only.contains(&o);
     let mut configs = vec![Config::NoTracer];
     if wanted(Only::Daemon) {
@@ -403,7 +413,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
         eprintln!("bench: kernel run time of {}", config.name());
         kernel.insert(config, kernel_ns(config, args, &tcplinger)?);
     }
-    let mut report = machine(root);
+    let mut report = machine(root, args.tcplinger.as_deref());
     if args.rounds > 0 {
         report.push_str(&throughput_table(&configs, &runs, args));
         report.push('\n');
@@ -429,7 +439,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
 }
 
 /// Where the figures come from: kernel, CPUs, memory, and the commit.
-fn machine(root: &Path) -> String {
+fn machine(root: &Path, binary: Option<&Path>) -> String {
     let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let model = cpuinfo
@@ -454,8 +464,12 @@ fn machine(root: &Path) -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
+    let measured = match binary {
+        Some(path) => format!("the tcplinger binary {}", path.display()),
+        None => format!("tcplinger at commit {commit}"),
+    };
     format!(
-        "Machine: {cpus} CPUs ({model}), {mem_gib:.0} GiB, Linux {}; tcplinger at commit {commit}.\n\n",
+        "Machine: {cpus} CPUs ({model}), {mem_gib:.0} GiB, Linux {}; {measured}.\n\n",
         kernel.trim()
     )
 }
