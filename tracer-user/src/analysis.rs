@@ -11,6 +11,7 @@ use crate::{
     clock,
     diagnose::{Figure, Finding, Pathology, diagnose},
     last_io::IoReader,
+    select::Selection,
     session::{Progress, Session},
     snapshot,
     tracker::{ConnId, ConnRecord, LiveConn, TimewaitEnd, Tracker},
@@ -28,6 +29,8 @@ pub struct Analysis {
     pub tap: Option<Fed>,
     /// Only connections whose owner's cgroup path starts with this count.
     cgroup: Option<(String, Cgroups)>,
+    /// `--comm` and `--remote`.
+    selection: Selection,
     io: IoReader,
 }
 
@@ -65,6 +68,7 @@ impl Analysis {
             seeded: false,
             tap: None,
             cgroup: None,
+            selection: trace.select.selection(),
             io: IoReader::default(),
         })
     }
@@ -75,6 +79,13 @@ impl Analysis {
     }
 
     fn admitted(&mut self, id: &ConnId) -> bool {
+        if !self.selection.is_everything()
+            && !self
+                .selection
+                .admits(id.owner.as_ref().map(|o| &o.comm), id.raddr)
+        {
+            return false;
+        }
         match &mut self.cgroup {
             Some((prefix, cgroups)) => in_cgroup(cgroups, prefix, id),
             None => true,

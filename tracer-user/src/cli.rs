@@ -48,9 +48,15 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub check_config: bool,
 
-    /// Address for /metrics and /healthz [default: 127.0.0.1:9917].
+    /// Address for /metrics and /healthz [default: 127.0.0.1:9917]. An
+    /// address beyond loopback also needs --allow-non-loopback.
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub listen: Option<std::net::SocketAddr>,
+
+    /// Let --listen serve metrics beyond this host (they name processes and
+    /// the addresses of their peers): for a scraper on another machine.
+    #[arg(long)]
+    pub allow_non_loopback: bool,
 
     /// Findings on stdout as text lines or JSON lines [default: text].
     #[arg(long, value_enum)]
@@ -63,6 +69,14 @@ pub struct DaemonArgs {
     /// Only sockets with one of these local or remote ports.
     #[arg(long, value_name = "PORT", value_delimiter = ',', value_parser = parse_port, allow_hyphen_values = true)]
     pub port: Option<Vec<u16>>,
+
+    /// Only sockets owned by a process with this command name.
+    #[arg(long, value_name = "NAME", value_delimiter = ',', value_parser = crate::select::parse_comm)]
+    pub comm: Option<Vec<String>>,
+
+    /// Only connections whose remote address is in this network (address or CIDR).
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = crate::select::parse_remote)]
+    pub remote: Option<Vec<ipnet::IpNet>>,
 
     /// Only IPv4 sockets.
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -97,6 +111,10 @@ pub struct DaemonArgs {
     /// Stop after this long (mostly for tests); default: until SIGTERM.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
+
+    /// Tests only: behave as if this kernel hook could not be attached.
+    #[arg(long, value_name = "HOOK", value_delimiter = ',', value_parser = parse_hook, hide = true)]
+    pub disable_hook: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,6 +133,12 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
+    /// Write the records to this file (created, or truncated) instead of
+    /// stdout. If it cannot be written (disk full), tracing stops: the
+    /// error and the summary go to stderr, and the exit code is 1.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub trace: TraceArgs,
 }
@@ -128,6 +152,10 @@ pub struct ReportArgs {
     /// Groups listed after the findings (all groups in JSON).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+
+    /// Write the report to this file (created, or truncated) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
 
     #[command(flatten)]
     pub analysis: AnalysisArgs,
@@ -184,6 +212,9 @@ pub struct SocketsArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -219,6 +250,27 @@ pub enum Format {
     Json,
 }
 
+/// Userspace selection flags: by owner command name and remote network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct SelectArgs {
+    /// Only sockets owned by a process with this command name, as `ps -o comm`
+    /// shows it (comma-separated or repeated; names longer than the 15
+    /// characters the kernel keeps match on those 15).
+    #[arg(long, value_name = "NAME", value_delimiter = ',', value_parser = crate::select::parse_comm)]
+    pub comm: Vec<String>,
+
+    /// Only connections whose remote address is in this network: an address
+    /// or CIDR (e.g. 10.0.0.0/8, fd00::/8; comma-separated or repeated).
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = crate::select::parse_remote)]
+    pub remote: Vec<ipnet::IpNet>,
+}
+
+impl SelectArgs {
+    pub fn selection(&self) -> crate::select::Selection {
+        crate::select::Selection::new(&self.comm, &self.remote)
+    }
+}
+
 /// Flags shared by every command that traces.
 #[derive(Debug, Args)]
 pub struct TraceArgs {
@@ -251,6 +303,13 @@ pub struct TraceArgs {
     /// 4KiB (suffixes K, M, G, KiB, MiB, GiB).
     #[arg(long, value_name = "BYTES", default_value = "4MiB", value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
+
+    #[command(flatten)]
+    pub select: SelectArgs,
+
+    /// Tests only: behave as if this kernel hook could not be attached.
+    #[arg(long, value_name = "HOOK", value_delimiter = ',', value_parser = parse_hook, hide = true)]
+    pub disable_hook: Vec<&'static str>,
 }
 
 /// The largest ring accepted: far beyond any burst, and locked kernel memory.
@@ -350,6 +409,18 @@ pub(crate) fn parse_port(s: &str) -> Result<u16, String> {
         Ok(port) => Err(format!("{port} is not a port (1-65535)")),
         Err(_) => Err(format!("'{s}' is not a port number")),
     }
+}
+
+/// A kernel hook by its program name (`sock_recv_length`).
+pub(crate) fn parse_hook(s: &str) -> Result<&'static str, String> {
+    crate::load::HOOKS
+        .iter()
+        .map(|h| h.program)
+        .find(|name| *name == s.trim())
+        .ok_or_else(|| {
+            let names: Vec<&str> = crate::load::HOOKS.iter().map(|h| h.program).collect();
+            format!("'{s}' is not a hook ({})", names.join(", "))
+        })
 }
 
 pub(crate) fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {

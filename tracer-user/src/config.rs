@@ -5,10 +5,13 @@ use std::{net::SocketAddr, num::NonZeroUsize, path::Path};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::cli::{
-    DaemonArgs, FamilyFilter, Filters, LogFormat, UsageError, parse_cgroup, parse_listen,
-    parse_max_endpoints, parse_max_groups, parse_max_sockets, parse_pid, parse_port,
-    parse_ring_bytes,
+use crate::{
+    cli::{
+        DaemonArgs, FamilyFilter, Filters, LogFormat, SelectArgs, UsageError, parse_cgroup,
+        parse_listen, parse_max_endpoints, parse_max_groups, parse_max_sockets, parse_pid,
+        parse_port, parse_ring_bytes,
+    },
+    select::{parse_comm, parse_remote},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9917";
@@ -21,30 +24,39 @@ pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Serving metrics beyond loopback was asked for explicitly.
+    pub allow_non_loopback: bool,
     pub log_format: LogFormat,
     pub filters: Filters,
+    /// `comm` and `remote`: applied in userspace.
+    pub select: SelectArgs,
     pub cgroup: Option<String>,
     pub max_sockets: NonZeroUsize,
     pub max_groups: usize,
     pub max_endpoints: usize,
     pub ring_bytes: u32,
+    /// The hidden `--disable-hook` (tests); never read from the file.
+    pub disabled_hooks: Vec<&'static str>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            allow_non_loopback: false,
             log_format: LogFormat::Text,
             filters: Filters {
                 pids: Vec::new(),
                 ports: Vec::new(),
                 family: FamilyFilter::Any,
             },
+            select: SelectArgs::default(),
             cgroup: None,
             max_sockets: NonZeroUsize::new(DEFAULT_MAX_SOCKETS).expect("non-zero"),
             max_groups: DEFAULT_MAX_GROUPS,
             max_endpoints: DEFAULT_MAX_ENDPOINTS,
             ring_bytes: DEFAULT_RING_BYTES,
+            disabled_hooks: Vec::new(),
         }
     }
 }
@@ -62,9 +74,12 @@ enum Size {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct FileConfig {
     listen: Option<Spanned<String>>,
+    allow_non_loopback: Option<Spanned<bool>>,
     log_format: Option<Spanned<String>>,
     pid: Option<Spanned<Vec<i64>>>,
     port: Option<Spanned<Vec<i64>>>,
+    comm: Option<Spanned<Vec<String>>>,
+    remote: Option<Spanned<Vec<String>>>,
     family: Option<Spanned<String>>,
     cgroup: Option<Spanned<String>>,
     max_sockets: Option<Spanned<i64>>,
@@ -125,6 +140,13 @@ fn apply_text(mut s: Settings, text: &str, name: &str) -> Result<Settings, Usage
     if let Some(v) = check!(file.listen, "listen", |v| parse_listen(&v)) {
         s.listen = v;
     }
+    if let Some(v) = check!(file.allow_non_loopback, "allow-non-loopback", |v| Ok::<
+        bool,
+        String,
+    >(v))
+    {
+        s.allow_non_loopback = v;
+    }
     if let Some(v) = check!(file.log_format, "log-format", |v| match v.as_str() {
         "text" => Ok(LogFormat::Text),
         "json" => Ok(LogFormat::Json),
@@ -145,6 +167,20 @@ fn apply_text(mut s: Settings, text: &str, name: &str) -> Result<Settings, Usage
         .collect::<Result<Vec<_>, _>>())
     {
         s.filters.ports = v;
+    }
+    if let Some(v) = check!(file.comm, "comm", |v| v
+        .iter()
+        .map(|c| parse_comm(c))
+        .collect::<Result<Vec<_>, _>>())
+    {
+        s.select.comm = v;
+    }
+    if let Some(v) = check!(file.remote, "remote", |v| v
+        .iter()
+        .map(|r| parse_remote(r))
+        .collect::<Result<Vec<_>, _>>())
+    {
+        s.select.remote = v;
     }
     if let Some(v) = check!(file.family, "family", |v| match v.as_str() {
         "any" => Ok(FamilyFilter::Any),
@@ -187,6 +223,15 @@ fn apply_text(mut s: Settings, text: &str, name: &str) -> Result<Settings, Usage
 fn apply_flags(mut s: Settings, args: &DaemonArgs) -> Settings {
     if let Some(v) = args.listen {
         s.listen = v;
+    }
+    if args.allow_non_loopback {
+        s.allow_non_loopback = true;
+    }
+    if let Some(v) = &args.comm {
+        s.select.comm = v.clone();
+    }
+    if let Some(v) = &args.remote {
+        s.select.remote = v.clone();
     }
     if let Some(v) = args.log_format {
         s.log_format = v;
@@ -237,9 +282,21 @@ pub fn resolve(args: &DaemonArgs) -> Result<Settings, UsageError> {
         ipv6: s.filters.family == FamilyFilter::Ipv6,
         max_sockets: s.max_sockets,
         ring_bytes: s.ring_bytes,
+        select: s.select.clone(),
+        disable_hook: args.disable_hook.clone(),
     };
     let filters = trace.filters()?;
-    Ok(Settings { filters, ..s })
+    if !s.listen.ip().is_loopback() && !s.allow_non_loopback {
+        return Err(UsageError(format!(
+            "--listen {}: beyond loopback, metrics name processes and their peers to anyone who can connect; add --allow-non-loopback (allow-non-loopback = true in the file) to mean it",
+            s.listen
+        )));
+    }
+    Ok(Settings {
+        filters,
+        disabled_hooks: args.disable_hook.clone(),
+        ..s
+    })
 }
 
 impl Settings {
@@ -248,8 +305,9 @@ impl Settings {
     pub fn to_toml(&self) -> String {
         let list = |v: &[String]| format!("[{}]", v.join(", "));
         format!(
-            "listen = \"{}\"\nlog-format = \"{}\"\npid = {}\nport = {}\nfamily = \"{}\"\n{}max-sockets = {}\nmax-groups = {}\nmax-endpoints = {}\nring-bytes = {}\n",
+            "listen = \"{}\"\nallow-non-loopback = {}\nlog-format = \"{}\"\npid = {}\nport = {}\ncomm = {}\nremote = {}\nfamily = \"{}\"\n{}max-sockets = {}\nmax-groups = {}\nmax-endpoints = {}\nring-bytes = {}\n",
             self.listen,
+            self.allow_non_loopback,
             match self.log_format {
                 LogFormat::Text => "text",
                 LogFormat::Json => "json",
@@ -268,6 +326,22 @@ impl Settings {
                     .ports
                     .iter()
                     .map(u16::to_string)
+                    .collect::<Vec<_>>()
+            ),
+            list(
+                &self
+                    .select
+                    .comm
+                    .iter()
+                    .map(|c| serde_json::to_string(c).expect("a string"))
+                    .collect::<Vec<_>>()
+            ),
+            list(
+                &self
+                    .select
+                    .remote
+                    .iter()
+                    .map(|r| format!("\"{r}\""))
                     .collect::<Vec<_>>()
             ),
             match self.filters.family {
@@ -298,9 +372,12 @@ mod tests {
     /// A file with every key set away from its default.
     const EVERY_KEY: &str = r#"
 listen = "[::1]:9999"
+allow-non-loopback = true
 log-format = "json"
 pid = [1, 2]
 port = [80, 443]
+comm = ["nginx", "kube-controller-manager"]
+remote = ["10.0.0.0/8", "fd00::1"]
 family = "ipv6"
 cgroup = "/kubepods.slice"
 max-sockets = 1000
@@ -313,7 +390,16 @@ ring-bytes = "16MiB"
     fn every_key_is_read() {
         let s = parse(EVERY_KEY).unwrap();
         assert_eq!(s.listen, "[::1]:9999".parse().unwrap());
+        assert!(s.allow_non_loopback);
         assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.select.comm, ["nginx", "kube-controller-manager"]);
+        assert_eq!(
+            s.select.remote,
+            [
+                "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+                "fd00::1/128".parse().unwrap()
+            ]
+        );
         assert_eq!(s.filters.pids, vec![1, 2]);
         assert_eq!(s.filters.ports, vec![80, 443]);
         assert_eq!(s.filters.family, FamilyFilter::Ipv6);

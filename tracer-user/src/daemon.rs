@@ -146,6 +146,8 @@ fn trace_args(s: &Settings) -> TraceArgs {
         ipv6: s.filters.family == FamilyFilter::Ipv6,
         max_sockets: s.max_sockets,
         ring_bytes: s.ring_bytes,
+        select: s.select.clone(),
+        disable_hook: s.disabled_hooks.clone(),
     }
 }
 
@@ -158,7 +160,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     if !settings.listen.ip().is_loopback() {
         eprintln!(
-            "tcplinger: warning: serving metrics on {}, beyond this host: they reveal process names and the addresses of their peers",
+            "tcplinger: serving metrics on {} (--allow-non-loopback): they name processes and the addresses of their peers; keep that port from untrusted networks",
             settings.listen
         );
     }

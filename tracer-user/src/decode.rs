@@ -405,4 +405,38 @@ pub(crate) mod tests {
         assert_eq!(Comm::new(raw).to_string(), "a\\nb\\xffc");
         assert_eq!(Comm::new([b'x'; COMM_LEN]).to_string(), "x".repeat(16));
     }
+
+    proptest::proptest! {
+        /// Whatever the ring hands over, the decoder answers without panicking.
+        #[test]
+        fn arbitrary_bytes_decode_or_fail_cleanly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)
+        ) {
+            let decoded = decode(&bytes);
+            if bytes.len() != size_of::<Event>() {
+                proptest::prop_assert!(decoded.is_err());
+            }
+        }
+
+        /// Full-size records with every field arbitrary: decoded or refused.
+        #[test]
+        fn arbitrary_records_decode_or_fail_cleanly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), size_of::<Event>()),
+            kind in 0u8..6,
+            old in 0u8..15,
+            new in 0u8..15,
+        ) {
+            let mut bytes = bytes;
+            // Keep the enums near their valid ranges so most records decode.
+            bytes[94] = kind;
+            bytes[95] = old;
+            bytes[96] = new;
+            if let Ok(record) = decode(&bytes) {
+                // Whatever was decoded prints without breaking a line.
+                if let Some(owner) = record.owner {
+                    proptest::prop_assert!(!owner.comm.to_string().contains('\n'));
+                }
+            }
+        }
+    }
 }

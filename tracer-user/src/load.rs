@@ -28,14 +28,51 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!("../ebpf/tcplinger.bpf.o");
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
-/// Program name in the object, and the tracepoint it attaches to.
-const PROGRAMS: [&str; 6] = [
-    "inet_sock_set_state",
-    "tcp_destroy_sock",
-    "tcp_send_reset",
-    "tcp_receive_reset",
-    "sock_send_length",
-    "sock_recv_length",
+/// A program of the object, named as its tracepoint, and what is lost
+/// without it.
+#[derive(Debug, Clone, Copy)]
+pub struct Hook {
+    pub program: &'static str,
+    /// `None`: nothing works without it. Otherwise what a run without it
+    /// cannot do, for the warning.
+    pub without: Option<&'static str>,
+}
+
+pub const HOOKS: [Hook; 6] = [
+    Hook {
+        program: "inet_sock_set_state",
+        without: None,
+    },
+    Hook {
+        program: "tcp_destroy_sock",
+        without: Some(
+            "owner entries of closed sockets stay in the kernel's table until newer ones push them out",
+        ),
+    },
+    Hook {
+        program: "tcp_send_reset",
+        without: Some(
+            "RSTs this host sends are not seen: connections it aborts show closed_by \"unknown\"",
+        ),
+    },
+    Hook {
+        program: "tcp_receive_reset",
+        without: Some(
+            "RSTs from peers are not seen: connections they abort show closed_by \"unknown\"",
+        ),
+    },
+    Hook {
+        program: "sock_send_length",
+        without: Some(
+            "sends do not name a socket's owner: an accepted socket counts under its listener's process until it closes",
+        ),
+    },
+    Hook {
+        program: "sock_recv_length",
+        without: Some(
+            "receives do not name a socket's owner: an accepted socket counts under its listener's process until it closes",
+        ),
+    },
 ];
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -50,6 +87,27 @@ pub struct LoadOptions {
     /// A record for every transition (`--transitions`); else the steps the
     /// tracker can rebuild are left out.
     pub every_transition: bool,
+    /// Hooks to treat as unavailable (the hidden `--disable-hook`, to test
+    /// how a kernel without them is handled).
+    pub disabled_hooks: Vec<&'static str>,
+}
+
+/// An optional hook that could not be attached, and what that costs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Degraded {
+    pub program: &'static str,
+    pub reason: String,
+    pub without: &'static str,
+}
+
+impl std::fmt::Display for Degraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tracepoint {} unavailable ({}): {}",
+            self.program, self.reason, self.without
+        )
+    }
 }
 
 /// Attached programs plus the maps userspace reads. Dropping the `Ebpf`
@@ -63,6 +121,8 @@ pub struct Tracer {
     ring_bytes: u32,
     /// `missed_runs` as read just before detaching, when the programs go.
     missed_at_detach: u64,
+    /// Optional hooks this run goes without.
+    pub degraded: Vec<Degraded>,
 }
 
 impl Tracer {
@@ -239,24 +299,32 @@ pub fn load(options: &LoadOptions) -> Result<Tracer, EnvError> {
         .load(OBJECT)
         .map_err(ebpf_error)?;
 
-    for name in PROGRAMS {
-        let program: &mut BtfTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(EnvError::Program {
-                action: "find",
+    let mut degraded = Vec::new();
+    for hook in HOOKS {
+        let name = hook.program;
+        // A disabled hook is handled as a kernel without its tracepoint.
+        let attached = if options.disabled_hooks.contains(&name) {
+            Err(EnvError::TracepointMissing(name))
+        } else {
+            attach(&mut ebpf, name, &btf)
+        };
+        match (attached, hook.without) {
+            (Ok(()), _) => {}
+            // Privilege problems are not a kernel lacking a feature.
+            (Err(err @ EnvError::NotPrivileged), _) | (Err(err), None) => return Err(err),
+            (Err(err), Some(without)) => degraded.push(Degraded {
                 program: name,
-                reason: "not in the eBPF object (stale build?)".into(),
-            })?
-            .try_into()
-            .map_err(|e| program_error("load", name, e))?;
-        program
-            .load(name, &btf)
-            .map_err(|e| program_error("load", name, e))?;
-        program
-            .attach()
-            .map_err(|e| program_error("attach", name, e))?;
+                reason: match err {
+                    EnvError::TracepointMissing(_) => "not in this kernel".into(),
+                    EnvError::Program { reason, .. } => {
+                        reason.lines().next().unwrap_or_default().to_string()
+                    }
+                    other => other.to_string(),
+                },
+                without,
+            }),
+        }
     }
-
     let missing = |map: &'static str| EnvError::Program {
         action: "find",
         program: map,
@@ -293,7 +361,27 @@ pub fn load(options: &LoadOptions) -> Result<Tracer, EnvError> {
         ring_peak,
         ring_bytes: options.ring_bytes,
         missed_at_detach: 0,
+        degraded,
     })
+}
+
+fn attach(ebpf: &mut Ebpf, name: &'static str, btf: &aya::Btf) -> Result<(), EnvError> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(EnvError::Program {
+            action: "find",
+            program: name,
+            reason: "not in the eBPF object (stale build?)".into(),
+        })?
+        .try_into()
+        .map_err(|e| program_error("load", name, e))?;
+    program
+        .load(name, btf)
+        .map_err(|e| program_error("load", name, e))?;
+    program
+        .attach()
+        .map_err(|e| program_error("attach", name, e))?;
+    Ok(())
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones
@@ -328,6 +416,7 @@ mod tests {
             },
             ring_bytes: 1 << 20,
             every_transition: false,
+            disabled_hooks: vec![],
         };
         let c = kernel_config(&options, Default::default());
         assert_eq!(c.pids[..3], [7, 9, 0]);
@@ -343,5 +432,23 @@ mod tests {
             Default::default(),
         );
         assert_eq!(all.every_transition, 1);
+    }
+
+    #[test]
+    fn only_the_state_change_hook_is_required() {
+        let required: Vec<&str> = HOOKS
+            .iter()
+            .filter(|h| h.without.is_none())
+            .map(|h| h.program)
+            .collect();
+        assert_eq!(required, ["inet_sock_set_state"]);
+        let degraded = Degraded {
+            program: "sock_recv_length",
+            reason: "not in this kernel".into(),
+            without: HOOKS[5].without.unwrap(),
+        };
+        assert!(degraded.to_string().starts_with(
+            "tracepoint sock_recv_length unavailable (not in this kernel): receives do not name"
+        ));
     }
 }

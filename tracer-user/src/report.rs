@@ -1,7 +1,7 @@
 //! `tcplinger report`: trace for a while (30 s by default, or until Ctrl-C), then print the findings and the groups behind them.
 
 use std::{
-    io::{self, BufWriter, Write},
+    io::{BufWriter, Write},
     time::Duration,
 };
 
@@ -10,13 +10,14 @@ use crate::{
     cli::ReportArgs,
     output::report::{Report, rank},
     session::Progress,
-    watch::{output_result, stop_signal},
+    watch::{open_output, output_result, stop_signal},
 };
 
 const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 
 pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     let duration = args.trace.duration.unwrap_or(DEFAULT_DURATION);
+    let (writer, name) = open_output(args.output.as_deref())?;
     let stop = stop_signal(Some(duration))?;
     let mut analysis = Analysis::start(&args.trace, &args.analysis)?;
     tokio::pin!(stop);
@@ -49,10 +50,10 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
         folded: analysis.agg.folded(),
         top: args.top,
     };
-    let mut out = BufWriter::new(io::stdout().lock());
+    let mut out = BufWriter::new(writer);
     let written = report
         .write(args.format, &mut out)
         .and_then(|()| out.flush());
     eprintln!("{}", analysis.session.summary(args.trace.max_sockets.get()));
-    output_result(written)
+    output_result(&name, written)
 }

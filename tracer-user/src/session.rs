@@ -54,6 +54,15 @@ pub fn drain(
     })
 }
 
+/// Once the programs are attached: says what a missing optional hook
+/// costs, and gives up the capabilities only loading needed.
+pub fn attached(tracer: &Tracer) {
+    for d in &tracer.degraded {
+        eprintln!("tcplinger: warning: {d}");
+    }
+    crate::privilege::drop_or_warn();
+}
+
 /// Something a step of the session did that its user may want to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
@@ -95,6 +104,7 @@ impl Session {
         follow_timewait: bool,
     ) -> anyhow::Result<Self> {
         let mut tracer = load::load(options)?;
+        attached(&tracer);
         let source = EventSource::new(tracer.take_ring().context("ring buffer already taken")?)
             .context("watching the ring buffer")?;
         let filters = options.filters.clone();

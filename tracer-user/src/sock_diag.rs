@@ -615,4 +615,49 @@ mod tests {
         let mask = states(&[TcpState::FinWait2, TcpState::TimeWait]);
         assert_eq!(mask, StateFlags::FIN_WAIT2 | StateFlags::TIME_WAIT);
     }
+
+    fn arbitrary_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)
+    }
+
+    proptest::proptest! {
+        /// Any reply from netlink is parsed or refused, never a panic.
+        #[test]
+        fn arbitrary_replies_never_panic(bytes in arbitrary_bytes()) {
+            let mut out = Vec::new();
+            let _ = parse_batch(&bytes, 1, &mut out);
+            let _ = parse_lookups(&bytes, 1, &mut out);
+            let mut sightings = Sightings::default();
+            add_timewait(&out, &mut sightings);
+        }
+
+        /// Real replies with bytes overwritten, cut short or padded with
+        /// junk: still parsed or refused, and never more sockets than
+        /// messages could hold.
+        #[test]
+        fn damaged_real_replies_never_panic(
+            state in 0u8..16,
+            cookie in proptest::prelude::any::<u64>(),
+            damage in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 0..12),
+            cut in 0usize..400,
+            junk in arbitrary_bytes(),
+        ) {
+            let mut bytes = response(state, Some(Timer::TimeWait), cookie);
+            bytes.extend(response(TcpState::Established as u8, None, cookie ^ 1));
+            bytes.extend(done());
+            for (at, value) in damage {
+                if let Some(b) = bytes.get_mut(at) {
+                    *b = value;
+                }
+            }
+            bytes.truncate(cut.max(1));
+            bytes.extend(junk);
+            let mut out = Vec::new();
+            let _ = parse_batch(&bytes, 1, &mut out);
+            proptest::prop_assert!(out.len() <= bytes.len() / 16);
+            let mut out = Vec::new();
+            let _ = parse_lookups(&bytes, 1, &mut out);
+            proptest::prop_assert!(out.len() <= bytes.len() / 16);
+        }
+    }
 }

@@ -92,6 +92,7 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
             _ => FamilyFilter::Any,
         },
     };
+    let selection = args.select.selection();
     let states: Vec<TcpState> = if args.state.is_empty() {
         DEFAULT_STATES.to_vec()
     } else {
@@ -132,7 +133,9 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
             .get(&s.inode)
             .map(|&o| OwnerRef::from(o))
             .or_else(|| listener.copied().flatten());
-        if !filters.admits(s.family, s.lport, s.rport, owner.map(|o| o.pid)) {
+        if !filters.admits(s.family, s.lport, s.rport, owner.map(|o| o.pid))
+            || !selection.admits(owner.as_ref().map(|o| &o.comm), s.raddr)
+        {
             continue;
         }
         let id = ConnId {
@@ -185,7 +188,7 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
         Format::Text => write_text(&mut out, &rows, total),
     }
     .and_then(|()| out.flush());
-    crate::watch::output_result(written)
+    crate::watch::output_result("stdout", written)
 }
 
 fn write_json(

@@ -13,11 +13,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     cli::{TraceArgs, UsageError, WatchArgs},
     clock::{self, WallClock},
+    decode::Record,
     load::{self, LoadOptions},
     output::{connections::ConnectionWriter, transitions::TransitionWriter},
     ring::{EventSource, MAX_BATCH},
+    select::Selection,
     session::{self, Counts, Progress, Session},
-    tracker::Tracker,
+    tracker::{ConnRecord, Tracker},
 };
 
 /// Resolves when the run should end: SIGINT, SIGTERM or `--duration`.
@@ -57,15 +59,31 @@ pub fn load_options(trace: &TraceArgs) -> Result<LoadOptions, UsageError> {
         filters,
         ring_bytes: trace.ring_bytes,
         every_transition: false,
+        disabled_hooks: trace.disable_hook.clone(),
     })
 }
 
-/// The reader of stdout went away (`watch | head`): that ends the run, it
-/// is not a failure.
-pub fn output_result(result: io::Result<()>) -> anyhow::Result<()> {
+/// Where records go: stdout, or the `--output` file, with its name for
+/// errors. The file is created before anything is loaded, so a bad path is
+/// a usage error and not a late surprise.
+pub fn open_output(path: Option<&Path>) -> Result<(Box<dyn Write>, String), UsageError> {
+    match path {
+        None => Ok((Box::new(io::stdout().lock()), "stdout".into())),
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .map_err(|e| UsageError(format!("--output {}: {e}", path.display())))?;
+            Ok((Box::new(file), path.display().to_string()))
+        }
+    }
+}
+
+/// Ends a run: the reader of stdout going away (`watch | head`) is not a
+/// failure; anything else (a full disk) is, named with the output.
+pub fn output_result(name: &str, result: io::Result<()>) -> anyhow::Result<()> {
     match result {
         Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing output"),
+        Err(e) => Err(anyhow::anyhow!("writing {name}: {e}; tracing stopped")),
+        Ok(()) => Ok(()),
     }
 }
 
@@ -74,33 +92,54 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         every_transition: args.transitions,
         ..load_options(&args.trace)?
     };
+    let (writer, name) = open_output(args.output.as_deref())?;
     let stop = stop_signal(args.trace.duration)?;
-    let out = BufWriter::new(io::stdout().lock());
-    if args.transitions {
-        transitions(&options, stop, TransitionWriter::new(out, args.format)).await
+    let out = BufWriter::new(writer);
+    let selection = args.trace.select.selection();
+    let result = if args.transitions {
+        transitions(
+            &options,
+            &selection,
+            stop,
+            TransitionWriter::new(out, args.format),
+        )
+        .await
     } else {
         connections(
             &options,
+            &selection,
             stop,
             ConnectionWriter::new(out, args.format),
             args.trace.max_sockets.get(),
         )
         .await
-    }
+    };
+    output_result(&name, result?)
 }
 
 /// `--transitions`: every record straight to the output.
+/// Returns the output's own outcome apart, for `output_result` to judge.
 async fn transitions<W: Write>(
     options: &LoadOptions,
+    selection: &Selection,
     stop: impl Future<Output = ()>,
     mut out: TransitionWriter<W>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<io::Result<()>> {
     let mut tracer = load::load(options)?;
+    session::attached(&tracer);
     let mut source = EventSource::new(tracer.take_ring().context("ring buffer already taken")?)
         .context("watching the ring buffer")?;
     eprintln!("tcplinger: tracing TCP state changes; Ctrl-C to stop");
     let mut clock = WallClock::new();
     let mut counts = Counts::default();
+    let everything = selection.is_everything();
+    let write = |out: &mut TransitionWriter<W>, r: &Record, clock: &WallClock| {
+        if everything || selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr) {
+            out.write(r, clock)
+        } else {
+            Ok(())
+        }
+    };
     let result = async {
         tokio::pin!(stop);
         out.header()?;
@@ -114,13 +153,13 @@ async fn transitions<W: Write>(
                 () = tokio::task::yield_now(), if backlog => {}
             }
             clock.resync();
-            backlog =
-                session::drain(&mut source, &mut counts, |r| out.write(r, &clock))? == MAX_BATCH;
+            backlog = session::drain(&mut source, &mut counts, |r| write(&mut out, r, &clock))?
+                == MAX_BATCH;
             out.flush()?;
         }
         tracer.detach();
         // Records written before the programs went away are still in the ring.
-        session::drain(&mut source, &mut counts, |r| out.write(r, &clock))?;
+        session::drain(&mut source, &mut counts, |r| write(&mut out, r, &clock))?;
         out.flush()
     }
     .await;
@@ -132,19 +171,21 @@ async fn transitions<W: Write>(
         tracer.missed_runs(),
         counts.malformed
     );
-    output_result(result)
+    Ok(result)
 }
 
 /// Default mode: one record per completed connection lifecycle, and the
 /// sockets still lingering at exit.
 async fn connections<W: Write>(
     options: &LoadOptions,
+    selection: &Selection,
     stop: impl Future<Output = ()>,
     mut out: ConnectionWriter<W>,
     max_sockets: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<io::Result<()>> {
     let tracker = Tracker::new(max_sockets.try_into().context("--max-sockets")?);
     let mut session = Session::start(options, tracker, false)?;
+    let wanted = |r: &ConnRecord| selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr);
     let result = async {
         tokio::pin!(stop);
         out.header()?;
@@ -160,20 +201,24 @@ async fn connections<W: Write>(
                 }
             }
             for record in session.tracker.take_ready() {
-                out.write(&record, &session.clock)?;
+                if wanted(&record) {
+                    out.write(&record, &session.clock)?;
+                }
             }
             out.flush()?;
         }
         session.stop().await?;
         for record in session.tracker.finish(clock::boot_ns()) {
-            out.write(&record, &session.clock)?;
+            if wanted(&record) {
+                out.write(&record, &session.clock)?;
+            }
         }
         out.flush()
     }
     .await;
     session.tracer.detach();
     eprintln!("{}", session.summary(max_sockets));
-    output_result(result)
+    Ok(result)
 }
 
 /// The line that says tracing has started, once the open sockets are known.

@@ -366,12 +366,11 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
     let tcplinger = match &args.tcplinger {
         Some(path) => path.clone(),
         None => {
-            let status =
-                Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-                    .args(["build", "--release", "--quiet", "-p", "tracer-user"])
-                    .current_dir(root)
-                    .status()
-                    .context("building tcplinger")?;
+            let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args(["build", "--release", "--quiet", "-p", "tracer-user"])
+                .current_dir(root)
+                .status()
+                .context("building tcplinger")?;
             if !status.success() {
                 bail!("building tcplinger failed");
             }

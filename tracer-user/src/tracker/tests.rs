@@ -998,3 +998,89 @@ fn a_tracked_socket_stays_small() {
     assert!(size_of::<Conn>() <= 208, "{}", size_of::<Conn>());
     assert_eq!(size_of::<StateTimes>(), 64);
 }
+
+/// One arbitrary ring record for one of a few sockets.
+fn arbitrary_record(
+    cookie: u64,
+    kind: u8,
+    old: u8,
+    new: u8,
+    ms: u64,
+    owned: bool,
+    fin: Option<bool>,
+) -> Option<Record> {
+    let old = TcpState::from_u8(old)?;
+    let new = TcpState::from_u8(new)?;
+    let kind = match kind {
+        0 => Kind::StateChange { old, new },
+        1 => Kind::Destroy { state: old },
+        2 => Kind::SendReset { state: old },
+        _ => Kind::ReceiveReset { state: old },
+    };
+    let sock = if cookie % 2 == 0 {
+        Sock::client(cookie)
+    } else {
+        Sock::server(cookie)
+    };
+    Some(Record {
+        owner: if owned { sock.owner } else { None },
+        peer_fin: fin,
+        since_ns: (ms % 3 == 0).then_some(ms.saturating_sub(5) * MS),
+        ..sock.record(ms, kind)
+    })
+}
+
+proptest::proptest! {
+    /// Records in any order, duplicated, missing or contradictory, with
+    /// follower answers and losses in between: the tracker never panics,
+    /// stays under its cap, and every record it writes is well formed.
+    #[test]
+    fn arbitrary_record_sequences_never_panic(
+        steps in proptest::collection::vec(
+            (0u64..6, 0u8..4, 1u8..13, 1u8..13, 0u64..5_000, proptest::prelude::any::<bool>(),
+             proptest::option::of(proptest::prelude::any::<bool>()), 0u8..12),
+            0..80,
+        )
+    ) {
+        let mut t = Tracker::new(NonZeroUsize::new(4).unwrap()).follow_timewait();
+        let mut records = Vec::new();
+        for (cookie, kind, old, new, ms, owned, fin, extra) in steps {
+            if let Some(r) = arbitrary_record(cookie, kind, old, new, ms, owned, fin) {
+                t.on_record(&r);
+            }
+            match extra {
+                0 => t.note_loss(),
+                1 => t.tick(ms * MS),
+                2 => {
+                    for request in t.diag_requests(cookie % 2 == 0) {
+                        let mut seen = Sightings::default();
+                        for c in request.cookies() {
+                            seen.insert(c, TimewaitSighting {
+                                state: if c % 2 == 0 { TimeWait } else { FinWait2 },
+                                seen_ns: ms * MS,
+                                expires_ms: (ms % 60_000) as u32,
+                            });
+                        }
+                        t.on_diag(&request, &seen, ms * MS);
+                    }
+                }
+                3 => {
+                    for request in t.diag_requests(true) {
+                        t.on_diag_failed(&request);
+                    }
+                }
+                _ => {}
+            }
+            proptest::prop_assert!(t.tracked() <= 4);
+            records.extend(t.take_ready());
+            let _ = (t.take_opened(), t.take_timewait_starts(), t.take_timewait_ends(), t.live().count());
+        }
+        records.extend(t.finish(10_000 * MS));
+        for r in records {
+            proptest::prop_assert!(r.cookie < 6);
+            for (_, ns) in r.states.iter() {
+                proptest::prop_assert!(ns <= 10_000 * MS);
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Which connections a user asked about beyond the kernel's filters: owner command names (`--comm`) and remote networks (`--remote`).
+//!
+//! These are applied in userspace, where a connection's owner is final: an
+//! accepted socket is first seen under its listener's process and only
+//! later under the one that reads it, so a kernel-side comm filter would
+//! drop the steps that decide `closed_by`.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use tracer_common::COMM_LEN;
+
+use crate::decode::Comm;
+
+/// The kernel keeps this many bytes of a command name (`TASK_COMM_LEN` - 1).
+const COMM_KEPT: usize = COMM_LEN - 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Command names as the kernel keeps them (at most 15 bytes).
+    comms: Vec<Vec<u8>>,
+    remotes: Vec<IpNet>,
+}
+
+impl Selection {
+    pub fn new(comms: &[String], remotes: &[IpNet]) -> Self {
+        let mut comms: Vec<Vec<u8>> = comms
+            .iter()
+            .map(|c| c.as_bytes()[..c.len().min(COMM_KEPT)].to_vec())
+            .collect();
+        comms.sort();
+        comms.dedup();
+        let mut remotes: Vec<IpNet> = remotes.iter().map(IpNet::trunc).collect();
+        remotes.sort();
+        remotes.dedup();
+        Self { comms, remotes }
+    }
+
+    /// True when nothing is filtered: the common case skips every check.
+    pub fn is_everything(&self) -> bool {
+        self.comms.is_empty() && self.remotes.is_empty()
+    }
+
+    /// Whether a connection owned by `comm` (if known) to `raddr` is wanted.
+    /// An IPv4 network also matches the IPv4-mapped form of its addresses,
+    /// which is how dual-stack sockets show IPv4 peers.
+    pub fn admits(&self, comm: Option<&Comm>, raddr: IpAddr) -> bool {
+        let comm_ok = self.comms.is_empty()
+            || comm.is_some_and(|c| self.comms.iter().any(|w| w.as_slice() == c.as_bytes()));
+        let remote_ok = self.remotes.is_empty() || {
+            let canonical = raddr.to_canonical();
+            self.remotes
+                .iter()
+                .any(|net| net.contains(&raddr) || net.contains(&canonical))
+        };
+        comm_ok && remote_ok
+    }
+}
+
+/// `--remote`: an address (`10.0.0.7`, `::1`) or a network in CIDR form
+/// (`10.0.0.0/8`, `fd00::/8`).
+pub fn parse_remote(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    s.parse::<IpNet>().map_err(|_| {
+        format!("'{s}' is not an address or a network (e.g. 10.0.0.7, 10.0.0.0/8, fd00::/8)")
+    })
+}
+
+/// `--comm`: a command name as `ps -o comm` shows it.
+pub fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("an empty command name matches nothing".into());
+    }
+    if s.bytes().any(|b| b == 0 || b == b'\n') {
+        return Err("a command name has no NUL or newline".into());
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comm(name: &str) -> Comm {
+        let mut raw = [0u8; COMM_LEN];
+        let n = name.len().min(COMM_KEPT);
+        raw[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Comm::new(raw)
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn empty_selection_admits_everything() {
+        let s = Selection::default();
+        assert!(s.is_everything());
+        assert!(s.admits(None, ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn comm_matches_exactly_and_needs_an_owner() {
+        let s = Selection::new(&["curl".into()], &[]);
+        assert!(s.admits(Some(&comm("curl")), ip("192.0.2.1")));
+        assert!(!s.admits(Some(&comm("curly")), ip("192.0.2.1")));
+        assert!(!s.admits(Some(&comm("cur")), ip("192.0.2.1")));
+        assert!(!s.admits(None, ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn long_comm_is_matched_as_the_kernel_truncates_it() {
+        let s = Selection::new(&["kube-controller-manager".into()], &[]);
+        // What the kernel keeps of that name: its first 15 bytes.
+        assert!(s.admits(Some(&comm("kube-controller")), ip("::1")));
+        assert!(!s.admits(Some(&comm("kube-controlle")), ip("::1")));
+        assert!(!s.admits(Some(&comm("kube-scheduler")), ip("::1")));
+    }
+
+    #[test]
+    fn remote_networks_match_v4_v6_and_mapped() {
+        let nets = [
+            parse_remote("10.0.0.0/8").unwrap(),
+            parse_remote("fd00::/8").unwrap(),
+        ];
+        let s = Selection::new(&[], &nets);
+        assert!(s.admits(None, ip("10.1.2.3")));
+        assert!(s.admits(None, ip("::ffff:10.1.2.3")));
+        assert!(s.admits(None, ip("fd12::1")));
+        assert!(!s.admits(None, ip("11.0.0.1")));
+        assert!(!s.admits(None, ip("fe80::1")));
+    }
+
+    #[test]
+    fn a_bare_address_is_one_host_and_host_bits_are_ignored() {
+        let s = Selection::new(&[], &[parse_remote("192.0.2.7").unwrap()]);
+        assert!(s.admits(None, ip("192.0.2.7")));
+        assert!(!s.admits(None, ip("192.0.2.8")));
+        let s = Selection::new(&[], &[parse_remote("192.0.2.7/24").unwrap()]);
+        assert!(s.admits(None, ip("192.0.2.200")));
+    }
+
+    #[test]
+    fn both_must_hold() {
+        let s = Selection::new(&["curl".into()], &[parse_remote("10.0.0.0/8").unwrap()]);
+        assert!(s.admits(Some(&comm("curl")), ip("10.0.0.1")));
+        assert!(!s.admits(Some(&comm("curl")), ip("11.0.0.1")));
+        assert!(!s.admits(Some(&comm("wget")), ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn bad_values_say_why() {
+        for bad in ["10.0.0.0/33", "10.0.0", "example.com", "fd00::/129", ""] {
+            let err = parse_remote(bad).unwrap_err();
+            assert!(err.contains("not an address or a network"), "{bad}: {err}");
+        }
+        assert!(parse_comm("").is_err());
+        assert!(parse_comm("a\nb").is_err());
+        assert_eq!(parse_comm("nginx").unwrap(), "nginx");
+    }
+}
