@@ -92,20 +92,20 @@ pub struct DaemonArgs {
     pub cgroup: Option<String>,
 
     /// Most sockets followed at once [default: 262144].
-    #[arg(long, value_name = "N", value_parser = parse_max_sockets)]
+    #[arg(long, value_name = "N", value_parser = parse_max_sockets, allow_hyphen_values = true)]
     pub max_sockets: Option<NonZeroUsize>,
 
     /// Most process/endpoint groups aggregated for the findings [default: 500].
-    #[arg(long, value_name = "N", value_parser = parse_max_groups)]
+    #[arg(long, value_name = "N", value_parser = parse_max_groups, allow_hyphen_values = true)]
     pub max_groups: Option<usize>,
 
     /// Most remote endpoints (address and port) with metric series of their
     /// own; the rest share remote_addr="other" [default: 100].
-    #[arg(long, value_name = "N", value_parser = parse_max_endpoints)]
+    #[arg(long, value_name = "N", value_parser = parse_max_endpoints, allow_hyphen_values = true)]
     pub max_endpoints: Option<usize>,
 
     /// Kernel-to-userspace ring size, a power of two [default: 4MiB].
-    #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_bytes, allow_hyphen_values = true)]
     pub ring_bytes: Option<u32>,
 
     /// Stop after this long (mostly for tests); default: until SIGTERM.
@@ -150,7 +150,12 @@ pub struct ReportArgs {
     pub format: ReportFormat,
 
     /// Groups listed after the findings (all groups in JSON).
-    #[arg(long, value_name = "N", default_value_t = 20)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 20,
+        allow_hyphen_values = true
+    )]
     pub top: usize,
 
     /// Write the report to this file (created, or truncated) instead of stdout.
@@ -182,7 +187,7 @@ pub struct TopArgs {
 pub struct AnalysisArgs {
     /// Most process/endpoint groups kept; the rest are folded into one
     /// "other" row and counted.
-    #[arg(long, value_name = "N", default_value = "500", value_parser = parse_max_groups)]
+    #[arg(long, value_name = "N", default_value = "500", value_parser = parse_max_groups, allow_hyphen_values = true)]
     pub max_groups: usize,
 }
 
@@ -296,12 +301,12 @@ pub struct TraceArgs {
 
     /// Most sockets followed at once; beyond it the stalest is dropped
     /// (counted as evicted) to bound memory.
-    #[arg(long, value_name = "N", default_value = "262144", value_parser = parse_max_sockets)]
+    #[arg(long, value_name = "N", default_value = "262144", value_parser = parse_max_sockets, allow_hyphen_values = true)]
     pub max_sockets: NonZeroUsize,
 
     /// Size of the kernel-to-userspace ring buffer: a power of two, at least
     /// 4KiB (suffixes K, M, G, KiB, MiB, GiB).
-    #[arg(long, value_name = "BYTES", default_value = "4MiB", value_parser = parse_ring_bytes)]
+    #[arg(long, value_name = "BYTES", default_value = "4MiB", value_parser = parse_ring_bytes, allow_hyphen_values = true)]
     pub ring_bytes: u32,
 
     #[command(flatten)]

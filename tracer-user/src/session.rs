@@ -16,8 +16,13 @@ use crate::{
     load::{self, LoadOptions, Tracer},
     ring::{EventSource, MAX_BATCH},
     snapshot,
-    tracker::{CLOSE_GRACE_NS, Seed, Tracker},
+    tracker::{Alive, CLOSE_GRACE_NS, Seed, Tracker},
 };
+
+/// After a loss, the tracker is checked against a dump of every socket at
+/// most this often: a dump of a large host costs tens of ms, and under a
+/// sustained flood losses are noted at every step.
+const RECHECK_EVERY_NS: u64 = 2_000_000_000;
 
 /// How often followed TIME_WAIT sockets are looked up: they change once
 /// in 60 s, and their table can be large (a dump of 130,000 costs tens of
@@ -87,10 +92,17 @@ pub struct Session {
     last_timewait_poll_ns: u64,
     losses: Losses,
     backlog: bool,
+    /// Events were lost since the last check against the kernel's sockets.
+    recheck_wanted: bool,
+    recheck: Option<JoinHandle<(Alive, u64)>>,
+    /// A dump back, applied once the ring holds nothing older than it.
+    recheck_done: Option<(Alive, u64)>,
+    last_recheck_ns: u64,
 }
 
 enum Woke {
     Seeded(Result<(Vec<Seed>, usize), tokio::task::JoinError>),
+    Rechecked(Result<(Alive, u64), tokio::task::JoinError>),
     Diag(Result<(Follower, Vec<DiagAnswer>), tokio::task::JoinError>),
     DiagTick,
     Ring,
@@ -128,6 +140,10 @@ impl Session {
             last_timewait_poll_ns: 0,
             losses: Losses::default(),
             backlog: false,
+            recheck_wanted: false,
+            recheck: None,
+            recheck_done: None,
+            last_recheck_ns: 0,
         })
     }
 
@@ -141,12 +157,14 @@ impl Session {
             follower,
             source,
             backlog,
+            recheck,
             ..
         } = self;
         let woke = tokio::select! {
             biased;
             r = async { seeding.as_mut().expect("guarded").await }, if seeding.is_some() => Woke::Seeded(r),
             r = async { diag.as_mut().expect("guarded").await }, if diag.is_some() => Woke::Diag(r),
+            r = async { recheck.as_mut().expect("guarded").await }, if recheck.is_some() => Woke::Rechecked(r),
             _ = diag_tick.tick(), if follower.is_some() => Woke::DiagTick,
             () = source.ready(), if !*backlog => Woke::Ring,
             () = tokio::task::yield_now(), if *backlog => Woke::Ring,
@@ -172,6 +190,10 @@ impl Session {
                     self.apply(&answers);
                 }
             }
+            Woke::Rechecked(r) => {
+                self.recheck = None;
+                self.recheck_done = r.ok();
+            }
             Woke::DiagTick => self.ask_diag(),
             Woke::Ring => {}
         }
@@ -180,9 +202,37 @@ impl Session {
         // After the drain: a loss counted now may concern any record read so far.
         if self.losses.grew(&self.tracer) {
             self.tracker.note_loss();
+            self.recheck_wanted = true;
         }
+        // Only once the ring is empty: a record older than the dump still
+        // waiting there would otherwise be contradicted by it.
+        if !self.backlog
+            && let Some((alive, started_ns)) = self.recheck_done.take()
+        {
+            self.tracker.reconcile(&alive, started_ns);
+        }
+        self.start_recheck();
         self.tracker.tick(clock::boot_ns());
         Ok(progress)
+    }
+
+    /// Dumps every socket in the background if a loss asks for it (and
+    /// start-up seeding, which does the same, is over).
+    fn start_recheck(&mut self) {
+        let now = clock::boot_ns();
+        if !self.recheck_wanted
+            || self.recheck.is_some()
+            || self.recheck_done.is_some()
+            || self.seeding.is_some()
+            || now.saturating_sub(self.last_recheck_ns) < RECHECK_EVERY_NS
+        {
+            return;
+        }
+        self.recheck_wanted = false;
+        self.last_recheck_ns = now;
+        self.recheck = Some(tokio::task::spawn_blocking(move || {
+            (snapshot::alive(), now)
+        }));
     }
 
     fn drain(&mut self) -> io::Result<usize> {
@@ -229,6 +279,23 @@ impl Session {
         self.drain()?;
         if self.losses.refresh(&self.tracer) {
             self.tracker.note_loss();
+            self.recheck_wanted = true;
+        }
+        // A loss not yet checked against the kernel's sockets is, now: the
+        // last records must not describe sockets long gone as open.
+        if let Some(pending) = self.recheck.take()
+            && let Ok(done) = pending.await
+        {
+            self.recheck_done = Some(done);
+        }
+        if self.recheck_wanted && self.recheck_done.is_none() {
+            let started_ns = clock::boot_ns();
+            if let Ok(alive) = tokio::task::spawn_blocking(snapshot::alive).await {
+                self.recheck_done = Some((alive, started_ns));
+            }
+        }
+        if let Some((alive, started_ns)) = self.recheck_done.take() {
+            self.tracker.reconcile(&alive, started_ns);
         }
         if let Some(pending) = self.diag.take()
             && let Ok((back, answers)) = pending.await

@@ -10,7 +10,7 @@ use crate::{
     netns::{self, NetnsPaths},
     owners::{fds_of, socket_owners},
     sock_diag::{self, Diag, DiagSocket},
-    tracker::{OwnerRef, Seed},
+    tracker::{Alive, OwnerRef, Seed},
 };
 
 /// Every state a socket can be found in by a dump.
@@ -33,6 +33,32 @@ pub const ALL_STATES: [TcpState; 11] = [
 pub struct Found {
     pub netns: u32,
     pub socket: DiagSocket,
+}
+
+/// Every socket of every namespace, by cookie, and the namespaces read in
+/// full: what the tracker is checked against after a loss.
+pub fn alive() -> Alive {
+    let mask = sock_diag::states(&ALL_STATES);
+    let mut paths = NetnsPaths::default();
+    let mut alive = Alive::default();
+    for inum in netns::all().into_keys() {
+        let Ok(Some(mut diag)) = Diag::open_for(inum, &mut paths) else {
+            continue;
+        };
+        let mut complete = true;
+        for family in Family::ALL {
+            match diag.dump(family, mask.clone(), false) {
+                Ok(sockets) => alive
+                    .states
+                    .extend(sockets.iter().map(|s| (s.cookie, s.state))),
+                Err(_) => complete = false,
+            }
+        }
+        if complete {
+            alive.netns.insert(inum);
+        }
+    }
+    alive
 }
 
 /// Dumps `states` in every namespace, both families. Returns the sockets

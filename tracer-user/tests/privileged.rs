@@ -6,6 +6,8 @@ mod analysis;
 mod daemon;
 #[path = "privileged/lifecycle.rs"]
 mod lifecycle;
+#[path = "privileged/safety.rs"]
+mod safety;
 mod support;
 #[path = "privileged/transitions.rs"]
 mod transitions;
@@ -27,6 +29,9 @@ fn main() {
     if argv.get(1).map(String::as_str) == Some("__peer") {
         support::peer::run(&argv[2..]);
     }
+    if argv.get(1).map(String::as_str) == Some("__hold") {
+        support::peer::hold(&argv[2..]);
+    }
     let mut args = Arguments::from_args();
     // One tracer at a time: each sees every namespace, and two cores are
     // better spent on one scenario than on contention.
@@ -34,6 +39,7 @@ fn main() {
     use analysis::*;
     use daemon::*;
     use lifecycle::*;
+    use safety::*;
     use transitions::*;
     let trials = trials![
         client_closes_first,
@@ -70,6 +76,18 @@ fn main() {
         daemon_bounds_endpoint_series,
         daemon_config_file_is_checked,
         daemon_labels_containers_and_filters_by_cgroup,
+        flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right,
+        flood_drops_show_in_report_and_metrics,
+        socket_cap_evicts_and_bounds_memory,
+        sigkill_leaves_nothing_behind_and_a_restart_classifies_open_connections,
+        daemon_keeps_only_the_capabilities_it_needs,
+        metrics_refuse_non_loopback_without_the_explicit_flag,
+        a_missing_optional_hook_degrades_with_a_warning,
+        bad_input_exits_2_with_one_line_naming_the_flag,
+        environment_problems_exit_1_with_the_fix,
+        a_closed_pipe_ends_watch_cleanly,
+        a_full_disk_on_output_stops_cleanly,
+        comm_and_remote_select_connections,
     ];
     libtest_mimic::run(&args, trials).exit();
 }

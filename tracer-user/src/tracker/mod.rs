@@ -333,6 +333,18 @@ impl DiagRequest {
     }
 }
 
+/// Every socket a sock_diag dump of all namespaces found, to check the
+/// tracker against after events were lost.
+#[derive(Debug, Default, Clone)]
+pub struct Alive {
+    /// Cookie -> state of every socket found (timewait sockets keep the
+    /// cookie of the socket they replace).
+    pub states: HashMap<u64, TcpState>,
+    /// Namespaces whose every dump succeeded: only their sockets can be
+    /// declared gone.
+    pub netns: HashSet<u32>,
+}
+
 /// A socket found by the start-up sock_diag dump.
 #[derive(Debug, Clone)]
 pub struct Seed {
@@ -888,6 +900,66 @@ impl Tracker {
         self.conns.for_each_mut(|_, conn| conn.complete = false);
         for record in &mut self.ready {
             record.complete = false;
+        }
+    }
+
+    /// After a loss, what the kernel holds now (`alive`, dumped from
+    /// `started_ns`) corrects what the lost events would have: a live
+    /// socket not heard from since before the dump began and no longer
+    /// there is written as ended (when it was last known of, incomplete,
+    /// `closed_by` as far as its last state says); one found in TIME_WAIT
+    /// is written as such; one found in another state moves there. Without
+    /// this a socket whose closing events were all dropped would count as
+    /// open until evicted.
+    pub fn reconcile(&mut self, alive: &Alive, started_ns: u64) {
+        let mut ended = Vec::new();
+        let mut moved = Vec::new();
+        for (&cookie, conn) in self.conns.iter() {
+            let last_known = conn.since_ns.unwrap_or(conn.first_ns).max(conn.first_ns);
+            if conn.phase != Phase::Live
+                || last_known >= started_ns
+                || !alive.netns.contains(&conn.netns)
+            {
+                continue;
+            }
+            match alive.states.get(&cookie) {
+                None => ended.push((cookie, last_known, false)),
+                Some(TcpState::TimeWait) => ended.push((cookie, last_known, true)),
+                Some(&state) if state != conn.state => moved.push((cookie, state)),
+                Some(_) => {}
+            }
+        }
+        for (cookie, last_known, time_wait) in ended {
+            let Some(mut conn) = self.conns.pop(&cookie) else {
+                continue;
+            };
+            self.unfollow(cookie, conn.netns, conn.family);
+            conn.complete = false;
+            if conn.closed_by.is_none() {
+                conn.closed_by = closer_implied_by(conn.state).or(
+                    // Only the side that sent a FIN first (or both) gets there.
+                    time_wait.then_some(ClosedBy::Local),
+                );
+            }
+            conn.time_wait = time_wait;
+            // How long its last state really lasted is unknown.
+            conn.since_ns = None;
+            conn.enter(TcpState::Close, last_known);
+            self.ready
+                .push(conn.record(cookie, last_known, last_known, None));
+        }
+        for (cookie, state) in moved {
+            if let Some(conn) = self.conns.peek_mut(&cookie) {
+                conn.complete = false;
+                if conn.closed_by.is_none() {
+                    conn.closed_by = closer_implied_by(state);
+                }
+                // Its old state's end is unknown; the new one is timed
+                // from the dump, a lower bound.
+                conn.since_ns = None;
+                conn.enter(state, started_ns);
+                conn.last_step = (state, state);
+            }
         }
     }
 

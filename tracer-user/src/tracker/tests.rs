@@ -999,6 +999,92 @@ fn a_tracked_socket_stays_small() {
     assert_eq!(size_of::<StateTimes>(), 64);
 }
 
+fn alive(states: &[(u64, TcpState)]) -> Alive {
+    let mut a = Alive::default();
+    a.states.extend(states.iter().copied());
+    a.netns.insert(NETNS);
+    a
+}
+
+#[test]
+fn after_a_loss_sockets_gone_from_the_kernel_are_written_incomplete() {
+    let mut t = tracker();
+    let (c, s) = (Sock::client(1), Sock::server(2));
+    feed(&mut t, &client_open(&c));
+    feed(&mut t, &server_open(&s));
+    // Their closing events were all dropped: the client went on to
+    // TIME_WAIT, the server's socket is gone.
+    t.note_loss();
+    t.reconcile(&alive(&[(1, TimeWait)]), 5000 * MS);
+    let mut records = t.take_ready();
+    records.sort_by_key(|r| r.cookie);
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let (client, server) = (&records[0], &records[1]);
+    assert!(!client.complete && !server.complete);
+    assert!(client.time_wait);
+    assert_eq!(client.closed_by, ClosedBy::Local);
+    assert_eq!(server.closed_by, ClosedBy::Unknown, "no sign of who closed");
+    assert!(!server.time_wait);
+    // Dated when last known of, not when found missing.
+    assert_eq!(client.end_ns, MS);
+    assert_eq!(client.lifetime_ns, MS);
+    assert_eq!(
+        ms(client.states.get(Established)),
+        Some(0.0),
+        "a lower bound"
+    );
+    assert_eq!(t.tracked(), 0);
+}
+
+#[test]
+fn after_a_loss_a_socket_found_elsewhere_moves_there() {
+    let mut t = tracker();
+    let s = Sock::server(2);
+    feed(&mut t, &server_open(&s));
+    t.note_loss();
+    t.reconcile(&alive(&[(2, CloseWait)]), 2000 * MS);
+    assert!(t.take_ready().is_empty(), "still open");
+    let live: Vec<_> = t.live().collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].state, CloseWait);
+    // Its next events apply as usual.
+    feed(
+        &mut t,
+        &[
+            s.step(3000, CloseWait, LastAck),
+            s.unowned_step(3001, LastAck, Close),
+        ],
+    );
+    t.tick(4000 * MS);
+    let r = only(t.take_ready());
+    assert_eq!(r.closed_by, ClosedBy::Remote);
+    assert!(!r.complete);
+    assert_eq!(
+        ms(r.states.get(CloseWait)),
+        Some(1000.0),
+        "from the dump on"
+    );
+}
+
+#[test]
+fn a_recheck_leaves_alone_what_it_cannot_judge() {
+    let mut t = tracker();
+    let (c, late) = (Sock::client(1), Sock::client(3));
+    feed(&mut t, &client_open(&c));
+    // Heard from after the dump began: the dump may predate it.
+    feed(&mut t, &[late.step(6000, SynSent, Established)]);
+    // A namespace whose dump failed: its sockets cannot be declared gone.
+    let mut partial = alive(&[]);
+    partial.netns.clear();
+    t.reconcile(&partial, 5000 * MS);
+    assert!(t.take_ready().is_empty());
+    t.reconcile(&alive(&[(1, Established)]), 5000 * MS);
+    assert!(t.take_ready().is_empty());
+    assert_eq!(t.tracked(), 2);
+    let c_live = t.live().find(|l| l.cookie == 1).unwrap();
+    assert_eq!(c_live.state, Established);
+}
+
 /// One arbitrary ring record for one of a few sockets.
 fn arbitrary_record(
     cookie: u64,
@@ -1068,6 +1154,10 @@ proptest::proptest! {
                     for request in t.diag_requests(true) {
                         t.on_diag_failed(&request);
                     }
+                }
+                4 => {
+                    let states = [(cookie, TcpState::from_u8(old).unwrap_or(TimeWait))];
+                    t.reconcile(&alive(&states[..usize::from(ms % 2 == 0)]), ms * MS);
                 }
                 _ => {}
             }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::support::{netns::NetPair, peer::Peer, require_root, tracer::Tracer, wait_until};
 
 /// A loopback port nobody listens on now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -20,7 +20,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_daemon(listen: SocketAddr, extra: &[&str]) -> Tracer {
+pub(crate) fn start_daemon(listen: SocketAddr, extra: &[&str]) -> Tracer {
     let listen = listen.to_string();
     let mut args = vec![
         "daemon",
@@ -53,7 +53,7 @@ fn get(addr: SocketAddr, request: &str) -> (u16, String) {
     (status, body)
 }
 
-fn scrape(addr: SocketAddr) -> String {
+pub(crate) fn scrape(addr: SocketAddr) -> String {
     let (status, body) = get(addr, "GET /metrics HTTP/1.0\r\nHost: t\r\n\r\n");
     assert_eq!(status, 200, "{body}");
     body
@@ -62,7 +62,7 @@ fn scrape(addr: SocketAddr) -> String {
 /// The value of the series whose line starts with `series`, e.g.
 /// `tcplinger_events_total` or `...{labels}`, summed over label sets that
 /// contain every one of `labels`.
-fn value(text: &str, metric: &str, labels: &[&str]) -> f64 {
+pub(crate) fn value(text: &str, metric: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| {
             l.starts_with(metric)
@@ -361,7 +361,7 @@ pub fn daemon_survives_abuse() {
     assert!(run.status.success(), "{:?}", run.stderr);
 }
 
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -384,7 +384,7 @@ const OUR_PROGRAMS: [&str; 6] = [
     "sock_recv_lengt",
 ];
 
-fn our_programs_loaded() -> Vec<String> {
+pub(crate) fn our_programs_loaded() -> Vec<String> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter_map(|p| p.name_as_str().map(str::to_string))

@@ -410,14 +410,14 @@ pub fn sigterm_ends_the_run_cleanly() {
 
 // ---- exits ----
 
-fn tcplinger(args: &[&str]) -> std::process::Output {
+pub(crate) fn tcplinger(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_tcplinger"))
         .args(args)
         .output()
         .expect("running tcplinger")
 }
 
-fn one_line_error(out: &std::process::Output) -> String {
+pub(crate) fn one_line_error(out: &std::process::Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(
         stderr.lines().count(),

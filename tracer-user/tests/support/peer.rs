@@ -345,6 +345,26 @@ fn connect(args: &PeerArgs) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Entry point of a holder process: `__hold N` opens N loopback
+/// connections (2N sockets, both ends here: the fd limit of one process
+/// bounds N), says `held`, and keeps them until its stdin closes.
+pub fn hold(argv: &[String]) -> ! {
+    let n: usize = argv.first().and_then(|n| n.parse().ok()).expect("__hold N");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding on loopback");
+    let addr = listener.local_addr().expect("local address");
+    let mut held = Vec::with_capacity(2 * n);
+    for _ in 0..n {
+        held.push(TcpStream::connect(addr).expect("connecting on loopback"));
+        held.push(listener.accept().expect("accepting on loopback").0);
+    }
+    println!("held");
+    std::io::stdout().flush().expect("stdout");
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_to_string(&mut rest);
+    drop(held);
+    std::process::exit(0)
+}
+
 /// Entry point of a peer process: `__peer server|client ADDR [flags]`.
 pub fn run(argv: &[String]) -> ! {
     let args = match PeerArgs::try_parse_from(argv) {

@@ -1,0 +1,882 @@
+//! What the tool guarantees on a host in trouble: floods counted and never misjudged, bounded memory, nothing left behind by a SIGKILL, least privilege, degraded hooks, bad input, broken pipes and full disks.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    daemon::{free_port, our_programs_loaded, scrape, start_daemon, value},
+    support::{
+        netns::NetPair,
+        peer::{CLIENT_COMM, Peer, SERVER_COMM},
+        require_root,
+        tracer::Tracer,
+        wait_until,
+    },
+    transitions::{one_line_error, tcplinger},
+};
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+fn str_of<'a>(r: &'a Value, key: &str) -> &'a str {
+    r[key].as_str().unwrap_or_default()
+}
+
+/// The expected verdict of a side of a connection the client closes first.
+fn right_verdict(r: &Value) -> bool {
+    match str_of(r, "comm") {
+        CLIENT_COMM => str_of(r, "closed_by") == "local",
+        SERVER_COMM => str_of(r, "closed_by") == "remote",
+        _ => false,
+    }
+}
+
+/// Runs client-closes-first connections to `target`, `count` of them.
+fn converse(net: &NetPair, target: SocketAddr, count: u32, parallel: bool) {
+    let count = count.to_string();
+    let mut server_flags = vec!["--close", "after-eof", "--count", &count];
+    let mut client_flags = vec!["--close", "first", "--count", &count];
+    if parallel {
+        server_flags.push("--parallel");
+        client_flags.push("--parallel");
+    }
+    let server = Peer::server(&net.server_ns, target, &server_flags);
+    Peer::client(&net.client_ns, target, &client_flags).finish();
+    server.finish();
+}
+
+// ---- 1. floods ----
+
+pub fn flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right() {
+    require_root();
+    let net = NetPair::new();
+    let (flood_port, after_port) = (18501u16, 18502u16);
+    let ports = format!("{flood_port},{after_port}");
+    let tracer = Tracer::start(&[
+        "watch",
+        "--format",
+        "json",
+        "--ring-bytes",
+        "4096",
+        "--port",
+        &ports,
+    ]);
+    // The consumer stalls through a burst of 200 connections: the 4 KiB ring
+    // holds about 36 records of the ~2,800 the burst writes.
+    tracer.signal(libc::SIGSTOP);
+    converse(&net, SocketAddr::new(net.server_v4, flood_port), 200, true);
+    tracer.signal(libc::SIGCONT);
+    // Afterwards, connections whose every event is seen.
+    let after = 20;
+    converse(
+        &net,
+        SocketAddr::new(net.server_v4, after_port),
+        after,
+        false,
+    );
+    let after_seen = tracer.wait_for(SETTLE, |lines| {
+        lines.iter().filter(|r| r["rport"] == after_port).count() == after as usize
+            && lines.iter().filter(|r| r["lport"] == after_port).count() == after as usize
+    });
+    let run = tracer.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    assert!(after_seen, "{:?}", run.stderr);
+    eprintln!(
+        "flood: {} records out, {} events, {} dropped",
+        run.lines.len(),
+        run.events,
+        run.dropped
+    );
+    assert!(
+        run.dropped > 1000,
+        "the burst overflowed the ring: {:?}",
+        run.stderr
+    );
+    let summary = run.stderr.iter().find(|l| l.contains(" events, ")).unwrap();
+    assert!(
+        summary.contains(&format!("{} dropped", run.dropped)),
+        "{summary}"
+    );
+    // Nothing complete is misjudged; the sockets caught in the flood say
+    // they are incomplete.
+    for r in &run.lines {
+        if r["complete"] == true {
+            assert!(
+                right_verdict(r),
+                "a complete record with a wrong verdict: {r}"
+            );
+        }
+    }
+    let flood: Vec<&Value> = run
+        .lines
+        .iter()
+        .filter(|r| r["rport"] == flood_port || r["lport"] == flood_port)
+        .collect();
+    assert!(
+        flood.iter().any(|r| r["complete"] == false),
+        "some flooded sockets were partly seen: {flood:?}"
+    );
+    // Everything after the flood is complete and right.
+    let after_records: Vec<&Value> = run
+        .lines
+        .iter()
+        .filter(|r| r["rport"] == after_port || r["lport"] == after_port)
+        .collect();
+    assert_eq!(after_records.len(), 2 * after as usize);
+    for r in after_records {
+        assert_eq!(r["complete"], true, "{r}");
+        assert!(right_verdict(r), "{r}");
+    }
+}
+
+pub fn flood_drops_show_in_report_and_metrics() {
+    require_root();
+    let net = NetPair::new();
+    let port = 18503u16;
+    let target = SocketAddr::new(net.server_v4, port);
+    // report: the JSON says how much was lost.
+    let report = Tracer::start(&[
+        "report",
+        "--format",
+        "json",
+        "--ring-bytes",
+        "4096",
+        "--duration",
+        "60s",
+        "--port",
+        &port.to_string(),
+    ]);
+    report.signal(libc::SIGSTOP);
+    converse(&net, target, 100, true);
+    report.signal(libc::SIGCONT);
+    let run = report.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    let json = &run.lines[0];
+    let dropped = json["dropped"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no dropped count in the report: {json}"));
+    assert!(dropped > 0, "{json}");
+    assert_eq!(dropped, run.dropped);
+    // daemon: the counter.
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let daemon = start_daemon(
+        listen,
+        &["--ring-bytes", "4096", "--port", &port.to_string()],
+    );
+    daemon.signal(libc::SIGSTOP);
+    converse(&net, target, 100, true);
+    daemon.signal(libc::SIGCONT);
+    assert!(
+        wait_until(SETTLE, || value(
+            &scrape(listen),
+            "tcplinger_events_dropped_total",
+            &[]
+        ) > 0.0),
+        "{}",
+        scrape(listen)
+    );
+    let run = daemon.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    assert!(run.dropped > 0);
+}
+
+// ---- 2. memory bounds ----
+
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A helper process holding `n` loopback connections (2n sockets) until dropped.
+struct Holder(std::process::Child);
+
+impl Holder {
+    fn start(n: usize) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["__hold", &n.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "held", "holder failed");
+        Self(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+pub fn socket_cap_evicts_and_bounds_memory() {
+    require_root();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let daemon = start_daemon(listen, &["--max-sockets", "1000"]);
+    let pid = daemon.pid();
+    let rss_before = vm_kib(pid, "VmRSS:");
+    let start = Instant::now();
+    // Two processes: the fd limit (20,000 here, and raising it needs
+    // CAP_SYS_RESOURCE) bounds what one can hold.
+    let holders = [Holder::start(5_000), Holder::start(5_000)];
+    eprintln!("20,000 sockets open in {:?}", start.elapsed());
+    let evicted = |text: &str| value(text, "tcplinger_sockets_evicted_total", &[]);
+    let seen = wait_until(Duration::from_secs(20), || {
+        evicted(&scrape(listen)) >= 19_000.0
+    });
+    let text = scrape(listen);
+    assert!(seen, "evicted {}", evicted(&text));
+    let tracked = value(&text, "tcplinger_tracked_sockets", &[]);
+    assert!(tracked <= 1000.0, "tracked {tracked} over the cap");
+    let rss_loaded = vm_kib(pid, "VmRSS:");
+    eprintln!(
+        "cap 1000, 20,000 sockets: evicted {}, tracked {tracked}, RSS {rss_before} -> {rss_loaded} KiB",
+        evicted(&text)
+    );
+    assert!(
+        rss_loaded < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} to {rss_loaded} KiB under a cap of 1000"
+    );
+    assert!(rss_loaded < 64 * 1024, "RSS {rss_loaded} KiB");
+    drop(holders);
+    let run = daemon.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    let summary = run.stderr.iter().find(|l| l.contains(" events, ")).unwrap();
+    assert!(
+        summary.contains("evicted (over --max-sockets 1000)"),
+        "{summary}"
+    );
+}
+
+// ---- 3. crash and restart ----
+
+/// Names of our maps as the kernel lists them.
+const OUR_MAPS: [&str; 4] = ["EVENTS", "DROPS", "OWNERS", "RING_PEAK"];
+
+fn our_maps_loaded() -> Vec<String> {
+    aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter_map(|m| m.name_as_str().map(str::to_string))
+        .filter(|name| OUR_MAPS.contains(&name.as_str()))
+        .collect()
+}
+
+fn raw_tracepoint_links() -> usize {
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|l| {
+            matches!(
+                l.link_type(),
+                Ok(aya::programs::links::LinkType::RawTracePoint)
+            )
+        })
+        .count()
+}
+
+pub fn sigkill_leaves_nothing_behind_and_a_restart_classifies_open_connections() {
+    require_root();
+    let net = NetPair::new();
+    let (held_port, churn_port) = (18511u16, 18512u16);
+    let links_before = raw_tracepoint_links();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ports = format!("{held_port},{churn_port}");
+    let first = start_daemon(listen, &["--port", &ports]);
+    assert!(!our_programs_loaded().is_empty());
+    assert!(raw_tracepoint_links() > links_before);
+    // Three connections that stay open across the crash.
+    let held = SocketAddr::new(net.server_v4, held_port);
+    // The server takes all three before answering any.
+    let server = Peer::server(
+        &net.server_ns,
+        held,
+        &["--close", "after-eof", "--count", "3", "--parallel"],
+    );
+    let mut clients: Vec<Peer> = (0..3)
+        .map(|_| Peer::client(&net.client_ns, held, &["--close", "on-stdin"]))
+        .collect();
+    for c in &clients {
+        c.expect_line("connected");
+    }
+    // And traffic under way when the daemon dies.
+    let churn = SocketAddr::new(net.server_v4, churn_port);
+    let churn_server = Peer::server(
+        &net.server_ns,
+        churn,
+        &["--count", "100000", "--close", "after-eof"],
+    );
+    let churn_client = Peer::client(
+        &net.client_ns,
+        churn,
+        &["--count", "100000", "--close", "first"],
+    );
+    assert!(wait_until(SETTLE, || value(
+        &scrape(listen),
+        "tcplinger_connections_closed_total",
+        &[]
+    ) > 100.0));
+    first.signal(libc::SIGKILL);
+    drop(first);
+    drop(churn_client);
+    drop(churn_server);
+    // The kernel frees what the killed process held once its fds are gone
+    // (programs after an RCU grace period).
+    let clean = wait_until(Duration::from_secs(5), || {
+        our_programs_loaded().is_empty()
+            && our_maps_loaded().is_empty()
+            && raw_tracepoint_links() == links_before
+    });
+    assert!(
+        clean,
+        "left behind: programs {:?}, maps {:?}, raw tracepoint links {} (before {links_before})",
+        our_programs_loaded(),
+        our_maps_loaded(),
+        raw_tracepoint_links()
+    );
+    // A new daemon seeds the open connections and classifies their close.
+    let second = start_daemon(listen, &["--port", &held_port.to_string()]);
+    let started = second
+        .stderr_lines()
+        .into_iter()
+        .find(|l| l.contains("already open"))
+        .unwrap();
+    assert!(started.contains("(6 already open)"), "{started}");
+    for c in &mut clients {
+        c.tell("close");
+    }
+    for c in clients {
+        c.finish();
+    }
+    server.finish();
+    let counted = wait_until(SETTLE, || {
+        let text = scrape(listen);
+        let closed = |comm: &str, by: &str| {
+            value(
+                &text,
+                "tcplinger_connections_closed_total",
+                &[&format!("comm=\"{comm}\""), &format!("closed_by=\"{by}\"")],
+            )
+        };
+        closed(CLIENT_COMM, "local") == 3.0 && closed(SERVER_COMM, "remote") == 3.0
+    });
+    let text = scrape(listen);
+    let run = second.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    assert!(
+        counted,
+        "{}",
+        text.lines()
+            .filter(|l| l.starts_with("tcplinger_connections_closed_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+// ---- 6. least privilege ----
+
+/// The capability lines of every thread of `pid`.
+fn thread_caps(pid: u32) -> Vec<(String, Vec<(String, String)>)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let fields = status
+            .lines()
+            .filter(|l| l.starts_with("Cap") || l.starts_with("NoNewPrivs"))
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+            .collect();
+        out.push((task.display().to_string(), fields));
+    }
+    out
+}
+
+pub fn daemon_keeps_only_the_capabilities_it_needs() {
+    require_root();
+    let net = NetPair::new();
+    let port = 18521u16;
+    let target = SocketAddr::new(net.server_v4, port);
+    // Open before the daemon: seeding it needs sock_diag inside both
+    // namespaces and the peers' /proc fds, after the drop.
+    let server = Peer::server(&net.server_ns, target, &["--close", "after-eof"]);
+    let mut client = Peer::client(&net.client_ns, target, &["--close", "on-stdin"]);
+    client.expect_line("connected");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let daemon = start_daemon(listen, &["--port", &port.to_string()]);
+    // CAP_DAC_READ_SEARCH 2, CAP_SYS_PTRACE 19, CAP_SYS_ADMIN 21.
+    let kept = format!("{:016x}", (1u64 << 2) | (1 << 19) | (1 << 21));
+    let threads = thread_caps(daemon.pid());
+    assert!(!threads.is_empty());
+    for (task, fields) in &threads {
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_else(|| panic!("{task}: no {k}"))
+        };
+        assert_eq!(get("CapEff"), kept, "{task}: {fields:?}");
+        assert_eq!(get("CapPrm"), kept, "{task}: {fields:?}");
+        assert_eq!(get("CapBnd"), kept, "{task}: {fields:?}");
+        assert_eq!(get("CapInh"), "0000000000000000", "{task}");
+        assert_eq!(get("CapAmb"), "0000000000000000", "{task}");
+        assert_eq!(get("NoNewPrivs"), "1", "{task}");
+    }
+    eprintln!("daemon threads: {}, CapEff {kept}", threads.len());
+    // Still able to do its work: the seeded sockets were found in both
+    // namespaces with their owners ...
+    let seeded = wait_until(SETTLE, || {
+        let text = scrape(listen);
+        value(
+            &text,
+            "tcplinger_sockets",
+            &[&format!("comm=\"{CLIENT_COMM}\""), "state=\"ESTABLISHED\""],
+        ) == 1.0
+            && value(
+                &text,
+                "tcplinger_sockets",
+                &[&format!("comm=\"{SERVER_COMM}\""), "state=\"ESTABLISHED\""],
+            ) == 1.0
+    });
+    assert!(seeded, "{}", scrape(listen));
+    // ... their close is classified, and the ring and maps still work.
+    client.tell("close");
+    client.finish();
+    server.finish();
+    let closed = wait_until(SETTLE, || {
+        value(
+            &scrape(listen),
+            "tcplinger_connections_closed_total",
+            &[&format!("comm=\"{CLIENT_COMM}\""), "closed_by=\"local\""],
+        ) == 1.0
+    });
+    let run = daemon.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    assert!(closed);
+    assert!(
+        !run.stderr.iter().any(|l| l.contains("could not drop")),
+        "{:?}",
+        run.stderr
+    );
+}
+
+pub fn metrics_refuse_non_loopback_without_the_explicit_flag() {
+    require_root();
+    let port = free_port().to_string();
+    let anywhere = format!("0.0.0.0:{port}");
+    let out = tcplinger(&["daemon", "--listen", &anywhere, "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(2));
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("--listen") && line.contains("--allow-non-loopback"),
+        "{line}"
+    );
+    // The same from a config file.
+    let dir = std::env::temp_dir().join(format!("tcplinger-listen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("t.toml");
+    std::fs::write(&file, format!("listen = \"{anywhere}\"\n")).unwrap();
+    let out = tcplinger(&[
+        "daemon",
+        "--config",
+        file.to_str().unwrap(),
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line_error(&out).contains("--allow-non-loopback"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    // With the flag it serves, and says what that means.
+    let daemon = Tracer::start(&["daemon", "--listen", &anywhere, "--allow-non-loopback"]);
+    let loopback: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(scrape(loopback).contains("tcplinger_events_total"));
+    let run = daemon.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    assert!(
+        run.stderr
+            .iter()
+            .any(|l| l.contains(&format!("serving metrics on {anywhere}"))),
+        "{:?}",
+        run.stderr
+    );
+}
+
+// ---- 7. kernel feature probing ----
+
+pub fn a_missing_optional_hook_degrades_with_a_warning() {
+    require_root();
+    let net = NetPair::new();
+    let port = 18531u16;
+    let target = SocketAddr::new(net.server_v4, port);
+    let tracer = Tracer::start(&[
+        "watch",
+        "--format",
+        "json",
+        "--port",
+        &port.to_string(),
+        "--disable-hook",
+        "sock_send_length,sock_recv_length",
+    ]);
+    let server = Peer::server(&net.server_ns, target, &["--close", "after-eof"]);
+    let server_pid = server.pid;
+    converse_once(&net, target);
+    server.finish();
+    let seen = tracer.wait_for(SETTLE, |lines| lines.len() == 2);
+    let run = tracer.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    assert!(seen, "{:?} {:?}", run.lines, run.stderr);
+    for hook in ["sock_send_length", "sock_recv_length"] {
+        assert!(
+            run.stderr
+                .iter()
+                .any(|l| l.starts_with("tcplinger: warning: tracepoint ")
+                    && l.contains(hook)
+                    && l.contains("listener's process")),
+            "no warning for {hook}: {:?}",
+            run.stderr
+        );
+    }
+    // Still right: the accepted socket counts under its listener's process,
+    // which here is the process that owns it.
+    for r in &run.lines {
+        assert!(right_verdict(r), "{r}");
+        assert_eq!(r["complete"], true, "{r}");
+    }
+    let server_record = run.lines.iter().find(|r| r["lport"] == port).unwrap();
+    assert_eq!(server_record["pid"], server_pid, "{server_record}");
+    // Without the one hook nothing works without, it stops and says why.
+    let out = tcplinger(&[
+        "watch",
+        "--duration",
+        "1s",
+        "--disable-hook",
+        "inet_sock_set_state",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("no tracepoint inet_sock_set_state") && line.contains("Linux 6.3"),
+        "{line}"
+    );
+}
+
+fn converse_once(net: &NetPair, target: SocketAddr) {
+    Peer::client(&net.client_ns, target, &["--close", "first"]).finish();
+}
+
+// ---- 5. bad input and environment problems ----
+
+pub fn bad_input_exits_2_with_one_line_naming_the_flag() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("tcplinger-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_str = dir.to_str().unwrap().to_string();
+    let missing_dir_file = format!("{dir_str}/no/such/dir/out.json");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["watch", "--duration", "-3s"], "--duration"),
+        (vec!["watch", "--duration", "0s"], "--duration"),
+        (vec!["watch", "--duration", "soon"], "--duration"),
+        (vec!["watch", "--format", "yaml"], "--format"),
+        (vec!["watch", "--port", "70000"], "--port"),
+        (vec!["watch", "--port", "0"], "--port"),
+        (vec!["watch", "--port", "1,2,3,4,5,6,7,8,9"], "--port"),
+        (vec!["watch", "--pid", "0"], "--pid"),
+        (vec!["watch", "--pid", "abc"], "--pid"),
+        (vec!["watch", "--pid", "999999999"], "--pid"),
+        (vec!["watch", "--ring-bytes", "5000"], "--ring-bytes"),
+        (vec!["watch", "--ring-bytes", "64GiB"], "--ring-bytes"),
+        (vec!["watch", "--ring-bytes", "4XB"], "--ring-bytes"),
+        (vec!["watch", "--ring-bytes", "-4096"], "--ring-bytes"),
+        (vec!["watch", "--max-sockets", "0"], "--max-sockets"),
+        (vec!["watch", "--max-sockets", "-1"], "--max-sockets"),
+        (vec!["watch", "--remote", "10.0.0.0/33"], "--remote"),
+        (vec!["watch", "--remote", "example.com"], "--remote"),
+        (vec!["watch", "--remote", "300.1.1.1"], "--remote"),
+        (vec!["watch", "--comm", ""], "--comm"),
+        (vec!["watch", "--output", &missing_dir_file], "--output"),
+        (vec!["watch", "--output", &dir_str], "--output"),
+        (vec!["watch", "--transitions=yes"], "--transitions"),
+        (vec!["watch", "--disable-hook", "kprobe"], "--disable-hook"),
+        (vec!["watch", "--bogus"], "--bogus"),
+        (vec!["watch", "-4", "-6"], "--ipv"),
+        (vec!["report", "--format", "yaml"], "--format"),
+        (vec!["report", "--top", "many"], "--top"),
+        (vec!["report", "--top", "-1"], "--top"),
+        (vec!["report", "--max-groups", "-5"], "--max-groups"),
+        (vec!["report", "--max-groups", "0"], "--max-groups"),
+        (vec!["report", "--duration", "-1s"], "--duration"),
+        (vec!["report", "--output", &missing_dir_file], "--output"),
+        (vec!["top", "--sort", "bogus"], "--sort"),
+        (vec!["sockets", "--state", "bogus"], "--state"),
+        (vec!["sockets", "--port", "70000"], "--port"),
+        (vec!["sockets", "--format", "xml"], "--format"),
+        (vec!["sockets", "--remote", "1.2.3.4/40"], "--remote"),
+        (vec!["daemon", "--listen", "nonsense"], "--listen"),
+        (vec!["daemon", "--listen", "10.0.0.1:9917"], "--listen"),
+        (vec!["daemon", "--log-format", "xml"], "--log-format"),
+        (
+            vec!["daemon", "--max-endpoints", "99999999"],
+            "--max-endpoints",
+        ),
+        (vec!["daemon", "--max-sockets", "0"], "--max-sockets"),
+        (vec!["daemon", "--max-groups", "0"], "--max-groups"),
+        (vec!["daemon", "--ring-bytes", "3"], "--ring-bytes"),
+        (vec!["daemon", "--cgroup", "relative/path"], "--cgroup"),
+        (vec!["daemon", "--remote", "fd00::/200"], "--remote"),
+        (
+            vec!["daemon", "--config", "/nonexistent/tcplinger.toml"],
+            "--config",
+        ),
+        (vec!["daemon", "--config", &dir_str], "--config"),
+        (vec!["daemon", "--duration", "-5m"], "--duration"),
+    ];
+    for (args, flag) in &cases {
+        let out = tcplinger(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = one_line_error(&out);
+        assert!(line.contains(flag), "{args:?}: {line}");
+        assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+    }
+    // A config file that is not TOML names the file and line.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "listen = \n").unwrap();
+    let out = tcplinger(&["daemon", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line_error(&out).contains("bad.toml:1"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    eprintln!("{} bad inputs: exit 2, one line each", cases.len() + 1);
+}
+
+pub fn environment_problems_exit_1_with_the_fix() {
+    require_root();
+    // Not root: for every command that loads programs.
+    for args in [
+        &["watch", "--duration", "1s"][..],
+        &["report", "--duration", "1s"],
+        &["daemon", "--duration", "1s", "--listen", "127.0.0.1:0"],
+    ] {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(env!("CARGO_BIN_EXE_tcplinger"))
+            .args(args)
+            .output()
+            .expect("running setpriv (util-linux)");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let line = one_line_error(&out);
+        assert!(
+            line.contains("CAP_BPF") && line.contains("root"),
+            "{args:?}: {line}"
+        );
+    }
+    // No kernel BTF: hidden by an empty tmpfs in a private mount namespace.
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs none /sys/kernel/btf && exec {} watch --duration 1s",
+            env!("CARGO_BIN_EXE_tcplinger")
+        ))
+        .output()
+        .expect("running unshare (util-linux)");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("BTF") && line.contains("CONFIG_DEBUG_INFO_BTF"),
+        "{line}"
+    );
+    // The tracepoint everything needs is absent.
+    let out = tcplinger(&[
+        "watch",
+        "--duration",
+        "1s",
+        "--disable-hook",
+        "inet_sock_set_state",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_line_error(&out).contains("Linux 6.3"));
+    // The metrics port is taken.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = tcplinger(&["daemon", "--listen", &addr, "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_line_error(&out);
+    assert!(line.contains(&addr) && line.contains("--listen"), "{line}");
+}
+
+// ---- 8. output ----
+
+pub fn a_closed_pipe_ends_watch_cleanly() {
+    require_root();
+    let net = NetPair::new();
+    let port = 18541u16;
+    let target = SocketAddr::new(net.server_v4, port);
+    // `watch | head -1`, by hand: read the header line, then close the pipe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args(["watch", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("CLOSED_BY"), "{first:?}");
+    drop(stdout);
+    // Records to write into the closed pipe.
+    converse(&net, target, 5, false);
+    let deadline = Instant::now() + SETTLE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "watch kept running after its reader left"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(" events, "), "{stderr}");
+    assert!(
+        !stderr.to_lowercase().contains("error") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+}
+
+pub fn a_full_disk_on_output_stops_cleanly() {
+    require_root();
+    let net = NetPair::new();
+    let port = 18542u16;
+    let target = SocketAddr::new(net.server_v4, port);
+    let dir = std::env::temp_dir().join(format!("tcplinger-full-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8k",
+            "none",
+            dir.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let file = dir.join("records.json");
+    let tracer = Tracer::start(&[
+        "watch",
+        "--format",
+        "json",
+        "--port",
+        &port.to_string(),
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    // About 500 bytes a record: 40 connections write ~40 KB into 8 KB.
+    converse(&net, target, 40, false);
+    let run = tracer.stop_after_signal();
+    let _ = Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(run.status.code(), Some(1), "{:?}", run.stderr);
+    let error = run.stderr.last().unwrap();
+    assert!(
+        error.contains(&format!("writing {}", file.display()))
+            && error.contains("No space left on device")
+            && error.contains("tracing stopped"),
+        "{:?}",
+        run.stderr
+    );
+    assert!(
+        run.lines.is_empty(),
+        "nothing goes to stdout: {:?}",
+        run.lines
+    );
+    let gone = wait_until(Duration::from_secs(5), || our_programs_loaded().is_empty());
+    assert!(gone, "programs left behind: {:?}", our_programs_loaded());
+}
+
+// ---- selection ----
+
+pub fn comm_and_remote_select_connections() {
+    require_root();
+    let net = NetPair::new();
+    let port = 18551u16;
+    let target = SocketAddr::new(net.server_v4, port);
+    let p = port.to_string();
+    let server_net = format!("{}/32", net.server_v4);
+    let by_comm = Tracer::start(&[
+        "watch",
+        "--format",
+        "json",
+        "--port",
+        &p,
+        "--comm",
+        CLIENT_COMM,
+    ]);
+    let by_remote = Tracer::start(&[
+        "watch",
+        "--format",
+        "json",
+        "--port",
+        &p,
+        "--remote",
+        &server_net,
+    ]);
+    let nobody = Tracer::start(&[
+        "watch",
+        "--format",
+        "json",
+        "--port",
+        &p,
+        "--remote",
+        "192.0.2.0/24",
+    ]);
+    converse(&net, target, 3, false);
+    let comm_seen = by_comm.wait_for(SETTLE, |l| l.len() >= 3);
+    let remote_seen = by_remote.wait_for(SETTLE, |l| l.len() >= 3);
+    // Enough time for anything unwanted to show up too.
+    std::thread::sleep(Duration::from_millis(300));
+    let (by_comm, by_remote, nobody) = (by_comm.stop(), by_remote.stop(), nobody.stop());
+    assert!(comm_seen && remote_seen);
+    for run in [&by_comm, &by_remote] {
+        assert_eq!(run.lines.len(), 3, "{:?}", run.lines);
+        for r in &run.lines {
+            assert_eq!(str_of(r, "comm"), CLIENT_COMM, "{r}");
+            assert_eq!(str_of(r, "raddr"), net.server_v4.to_string(), "{r}");
+        }
+    }
+    assert!(nobody.lines.is_empty(), "{:?}", nobody.lines);
+    assert!(
+        nobody.events > 0,
+        "the kernel still delivered: {:?}",
+        nobody.stderr
+    );
+}
