@@ -358,6 +358,15 @@ mod tests {
         assert!(unit.contains(
             "ExecStart=/usr/local/bin/tcplinger daemon --config /etc/tcplinger/tcplinger.toml"
         ));
+        // What the daemon keeps once attached is among what it is granted.
+        for (cap, _) in crate::privilege::KEPT {
+            let name = cap.to_string();
+            let name = name.trim_start_matches("CAP_");
+            assert!(
+                bounding.iter().any(|b| b == name),
+                "{name} kept but not granted"
+            );
+        }
     }
 
     #[test]

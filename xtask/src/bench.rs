@@ -97,7 +97,7 @@ struct Run {
 
 const BPFTRACE_SCRIPT: &str = r#"tracepoint:sock:inet_sock_set_state { printf("%s %d %d %d\n", comm, pid, args->oldstate, args->newstate); }"#;
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0))
         .unwrap_or(0)
@@ -363,20 +363,7 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads eBPF programs: run it as root");
     }
-    let tcplinger = match &args.tcplinger {
-        Some(path) => path.clone(),
-        None => {
-            let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-                .args(["build", "--release", "--quiet", "-p", "tracer-user"])
-                .current_dir(root)
-                .status()
-                .context("building tcplinger")?;
-            if !status.success() {
-                bail!("building tcplinger failed");
-            }
-            root.join("target/release/tcplinger")
-        }
-    };
+    let tcplinger = build_tcplinger(root, args.tcplinger.as_deref())?;
     let wanted = |o: Only| args.only.is_empty() || args.only.contains(&o);
     let mut configs = vec![Config::NoTracer];
     if wanted(Only::Daemon) {
@@ -437,8 +424,24 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The release binary of this tree (built now), or `given`.
+pub fn build_tcplinger(root: &Path, given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--release", "--quiet", "-p", "tracer-user"])
+        .current_dir(root)
+        .status()
+        .context("building tcplinger")?;
+    if !status.success() {
+        bail!("building tcplinger failed");
+    }
+    Ok(root.join("target/release/tcplinger"))
+}
+
 /// Where the figures come from: kernel, CPUs, memory, and the commit.
-fn machine(root: &Path, binary: Option<&Path>) -> String {
+pub fn machine(root: &Path, binary: Option<&Path>) -> String {
     let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let model = cpuinfo

@@ -3,6 +3,7 @@
 mod bench;
 mod churn;
 mod hold;
+mod soak;
 
 use std::{
     env,
@@ -44,6 +45,9 @@ enum Chore {
     },
     /// Measure tracing overhead and scale (needs root; see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// The daemon under maximum churn for minutes, its memory sampled
+    /// (needs root; see BENCHMARKS.md).
+    Soak(soak::SoakArgs),
     /// Helper of the benchmark: hold loopback connections open.
     #[command(hide = true)]
     Hold { index: u8, pairs: u64 },
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Chore::BuildEbpf { check } => build_ebpf(check),
         Chore::Test { args } => test(&args),
         Chore::Bench(args) => bench::run(&args, &workspace_root()),
+        Chore::Soak(args) => soak::run(&args, &workspace_root()),
         Chore::Hold { index, pairs } => hold::hold(index, pairs),
         Chore::Churn { seconds, threads } => churn::run(churn::Churn {
             port: 18999,

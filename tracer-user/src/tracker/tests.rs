@@ -1103,7 +1103,7 @@ fn arbitrary_record(
         2 => Kind::SendReset { state: old },
         _ => Kind::ReceiveReset { state: old },
     };
-    let sock = if cookie % 2 == 0 {
+    let sock = if cookie.is_multiple_of(2) {
         Sock::client(cookie)
     } else {
         Sock::server(cookie)
@@ -1111,7 +1111,7 @@ fn arbitrary_record(
     Some(Record {
         owner: if owned { sock.owner } else { None },
         peer_fin: fin,
-        since_ns: (ms % 3 == 0).then_some(ms.saturating_sub(5) * MS),
+        since_ns: ms.is_multiple_of(3).then_some(ms.saturating_sub(5) * MS),
         ..sock.record(ms, kind)
     })
 }

@@ -71,14 +71,24 @@ pub fn flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right() {
     tracer.signal(libc::SIGSTOP);
     converse(&net, SocketAddr::new(net.server_v4, flood_port), 200, true);
     tracer.signal(libc::SIGCONT);
-    // Afterwards, connections whose every event is seen.
-    let after = 20;
-    converse(
-        &net,
-        SocketAddr::new(net.server_v4, after_port),
-        after,
-        false,
+    // Afterwards, connections whose every event is seen: one at a time,
+    // each open for 30 ms, so their records come in small bursts that a
+    // 4 KiB ring holds.
+    let after = 20u32;
+    let target = SocketAddr::new(net.server_v4, after_port);
+    let count = after.to_string();
+    let server = Peer::server(
+        &net.server_ns,
+        target,
+        &["--close", "after-eof", "--count", &count],
     );
+    Peer::client(
+        &net.client_ns,
+        target,
+        &["--close", "first", "--count", &count, "--keep-ms", "30"],
+    )
+    .finish();
+    server.finish();
     let after_seen = tracer.wait_for(SETTLE, |lines| {
         lines.iter().filter(|r| r["rport"] == after_port).count() == after as usize
             && lines.iter().filter(|r| r["lport"] == after_port).count() == after as usize
