@@ -79,10 +79,9 @@ impl Analysis {
     }
 
     fn admitted(&mut self, id: &ConnId) -> bool {
-        if !self.selection.is_everything()
-            && !self
-                .selection
-                .admits(id.owner.as_ref().map(|o| &o.comm), id.raddr)
+        if !self
+            .selection
+            .admits(id.owner.as_ref().map(|o| &o.comm), id.raddr)
         {
             return false;
         }

@@ -200,9 +200,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 () = &mut stop => break,
                 progress = analysis.step() => {
                     if let Progress::Seeded { open, unreadable } = progress? {
-                        if unreadable > 0 {
-                            eprintln!("tcplinger: warning: {unreadable} sock_diag dumps of network namespaces failed; their open sockets are not counted");
-                        }
+                        crate::session::warn_unreadable(unreadable);
                         eprintln!(
                             "tcplinger: daemon tracing TCP connections ({open} already open); metrics on http://{}/metrics",
                             settings.listen

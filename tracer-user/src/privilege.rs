@@ -29,25 +29,17 @@ pub const KEPT: [(Capability, &str); 3] = [
     ),
 ];
 
-/// What is left after dropping.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dropped {
-    pub kept: CapsHashSet,
-    pub dropped: CapsHashSet,
-}
-
 /// Keeps only `KEPT` (of what this process has) in the effective and
 /// permitted sets, empties the inheritable and ambient sets, and narrows
 /// the bounding set when allowed to (a service manager may have done that
 /// already); no_new_privs then stops any exec from regaining privilege.
-pub fn drop_after_attach() -> Result<Dropped, caps::errors::CapsError> {
+pub fn drop_after_attach() -> Result<(), caps::errors::CapsError> {
     let permitted = caps::read(None, CapSet::Permitted)?;
     let kept: CapsHashSet = KEPT
         .iter()
         .map(|(cap, _)| *cap)
         .filter(|cap| permitted.contains(cap))
         .collect();
-    let dropped: CapsHashSet = permitted.difference(&kept).copied().collect();
 
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
         for cap in caps::read(None, CapSet::Bounding)? {
@@ -65,12 +57,7 @@ pub fn drop_after_attach() -> Result<Dropped, caps::errors::CapsError> {
     unsafe {
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     }
-    Ok(Dropped { kept, dropped })
-}
-
-/// The capability mask of the `KEPT` set, as /proc/PID/status shows it.
-pub fn kept_mask() -> u64 {
-    KEPT.iter().fold(0, |m, (cap, _)| m | cap.bitmask())
+    Ok(())
 }
 
 /// Drops what is not needed, warning (not failing) when that is refused:
@@ -87,8 +74,10 @@ mod tests {
 
     #[test]
     fn kept_mask_matches_the_capability_numbers() {
+        // The mask the privileged test expects in /proc/PID/status:
         // CAP_DAC_READ_SEARCH 2, CAP_SYS_PTRACE 19, CAP_SYS_ADMIN 21.
-        assert_eq!(kept_mask(), (1 << 2) | (1 << 19) | (1 << 21));
+        let mask = KEPT.iter().fold(0, |m, (cap, _)| m | cap.bitmask());
+        assert_eq!(mask, (1 << 2) | (1 << 19) | (1 << 21));
     }
 
     #[test]

@@ -27,9 +27,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
             () = &mut stop => break,
             progress = analysis.step() => {
                 if let Progress::Seeded { open, unreadable } = progress? {
-                    if unreadable > 0 {
-                        eprintln!("tcplinger: warning: {unreadable} sock_diag dumps of network namespaces failed; their open sockets are not counted");
-                    }
+                    crate::session::warn_unreadable(unreadable);
                     eprintln!(
                         "tcplinger: tracing TCP connections for {} ({open} already open); Ctrl-C to stop early",
                         humantime::format_duration(duration)

@@ -68,6 +68,15 @@ pub fn attached(tracer: &Tracer) {
     crate::privilege::drop_or_warn();
 }
 
+/// Says that the start-up snapshot could not read some namespaces, if so.
+pub fn warn_unreadable(unreadable: usize) {
+    if unreadable > 0 {
+        eprintln!(
+            "tcplinger: warning: {unreadable} sock_diag dumps of network namespaces failed; their sockets already open are not known"
+        );
+    }
+}
+
 /// Something a step of the session did that its user may want to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {

@@ -132,9 +132,8 @@ async fn transitions<W: Write>(
     eprintln!("tcplinger: tracing TCP state changes; Ctrl-C to stop");
     let mut clock = WallClock::new();
     let mut counts = Counts::default();
-    let everything = selection.is_everything();
     let write = |out: &mut TransitionWriter<W>, r: &Record, clock: &WallClock| {
-        if everything || selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr) {
+        if selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr) {
             out.write(r, clock)
         } else {
             Ok(())
@@ -223,10 +222,6 @@ async fn connections<W: Write>(
 
 /// The line that says tracing has started, once the open sockets are known.
 pub fn announce(open: usize, unreadable: usize) {
-    if unreadable > 0 {
-        eprintln!(
-            "tcplinger: warning: {unreadable} sock_diag dumps of network namespaces failed; their open sockets are not seeded"
-        );
-    }
+    session::warn_unreadable(unreadable);
     eprintln!("tcplinger: tracing TCP connections ({open} already open); Ctrl-C to stop");
 }

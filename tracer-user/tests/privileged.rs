@@ -50,7 +50,7 @@ fn main() {
         ipv6_connection_has_correct_addresses,
         full_ring_drops_are_counted,
         sigterm_ends_the_run_cleanly,
-        bad_flags_and_missing_privileges_exit_cleanly,
+        duration_ends_a_transitions_run_with_its_summary,
         lifecycle_client_timeout_with_stuck_server,
         lifecycle_server_closes_first,
         lifecycle_half_close_then_peer_fin,

@@ -2,7 +2,7 @@
 
 use std::{
     io::{ErrorKind, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     sync::{
         Arc,
@@ -125,9 +125,10 @@ fn reuseport_listener(port: u16) -> std::io::Result<TcpListener> {
     }
 }
 
-/// A client socket from source address `src`, so the 4-tuples spread over
-/// many addresses and ephemeral ports never run out under TIME_WAIT.
-fn connect_from(src: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+/// A client socket from source address `src` to loopback port `port`, so
+/// the 4-tuples spread over many addresses and ephemeral ports never run
+/// out under TIME_WAIT (std has no bind-before-connect).
+pub fn connect_from(src: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
     // SAFETY: plain socket syscalls on a fresh fd.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -144,38 +145,27 @@ fn connect_from(src: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
             (&one as *const libc::c_int).cast(),
             4,
         );
-        let local = libc::sockaddr_in {
+        let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
             sin_family: libc::AF_INET as u16,
-            sin_port: 0,
+            sin_port: port.to_be(),
             sin_addr: libc::in_addr {
-                s_addr: u32::from(src).to_be(),
+                s_addr: u32::from(ip).to_be(),
             },
             sin_zero: [0; 8],
         };
+        let local = addr(src, 0);
+        let remote = addr(Ipv4Addr::LOCALHOST, port);
+        let len = size_of::<libc::sockaddr_in>() as u32;
         if libc::bind(
             stream.as_raw_fd(),
             (&local as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as u32,
+            len,
         ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        let SocketAddr::V4(to) = to else {
-            return Err(std::io::Error::other("IPv4 only"));
-        };
-        let remote = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: to.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*to.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        if libc::connect(
-            fd,
-            (&remote as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as u32,
-        ) != 0
+            || libc::connect(
+                stream.as_raw_fd(),
+                (&remote as *const libc::sockaddr_in).cast(),
+                len,
+            ) != 0
         {
             return Err(std::io::Error::last_os_error());
         }
@@ -183,8 +173,8 @@ fn connect_from(src: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
     }
 }
 
-fn one_connection(src: Ipv4Addr, to: SocketAddr, client_first: bool) -> std::io::Result<()> {
-    let mut s = connect_from(src, to)?;
+fn one_connection(src: Ipv4Addr, port: u16, client_first: bool) -> std::io::Result<()> {
+    let mut s = connect_from(src, port)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut b = [if client_first {
         CLIENT_CLOSES
@@ -203,7 +193,6 @@ fn one_connection(src: Ipv4Addr, to: SocketAddr, client_first: bool) -> std::io:
 pub fn run(c: Churn) -> std::io::Result<Outcome> {
     let stop = Arc::new(AtomicBool::new(false));
     let servers = server(c.port, c.threads, stop.clone())?;
-    let to: SocketAddr = (Ipv4Addr::LOCALHOST, c.port).into();
     let done = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -224,7 +213,7 @@ pub fn run(c: Churn) -> std::io::Result<Outcome> {
                     }
                     // 127.0.1.1 .. 127.0.1.254, a different one per connection.
                     let src = Ipv4Addr::new(127, 0, 1 + t as u8, 1 + (i % 254) as u8);
-                    match one_connection(src, to, i.is_multiple_of(2)) {
+                    match one_connection(src, c.port, i.is_multiple_of(2)) {
                         Ok(()) => done.fetch_add(1, Ordering::Relaxed),
                         Err(_) => failures.fetch_add(1, Ordering::Relaxed),
                     };

@@ -3,14 +3,15 @@
 use std::{
     fmt::Write as _,
     io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
+    net::{Ipv4Addr, TcpListener},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::churn::connect_from;
 
 /// Connection pairs per helper: two fds each, under a 20,000 fd limit.
 const PAIRS_PER_HOLDER: u64 = 9_000;
@@ -48,52 +49,6 @@ pub fn hold(index: u8, pairs: u64) -> Result<()> {
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
     Ok(())
-}
-
-fn connect_from(src: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
-    // std has no bind-before-connect; do it by hand.
-    // SAFETY: plain socket syscalls on a fresh fd.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        use std::os::fd::FromRawFd as _;
-        let stream = TcpStream::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            4,
-        );
-        let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(ip).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let local = addr(src, 0);
-        let remote = addr(Ipv4Addr::LOCALHOST, port);
-        let len = size_of::<libc::sockaddr_in>() as u32;
-        if libc::bind(
-            stream.as_raw_fd(),
-            (&local as *const libc::sockaddr_in).cast(),
-            len,
-        ) != 0
-            || libc::connect(
-                stream.as_raw_fd(),
-                (&remote as *const libc::sockaddr_in).cast(),
-                len,
-            ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stream)
-    }
 }
 
 /// Helpers holding the sockets; they let go when dropped.

@@ -915,7 +915,7 @@ impl Tracker {
         let mut ended = Vec::new();
         let mut moved = Vec::new();
         for (&cookie, conn) in self.conns.iter() {
-            let last_known = conn.since_ns.unwrap_or(conn.first_ns).max(conn.first_ns);
+            let last_known = conn.since_ns.unwrap_or(conn.first_ns);
             if conn.phase != Phase::Live
                 || last_known >= started_ns
                 || !alive.netns.contains(&conn.netns)

@@ -542,7 +542,7 @@ pub fn a_missing_optional_hook_degrades_with_a_warning() {
     ]);
     let server = Peer::server(&net.server_ns, target, &["--close", "after-eof"]);
     let server_pid = server.pid;
-    converse_once(&net, target);
+    Peer::client(&net.client_ns, target, &["--close", "first"]).finish();
     server.finish();
     let seen = tracer.wait_for(SETTLE, |lines| lines.len() == 2);
     let run = tracer.stop();
@@ -581,10 +581,6 @@ pub fn a_missing_optional_hook_degrades_with_a_warning() {
         line.contains("no tracepoint inet_sock_set_state") && line.contains("Linux 6.3"),
         "{line}"
     );
-}
-
-fn converse_once(net: &NetPair, target: SocketAddr) {
-    Peer::client(&net.client_ns, target, &["--close", "first"]).finish();
 }
 
 // ---- 5. bad input and environment problems ----
@@ -680,6 +676,7 @@ pub fn environment_problems_exit_1_with_the_fix() {
     // Not root: for every command that loads programs.
     for args in [
         &["watch", "--duration", "1s"][..],
+        &["watch", "--transitions", "--duration", "1s"],
         &["report", "--duration", "1s"],
         &["daemon", "--duration", "1s", "--listen", "127.0.0.1:0"],
     ] {
