@@ -178,7 +178,32 @@ pub struct Event {
     /// handed over to a TIME_WAIT socket from one that left an orphan in
     /// FIN_WAIT2. (`sk_shutdown` cannot: `close()` sets both bits.)
     pub fin_received: u8,
-    pub _pad: [u8; 5],
+    /// 1 when `tcp` below was read (a state change leaving ESTABLISHED, or
+    /// SYN_RECV for another state than ESTABLISHED: the connection's first
+    /// closing act, or its reset).
+    pub has_tcp: u8,
+    pub _pad: [u8; 4],
+    /// What the TCP socket knew of its own traffic at that moment.
+    pub tcp: TcpFigures,
+}
+
+/// A TCP socket's own account of its traffic, read from `struct tcp_sock`
+/// when the connection leaves ESTABLISHED: how long ago data last moved
+/// each way (`lsndtime`, `icsk_ack.lrcvtime`, converted from jiffies) and
+/// how many data segments it carried (`data_segs_out`, `data_segs_in`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFigures {
+    /// Milliseconds since this side last sent data (or since the
+    /// connection was established, if it never did); saturates.
+    pub send_age_ms: u32,
+    /// Milliseconds since this side last received data (or since it was
+    /// established); saturates.
+    pub recv_age_ms: u32,
+    /// Data segments sent.
+    pub segs_out: u32,
+    /// Data segments received.
+    pub segs_in: u32,
 }
 
 /// [`Event::fin_received`] when it is not known.
@@ -239,6 +264,19 @@ pub struct SockOffsets {
     pub flag_done_bit: u16,
     /// The bit of `SOCK_DEAD` (orphaned: closed by its process).
     pub flag_dead_bit: u16,
+    /// `task_struct.group_leader` (pointer): the process's main thread,
+    /// whose `comm` is the process name (`/proc/PID/comm`).
+    pub group_leader: u16,
+    /// `task_struct.comm` (16 bytes).
+    pub task_comm: u16,
+    /// `tcp_sock.lsndtime` (u32, jiffies).
+    pub lsndtime: u16,
+    /// `tcp_sock.inet_conn.icsk_ack.lrcvtime` (u32, jiffies).
+    pub lrcvtime: u16,
+    /// `tcp_sock.data_segs_out` (u32).
+    pub data_segs_out: u16,
+    /// `tcp_sock.data_segs_in` (u32).
+    pub data_segs_in: u16,
     pub _pad: u16,
 }
 
@@ -269,17 +307,39 @@ pub struct Config {
     /// Ring fill level (bytes) from which a record forces a consumer wakeup;
     /// below it records are written silently and userspace drains on a timer.
     pub wakeup_bytes: u32,
+    /// Microseconds per jiffy (1_000_000 / CONFIG_HZ), to turn the TCP
+    /// socket's jiffy stamps into [`TcpFigures`] milliseconds.
+    pub jiffy_us: u32,
     pub offsets: SockOffsets,
 }
 
 // The structs must have no implicit padding: every byte is a named field.
-const _: () = assert!(core::mem::size_of::<Event>() == 104);
+const _: () = assert!(core::mem::size_of::<Event>() == 120);
 const _: () = assert!(
     core::mem::size_of::<Event>()
-        == 8 + 8 + 8 + 8 + 16 + 16 + COMM_LEN + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 1 + 1 + 5
+        == 8 + 8
+            + 8
+            + 8
+            + 16
+            + 16
+            + COMM_LEN
+            + 4
+            + 4
+            + 2
+            + 2
+            + 2
+            + 1
+            + 1
+            + 1
+            + 1
+            + 1
+            + 1
+            + 4
+            + core::mem::size_of::<TcpFigures>()
 );
+const _: () = assert!(core::mem::size_of::<TcpFigures>() == 4 * 4);
 const _: () = assert!(core::mem::size_of::<Owner>() == 8 + 8 + COMM_LEN + 4 + 1 + 3);
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 16 * 2);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 22 * 2);
 const _: () = assert!(
     core::mem::size_of::<Config>()
         == 4 * MAX_FILTER_PIDS
@@ -287,6 +347,7 @@ const _: () = assert!(
             + 2
             + 1
             + 1
+            + 4
             + 4
             + core::mem::size_of::<SockOffsets>()
 );

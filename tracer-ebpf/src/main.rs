@@ -16,7 +16,10 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie, bpf_jiffies64,
+            bpf_ktime_get_boot_ns, bpf_skc_to_tcp_sock,
+        },
     },
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -25,7 +28,7 @@ use aya_ebpf::{
 use tracer_common::{
     AF_INET, AF_INET6, COMM_LEN, Config, Event, EventKind, FIN_UNKNOWN, IPPROTO_TCP,
     MAX_FILTER_PIDS, MAX_FILTER_PORTS, NO_OFFSET, OWNERS_MAX_ENTRIES, Owner, OwnerSource,
-    SockOffsets, TcpState,
+    SockOffsets, TcpFigures, TcpState,
 };
 
 /// Set by userspace before load (`EbpfLoader::set_global`). The non-zero
@@ -55,8 +58,15 @@ static CONFIG: Config = Config {
         flags: NO_OFFSET,
         flag_done_bit: 0,
         flag_dead_bit: 0,
+        group_leader: NO_OFFSET,
+        task_comm: NO_OFFSET,
+        lsndtime: NO_OFFSET,
+        lrcvtime: NO_OFFSET,
+        data_segs_out: NO_OFFSET,
+        data_segs_in: NO_OFFSET,
         _pad: 0,
     },
+    jiffy_us: 0,
 };
 
 /// Size is replaced at load time from `--ring-bytes`.
@@ -359,9 +369,73 @@ fn step_current(cookie: u64, tgid: u32, old: u8, new: u8, now: u64) -> Step {
 fn adopt(owner: &mut Owner, tgid: u32) {
     if owner.tgid != tgid {
         owner.tgid = tgid;
-        owner.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        owner.comm = process_comm();
         owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
+}
+
+/// The current process's name: its main thread's `comm`, which is what
+/// `/proc/PID/comm` and `ps` show. `bpf_get_current_comm()` is the
+/// current *thread's* name (`tokio-runtime-w`, `http-nio-8080-e`), which
+/// would split one program into groups per thread; it is only the
+/// fallback when the leader cannot be read.
+#[inline(always)]
+fn process_comm() -> [u8; COMM_LEN] {
+    let (leader_offset, comm_offset) = (config!(offsets.group_leader), config!(offsets.task_comm));
+    if leader_offset != NO_OFFSET && comm_offset != NO_OFFSET {
+        // SAFETY: the helper returns the current task's address, valid for
+        // this program run; both reads go through bpf_probe_read_kernel,
+        // which checks the addresses and fails rather than faults.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        if let Ok(leader) = probe::<u64>(task, leader_offset)
+            && let Ok(comm) = probe::<[u8; COMM_LEN]>(leader as *const u8, comm_offset)
+        {
+            return comm;
+        }
+    }
+    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+}
+
+/// The TCP socket's own figures, read when a connection leaves
+/// ESTABLISHED or SYN_RECV. `None` when the socket is not a full TCP
+/// socket or the offsets are unknown.
+#[inline(always)]
+fn tcp_figures(sk: *const u8) -> Option<TcpFigures> {
+    let lsndtime = config!(offsets.lsndtime);
+    let lrcvtime = config!(offsets.lrcvtime);
+    let segs_out = config!(offsets.data_segs_out);
+    let segs_in = config!(offsets.data_segs_in);
+    if lsndtime == NO_OFFSET
+        || lrcvtime == NO_OFFSET
+        || segs_out == NO_OFFSET
+        || segs_in == NO_OFFSET
+    {
+        return None;
+    }
+    // SAFETY: the helper checks that `sk` is a full TCP socket and returns
+    // it typed as `struct tcp_sock *` (or NULL), so the verifier checks
+    // each plain load below against that type.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast_mut().cast::<c_void>()) } as *const u8;
+    if tp.is_null() {
+        return None;
+    }
+    // `tcp_jiffies32` is the low 32 bits of jiffies; the stamps wrap with it.
+    let now = unsafe { bpf_jiffies64() } as u32;
+    let jiffy_us = u64::from(config!(jiffy_us));
+    let age_ms = |stamp: u32| -> u32 {
+        let ms = u64::from(now.wrapping_sub(stamp)) * jiffy_us / 1000;
+        if ms > u64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            ms as u32
+        }
+    };
+    Some(TcpFigures {
+        send_age_ms: age_ms(field(tp, lsndtime)),
+        recv_age_ms: age_ms(field(tp, lrcvtime)),
+        segs_out: field(tp, segs_out),
+        segs_in: field(tp, segs_in),
+    })
 }
 
 #[inline(always)]
@@ -380,7 +454,7 @@ fn new_owner(tgid: u32, state: u8, since_ns: u64) -> Owner {
     Owner {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         since_ns,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: process_comm(),
         tgid,
         since_state: state,
         _pad: [0; 3],
@@ -477,6 +551,7 @@ fn emit(
     fin_received: u8,
     since_ns: u64,
     ts_ns: u64,
+    tcp: Option<TcpFigures>,
 ) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_drop();
@@ -511,7 +586,9 @@ fn emit(
         new_state,
         owner_source: owner.source as u8,
         fin_received,
-        _pad: [0; 5],
+        has_tcp: tcp.is_some() as u8,
+        _pad: [0; 4],
+        tcp: tcp.unwrap_or_default(),
     });
     let wakeup_bytes = config!(wakeup_bytes) as u64;
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
@@ -578,6 +655,12 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if config!(every_transition) == 0 && skippable(sk, old, new, step.recorded) {
         return Ok(());
     }
+    // Leaving ESTABLISHED (or SYN_RECV, but for ESTABLISHED) is the first
+    // closing act, or a reset: what the socket knows of its traffic then says how the
+    // connection was used and how soon after its last exchange it ended.
+    let leaves = old == TcpState::Established as u8
+        || (old == TcpState::SynRecv as u8 && new != TcpState::Established as u8);
+    let figures = if leaves { tcp_figures(sk) } else { None };
     emit(
         sk,
         EventKind::StateChange,
@@ -589,6 +672,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         fin_received(sk),
         step.since_ns,
         now,
+        figures,
     );
     Ok(())
 }
@@ -649,6 +733,7 @@ fn try_reset(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i32> {
         FIN_UNKNOWN,
         0,
         unsafe { bpf_ktime_get_boot_ns() },
+        None,
     );
     Ok(())
 }

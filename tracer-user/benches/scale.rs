@@ -14,9 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_common::{AF_INET, COMM_LEN, Event, EventKind, OwnerSource, TcpState};
+use tracer_common::{AF_INET, COMM_LEN, Event, EventKind, OwnerSource, TcpFigures, TcpState};
 use tracer_user::{
-    aggregate::{Aggregator, LiveSocket},
+    aggregate::{Aggregator, LiveSocket, Windowing},
     decode::decode,
     tracker::{CLOSE_GRACE_NS, Tracker},
 };
@@ -109,7 +109,9 @@ fn event(
         new_state: new as u8,
         owner_source: OwnerSource::Recorded as u8,
         fin_received: 0,
-        _pad: [0; 5],
+        has_tcp: 0,
+        _pad: [0; 4],
+        tcp: TcpFigures::default(),
     };
     // SAFETY: `Event` is plain data with no padding (asserted in tracer-common).
     unsafe { std::mem::transmute::<Event, [u8; size_of::<Event>()]>(event) }
@@ -221,7 +223,7 @@ fn main() {
         making = making.min(start.elapsed());
         let before = LIVE.load(Ordering::Relaxed);
         let mut tracker = Tracker::new(cap).follow_timewait();
-        let mut agg = Aggregator::new(100_000, 0);
+        let mut agg = Aggregator::new(100_000, 0, Windowing::WHOLE_RUN);
 
         let start = Instant::now();
         for i in 0..sockets {
@@ -229,7 +231,7 @@ fn main() {
             tracker.on_record(&record);
         }
         for id in tracker.take_opened() {
-            agg.on_opened(&id);
+            agg.on_opened(&id, 0);
         }
         open.best = open.best.min(start.elapsed());
         assert_eq!(tracker.tracked(), sockets as usize);
@@ -240,6 +242,7 @@ fn main() {
         agg.observe(
             tracker.live().map(|l| LiveSocket {
                 id: l.id,
+                owner_known: l.owner_known,
                 cookie: l.cookie,
                 state: l.state,
                 since_ns: l.since_ns,
@@ -269,7 +272,7 @@ fn main() {
         }
         close.best = close.best.min(start.elapsed());
         assert_eq!(tracker.tracked(), 0);
-        let closed: u64 = agg.groups().map(|(_, g)| g.closed).sum();
+        let closed: u64 = agg.groups().map(|(_, g)| g.total().closed).sum();
         assert_eq!(closed, u64::from(sockets));
         black_box((&tracker, &agg));
     }

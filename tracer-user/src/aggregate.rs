@@ -1,117 +1,318 @@
-//! Statistics per (process, remote endpoint, role): connections opened and closed and by whom, linger-time histograms, and the sockets alive now, with a cap on groups.
+//! Statistics per group (one program talking to one endpoint in one role), in time buckets so findings can judge a recent window, with the sockets alive now and a cap on groups.
+//!
+//! A group is keyed by the process *name*, not its pid: a shell loop of
+//! `curl` is 200 pids with one connection each, and a prefork server is
+//! several workers doing the same job; people read both as one row
+//! (`curl ×200`). The pids are kept inside the group, to name the one a
+//! finding is about. A server's connections group by its listening port,
+//! whatever client they come from.
 
-use std::net::IpAddr;
+use std::{collections::VecDeque, net::IpAddr};
 
 use foldhash::{HashMap, HashMapExt as _};
-use hdrhistogram::Histogram;
 use tracer_common::TcpState;
 
 use crate::{
     decode::Comm,
-    diagnose::{IDLE_AFTER_NS, UNANSWERED_AFTER_NS},
+    dist::Dist,
     last_io::LastIo,
     tracker::{ClosedBy, ConnId, ConnRecord, Role, TimewaitEnd},
 };
 
-/// Histogram range: 1 µs to a day, 2 significant digits (1% error).
-const HIST_MAX_US: u64 = 86_400_000_000;
-const HIST_SIGFIGS: u8 = 2;
+/// ESTABLISHED sockets silent this long count as idle.
+pub const IDLE_AFTER_NS: u64 = 2_000_000_000;
+/// A send unanswered this long counts as an unanswered request.
+pub const UNANSWERED_AFTER_NS: u64 = 1_000_000_000;
+/// A first closing act that came this soon after data last moved either
+/// way ended the connection "right after an exchange". Real clients and
+/// servers that close after answering (curl, Go net/http, nginx, Python)
+/// do it within one jiffy (0-4 ms measured); the idle timeouts that end
+/// healthy keep-alive connections are a second or more.
+pub const PROMPT_MS: u32 = 200;
+/// At most this many data segments carry "one request" (a request's
+/// headers and body may go in two writes).
+pub const ONE_REQUEST_SEGS: u32 = 2;
 
 /// At most this many CLOSE_WAIT sockets per group are remembered, to name
 /// their file descriptors in a finding.
 const CLOSE_WAIT_SAMPLE: usize = 16;
+/// Pids remembered per group (more are only counted).
+const PIDS_KEPT: usize = 64;
+/// Client addresses remembered per server group.
+const PEERS_KEPT: usize = 8;
 
-/// One group: a process talking to one remote endpoint in one role.
+/// One group: processes of one name talking to one endpoint in one role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GroupKey {
-    pub pid: Option<u32>,
+    /// The process name; `None` when no process was seen with the sockets.
     pub comm: Option<Comm>,
     pub role: Role,
-    /// The remote address.
-    pub peer: IpAddr,
-    /// The service port: the remote port of a client, the local port of a
-    /// server (its clients' ports are ephemeral).
+    /// The remote address of a client's connections; `None` for a server,
+    /// whose clients come from anywhere.
+    pub peer: Option<IpAddr>,
+    /// The service port: the remote port of a client, the local (listening)
+    /// port of a server.
     pub port: u16,
 }
 
 impl GroupKey {
+    /// The key standing for every group folded beyond the cap.
+    pub const OTHER: Self = Self {
+        comm: None,
+        role: Role::Unknown,
+        peer: None,
+        port: 0,
+    };
+
     pub fn of(id: &ConnId) -> Self {
-        let port = if id.role == Role::Server {
-            id.lport
-        } else {
-            id.rport
-        };
+        let server = id.role == Role::Server;
         Self {
-            pid: id.owner.map(|o| o.pid),
             comm: id.owner.map(|o| o.comm),
             role: id.role,
-            peer: id.raddr.to_canonical(),
-            port,
+            peer: (!server).then(|| id.raddr.to_canonical()),
+            port: if server { id.lport } else { id.rport },
         }
     }
 
-    /// `addr:port` of the far end; a server's clients come from many ports,
-    /// so theirs is `*`.
-    pub fn remote(&self) -> String {
-        let addr = match self.peer {
-            IpAddr::V4(a) => a.to_string(),
-            IpAddr::V6(a) => format!("[{a}]"),
-        };
-        match self.role {
-            Role::Server => format!("{addr}:*"),
-            _ => format!("{addr}:{}", self.port),
+    /// The one way an endpoint is written: `10.0.0.2:8080` (`[fd00::2]:443`)
+    /// for the server a client talks to, `:8080` for a server's own
+    /// listening port.
+    pub fn endpoint(&self) -> String {
+        match self.peer {
+            Some(IpAddr::V4(a)) => format!("{a}:{}", self.port),
+            Some(IpAddr::V6(a)) => format!("[{a}]:{}", self.port),
+            None => format!(":{}", self.port),
         }
     }
 
-    /// The far end in words: `10.0.0.2:8080` for a client, `clients at
-    /// 10.0.0.1 on :8080` for a server.
-    pub fn far_end(&self) -> String {
-        match self.role {
-            Role::Server => format!("clients at {} on :{}", self.peer.to_canonical(), self.port),
-            _ => self.remote(),
+    /// The process name, or `-` when no process was seen.
+    pub fn comm_name(&self) -> String {
+        self.comm.map_or_else(|| "-".into(), |c| c.to_string())
+    }
+
+    pub fn is_other(&self) -> bool {
+        *self == Self::OTHER
+    }
+}
+
+/// The processes seen in a group, and how many connections each had.
+#[derive(Debug, Clone, Default)]
+pub struct Procs {
+    /// (pid, connections), the first [`PIDS_KEPT`] pids seen.
+    kept: Vec<(u32, u64)>,
+    /// Every pid seen, up to [`PIDS_COUNTED`]; beyond, the count is a floor.
+    counted: foldhash::HashSet<u32>,
+}
+
+/// Pids counted exactly per group; a count at this cap means "at least".
+pub const PIDS_COUNTED: usize = 4096;
+
+impl Procs {
+    pub fn add(&mut self, pid: u32, conns: u64) {
+        if self.counted.len() < PIDS_COUNTED {
+            self.counted.insert(pid);
+        }
+        if let Some(entry) = self.kept.iter_mut().find(|(p, _)| *p == pid) {
+            entry.1 += conns;
+        } else if self.kept.len() < PIDS_KEPT {
+            self.kept.push((pid, conns));
         }
     }
 
-    /// `pid/comm`, or `-` when no process was seen.
-    pub fn process(&self) -> String {
-        match (self.pid, self.comm) {
-            (Some(pid), Some(comm)) => format!("{pid}/{comm}"),
-            _ => "-".into(),
+    /// How many processes (at least, once [`PIDS_COUNTED`]).
+    pub fn count(&self) -> u64 {
+        self.counted.len() as u64
+    }
+
+    /// The pid with the most connections (the lowest on a tie).
+    pub fn main(&self) -> Option<u32> {
+        self.kept
+            .iter()
+            .max_by_key(|&&(pid, n)| (n, std::cmp::Reverse(pid)))
+            .map(|&(pid, _)| pid)
+    }
+
+    /// The pids kept, busiest first.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut kept = self.kept.clone();
+        kept.sort_by_key(|&(pid, n)| (std::cmp::Reverse(n), pid));
+        kept.into_iter().map(|(pid, _)| pid).collect()
+    }
+}
+
+/// The client addresses of a server group.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    pub kept: Vec<IpAddr>,
+    /// More addresses than [`PEERS_KEPT`] were seen.
+    pub more: bool,
+}
+
+impl Peers {
+    fn add(&mut self, addr: IpAddr) {
+        let addr = addr.to_canonical();
+        if self.kept.contains(&addr) {
+            return;
+        }
+        if self.kept.len() < PEERS_KEPT {
+            self.kept.push(addr);
+        } else {
+            self.more = true;
+        }
+    }
+
+    /// The only client address, if there is exactly one.
+    pub fn single(&self) -> Option<IpAddr> {
+        (self.kept.len() == 1 && !self.more).then(|| self.kept[0])
+    }
+}
+
+/// What a group saw happen over some time: one bucket, or a window of them
+/// merged.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub opened: u64,
+    pub closed: u64,
+    /// Closed connections by [`ClosedBy`] (indexed by its discriminant).
+    closed_by: [u64; ClosedBy::COUNT],
+    /// Closed connections that went on to TIME_WAIT here.
+    pub time_wait_closes: u64,
+    pub incomplete: u64,
+    /// Closes whose first closing act carried the TCP socket's figures.
+    pub with_figures: u64,
+    /// Of those, the ones whose first closing act came within
+    /// [`PROMPT_MS`] of the last data, by who closed first.
+    prompt: [u64; ClosedBy::COUNT],
+    /// Of those, the ones that carried one request, answered, and ended
+    /// right after it: a connection used for a single exchange.
+    pub one_exchange: u64,
+    /// Closes with a known lifetime (the opening was seen).
+    pub timed: u64,
+    /// Of those with figures and a known lifetime, the ones closed while in
+    /// use: data moved in the last half of their life.
+    pub busy: u64,
+    /// Lifetimes of connections whose opening was seen.
+    pub lifetime: Dist,
+    pub fin_wait2: Dist,
+    pub close_wait: Dist,
+    pub last_ack: Dist,
+    pub time_wait: Dist,
+}
+
+impl Stats {
+    pub fn closed_by(&self, by: ClosedBy) -> u64 {
+        self.closed_by[by as usize]
+    }
+
+    /// Share of closed connections closed `by`, 0 when none closed.
+    pub fn share(&self, by: &[ClosedBy]) -> f64 {
+        ratio(by.iter().map(|b| self.closed_by(*b)).sum(), self.closed)
+    }
+
+    /// Prompt closes (see [`Self::prompt`]) whose first act was `by`.
+    pub fn prompt_by(&self, by: ClosedBy) -> u64 {
+        self.prompt[by as usize]
+    }
+
+    pub fn prompt(&self) -> u64 {
+        self.prompt.iter().sum()
+    }
+
+    fn merge(&mut self, o: &Stats) {
+        self.opened += o.opened;
+        self.closed += o.closed;
+        for (a, b) in self.closed_by.iter_mut().zip(o.closed_by) {
+            *a += b;
+        }
+        for (a, b) in self.prompt.iter_mut().zip(o.prompt) {
+            *a += b;
+        }
+        self.time_wait_closes += o.time_wait_closes;
+        self.incomplete += o.incomplete;
+        self.with_figures += o.with_figures;
+        self.one_exchange += o.one_exchange;
+        self.timed += o.timed;
+        self.busy += o.busy;
+        self.lifetime.merge(&o.lifetime);
+        self.fin_wait2.merge(&o.fin_wait2);
+        self.close_wait.merge(&o.close_wait);
+        self.last_ack.merge(&o.last_ack);
+        self.time_wait.merge(&o.time_wait);
+    }
+
+    fn on_record(&mut self, r: &ConnRecord) {
+        self.closed += 1;
+        self.closed_by[r.closed_by as usize] += 1;
+        if r.time_wait {
+            self.time_wait_closes += 1;
+        }
+        if !r.complete {
+            self.incomplete += 1;
+        }
+        if r.opened_seen {
+            self.timed += 1;
+            self.lifetime.record(r.lifetime_ns);
+        }
+        for (state, dist) in [
+            (TcpState::FinWait2, &mut self.fin_wait2),
+            (TcpState::CloseWait, &mut self.close_wait),
+            (TcpState::LastAck, &mut self.last_ack),
+        ] {
+            if let Some(ns) = r.states.get(state) {
+                dist.record(ns);
+            }
+        }
+        if let Some(t) = r.tcp {
+            self.with_figures += 1;
+            let quiet_ms = t.send_age_ms.min(t.recv_age_ms);
+            let prompt = quiet_ms <= PROMPT_MS;
+            if prompt {
+                self.prompt[r.closed_by as usize] += 1;
+            }
+            // The request goes one way, the answer the other; the answer
+            // came last.
+            let (requests, answers, answer_age, request_age) = match r.role {
+                Role::Server => (t.segs_in, t.segs_out, t.send_age_ms, t.recv_age_ms),
+                _ => (t.segs_out, t.segs_in, t.recv_age_ms, t.send_age_ms),
+            };
+            if prompt
+                && r.role != Role::Unknown
+                && (1..=ONE_REQUEST_SEGS).contains(&requests)
+                && answers > 0
+                && answer_age <= request_age
+            {
+                self.one_exchange += 1;
+            }
+            if r.opened_seen && u64::from(quiet_ms) * 2_000_000 < r.lifetime_ns {
+                self.busy += 1;
+            }
         }
     }
 }
 
-/// A distribution of durations; the histogram is only allocated once a
-/// value arrives, as most groups never see most states.
-#[derive(Debug, Clone, Default)]
-pub struct Dist(Option<Box<Histogram<u32>>>);
-
-impl Dist {
-    pub fn record(&mut self, ns: u64) {
-        let hist = self.0.get_or_insert_with(|| {
-            Box::new(
-                Histogram::new_with_bounds(1, HIST_MAX_US, HIST_SIGFIGS)
-                    .expect("valid histogram bounds"),
-            )
-        });
-        hist.saturating_record((ns / 1_000).clamp(1, HIST_MAX_US));
+/// `part / whole`, 0 when `whole` is 0.
+pub fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
     }
+}
 
-    pub fn count(&self) -> u64 {
-        self.0.as_ref().map_or(0, |h| h.len())
-    }
-
-    /// The `q` quantile (0..=1) in milliseconds.
-    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
-        let h = self.0.as_ref().filter(|h| !h.is_empty())?;
-        // The middle of the recorded value's bucket: within 0.5% either way.
-        Some(h.median_equivalent(h.value_at_quantile(q)) as f64 / 1_000.0)
-    }
+/// The sockets of one process of a group alive at the last observation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PidNow {
+    pub established: u64,
+    pub close_wait: u64,
+    pub awaiting: u64,
+    pub idle: u64,
 }
 
 /// Sockets of a group alive at the last observation.
 #[derive(Debug, Clone, Default)]
 pub struct Now {
+    /// When it was taken (boot-clock ns); 0 before the first.
+    pub at_ns: u64,
     /// Count per state, indexed by the kernel's state number.
     pub by_state: [u64; 16],
     /// ESTABLISHED and silent for [`IDLE_AFTER_NS`] or more, last activity
@@ -131,6 +332,8 @@ pub struct Now {
     /// end rather than walked at each observation: there can be hundreds
     /// of thousands, and each changes once.
     pub time_wait_followed: u64,
+    /// Per process (the first [`PIDS_KEPT`]).
+    pub pids: Vec<(u32, PidNow)>,
 }
 
 impl Now {
@@ -142,39 +345,84 @@ impl Now {
         };
         self.by_state[state as usize] + followed
     }
+
+    /// Every socket alive.
+    pub fn total(&self) -> u64 {
+        self.by_state.iter().sum::<u64>() + self.time_wait_followed
+    }
+
+    /// The process with the most of what `of` counts.
+    pub fn main_pid(&self, of: impl Fn(&PidNow) -> u64) -> Option<u32> {
+        self.pids
+            .iter()
+            .filter(|(_, p)| of(p) > 0)
+            .max_by_key(|(pid, p)| (of(p), std::cmp::Reverse(*pid)))
+            .map(|(pid, _)| *pid)
+    }
+
+    fn pid(&mut self, pid: u32) -> Option<&mut PidNow> {
+        if let Some(i) = self.pids.iter().position(|(p, _)| *p == pid) {
+            return Some(&mut self.pids[i].1);
+        }
+        if self.pids.len() >= PIDS_KEPT {
+            return None;
+        }
+        self.pids.push((pid, PidNow::default()));
+        self.pids.last_mut().map(|(_, p)| p)
+    }
+}
+
+/// One time bucket of a group.
+#[derive(Debug, Clone)]
+struct Bucket {
+    index: u64,
+    stats: Stats,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Group {
-    pub opened: u64,
-    pub closed: u64,
-    /// Closed connections by [`ClosedBy`] (indexed by its discriminant).
-    closed_by: [u64; ClosedBy::COUNT],
-    /// Closed connections that went on to TIME_WAIT here.
-    pub time_wait_closes: u64,
-    pub incomplete: u64,
-    pub lifetime: Dist,
-    pub fin_wait2: Dist,
-    pub close_wait: Dist,
-    pub last_ack: Dist,
-    pub time_wait: Dist,
+    buckets: VecDeque<Bucket>,
     pub now: Now,
-    /// ESTABLISHED count at the first observation of the window (0 for a
-    /// group that appeared later).
-    pub established_first: Option<u64>,
+    /// ESTABLISHED count at each observation: (boot ns, count).
+    established: VecDeque<(u64, u64)>,
+    /// A group born after the first observation had nothing open before.
+    born_after_first_look: bool,
+    /// When it was first observed (boot ns).
+    first_look_ns: u64,
+    pub procs: Procs,
+    pub peers: Peers,
+    /// Last time anything was counted in it (boot ns).
+    last_active_ns: u64,
 }
 
 impl Group {
-    pub fn closed_by(&self, by: ClosedBy) -> u64 {
-        self.closed_by[by as usize]
+    /// Everything its buckets from index `from` on hold.
+    fn stats_from(&self, from: u64) -> Stats {
+        let mut out = Stats::default();
+        for b in self.buckets.iter().filter(|b| b.index >= from) {
+            out.merge(&b.stats);
+        }
+        out
     }
 
-    /// Share of closed connections closed `by`, 0 when none closed.
-    pub fn share(&self, by: &[ClosedBy]) -> f64 {
-        if self.closed == 0 {
-            return 0.0;
+    /// Everything it holds (for a report: its whole run).
+    pub fn total(&self) -> Stats {
+        self.stats_from(0)
+    }
+
+    /// ESTABLISHED at the start of the window from `since_ns` (0 for a
+    /// group born after the first look, as it had none then) and now.
+    pub fn established_growth(&self, since_ns: u64) -> (u64, u64) {
+        let now = self.now.count(TcpState::Established);
+        if self.born_after_first_look && self.first_look_ns >= since_ns {
+            return (0, now);
         }
-        by.iter().map(|b| self.closed_by(*b)).sum::<u64>() as f64 / self.closed as f64
+        let first = self
+            .established
+            .iter()
+            .find(|&&(at, _)| at >= since_ns)
+            .map_or(now, |&(_, n)| n);
+        (first, now)
     }
 
     /// Sockets in a closing or waiting state now: what "lingering" means.
@@ -191,57 +439,143 @@ impl Group {
         .map(|&s| self.now.count(s))
         .sum()
     }
+
+    fn bucket(&mut self, index: u64) -> &mut Stats {
+        // Events arrive nearly in time order: look from the newest.
+        match self.buckets.iter().rposition(|b| b.index <= index) {
+            Some(i) if self.buckets[i].index == index => &mut self.buckets[i].stats,
+            Some(i) => {
+                self.buckets.insert(
+                    i + 1,
+                    Bucket {
+                        index,
+                        stats: Stats::default(),
+                    },
+                );
+                &mut self.buckets[i + 1].stats
+            }
+            None => {
+                self.buckets.push_front(Bucket {
+                    index,
+                    stats: Stats::default(),
+                });
+                &mut self.buckets[0].stats
+            }
+        }
+    }
 }
 
 /// A socket alive now, with what the kernel knows of its last I/O.
 #[derive(Debug, Clone, Copy)]
 pub struct LiveSocket {
     pub id: ConnId,
+    /// False while the owner is only inherited from the listener: the
+    /// socket is counted in its group, but names no process.
+    pub owner_known: bool,
     pub cookie: u64,
     pub state: TcpState,
     pub since_ns: Option<u64>,
     pub io: Option<LastIo>,
 }
 
-/// Every group, up to a cap; groups beyond it are folded into `other`.
+/// How time is cut into buckets, and how much of it is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windowing {
+    pub bucket_ns: u64,
+    /// Buckets older than this are dropped; groups with nothing in them
+    /// and nothing alive go with them.
+    pub keep_ns: u64,
+}
+
+impl Windowing {
+    /// One bucket for the whole run, nothing forgotten (`report`).
+    pub const WHOLE_RUN: Self = Self {
+        bucket_ns: u64::MAX,
+        keep_ns: u64::MAX,
+    };
+
+    /// Buckets of `bucket_ns`, kept for `keep_ns` (`daemon`, `top`).
+    pub const fn sliding(bucket_ns: u64, keep_ns: u64) -> Self {
+        Self { bucket_ns, keep_ns }
+    }
+}
+
+/// Every group, up to a cap; beyond it, groups with nothing alive make
+/// room, and only when none can are the newcomers folded into `other`.
 pub struct Aggregator {
     groups: HashMap<GroupKey, Group>,
     other: Group,
     max_groups: usize,
     /// Events (opens, closes, sockets observed) folded into `other`.
     folded: u64,
+    /// Groups dropped to make room, or because they were over.
+    retired: u64,
     started_ns: u64,
     observed: bool,
+    windowing: Windowing,
 }
 
 impl Aggregator {
-    pub fn new(max_groups: usize, started_ns: u64) -> Self {
+    pub fn new(max_groups: usize, started_ns: u64, windowing: Windowing) -> Self {
         Self {
             groups: HashMap::new(),
             other: Group::default(),
             max_groups,
             folded: 0,
+            retired: 0,
             started_ns,
             observed: false,
+            windowing,
         }
     }
 
-    /// The group for `key`, or `other` once the cap is reached.
-    fn group(&mut self, key: GroupKey) -> &mut Group {
+    fn index(&self, at_ns: u64) -> u64 {
+        at_ns / self.windowing.bucket_ns.max(1)
+    }
+
+    /// The group for `key`, or `other` once the cap is reached and no group
+    /// can make room.
+    fn group(&mut self, key: GroupKey, at_ns: u64) -> &mut Group {
         if !self.groups.contains_key(&key) && self.groups.len() >= self.max_groups {
-            self.folded += 1;
-            return &mut self.other;
+            // The least recently active group with nothing alive.
+            let idle = self
+                .groups
+                .iter()
+                .filter(|(_, g)| g.now.total() == 0)
+                .min_by_key(|(_, g)| g.last_active_ns)
+                .map(|(k, _)| *k);
+            match idle {
+                Some(k) if self.windowing != Windowing::WHOLE_RUN => {
+                    self.groups.remove(&k);
+                    self.retired += 1;
+                }
+                _ => {
+                    self.folded += 1;
+                    self.other.last_active_ns = at_ns;
+                    return &mut self.other;
+                }
+            }
         }
         let observed = self.observed;
-        self.groups.entry(key).or_insert_with(|| Group {
-            // A group born after the first look had nothing open then.
-            established_first: observed.then_some(0),
+        let g = self.groups.entry(key).or_insert_with(|| Group {
+            born_after_first_look: observed,
             ..Group::default()
-        })
+        });
+        g.last_active_ns = g.last_active_ns.max(at_ns);
+        g
     }
 
-    pub fn on_opened(&mut self, id: &ConnId) {
-        self.group(GroupKey::of(id)).opened += 1;
+    /// A connection's opening, counted when its owner is known.
+    pub fn on_opened(&mut self, id: &ConnId, at_ns: u64) {
+        let index = self.index(at_ns);
+        let g = self.group(GroupKey::of(id), at_ns);
+        g.bucket(index).opened += 1;
+        if let Some(o) = id.owner {
+            g.procs.add(o.pid, 1);
+        }
+        if id.role == Role::Server {
+            g.peers.add(id.raddr);
+        }
     }
 
     pub fn on_record(&mut self, r: &ConnRecord) {
@@ -249,35 +583,27 @@ impl Aggregator {
             // Still lingering at exit: part of the current picture, not a close.
             return;
         }
-        let g = self.group(GroupKey::of(&r.id()));
-        g.closed += 1;
-        g.closed_by[r.closed_by as usize] += 1;
-        if r.time_wait {
-            g.time_wait_closes += 1;
+        let index = self.index(r.end_ns);
+        let g = self.group(GroupKey::of(&r.id()), r.end_ns);
+        g.bucket(index).on_record(r);
+        if let Some(o) = r.owner {
+            // Opened ones were counted at their opening.
+            g.procs.add(o.pid, u64::from(!r.opened_seen));
         }
-        if !r.complete {
-            g.incomplete += 1;
-        }
-        g.lifetime.record(r.lifetime_ns);
-        for (state, dist) in [
-            (TcpState::FinWait2, &mut g.fin_wait2),
-            (TcpState::CloseWait, &mut g.close_wait),
-            (TcpState::LastAck, &mut g.last_ack),
-        ] {
-            if let Some(ns) = r.states.get(state) {
-                dist.record(ns);
-            }
+        if r.role == Role::Server {
+            g.peers.add(r.raddr);
         }
     }
 
     /// The tracker follows one more TIME_WAIT socket.
-    pub fn on_timewait_start(&mut self, id: &ConnId) {
-        self.group(GroupKey::of(id)).now.time_wait_followed += 1;
+    pub fn on_timewait_start(&mut self, id: &ConnId, at_ns: u64) {
+        self.group(GroupKey::of(id), at_ns).now.time_wait_followed += 1;
     }
 
-    pub fn on_timewait_end(&mut self, end: &TimewaitEnd) {
-        let g = self.group(GroupKey::of(&end.id));
-        g.time_wait.record(end.duration_ns);
+    pub fn on_timewait_end(&mut self, end: &TimewaitEnd, at_ns: u64) {
+        let index = self.index(at_ns);
+        let g = self.group(GroupKey::of(&end.id), at_ns);
+        g.bucket(index).time_wait.record(end.duration_ns);
         g.now.time_wait_followed = g.now.time_wait_followed.saturating_sub(1);
     }
 
@@ -285,26 +611,26 @@ impl Aggregator {
     /// alive but the followed TIME_WAIT ones, which are counted as they
     /// come and go.
     pub fn observe(&mut self, live: impl IntoIterator<Item = LiveSocket>, now_ns: u64) {
-        for now in self
-            .groups
-            .values_mut()
-            .map(|g| &mut g.now)
-            .chain([&mut self.other.now])
-        {
-            *now = Now {
-                time_wait_followed: now.time_wait_followed,
+        for g in self.groups.values_mut().chain([&mut self.other]) {
+            g.now = Now {
+                time_wait_followed: g.now.time_wait_followed,
                 ..Now::default()
             };
         }
         for s in live {
             let started_ns = self.started_ns;
             let key = GroupKey::of(&s.id);
-            let g = self.group(key);
+            let g = self.group(key, now_ns);
+            if key.role == Role::Server {
+                g.peers.add(s.id.raddr);
+            }
             let now = &mut g.now;
             now.by_state[s.state as usize] += 1;
             let since = s.since_ns.unwrap_or(started_ns);
+            let mut pid = PidNow::default();
             match s.state {
                 TcpState::Established => {
+                    pid.established = 1;
                     let io = s.io.unwrap_or_default();
                     let last = [io.send_ns, io.recv_ns, Some(since)]
                         .into_iter()
@@ -321,12 +647,15 @@ impl Aggregator {
                             .is_some_and(|send| send > io.recv_ns.unwrap_or(0));
                     if unanswered && silent >= UNANSWERED_AFTER_NS {
                         now.awaiting += 1;
+                        pid.awaiting = 1;
                         now.oldest_awaiting_ns = now.oldest_awaiting_ns.max(silent);
                     } else if !unanswered && silent >= IDLE_AFTER_NS {
                         now.idle += 1;
+                        pid.idle = 1;
                     }
                 }
                 TcpState::CloseWait => {
+                    pid.close_wait = 1;
                     now.oldest_close_wait_ns =
                         now.oldest_close_wait_ns.max(now_ns.saturating_sub(since));
                     if now.close_wait_sample.len() < CLOSE_WAIT_SAMPLE {
@@ -335,16 +664,81 @@ impl Aggregator {
                 }
                 _ => {}
             }
+            if let Some(owner) = s.id.owner.filter(|_| s.owner_known)
+                && let Some(p) = now.pid(owner.pid)
+            {
+                p.established += pid.established;
+                p.close_wait += pid.close_wait;
+                p.awaiting += pid.awaiting;
+                p.idle += pid.idle;
+            }
         }
+        let keep = self.windowing.keep_ns;
         for g in self.groups.values_mut() {
-            g.established_first
-                .get_or_insert(g.now.count(TcpState::Established));
+            if g.established.is_empty() {
+                g.first_look_ns = now_ns;
+            }
+            g.now.at_ns = now_ns;
+            let established = g.now.count(TcpState::Established);
+            if g.now.total() > 0 {
+                g.last_active_ns = now_ns;
+            }
+            g.established.push_back((now_ns, established));
+            while g
+                .established
+                .front()
+                .is_some_and(|&(at, _)| now_ns.saturating_sub(at) > keep)
+                && g.established.len() > 1
+            {
+                g.established.pop_front();
+            }
+            for (pid, _) in &g.now.pids {
+                g.procs.add(*pid, 0);
+            }
         }
+        self.other.now.at_ns = now_ns;
         self.observed = true;
+    }
+
+    /// Forgets buckets older than the windowing keeps, and groups with
+    /// nothing left in them and nothing alive (processes that exited).
+    pub fn expire(&mut self, now_ns: u64) {
+        let keep = self.windowing.keep_ns;
+        if keep == u64::MAX {
+            return;
+        }
+        let oldest = self.index(now_ns.saturating_sub(keep));
+        for g in self.groups.values_mut().chain([&mut self.other]) {
+            while g.buckets.front().is_some_and(|b| b.index < oldest) {
+                g.buckets.pop_front();
+            }
+        }
+        let before = self.groups.len();
+        self.groups.retain(|_, g| {
+            !g.buckets.is_empty()
+                || g.now.total() > 0
+                || now_ns.saturating_sub(g.last_active_ns) <= keep
+        });
+        self.retired += (before - self.groups.len()) as u64;
+    }
+
+    /// What a group saw in the window of `span_ns` up to `now_ns`.
+    pub fn window(&self, group: &Group, span_ns: u64, now_ns: u64) -> Stats {
+        group.stats_from(self.index(now_ns.saturating_sub(span_ns)))
+    }
+
+    /// How long the window of `span_ns` up to `now_ns` really covers, in
+    /// seconds: no more than the run so far.
+    pub fn span_s(&self, span_ns: u64, now_ns: u64) -> f64 {
+        span_ns.min(now_ns.saturating_sub(self.started_ns)) as f64 / 1e9
     }
 
     pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &Group)> {
         self.groups.iter()
+    }
+
+    pub fn group_of(&self, key: &GroupKey) -> Option<&Group> {
+        self.groups.get(key)
     }
 
     /// Everything beyond the group cap, merged.
@@ -354,6 +748,19 @@ impl Aggregator {
 
     pub fn folded(&self) -> u64 {
         self.folded
+    }
+
+    /// Groups forgotten: over, or making room for new ones.
+    pub fn retired(&self) -> u64 {
+        self.retired
+    }
+
+    pub fn windowing(&self) -> Windowing {
+        self.windowing
+    }
+
+    pub fn started_ns(&self) -> u64 {
+        self.started_ns
     }
 }
 
@@ -366,15 +773,20 @@ pub(crate) mod tests {
         decode::{Family, tests::comm},
         tracker::{OwnerRef, StateTimes},
     };
+    use tracer_common::TcpFigures;
 
     pub(crate) const MS: u64 = 1_000_000;
 
     pub(crate) fn id(pid: u32, role: Role, rport: u16) -> ConnId {
+        id_named(pid, "app", role, rport)
+    }
+
+    pub(crate) fn id_named(pid: u32, name: &str, role: Role, rport: u16) -> ConnId {
         ConnId {
             netns: 1,
             owner: Some(OwnerRef {
                 pid,
-                comm: Comm::new(comm("app")),
+                comm: Comm::new(comm(name)),
                 cgroup_id: 0,
             }),
             role,
@@ -418,6 +830,23 @@ pub(crate) mod tests {
             time_wait: fin_wait2_ms.is_some(),
             complete: true,
             open_state: None,
+            opened_seen: true,
+            tcp: None,
+        }
+    }
+
+    /// TCP figures at the first closing act.
+    pub(crate) fn figures(
+        send_age_ms: u32,
+        recv_age_ms: u32,
+        segs_out: u32,
+        segs_in: u32,
+    ) -> TcpFigures {
+        TcpFigures {
+            send_age_ms,
+            recv_age_ms,
+            segs_out,
+            segs_in,
         }
     }
 
@@ -430,6 +859,7 @@ pub(crate) mod tests {
     ) -> LiveSocket {
         LiveSocket {
             id,
+            owner_known: true,
             cookie,
             state,
             since_ns: Some(since_ms * MS),
@@ -440,12 +870,16 @@ pub(crate) mod tests {
         }
     }
 
+    fn whole() -> Aggregator {
+        Aggregator::new(10, 0, Windowing::WHOLE_RUN)
+    }
+
     #[test]
     fn closes_are_counted_by_side_with_percentiles() {
-        let mut a = Aggregator::new(10, 0);
+        let mut a = whole();
         let client = id(1, Role::Client, 8080);
         for i in 0..100 {
-            a.on_opened(&client);
+            a.on_opened(&client, 0);
             a.on_record(&record(
                 client,
                 ClosedBy::Local,
@@ -455,43 +889,85 @@ pub(crate) mod tests {
         }
         a.on_record(&record(client, ClosedBy::Remote, 5, None));
         let (key, g) = a.groups().next().unwrap();
-        assert_eq!(key.remote(), "10.0.0.2:8080");
-        assert_eq!(key.process(), "1/app");
-        assert_eq!(g.opened, 100);
-        assert_eq!(g.closed, 101);
-        assert_eq!(g.closed_by(ClosedBy::Local), 100);
-        assert!((g.share(&[ClosedBy::Local]) - 100.0 / 101.0).abs() < 1e-9);
-        assert_eq!(g.fin_wait2.count(), 100);
-        let p50 = g.fin_wait2.quantile_ms(0.5).unwrap();
-        assert!((p50 - 2495.0).abs() <= 25.0, "{p50}");
-        let p99 = g.fin_wait2.quantile_ms(0.99).unwrap();
-        assert!((p99 - 2980.0).abs() <= 30.0, "{p99}");
-        assert_eq!(g.time_wait_closes, 100);
-        assert_eq!(g.close_wait.quantile_ms(0.5), None);
+        let s = g.total();
+        assert_eq!(key.endpoint(), "10.0.0.2:8080");
+        assert_eq!(key.comm_name(), "app");
+        assert_eq!(g.procs.main(), Some(1));
+        assert_eq!(s.opened, 100);
+        assert_eq!(s.closed, 101);
+        assert_eq!(s.closed_by(ClosedBy::Local), 100);
+        assert!((s.share(&[ClosedBy::Local]) - 100.0 / 101.0).abs() < 1e-9);
+        assert_eq!(s.fin_wait2.count(), 100);
+        let p50 = s.fin_wait2.quantile_ms(0.5).unwrap();
+        assert!((p50 - 2495.0).abs() <= 30.0, "{p50}");
+        let p99 = s.fin_wait2.quantile_ms(0.99).unwrap();
+        assert!((p99 - 2980.0).abs() <= 35.0, "{p99}");
+        assert_eq!(s.time_wait_closes, 100);
+        assert_eq!(s.close_wait.quantile_ms(0.5), None);
     }
 
     #[test]
-    fn servers_group_by_their_port_and_clients_by_the_remote_port() {
-        let mut a = Aggregator::new(10, 0);
-        for rport in [50001, 50002, 50003] {
+    fn servers_group_by_their_port_whatever_the_client() {
+        let mut a = whole();
+        for (i, rport) in [50001, 50002, 50003].into_iter().enumerate() {
             let mut s = id(2, Role::Server, rport);
-            s.rport = rport;
+            s.raddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2 + i as u8));
             a.on_record(&record(s, ClosedBy::Remote, 10, None));
         }
-        assert_eq!(
-            a.groups().count(),
-            1,
-            "one server group for many client ports"
-        );
+        assert_eq!(a.groups().count(), 1, "one server group for many clients");
         let (key, g) = a.groups().next().unwrap();
         assert_eq!(key.port, 8080);
-        assert_eq!(key.remote(), "10.0.0.2:*");
-        assert_eq!(g.closed, 3);
+        assert_eq!(key.endpoint(), ":8080");
+        assert_eq!(g.total().closed, 3);
+        assert_eq!(g.peers.kept.len(), 3);
+        assert_eq!(g.peers.single(), None);
     }
 
     #[test]
-    fn groups_beyond_the_cap_fold_into_other() {
-        let mut a = Aggregator::new(2, 0);
+    fn processes_of_one_name_fold_into_one_group() {
+        let mut a = whole();
+        for pid in 100..300 {
+            let c = id_named(pid, "curl", Role::Client, 8080);
+            a.on_opened(&c, 0);
+            a.on_record(&record(c, ClosedBy::Local, 5, None));
+        }
+        assert_eq!(a.groups().count(), 1);
+        let g = a.groups().next().unwrap().1;
+        assert_eq!(g.procs.count(), 200);
+        assert_eq!(g.procs.pids().len(), PIDS_KEPT);
+        assert_eq!(g.total().opened, 200);
+    }
+
+    #[test]
+    fn idle_groups_make_room_and_the_rest_fold_into_other() {
+        let mut a = Aggregator::new(2, 0, Windowing::sliding(10_000 * MS, 60_000 * MS));
+        for port in 1..=5 {
+            a.on_record(&record(
+                id(3, Role::Client, port),
+                ClosedBy::Local,
+                10,
+                None,
+            ));
+        }
+        assert_eq!(a.groups().count(), 2, "capped");
+        assert_eq!(a.retired(), 3, "groups with nothing alive made room");
+        assert_eq!(a.folded(), 0);
+        // Groups with sockets alive keep their place: newcomers fold.
+        a.observe(
+            [
+                live(id(3, Role::Client, 4), 1, TcpState::Established, 0, None),
+                live(id(3, Role::Client, 5), 2, TcpState::Established, 0, None),
+            ],
+            MS,
+        );
+        a.on_record(&record(id(3, Role::Client, 6), ClosedBy::Local, 10, None));
+        assert_eq!(a.folded(), 1);
+        assert_eq!(a.other().total().closed, 1);
+    }
+
+    #[test]
+    fn a_report_never_drops_groups_it_will_print() {
+        let mut a = Aggregator::new(2, 0, Windowing::WHOLE_RUN);
         for port in 1..=5 {
             a.on_record(&record(
                 id(3, Role::Client, port),
@@ -501,13 +977,76 @@ pub(crate) mod tests {
             ));
         }
         assert_eq!(a.groups().count(), 2);
-        assert_eq!(a.other().closed, 3);
         assert_eq!(a.folded(), 3);
+        assert_eq!(a.other().total().closed, 3);
+    }
+
+    #[test]
+    fn windows_hold_only_recent_buckets_and_groups_age_out() {
+        let mut a = Aggregator::new(10, 0, Windowing::sliding(10_000 * MS, 60_000 * MS));
+        let c = id(4, Role::Client, 80);
+        for t in [1_000, 15_000, 25_000, 55_000] {
+            let mut r = record(c, ClosedBy::Local, 10, None);
+            r.end_ns = t * MS;
+            a.on_record(&r);
+        }
+        let g = a.groups().next().unwrap().1;
+        assert_eq!(
+            a.window(g, 30_000 * MS, 56_000 * MS).closed,
+            2,
+            "buckets 2..=5"
+        );
+        assert_eq!(a.window(g, 60_000 * MS, 56_000 * MS).closed, 4);
+        assert!((a.span_s(60_000 * MS, 56_000 * MS) - 56.0).abs() < 1e-9);
+        a.expire(80_000 * MS);
+        let g = a.groups().next().unwrap().1;
+        assert_eq!(g.total().closed, 2, "buckets older than a minute dropped");
+        a.expire(200_000 * MS);
+        assert_eq!(a.groups().count(), 0, "nothing left, nothing alive: over");
+        assert_eq!(a.retired(), 1);
+    }
+
+    #[test]
+    fn closes_are_classified_by_the_tcp_figures() {
+        let mut a = whole();
+        let c = id(5, Role::Client, 80);
+        let mut add = |closed_by, lifetime_ms, t: TcpFigures| {
+            let mut r = record(c, closed_by, lifetime_ms, None);
+            r.tcp = Some(t);
+            a.on_record(&r);
+        };
+        // One request, answered, closed right after by the client / server.
+        add(ClosedBy::Local, 2, figures(0, 0, 1, 1));
+        add(ClosedBy::Remote, 2, figures(1, 0, 1, 3));
+        // Idle a second, then closed by the server's idle timeout.
+        add(ClosedBy::Remote, 1_002, figures(1_000, 1_000, 1, 1));
+        // Given up on: the request was never answered.
+        add(ClosedBy::Local, 1_000, figures(1_000, 1_000, 1, 0));
+        // A pooled connection cut mid-request at its deadline.
+        add(ClosedBy::Local, 3_000, figures(76, 76, 30, 29));
+        let s = a.groups().next().unwrap().1.total();
+        assert_eq!(s.with_figures, 5);
+        assert_eq!(s.prompt(), 3);
+        assert_eq!(s.prompt_by(ClosedBy::Local), 2);
+        assert_eq!(s.one_exchange, 2);
+        assert_eq!(s.busy, 3, "{s:?}");
+    }
+
+    #[test]
+    fn lifetimes_of_sockets_opened_before_the_tracer_are_not_recorded() {
+        let mut a = whole();
+        let mut r = record(id(6, Role::Client, 80), ClosedBy::Local, 9_210, None);
+        r.opened_seen = false;
+        a.on_record(&r);
+        let s = a.groups().next().unwrap().1.total();
+        assert_eq!(s.closed, 1);
+        assert_eq!(s.timed, 0);
+        assert_eq!(s.lifetime.count(), 0);
     }
 
     #[test]
     fn live_sockets_make_the_current_picture() {
-        let mut a = Aggregator::new(10, 0);
+        let mut a = whole();
         let c = id(4, Role::Client, 9000);
         let now = 100_000;
         a.observe(
@@ -544,8 +1083,9 @@ pub(crate) mod tests {
         assert!((g.now.idle_time.quantile_ms(0.5).unwrap() - 5_000.0).abs() < 50.0);
         assert_eq!(g.now.oldest_close_wait_ns, 30_000 * MS);
         assert_eq!(g.now.close_wait_sample, vec![(1, 4)]);
+        assert_eq!(g.now.main_pid(|p| p.close_wait), Some(4));
         assert_eq!(g.lingering(), 2);
-        assert_eq!(g.established_first, Some(3));
+        assert_eq!(g.established_growth(0), (3, 3));
         // Observed again with more open: growth is measured from the first look.
         a.observe(
             (10..20).map(|i| live(c, i, TcpState::Established, now, None)),
@@ -553,23 +1093,28 @@ pub(crate) mod tests {
         );
         let g = a.groups().next().unwrap().1;
         assert_eq!(g.now.count(TcpState::Established), 10);
-        assert_eq!(g.established_first, Some(3));
+        assert_eq!(g.established_growth(0), (3, 10));
+        assert_eq!(
+            g.established_growth((now + 1) * MS),
+            (10, 10),
+            "window from the last look"
+        );
         assert_eq!(g.now.count(TcpState::CloseWait), 0, "replaced, not added");
     }
 
     #[test]
     fn a_group_born_after_the_first_look_started_from_zero() {
-        let mut a = Aggregator::new(10, 0);
+        let mut a = whole();
         a.observe([], 0);
         let c = id(5, Role::Client, 7000);
-        a.on_opened(&c);
+        a.on_opened(&c, 0);
         a.observe([live(c, 1, TcpState::Established, 0, None)], MS);
-        assert_eq!(a.groups().next().unwrap().1.established_first, Some(0));
+        assert_eq!(a.groups().next().unwrap().1.established_growth(0), (0, 1));
     }
 
     #[test]
     fn records_still_lingering_at_exit_are_not_closes() {
-        let mut a = Aggregator::new(10, 0);
+        let mut a = whole();
         let mut r = record(id(6, Role::Server, 1), ClosedBy::Remote, 10, None);
         r.open_state = Some(TcpState::CloseWait);
         a.on_record(&r);
@@ -578,36 +1123,28 @@ pub(crate) mod tests {
 
     #[test]
     fn followed_timewait_sockets_are_counted_as_they_come_and_go() {
-        let mut a = Aggregator::new(10, 0);
+        let mut a = whole();
         let s = id(8, Role::Client, 443);
         for _ in 0..3 {
-            a.on_timewait_start(&s);
+            a.on_timewait_start(&s, 0);
         }
         // An observation replaces the rest of the picture, not these.
         a.observe([live(s, 9, TcpState::TimeWait, 0, None)], MS);
         let g = a.groups().next().unwrap().1;
         assert_eq!(g.now.count(TcpState::TimeWait), 4);
         assert_eq!(g.lingering(), 4);
-        a.on_timewait_end(&TimewaitEnd {
-            id: s,
-            duration_ns: 60_000 * MS,
-        });
+        a.on_timewait_end(
+            &TimewaitEnd {
+                id: s,
+                duration_ns: 60_000 * MS,
+            },
+            MS,
+        );
         a.observe([], 2 * MS);
         let g = a.groups().next().unwrap().1;
         assert_eq!(g.now.count(TcpState::TimeWait), 2);
-        assert_eq!(g.time_wait.count(), 1);
-    }
-
-    #[test]
-    fn timewait_durations_are_recorded() {
-        let mut a = Aggregator::new(10, 0);
-        let s = id(7, Role::Server, 1);
-        a.on_timewait_end(&TimewaitEnd {
-            id: s,
-            duration_ns: 60_000 * MS,
-        });
-        let g = a.groups().next().unwrap().1;
-        assert_eq!(g.time_wait.count(), 1);
-        assert!((g.time_wait.quantile_ms(0.5).unwrap() - 60_000.0).abs() < 600.0);
+        let tw = g.total().time_wait;
+        assert_eq!(tw.count(), 1);
+        assert!((tw.quantile_ms(0.5).unwrap() - 60_000.0).abs() < 600.0);
     }
 }

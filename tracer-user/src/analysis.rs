@@ -1,22 +1,59 @@
-//! A tracing session feeding the aggregator, and the findings drawn from it: what `report` and `top` share.
+//! A tracing session feeding the aggregator, the owners of accepted sockets resolved, and the findings drawn from it: what `report`, `top` and `daemon` share.
 
-use std::io;
+use std::{collections::HashSet, io};
 
+use foldhash::{HashMap, HashMapExt as _};
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::{Aggregator, LiveSocket},
+    aggregate::{Aggregator, GroupKey, LiveSocket, Windowing},
     cgroups::Cgroups,
     cli::{AnalysisArgs, TraceArgs},
     clock,
-    diagnose::{Figure, Finding, Pathology, diagnose},
+    diagnose::{self, Figure, Finding, Pathology},
     last_io::IoReader,
+    owners,
     select::Selection,
     session::{Progress, Session},
     snapshot,
-    tracker::{ConnId, ConnRecord, LiveConn, TimewaitEnd, Tracker},
+    tracker::{ConnId, ConnRecord, LiveConn, OwnerRef, TimewaitEnd, Tracker},
     watch::load_options,
 };
+
+/// The /proc scan that names the processes holding accepted sockets runs
+/// at most this often (it reads every process's fd table).
+const RESOLVE_EVERY_NS: u64 = 1_000_000_000;
+
+/// How an analysis judges time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judging {
+    pub windowing: Windowing,
+    /// The windows closing patterns are judged on, longest first.
+    pub spans_ns: Vec<u64>,
+    /// Remember the live findings seen at every look, not only the last
+    /// (a report covers its whole run: requests unanswered for 20 s in the
+    /// middle of it are part of it).
+    pub keep_seen: bool,
+}
+
+impl Judging {
+    /// Everything since the start, and every finding seen on the way.
+    pub fn whole_run() -> Self {
+        Self {
+            windowing: Windowing::WHOLE_RUN,
+            spans_ns: vec![u64::MAX],
+            keep_seen: true,
+        }
+    }
+}
+
+/// A live finding seen during the run, at its worst.
+#[derive(Debug, Clone)]
+struct Seen {
+    finding: Finding,
+    first_ns: u64,
+    last_ns: u64,
+}
 
 pub struct Analysis {
     pub session: Session,
@@ -32,6 +69,9 @@ pub struct Analysis {
     /// `--comm` and `--remote`.
     selection: Selection,
     io: IoReader,
+    judging: Judging,
+    last_resolve_ns: u64,
+    seen: HashMap<(Pathology, GroupKey), Seen>,
 }
 
 /// Tracker output passed to the aggregator.
@@ -55,7 +95,11 @@ fn in_cgroup(cgroups: &mut Cgroups, prefix: &str, id: &ConnId) -> bool {
 }
 
 impl Analysis {
-    pub fn start(trace: &TraceArgs, analysis: &AnalysisArgs) -> anyhow::Result<Self> {
+    pub fn start(
+        trace: &TraceArgs,
+        analysis: &AnalysisArgs,
+        judging: Judging,
+    ) -> anyhow::Result<Self> {
         let options = load_options(trace)?;
         // TIME_WAIT is followed to its end: its duration is part of the picture.
         let tracker = Tracker::new(trace.max_sockets).follow_timewait();
@@ -63,13 +107,16 @@ impl Analysis {
         let started_ns = clock::boot_ns();
         Ok(Self {
             session,
-            agg: Aggregator::new(analysis.max_groups, started_ns),
+            agg: Aggregator::new(analysis.max_groups, started_ns, judging.windowing),
             started_ns,
             seeded: false,
             tap: None,
             cgroup: None,
             selection: trace.select.selection(),
             io: IoReader::default(),
+            judging,
+            last_resolve_ns: 0,
+            seen: HashMap::new(),
         })
     }
 
@@ -104,6 +151,7 @@ impl Analysis {
     }
 
     fn feed(&mut self) {
+        let now = clock::boot_ns();
         let tracker = &mut self.session.tracker;
         let (opened, records, starts, ends) = (
             tracker.take_opened(),
@@ -119,17 +167,17 @@ impl Analysis {
         let starts: Vec<ConnId> = starts.into_iter().filter(|id| self.admitted(id)).collect();
         let ends: Vec<TimewaitEnd> = ends.into_iter().filter(|e| self.admitted(&e.id)).collect();
         for id in &opened {
-            self.agg.on_opened(id);
+            self.agg.on_opened(id, now);
         }
         for record in &records {
             self.agg.on_record(record);
         }
         // Starts first: a socket can start and end within one batch.
         for id in &starts {
-            self.agg.on_timewait_start(id);
+            self.agg.on_timewait_start(id, now);
         }
         for end in &ends {
-            self.agg.on_timewait_end(end);
+            self.agg.on_timewait_end(end, now);
         }
         if let Some(tap) = &mut self.tap {
             tap.opened.extend(opened);
@@ -147,22 +195,112 @@ impl Analysis {
     }
 
     /// Refreshes the aggregate's picture of what is alive now, with the
-    /// kernel's last send/receive time for each open connection.
+    /// kernel's last send/receive time for each open connection, after
+    /// naming the processes that hold accepted sockets nobody has been
+    /// seen with (a prefork server's worker accepted them, not the
+    /// listener's creator).
     pub fn observe(&mut self) {
+        let now = clock::boot_ns();
+        let provisional: HashMap<u64, u32> = self.session.tracker.provisional().collect();
+        let asked: Vec<_> = self
+            .session
+            .tracker
+            .live()
+            .filter(|l| {
+                matches!(l.state, TcpState::Established | TcpState::CloseWait)
+                    && (l.state == TcpState::Established || provisional.contains_key(&l.cookie))
+            })
+            .map(|l| (l.id.netns, l.id.family))
+            .collect();
+        let seen = self.io.read(asked);
+        if !provisional.is_empty() && now.saturating_sub(self.last_resolve_ns) >= RESOLVE_EVERY_NS {
+            self.last_resolve_ns = now;
+            self.resolve(&provisional, &seen);
+            self.feed();
+        }
         let live = self.live();
-        let io = self.io.read(
-            live.iter()
-                .filter(|l| l.state == TcpState::Established)
-                .map(|l| (l.id.netns, l.id.family)),
-        );
         let live = live.into_iter().map(|l| LiveSocket {
             id: l.id,
+            owner_known: l.owner_known,
             cookie: l.cookie,
             state: l.state,
             since_ns: l.since_ns,
-            io: io.get(&l.cookie).copied(),
+            io: seen.get(&l.cookie).and_then(|s| s.io),
         });
-        self.agg.observe(live, clock::boot_ns());
+        self.agg.observe(live, now);
+        self.agg.expire(now);
+        if self.judging.keep_seen {
+            self.remember_live_findings(now);
+        }
+    }
+
+    /// Names the holders of provisional sockets from their inodes.
+    fn resolve(&mut self, provisional: &HashMap<u64, u32>, seen: &crate::last_io::ByCookie) {
+        let inodes: HashMap<u32, u64> = provisional
+            .keys()
+            .filter_map(|cookie| {
+                let inode = seen.get(cookie)?.inode;
+                (inode != 0).then_some((inode, *cookie))
+            })
+            .collect();
+        if inodes.is_empty() {
+            return;
+        }
+        let wanted: HashSet<u32> = inodes.keys().copied().collect();
+        let holders = owners::holders(&wanted);
+        let listed: Vec<(u64, Option<u32>)> = self
+            .session
+            .tracker
+            .live()
+            .filter(|l| provisional.contains_key(&l.cookie))
+            .map(|l| (l.cookie, l.id.owner.map(|o| o.pid)))
+            .collect();
+        for (cookie, listener_pid) in listed {
+            let Some(inode) = seen.get(&cookie).map(|s| s.inode) else {
+                continue;
+            };
+            let Some(found) = holders.get(&inode) else {
+                continue;
+            };
+            // Shared across a fork: the process that is not the listener's
+            // creator is the one that accepted it.
+            let owner = found
+                .iter()
+                .find(|o| Some(o.pid) != listener_pid)
+                .or_else(|| found.first());
+            if let Some(&owner) = owner {
+                self.session.tracker.resolve(cookie, OwnerRef::from(owner));
+            }
+        }
+    }
+
+    /// Keeps the live findings of this look, each at its worst so far.
+    fn remember_live_findings(&mut self, now: u64) {
+        let live: Vec<Finding> = diagnose::diagnose(&self.agg, &self.judging.spans_ns, now)
+            .into_iter()
+            .filter(|f| f.pathology.is_live())
+            .collect();
+        for f in live {
+            let key = (f.pathology, f.key);
+            match self.seen.get_mut(&key) {
+                Some(seen) => {
+                    seen.last_ns = now;
+                    if f.magnitude() >= seen.finding.magnitude() {
+                        seen.finding = f;
+                    }
+                }
+                None => {
+                    self.seen.insert(
+                        key,
+                        Seen {
+                            finding: f,
+                            first_ns: now,
+                            last_ns: now,
+                        },
+                    );
+                }
+            }
+        }
     }
 
     /// Detaches and takes in the last of it; the aggregate then describes
@@ -170,7 +308,12 @@ impl Analysis {
     pub async fn stop(&mut self) -> io::Result<()> {
         self.session.stop().await?;
         self.feed();
+        // A last look names the holders of accepted sockets; then open
+        // connections whose opening was seen count as opened.
+        self.last_resolve_ns = 0;
         self.observe();
+        self.session.tracker.finish_opened();
+        self.feed();
         Ok(())
     }
 
@@ -178,21 +321,44 @@ impl Analysis {
         clock::boot_ns().saturating_sub(self.started_ns) as f64 / 1e9
     }
 
-    /// The findings now, with the file descriptors of leaked CLOSE_WAIT
-    /// sockets looked up for the process that holds them.
+    /// The findings now: closing patterns over the judged windows, the
+    /// live ones on the sockets alive now (and, for a whole-run judging,
+    /// the worst seen at any look), with the file descriptors of leaked
+    /// CLOSE_WAIT sockets looked up for the process that holds them.
     pub fn findings(&self) -> Vec<Finding> {
-        let mut findings = diagnose(self.agg.groups(), self.window_s());
+        let now = clock::boot_ns();
+        let mut findings = diagnose::diagnose(&self.agg, &self.judging.spans_ns, now);
+        if self.judging.keep_seen {
+            for seen in self.seen.values() {
+                let here = findings.iter().position(|f| {
+                    f.pathology == seen.finding.pathology && f.key == seen.finding.key
+                });
+                match here {
+                    Some(i) if findings[i].magnitude() >= seen.finding.magnitude() => {}
+                    Some(i) => findings[i] = seen.finding.clone(),
+                    None => {
+                        let mut f = seen.finding.clone();
+                        f.summary.push_str(&format!(
+                            " (Seen from {:.0}s to {:.0}s into the run; over by its end.)",
+                            seen.first_ns.saturating_sub(self.started_ns) as f64 / 1e9,
+                            seen.last_ns.saturating_sub(self.started_ns) as f64 / 1e9,
+                        ));
+                        findings.push(f);
+                    }
+                }
+            }
+            diagnose::sort(&mut findings);
+        }
         for f in findings
             .iter_mut()
             .filter(|f| f.pathology == Pathology::CloseWaitLeak)
         {
             let sample = self
                 .agg
-                .groups()
-                .find(|(k, _)| **k == f.key)
-                .map(|(_, g)| g.now.close_wait_sample.clone())
+                .group_of(&f.key)
+                .map(|g| g.now.close_wait_sample.clone())
                 .unwrap_or_default();
-            if let Some(pid) = f.key.pid {
+            if let Some(pid) = f.who.pid {
                 let fds = snapshot::close_wait_fds(pid, &sample);
                 if !fds.is_empty() {
                     f.summary = f.summary.replacen(

@@ -12,8 +12,8 @@ use serde::Serialize;
 use tokio::{net::TcpListener, time::interval};
 
 use crate::{
-    aggregate::GroupKey,
-    analysis::{Analysis, Fed},
+    aggregate::{GroupKey, Windowing},
+    analysis::{Analysis, Fed, Judging},
     cgroups::Cgroups,
     cli::{AnalysisArgs, DaemonArgs, FamilyFilter, LogFormat, TraceArgs},
     clock,
@@ -22,7 +22,10 @@ use crate::{
     error::EnvError,
     http::{self, Shared},
     metrics::{Health, Metrics},
-    output::rfc3339_millis,
+    output::{
+        report::{JsonFinding, json_finding},
+        rfc3339_millis,
+    },
     session::Progress,
     watch::stop_signal,
 };
@@ -37,33 +40,106 @@ const ANALYSIS_EVERY: u32 = 5;
 /// A finding is logged again only when its magnitude has grown this much.
 pub const WORSENED_FACTOR: f64 = 1.5;
 
-/// Remembers what was logged, so each finding is logged once, and again
-/// only if it gets worse.
+/// A finding is over once it has been missing from this many analyses in a
+/// row (15 s): one miss can be a pattern at the edge of its threshold.
+pub const RESOLVED_AFTER: u32 = 3;
+
+/// How far back the daemon judges: closing patterns on the last 5 minutes
+/// (enough closes to judge) and the last minute (a pattern that just
+/// started), kept in 10-second buckets.
+pub const SPANS_NS: [u64; 2] = [300_000_000_000, 60_000_000_000];
+const BUCKET_NS: u64 = 10_000_000_000;
+
+/// What happened to a finding since the last analysis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// New.
+    Raised,
+    /// Its main figure grew by [`WORSENED_FACTOR`] since it was last logged.
+    Worsened,
+    /// Its evidence is gone.
+    Resolved,
+}
+
+impl Change {
+    const fn event(self) -> &'static str {
+        match self {
+            Self::Raised => "finding",
+            Self::Worsened => "finding_worsened",
+            Self::Resolved => "finding_resolved",
+        }
+    }
+}
+
+/// A finding standing now, as last logged.
+#[derive(Debug)]
+struct Standing {
+    logged_magnitude: f64,
+    last: Finding,
+    /// Analyses in a row it was missing from.
+    missing: u32,
+}
+
+/// Remembers the findings standing, so each is logged when it appears,
+/// again only if it gets worse, and once more when it is over.
 #[derive(Debug, Default)]
 pub struct FindingLog {
-    logged: HashMap<(Pathology, GroupKey), f64>,
+    standing: HashMap<(Pathology, GroupKey), Standing>,
 }
 
 impl FindingLog {
-    /// The findings to log now: new ones, and ones that worsened by
-    /// [`WORSENED_FACTOR`]; each with `true` if it is a worsening.
-    pub fn raise<'a>(&mut self, findings: &'a [Finding]) -> Vec<(&'a Finding, bool)> {
-        let mut raised = Vec::new();
+    /// The findings to log after an analysis that found `findings`.
+    pub fn update(&mut self, findings: &[Finding]) -> Vec<(Finding, Change)> {
+        let mut changes = Vec::new();
         for f in findings {
             let magnitude = f.magnitude();
-            match self.logged.get_mut(&(f.pathology, f.key)) {
+            match self.standing.get_mut(&(f.pathology, f.key)) {
                 None => {
-                    self.logged.insert((f.pathology, f.key), magnitude);
-                    raised.push((f, false));
+                    self.standing.insert(
+                        (f.pathology, f.key),
+                        Standing {
+                            logged_magnitude: magnitude,
+                            last: f.clone(),
+                            missing: 0,
+                        },
+                    );
+                    changes.push((f.clone(), Change::Raised));
                 }
-                Some(last) if magnitude >= *last * WORSENED_FACTOR && magnitude > *last => {
-                    *last = magnitude;
-                    raised.push((f, true));
+                Some(s) => {
+                    s.missing = 0;
+                    s.last = f.clone();
+                    if magnitude >= s.logged_magnitude * WORSENED_FACTOR
+                        && magnitude > s.logged_magnitude
+                    {
+                        s.logged_magnitude = magnitude;
+                        changes.push((f.clone(), Change::Worsened));
+                    }
                 }
-                Some(_) => {}
             }
         }
-        raised
+        let present: Vec<(Pathology, GroupKey)> =
+            findings.iter().map(|f| (f.pathology, f.key)).collect();
+        let mut over = Vec::new();
+        for (key, s) in &mut self.standing {
+            if !present.contains(key) {
+                s.missing += 1;
+                if s.missing >= RESOLVED_AFTER {
+                    over.push(*key);
+                }
+            }
+        }
+        for key in over {
+            if let Some(s) = self.standing.remove(&key) {
+                changes.push((s.last, Change::Resolved));
+            }
+        }
+        changes
+    }
+
+    /// The findings standing now (a finding missing fewer than
+    /// [`RESOLVED_AFTER`] times still stands).
+    pub fn standing(&self) -> impl Iterator<Item = &Finding> {
+        self.standing.values().map(|s| &s.last)
     }
 }
 
@@ -72,48 +148,38 @@ struct LogLine<'a> {
     ts: String,
     level: &'static str,
     event: &'static str,
-    pathology: &'static str,
-    pid: Option<u32>,
-    comm: Option<String>,
-    role: &'static str,
-    remote: String,
-    evidence: std::collections::BTreeMap<&'static str, &'a crate::diagnose::Figure>,
-    summary: &'a str,
+    #[serde(flatten)]
+    finding: JsonFinding<'a>,
 }
 
 /// One finding as a log line, JSON or text.
 pub fn log_line(
     f: &Finding,
-    worsened: bool,
+    change: Change,
     format: LogFormat,
     now: std::time::SystemTime,
 ) -> String {
-    let event = if worsened {
-        "finding_worsened"
-    } else {
-        "finding"
-    };
+    let event = change.event();
     match format {
         LogFormat::Json => serde_json::to_string(&LogLine {
             ts: rfc3339_millis(now),
-            level: "warning",
+            level: if change == Change::Resolved {
+                "info"
+            } else {
+                "warning"
+            },
             event,
-            pathology: f.pathology.id(),
-            pid: f.key.pid,
-            comm: f.key.comm.map(|c| c.to_string()),
-            role: f.key.role.name(),
-            remote: f.key.remote(),
-            evidence: f.evidence.iter().map(|(n, v)| (*n, v)).collect(),
-            summary: &f.summary,
+            finding: json_finding(f),
         })
         .unwrap_or_default(),
         LogFormat::Text => format!(
-            "{} {event} {} {} {} -> {}: {} [{}]",
+            "{} {event} {} {} {} {} {}: {} [{}]",
             rfc3339_millis(now),
+            f.severity().name(),
             f.pathology.id(),
-            f.key.process(),
+            f.process_short(),
             f.key.role.name(),
-            f.key.remote(),
+            f.key.endpoint(),
             f.summary,
             f.brief()
         ),
@@ -177,6 +243,11 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         &AnalysisArgs {
             max_groups: settings.max_groups,
         },
+        Judging {
+            windowing: Windowing::sliding(BUCKET_NS, SPANS_NS[0] + BUCKET_NS),
+            spans_ns: SPANS_NS.to_vec(),
+            keep_seen: false,
+        },
     )?;
     analysis.tap = Some(Fed::default());
     if let Some(prefix) = &settings.cgroup {
@@ -215,14 +286,19 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                     if refreshes % ANALYSIS_EVERY == 1 {
                         analysis.observe();
                         let findings = analysis.findings();
-                        let raised = findings_log.raise(&findings);
+                        let changes = findings_log.update(&findings);
                         if let Ok(mut m) = shared.metrics.lock() {
-                            let raised: Vec<Finding> = raised.iter().map(|(f, _)| (*f).clone()).collect();
-                            m.on_findings(&raised, &findings);
+                            let raised: Vec<Finding> = changes
+                                .iter()
+                                .filter(|(_, c)| *c != Change::Resolved)
+                                .map(|(f, _)| f.clone())
+                                .collect();
+                            let standing: Vec<Finding> = findings_log.standing().cloned().collect();
+                            m.on_findings(&raised, &standing);
                         }
                         let mut out = stdout.lock();
-                        for (f, worsened) in raised {
-                            writeln!(out, "{}", log_line(f, worsened, settings.log_format, std::time::SystemTime::now()))
+                        for (f, change) in &changes {
+                            writeln!(out, "{}", log_line(f, *change, settings.log_format, std::time::SystemTime::now()))
                                 .context("writing the log")?;
                         }
                         out.flush().context("writing the log")?;
@@ -270,6 +346,8 @@ fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgrou
     let Ok(mut m) = shared.metrics.lock() else {
         return;
     };
+    m.at(clock::boot_ns());
+    m.release_stale();
     m.set_sockets(live.iter().map(|l| (l.id, l.state)), |cgroup_id| {
         cgroups.lookup(cgroup_id).cloned()
     });
@@ -294,32 +372,59 @@ mod tests {
     use crate::{
         aggregate::{
             Aggregator,
-            tests::{id, record},
+            tests::{figures, id, record},
         },
         diagnose::diagnose,
         tracker::{ClosedBy, Role},
     };
 
+    /// Findings of a server group with `closes` closes right after answering.
     fn findings(closes: u64) -> Vec<Finding> {
-        let mut a = Aggregator::new(10, 0);
-        let c = id(1, Role::Client, 80);
+        let mut a = Aggregator::new(10, 0, Windowing::WHOLE_RUN);
+        let c = id(1, Role::Server, 80);
         for _ in 0..closes {
-            a.on_record(&record(c, ClosedBy::Remote, 5, None));
+            let mut r = record(c, ClosedBy::Local, 5, None);
+            r.tcp = Some(figures(0, 0, 1, 1));
+            a.on_record(&r);
         }
-        diagnose(a.groups(), 10.0)
+        diagnose(&a, &[u64::MAX], 10_000_000_000)
     }
 
     #[test]
-    fn a_finding_is_logged_once_and_again_only_when_worse() {
+    fn a_finding_is_logged_once_again_only_when_worse_and_when_over() {
         let mut log = FindingLog::default();
-        assert_eq!(log.raise(&findings(12)).len(), 1);
-        assert_eq!(log.raise(&findings(12)).len(), 0, "same again: quiet");
-        assert_eq!(log.raise(&findings(15)).len(), 0, "a little worse: quiet");
-        let worse = findings(18);
-        let raised = log.raise(&worse);
-        assert_eq!(raised.len(), 1);
-        assert!(raised[0].1, "marked as worsened");
-        assert_eq!(log.raise(&findings(20)).len(), 0);
+        let changes = log.update(&findings(12));
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].1, Change::Raised);
+        assert_eq!(log.update(&findings(12)).len(), 0, "same again: quiet");
+        assert_eq!(log.update(&findings(15)).len(), 0, "a little worse: quiet");
+        let worse = log.update(&findings(18));
+        assert_eq!(worse.len(), 1);
+        assert_eq!(worse[0].1, Change::Worsened);
+        assert_eq!(log.update(&findings(20)).len(), 0);
+        // Gone: it stands a while, then is logged as over, once.
+        for _ in 1..RESOLVED_AFTER {
+            assert_eq!(log.update(&[]).len(), 0);
+            assert_eq!(log.standing().count(), 1);
+        }
+        let over = log.update(&[]);
+        assert_eq!(over.len(), 1);
+        assert_eq!(over[0].1, Change::Resolved);
+        assert_eq!(log.standing().count(), 0);
+        assert_eq!(log.update(&[]).len(), 0);
+        // Back again: raised anew.
+        assert_eq!(log.update(&findings(12))[0].1, Change::Raised);
+    }
+
+    #[test]
+    fn a_finding_missing_once_does_not_flap() {
+        let mut log = FindingLog::default();
+        log.update(&findings(12));
+        assert_eq!(log.update(&[]).len(), 0);
+        assert_eq!(log.update(&findings(12)).len(), 0, "still the same finding");
+        for _ in 1..RESOLVED_AFTER {
+            assert_eq!(log.update(&[]).len(), 0, "the count of misses started over");
+        }
     }
 
     /// The capabilities granted by the systemd unit and the DaemonSet.
@@ -372,13 +477,27 @@ mod tests {
         let f = &findings(12)[0];
         let now = std::time::SystemTime::UNIX_EPOCH;
         let json: serde_json::Value =
-            serde_json::from_str(&log_line(f, false, LogFormat::Json, now)).unwrap();
+            serde_json::from_str(&log_line(f, Change::Raised, LogFormat::Json, now)).unwrap();
         assert_eq!(json["event"], "finding");
+        assert_eq!(json["level"], "warning");
         assert_eq!(json["pathology"], "server_closes");
+        assert_eq!(json["severity"], "notice");
         assert_eq!(json["pid"], 1);
+        assert_eq!(json["endpoint"], ":8080");
+        assert_eq!(json["local_port"], 8080);
+        assert_eq!(json["remote"], "10.0.0.2:*");
         assert_eq!(json["evidence"]["closed"], 12);
-        let text = log_line(f, true, LogFormat::Text, now);
-        assert!(text.starts_with("1970-01-01T00:00:00.000Z finding_worsened server_closes 1/app client -> 10.0.0.2:80:"), "{text}");
+        let text = log_line(f, Change::Worsened, LogFormat::Text, now);
+        assert!(
+            text.starts_with(
+                "1970-01-01T00:00:00.000Z finding_worsened notice server_closes 1/app server :8080:"
+            ),
+            "{text}"
+        );
         assert!(!text.contains('\n'));
+        let over: serde_json::Value =
+            serde_json::from_str(&log_line(f, Change::Resolved, LogFormat::Json, now)).unwrap();
+        assert_eq!(over["event"], "finding_resolved");
+        assert_eq!(over["level"], "info");
     }
 }

@@ -6,7 +6,7 @@ use std::{
 };
 
 use tracer_common::{
-    AF_INET, AF_INET6, COMM_LEN, Event, EventKind, FIN_UNKNOWN, OwnerSource, TcpState,
+    AF_INET, AF_INET6, COMM_LEN, Event, EventKind, FIN_UNKNOWN, OwnerSource, TcpFigures, TcpState,
 };
 
 /// A record the decoder refuses; none of these should happen with a matching
@@ -125,6 +125,9 @@ pub struct Record {
     /// For a state change: when the socket entered the old state, if the
     /// kernel recorded it (it may have left that step's record out).
     pub since_ns: Option<u64>,
+    /// For a state change leaving ESTABLISHED or SYN_RECV: the TCP
+    /// socket's own figures at that moment.
+    pub tcp: Option<TcpFigures>,
 }
 
 fn state(raw: u8) -> Result<TcpState, DecodeError> {
@@ -199,6 +202,8 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
             FIN_UNKNOWN => None,
             received => Some(received != 0),
         },
+        tcp: (event.kind == EventKind::StateChange as u8 && event.has_tcp != 0)
+            .then_some(event.tcp),
     })
 }
 
@@ -243,7 +248,14 @@ pub(crate) mod tests {
             new_state: TcpState::FinWait1 as u8,
             owner_source: OwnerSource::Current as u8,
             fin_received: 0,
-            _pad: [0; 5],
+            has_tcp: 1,
+            _pad: [0; 4],
+            tcp: TcpFigures {
+                send_age_ms: 3,
+                recv_age_ms: 1500,
+                segs_out: 2,
+                segs_in: 1,
+            },
         }
     }
 
@@ -273,6 +285,12 @@ pub(crate) mod tests {
                 netns: 4026531840,
                 peer_fin: Some(false),
                 since_ns: Some(100_000_000),
+                tcp: Some(TcpFigures {
+                    send_age_ms: 3,
+                    recv_age_ms: 1500,
+                    segs_out: 2,
+                    segs_in: 1,
+                }),
             }
         );
     }

@@ -38,11 +38,26 @@ impl LastIo {
     }
 }
 
-/// Last I/O by cookie.
-pub type ByCookie = foldhash::HashMap<u64, LastIo>;
+/// What a dump says of one open socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// Its last I/O (ESTABLISHED sockets).
+    pub io: Option<LastIo>,
+    /// Its inode: which process holds it can be found from it (0 if no
+    /// file refers to it).
+    pub inode: u32,
+}
 
-/// Reads last I/O of ESTABLISHED sockets, keeping one sock_diag socket per
-/// namespace asked about.
+/// What the dump says by cookie.
+pub type ByCookie = foldhash::HashMap<u64, Seen>;
+
+/// The states an observation looks up: open connections (their last I/O)
+/// and CLOSE_WAIT ones (their inode, for sockets a process accepted and
+/// never touched).
+const STATES: [TcpState; 2] = [TcpState::Established, TcpState::CloseWait];
+
+/// Reads last I/O and inodes of open sockets, keeping one sock_diag socket
+/// per namespace asked about.
 #[derive(Default)]
 pub struct IoReader {
     paths: NetnsPaths,
@@ -50,15 +65,16 @@ pub struct IoReader {
 }
 
 impl IoReader {
-    /// Last I/O of every ESTABLISHED socket in the namespaces and families
-    /// listed. A namespace that cannot be read is skipped: its sockets then
-    /// have no I/O known, as before their first look.
+    /// Last I/O (and inode) of every ESTABLISHED or CLOSE_WAIT socket in
+    /// the namespaces and families listed. A namespace that cannot be read
+    /// is skipped: its sockets then have no I/O known, as before their
+    /// first look.
     pub fn read(&mut self, wanted: impl IntoIterator<Item = (u32, Family)>) -> ByCookie {
         let mut out = ByCookie::default();
         let mut asked: Vec<(u32, Family)> = wanted.into_iter().collect();
         asked.sort_unstable_by_key(|&(netns, family)| (netns, family == Family::Ipv6));
         asked.dedup();
-        let states = sock_diag::states(&[TcpState::Established]);
+        let states = sock_diag::states(&STATES);
         for &(netns, family) in &asked {
             if !self.sockets.contains_key(&netns) {
                 match Diag::open_for(netns, &mut self.paths) {
@@ -72,11 +88,12 @@ impl IoReader {
                 continue;
             };
             match diag.dump(family, states.clone(), true) {
-                Ok(sockets) => out.extend(
-                    sockets
-                        .iter()
-                        .filter_map(|s| LastIo::of(s).map(|io| (s.cookie, io))),
-                ),
+                Ok(sockets) => out.extend(sockets.iter().map(|s| {
+                    let io = (s.state == TcpState::Established)
+                        .then(|| LastIo::of(s))
+                        .flatten();
+                    (s.cookie, Seen { io, inode: s.inode })
+                })),
                 // Broken or gone: a fresh socket next time.
                 Err(_) => {
                     self.sockets.remove(&netns);

@@ -206,9 +206,16 @@ pub fn check_privileges() -> Result<(), EnvError> {
     }
 }
 
-fn kernel_config(options: &LoadOptions, offsets: tracer_common::SockOffsets) -> Config {
+fn kernel_config(options: &LoadOptions, mut offsets: tracer_common::SockOffsets) -> Config {
+    let hz = crate::kernel_hz::kernel_hz();
+    if hz.is_none() {
+        // Ages in jiffies cannot be told in milliseconds: no figures
+        // rather than wrong ones.
+        offsets.lsndtime = tracer_common::NO_OFFSET;
+    }
     let mut config = Config {
         offsets,
+        jiffy_us: hz.map_or(0, |hz| 1_000_000 / hz),
         // A quarter full: the consumer's timer normally drains long before,
         // so wakeups only happen in bursts, in time to avoid drops.
         wakeup_bytes: options.ring_bytes / 4,

@@ -35,34 +35,74 @@ const LIFETIME_BUCKETS: [f64; 16] = [
 ];
 
 /// Gives label values their own series, the first `limit` values seen;
-/// later ones share `other`. A slot, once given, stays: a counter's
-/// increments must never move between series, so slots cannot be handed
-/// to busier values later. Every increment is still counted, under `other`.
+/// later ones share `other`. A slot stays while its value is in use: a
+/// counter's increments must never move between series while it lives.
+/// A value unused for longer than the stale age (a process that exited,
+/// an endpoint no longer talked to) gives its slot back, and its series
+/// are deleted. Every increment is still counted, under `other` if need be.
 #[derive(Debug)]
 pub struct LabelBudget {
     limit: usize,
-    admitted: HashSet<String>,
+    /// Value -> when it was last used (boot ns).
+    admitted: HashMap<String, u64>,
+    now_ns: u64,
 }
 
 impl LabelBudget {
     pub fn new(limit: usize) -> Self {
         Self {
             limit,
-            admitted: HashSet::new(),
+            admitted: HashMap::new(),
+            now_ns: 0,
         }
     }
 
     pub fn label(&mut self, value: &str) -> String {
-        if self.admitted.contains(value) {
+        if let Some(used) = self.admitted.get_mut(value) {
+            *used = self.now_ns;
             return value.to_string();
         }
         if self.admitted.len() >= self.limit {
             return OTHER.to_string();
         }
-        self.admitted.insert(value.to_string());
+        self.admitted.insert(value.to_string(), self.now_ns);
         value.to_string()
     }
+
+    /// Values from now on are used at `now_ns`.
+    fn at(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+    }
+
+    /// `value`, if it holds a slot, was used at `used_ns`.
+    fn touch(&mut self, value: &str, used_ns: u64) {
+        if let Some(used) = self.admitted.get_mut(value) {
+            *used = (*used).max(used_ns);
+        }
+    }
+
+    /// Gives back the slots of values unused for `stale_ns`; returns them.
+    fn release_stale(&mut self, stale_ns: u64) -> HashSet<String> {
+        let now = self.now_ns;
+        let stale: HashSet<String> = self
+            .admitted
+            .iter()
+            .filter(|&(_, &used)| now.saturating_sub(used) > stale_ns)
+            .map(|(v, _)| v.clone())
+            .collect();
+        self.admitted.retain(|v, _| !stale.contains(v));
+        stale
+    }
+
+    /// Values holding a slot.
+    pub fn len(&self) -> usize {
+        self.admitted.len()
+    }
 }
+
+/// A label value unused this long gives its slot back: longer than the
+/// daemon's longest judging window, so a group still judged keeps its series.
+pub const STALE_NS: u64 = 600_000_000_000;
 
 /// The tracer's own counts, as absolute values.
 #[derive(Debug, Default, Clone, Copy)]
@@ -112,20 +152,21 @@ pub struct Metrics {
     /// Remote endpoints (address and service port) with their own series.
     endpoints: LabelBudget,
     comms: LabelBudget,
-    pids: LabelBudget,
     /// Followed TIME_WAIT sockets now, by owner.
     time_wait_followed: HashMap<SocketOwner, i64>,
     conn_cache: foldhash::HashMap<ConnKey, ConnSeries>,
+    /// Boot ns of the current refresh.
+    now_ns: u64,
     /// The series of a key whose container is not known yet.
     uncached: Option<ConnSeries>,
     linger_cache: foldhash::HashMap<(Option<Comm>, Role), LingerSeries>,
 }
 
-/// Whom a socket gauge counts.
+/// Whom a socket gauge counts: processes by name (a pid label would make
+/// a series per short-lived process; findings name the pids instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct SocketOwner {
     comm: Option<Comm>,
-    pid: Option<u32>,
     cgroup_id: u64,
 }
 
@@ -133,7 +174,6 @@ impl SocketOwner {
     fn of(id: &ConnId) -> Self {
         Self {
             comm: id.owner.map(|o| o.comm),
-            pid: id.owner.map(|o| o.pid),
             cgroup_id: id.owner.map_or(0, |o| o.cgroup_id),
         }
     }
@@ -148,7 +188,8 @@ const SERIES_CACHE: usize = 16_384;
 struct ConnKey {
     comm: Option<Comm>,
     role: Role,
-    peer: IpAddr,
+    /// `None` for a server: its series are per listening port.
+    peer: Option<IpAddr>,
     port: u16,
     cgroup_id: u64,
 }
@@ -169,12 +210,16 @@ impl ConnKey {
 /// A connection key's labels and the counters made from them so far.
 struct ConnSeries {
     labels: [String; 6],
+    /// Last increment (boot ns): keeps its label values' slots.
+    used_ns: u64,
     opened: Option<IntCounter>,
     closed: [Option<IntCounter>; ClosedBy::COUNT],
 }
 
 /// The histograms of one (comm, role).
 struct LingerSeries {
+    /// Last observation (boot ns): keeps its comm's slot.
+    used_ns: u64,
     lifetime: Histogram,
     fin_wait2: Histogram,
     close_wait: Histogram,
@@ -291,7 +336,7 @@ impl Metrics {
                         "tcplinger_sockets",
                         "TCP sockets now, by owning process and state.",
                     ),
-                    &["comm", "pid", "state", "container_id", "pod_uid"],
+                    &["comm", "state", "container_id", "pod_uid"],
                 )
                 .expect("valid metric");
                 r.register(Box::new(v.clone())).expect("unique metric");
@@ -370,9 +415,9 @@ impl Metrics {
             ring_peaks: std::collections::VecDeque::new(),
             endpoints: LabelBudget::new(max_endpoints),
             comms: LabelBudget::new(200),
-            pids: LabelBudget::new(500),
             time_wait_followed: HashMap::new(),
             conn_cache: foldhash::HashMap::default(),
+            now_ns: 0,
             uncached: None,
             linger_cache: foldhash::HashMap::default(),
         }
@@ -380,11 +425,13 @@ impl Metrics {
 
     fn conn_labels(&mut self, id: &ConnId, container: Option<&Container>) -> [String; 6] {
         let key = GroupKey::of(id);
-        let endpoint = format!("{}:{}", key.peer, key.port);
+        // A server's clients are many: its series are per listening port.
+        let peer = key.peer.map_or_else(|| "*".to_string(), |p| p.to_string());
+        let endpoint = format!("{peer}:{}", key.port);
         let (addr, port) = if self.endpoints.label(&endpoint) == OTHER {
             (OTHER.to_string(), OTHER.to_string())
         } else {
-            (key.peer.to_string(), key.port.to_string())
+            (peer, key.port.to_string())
         };
         [
             self.comm_label(id.owner.map(|o| o.comm)),
@@ -424,6 +471,7 @@ impl Metrics {
             let labels = self.conn_labels(id, found.as_ref());
             let series = ConnSeries {
                 labels,
+                used_ns: self.now_ns,
                 opened: None,
                 closed: Default::default(),
             };
@@ -438,12 +486,13 @@ impl Metrics {
     }
 
     /// The linger histograms of a (comm, role), resolved on first use.
-    fn linger_series(&mut self, id: &ConnId) -> &LingerSeries {
+    fn linger_series(&mut self, id: &ConnId) -> &mut LingerSeries {
         let key = (id.owner.map(|o| o.comm), id.role);
         if !self.linger_cache.contains_key(&key) {
             let labels = [self.comm_label(key.0), id.role.name().to_string()];
             let child = |h: &HistogramVec| h.with_label_values(&labels);
             let series = LingerSeries {
+                used_ns: self.now_ns,
                 lifetime: child(&self.lifetime),
                 fin_wait2: child(&self.fin_wait2),
                 close_wait: child(&self.close_wait),
@@ -452,12 +501,17 @@ impl Metrics {
             };
             self.linger_cache.insert(key, series);
         }
-        &self.linger_cache[&key]
+        let now = self.now_ns;
+        let series = self.linger_cache.get_mut(&key).expect("just inserted");
+        series.used_ns = now;
+        series
     }
 
     pub fn on_opened(&mut self, id: &ConnId, container: &mut dyn FnMut(u64) -> Option<Container>) {
         let opened = self.opened.clone();
+        let now = self.now_ns;
         let series = self.conn_series(id, container);
+        series.used_ns = now;
         series
             .opened
             .get_or_insert_with(|| opened.with_label_values(&series.labels))
@@ -474,7 +528,9 @@ impl Metrics {
         }
         let id = r.id();
         let closed = self.closed.clone();
+        let now = self.now_ns;
         let series = self.conn_series(&id, container);
+        series.used_ns = now;
         series.closed[r.closed_by as usize]
             .get_or_insert_with(|| {
                 let [comm, role, addr, port, cid, pod] = &series.labels;
@@ -483,7 +539,10 @@ impl Metrics {
             .inc();
         let seconds = |ns: u64| ns as f64 / 1e9;
         let lingers = self.linger_series(&id);
-        lingers.lifetime.observe(seconds(r.lifetime_ns));
+        if r.opened_seen {
+            // A socket that predates the tracer has no known lifetime.
+            lingers.lifetime.observe(seconds(r.lifetime_ns));
+        }
         for (state, hist) in [
             (TcpState::FinWait2, &lingers.fin_wait2),
             (TcpState::CloseWait, &lingers.close_wait),
@@ -535,14 +594,12 @@ impl Metrics {
         for (&owner, &n) in &self.time_wait_followed {
             *by_owner.entry((owner, TcpState::TimeWait)).or_default() += n;
         }
-        let mut counts: HashMap<[String; 5], i64> = HashMap::new();
+        let mut counts: HashMap<[String; 4], i64> = HashMap::new();
         for ((owner, state), n) in by_owner {
             let container = container(owner.cgroup_id);
             let labels = [
                 self.comms
                     .label(&owner.comm.map_or_else(String::new, |c| c.to_string())),
-                self.pids
-                    .label(&owner.pid.map_or_else(String::new, |p| p.to_string())),
                 state.name().to_string(),
                 container
                     .as_ref()
@@ -572,6 +629,72 @@ impl Metrics {
             self.findings_active
                 .with_label_values(&[f.pathology.id()])
                 .inc();
+        }
+    }
+
+    /// What happens from now on happens at `now_ns` (boot clock).
+    pub fn at(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+        self.comms.at(now_ns);
+        self.endpoints.at(now_ns);
+    }
+
+    /// Gives back the label slots of process names and endpoints unused for
+    /// [`STALE_NS`] (processes that exited, peers no longer talked to) and
+    /// deletes their series, so new ones get series of their own.
+    pub fn release_stale(&mut self) {
+        // Slots in use through cached handles are refreshed first: a
+        // cached series does not ask its budget at each increment.
+        let now = self.now_ns;
+        for series in self.conn_cache.values() {
+            let [comm, _, addr, port, ..] = &series.labels;
+            self.comms.touch(comm, series.used_ns);
+            self.endpoints
+                .touch(&format!("{addr}:{port}"), series.used_ns);
+        }
+        for ((comm, _), series) in &self.linger_cache {
+            let name = comm.map_or_else(String::new, |c| c.to_string());
+            self.comms.touch(&name, series.used_ns);
+        }
+        let comms = self.comms.release_stale(STALE_NS);
+        let endpoints = self.endpoints.release_stale(STALE_NS);
+        if comms.is_empty() && endpoints.is_empty() {
+            return;
+        }
+        self.conn_cache
+            .retain(|_, s| now.saturating_sub(s.used_ns) <= STALE_NS);
+        self.uncached = None;
+        self.linger_cache
+            .retain(|_, s| now.saturating_sub(s.used_ns) <= STALE_NS);
+        let stale = |labels: &HashMap<&str, &str>| {
+            labels.get("comm").is_some_and(|c| comms.contains(*c))
+                || match (labels.get("remote_addr"), labels.get("port")) {
+                    (Some(a), Some(p)) => endpoints.contains(&format!("{a}:{p}")),
+                    _ => false,
+                }
+        };
+        for family in self.registry.gather() {
+            for metric in family.get_metric() {
+                let labels: HashMap<&str, &str> = metric
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if !stale(&labels) {
+                    continue;
+                }
+                // Deleting a series that is not there is harmless.
+                let _ = match family.name() {
+                    "tcplinger_connections_opened_total" => self.opened.remove(&labels),
+                    "tcplinger_connections_closed_total" => self.closed.remove(&labels),
+                    "tcplinger_connection_lifetime_seconds" => self.lifetime.remove(&labels),
+                    "tcplinger_fin_wait2_seconds" => self.fin_wait2.remove(&labels),
+                    "tcplinger_close_wait_seconds" => self.close_wait.remove(&labels),
+                    "tcplinger_last_ack_seconds" => self.last_ack.remove(&labels),
+                    "tcplinger_time_wait_seconds" => self.time_wait.remove(&labels),
+                    _ => Ok(()),
+                };
+            }
         }
     }
 
@@ -708,12 +831,44 @@ mod tests {
     }
 
     #[test]
-    fn label_budget_keeps_its_slots() {
+    fn label_budget_keeps_its_slots_while_used() {
         let mut b = LabelBudget::new(2);
         assert_eq!(b.label("a"), "a");
         assert_eq!(b.label("b"), "b");
         assert_eq!(b.label("c"), OTHER, "budget spent");
         assert_eq!(b.label("a"), "a");
+        b.at(STALE_NS);
+        assert_eq!(b.label("a"), "a", "a is used again");
+        b.at(STALE_NS + 1);
+        assert_eq!(b.release_stale(STALE_NS), HashSet::from(["b".to_string()]));
+        assert_eq!(b.label("c"), "c", "b's slot went to c");
+    }
+
+    #[test]
+    fn series_of_processes_gone_are_deleted_and_their_slots_reused() {
+        let mut m = Metrics::new(10);
+        m.at(0);
+        let mut curl = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
+        m.on_record(&record(curl, ClosedBy::Local, 10, Some(1)), &mut |_| None);
+        let mut wget = curl;
+        wget.owner.as_mut().unwrap().comm = Comm::new(comm("wget"));
+        // wget keeps going; curl stopped.
+        for minute in 1..=11u64 {
+            m.at(minute * 60_000_000_000);
+            m.on_record(&record(wget, ClosedBy::Local, 10, Some(1)), &mut |_| None);
+            m.release_stale();
+        }
+        let text = m.encode();
+        assert!(!text.contains(r#"comm="curl""#), "{text}");
+        assert!(
+            text.contains(r#"tcplinger_connections_closed_total{closed_by="local",comm="wget""#),
+            "{text}"
+        );
+        assert_eq!(m.comms.len(), 1);
+        // curl is back: a fresh series of its own.
+        curl.rport = 8080;
+        m.on_record(&record(curl, ClosedBy::Local, 10, Some(1)), &mut |_| None);
+        assert!(m.encode().contains(r#"closed_by="local",comm="curl",container_id="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 1"#));
     }
 
     #[test]
@@ -723,7 +878,9 @@ mod tests {
         m.set_sockets([(c, TcpState::CloseWait), (c, TcpState::CloseWait)], |_| {
             None
         });
-        assert!(m.encode().contains(r#"tcplinger_sockets{comm="curl",container_id="",pid="7",pod_uid="",state="CLOSE_WAIT"} 2"#));
+        assert!(m.encode().contains(
+            r#"tcplinger_sockets{comm="curl",container_id="",pod_uid="",state="CLOSE_WAIT"} 2"#
+        ));
         m.set_sockets([(c, TcpState::Established)], |_| None);
         let text = m.encode();
         assert!(!text.contains("CLOSE_WAIT"), "{text}");
@@ -739,7 +896,7 @@ mod tests {
         m.set_sockets([(c, TcpState::TimeWait)], |_| None);
         assert!(
             m.encode()
-                .contains(r#"pid="7",pod_uid="",state="TIME_WAIT"} 3"#),
+                .contains(r#"comm="curl",container_id="",pod_uid="",state="TIME_WAIT"} 3"#),
             "{}",
             m.encode()
         );
@@ -831,11 +988,15 @@ mod tests {
         });
         m.set_sockets([(c, TcpState::TimeWait)], |_| None);
         let a = {
-            let mut agg = crate::aggregate::Aggregator::new(10, 0);
+            let mut agg =
+                crate::aggregate::Aggregator::new(10, 0, crate::aggregate::Windowing::WHOLE_RUN);
+            let s = crate::aggregate::tests::id(1, Role::Server, 80);
             for _ in 0..12 {
-                agg.on_record(&record(c, ClosedBy::Remote, 5, None));
+                let mut r = record(s, ClosedBy::Local, 5, None);
+                r.tcp = Some(crate::aggregate::tests::figures(0, 0, 1, 1));
+                agg.on_record(&r);
             }
-            crate::diagnose::diagnose(agg.groups(), 10.0)
+            crate::diagnose::diagnose(&agg, &[u64::MAX], 10_000_000_000)
         };
         m.on_findings(&a, &a);
         let exported = m.encode();

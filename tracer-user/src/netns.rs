@@ -95,6 +95,28 @@ impl NetnsPaths {
     }
 }
 
+/// A `/proc/sys` file as the namespace `inum` sees it (`net.*` settings
+/// are per namespace); `None` if it cannot be read.
+pub fn sysctl_in(inum: u32, paths: &mut NetnsPaths, file: &str) -> Option<String> {
+    let read = || fs::read_to_string(file);
+    if inum == 0 || inum == paths.own() {
+        read().ok()
+    } else {
+        paths.find(inum).and_then(|path| run_in(&path, read).ok())
+    }
+}
+
+/// The local port range connect() picks from in namespace `inum`
+/// (`net.ipv4.ip_local_port_range`), Linux's default if unreadable.
+pub fn ephemeral_ports(inum: u32, paths: &mut NetnsPaths) -> (u16, u16) {
+    sysctl_in(inum, paths, "/proc/sys/net/ipv4/ip_local_port_range")
+        .and_then(|text| {
+            let mut ports = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((ports.next()??, ports.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +130,17 @@ mod tests {
         let path = paths.find(own).unwrap();
         assert_eq!(inum_of(&path).unwrap(), own);
         assert_eq!(paths.find(1), None, "inode 1 is no namespace");
+    }
+
+    #[test]
+    fn the_ephemeral_range_is_read() {
+        let mut paths = NetnsPaths::default();
+        let own = paths.own();
+        let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let want: Vec<u16> = text
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(ephemeral_ports(own, &mut paths), (want[0], want[1]));
     }
 }

@@ -5,7 +5,7 @@
 //! correctly on kernels whose layout differs from the build machine's.
 
 use btf_rs::{Btf, Type};
-use tracer_common::{NO_OFFSET, SockOffsets};
+use tracer_common::{COMM_LEN, NO_OFFSET, SockOffsets};
 
 /// Why the kernel's socket layout could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +205,24 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
         },
         flag_done_bit: done.unwrap_or(0),
         flag_dead_bit: dead.unwrap_or(0),
+        // Without these the kernel names a socket's owner by the thread's
+        // name, and records carry no TCP figures.
+        group_leader: optional(offset(
+            btf,
+            "task_struct",
+            &["group_leader"],
+            size_of::<u64>(),
+        ))?,
+        task_comm: optional(offset(btf, "task_struct", &["comm"], COMM_LEN))?,
+        lsndtime: optional(offset(btf, "tcp_sock", &["lsndtime"], 4))?,
+        lrcvtime: optional(offset(
+            btf,
+            "tcp_sock",
+            &["inet_conn", "icsk_ack", "lrcvtime"],
+            4,
+        ))?,
+        data_segs_out: optional(offset(btf, "tcp_sock", &["data_segs_out"], 4))?,
+        data_segs_in: optional(offset(btf, "tcp_sock", &["data_segs_in"], 4))?,
         _pad: 0,
     })
 }
@@ -246,6 +264,22 @@ mod tests {
         assert!(o.flags > o.daddr && o.flags < o.protocol, "{o:?}");
         assert_eq!(o.flag_done_bit, 1, "{o:?}");
         assert_eq!(o.flag_dead_bit, 0, "{o:?}");
+        // task_struct and tcp_sock fields are found, tcp_sock's beyond the
+        // inet_connection_sock it starts with (whose icsk_ack holds lrcvtime).
+        for off in [
+            o.group_leader,
+            o.task_comm,
+            o.lsndtime,
+            o.lrcvtime,
+            o.data_segs_out,
+            o.data_segs_in,
+        ] {
+            assert_ne!(off, NO_OFFSET, "{o:?}");
+        }
+        assert!(
+            o.lrcvtime < o.lsndtime && o.lsndtime < o.data_segs_out.max(o.data_segs_in),
+            "{o:?}"
+        );
     }
 
     #[test]

@@ -85,6 +85,49 @@ pub fn socket_owners() -> HashMap<u32, ProcOwner> {
     owners
 }
 
+/// Socket inode -> every process holding one of `inodes` (a socket shared
+/// across a fork is in several). Processes that vanish mid-scan, or whose
+/// fds cannot be read, are skipped.
+pub fn holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<ProcOwner>> {
+    let mut found: HashMap<u32, Vec<ProcOwner>> = HashMap::new();
+    if inodes.is_empty() {
+        return found;
+    }
+    let cgroups = Cgroups::new();
+    let pids = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    for pid in pids {
+        let dir = Path::new("/proc").join(pid.to_string());
+        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
+            continue;
+        };
+        let mut owner = None;
+        for fd in fds.flatten() {
+            let Some(inode) = fs::read_link(fd.path())
+                .ok()
+                .as_deref()
+                .and_then(socket_inode)
+                .filter(|i| inodes.contains(i))
+            else {
+                continue;
+            };
+            let owner = *owner.get_or_insert_with(|| ProcOwner {
+                pid,
+                comm: comm_of(&dir),
+                cgroup_id: cgroups.id_of_pid(pid).unwrap_or(0),
+            });
+            let list = found.entry(inode).or_default();
+            if !list.iter().any(|o| o.pid == pid) {
+                list.push(owner);
+            }
+        }
+    }
+    found
+}
+
 /// The fds of `pid` that refer to one of `inodes`, in order.
 pub fn fds_of(pid: u32, inodes: &HashSet<u32>) -> Vec<u32> {
     let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -130,5 +173,9 @@ mod tests {
         assert!(!owner.comm.as_bytes().is_empty());
         let fds = fds_of(std::process::id(), &HashSet::from([inode]));
         assert_eq!(fds, vec![listener.as_raw_fd() as u32]);
+        let found = holders(&HashSet::from([inode]));
+        assert_eq!(found[&inode].len(), 1);
+        assert_eq!(found[&inode][0].pid, std::process::id());
+        assert!(holders(&HashSet::new()).is_empty());
     }
 }

@@ -5,26 +5,35 @@ use std::{
     time::Duration,
 };
 
+use tokio::time::{MissedTickBehavior, interval};
+
 use crate::{
-    analysis::Analysis,
+    analysis::{Analysis, Judging},
     cli::ReportArgs,
-    output::report::{Report, rank},
+    output::report::{Report, other, rank},
     session::Progress,
     watch::{open_output, output_result, stop_signal},
 };
 
 const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 
+/// How often the sockets alive are looked at during the run: a report
+/// covers what happened in it, not only what is left at its end.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
 pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     let duration = args.trace.duration.unwrap_or(DEFAULT_DURATION);
     let (writer, name) = open_output(args.output.as_deref())?;
     let stop = stop_signal(Some(duration))?;
-    let mut analysis = Analysis::start(&args.trace, &args.analysis)?;
+    let mut analysis = Analysis::start(&args.trace, &args.analysis, Judging::whole_run())?;
+    let mut look = interval(LOOK_EVERY);
+    look.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tokio::pin!(stop);
     loop {
         tokio::select! {
             biased;
             () = &mut stop => break,
+            _ = look.tick(), if analysis.seeded => analysis.observe(),
             progress = analysis.step() => {
                 if let Progress::Seeded { open, unreadable } = progress? {
                     crate::session::warn_unreadable(unreadable);
@@ -43,8 +52,8 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
         events: analysis.session.counts.events,
         dropped: analysis.session.tracer.dropped().unwrap_or(0),
         findings: &findings,
-        groups: rank(analysis.agg.groups(), &findings),
-        other: analysis.agg.other(),
+        groups: rank(&analysis.agg, &findings),
+        other: other(&analysis.agg),
         folded: analysis.agg.folded(),
         top: args.top,
     };

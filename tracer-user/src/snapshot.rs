@@ -10,7 +10,7 @@ use crate::{
     netns::{self, NetnsPaths},
     owners::{fds_of, socket_owners},
     sock_diag::{self, Diag, DiagSocket},
-    tracker::{Alive, OwnerRef, Seed},
+    tracker::{Alive, OwnerRef, Seed, role_by_ports},
 };
 
 /// Every state a socket can be found in by a dump.
@@ -91,14 +91,31 @@ pub fn dump_all(states: &[TcpState], info: bool) -> (Vec<Found>, usize) {
 pub fn take(filters: &Filters) -> (Vec<Seed>, usize) {
     let (found, failed) = dump_all(&ALL_STATES, false);
     let owners = socket_owners();
+    let listening: HashSet<(u32, u16)> = found
+        .iter()
+        .filter(|f| f.socket.state == TcpState::Listen)
+        .map(|f| (f.netns, f.socket.lport))
+        .collect();
+    let mut paths = NetnsPaths::default();
+    let mut ephemeral: HashMap<u32, (u16, u16)> = HashMap::new();
     let seeds = found
         .into_iter()
         .filter(|f| f.socket.timewait_expires_ms.is_none())
         .filter_map(|Found { netns, socket: s }| {
             let owner = owners.get(&s.inode).map(|&o| OwnerRef::from(o));
+            let range = *ephemeral
+                .entry(netns)
+                .or_insert_with(|| netns::ephemeral_ports(netns, &mut paths));
+            let role = role_by_ports(
+                listening.contains(&(netns, s.lport)),
+                s.lport,
+                s.rport,
+                range,
+            );
             filters
                 .admits(s.family, s.lport, s.rport, owner.map(|o| o.pid))
                 .then_some(Seed {
+                    role,
                     cookie: s.cookie,
                     netns,
                     family: s.family,

@@ -9,13 +9,14 @@ use serde::Serialize;
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::GroupKey,
+    aggregate::{GroupKey, Procs},
     cli::{FamilyFilter, Filters, Format, SocketsArgs},
+    diagnose::{process_short, remote_of},
     netns::{self, NetnsPaths},
     output::connections::human,
     owners::socket_owners,
     snapshot::{ALL_STATES, Found, dump_all},
-    tracker::{ConnId, OwnerRef, Role, TIMEWAIT_LEN_NS},
+    tracker::{ConnId, OwnerRef, Role, TIMEWAIT_LEN_NS, role_by_ports},
 };
 
 /// Shown unless `--state` says otherwise: everything but listeners and
@@ -42,6 +43,7 @@ struct Tally {
     oldest_ns: BTreeMap<TcpState, u64>,
     /// Longest silence of an ESTABLISHED socket (TCP_INFO), in ns.
     max_idle_ns: Option<u64>,
+    procs: Procs,
 }
 
 impl Tally {
@@ -70,15 +72,11 @@ fn fin_timeout_ns(
     cache: &mut HashMap<u32, Option<u64>>,
 ) -> Option<u64> {
     *cache.entry(inum).or_insert_with(|| {
-        let read = || std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout");
-        let text = if inum == paths.own() {
-            read().ok()
-        } else {
-            paths
-                .find(inum)
-                .and_then(|path| netns::run_in(&path, read).ok())
-        };
-        text?.trim().parse::<u64>().ok().map(|s| s * 1_000_000_000)
+        netns::sysctl_in(inum, paths, "/proc/sys/net/ipv4/tcp_fin_timeout")?
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|s| s * 1_000_000_000)
     })
 }
 
@@ -122,6 +120,7 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
         .collect();
     let mut paths = NetnsPaths::default();
     let mut fin_timeouts = HashMap::new();
+    let mut ephemeral: HashMap<u32, (u16, u16)> = HashMap::new();
     let mut groups: HashMap<GroupKey, Tally> = HashMap::new();
     let mut total = 0u64;
     for Found { netns, socket: s } in &found {
@@ -138,15 +137,18 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
         {
             continue;
         }
+        let range = *ephemeral
+            .entry(*netns)
+            .or_insert_with(|| netns::ephemeral_ports(*netns, &mut paths));
         let id = ConnId {
             netns: *netns,
             owner,
             role: if s.state == TcpState::Listen {
                 Role::Unknown
-            } else if listener.is_some() {
-                Role::Server
             } else {
-                Role::Client
+                // The TIME_WAIT of a server that exited has no listener
+                // left: its ports still say which side it was.
+                role_by_ports(listener.is_some(), s.lport, s.rport, range)
             },
             family: s.family,
             laddr: s.laddr,
@@ -157,6 +159,9 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
         total += 1;
         let tally = groups.entry(GroupKey::of(&id)).or_default();
         *tally.by_state.entry(s.state).or_default() += 1;
+        if let Some(o) = owner {
+            tally.procs.add(o.pid, 1);
+        }
         let left_ns = s.timewait_expires_ms.map(|ms| u64::from(ms) * 1_000_000);
         let age = match (s.state, left_ns, s.tcp_info) {
             (TcpState::TimeWait, Some(left), _) => Some(TIMEWAIT_LEN_NS.saturating_sub(left)),
@@ -180,7 +185,11 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
     }
     let mut rows: Vec<(GroupKey, Tally)> = groups.into_iter().collect();
     rows.sort_by_key(|(k, t)| {
-        std::cmp::Reverse((t.lingering(), t.by_state.values().sum::<u64>(), k.pid))
+        std::cmp::Reverse((
+            t.lingering(),
+            t.by_state.values().sum::<u64>(),
+            k.endpoint(),
+        ))
     });
     let mut out = BufWriter::new(io::stdout().lock());
     let written = match args.format {
@@ -199,9 +208,13 @@ fn write_json(
 ) -> io::Result<()> {
     #[derive(Serialize)]
     struct Group {
+        /// The process holding most of the group's sockets.
         pid: Option<u32>,
         comm: Option<String>,
+        processes: u64,
+        pids: Vec<u32>,
         role: &'static str,
+        endpoint: String,
         remote: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         local_port: Option<u16>,
@@ -222,10 +235,13 @@ fn write_json(
         groups: rows
             .iter()
             .map(|(k, t)| Group {
-                pid: k.pid,
+                pid: t.procs.main(),
                 comm: k.comm.map(|c| c.to_string()),
+                processes: t.procs.count(),
+                pids: t.procs.pids().into_iter().take(16).collect(),
                 role: k.role.name(),
-                remote: k.remote(),
+                endpoint: k.endpoint(),
+                remote: remote_of(k, None),
                 local_port: (k.role == Role::Server).then_some(k.port),
                 states: t.by_state.iter().map(|(s, n)| (s.name(), *n)).collect(),
                 oldest_ms: t
@@ -245,14 +261,10 @@ fn write_text(out: &mut impl Write, rows: &[(GroupKey, Tally)], total: u64) -> i
     writeln!(
         out,
         "{:<22} {:<7} {:<28} {:>6} {:>10} {:>9} {:>9} {:>6}  OLDEST / MAX IDLE",
-        "PROCESS", "ROLE", "REMOTE", "ESTAB", "CLOSE_WAIT", "FIN_WAIT2", "TIME_WAIT", "OTHER"
+        "PROCESS", "ROLE", "ENDPOINT", "ESTAB", "CLOSE_WAIT", "FIN_WAIT2", "TIME_WAIT", "OTHER"
     )?;
     for (k, t) in rows {
-        let remote = if k.role == Role::Server {
-            format!("{} (:{})", k.remote(), k.port)
-        } else {
-            k.remote()
-        };
+        let remote = k.endpoint();
         let main = [
             TcpState::Established,
             TcpState::CloseWait,
@@ -279,7 +291,7 @@ fn write_text(out: &mut impl Write, rows: &[(GroupKey, Tally)], total: u64) -> i
         writeln!(
             out,
             "{:<22} {:<7} {:<28} {:>6} {:>10} {:>9} {:>9} {:>6}  {}",
-            k.process(),
+            process_short(k, t.procs.main(), t.procs.count()),
             k.role.name(),
             remote,
             t.count(TcpState::Established),
@@ -294,5 +306,10 @@ fn write_text(out: &mut impl Write, rows: &[(GroupKey, Tally)], total: u64) -> i
             }
         )?;
     }
-    writeln!(out, "{total} sockets in {} groups", rows.len())
+    writeln!(
+        out,
+        "{} in {}",
+        crate::output::report::plural(total as usize, "socket"),
+        crate::output::report::plural(rows.len(), "group")
+    )
 }

@@ -17,10 +17,12 @@ use tokio::{sync::mpsc, time::interval};
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::{Group, GroupKey},
-    analysis::Analysis,
+    aggregate::{Group, GroupKey, Stats, Windowing},
+    analysis::{Analysis, Judging},
     cli::{SortKey, TopArgs, UsageError},
+    daemon,
     diagnose::Finding,
+    diagnose::process_short,
     output::connections::human,
     session::Progress,
     watch::stop_signal,
@@ -45,30 +47,31 @@ struct RowView {
 }
 
 impl RowView {
-    fn of(key: &GroupKey, g: &Group, window_s: f64) -> Self {
+    /// `recent` is what the group saw over the last `recent_s` seconds.
+    fn of(key: &GroupKey, g: &Group, recent: &Stats, recent_s: f64) -> Self {
         Self {
-            process: key.process(),
+            process: process_short(key, g.procs.main(), g.procs.count()),
             role: match key.role {
                 crate::tracker::Role::Client => "client",
                 crate::tracker::Role::Server => "server",
                 crate::tracker::Role::Unknown => "?",
             },
-            remote: if key.role == crate::tracker::Role::Server {
-                format!("{} :{}", key.remote().trim_end_matches(":*"), key.port)
-            } else {
-                key.remote()
-            },
+            remote: key.endpoint(),
             established: g.now.count(TcpState::Established),
             close_wait: g.now.count(TcpState::CloseWait),
             fin_wait2: g.now.count(TcpState::FinWait2),
             time_wait: g.now.count(TcpState::TimeWait),
-            opened_per_s: g.opened as f64 / window_s.max(1.0),
+            opened_per_s: recent.opened as f64 / recent_s.max(1.0),
             oldest_close_wait_ns: g.now.oldest_close_wait_ns,
-            fin_wait2_p99_ms: g.fin_wait2.quantile_ms(0.99),
+            fin_wait2_p99_ms: recent.fin_wait2.quantile_ms(0.99),
             lingering: g.lingering(),
         }
     }
 }
+
+/// Rates and percentiles on screen cover the last minute; findings are
+/// judged as the daemon judges them.
+const RECENT_NS: u64 = 60_000_000_000;
 
 /// What the screen shows.
 #[derive(Debug, Default)]
@@ -139,10 +142,12 @@ impl Model {
     fn refresh(&mut self, analysis: &mut Analysis) {
         analysis.observe();
         let window_s = analysis.window_s();
-        self.rows = analysis
-            .agg
+        let now = crate::clock::boot_ns();
+        let agg = &analysis.agg;
+        let recent_s = agg.span_s(RECENT_NS, now);
+        self.rows = agg
             .groups()
-            .map(|(k, g)| RowView::of(k, g, window_s))
+            .map(|(k, g)| RowView::of(k, g, &agg.window(g, RECENT_NS, now), recent_s))
             .collect();
         self.sort_rows();
         self.findings = analysis.findings();
@@ -203,7 +208,7 @@ fn draw(frame: &mut Frame, model: &mut Model) {
     );
 
     let header = Row::new([
-        "PROCESS", "ROLE", "REMOTE", "ESTAB", "CW", "FW2", "TW", "NEW/s", "CW_AGE",
+        "PROCESS", "ROLE", "ENDPOINT", "ESTAB", "CW", "FW2", "TW", "NEW/s", "CW_AGE",
     ])
     .style(Style::new().add_modifier(Modifier::BOLD));
     let rows = model.rows.iter().map(|r| {
@@ -252,8 +257,8 @@ fn draw(frame: &mut Frame, model: &mut Model) {
             Line::from(format!(
                 " {} {} {}",
                 f.pathology.id(),
-                f.key.process(),
-                f.key.remote()
+                f.process_short(),
+                f.key.endpoint()
             ))
             .style(Style::new().add_modifier(Modifier::BOLD)),
         );
@@ -329,7 +334,15 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     }
     let stop = stop_signal(args.trace.duration)?;
     // Loaded before the screen is taken over, so errors print normally.
-    let mut analysis = Analysis::start(&args.trace, &args.analysis)?;
+    let mut analysis = Analysis::start(
+        &args.trace,
+        &args.analysis,
+        Judging {
+            windowing: Windowing::sliding(10_000_000_000, daemon::SPANS_NS[0] + 10_000_000_000),
+            spans_ns: daemon::SPANS_NS.to_vec(),
+            keep_seen: false,
+        },
+    )?;
     let mut terminal = ratatui::try_init()?;
     let restore = Restore;
     let (tx, mut keys) = mpsc::unbounded_channel();
@@ -398,11 +411,11 @@ mod tests {
     };
 
     fn model() -> Model {
-        let mut a = Aggregator::new(10, 0);
+        let mut a = Aggregator::new(10, 0, Windowing::WHOLE_RUN);
         for port in [8080, 9090] {
             let c = id(4242, Role::Client, port);
             for _ in 0..5 {
-                a.on_opened(&c);
+                a.on_opened(&c, 0);
                 a.on_record(&record(
                     c,
                     ClosedBy::Local,
@@ -412,8 +425,11 @@ mod tests {
             }
         }
         let mut m = Model {
-            rows: a.groups().map(|(k, g)| RowView::of(k, g, 10.0)).collect(),
-            findings: diagnose(a.groups(), 10.0),
+            rows: a
+                .groups()
+                .map(|(k, g)| RowView::of(k, g, &g.total(), 10.0))
+                .collect(),
+            findings: diagnose(&a, &[u64::MAX], 10_000_000_000),
             sort: Some(SortKey::FinWait2),
             seeded: true,
             ..Model::default()
@@ -440,7 +456,7 @@ mod tests {
         assert_eq!(lines.len(), 24);
         assert!(lines[0].contains("tcplinger top"), "{s}");
         assert!(
-            s.contains("PROCESS") && s.contains("REMOTE") && s.contains("CW_AGE"),
+            s.contains("PROCESS") && s.contains("ENDPOINT") && s.contains("CW_AGE"),
             "{s}"
         );
         // Sorted by FIN_WAIT2 p99: the slow endpoint first.

@@ -226,6 +226,8 @@ mod tests {
             time_wait: true,
             complete: true,
             open_state: None,
+            opened_seen: true,
+            tcp: None,
         }
     }
 

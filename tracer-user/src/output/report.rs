@@ -11,10 +11,11 @@ use tracer_common::TcpState;
 
 use super::connections::human;
 use crate::{
-    aggregate::{Dist, Group, GroupKey},
+    aggregate::{Aggregator, Group, GroupKey, Stats},
     cli::ReportFormat,
-    diagnose::{Figure, Finding},
-    tracker::ClosedBy,
+    diagnose::{Figure, Finding, process_short, remote_of},
+    dist::Dist,
+    tracker::{ClosedBy, Role},
 };
 
 /// States shown as current counts, in this order.
@@ -50,7 +51,7 @@ impl Serialize for Figure {
 }
 
 impl Figure {
-    /// For text and Markdown: `2.00s`, `95%`, `4.8/s`, `[3, 5]`.
+    /// For text and Markdown, with its unit: `2.00s`, `95%`, `4.8/s`, `[3, 5]`.
     pub fn show(&self) -> String {
         match self {
             Figure::Count(n) => n.to_string(),
@@ -62,24 +63,72 @@ impl Figure {
     }
 }
 
+/// An evidence name for text, where the value carries its unit: the JSON
+/// name's unit suffix (`_ms`, `_pct`, `_per_s`) would contradict it.
+pub fn text_name(name: &str) -> &str {
+    ["_ms", "_pct", "_per_s"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name)
+}
+
+/// `name=value, ...` for text.
+pub fn evidence_text(f: &Finding) -> String {
+    f.evidence
+        .iter()
+        .map(|(n, v)| format!("{}={}", text_name(n), v.show()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `1 finding`, `2 findings`.
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// A finding as JSON (`report` and the daemon's log share it).
 #[derive(Serialize)]
-struct JsonFinding<'a> {
+pub struct JsonFinding<'a> {
     pathology: &'static str,
+    severity: &'static str,
+    /// The process holding most of what the finding counts.
     pid: Option<u32>,
     comm: Option<String>,
-    remote: String,
+    /// How many processes of that name the group has seen, and some pids.
+    processes: u64,
+    pids: &'a [u32],
     role: &'static str,
+    /// The one way an endpoint is written: `addr:port` a client talks to,
+    /// `:port` a server listens on.
+    endpoint: String,
+    /// `addr:port` for a client; a server's clients (`addr:*`, `*:*`).
+    remote: String,
+    /// A server's own (listening) port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local_port: Option<u16>,
+    /// Seconds of traffic the finding was judged on.
+    window_s: f64,
     evidence: BTreeMap<&'static str, &'a Figure>,
     summary: &'a str,
 }
 
-fn json_finding(f: &Finding) -> JsonFinding<'_> {
+pub fn json_finding(f: &Finding) -> JsonFinding<'_> {
     JsonFinding {
         pathology: f.pathology.id(),
-        pid: f.key.pid,
+        severity: f.severity().name(),
+        pid: f.who.pid,
         comm: f.key.comm.map(|c| c.to_string()),
-        remote: f.key.remote(),
+        processes: f.who.processes,
+        pids: &f.who.pids,
         role: f.key.role.name(),
+        endpoint: f.key.endpoint(),
+        remote: f.remote(),
+        local_port: (f.key.role == Role::Server).then_some(f.key.port),
+        window_s: f.window_s,
         evidence: f.evidence.iter().map(|(n, v)| (*n, v)).collect(),
         summary: &f.summary,
     }
@@ -106,9 +155,13 @@ fn percentiles(d: &Dist) -> Option<Percentiles> {
 
 #[derive(Serialize)]
 struct JsonGroup {
+    /// The busiest process.
     pid: Option<u32>,
     comm: Option<String>,
+    processes: u64,
+    pids: Vec<u32>,
     role: &'static str,
+    endpoint: String,
     remote: String,
     /// The server's own port, for server groups.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,39 +184,59 @@ struct JsonGroup {
     time_wait_ms: Option<Percentiles>,
 }
 
-fn json_group(key: Option<&GroupKey>, g: &Group) -> JsonGroup {
+fn json_group(v: &GroupView) -> JsonGroup {
+    let (key, g, s) = (v.key, v.group, &v.stats);
+    let other = key.is_other();
     JsonGroup {
-        pid: key.and_then(|k| k.pid),
-        comm: key.and_then(|k| k.comm).map(|c| c.to_string()),
-        role: key.map_or("other", |k| k.role.name()),
-        remote: key.map_or_else(|| "other".into(), GroupKey::remote),
-        local_port: key
-            .filter(|k| k.role == crate::tracker::Role::Server)
-            .map(|k| k.port),
-        opened: g.opened,
-        closed: g.closed,
+        pid: g.procs.main(),
+        comm: key.comm.map(|c| c.to_string()),
+        processes: g.procs.count(),
+        pids: g.procs.pids().into_iter().take(16).collect(),
+        role: if other { "other" } else { key.role.name() },
+        endpoint: if other {
+            "other".into()
+        } else {
+            key.endpoint()
+        },
+        remote: remote_of(key, g.peers.single()),
+        local_port: (key.role == Role::Server).then_some(key.port),
+        opened: s.opened,
+        closed: s.closed,
         closed_by: CLOSERS
             .iter()
-            .filter(|&&b| g.closed_by(b) > 0)
-            .map(|&b| (b.name(), g.closed_by(b)))
+            .filter(|&&b| s.closed_by(b) > 0)
+            .map(|&b| (b.name(), s.closed_by(b)))
             .collect(),
-        time_wait_closes: g.time_wait_closes,
-        incomplete: g.incomplete,
+        time_wait_closes: s.time_wait_closes,
+        incomplete: s.incomplete,
         now: SHOWN_STATES
             .iter()
-            .filter(|&&s| g.now.count(s) > 0)
-            .map(|&s| (s.name(), g.now.count(s)))
+            .filter(|&&st| g.now.count(st) > 0)
+            .map(|&st| (st.name(), g.now.count(st)))
             .collect(),
         idle: g.now.idle,
         awaiting_reply: g.now.awaiting,
         established_idle_ms: percentiles(&g.now.idle_time),
         oldest_close_wait_ms: (g.now.oldest_close_wait_ns > 0)
             .then(|| (g.now.oldest_close_wait_ns as f64 / 1e3).round() / 1e3),
-        lifetime_ms: percentiles(&g.lifetime),
-        fin_wait2_ms: percentiles(&g.fin_wait2),
-        close_wait_ms: percentiles(&g.close_wait),
-        last_ack_ms: percentiles(&g.last_ack),
-        time_wait_ms: percentiles(&g.time_wait),
+        lifetime_ms: percentiles(&s.lifetime),
+        fin_wait2_ms: percentiles(&s.fin_wait2),
+        close_wait_ms: percentiles(&s.close_wait),
+        last_ack_ms: percentiles(&s.last_ack),
+        time_wait_ms: percentiles(&s.time_wait),
+    }
+}
+
+/// One group and what it saw over the report's window.
+pub struct GroupView<'a> {
+    pub key: &'a GroupKey,
+    pub group: &'a Group,
+    pub stats: Stats,
+}
+
+impl GroupView<'_> {
+    fn lingering(&self) -> u64 {
+        self.group.lingering()
     }
 }
 
@@ -174,37 +247,50 @@ pub struct Report<'a> {
     pub dropped: u64,
     pub findings: &'a [Finding],
     /// Sorted, most interesting first.
-    pub groups: Vec<(&'a GroupKey, &'a Group)>,
-    pub other: &'a Group,
+    pub groups: Vec<GroupView<'a>>,
+    pub other: GroupView<'a>,
     pub folded: u64,
     /// Groups shown in text and Markdown.
     pub top: usize,
 }
 
-/// Most interesting first: groups with findings, then by sockets
-/// lingering now, then by activity.
-pub fn rank<'a>(
-    groups: impl Iterator<Item = (&'a GroupKey, &'a Group)>,
-    findings: &[Finding],
-) -> Vec<(&'a GroupKey, &'a Group)> {
-    let mut v: Vec<_> = groups.collect();
-    v.sort_by_key(|(k, g)| {
-        let flagged = findings.iter().any(|f| f.key == **k);
+/// Every group over its whole run, most interesting first: groups with
+/// findings, then by sockets lingering now, then by activity.
+pub fn rank<'a>(agg: &'a Aggregator, findings: &[Finding]) -> Vec<GroupView<'a>> {
+    let mut v: Vec<GroupView<'a>> = agg
+        .groups()
+        .map(|(key, group)| GroupView {
+            key,
+            group,
+            stats: group.total(),
+        })
+        .collect();
+    v.sort_by_key(|g| {
+        let flagged = findings.iter().any(|f| f.key == *g.key);
         std::cmp::Reverse((
             flagged,
             g.lingering(),
-            g.opened + g.closed,
-            g.now.count(TcpState::Established),
+            g.stats.opened + g.stats.closed,
+            g.group.now.count(TcpState::Established),
         ))
     });
     v
 }
 
-fn pct(g: &Group, by: &[ClosedBy]) -> String {
-    if g.closed == 0 {
+/// The folded groups, as one.
+pub fn other(agg: &Aggregator) -> GroupView<'_> {
+    GroupView {
+        key: &GroupKey::OTHER,
+        group: agg.other(),
+        stats: agg.other().total(),
+    }
+}
+
+fn pct(s: &Stats, by: &[ClosedBy]) -> String {
+    if s.closed == 0 {
         "-".into()
     } else {
-        format!("{:.0}%", g.share(by) * 100.0)
+        format!("{:.0}%", s.share(by) * 100.0)
     }
 }
 
@@ -221,40 +307,38 @@ fn p50_p99(d: &Dist) -> String {
 }
 
 /// The cells of one group row, shared by text and Markdown.
-fn row(key: Option<&GroupKey>, g: &Group) -> [String; 13] {
-    let remote = match key {
-        Some(k) if k.role == crate::tracker::Role::Server => {
-            format!("{} (:{})", k.remote(), k.port)
-        }
-        Some(k) => k.remote(),
-        None => "(other groups)".into(),
-    };
+fn row(v: &GroupView) -> [String; 13] {
+    let (key, g, s) = (v.key, v.group, &v.stats);
     [
-        key.map_or("-".into(), GroupKey::process),
-        key.map_or("-", |k| k.role.name()).to_string(),
-        remote,
-        g.opened.to_string(),
-        g.closed.to_string(),
+        process_short(key, g.procs.main(), g.procs.count()),
+        if key.is_other() { "-" } else { key.role.name() }.to_string(),
+        if key.is_other() {
+            "-".into()
+        } else {
+            key.endpoint()
+        },
+        s.opened.to_string(),
+        s.closed.to_string(),
         format!(
             "{}/{}/{}",
-            pct(g, &[ClosedBy::Local]),
-            pct(g, &[ClosedBy::Remote]),
-            pct(g, &[ClosedBy::ResetLocal, ClosedBy::ResetRemote])
+            pct(s, &[ClosedBy::Local]),
+            pct(s, &[ClosedBy::Remote]),
+            pct(s, &[ClosedBy::ResetLocal, ClosedBy::ResetRemote])
         ),
         g.now.count(TcpState::Established).to_string(),
         g.now.count(TcpState::CloseWait).to_string(),
         g.now.count(TcpState::FinWait2).to_string(),
         g.now.count(TcpState::TimeWait).to_string(),
-        p50(&g.lifetime),
-        p50_p99(&g.fin_wait2),
-        p50_p99(&g.close_wait),
+        p50(&s.lifetime),
+        p50_p99(&s.fin_wait2),
+        p50_p99(&s.close_wait),
     ]
 }
 
 const HEADERS: [&str; 13] = [
     "PROCESS",
     "ROLE",
-    "REMOTE",
+    "ENDPOINT",
     "OPENED",
     "CLOSED",
     "LOCAL/REMOTE/RST",
@@ -269,26 +353,21 @@ const HEADERS: [&str; 13] = [
 
 impl Report<'_> {
     fn shown(&self) -> Vec<[String; 13]> {
-        let mut rows: Vec<[String; 13]> = self
-            .groups
-            .iter()
-            .take(self.top)
-            .map(|(k, g)| row(Some(k), g))
-            .collect();
+        let mut rows: Vec<[String; 13]> = self.groups.iter().take(self.top).map(row).collect();
         if self.folded > 0 {
-            rows.push(row(None, self.other));
+            rows.push(row(&self.other));
         }
         rows
     }
 
     fn headline(&self) -> String {
         format!(
-            "tcplinger report: {:.1}s traced, {} events, {} dropped; {} findings, {} groups{}",
+            "tcplinger report: {:.1}s traced, {} events, {} dropped; {}, {}{}",
             self.window_s,
             self.events,
             self.dropped,
-            self.findings.len(),
-            self.groups.len(),
+            plural(self.findings.len(), "finding"),
+            plural(self.groups.len(), "group"),
             if self.folded > 0 {
                 format!(
                     " (+{} events folded into \"other\" beyond --max-groups)",
@@ -319,13 +398,9 @@ impl Report<'_> {
                     events: self.events,
                     dropped: self.dropped,
                     findings: self.findings.iter().map(json_finding).collect(),
-                    groups: self
-                        .groups
-                        .iter()
-                        .map(|(k, g)| json_group(Some(k), g))
-                        .collect(),
+                    groups: self.groups.iter().map(json_group).collect(),
                     folded: self.folded,
-                    other: json_group(None, self.other),
+                    other: json_group(&self.other),
                 };
                 serde_json::to_writer(&mut *out, &json)?;
                 writeln!(out)
@@ -340,31 +415,27 @@ impl Report<'_> {
         if self.findings.is_empty() {
             s.push_str("FINDINGS: none (no pattern crossed its thresholds)\n\n");
         } else {
-            let _ = writeln!(s, "FINDINGS");
+            let _ = writeln!(s, "FINDINGS (most urgent first)");
             for (i, f) in self.findings.iter().enumerate() {
                 let _ = writeln!(
                     s,
-                    "{:>2}. [{}] {} {} -> {}",
+                    "{:>2}. {} [{}] {} {} {}",
                     i + 1,
+                    f.severity().name().to_uppercase(),
                     f.pathology.id(),
-                    f.key.process(),
+                    f.process_short(),
                     f.key.role.name(),
-                    f.key.remote()
+                    f.key.endpoint()
                 );
                 let _ = writeln!(s, "    {}", f.summary);
-                let evidence: Vec<String> = f
-                    .evidence
-                    .iter()
-                    .map(|(n, v)| format!("{n}={}", v.show()))
-                    .collect();
-                let _ = writeln!(s, "    evidence: {}\n", evidence.join(", "));
+                let _ = writeln!(s, "    evidence: {}\n", evidence_text(f));
             }
         }
         let rows = self.shown();
         let _ = writeln!(
             s,
             "GROUPS (top {} of {}, most lingering first; closes LOCAL/REMOTE/RST = who closed first)",
-            rows.len().min(self.top),
+            self.groups.len().min(self.top),
             self.groups.len()
         );
         let mut widths: Vec<usize> = HEADERS.iter().map(|h| h.len()).collect();
@@ -403,17 +474,18 @@ impl Report<'_> {
         for (i, f) in self.findings.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "{}. **{}**: `{}` ({}) -> `{}`  \n   {}\n",
+                "{}. **{}** ({}): `{}` ({}) `{}`  \n   {}\n",
                 i + 1,
                 f.pathology.id(),
-                f.key.process(),
+                f.severity().name(),
+                f.process_short(),
                 f.key.role.name(),
-                f.key.remote(),
+                f.key.endpoint(),
                 f.summary
             );
             let _ = writeln!(s, "   | evidence | value |\n   |---|---|");
             for (n, v) in &f.evidence {
-                let _ = writeln!(s, "   | {n} | {} |", v.show());
+                let _ = writeln!(s, "   | {} | {} |", text_name(n), v.show());
             }
             s.push('\n');
         }
@@ -433,7 +505,7 @@ mod tests {
     use super::*;
     use crate::{
         aggregate::{
-            Aggregator,
+            Aggregator, Windowing,
             tests::{id, record},
         },
         diagnose::diagnose,
@@ -441,10 +513,10 @@ mod tests {
     };
 
     fn render(format: ReportFormat) -> String {
-        let mut a = Aggregator::new(1, 0);
+        let mut a = Aggregator::new(1, 0, Windowing::WHOLE_RUN);
         let c = id(1, Role::Client, 8080);
         for _ in 0..5 {
-            a.on_opened(&c);
+            a.on_opened(&c, 0);
             a.on_record(&record(c, ClosedBy::Local, 1_000, Some(2_000)));
         }
         // Beyond the cap of 1 group: folded.
@@ -454,14 +526,14 @@ mod tests {
             10,
             None,
         ));
-        let findings = diagnose(a.groups(), 30.0);
+        let findings = diagnose(&a, &[u64::MAX], 30_000_000_000);
         let report = Report {
             window_s: 30.0,
             events: 77,
             dropped: 0,
             findings: &findings,
-            groups: rank(a.groups(), &findings),
-            other: a.other(),
+            groups: rank(&a, &findings),
+            other: other(&a),
             folded: a.folded(),
             top: 20,
         };
@@ -475,30 +547,39 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&render(ReportFormat::Json)).unwrap();
         let f = &v["findings"][0];
         assert_eq!(f["pathology"], "client_timeout_stuck_server");
+        assert_eq!(f["severity"], "warning");
         assert_eq!(f["pid"], 1);
         assert_eq!(f["comm"], "app");
+        assert_eq!(f["processes"], 1);
+        assert_eq!(f["pids"], serde_json::json!([1]));
         assert_eq!(f["remote"], "10.0.0.2:8080");
+        assert_eq!(f["endpoint"], "10.0.0.2:8080");
         assert_eq!(f["role"], "client");
         assert_eq!(f["evidence"]["closed"], 5);
         assert!(f["summary"].as_str().unwrap().ends_with('.'));
         let g = &v["groups"][0];
         assert_eq!(g["closed"], 5);
         assert_eq!(g["closed_by"]["local"], 5);
-        assert!((g["fin_wait2_ms"]["p50"].as_f64().unwrap() - 2000.0).abs() < 20.0);
+        assert!((g["fin_wait2_ms"]["p50"].as_f64().unwrap() - 2000.0).abs() < 25.0);
         assert_eq!(v["folded"], 1);
         assert_eq!(v["other"]["closed"], 1);
+        assert_eq!(v["other"]["role"], "other");
     }
 
     #[test]
-    fn text_puts_findings_before_groups() {
+    fn text_puts_findings_before_groups_with_units_in_values() {
         let text = render(ReportFormat::Text);
         let findings = text.find("FINDINGS").unwrap();
         let groups = text.find("GROUPS").unwrap();
         assert!(findings < groups, "{text}");
         assert!(
-            text.contains("[client_timeout_stuck_server] 1/app client -> 10.0.0.2:8080"),
+            text.contains("WARNING [client_timeout_stuck_server] 1/app client 10.0.0.2:8080"),
             "{text}"
         );
+        assert!(text.contains("1 finding, 1 group"), "{text}");
+        // The value says its unit; the name does not contradict it.
+        assert!(text.contains("fin_wait2_p50=2.00s"), "{text}");
+        assert!(!text.contains("_ms="), "{text}");
         assert!(text.contains("(other groups)"), "{text}");
         // Header and rows line up on the first numeric column.
         let lines: Vec<&str> = text.lines().collect();
@@ -513,8 +594,21 @@ mod tests {
     fn markdown_is_a_ticket_paste() {
         let md = render(ReportFormat::Markdown);
         assert!(md.starts_with("## tcplinger report"), "{md}");
-        assert!(md.contains("**client_timeout_stuck_server**"), "{md}");
-        assert!(md.contains("| PROCESS | ROLE | REMOTE |"), "{md}");
+        assert!(
+            md.contains("**client_timeout_stuck_server** (warning)"),
+            "{md}"
+        );
+        assert!(md.contains("| PROCESS | ROLE | ENDPOINT |"), "{md}");
         assert!(md.contains("| evidence | value |"), "{md}");
+    }
+
+    #[test]
+    fn plurals_and_names() {
+        assert_eq!(plural(1, "finding"), "1 finding");
+        assert_eq!(plural(0, "group"), "0 groups");
+        assert_eq!(text_name("close_wait_p50_ms"), "close_wait_p50");
+        assert_eq!(text_name("idle_pct"), "idle");
+        assert_eq!(text_name("opened_per_s"), "opened");
+        assert_eq!(text_name("closed"), "closed");
     }
 }

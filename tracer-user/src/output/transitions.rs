@@ -40,6 +40,19 @@ struct JsonLine {
     lport: u16,
     raddr: String,
     rport: u16,
+    /// On a step leaving ESTABLISHED or SYN_RECV: the TCP socket's own
+    /// figures then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp: Option<JsonTcp>,
+}
+
+/// [`tracer_common::TcpFigures`] in JSON.
+#[derive(Serialize)]
+struct JsonTcp {
+    send_age_ms: u32,
+    recv_age_ms: u32,
+    segs_out: u32,
+    segs_in: u32,
 }
 
 impl<W: Write> TransitionWriter<W> {
@@ -85,6 +98,12 @@ impl<W: Write> TransitionWriter<W> {
                     lport: record.lport,
                     raddr: display_addr(record.raddr).to_string(),
                     rport: record.rport,
+                    tcp: record.tcp.map(|t| JsonTcp {
+                        send_age_ms: t.send_age_ms,
+                        recv_age_ms: t.recv_age_ms,
+                        segs_out: t.segs_out,
+                        segs_in: t.segs_in,
+                    }),
                 };
                 serde_json::to_writer(&mut self.out, &line)?;
                 self.out.write_all(b"\n")
@@ -137,6 +156,7 @@ mod tests {
             netns: 4026531840,
             peer_fin: None,
             since_ns: None,
+            tcp: None,
         }
     }
 

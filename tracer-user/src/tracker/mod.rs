@@ -4,7 +4,7 @@ use std::{collections::VecDeque, net::IpAddr, num::NonZeroUsize};
 
 use foldhash::{HashMap, HashMapExt as _, HashSet};
 
-use tracer_common::TcpState;
+use tracer_common::{TcpFigures, TcpState};
 
 use crate::{
     decode::{Comm, Family, Kind, Record},
@@ -157,6 +157,9 @@ pub struct ConnId {
 pub struct LiveConn {
     pub cookie: u64,
     pub id: ConnId,
+    /// False while the owner is only the listener's (an accepted socket no
+    /// process has been seen with yet): see [`Tracker::provisional`].
+    pub owner_known: bool,
     /// FIN_WAIT2 for an orphan living on as a timewait socket.
     pub state: TcpState,
     /// When it entered `state`; `None` if that predates what was seen.
@@ -203,6 +206,9 @@ pub struct StateTimes {
 
 /// No real duration comes near it (585 years).
 const NOT_ENTERED: u64 = u64::MAX;
+
+/// A date not known.
+const NOT_KNOWN: u64 = u64::MAX;
 
 impl Default for StateTimes {
     fn default() -> Self {
@@ -293,6 +299,13 @@ pub struct ConnRecord {
     /// The state a socket is still in when the tracer stops; `None` for a
     /// completed lifecycle.
     pub open_state: Option<TcpState>,
+    /// The connection's opening was seen, so `lifetime_ns` is its real
+    /// age; false for a socket that predates the tracer (or was first
+    /// heard of mid-life), whose lifetime is unknown.
+    pub opened_seen: bool,
+    /// What the TCP socket knew of its traffic at the first closing act
+    /// (leaving ESTABLISHED); `None` if that step was not seen.
+    pub tcp: Option<TcpFigures>,
 }
 
 impl ConnRecord {
@@ -357,6 +370,9 @@ pub struct Seed {
     pub raddr: IpAddr,
     pub rport: u16,
     pub owner: Option<OwnerRef>,
+    /// What the sockets it was found with say (a listener on its local
+    /// port makes it a server); used when no listener is known here.
+    pub role: Role,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,14 +407,24 @@ struct Conn {
     raddr: IpAddr,
     rport: u16,
     owner: KeptOwner,
+    /// The owner is the process's own (seen in a record, or found holding
+    /// the socket), not just inherited from the listener.
+    owner_known: bool,
+    /// Its opening was seen but not yet passed on: it waits for the owner
+    /// to be known, so that the opening and the close of one connection
+    /// count in the same group.
+    opened_pending: bool,
+    /// The opening was seen: the lifetime is real.
+    born: bool,
     role: Role,
     closed_by: Option<ClosedBy>,
     /// Side of the first RST seen: true = sent by this host.
     reset_local: Option<bool>,
     state: TcpState,
-    /// When `state` was entered; not known for a socket first seen mid-life.
-    /// Never earlier than any step applied so far.
-    since_ns: Option<u64>,
+    /// When `state` was entered; [`NOT_KNOWN`] for a socket first seen
+    /// mid-life. Never earlier than any step applied so far. (Not an
+    /// `Option`: that would cost 8 bytes in every tracked socket.)
+    since_ns: u64,
     first_ns: u64,
     /// The last transition applied, to recognise a duplicate record.
     last_step: (TcpState, TcpState),
@@ -423,11 +449,14 @@ impl Conn {
             raddr: r.raddr,
             rport: r.rport,
             owner: KeptOwner::new(r.owner.map(OwnerRef::from)),
+            owner_known: r.owner.is_some_and(|o| o.pid != 0),
+            opened_pending: false,
+            born,
             role,
             closed_by: None,
             reset_local: None,
             state,
-            since_ns: born.then_some(start),
+            since_ns: if born { start } else { NOT_KNOWN },
             first_ns: if born { start } else { r.ts_ns },
             last_step: (state, state),
             times: StateTimes::default(),
@@ -439,7 +468,7 @@ impl Conn {
     }
 
     fn since(&self) -> Option<u64> {
-        self.since_ns
+        (self.since_ns != NOT_KNOWN).then_some(self.since_ns)
     }
 
     fn id(&self) -> ConnId {
@@ -464,11 +493,12 @@ impl Conn {
             self.times.enter(next);
         }
         self.state = next;
-        self.since_ns = Some(now);
+        self.since_ns = now;
     }
 
     fn record(
         &self,
+        tcp: Option<TcpFigures>,
         cookie: u64,
         end_ns: u64,
         lifetime_end_ns: u64,
@@ -497,6 +527,8 @@ impl Conn {
             time_wait: self.time_wait,
             complete: self.complete,
             open_state,
+            opened_seen: self.born,
+            tcp,
         }
     }
 }
@@ -520,6 +552,8 @@ pub struct Tracker {
     timewait_starts: Vec<ConnId>,
     timewait_ends: Vec<TimewaitEnd>,
     evicted: u64,
+    /// The TCP figures of sockets past their first closing act, by cookie.
+    figures: HashMap<u64, TcpFigures>,
 }
 
 impl Tracker {
@@ -536,6 +570,7 @@ impl Tracker {
             timewait_starts: Vec::new(),
             timewait_ends: Vec::new(),
             evicted: 0,
+            figures: HashMap::new(),
         }
     }
 
@@ -595,6 +630,7 @@ impl Tracker {
             Some(LiveConn {
                 cookie,
                 id: c.id(),
+                owner_known: c.owner_known,
                 state,
                 since_ns,
             })
@@ -606,6 +642,7 @@ impl Tracker {
             && old != cookie
         {
             self.evicted += 1;
+            self.figures.remove(&old);
         }
     }
 
@@ -625,9 +662,59 @@ impl Tracker {
         }
     }
 
+    /// Passes on a connection's opening, once its owner is known or (with
+    /// `now`) with whatever is known: its record is about to be written.
+    fn pass_opened(&mut self, conn: &mut Conn, now: bool) {
+        if conn.opened_pending && (now || conn.owner_known) {
+            conn.opened_pending = false;
+            self.opened.push(conn.id());
+        }
+    }
+
+    /// Live sockets whose owner is only inherited from their listener: an
+    /// accepted socket that no process has been seen with yet (a prefork
+    /// server's worker accepted it, or it waits in the accept queue). By
+    /// cookie and network namespace, for a lookup of who holds it.
+    pub fn provisional(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.conns
+            .iter()
+            .filter(|(_, c)| !c.owner_known && c.phase == Phase::Live)
+            .map(|(&cookie, c)| (cookie, c.netns))
+    }
+
+    /// Passes on every opening still waiting for its owner, with the owner
+    /// known so far: the run is ending, and those connections were opened
+    /// during it.
+    pub fn finish_opened(&mut self) {
+        let mut ids = Vec::new();
+        self.conns.for_each_mut(|_, conn| {
+            if conn.opened_pending {
+                conn.opened_pending = false;
+                ids.push(conn.id());
+            }
+        });
+        self.opened.extend(ids);
+    }
+
+    /// `owner` holds the socket (found in its file table): it is the
+    /// connection's owner from now on.
+    pub fn resolve(&mut self, cookie: u64, owner: OwnerRef) {
+        let Some(conn) = self.conns.peek_mut(&cookie) else {
+            return;
+        };
+        conn.owner = KeptOwner::new(Some(owner));
+        conn.owner_known = true;
+        let opened = conn.opened_pending.then(|| {
+            conn.opened_pending = false;
+            conn.id()
+        });
+        self.opened.extend(opened);
+    }
+
     /// Ends a lifecycle: the record is ready and the socket forgotten.
     fn finalize(&mut self, cookie: u64, end_ns: u64) {
-        if let Some(conn) = self.conns.pop(&cookie) {
+        if let Some(mut conn) = self.conns.pop(&cookie) {
+            self.pass_opened(&mut conn, true);
             let lifetime_end = match conn.phase {
                 Phase::Closed { at_ns, .. } => at_ns,
                 Phase::Fw2Timewait { closed_ns, .. } => closed_ns,
@@ -653,8 +740,13 @@ impl Tracker {
                     self.evicted += 1;
                 }
             }
-            self.ready
-                .push(conn.record(cookie, end_ns, lifetime_end, None));
+            self.ready.push(conn.record(
+                self.figures.remove(&cookie),
+                cookie,
+                end_ns,
+                lifetime_end,
+                None,
+            ));
         }
     }
 
@@ -708,12 +800,13 @@ impl Tracker {
             };
             let mut conn = Conn::from_record(r, old, role, born);
             if conn.owner.get().is_none() && role == Role::Server {
+                // Provisional: the process that created the listener did
+                // not necessarily accept this socket (prefork servers).
                 conn.owner =
                     KeptOwner::new(self.listeners.get(&(r.netns, r.lport)).copied().flatten());
             }
-            if born {
-                self.opened.push(conn.id());
-            }
+            conn.opened_pending = born;
+            self.pass_opened(&mut conn, false);
             self.insert(r.cookie, conn);
         }
         let Some(conn) = self.conns.get_mut(&r.cookie) else {
@@ -753,9 +846,19 @@ impl Tracker {
             conn.lport = r.lport;
         }
         conn.enter(new, now);
-        if let Some(o) = r.owner {
+        if let Some(o) = r.owner.filter(|o| o.pid != 0) {
             conn.owner = KeptOwner::new(Some(o.into()));
+            conn.owner_known = true;
         }
+        if let Some(t) = r.tcp {
+            // The first closing act's figures: kept beside the table, as
+            // only closing sockets have them.
+            self.figures.entry(r.cookie).or_insert(t);
+        }
+        let opened = (conn.opened_pending && conn.owner_known).then(|| {
+            conn.opened_pending = false;
+            conn.id()
+        });
         match (old, new) {
             (Established | SynRecv, FinWait1) if conn.closed_by.is_none() => {
                 conn.closed_by = Some(ClosedBy::Local)
@@ -775,6 +878,7 @@ impl Tracker {
             _ if conn.closed_by.is_none() => conn.closed_by = closer_implied_by(old),
             _ => {}
         }
+        self.opened.extend(opened);
         if new == Close {
             self.closed(r.cookie, old, now, r.peer_fin);
         }
@@ -915,7 +1019,7 @@ impl Tracker {
         let mut ended = Vec::new();
         let mut moved = Vec::new();
         for (&cookie, conn) in self.conns.iter() {
-            let last_known = conn.since_ns.unwrap_or(conn.first_ns);
+            let last_known = conn.since().unwrap_or(conn.first_ns);
             if conn.phase != Phase::Live
                 || last_known >= started_ns
                 || !alive.netns.contains(&conn.netns)
@@ -933,6 +1037,7 @@ impl Tracker {
             let Some(mut conn) = self.conns.pop(&cookie) else {
                 continue;
             };
+            self.pass_opened(&mut conn, true);
             self.unfollow(cookie, conn.netns, conn.family);
             conn.complete = false;
             if conn.closed_by.is_none() {
@@ -943,10 +1048,15 @@ impl Tracker {
             }
             conn.time_wait = time_wait;
             // How long its last state really lasted is unknown.
-            conn.since_ns = None;
+            conn.since_ns = NOT_KNOWN;
             conn.enter(TcpState::Close, last_known);
-            self.ready
-                .push(conn.record(cookie, last_known, last_known, None));
+            self.ready.push(conn.record(
+                self.figures.remove(&cookie),
+                cookie,
+                last_known,
+                last_known,
+                None,
+            ));
         }
         for (cookie, state) in moved {
             if let Some(conn) = self.conns.peek_mut(&cookie) {
@@ -956,7 +1066,7 @@ impl Tracker {
                 }
                 // Its old state's end is unknown; the new one is timed
                 // from the dump, a lower bound.
-                conn.since_ns = None;
+                conn.since_ns = NOT_KNOWN;
                 conn.enter(state, started_ns);
                 conn.last_step = (state, state);
             }
@@ -1175,11 +1285,22 @@ impl Tracker {
                 continue;
             }
             let serves = self.listeners.contains_key(&(s.netns, s.lport));
+            let role = if serves { Role::Server } else { s.role };
             if let Some(conn) = self.conns.peek_mut(&s.cookie) {
-                conn.owner = KeptOwner::new(conn.owner.get().or(s.owner));
-                if conn.role == Role::Unknown && serves {
-                    conn.role = Role::Server;
+                // A process found holding the socket beats one inherited
+                // from the listener.
+                if !conn.owner_known && s.owner.is_some() {
+                    conn.owner = KeptOwner::new(s.owner);
+                    conn.owner_known = true;
                 }
+                if conn.role == Role::Unknown {
+                    conn.role = role;
+                }
+                let opened = (conn.opened_pending && conn.owner_known).then(|| {
+                    conn.opened_pending = false;
+                    conn.id()
+                });
+                self.opened.extend(opened);
                 continue;
             }
             let mut times = StateTimes::default();
@@ -1192,11 +1313,14 @@ impl Tracker {
                 raddr: s.raddr,
                 rport: s.rport,
                 owner: KeptOwner::new(s.owner),
-                role: if serves { Role::Server } else { Role::Unknown },
+                owner_known: s.owner.is_some(),
+                opened_pending: false,
+                born: false,
+                role,
                 closed_by: closer_implied_by(s.state),
                 reset_local: None,
                 state: s.state,
-                since_ns: Some(now_ns),
+                since_ns: now_ns,
                 first_ns: now_ns,
                 last_step: (s.state, s.state),
                 times,
@@ -1219,6 +1343,9 @@ impl Tracker {
             let Some(mut conn) = self.conns.pop(&cookie) else {
                 continue;
             };
+            // Open ones too: the opening was seen during the run.
+            self.pass_opened(&mut conn, true);
+            let tcp = self.figures.remove(&cookie);
             match conn.phase {
                 Phase::Live => {
                     let state = conn.state;
@@ -1238,20 +1365,37 @@ impl Tracker {
                     if state == TcpState::FinWait2 {
                         conn.fin_wait2_end = Some(Fw2End::Open);
                     }
-                    out.push(conn.record(cookie, now_ns, now_ns, Some(state)));
+                    out.push(conn.record(tcp, cookie, now_ns, now_ns, Some(state)));
                 }
-                Phase::Closed { at_ns, .. } => out.push(conn.record(cookie, at_ns, at_ns, None)),
+                Phase::Closed { at_ns, .. } => {
+                    out.push(conn.record(tcp, cookie, at_ns, at_ns, None));
+                }
                 Phase::Fw2Timewait { closed_ns, .. } => {
                     conn.times
                         .add(TcpState::FinWait2, now_ns.saturating_sub(closed_ns));
                     conn.fin_wait2_end = Some(Fw2End::Open);
-                    out.push(conn.record(cookie, now_ns, closed_ns, Some(TcpState::FinWait2)));
+                    out.push(conn.record(tcp, cookie, now_ns, closed_ns, Some(TcpState::FinWait2)));
                 }
             }
         }
         self.followed.clear();
+        self.figures.clear();
         self.closing.clear();
         out
+    }
+}
+
+/// The role of a socket found open, by what its ports say: a listener on
+/// its local port makes it a server; so does a local port outside the
+/// ephemeral range talking to a port inside it (a server's socket whose
+/// listener is gone, e.g. the TIME_WAIT of a server that exited); anything
+/// else dialled out.
+pub fn role_by_ports(listening: bool, lport: u16, rport: u16, ephemeral: (u16, u16)) -> Role {
+    let in_range = |port: u16| (ephemeral.0..=ephemeral.1).contains(&port);
+    if listening || (!in_range(lport) && in_range(rport)) {
+        Role::Server
+    } else {
+        Role::Client
     }
 }
 

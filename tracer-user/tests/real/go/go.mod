@@ -1,0 +1,3 @@
+module tcplinger.test/real
+
+go 1.19
