@@ -537,11 +537,13 @@ impl Aggregator {
     /// can make room.
     fn group(&mut self, key: GroupKey, at_ns: u64) -> &mut Group {
         if !self.groups.contains_key(&key) && self.groups.len() >= self.max_groups {
-            // The least recently active group with nothing alive.
+            // The least recently active group with nothing alive but
+            // TIME_WAIT sockets (which no process holds: what is left of
+            // a program that came and went).
             let idle = self
                 .groups
                 .iter()
-                .filter(|(_, g)| g.now.total() == 0)
+                .filter(|(_, g)| g.now.total() == g.now.time_wait_followed)
                 .min_by_key(|(_, g)| g.last_active_ns)
                 .map(|(k, _)| *k);
             match idle {
@@ -602,7 +604,12 @@ impl Aggregator {
 
     pub fn on_timewait_end(&mut self, end: &TimewaitEnd, at_ns: u64) {
         let index = self.index(at_ns);
-        let g = self.group(GroupKey::of(&end.id), at_ns);
+        // A group that made room for others is not brought back by the
+        // end of its last TIME_WAIT.
+        let g = match self.groups.get_mut(&GroupKey::of(&end.id)) {
+            Some(g) => g,
+            None => &mut self.other,
+        };
         g.bucket(index).time_wait.record(end.duration_ns);
         g.now.time_wait_followed = g.now.time_wait_followed.saturating_sub(1);
     }

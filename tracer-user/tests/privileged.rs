@@ -6,6 +6,8 @@ mod analysis;
 mod daemon;
 #[path = "privileged/lifecycle.rs"]
 mod lifecycle;
+#[path = "privileged/real.rs"]
+mod real;
 #[path = "privileged/safety.rs"]
 mod safety;
 mod support;
@@ -39,6 +41,7 @@ fn main() {
     use analysis::*;
     use daemon::*;
     use lifecycle::*;
+    use real::*;
     use safety::*;
     use transitions::*;
     let trials = trials![
@@ -65,7 +68,7 @@ fn main() {
         report_no_reuse,
         report_leaked_idle,
         report_unanswered_requests,
-        report_deadline_pooled,
+        report_idle_closes_at_a_fixed_age_are_no_deadline,
         report_close_wait_leak,
         sockets_shows_what_lingers_now,
         top_in_a_pty_draws_updates_and_quits,
@@ -88,6 +91,20 @@ fn main() {
         a_closed_pipe_ends_watch_cleanly,
         a_full_disk_on_output_stops_cleanly,
         comm_and_remote_select_connections,
+        real_nginx_keepalive_off_with_curl,
+        real_nginx_idle_timeout_is_healthy,
+        real_go_transport_per_request_leaks_idle_connections,
+        real_go_client_timeout_against_a_stuck_handler,
+        real_go_handler_forcing_connection_close,
+        real_go_deadline_on_pooled_connections,
+        real_go_pool_filled_by_unanswered_requests,
+        real_go_disable_keepalives,
+        real_go_keepalive_is_healthy,
+        real_python_http_server_with_curl,
+        real_python_prefork_close_wait_leak,
+        real_python_threaded_client_is_named_by_its_process,
+        real_connections_older_than_the_tracer_prove_no_deadline,
+        real_daemon_reports_a_late_leak_among_many_programs,
     ];
     libtest_mimic::run(&args, trials).exit();
 }

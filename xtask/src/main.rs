@@ -2,6 +2,7 @@
 
 mod bench;
 mod churn;
+mod deps;
 mod hold;
 mod soak;
 
@@ -37,7 +38,8 @@ enum Chore {
         #[arg(long)]
         check: bool,
     },
-    /// Run every test, privileged ones included (needs root).
+    /// Run every test, privileged and real-software ones included (needs
+    /// root; installs the Debian packages the tests use when missing).
     Test {
         /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -228,6 +230,7 @@ fn test(args: &[OsString]) -> Result<()> {
             "the test suite loads eBPF programs and creates network namespaces: run it as root, e.g. sudo -E env \"PATH=$PATH\" cargo xtask test"
         );
     }
+    deps::ensure(&deps::TEST_PACKAGES)?;
     let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .arg("test")
         .args(args)

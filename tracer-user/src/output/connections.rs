@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use serde::{Serialize, Serializer, ser::SerializeMap};
 use tracer_common::TcpState;
 
-use super::{Endpoint, display_addr, rfc3339_millis, time_of_day};
+use super::{Endpoint, JsonTcp, display_addr, rfc3339_millis, time_of_day};
 use crate::{
     cli::Format,
     clock::WallClock,
@@ -75,6 +75,9 @@ struct JsonRecord<'a> {
     /// Only on records printed at exit for sockets still lingering.
     #[serde(skip_serializing_if = "Option::is_none")]
     open_state: Option<&'static str>,
+    /// The TCP socket's own figures at the first closing act.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp: Option<JsonTcp>,
 }
 
 pub struct ConnectionWriter<W: Write> {
@@ -121,6 +124,7 @@ impl<W: Write> ConnectionWriter<W> {
                     time_wait: r.time_wait,
                     complete: r.complete,
                     open_state: r.open_state.map(TcpState::name),
+                    tcp: r.tcp.map(JsonTcp::from),
                 };
                 serde_json::to_writer(&mut self.out, &line)?;
                 self.out.write_all(b"\n")
@@ -258,6 +262,20 @@ mod tests {
         assert_eq!(v["time_wait"], true);
         assert_eq!(v["complete"], true);
         assert!(v.get("open_state").is_none());
+        assert!(v.get("tcp").is_none(), "no figures: no field");
+        let mut with_figures = record();
+        with_figures.tcp = Some(tracer_common::TcpFigures {
+            send_age_ms: 0,
+            recv_age_ms: 4,
+            segs_out: 1,
+            segs_in: 2,
+        });
+        let v: serde_json::Value =
+            serde_json::from_str(render(Format::Json, &with_figures).trim()).unwrap();
+        assert_eq!(
+            v["tcp"],
+            serde_json::json!({"send_age_ms": 0, "recv_age_ms": 4, "segs_out": 1, "segs_in": 2})
+        );
         // Lifecycle order, not alphabetical.
         let text = render(Format::Json, &record());
         assert!(text.find("ESTABLISHED").unwrap() < text.find("FIN_WAIT1").unwrap());

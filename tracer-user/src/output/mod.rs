@@ -6,6 +6,30 @@ pub mod transitions;
 
 use std::{fmt, net::IpAddr, time::SystemTime};
 
+use serde::Serialize;
+use tracer_common::TcpFigures;
+
+/// What the TCP socket knew of its traffic at the connection's first
+/// closing act, in JSON (connection records and transition lines).
+#[derive(Serialize)]
+pub struct JsonTcp {
+    send_age_ms: u32,
+    recv_age_ms: u32,
+    segs_out: u32,
+    segs_in: u32,
+}
+
+impl From<TcpFigures> for JsonTcp {
+    fn from(t: TcpFigures) -> Self {
+        Self {
+            send_age_ms: t.send_age_ms,
+            recv_age_ms: t.recv_age_ms,
+            segs_out: t.segs_out,
+            segs_in: t.segs_in,
+        }
+    }
+}
+
 /// RFC 3339 UTC with milliseconds, as in the JSON contract: `2026-01-01T00:00:00.123Z`.
 pub fn rfc3339_millis(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 use tracer_common::TcpState;
 
-use super::{Endpoint, display_addr, rfc3339_millis, time_of_day};
+use super::{Endpoint, JsonTcp, display_addr, rfc3339_millis, time_of_day};
 use crate::{
     cli::Format,
     clock::WallClock,
@@ -44,15 +44,6 @@ struct JsonLine {
     /// figures then.
     #[serde(skip_serializing_if = "Option::is_none")]
     tcp: Option<JsonTcp>,
-}
-
-/// [`tracer_common::TcpFigures`] in JSON.
-#[derive(Serialize)]
-struct JsonTcp {
-    send_age_ms: u32,
-    recv_age_ms: u32,
-    segs_out: u32,
-    segs_in: u32,
 }
 
 impl<W: Write> TransitionWriter<W> {
@@ -98,12 +89,7 @@ impl<W: Write> TransitionWriter<W> {
                     lport: record.lport,
                     raddr: display_addr(record.raddr).to_string(),
                     rport: record.rport,
-                    tcp: record.tcp.map(|t| JsonTcp {
-                        send_age_ms: t.send_age_ms,
-                        recv_age_ms: t.recv_age_ms,
-                        segs_out: t.segs_out,
-                        segs_in: t.segs_in,
-                    }),
+                    tcp: record.tcp.map(JsonTcp::from),
                 };
                 serde_json::to_writer(&mut self.out, &line)?;
                 self.out.write_all(b"\n")

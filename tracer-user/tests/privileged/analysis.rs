@@ -126,12 +126,23 @@ pub fn report_server_closes() {
     let report = finish_report(tracer);
     let f = finding(&report, "server_closes", server_pid);
     assert_eq!(f["role"], "server");
+    assert_eq!(f["endpoint"], format!(":{}", scene.port));
+    assert_eq!(f["local_port"], scene.port);
     assert_eq!(f["evidence"]["closed_by_local_pct"], 100.0);
     assert_eq!(f["evidence"]["time_wait_now"], 12, "{f}");
-    let f = finding(&report, "server_closes", client_pid);
-    assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
+    // Twelve connections are too few to say the client does not reuse
+    // them; the server side is the one at fault.
+    assert_eq!(
+        report["findings"].as_array().unwrap().len(),
+        1,
+        "{report:#}"
+    );
     assert!(
-        !has_pathology(&report, "client_timeout_stuck_server"),
+        report["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["pid"] == client_pid && g["closed_by"]["remote"] == 12),
         "{report:#}"
     );
 }
@@ -194,7 +205,10 @@ pub fn report_unanswered_requests() {
     );
 }
 
-pub fn report_deadline_pooled() {
+/// Connections closed by their client at a fixed age after one exchange
+/// and idle since (an idle timeout, or a maximum age that only ever meets
+/// idle connections) are not a deadline cutting requests short.
+pub fn report_idle_closes_at_a_fixed_age_are_no_deadline() {
     let scene = Scene::new(18306);
     let tracer = start_report(scene.port);
     let server = scene.server(&["--count", "6", "--parallel", "--close", "after-eof"]);
@@ -211,10 +225,16 @@ pub fn report_deadline_pooled() {
     client.finish();
     server.finish();
     let report = finish_report(tracer);
-    let f = finding(&report, "deadline_pooled", client_pid);
-    assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
-    let p50 = f["evidence"]["lifetime_p50_ms"].as_f64().unwrap();
-    assert!((p50 - 3000.0).abs() <= 350.0, "lifetime p50 {p50}: {f}");
+    assert!(!has_pathology(&report, "deadline_pooled"), "{report:#}");
+    let g = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["pid"] == client_pid)
+        .unwrap_or_else(|| panic!("no group for the client: {report:#}"));
+    let p50 = g["lifetime_ms"]["p50"].as_f64().unwrap();
+    assert!((p50 - 3000.0).abs() <= 350.0, "lifetime p50 {p50}: {g}");
+    assert_eq!(g["closed_by"]["local"], 6, "{g}");
 }
 
 pub fn report_close_wait_leak() {

@@ -2,6 +2,7 @@
 
 pub mod netns;
 pub mod peer;
+pub mod real;
 pub mod tracer;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,748 @@
+//! The incident stories on real software, between two namespaces: nginx (master and workers), Go net/http programs, curl (a process per request) and Python. Each scenario checks the finding, the process holding the sockets (as /proc names it), the endpoint and the key figures; the healthy controls check that nothing names their processes.
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+
+use crate::support::{
+    netns::NetPair,
+    real::{Nginx, Proc, TempDir, comm_of, curl_loop, go_program, python, sources},
+    require_root,
+    tracer::Tracer,
+    wait_until,
+};
+
+/// Two namespaces, a server address in one of them.
+struct Scene {
+    net: NetPair,
+    addr: SocketAddr,
+}
+
+impl Scene {
+    fn new(port: u16) -> Scene {
+        require_root();
+        let net = NetPair::new();
+        let addr = SocketAddr::new(net.server_v4, port);
+        Scene { net, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    /// The Go server in the server namespace, once it listens.
+    fn goserver(&self, flags: &[&str]) -> Proc {
+        let listen = self.addr.to_string();
+        let mut args = vec!["-listen", &listen];
+        args.extend_from_slice(flags);
+        let server = Proc::spawn(&self.net.server_ns, go_program("goserver"), &args);
+        server.expect_line("listening");
+        server
+    }
+
+    /// The Go client in the client namespace.
+    fn goclient(&self, flags: &[&str]) -> Proc {
+        let url = self.url();
+        let mut args = vec!["-url", &url];
+        args.extend_from_slice(flags);
+        Proc::spawn(&self.net.client_ns, go_program("goclient"), &args)
+    }
+
+    /// A report of this scene's port, ended by the test (SIGINT).
+    fn report(&self) -> Tracer {
+        Tracer::start(&[
+            "report",
+            "--format",
+            "json",
+            "--duration",
+            "10m",
+            "--port",
+            &self.port(),
+        ])
+    }
+}
+
+/// Ends the report and returns its JSON.
+fn finish(tracer: Tracer) -> Value {
+    let run = tracer.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    assert_eq!(run.lines.len(), 1, "one JSON report: {:#?}", run.lines);
+    let report = run.lines.into_iter().next().unwrap();
+    eprintln!("{}", summary(&report));
+    report
+}
+
+/// One line per finding, for the test log (the figures the README cites).
+fn summary(report: &Value) -> String {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "  {} {} pid {} x{} {} {}",
+                f["pathology"].as_str().unwrap_or("?"),
+                f["comm"].as_str().unwrap_or("-"),
+                f["pid"],
+                f["processes"],
+                f["endpoint"].as_str().unwrap_or("?"),
+                f["evidence"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The one finding of `pathology` about processes named `comm`.
+fn finding<'a>(report: &'a Value, pathology: &str, comm: &str) -> &'a Value {
+    let found: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["pathology"] == pathology && f["comm"] == comm)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {pathology} finding for {comm}: {report:#}"
+    );
+    found[0]
+}
+
+/// No finding names processes called `comm`.
+fn no_finding_names(report: &Value, comm: &str) {
+    let named: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["comm"] == comm)
+        .collect();
+    assert!(named.is_empty(), "findings name {comm}: {named:#?}");
+}
+
+fn figure(f: &Value, name: &str) -> f64 {
+    f["evidence"][name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no {name} in {f:#}"))
+}
+
+/// `got` is `want` within 10% + 50 ms.
+fn about_ms(got: f64, want: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= want * 0.1 + 50.0,
+        "{what}: {got} ms, expected {want} ms (10% + 50 ms)"
+    );
+}
+
+fn pids(f: &Value) -> Vec<u32> {
+    f["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// The group of `comm` in `role`.
+fn group<'a>(report: &'a Value, comm: &str, role: &str) -> &'a Value {
+    report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["comm"] == comm && g["role"] == role)
+        .unwrap_or_else(|| panic!("no {role} group for {comm}: {report:#}"))
+}
+
+/// nginx with `keepalive_timeout 0` and 200 curl runs: the server ends
+/// every connection right after answering, whoever's FIN wins the race;
+/// the workers hold them, not the master; 200 curls are one row.
+pub fn real_nginx_keepalive_off_with_curl() {
+    let scene = Scene::new(18601);
+    let mut nginx = Nginx::start(&scene.net.server_ns, scene.addr, "0");
+    let tracer = scene.report();
+    let curls = curl_loop(&scene.net.client_ns, &scene.url(), 200, "");
+    let report = finish(tracer);
+    nginx.stop();
+
+    let f = finding(&report, "server_closes", "nginx");
+    assert_eq!(f["endpoint"], format!(":{}", scene.addr.port()), "{f}");
+    assert_eq!(f["local_port"], scene.addr.port());
+    assert_eq!(f["role"], "server");
+    let holders = pids(f);
+    assert!(
+        !holders.is_empty() && holders.iter().all(|p| nginx.workers.contains(p)),
+        "workers {:?} hold them, not the master {}: {f}",
+        nginx.workers,
+        nginx.master
+    );
+    assert!(
+        nginx.workers.contains(&(f["pid"].as_u64().unwrap() as u32)),
+        "{f}"
+    );
+    assert_eq!(figure(f, "closed"), 200.0, "{f}");
+    assert!(figure(f, "prompt_close_pct") >= 80.0, "{f}");
+
+    let f = finding(&report, "no_reuse", "curl");
+    assert_eq!(f["processes"], 200, "{f}");
+    assert!(pids(f).iter().all(|p| curls.contains(p)), "{f}");
+    assert_eq!(f["endpoint"], scene.addr.to_string());
+    assert_eq!(figure(f, "opened"), 200.0, "{f}");
+    let g = group(&report, "nginx", "server");
+    assert_eq!(
+        g["opened"], 200,
+        "the workers' opens and closes in one group: {g}"
+    );
+    assert_eq!(g["closed"], 200, "{g}");
+    assert_eq!(
+        report["groups"].as_array().unwrap().len(),
+        2,
+        "curl ×200 is one row: {report:#}"
+    );
+}
+
+/// nginx timing out idle keep-alive clients after 1 s, and a Go client
+/// that pauses 1.5 s between requests: the server closes first, on every
+/// connection, as designed. Nothing names either.
+pub fn real_nginx_idle_timeout_is_healthy() {
+    let scene = Scene::new(18602);
+    let mut nginx = Nginx::start(&scene.net.server_ns, scene.addr, "1s");
+    let tracer = scene.report();
+    scene
+        .goclient(&[
+            "-mode",
+            "keepalive",
+            "-n",
+            "14",
+            "-interval",
+            "1500ms",
+            "-workers",
+            "2",
+        ])
+        .finish();
+    let report = finish(tracer);
+    nginx.stop();
+    let g = group(&report, "nginx", "server");
+    assert!(
+        g["closed_by"]["local"].as_u64().unwrap() >= 10,
+        "the server closed them: {g}"
+    );
+    no_finding_names(&report, "nginx");
+    no_finding_names(&report, "goclient");
+}
+
+/// A Go client that makes a new Transport per request and never closes it,
+/// against nginx with keep-alive: the idle connections pile up on the
+/// client; nginx's workers hold the other ends (not the master).
+pub fn real_go_transport_per_request_leaks_idle_connections() {
+    let scene = Scene::new(18603);
+    let mut nginx = Nginx::start(&scene.net.server_ns, scene.addr, "60s");
+    let tracer = scene.report();
+    let client = scene.goclient(&[
+        "-mode",
+        "transport",
+        "-n",
+        "12",
+        "-interval",
+        "100ms",
+        "-duration",
+        "60s",
+    ]);
+    // Idle for longer than the 2 s that make a connection idle.
+    let established = wait_until(std::time::Duration::from_secs(20), || {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &scene.net.client_ns,
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count() == 12)
+            .unwrap_or(false)
+    });
+    assert!(established, "12 connections open");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let report = finish(tracer);
+    drop(client);
+    nginx.stop();
+
+    let f = finding(&report, "leaked_idle", "goclient");
+    assert_eq!(figure(f, "established_now"), 12.0, "{f}");
+    assert_eq!(f["endpoint"], scene.addr.to_string());
+    no_finding_names(&report, "nginx");
+    let g = group(&report, "nginx", "server");
+    assert_eq!(g["now"]["ESTABLISHED"], 12, "{g}");
+    assert_eq!(g["opened"], 12, "{g}");
+    let holders: Vec<u32> = g["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect();
+    assert!(
+        !holders.is_empty() && holders.iter().all(|p| nginx.workers.contains(p)),
+        "workers {:?} hold them, not the master {}: {g}",
+        nginx.workers,
+        nginx.master
+    );
+}
+
+/// Go `Client.Timeout` of 1 s against a handler stuck for 3 s: the client
+/// gives up and waits in FIN_WAIT2 for the server, which keeps CLOSE_WAIT
+/// until its handler returns: about 2 s each.
+pub fn real_go_client_timeout_against_a_stuck_handler() {
+    let scene = Scene::new(18604);
+    let server = scene.goserver(&["-delay", "3s"]);
+    let tracer = scene.report();
+    let mut client = scene.goclient(&[
+        "-mode",
+        "timeout",
+        "-timeout",
+        "1s",
+        "-n",
+        "6",
+        "-interval",
+        "100ms",
+    ]);
+    let client_pid = client.pid;
+    client.finish();
+    // The last handler returns 2 s after its client gave up.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let report = finish(tracer);
+
+    let f = finding(&report, "client_timeout_stuck_server", "goclient");
+    assert_eq!(f["pid"], client_pid, "{f}");
+    assert_eq!(f["endpoint"], scene.addr.to_string());
+    about_ms(
+        figure(f, "fin_wait2_p50_ms"),
+        2000.0,
+        "client FIN_WAIT2 p50",
+    );
+    let f = finding(&report, "client_timeout_stuck_server", "goserver");
+    assert_eq!(f["pid"], server.pid, "{f}");
+    assert_eq!(f["local_port"], scene.addr.port());
+    assert_eq!(f["remote"], format!("{}:*", scene.net.client_v4));
+    about_ms(
+        figure(f, "close_wait_p50_ms"),
+        2000.0,
+        "server CLOSE_WAIT p50",
+    );
+    assert_eq!(comm_of(server.pid), "goserver");
+}
+
+/// A Go handler that sets `Connection: close`, and a Go client with a
+/// shared pool: the server ends every connection after its answer.
+pub fn real_go_handler_forcing_connection_close() {
+    let scene = Scene::new(18605);
+    let mut server = scene.goserver(&["-mode", "close"]);
+    let tracer = scene.report();
+    scene
+        .goclient(&["-mode", "keepalive", "-n", "300", "-interval", "20ms"])
+        .finish();
+    let report = finish(tracer);
+    let f = finding(&report, "server_closes", "goserver");
+    assert_eq!(f["pid"], server.pid, "{f}");
+    assert_eq!(f["endpoint"], format!(":{}", scene.addr.port()));
+    assert_eq!(figure(f, "closed"), 300.0, "{f}");
+    assert!(figure(f, "prompt_close_pct") >= 80.0, "{f}");
+    // The client does not reuse connections either: true, and it says the
+    // server closed them first.
+    let f = finding(&report, "no_reuse", "goclient");
+    assert!(
+        f["summary"].as_str().unwrap().contains("the server closed"),
+        "{f}"
+    );
+    let server_time_wait = group(&report, "goserver", "server")["now"]["TIME_WAIT"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        server_time_wait >= 150,
+        "TIME_WAIT lands on the server: {report:#}"
+    );
+
+    // Once the server has exited, its TIME_WAIT is still its port's: one
+    // row, not one per client port.
+    server.stop();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args(["sockets", "--format", "json", "--port", &scene.port()])
+        .output()
+        .expect("running tcplinger sockets");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now: Value = serde_json::from_slice(&out.stdout).expect("sockets JSON");
+    let servers: Vec<&Value> = now["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["role"] == "server")
+        .collect();
+    assert_eq!(servers.len(), 1, "{now:#}");
+    assert_eq!(
+        servers[0]["endpoint"],
+        format!(":{}", scene.addr.port()),
+        "{now:#}"
+    );
+    assert_eq!(
+        servers[0]["states"]["TIME_WAIT"], server_time_wait,
+        "{now:#}"
+    );
+    assert!(
+        servers[0]["comm"].is_null(),
+        "no process holds them: {now:#}"
+    );
+}
+
+/// A deadline set once in a custom Dial (3 s) on pooled connections, a
+/// 100 ms handler: connections die at 3 s of age while in use, and Go's
+/// transport retries, so only the lifetimes tell. The last connection is
+/// cut short when the test ends it.
+pub fn real_go_deadline_on_pooled_connections() {
+    let scene = Scene::new(18606);
+    let mut server = scene.goserver(&["-delay", "100ms"]);
+    let tracer = scene.report();
+    let mut client = scene.goclient(&[
+        "-mode",
+        "deadline",
+        "-deadline",
+        "3s",
+        "-duration",
+        "20s",
+        "-interval",
+        "0",
+    ]);
+    let client_pid = client.pid;
+    client.finish();
+    server.stop();
+    let report = finish(tracer);
+    let f = finding(&report, "deadline_pooled", "goclient");
+    assert_eq!(f["pid"], client_pid, "{f}");
+    assert_eq!(f["endpoint"], scene.addr.to_string());
+    about_ms(figure(f, "lifetime_p50_ms"), 3000.0, "lifetime p50");
+    assert!(figure(f, "closed") >= 6.0, "{f}");
+    no_finding_names(&report, "goserver");
+}
+
+/// A pool of 16 (`MaxConnsPerHost`) filled by requests a server reads and
+/// never answers; the client gives up after 6 s, before the report ends:
+/// a report covers its whole run, not only its last moment.
+pub fn real_go_pool_filled_by_unanswered_requests() {
+    let scene = Scene::new(18607);
+    let _server = scene.goserver(&["-mode", "noanswer"]);
+    let tracer = scene.report();
+    let mut client = scene.goclient(&[
+        "-mode",
+        "pool",
+        "-n",
+        "64",
+        "-conns",
+        "16",
+        "-duration",
+        "6s",
+    ]);
+    let client_pid = client.pid;
+    client.finish();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let report = finish(tracer);
+    let f = finding(&report, "unanswered_requests", "goclient");
+    assert_eq!(f["pid"], client_pid, "{f}");
+    assert_eq!(f["endpoint"], scene.addr.to_string());
+    assert_eq!(figure(f, "awaiting_reply"), 16.0, "{f}");
+    assert!(figure(f, "oldest_wait_ms") >= 1000.0, "{f}");
+    assert!(
+        f["summary"].as_str().unwrap().contains("over by its end"),
+        "{f}"
+    );
+    no_finding_names(&report, "goserver");
+}
+
+/// `DisableKeepAlives`: a connection per request; the server closes most
+/// of them first, because the client asked it to.
+pub fn real_go_disable_keepalives() {
+    let scene = Scene::new(18608);
+    let _server = scene.goserver(&[]);
+    let tracer = scene.report();
+    let mut client = scene.goclient(&["-mode", "nokeepalive", "-n", "300", "-interval", "20ms"]);
+    let client_pid = client.pid;
+    client.finish();
+    let report = finish(tracer);
+    let f = finding(&report, "no_reuse", "goclient");
+    assert_eq!(f["pid"], client_pid, "{f}");
+    assert_eq!(figure(f, "opened"), 300.0, "{f}");
+    assert!(figure(f, "one_exchange_pct") >= 80.0, "{f}");
+}
+
+/// Go keep-alive traffic with a shared pool: nothing to report.
+pub fn real_go_keepalive_is_healthy() {
+    let scene = Scene::new(18609);
+    let _server = scene.goserver(&["-delay", "5ms"]);
+    let tracer = scene.report();
+    scene
+        .goclient(&[
+            "-mode",
+            "keepalive",
+            "-n",
+            "600",
+            "-interval",
+            "10ms",
+            "-workers",
+            "2",
+        ])
+        .finish();
+    let report = finish(tracer);
+    no_finding_names(&report, "goserver");
+    no_finding_names(&report, "goclient");
+    assert!(
+        group(&report, "goclient", "client")["opened"]
+            .as_u64()
+            .unwrap()
+            <= 2,
+        "{report:#}"
+    );
+}
+
+/// Python's `http.server` (HTTP/1.0: it closes after every answer) and 100
+/// curl runs.
+pub fn real_python_http_server_with_curl() {
+    let scene = Scene::new(18610);
+    let dir = TempDir::new("www");
+    let server = Proc::spawn(
+        &scene.net.server_ns,
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "cd {} && exec {} -u -m http.server --bind {} {}",
+                dir.path.display(),
+                python(),
+                scene.net.server_v4,
+                scene.addr.port()
+            ),
+        ],
+    );
+    assert!(wait_until(crate::support::real::LIMIT, || {
+        crate::support::real::listening(&scene.net.server_ns, scene.addr.port())
+    }));
+    let tracer = scene.report();
+    curl_loop(&scene.net.client_ns, &scene.url(), 100, "");
+    let report = finish(tracer);
+    let comm = comm_of(server.pid);
+    let f = finding(&report, "server_closes", &comm);
+    assert_eq!(f["pid"], server.pid, "{f}");
+    assert_eq!(figure(f, "closed"), 100.0, "{f}");
+}
+
+/// A prefork server: the parent listens and forks a child that accepts
+/// and never reads or closes. The leak is the child's, with its fds.
+pub fn real_python_prefork_close_wait_leak() {
+    let scene = Scene::new(18611);
+    let script = sources().join("python/forkserver.py");
+    let server = Proc::spawn(
+        &scene.net.server_ns,
+        python(),
+        &[
+            &script.to_string_lossy(),
+            &scene.net.server_v4.to_string(),
+            &scene.port(),
+        ],
+    );
+    let line = server.expect_line("listening");
+    let child: u32 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("child="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no child pid in {line:?}"));
+    let tracer = scene.report();
+    // curl gives up after 0.5 s and closes: the server side is left in
+    // CLOSE_WAIT, in the child.
+    curl_loop(&scene.net.client_ns, &scene.url(), 10, "-m 0.5");
+    // Old enough to be a leak.
+    std::thread::sleep(std::time::Duration::from_millis(5500));
+    let report = finish(tracer);
+    let f = finding(&report, "close_wait_leak", &comm_of(child));
+    assert_eq!(
+        f["pid"], child,
+        "the child holds them, not the parent {}: {f}",
+        server.pid
+    );
+    assert_eq!(figure(f, "close_wait_now"), 10.0, "{f}");
+    assert_eq!(
+        f["evidence"]["fds"].as_array().map(Vec::len),
+        Some(10),
+        "{f}"
+    );
+    assert_eq!(f["processes"], 1, "{f}");
+}
+
+/// A client whose requests run on threads it names (as a JVM, Go or tokio
+/// program's are): it is named by its process, not its threads.
+pub fn real_python_threaded_client_is_named_by_its_process() {
+    let scene = Scene::new(18612);
+    let _server = scene.goserver(&[]);
+    let tracer = scene.report();
+    let script = sources().join("python/threadclient.py");
+    let mut client = Proc::spawn(
+        &scene.net.client_ns,
+        python(),
+        &[
+            &script.to_string_lossy(),
+            &scene.net.server_v4.to_string(),
+            &scene.port(),
+            "4",
+            "40",
+            "0.02",
+        ],
+    );
+    let comm = client.comm();
+    client.finish();
+    let report = finish(tracer);
+    let f = finding(&report, "no_reuse", &comm);
+    assert_eq!(f["pid"], client.pid, "{f}");
+    assert_eq!(f["processes"], 1, "{f}");
+    let threads: Vec<&Value> = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| {
+            g["comm"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("req-worker"))
+        })
+        .collect();
+    assert!(
+        threads.is_empty(),
+        "groups named after threads: {threads:#?}"
+    );
+}
+
+/// Eight idle connections opened before the report starts, closed when
+/// their process exits 8 s later: their lifetime is unknown, so no
+/// lifetime finding; they are a client's.
+pub fn real_connections_older_than_the_tracer_prove_no_deadline() {
+    let scene = Scene::new(18613);
+    let _server = scene.goserver(&[]);
+    let mut client = scene.goclient(&[
+        "-mode",
+        "transport",
+        "-n",
+        "8",
+        "-interval",
+        "10ms",
+        "-duration",
+        "8s",
+    ]);
+    let open = wait_until(std::time::Duration::from_secs(20), || {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &scene.net.client_ns,
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count() == 8)
+            .unwrap_or(false)
+    });
+    assert!(open, "8 connections open before the report");
+    let tracer = scene.report();
+    client.finish();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let report = finish(tracer);
+    no_finding_names(&report, "goclient");
+    let g = group(&report, "goclient", "client");
+    assert_eq!(g["closed"], 8, "{g}");
+    assert_eq!(g["incomplete"], 8, "{g}");
+    assert!(g["lifetime_ms"].is_null(), "no lifetime known: {g}");
+}
+
+/// A daemon whose group table is full of programs that came and went
+/// still reports a CLOSE_WAIT leak that starts later, naming the process
+/// holding the sockets; and says when it is over.
+pub fn real_daemon_reports_a_late_leak_among_many_programs() {
+    let scene = Scene::new(18614);
+    let listen = "127.0.0.1:19614";
+    let tracer = Tracer::start(&[
+        "daemon",
+        "--listen",
+        listen,
+        "--log-format",
+        "json",
+        "--max-groups",
+        "4",
+        "--port",
+        &scene.port(),
+    ]);
+    // Twelve short-lived programs of different names, each a group.
+    let bin = TempDir::new("progs");
+    let _server = scene.goserver(&[]);
+    for i in 0..12 {
+        let name = bin.path.join(format!("prog{i}"));
+        std::fs::copy("/usr/bin/curl", &name).expect("copying curl");
+        let mut p = Proc::spawn(
+            &scene.net.client_ns,
+            &name,
+            &["-s", "-o", "/dev/null", &scene.url()],
+        );
+        p.finish();
+    }
+    drop(_server);
+    let script = sources().join("python/forkserver.py");
+    let mut server = Proc::spawn(
+        &scene.net.server_ns,
+        python(),
+        &[
+            &script.to_string_lossy(),
+            &scene.net.server_v4.to_string(),
+            &scene.port(),
+        ],
+    );
+    let line = server.expect_line("listening");
+    let child: u32 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("child="))
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let child_comm = comm_of(child);
+    curl_loop(&scene.net.client_ns, &scene.url(), 6, "-m 0.5");
+    let leak = |lines: &[Value]| {
+        lines
+            .iter()
+            .any(|l| l["event"] == "finding" && l["pathology"] == "close_wait_leak")
+    };
+    assert!(
+        tracer.wait_for(std::time::Duration::from_secs(30), leak),
+        "no leak finding: {:?}",
+        tracer.stderr_lines()
+    );
+    // The leak ends with the server.
+    server.stop();
+    let over = |lines: &[Value]| {
+        lines
+            .iter()
+            .any(|l| l["event"] == "finding_resolved" && l["pathology"] == "close_wait_leak")
+    };
+    assert!(
+        tracer.wait_for(std::time::Duration::from_secs(40), over),
+        "no finding_resolved"
+    );
+    let run = tracer.stop();
+    let f = run
+        .lines
+        .iter()
+        .find(|l| l["event"] == "finding" && l["pathology"] == "close_wait_leak")
+        .unwrap();
+    assert_eq!(f["pid"], child, "{f}");
+    assert_eq!(f["comm"], child_comm.as_str(), "{f}");
+}
