@@ -740,6 +740,25 @@ impl Aggregator {
         span_ns.min(now_ns.saturating_sub(self.started_ns)) as f64 / 1e9
     }
 
+    /// How long `group` has been opening connections within the window of
+    /// `span_ns` up to `now_ns`, in seconds: from the start of its first
+    /// bucket there with an opening. Rates divide by it, so a burst after
+    /// a quiet hour is not diluted by the quiet part of the window.
+    pub fn opening_span_s(&self, group: &Group, span_ns: u64, now_ns: u64) -> f64 {
+        let window_start = now_ns.saturating_sub(span_ns).max(self.started_ns);
+        let from = self.index(now_ns.saturating_sub(span_ns));
+        let first = group
+            .buckets
+            .iter()
+            .find(|b| b.index >= from && b.stats.opened > 0)
+            .map_or(window_start, |b| {
+                b.index
+                    .saturating_mul(self.windowing.bucket_ns)
+                    .max(window_start)
+            });
+        now_ns.saturating_sub(first) as f64 / 1e9
+    }
+
     pub fn groups(&self) -> impl Iterator<Item = (&GroupKey, &Group)> {
         self.groups.iter()
     }

@@ -194,6 +194,17 @@ impl Analysis {
         live.into_iter().filter(|l| self.admitted(&l.id)).collect()
     }
 
+    /// [`Self::live`] without the accepted sockets whose holder has not
+    /// been looked for yet: they would be counted under the listener's
+    /// process. Once looked for and not found (waiting in the accept
+    /// queue: the listener's indeed), they count.
+    pub fn live_resolved(&mut self) -> Vec<LiveConn> {
+        let tried = self.last_resolve_ns;
+        let mut live = self.live();
+        live.retain(|l| l.owner_known || l.since_ns.is_some_and(|since| since <= tried));
+        live
+    }
+
     /// Refreshes the aggregate's picture of what is alive now, with the
     /// kernel's last send/receive time for each open connection, after
     /// naming the processes that hold accepted sockets nobody has been

@@ -341,7 +341,7 @@ fn feed_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgroups)
 
 /// Once a second: the sockets alive now, and the tracer's own health.
 fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgroups) {
-    let live = analysis.live();
+    let live = analysis.live_resolved();
     let ring_peak = analysis.session.tracer.ring_peak_and_reset();
     let Ok(mut m) = shared.metrics.lock() else {
         return;

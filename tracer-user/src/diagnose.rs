@@ -364,6 +364,8 @@ struct Case<'a> {
     stats: &'a Stats,
     /// How long the window covers, in seconds.
     span_s: f64,
+    /// How long of it the group has been opening connections, in seconds.
+    opening_s: f64,
     /// The window starts here (boot ns): growth is measured from it.
     since_ns: u64,
 }
@@ -444,6 +446,7 @@ pub fn diagnose(agg: &Aggregator, spans_ns: &[u64], now_ns: u64) -> Vec<Finding>
                 group,
                 stats: &stats,
                 span_s: agg.span_s(span, now_ns),
+                opening_s: agg.opening_span_s(group, span, now_ns),
                 since_ns: now_ns.saturating_sub(span),
             };
             for rule in CLOSING_RULES {
@@ -461,6 +464,7 @@ pub fn diagnose(agg: &Aggregator, spans_ns: &[u64], now_ns: u64) -> Vec<Finding>
             group,
             stats: &stats,
             span_s: agg.span_s(longest, now_ns),
+            opening_s: agg.span_s(longest, now_ns),
             since_ns: now_ns.saturating_sub(longest),
         };
         findings.extend(LIVE_RULES.iter().filter_map(|rule| rule(&case)));
@@ -601,7 +605,7 @@ fn no_reuse(c: &Case) -> Option<Finding> {
     {
         return None;
     }
-    let rate = s.opened as f64 / c.span_s.max(1.0);
+    let rate = s.opened as f64 / c.opening_s.max(1.0);
     let once = ratio(s.one_exchange, s.with_figures);
     if rate < NO_REUSE_MIN_RATE || once < NO_REUSE_ONE_EXCHANGE_SHARE {
         return None;

@@ -415,6 +415,11 @@ fn the_daemon_judges_a_burst_after_hours_on_its_last_minute() {
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!(f[0].pathology, Pathology::NoReuse);
     assert!(f[0].window_s <= 120.0, "{}", f[0].window_s);
+    // The rate is the burst's: 200 in 19 s, counted from its first bucket.
+    let Some(Figure::PerSecond(rate)) = f[0].figure("opened_per_s") else {
+        panic!("{f:#?}");
+    };
+    assert!((6.6..=10.6).contains(rate), "{rate}/s");
     // An hour later the burst is over: so is the finding, and the group.
     let later = now + 3_600_000 * MS;
     a.expire(later);
