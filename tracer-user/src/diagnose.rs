@@ -31,7 +31,7 @@ pub const STUCK_SHARE: f64 = 0.5;
 /// server's FIN came first. A keep-alive server never closes first right
 /// after answering (0 of 200 with nginx and curl); one that closes after
 /// every answer wins the race on 21-58% of connections (nginx and curl,
-/// ten runs), 78-86% (Go), 92-98% (Python's http.server) between
+/// ten runs), 77-86% (Go), 87-98% (Python's http.server) between
 /// namespaces, and on nearly all over a real network.
 pub const SERVER_CLOSES_MIN: u64 = 10;
 pub const SERVER_CLOSES_PROMPT_SHARE: f64 = 0.8;
