@@ -16,9 +16,9 @@ use std::{
 
 use tracer_common::{AF_INET, COMM_LEN, Event, EventKind, OwnerSource, TcpFigures, TcpState};
 use tracer_user::{
-    aggregate::{Aggregator, LiveSocket, Windowing},
-    decode::decode,
-    tracker::{CLOSE_GRACE_NS, Tracker},
+    bpf::decode::decode,
+    model::aggregate::{Aggregator, LiveSocket, Windowing},
+    model::tracker::{CLOSE_GRACE_NS, Tracker},
 };
 
 /// Counts live and peak heap bytes.

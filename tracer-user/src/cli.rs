@@ -5,7 +5,7 @@ use std::{num::NonZeroUsize, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracer_common::{MAX_FILTER_PIDS, MAX_FILTER_PORTS};
 
-use crate::decode::Family;
+use crate::bpf::decode::Family;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,11 +71,11 @@ pub struct DaemonArgs {
     pub port: Option<Vec<u16>>,
 
     /// Only sockets owned by a process with this command name.
-    #[arg(long, value_name = "NAME", value_delimiter = ',', value_parser = crate::select::parse_comm)]
+    #[arg(long, value_name = "NAME", value_delimiter = ',', value_parser = crate::model::select::parse_comm)]
     pub comm: Option<Vec<String>>,
 
     /// Only connections whose remote address is in this network (address or CIDR).
-    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = crate::select::parse_remote)]
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = crate::model::select::parse_remote)]
     pub remote: Option<Vec<ipnet::IpNet>>,
 
     /// Only IPv4 sockets.
@@ -261,18 +261,18 @@ pub struct SelectArgs {
     /// Only sockets owned by a process with this command name, as `ps -o comm`
     /// shows it (comma-separated or repeated; names longer than the 15
     /// characters the kernel keeps match on those 15).
-    #[arg(long, value_name = "NAME", value_delimiter = ',', value_parser = crate::select::parse_comm)]
+    #[arg(long, value_name = "NAME", value_delimiter = ',', value_parser = crate::model::select::parse_comm)]
     pub comm: Vec<String>,
 
     /// Only connections whose remote address is in this network: an address
     /// or CIDR (e.g. 10.0.0.0/8, fd00::/8; comma-separated or repeated).
-    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = crate::select::parse_remote)]
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = crate::model::select::parse_remote)]
     pub remote: Vec<ipnet::IpNet>,
 }
 
 impl SelectArgs {
-    pub fn selection(&self) -> crate::select::Selection {
-        crate::select::Selection::new(&self.comm, &self.remote)
+    pub fn selection(&self) -> crate::model::select::Selection {
+        crate::model::select::Selection::new(&self.comm, &self.remote)
     }
 }
 
@@ -418,12 +418,12 @@ pub(crate) fn parse_port(s: &str) -> Result<u16, String> {
 
 /// A kernel hook by its program name (`sock_recv_length`).
 pub(crate) fn parse_hook(s: &str) -> Result<&'static str, String> {
-    crate::load::HOOKS
+    crate::bpf::load::HOOKS
         .iter()
         .map(|h| h.program)
         .find(|name| *name == s.trim())
         .ok_or_else(|| {
-            let names: Vec<&str> = crate::load::HOOKS.iter().map(|h| h.program).collect();
+            let names: Vec<&str> = crate::bpf::load::HOOKS.iter().map(|h| h.program).collect();
             format!("'{s}' is not a hook ({})", names.join(", "))
         })
 }

@@ -11,7 +11,7 @@ use crate::{
         parse_listen, parse_max_endpoints, parse_max_groups, parse_max_sockets, parse_pid,
         parse_port, parse_ring_bytes,
     },
-    select::{parse_comm, parse_remote},
+    model::select::{parse_comm, parse_remote},
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9917";

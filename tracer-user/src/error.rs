@@ -32,7 +32,7 @@ pub enum EnvError {
         reason: String,
     },
     #[error("this kernel's socket layout is not understood: {0}")]
-    Layout(#[from] crate::offsets::LayoutError),
+    Layout(#[from] crate::bpf::offsets::LayoutError),
 }
 
 /// Exit codes: 0 success, 1 environment or runtime failure, 2 bad usage.

@@ -1,34 +1,11 @@
-//! tcplinger as a library: every concern in its own module; `main.rs` parses the command line and dispatches. A library so that benchmarks can drive the tracker and aggregator in-process.
+//! tcplinger as a library, for `main.rs` and the benchmarks: each folder is a layer and imports flow one way, `cmd` → `session` → `bpf`/`host` → `model`; `output` formats the model. See ARCHITECTURE.md.
 
-pub mod aggregate;
-pub mod analysis;
-pub mod cgroups;
+pub mod bpf;
 pub mod cli;
-pub mod clock;
+pub mod cmd;
 pub mod config;
-pub mod daemon;
-pub mod decode;
-pub mod diagnose;
-pub mod dist;
 pub mod error;
-pub mod follow;
-pub mod http;
-pub mod kernel_hz;
-pub mod last_io;
-pub mod load;
-pub mod metrics;
-pub mod netns;
-pub mod offsets;
+pub mod host;
+pub mod model;
 pub mod output;
-pub mod owners;
-pub mod privilege;
-pub mod report;
-pub mod ring;
-pub mod select;
 pub mod session;
-pub mod snapshot;
-pub mod sock_diag;
-pub mod sockets;
-pub mod top;
-pub mod tracker;
-pub mod watch;

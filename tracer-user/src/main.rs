@@ -6,7 +6,8 @@ use clap::{Parser as _, error::ErrorKind};
 
 use tracer_user::{
     cli::{Cli, Command},
-    daemon, error, report, sockets, top, watch,
+    cmd::{daemon, report, sockets, top, watch},
+    error,
 };
 
 fn main() -> ExitCode {

@@ -8,8 +8,8 @@ use tracer_common::TcpState;
 use super::{Endpoint, JsonTcp, display_addr, rfc3339_millis, time_of_day};
 use crate::{
     cli::Format,
-    clock::WallClock,
-    tracker::{ConnRecord, Fw2End, StateTimes},
+    host::clock::WallClock,
+    model::tracker::{ConnRecord, Fw2End, StateTimes},
 };
 
 /// States shown in the text LINGER column: the closing ones.
@@ -197,8 +197,8 @@ fn linger(r: &ConnRecord) -> String {
 mod tests {
     use super::*;
     use crate::{
-        decode::{Comm, Family, tests::comm},
-        tracker::{ClosedBy, OwnerRef, Role},
+        bpf::decode::{Comm, Family, tests::comm},
+        model::tracker::{ClosedBy, OwnerRef, Role},
     };
 
     fn record() -> ConnRecord {

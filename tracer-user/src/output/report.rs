@@ -11,11 +11,11 @@ use tracer_common::TcpState;
 
 use super::connections::human;
 use crate::{
-    aggregate::{Aggregator, Group, GroupKey, Stats},
     cli::ReportFormat,
-    diagnose::{Figure, Finding, process_short, remote_of},
-    dist::Dist,
-    tracker::{ClosedBy, Role},
+    model::aggregate::{Aggregator, Group, GroupKey, Stats},
+    model::diagnose::{Figure, Finding, process_short, remote_of},
+    model::dist::Dist,
+    model::tracker::{ClosedBy, Role},
 };
 
 /// States shown as current counts, in this order.
@@ -504,12 +504,12 @@ impl Report<'_> {
 mod tests {
     use super::*;
     use crate::{
-        aggregate::{
+        model::aggregate::{
             Aggregator, Windowing,
             tests::{id, record},
         },
-        diagnose::diagnose,
-        tracker::Role,
+        model::diagnose::diagnose,
+        model::tracker::Role,
     };
 
     fn render(format: ReportFormat) -> String {

@@ -7,9 +7,9 @@ use tracer_common::TcpState;
 
 use super::{Endpoint, JsonTcp, display_addr, rfc3339_millis, time_of_day};
 use crate::{
+    bpf::decode::{Kind, Record},
     cli::Format,
-    clock::WallClock,
-    decode::{Kind, Record},
+    host::clock::WallClock,
 };
 
 pub struct TransitionWriter<W: Write> {
@@ -126,7 +126,7 @@ impl<W: Write> TransitionWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Comm, Family, Owner, tests::comm};
+    use crate::bpf::decode::{Comm, Family, Owner, tests::comm};
 
     fn record(kind: Kind, owner: Option<Owner>) -> Record {
         Record {

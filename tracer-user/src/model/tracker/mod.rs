@@ -7,8 +7,8 @@ use foldhash::{HashMap, HashMapExt as _, HashSet};
 use tracer_common::{TcpFigures, TcpState};
 
 use crate::{
-    decode::{Comm, Family, Kind, Record},
-    sock_diag::{Sightings, TimewaitSighting, Wanted},
+    bpf::decode::{Comm, Family, Kind, Record},
+    host::sock_diag::{Sightings, TimewaitSighting, Wanted},
 };
 
 /// A timewait socket's timer restarts at this when FIN_WAIT2 becomes
@@ -109,8 +109,8 @@ pub struct OwnerRef {
     pub cgroup_id: u64,
 }
 
-impl From<crate::decode::Owner> for OwnerRef {
-    fn from(o: crate::decode::Owner) -> Self {
+impl From<crate::bpf::decode::Owner> for OwnerRef {
+    fn from(o: crate::bpf::decode::Owner) -> Self {
         Self {
             pid: o.pid,
             comm: o.comm,

@@ -1,5 +1,8 @@
 //! `tcplinger daemon`: trace until SIGTERM, serve Prometheus metrics, and log each finding once (again only if it worsens).
 
+pub mod http;
+pub mod metrics;
+
 use std::{
     collections::HashMap,
     io::{self, Write},
@@ -12,22 +15,22 @@ use serde::Serialize;
 use tokio::{net::TcpListener, time::interval};
 
 use crate::{
-    aggregate::{GroupKey, Windowing},
-    analysis::{Analysis, Fed, Judging},
-    cgroups::Cgroups,
     cli::{AnalysisArgs, DaemonArgs, FamilyFilter, LogFormat, TraceArgs},
-    clock,
+    cmd::daemon::http::Shared,
+    cmd::daemon::metrics::{Health, Metrics},
+    cmd::watch::stop_signal,
     config::{self, Settings},
-    diagnose::{Finding, Pathology},
     error::EnvError,
-    http::{self, Shared},
-    metrics::{Health, Metrics},
+    host::cgroups::Cgroups,
+    host::clock,
+    model::aggregate::{GroupKey, Windowing},
+    model::diagnose::{Finding, Pathology},
     output::{
         report::{JsonFinding, json_finding},
         rfc3339_millis,
     },
     session::Progress,
-    watch::stop_signal,
+    session::analysis::{Analysis, Fed, Judging},
 };
 
 /// How often the socket gauges and the tracer's health are refreshed.
@@ -370,12 +373,12 @@ fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgrou
 mod tests {
     use super::*;
     use crate::{
-        aggregate::{
+        model::aggregate::{
             Aggregator,
             tests::{figures, id, record},
         },
-        diagnose::diagnose,
-        tracker::{ClosedBy, Role},
+        model::diagnose::diagnose,
+        model::tracker::{ClosedBy, Role},
     };
 
     /// Findings of a server group with `closes` closes right after answering.
@@ -442,9 +445,9 @@ mod tests {
 
     #[test]
     fn the_unit_and_the_daemonset_grant_the_same_documented_capabilities() {
-        let unit = include_str!("../../deploy/tcplinger.service");
-        let daemonset = include_str!("../../deploy/kubernetes/daemonset.yaml");
-        let readme = include_str!("../../README.md");
+        let unit = include_str!("../../../../deploy/tcplinger.service");
+        let daemonset = include_str!("../../../../deploy/kubernetes/daemonset.yaml");
+        let readme = include_str!("../../../../README.md");
         let bounding = granted(unit, "CapabilityBoundingSet=");
         assert_eq!(bounding, granted(unit, "AmbientCapabilities="));
         assert_eq!(bounding, granted(daemonset, "add:"));
@@ -462,7 +465,7 @@ mod tests {
             "ExecStart=/usr/local/bin/tcplinger daemon --config /etc/tcplinger/tcplinger.toml"
         ));
         // What the daemon keeps once attached is among what it is granted.
-        for (cap, _) in crate::privilege::KEPT {
+        for (cap, _) in crate::bpf::privilege::KEPT {
             let name = cap.to_string();
             let name = name.trim_start_matches("CAP_");
             assert!(

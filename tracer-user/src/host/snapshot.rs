@@ -5,12 +5,12 @@ use std::collections::{HashMap, HashSet};
 use tracer_common::TcpState;
 
 use crate::{
+    bpf::decode::Family,
     cli::Filters,
-    decode::Family,
-    netns::{self, NetnsPaths},
-    owners::{fds_of, socket_owners},
-    sock_diag::{self, Diag, DiagSocket},
-    tracker::{Alive, OwnerRef, Seed, role_by_ports},
+    host::netns::{self, NetnsPaths},
+    host::owners::{fds_of, socket_owners},
+    host::sock_diag::{self, Diag, DiagSocket},
+    model::tracker::{Alive, OwnerRef, Seed, role_by_ports},
 };
 
 /// Every state a socket can be found in by a dump.

@@ -8,7 +8,7 @@ use std::{
 
 use tracer_common::COMM_LEN;
 
-use crate::{cgroups::Cgroups, decode::Comm};
+use crate::{bpf::decode::Comm, host::cgroups::Cgroups};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcOwner {
@@ -18,7 +18,7 @@ pub struct ProcOwner {
     pub cgroup_id: u64,
 }
 
-impl From<ProcOwner> for crate::tracker::OwnerRef {
+impl From<ProcOwner> for crate::model::tracker::OwnerRef {
     fn from(o: ProcOwner) -> Self {
         Self {
             pid: o.pid,

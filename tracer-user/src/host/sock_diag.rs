@@ -14,9 +14,9 @@ use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use tracer_common::TcpState;
 
 use crate::{
-    clock,
-    decode::Family,
-    netns::{self, NetnsPaths},
+    bpf::decode::Family,
+    host::clock,
+    host::netns::{self, NetnsPaths},
 };
 
 /// What the tracer uses of TCP_INFO: times in ms ago, and whether data

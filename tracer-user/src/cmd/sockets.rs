@@ -9,14 +9,14 @@ use serde::Serialize;
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::{GroupKey, Procs},
     cli::{FamilyFilter, Filters, Format, SocketsArgs},
-    diagnose::{process_short, remote_of},
-    netns::{self, NetnsPaths},
+    host::netns::{self, NetnsPaths},
+    host::owners::socket_owners,
+    host::snapshot::{ALL_STATES, Found, dump_all},
+    model::aggregate::{GroupKey, Procs},
+    model::diagnose::{process_short, remote_of},
+    model::tracker::{ConnId, OwnerRef, Role, TIMEWAIT_LEN_NS, role_by_ports},
     output::connections::human,
-    owners::socket_owners,
-    snapshot::{ALL_STATES, Found, dump_all},
-    tracker::{ConnId, OwnerRef, Role, TIMEWAIT_LEN_NS, role_by_ports},
 };
 
 /// Shown unless `--state` says otherwise: everything but listeners and
@@ -197,7 +197,7 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
         Format::Text => write_text(&mut out, &rows, total),
     }
     .and_then(|()| out.flush());
-    crate::watch::output_result("stdout", written)
+    crate::cmd::watch::output_result("stdout", written)
 }
 
 fn write_json(

@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use tracer_common::TcpState;
 
 use crate::{
-    decode::Family,
-    netns::NetnsPaths,
-    sock_diag::{self, Diag, DiagSocket},
+    bpf::decode::Family,
+    host::netns::NetnsPaths,
+    host::sock_diag::{self, Diag, DiagSocket},
 };
 
 /// When a socket last moved data.
@@ -109,7 +109,7 @@ impl IoReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sock_diag::TcpTimes;
+    use crate::host::sock_diag::TcpTimes;
 
     #[test]
     fn tcp_info_ages_become_boot_clock_times() {

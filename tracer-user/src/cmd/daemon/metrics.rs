@@ -11,11 +11,11 @@ use prometheus::{
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::GroupKey,
-    cgroups::Container,
-    decode::Comm,
-    diagnose::Finding,
-    tracker::{ClosedBy, ConnId, ConnRecord, Role, TimewaitEnd},
+    bpf::decode::Comm,
+    host::cgroups::Container,
+    model::aggregate::GroupKey,
+    model::diagnose::Finding,
+    model::tracker::{ClosedBy, ConnId, ConnRecord, Role, TimewaitEnd},
 };
 
 /// Refreshes (one a second) the ring peak is the maximum of.
@@ -734,10 +734,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        aggregate::tests::record,
-        decode::{Comm, Family, tests::comm},
-        tracker::TimewaitEnd,
-        tracker::{ClosedBy, OwnerRef, Role},
+        bpf::decode::{Comm, Family, tests::comm},
+        model::aggregate::tests::record,
+        model::tracker::TimewaitEnd,
+        model::tracker::{ClosedBy, OwnerRef, Role},
     };
 
     fn id(raddr: IpAddr, rport: u16) -> ConnId {
@@ -970,7 +970,7 @@ mod tests {
     #[test]
     fn the_grafana_dashboard_shows_what_the_daemon_exports() {
         let dashboard: serde_json::Value =
-            serde_json::from_str(include_str!("../../deploy/grafana/dashboard.json"))
+            serde_json::from_str(include_str!("../../../../deploy/grafana/dashboard.json"))
                 .expect("valid JSON");
         let mut m = Metrics::new(10);
         // Make every family appear in the exposition.
@@ -988,15 +988,18 @@ mod tests {
         });
         m.set_sockets([(c, TcpState::TimeWait)], |_| None);
         let a = {
-            let mut agg =
-                crate::aggregate::Aggregator::new(10, 0, crate::aggregate::Windowing::WHOLE_RUN);
-            let s = crate::aggregate::tests::id(1, Role::Server, 80);
+            let mut agg = crate::model::aggregate::Aggregator::new(
+                10,
+                0,
+                crate::model::aggregate::Windowing::WHOLE_RUN,
+            );
+            let s = crate::model::aggregate::tests::id(1, Role::Server, 80);
             for _ in 0..12 {
                 let mut r = record(s, ClosedBy::Local, 5, None);
-                r.tcp = Some(crate::aggregate::tests::figures(0, 0, 1, 1));
+                r.tcp = Some(crate::model::aggregate::tests::figures(0, 0, 1, 1));
                 agg.on_record(&r);
             }
-            crate::diagnose::diagnose(&agg, &[u64::MAX], 10_000_000_000)
+            crate::model::diagnose::diagnose(&agg, &[u64::MAX], 10_000_000_000)
         };
         m.on_findings(&a, &a);
         let exported = m.encode();

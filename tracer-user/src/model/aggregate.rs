@@ -13,10 +13,10 @@ use foldhash::{HashMap, HashMapExt as _};
 use tracer_common::TcpState;
 
 use crate::{
-    decode::Comm,
-    dist::Dist,
-    last_io::LastIo,
-    tracker::{ClosedBy, ConnId, ConnRecord, Role, TimewaitEnd},
+    bpf::decode::Comm,
+    host::last_io::LastIo,
+    model::dist::Dist,
+    model::tracker::{ClosedBy, ConnId, ConnRecord, Role, TimewaitEnd},
 };
 
 /// ESTABLISHED sockets silent this long count as idle.
@@ -796,8 +796,8 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
-        decode::{Family, tests::comm},
-        tracker::{OwnerRef, StateTimes},
+        bpf::decode::{Family, tests::comm},
+        model::tracker::{OwnerRef, StateTimes},
     };
     use tracer_common::TcpFigures;
 

@@ -5,7 +5,7 @@ use std::num::NonZeroUsize;
 use tracer_common::TcpState::{self, *};
 
 use super::*;
-use crate::decode::{Comm, Family, Kind, Owner, Record, tests::comm};
+use crate::bpf::decode::{Comm, Family, Kind, Owner, Record, tests::comm};
 
 const NETNS: u32 = 4026531840;
 const MS: u64 = 1_000_000;

@@ -8,11 +8,11 @@ use std::{
 use tokio::time::{MissedTickBehavior, interval};
 
 use crate::{
-    analysis::{Analysis, Judging},
     cli::ReportArgs,
+    cmd::watch::{open_output, output_result, stop_signal},
     output::report::{Report, other, rank},
     session::Progress,
-    watch::{open_output, output_result, stop_signal},
+    session::analysis::{Analysis, Judging},
 };
 
 const DEFAULT_DURATION: Duration = Duration::from_secs(30);

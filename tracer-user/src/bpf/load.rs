@@ -17,14 +17,14 @@ use tracer_common::{
 };
 
 use crate::{
+    bpf::offsets,
     cli::{FamilyFilter, Filters},
     error::EnvError,
-    offsets,
 };
 
 /// Built by `cargo xtask build-ebpf`; committed so running the tool needs no
 /// eBPF toolchain.
-static OBJECT: &[u8] = aya::include_bytes_aligned!("../ebpf/tcplinger.bpf.o");
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/tcplinger.bpf.o");
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
@@ -207,7 +207,7 @@ pub fn check_privileges() -> Result<(), EnvError> {
 }
 
 fn kernel_config(options: &LoadOptions, mut offsets: tracer_common::SockOffsets) -> Config {
-    let hz = crate::kernel_hz::kernel_hz();
+    let hz = crate::bpf::hz::kernel_hz();
     if hz.is_none() {
         // Ages in jiffies cannot be told in milliseconds: no figures
         // rather than wrong ones.

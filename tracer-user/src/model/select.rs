@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use tracer_common::COMM_LEN;
 
-use crate::decode::Comm;
+use crate::bpf::decode::Comm;
 
 /// The kernel keeps this many bytes of a command name (`TASK_COMM_LEN` - 1).
 const COMM_KEPT: usize = COMM_LEN - 1;

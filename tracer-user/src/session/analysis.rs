@@ -6,18 +6,18 @@ use foldhash::{HashMap, HashMapExt as _};
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::{Aggregator, GroupKey, LiveSocket, Windowing},
-    cgroups::Cgroups,
     cli::{AnalysisArgs, TraceArgs},
-    clock,
-    diagnose::{self, Figure, Finding, Pathology},
-    last_io::IoReader,
-    owners,
-    select::Selection,
+    cmd::watch::load_options,
+    host::cgroups::Cgroups,
+    host::clock,
+    host::last_io::IoReader,
+    host::owners,
+    host::snapshot,
+    model::aggregate::{Aggregator, GroupKey, LiveSocket, Windowing},
+    model::diagnose::{self, Figure, Finding, Pathology},
+    model::select::Selection,
+    model::tracker::{ConnId, ConnRecord, LiveConn, OwnerRef, TimewaitEnd, Tracker},
     session::{Progress, Session},
-    snapshot,
-    tracker::{ConnId, ConnRecord, LiveConn, OwnerRef, TimewaitEnd, Tracker},
-    watch::load_options,
 };
 
 /// The /proc scan that names the processes holding accepted sockets runs
@@ -246,7 +246,7 @@ impl Analysis {
     }
 
     /// Names the holders of provisional sockets from their inodes.
-    fn resolve(&mut self, provisional: &HashMap<u64, u32>, seen: &crate::last_io::ByCookie) {
+    fn resolve(&mut self, provisional: &HashMap<u64, u32>, seen: &crate::host::last_io::ByCookie) {
         let inodes: HashMap<u32, u64> = provisional
             .keys()
             .filter_map(|cookie| {

@@ -17,15 +17,15 @@ use tokio::{sync::mpsc, time::interval};
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::{Group, GroupKey, Stats, Windowing},
-    analysis::{Analysis, Judging},
     cli::{SortKey, TopArgs, UsageError},
-    daemon,
-    diagnose::Finding,
-    diagnose::process_short,
+    cmd::daemon,
+    cmd::watch::stop_signal,
+    model::aggregate::{Group, GroupKey, Stats, Windowing},
+    model::diagnose::Finding,
+    model::diagnose::process_short,
     output::connections::human,
     session::Progress,
-    watch::stop_signal,
+    session::analysis::{Analysis, Judging},
 };
 
 const REFRESH: Duration = Duration::from_secs(1);
@@ -52,9 +52,9 @@ impl RowView {
         Self {
             process: process_short(key, g.procs.main(), g.procs.count()),
             role: match key.role {
-                crate::tracker::Role::Client => "client",
-                crate::tracker::Role::Server => "server",
-                crate::tracker::Role::Unknown => "?",
+                crate::model::tracker::Role::Client => "client",
+                crate::model::tracker::Role::Server => "server",
+                crate::model::tracker::Role::Unknown => "?",
             },
             remote: key.endpoint(),
             established: g.now.count(TcpState::Established),
@@ -142,7 +142,7 @@ impl Model {
     fn refresh(&mut self, analysis: &mut Analysis) {
         analysis.observe();
         let window_s = analysis.window_s();
-        let now = crate::clock::boot_ns();
+        let now = crate::host::clock::boot_ns();
         let agg = &analysis.agg;
         let recent_s = agg.span_s(RECENT_NS, now);
         self.rows = agg
@@ -402,12 +402,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        aggregate::{
+        model::aggregate::{
             Aggregator,
             tests::{id, record},
         },
-        diagnose::diagnose,
-        tracker::{ClosedBy, Role},
+        model::diagnose::diagnose,
+        model::tracker::{ClosedBy, Role},
     };
 
     fn model() -> Model {

@@ -15,8 +15,8 @@
 use tracer_common::TcpState;
 
 use crate::{
-    aggregate::{Aggregator, Group, GroupKey, PROMPT_MS, Stats, ratio},
-    tracker::{ClosedBy, Role},
+    model::aggregate::{Aggregator, Group, GroupKey, PROMPT_MS, Stats, ratio},
+    model::tracker::{ClosedBy, Role},
 };
 
 /// Fewest closed connections before a closing pattern is judged.

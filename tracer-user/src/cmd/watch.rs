@@ -11,15 +11,15 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    bpf::decode::Record,
+    bpf::load::{self, LoadOptions},
+    bpf::ring::{EventSource, MAX_BATCH},
     cli::{TraceArgs, UsageError, WatchArgs},
-    clock::{self, WallClock},
-    decode::Record,
-    load::{self, LoadOptions},
+    host::clock::{self, WallClock},
+    model::select::Selection,
+    model::tracker::{ConnRecord, Tracker},
     output::{connections::ConnectionWriter, transitions::TransitionWriter},
-    ring::{EventSource, MAX_BATCH},
-    select::Selection,
     session::{self, Counts, Progress, Session},
-    tracker::{ConnRecord, Tracker},
 };
 
 /// Resolves when the run should end: SIGINT, SIGTERM or `--duration`.

@@ -3,10 +3,10 @@
 use std::collections::HashMap;
 
 use crate::{
-    clock,
-    netns::NetnsPaths,
-    sock_diag::{self, Diag, DiagError, Sightings},
-    tracker::DiagRequest,
+    host::clock,
+    host::netns::NetnsPaths,
+    host::sock_diag::{self, Diag, DiagError, Sightings},
+    model::tracker::DiagRequest,
 };
 use tracer_common::TcpState;
 

@@ -1,5 +1,7 @@
 //! A connection-tracing session shared by `watch`, `report` and `top`: programs attached, the ring drained into the tracker, the start-up snapshot and the timewait follower running alongside.
 
+pub mod analysis;
+
 use std::io;
 
 use anyhow::Context as _;
@@ -10,13 +12,13 @@ use tokio::{
 use tracer_common::TcpState;
 
 use crate::{
-    clock::{self, WallClock},
-    decode::{Record, decode},
-    follow::{DIAG_INTERVAL, DiagAnswer, Follower},
-    load::{self, LoadOptions, Tracer},
-    ring::{EventSource, MAX_BATCH},
-    snapshot,
-    tracker::{Alive, CLOSE_GRACE_NS, Seed, Tracker},
+    bpf::decode::{Record, decode},
+    bpf::load::{self, LoadOptions, Tracer},
+    bpf::ring::{EventSource, MAX_BATCH},
+    host::clock::{self, WallClock},
+    host::follow::{DIAG_INTERVAL, DiagAnswer, Follower},
+    host::snapshot,
+    model::tracker::{Alive, CLOSE_GRACE_NS, Seed, Tracker},
 };
 
 /// After a loss, the tracker is checked against a dump of every socket at
@@ -65,7 +67,7 @@ pub fn attached(tracer: &Tracer) {
     for d in &tracer.degraded {
         eprintln!("tcplinger: warning: {d}");
     }
-    crate::privilege::drop_or_warn();
+    crate::bpf::privilege::drop_or_warn();
 }
 
 /// Says that the start-up snapshot could not read some namespaces, if so.

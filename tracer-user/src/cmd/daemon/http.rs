@@ -17,7 +17,7 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use crate::{clock, metrics::Metrics};
+use crate::{cmd::daemon::metrics::Metrics, host::clock};
 
 /// A request's headers must arrive within this: slow clients cannot hold
 /// a connection open by trickling bytes.

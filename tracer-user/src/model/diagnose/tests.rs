@@ -4,12 +4,12 @@ use tracer_common::{TcpFigures, TcpState};
 
 use super::*;
 use crate::{
-    aggregate::{
+    model::aggregate::{
         Aggregator, Windowing,
         tests::{MS, figures, id, id_named, live, record},
     },
-    tracker::ConnId,
-    tracker::ConnRecord,
+    model::tracker::ConnId,
+    model::tracker::ConnRecord,
 };
 
 /// A 30-second report's "now".

@@ -1,0 +1,8 @@
+//! The kernel side, from userspace: loading and attaching the committed eBPF object with this kernel's layout, draining and decoding its ring, and giving up privileges once attached.
+
+pub mod decode;
+pub mod hz;
+pub mod load;
+pub mod offsets;
+pub mod privilege;
+pub mod ring;

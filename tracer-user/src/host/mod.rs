@@ -1,0 +1,10 @@
+//! What the host tells besides the kernel programs: sock_diag dumps and lookups inside each network namespace, the processes holding sockets (/proc), cgroups, the clocks.
+
+pub mod cgroups;
+pub mod clock;
+pub mod follow;
+pub mod last_io;
+pub mod netns;
+pub mod owners;
+pub mod snapshot;
+pub mod sock_diag;
