@@ -20,15 +20,12 @@ pub const MAP_RING_PEAK: &str = "RING_PEAK";
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
 /// What a ring record reports. Discriminants are ABI: never renumber.
+/// (2 was a destroy record, no longer written: the number stays taken.)
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// `sock:inet_sock_set_state` on a TCP socket: `old_state` -> `new_state`.
     StateChange = 1,
-    /// `tcp:tcp_destroy_sock`: the full socket is freed (`old_state` = its
-    /// state). No longer written (the program only frees the owner entry);
-    /// kept so the number stays taken.
-    Destroy = 2,
     /// `tcp:tcp_send_reset`: this host sent a RST on the socket.
     SendReset = 3,
     /// `tcp:tcp_receive_reset`: the peer's RST arrived.
@@ -39,7 +36,6 @@ impl EventKind {
     pub const fn from_u8(value: u8) -> Option<Self> {
         match value {
             1 => Some(Self::StateChange),
-            2 => Some(Self::Destroy),
             3 => Some(Self::SendReset),
             4 => Some(Self::ReceiveReset),
             _ => None,

@@ -3,9 +3,9 @@
 pub mod bpf;
 pub mod cli;
 pub mod cmd;
-pub mod config;
 pub mod error;
 pub mod host;
 pub mod model;
 pub mod output;
 pub mod session;
+pub mod settings;

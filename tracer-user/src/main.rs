@@ -2,18 +2,26 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser as _, error::ErrorKind};
+use clap::error::ErrorKind;
 
 use tracer_user::{
-    cli::{Cli, Command},
+    cli,
     cmd::{daemon, report, sockets, top, watch},
     error,
+    settings::{self, Command},
 };
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = match cli::parse_from(std::env::args_os()) {
+        Ok(parsed) => parsed,
         Err(err) => return usage_exit(&err),
+    };
+    let command = match settings::from_cli(parsed) {
+        Ok(command) => command,
+        Err(err) => {
+            eprintln!("tcplinger: {err}");
+            return ExitCode::from(2);
+        }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -26,12 +34,12 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Watch(args) => watch::run(args).await,
-            Command::Report(args) => report::run(args).await,
-            Command::Top(args) => top::run(args).await,
-            Command::Sockets(args) => sockets::run(args),
-            Command::Daemon(args) => daemon::run(args).await,
+        match command {
+            Command::Watch(s) => watch::run(s).await,
+            Command::Report(s) => report::run(s).await,
+            Command::Top(s) => top::run(s).await,
+            Command::Sockets(s) => sockets::run(s),
+            Command::Daemon(s) => daemon::run(s).await,
         }
     });
     match result {

@@ -1,13 +1,10 @@
 //! Turns raw ring-buffer records into typed events, rejecting anything malformed instead of trusting it.
 
-use std::{
-    fmt::{self, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use tracer_common::{
-    AF_INET, AF_INET6, COMM_LEN, Event, EventKind, FIN_UNKNOWN, OwnerSource, TcpFigures, TcpState,
-};
+use tracer_common::{AF_INET, AF_INET6, Event, EventKind, FIN_UNKNOWN, OwnerSource, TcpState};
+
+use crate::model::event::{Comm, Family, Kind, Owner, Record};
 
 /// A record the decoder refuses; none of these should happen with a matching
 /// kernel object, so each is counted and shown rather than guessed at.
@@ -23,111 +20,6 @@ pub enum DecodeError {
     State(u8),
     #[error("unknown owner source {0}")]
     OwnerSource(u8),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-impl Family {
-    pub const ALL: [Self; 2] = [Self::Ipv4, Self::Ipv6];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Ipv4 => "ipv4",
-            Self::Ipv6 => "ipv6",
-        }
-    }
-}
-
-/// A task name as the kernel stores it: up to 16 bytes, NUL padded, not
-/// necessarily UTF-8. Kept inline so decoding never allocates.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Comm([u8; COMM_LEN]);
-
-impl Comm {
-    pub fn new(raw: [u8; COMM_LEN]) -> Self {
-        Self(raw)
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        let len = self.0.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-        &self.0[..len]
-    }
-}
-
-impl fmt::Display for Comm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Lossy: a comm is attacker-chosen bytes; never let it break a line.
-        for chunk in self.as_bytes().utf8_chunks() {
-            for c in chunk.valid().chars() {
-                if c.is_control() {
-                    write!(f, "{}", c.escape_default())?;
-                } else {
-                    f.write_char(c)?;
-                }
-            }
-            for b in chunk.invalid() {
-                write!(f, "\\x{b:02x}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Comm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{self}\"")
-    }
-}
-
-/// The process a socket belongs to, as the kernel attributed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Owner {
-    pub pid: u32,
-    pub comm: Comm,
-    /// cgroup v2 id of the owner; 0 if unknown.
-    pub cgroup_id: u64,
-    /// True when the current task was the owner (a syscall-driven
-    /// transition), false when taken from the per-socket record.
-    pub from_current_task: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    StateChange { old: TcpState, new: TcpState },
-    Destroy { state: TcpState },
-    SendReset { state: TcpState },
-    ReceiveReset { state: TcpState },
-}
-
-/// One decoded ring record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Record {
-    /// Boot-clock nanoseconds (`CLOCK_BOOTTIME`).
-    pub ts_ns: u64,
-    pub cookie: u64,
-    pub kind: Kind,
-    pub family: Family,
-    pub laddr: IpAddr,
-    pub lport: u16,
-    pub raddr: IpAddr,
-    pub rport: u16,
-    /// `None` when no process had been seen using the socket yet.
-    pub owner: Option<Owner>,
-    /// Network namespace inode; 0 if unknown.
-    pub netns: u32,
-    /// For a state change: whether the peer's FIN had arrived; `None` for
-    /// other kinds or when unreadable.
-    pub peer_fin: Option<bool>,
-    /// For a state change: when the socket entered the old state, if the
-    /// kernel recorded it (it may have left that step's record out).
-    pub since_ns: Option<u64>,
-    /// For a state change leaving ESTABLISHED or SYN_RECV: the TCP
-    /// socket's own figures at that moment.
-    pub tcp: Option<TcpFigures>,
 }
 
 fn state(raw: u8) -> Result<TcpState, DecodeError> {
@@ -163,9 +55,6 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
             old: state(event.old_state)?,
             new: state(event.new_state)?,
         },
-        EventKind::Destroy => Kind::Destroy {
-            state: state(event.old_state)?,
-        },
         EventKind::SendReset => Kind::SendReset {
             state: state(event.old_state)?,
         },
@@ -177,11 +66,10 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
         .ok_or(DecodeError::OwnerSource(event.owner_source))?
     {
         OwnerSource::Unknown => None,
-        source => Some(Owner {
+        OwnerSource::Current | OwnerSource::Recorded => Some(Owner {
             pid: event.tgid,
             comm: Comm::new(event.comm),
             cgroup_id: event.cgroup_id,
-            from_current_task: source == OwnerSource::Current,
         }),
     };
     Ok(Record {
@@ -209,13 +97,10 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::*;
+    use tracer_common::TcpFigures;
 
-    pub(crate) fn comm(name: &str) -> [u8; COMM_LEN] {
-        let mut raw = [0; COMM_LEN];
-        raw[..name.len()].copy_from_slice(name.as_bytes());
-        raw
-    }
+    use super::*;
+    use crate::model::event::tests::comm;
 
     fn bytes_of(event: &Event) -> Vec<u8> {
         // SAFETY: `Event` is plain data without padding.
@@ -280,7 +165,6 @@ pub(crate) mod tests {
                     pid: 4242,
                     comm: Comm::new(comm("curl")),
                     cgroup_id: 777,
-                    from_current_task: true
                 }),
                 netns: 4026531840,
                 peer_fin: Some(false),
@@ -315,7 +199,7 @@ pub(crate) mod tests {
         assert_eq!(record.laddr, "fd00::1".parse::<IpAddr>().unwrap());
         assert_eq!(record.raddr, "fd00::2".parse::<IpAddr>().unwrap());
         assert_eq!(record.family, Family::Ipv6);
-        assert!(!record.owner.unwrap().from_current_task);
+        assert_eq!(record.owner.unwrap().pid, 4242);
     }
 
     #[test]
@@ -341,22 +225,16 @@ pub(crate) mod tests {
         );
         event.fin_received = 1;
         event.since_ns = 5;
-        event.kind = EventKind::Destroy as u8;
+        event.kind = EventKind::SendReset as u8;
         event.new_state = 0;
-        let destroy = decode(&bytes_of(&event)).unwrap();
-        assert_eq!(destroy.peer_fin, None);
-        assert_eq!(destroy.since_ns, None);
+        let reset = decode(&bytes_of(&event)).unwrap();
+        assert_eq!(reset.peer_fin, None);
+        assert_eq!(reset.since_ns, None);
     }
 
     #[test]
     fn every_kind_decodes() {
         for (kind, expect) in [
-            (
-                EventKind::Destroy,
-                Kind::Destroy {
-                    state: TcpState::Close,
-                },
-            ),
             (
                 EventKind::SendReset,
                 Kind::SendReset {
@@ -392,9 +270,11 @@ pub(crate) mod tests {
     #[test]
     fn malformed_fields_are_rejected() {
         type Corrupt = fn(&mut Event);
-        let cases: [(Corrupt, DecodeError); 6] = [
+        let cases: [(Corrupt, DecodeError); 7] = [
             (|e| e.kind = 0, DecodeError::Kind(0)),
             (|e| e.kind = 99, DecodeError::Kind(99)),
+            // The retired destroy record's number.
+            (|e| e.kind = 2, DecodeError::Kind(2)),
             (|e| e.family = 1, DecodeError::Family(1)),
             (|e| e.old_state = 0, DecodeError::State(0)),
             (|e| e.new_state = 14, DecodeError::State(14)),
@@ -413,15 +293,6 @@ pub(crate) mod tests {
         let mut buf = vec![0u8; 1];
         buf.extend(bytes_of(&v4_event()));
         assert_eq!(decode(&buf[1..]).unwrap().cookie, 8812);
-    }
-
-    #[test]
-    fn comm_is_printable_whatever_the_bytes() {
-        assert_eq!(Comm::new(comm("curl")).to_string(), "curl");
-        let mut raw = [0; COMM_LEN];
-        raw[..5].copy_from_slice(b"a\nb\xffc");
-        assert_eq!(Comm::new(raw).to_string(), "a\\nb\\xffc");
-        assert_eq!(Comm::new([b'x'; COMM_LEN]).to_string(), "x".repeat(16));
     }
 
     proptest::proptest! {

@@ -18,8 +18,7 @@ use tracer_common::{
 
 use crate::{
     bpf::offsets,
-    cli::{FamilyFilter, Filters},
-    error::EnvError,
+    model::select::{FamilyFilter, Filters},
 };
 
 /// Built by `cargo xtask build-ebpf`; committed so running the tool needs no
@@ -78,6 +77,35 @@ pub const HOOKS: [Hook; 6] = [
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
+
+/// Why the kernel side could not be loaded: each says what is missing and
+/// how to get it, and keeps the kernel's own answer as its source.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "not enough privilege to load eBPF programs: needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN); run it as root, e.g. with sudo"
+    )]
+    NotPrivileged,
+    #[error(
+        "kernel BTF not found at /sys/kernel/btf/vmlinux: tcplinger needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    )]
+    NoBtf(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(
+        "the kernel has no tracepoint {0} (BTF type btf_trace_{0} missing): tcplinger needs Linux 6.3 or later"
+    )]
+    TracepointMissing(&'static str),
+    #[error("the kernel refused to {action} {program}")]
+    Program {
+        action: &'static str,
+        program: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{0} is not in the eBPF object (a stale build?)")]
+    Missing(&'static str),
+    #[error("this kernel's socket layout is not understood")]
+    Layout(#[from] offsets::LayoutError),
+}
 
 /// What the kernel side is told at load time.
 #[derive(Debug, Clone)]
@@ -197,12 +225,12 @@ fn has_cap(caps: u64, cap: u32) -> bool {
 }
 
 /// Fails early with one clear line rather than an EPERM deep in a syscall.
-pub fn check_privileges() -> Result<(), EnvError> {
+pub fn check_privileges() -> Result<(), LoadError> {
     let caps = effective_caps().unwrap_or(0);
     if has_cap(caps, CAP_SYS_ADMIN) || (has_cap(caps, CAP_BPF) && has_cap(caps, CAP_PERFMON)) {
         Ok(())
     } else {
-        Err(EnvError::NotPrivileged)
+        Err(LoadError::NotPrivileged)
     }
 }
 
@@ -249,55 +277,47 @@ fn is_permission(err: &std::io::Error) -> bool {
     matches!(err.kind(), ErrorKind::PermissionDenied) || err.raw_os_error() == Some(libc::EPERM)
 }
 
-fn program_error(action: &'static str, program: &'static str, err: ProgramError) -> EnvError {
+fn program_error(action: &'static str, program: &'static str, err: ProgramError) -> LoadError {
     match err {
         ProgramError::Btf(aya::BtfError::UnknownBtfTypeName { .. }) => {
-            EnvError::TracepointMissing(program)
+            LoadError::TracepointMissing(program)
         }
         ProgramError::LoadError { io_error, .. } if is_permission(&io_error) => {
-            EnvError::NotPrivileged
+            LoadError::NotPrivileged
         }
-        ProgramError::SyscallError(e) if is_permission(&e.io_error) => EnvError::NotPrivileged,
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => EnvError::Program {
+        ProgramError::SyscallError(e) if is_permission(&e.io_error) => LoadError::NotPrivileged,
+        other => LoadError::Program {
             action,
             program,
-            reason: format!("{io_error}; verifier log:\n{verifier_log}"),
-        },
-        other => EnvError::Program {
-            action,
-            program,
-            reason: other.to_string(),
+            source: Box::new(other),
         },
     }
 }
 
-fn ebpf_error(err: EbpfError) -> EnvError {
+fn ebpf_error(err: EbpfError) -> LoadError {
     match err {
         EbpfError::MapError(MapError::CreateError { io_error, .. }) if is_permission(&io_error) => {
-            EnvError::NotPrivileged
+            LoadError::NotPrivileged
         }
-        other => EnvError::Program {
+        other => LoadError::Program {
             action: "load",
             program: "the eBPF object",
-            reason: other.to_string(),
+            source: Box::new(other),
         },
     }
 }
 
 /// Loads and attaches everything; on error nothing stays attached (the
 /// partially built `Ebpf` is dropped).
-pub fn load(options: &LoadOptions) -> Result<Tracer, EnvError> {
+pub fn load(options: &LoadOptions) -> Result<Tracer, LoadError> {
     check_privileges()?;
     raise_memlock_limit();
 
     // One parse of the kernel's BTF at a time: each takes tens of MB.
-    let layout = btf_rs::Btf::from_file(BTF_PATH).map_err(|e| EnvError::NoBtf(e.to_string()))?;
+    let layout = btf_rs::Btf::from_file(BTF_PATH).map_err(|e| LoadError::NoBtf(Box::new(e)))?;
     let config = kernel_config(options, offsets::sock_offsets(&layout)?);
     drop(layout);
-    let btf = aya::Btf::from_sys_fs().map_err(|e| EnvError::NoBtf(e.to_string()))?;
+    let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::NoBtf(Box::new(e)))?;
 
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
@@ -311,55 +331,54 @@ pub fn load(options: &LoadOptions) -> Result<Tracer, EnvError> {
         let name = hook.program;
         // A disabled hook is handled as a kernel without its tracepoint.
         let attached = if options.disabled_hooks.contains(&name) {
-            Err(EnvError::TracepointMissing(name))
+            Err(LoadError::TracepointMissing(name))
         } else {
             attach(&mut ebpf, name, &btf)
         };
         match (attached, hook.without) {
             (Ok(()), _) => {}
             // Privilege problems are not a kernel lacking a feature.
-            (Err(err @ EnvError::NotPrivileged), _) | (Err(err), None) => return Err(err),
+            (Err(err @ LoadError::NotPrivileged), _) | (Err(err), None) => return Err(err),
             (Err(err), Some(without)) => degraded.push(Degraded {
                 program: name,
                 reason: match err {
-                    EnvError::TracepointMissing(_) => "not in this kernel".into(),
-                    EnvError::Program { reason, .. } => {
-                        reason.lines().next().unwrap_or_default().to_string()
-                    }
+                    LoadError::TracepointMissing(_) => "not in this kernel".into(),
+                    LoadError::Program { source, .. } => source
+                        .to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
                     other => other.to_string(),
                 },
                 without,
             }),
         }
     }
-    let missing = |map: &'static str| EnvError::Program {
-        action: "find",
-        program: map,
-        reason: "map not in the eBPF object (stale build?)".into(),
-    };
+    let missing = LoadError::Missing;
     let ring = RingBuf::try_from(
         ebpf.take_map(MAP_EVENTS)
             .ok_or_else(|| missing(MAP_EVENTS))?,
     )
-    .map_err(|e| EnvError::Program {
+    .map_err(|e| LoadError::Program {
         action: "open",
         program: MAP_EVENTS,
-        reason: e.to_string(),
+        source: Box::new(e),
     })?;
     let drops = PerCpuArray::try_from(ebpf.take_map(MAP_DROPS).ok_or_else(|| missing(MAP_DROPS))?)
-        .map_err(|e| EnvError::Program {
+        .map_err(|e| LoadError::Program {
             action: "open",
             program: MAP_DROPS,
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
     let ring_peak = PerCpuArray::try_from(
         ebpf.take_map(MAP_RING_PEAK)
             .ok_or_else(|| missing(MAP_RING_PEAK))?,
     )
-    .map_err(|e| EnvError::Program {
+    .map_err(|e| LoadError::Program {
         action: "open",
         program: MAP_RING_PEAK,
-        reason: e.to_string(),
+        source: Box::new(e),
     })?;
     Ok(Tracer {
         ebpf: Some(ebpf),
@@ -372,14 +391,10 @@ pub fn load(options: &LoadOptions) -> Result<Tracer, EnvError> {
     })
 }
 
-fn attach(ebpf: &mut Ebpf, name: &'static str, btf: &aya::Btf) -> Result<(), EnvError> {
+fn attach(ebpf: &mut Ebpf, name: &'static str, btf: &aya::Btf) -> Result<(), LoadError> {
     let program: &mut BtfTracePoint = ebpf
         .program_mut(name)
-        .ok_or(EnvError::Program {
-            action: "find",
-            program: name,
-            reason: "not in the eBPF object (stale build?)".into(),
-        })?
+        .ok_or(LoadError::Missing(name))?
         .try_into()
         .map_err(|e| program_error("load", name, e))?;
     program

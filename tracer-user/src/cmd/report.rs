@@ -1,48 +1,40 @@
-//! `tcplinger report`: trace for a while (30 s by default, or until Ctrl-C), then print the findings and the groups behind them.
+//! `tcplinger report`: trace for a while (30 s by default, or until Ctrl-C), looking at the live sockets every second, then print the findings and the groups behind them.
 
 use std::{
     io::{BufWriter, Write},
     time::Duration,
 };
 
-use tokio::time::{MissedTickBehavior, interval};
-
+use super::{Driver, Wake, open_output, output_result};
 use crate::{
-    cli::ReportArgs,
-    cmd::watch::{open_output, output_result, stop_signal},
     output::report::{Report, other, rank},
-    session::Progress,
-    session::analysis::{Analysis, Judging},
+    session::{
+        Progress,
+        analysis::{Analysis, Judging},
+    },
+    settings,
 };
-
-const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 
 /// How often the sockets alive are looked at during the run: a report
 /// covers what happened in it, not only what is left at its end.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
-pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
-    let duration = args.trace.duration.unwrap_or(DEFAULT_DURATION);
-    let (writer, name) = open_output(args.output.as_deref())?;
-    let stop = stop_signal(Some(duration))?;
-    let mut analysis = Analysis::start(&args.trace, &args.analysis, Judging::whole_run())?;
-    let mut look = interval(LOOK_EVERY);
-    look.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tokio::pin!(stop);
+pub async fn run(s: settings::Report) -> anyhow::Result<()> {
+    let (writer, name) = open_output(s.output.as_deref())?;
+    let mut driver = Driver::new(Some(s.duration), LOOK_EVERY)?;
+    let mut analysis = Analysis::start(&s.trace, s.max_groups, Judging::whole_run())?;
     loop {
-        tokio::select! {
-            biased;
-            () = &mut stop => break,
-            _ = look.tick(), if analysis.seeded => analysis.observe(),
-            progress = analysis.step() => {
-                if let Progress::Seeded { open, unreadable } = progress? {
-                    crate::session::warn_unreadable(unreadable);
-                    eprintln!(
-                        "tcplinger: tracing TCP connections for {} ({open} already open); Ctrl-C to stop early",
-                        humantime::format_duration(duration)
-                    );
-                }
+        match driver.next(&mut analysis).await? {
+            Wake::Stop => break,
+            Wake::Tick => analysis.observe(),
+            Wake::Step(Progress::Seeded { open, unreadable }) => {
+                crate::session::warn_unreadable(unreadable);
+                eprintln!(
+                    "tcplinger: tracing TCP connections for {} ({open} already open); Ctrl-C to stop early",
+                    humantime::format_duration(s.duration)
+                );
             }
+            Wake::Step(Progress::Drained) => {}
         }
     }
     analysis.stop().await?;
@@ -55,12 +47,10 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
         groups: rank(&analysis.agg, &findings),
         other: other(&analysis.agg),
         folded: analysis.agg.folded(),
-        top: args.top,
+        top: s.top,
     };
     let mut out = BufWriter::new(writer);
-    let written = report
-        .write(args.format, &mut out)
-        .and_then(|()| out.flush());
-    eprintln!("{}", analysis.session.summary(args.trace.max_sockets.get()));
+    let written = report.write(s.format, &mut out).and_then(|()| out.flush());
+    eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
     output_result(&name, written)
 }

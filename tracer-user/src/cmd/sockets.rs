@@ -9,14 +9,17 @@ use serde::Serialize;
 use tracer_common::TcpState;
 
 use crate::{
-    cli::{FamilyFilter, Filters, Format, SocketsArgs},
     host::netns::{self, NetnsPaths},
     host::owners::socket_owners,
     host::snapshot::{ALL_STATES, Found, dump_all},
     model::aggregate::{GroupKey, Procs},
     model::diagnose::{process_short, remote_of},
-    model::tracker::{ConnId, OwnerRef, Role, TIMEWAIT_LEN_NS, role_by_ports},
+    model::{
+        event::Owner,
+        tracker::{ConnId, Role, TIMEWAIT_LEN_NS, role_by_ports},
+    },
     output::connections::human,
+    settings,
 };
 
 /// Shown unless `--state` says otherwise: everything but listeners and
@@ -80,21 +83,17 @@ fn fin_timeout_ns(
     })
 }
 
-pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
-    let filters = Filters {
-        pids: args.pid.clone(),
-        ports: args.port.clone(),
-        family: match (args.ipv4, args.ipv6) {
-            (true, _) => FamilyFilter::Ipv4,
-            (_, true) => FamilyFilter::Ipv6,
-            _ => FamilyFilter::Any,
-        },
-    };
-    let selection = args.select.selection();
-    let states: Vec<TcpState> = if args.state.is_empty() {
+pub fn run(settings: settings::Sockets) -> anyhow::Result<()> {
+    let settings::Sockets {
+        filters,
+        selection,
+        states,
+        format,
+    } = settings;
+    let states: Vec<TcpState> = if states.is_empty() {
         DEFAULT_STATES.to_vec()
     } else {
-        args.state.clone()
+        states
     };
     if unsafe { libc::geteuid() } != 0 {
         eprintln!(
@@ -110,11 +109,11 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
         );
     }
     let owners = socket_owners();
-    let listeners: HashMap<(u32, u16), Option<OwnerRef>> = found
+    let listeners: HashMap<(u32, u16), Option<Owner>> = found
         .iter()
         .filter(|f| f.socket.state == TcpState::Listen)
         .map(|f| {
-            let owner = owners.get(&f.socket.inode).map(|&o| OwnerRef::from(o));
+            let owner = owners.get(&f.socket.inode).map(|&o| o);
             ((f.netns, f.socket.lport), owner)
         })
         .collect();
@@ -130,7 +129,7 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
         let listener = listeners.get(&(*netns, s.lport));
         let owner = owners
             .get(&s.inode)
-            .map(|&o| OwnerRef::from(o))
+            .map(|&o| o)
             .or_else(|| listener.copied().flatten());
         if !filters.admits(s.family, s.lport, s.rport, owner.map(|o| o.pid))
             || !selection.admits(owner.as_ref().map(|o| &o.comm), s.raddr)
@@ -192,12 +191,12 @@ pub fn run(args: SocketsArgs) -> anyhow::Result<()> {
         ))
     });
     let mut out = BufWriter::new(io::stdout().lock());
-    let written = match args.format {
-        Format::Json => write_json(&mut out, &rows, total, failed),
-        Format::Text => write_text(&mut out, &rows, total),
+    let written = match format {
+        crate::output::Format::Json => write_json(&mut out, &rows, total, failed),
+        crate::output::Format::Text => write_text(&mut out, &rows, total),
     }
     .and_then(|()| out.flush());
-    crate::cmd::watch::output_result("stdout", written)
+    super::output_result("stdout", written)
 }
 
 fn write_json(

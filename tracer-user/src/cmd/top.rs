@@ -13,22 +13,33 @@ use ratatui::{
     text::Line,
     widgets::{Block, Borders, Paragraph, Row, Table, TableState},
 };
-use tokio::{sync::mpsc, time::interval};
+use tokio::sync::mpsc;
 use tracer_common::TcpState;
 
 use crate::{
-    cli::{SortKey, TopArgs, UsageError},
     cmd::daemon,
-    cmd::watch::stop_signal,
+    cmd::{Driver, Wake},
+    error::UsageError,
     model::aggregate::{Group, GroupKey, Stats, Windowing},
     model::diagnose::Finding,
     model::diagnose::process_short,
     output::connections::human,
     session::Progress,
     session::analysis::{Analysis, Judging},
+    settings,
 };
 
 const REFRESH: Duration = Duration::from_secs(1);
+
+/// What the table is sorted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    Lingering,
+    Rate,
+    CloseWaitAge,
+    FinWait2,
+    Established,
+}
 
 /// One table row, computed at each refresh.
 #[derive(Debug, Clone, PartialEq)]
@@ -325,18 +336,18 @@ impl Drop for Restore {
     }
 }
 
-pub async fn run(args: TopArgs) -> anyhow::Result<()> {
+pub async fn run(s: settings::Top) -> anyhow::Result<()> {
     if !io::stdout().is_terminal() || !io::stdin().is_terminal() {
         return Err(UsageError(
             "top needs a terminal; for output to a pipe or file use `tcplinger report`".into(),
         )
         .into());
     }
-    let stop = stop_signal(args.trace.duration)?;
+    let mut driver = Driver::new(s.duration, REFRESH)?;
     // Loaded before the screen is taken over, so errors print normally.
     let mut analysis = Analysis::start(
-        &args.trace,
-        &args.analysis,
+        &s.trace,
+        s.max_groups,
         Judging {
             windowing: Windowing::sliding(10_000_000_000, daemon::SPANS_NS[0] + 10_000_000_000),
             spans_ns: daemon::SPANS_NS.to_vec(),
@@ -356,16 +367,16 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
         }
     });
     let mut model = Model {
-        sort: Some(args.sort),
+        sort: Some(s.sort),
         ..Model::default()
     };
-    let mut refresh = interval(REFRESH);
-    tokio::pin!(stop);
     let result: anyhow::Result<()> = async {
+        // The screen is drawn once at once, then every second.
+        model.refresh(&mut analysis);
+        terminal.draw(|frame| draw(frame, &mut model))?;
         loop {
             let redraw = tokio::select! {
                 biased;
-                () = &mut stop => break,
                 Some(ev) = keys.recv() => match ev {
                     Event::Key(key) => match on_key(&mut model, key) {
                         Action::Quit => break,
@@ -375,13 +386,14 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
                     Event::Resize(..) => true,
                     _ => false,
                 },
-                progress = analysis.step() => {
-                    matches!(progress?, Progress::Seeded { .. })
-                }
-                _ = refresh.tick() => {
-                    model.refresh(&mut analysis);
-                    true
-                }
+                wake = driver.next(&mut analysis) => match wake? {
+                    Wake::Stop => break,
+                    Wake::Tick => {
+                        model.refresh(&mut analysis);
+                        true
+                    }
+                    Wake::Step(progress) => matches!(progress, Progress::Seeded { .. }),
+                },
             };
             if redraw {
                 terminal.draw(|frame| draw(frame, &mut model))?;
@@ -392,7 +404,7 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     .await;
     drop(restore);
     analysis.session.tracer.detach();
-    eprintln!("{}", analysis.session.summary(args.trace.max_sockets.get()));
+    eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
     result
 }
 

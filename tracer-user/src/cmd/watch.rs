@@ -1,116 +1,42 @@
 //! `tcplinger watch`: trace until stopped, printing connection records (or raw transitions) as they complete, then report what was seen and lost.
 
 use std::{
-    future::{self, Future},
-    io::{self, BufWriter, ErrorKind, Write},
-    path::Path,
-    time::Duration,
+    future::Future,
+    io::{self, BufWriter, Write},
 };
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
 
+use super::{open_output, output_result, stop_signal};
 use crate::{
-    bpf::decode::Record,
-    bpf::load::{self, LoadOptions},
-    bpf::ring::{EventSource, MAX_BATCH},
-    cli::{TraceArgs, UsageError, WatchArgs},
+    bpf::{
+        load::{self, LoadOptions},
+        ring::{EventSource, MAX_BATCH},
+    },
     host::clock::{self, WallClock},
-    model::select::Selection,
-    model::tracker::{ConnRecord, Tracker},
+    model::{event::Record, select::Selection, tracker::ConnRecord, tracker::Tracker},
     output::{connections::ConnectionWriter, transitions::TransitionWriter},
-    session::{self, Counts, Progress, Session},
+    session::{self, Counts, Progress, Session, TraceOptions},
+    settings::Watch,
 };
 
-/// Resolves when the run should end: SIGINT, SIGTERM or `--duration`.
-/// Handlers are installed before it is returned, so a signal that arrives
-/// right after attaching is not lost.
-pub fn stop_signal(duration: Option<Duration>) -> anyhow::Result<impl Future<Output = ()>> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    Ok(async move {
-        let deadline = async {
-            match duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-            _ = deadline => {}
-        }
-    })
-}
-
-/// Load options from the shared tracing flags, refusing pids that do not exist.
-/// Options for a connection-tracing session (records per connection).
-pub fn load_options(trace: &TraceArgs) -> Result<LoadOptions, UsageError> {
-    let filters = trace.filters()?;
-    if let Some(pid) = filters
-        .pids
-        .iter()
-        .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-    {
-        return Err(UsageError(format!("--pid: no process {pid}")));
-    }
-    Ok(LoadOptions {
-        filters,
-        ring_bytes: trace.ring_bytes,
-        every_transition: false,
-        disabled_hooks: trace.disable_hook.clone(),
-    })
-}
-
-/// Where records go: stdout, or the `--output` file, with its name for
-/// errors. The file is created before anything is loaded, so a bad path is
-/// a usage error and not a late surprise.
-pub fn open_output(path: Option<&Path>) -> Result<(Box<dyn Write>, String), UsageError> {
-    match path {
-        None => Ok((Box::new(io::stdout().lock()), "stdout".into())),
-        Some(path) => {
-            let file = std::fs::File::create(path)
-                .map_err(|e| UsageError(format!("--output {}: {e}", path.display())))?;
-            Ok((Box::new(file), path.display().to_string()))
-        }
-    }
-}
-
-/// Ends a run: the reader of stdout going away (`watch | head`) is not a
-/// failure; anything else (a full disk) is, named with the output.
-pub fn output_result(name: &str, result: io::Result<()>) -> anyhow::Result<()> {
-    match result {
-        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("writing {name}: {e}; tracing stopped")),
-        Ok(()) => Ok(()),
-    }
-}
-
-pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
-    let options = LoadOptions {
-        every_transition: args.transitions,
-        ..load_options(&args.trace)?
-    };
-    let (writer, name) = open_output(args.output.as_deref())?;
-    let stop = stop_signal(args.trace.duration)?;
+pub async fn run(settings: Watch) -> anyhow::Result<()> {
+    let (writer, name) = open_output(settings.output.as_deref())?;
+    let stop = stop_signal(settings.duration)?;
     let out = BufWriter::new(writer);
-    let selection = args.trace.select.selection();
-    let result = if args.transitions {
+    let result = if settings.transitions {
         transitions(
-            &options,
-            &selection,
+            &settings.trace.load,
+            &settings.trace.selection,
             stop,
-            TransitionWriter::new(out, args.format),
+            TransitionWriter::new(out, settings.format),
         )
         .await
     } else {
         connections(
-            &options,
-            &selection,
+            &settings.trace,
             stop,
-            ConnectionWriter::new(out, args.format),
-            args.trace.max_sockets.get(),
+            ConnectionWriter::new(out, settings.format),
         )
         .await
     };
@@ -134,7 +60,7 @@ async fn transitions<W: Write>(
     let mut counts = Counts::default();
     let write = |out: &mut TransitionWriter<W>, r: &Record, clock: &WallClock| {
         if selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr) {
-            out.write(r, clock)
+            out.write(r, clock.wall(r.ts_ns))
         } else {
             Ok(())
         }
@@ -176,14 +102,13 @@ async fn transitions<W: Write>(
 /// Default mode: one record per completed connection lifecycle, and the
 /// sockets still lingering at exit.
 async fn connections<W: Write>(
-    options: &LoadOptions,
-    selection: &Selection,
+    trace: &TraceOptions,
     stop: impl Future<Output = ()>,
     mut out: ConnectionWriter<W>,
-    max_sockets: usize,
 ) -> anyhow::Result<io::Result<()>> {
-    let tracker = Tracker::new(max_sockets.try_into().context("--max-sockets")?);
-    let mut session = Session::start(options, tracker, false)?;
+    let tracker = Tracker::new(trace.max_sockets);
+    let mut session = Session::start(&trace.load, tracker, false)?;
+    let selection = &trace.selection;
     let wanted = |r: &ConnRecord| selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr);
     let result = async {
         tokio::pin!(stop);
@@ -201,7 +126,7 @@ async fn connections<W: Write>(
             }
             for record in session.tracker.take_ready() {
                 if wanted(&record) {
-                    out.write(&record, &session.clock)?;
+                    out.write(&record, session.clock.wall(record.end_ns))?;
                 }
             }
             out.flush()?;
@@ -209,14 +134,14 @@ async fn connections<W: Write>(
         session.stop().await?;
         for record in session.tracker.finish(clock::boot_ns()) {
             if wanted(&record) {
-                out.write(&record, &session.clock)?;
+                out.write(&record, session.clock.wall(record.end_ns))?;
             }
         }
         out.flush()
     }
     .await;
     session.tracer.detach();
-    eprintln!("{}", session.summary(max_sockets));
+    eprintln!("{}", session.summary(trace.max_sockets.get()));
     Ok(result)
 }
 

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use crate::{
     host::clock,
     host::netns::NetnsPaths,
-    host::sock_diag::{self, Diag, DiagError, Sightings},
+    host::sock_diag::{self, Diag, DiagError},
     model::tracker::DiagRequest,
+    model::tracker::Sightings,
 };
 use tracer_common::TcpState;
 

@@ -5,37 +5,28 @@ use std::collections::HashMap;
 use tracer_common::TcpState;
 
 use crate::{
-    bpf::decode::Family,
-    host::netns::NetnsPaths,
-    host::sock_diag::{self, Diag, DiagSocket},
+    host::{
+        netns::NetnsPaths,
+        sock_diag::{self, Diag, DiagSocket},
+    },
+    model::{aggregate::LastIo, event::Family},
 };
 
-/// When a socket last moved data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LastIo {
-    /// Boot-clock ns of the last data sent; `None` if none was.
-    pub send_ns: Option<u64>,
-    /// Boot-clock ns of the last data received; `None` if none was.
-    pub recv_ns: Option<u64>,
-}
-
-impl LastIo {
-    /// From a dump entry's TCP_INFO ("ms ago" as of the dump). The data
-    /// segment counts say whether data ever moved: a socket that never
-    /// received has its handshake as "last receive", one that never sent
-    /// the time since boot.
-    pub fn of(s: &DiagSocket) -> Option<Self> {
-        let info = s.tcp_info?;
-        let at = |moved: u32, ms_ago: u32| {
-            (moved > 0)
-                .then(|| s.seen_ns.checked_sub(u64::from(ms_ago) * 1_000_000))
-                .flatten()
-        };
-        Some(Self {
-            send_ns: at(info.data_segs_out, info.last_data_sent_ms),
-            recv_ns: at(info.data_segs_in, info.last_data_recv_ms),
-        })
-    }
+/// When a dumped socket last moved data, from its TCP_INFO ("ms ago" as of
+/// the dump). The data segment counts say whether data ever moved: a
+/// socket that never received has its handshake as "last receive", one
+/// that never sent the time since boot.
+pub fn last_io(s: &DiagSocket) -> Option<LastIo> {
+    let info = s.tcp_info?;
+    let at = |moved: u32, ms_ago: u32| {
+        (moved > 0)
+            .then(|| s.seen_ns.checked_sub(u64::from(ms_ago) * 1_000_000))
+            .flatten()
+    };
+    Some(LastIo {
+        send_ns: at(info.data_segs_out, info.last_data_sent_ms),
+        recv_ns: at(info.data_segs_in, info.last_data_recv_ms),
+    })
 }
 
 /// What a dump says of one open socket.
@@ -90,7 +81,7 @@ impl IoReader {
             match diag.dump(family, states.clone(), true) {
                 Ok(sockets) => out.extend(sockets.iter().map(|s| {
                     let io = (s.state == TcpState::Established)
-                        .then(|| LastIo::of(s))
+                        .then(|| last_io(s))
                         .flatten();
                     (s.cookie, Seen { io, inode: s.inode })
                 })),
@@ -133,7 +124,7 @@ mod tests {
             seen_ns: 60_000_000_000,
         };
         assert_eq!(
-            LastIo::of(&s),
+            last_io(&s),
             Some(LastIo {
                 send_ns: Some(55_000_000_000),
                 recv_ns: Some(59_750_000_000),
@@ -141,11 +132,11 @@ mod tests {
         );
         // Older than boot cannot be.
         s.tcp_info.as_mut().unwrap().last_data_sent_ms = u32::MAX;
-        assert_eq!(LastIo::of(&s).unwrap().send_ns, None);
+        assert_eq!(last_io(&s).unwrap().send_ns, None);
         // Never received data: the last "receive" is the handshake's.
         s.tcp_info.as_mut().unwrap().data_segs_in = 0;
-        assert_eq!(LastIo::of(&s).unwrap().recv_ns, None);
+        assert_eq!(last_io(&s).unwrap().recv_ns, None);
         s.tcp_info = None;
-        assert_eq!(LastIo::of(&s), None);
+        assert_eq!(last_io(&s), None);
     }
 }

@@ -8,25 +8,10 @@ use std::{
 
 use tracer_common::COMM_LEN;
 
-use crate::{bpf::decode::Comm, host::cgroups::Cgroups};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcOwner {
-    pub pid: u32,
-    pub comm: Comm,
-    /// cgroup v2 id; 0 if it could not be read.
-    pub cgroup_id: u64,
-}
-
-impl From<ProcOwner> for crate::model::tracker::OwnerRef {
-    fn from(o: ProcOwner) -> Self {
-        Self {
-            pid: o.pid,
-            comm: o.comm,
-            cgroup_id: o.cgroup_id,
-        }
-    }
-}
+use crate::{
+    host::cgroups::Cgroups,
+    model::event::{Comm, Owner},
+};
 
 /// The inode in a `/proc/PID/fd/N` link target such as `socket:[12345]`.
 fn socket_inode(target: &Path) -> Option<u32> {
@@ -50,7 +35,7 @@ fn comm_of(pid_dir: &Path) -> Comm {
 
 /// Socket inode -> the first process (lowest pid) holding it. Processes
 /// that vanish mid-scan, or whose fds cannot be read, are skipped.
-pub fn socket_owners() -> HashMap<u32, ProcOwner> {
+pub fn socket_owners() -> HashMap<u32, Owner> {
     let mut pids: Vec<u32> = fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -74,7 +59,7 @@ pub fn socket_owners() -> HashMap<u32, ProcOwner> {
             else {
                 continue;
             };
-            let owner = *owner.get_or_insert_with(|| ProcOwner {
+            let owner = *owner.get_or_insert_with(|| Owner {
                 pid,
                 comm: comm_of(&dir),
                 cgroup_id: cgroups.id_of_pid(pid).unwrap_or(0),
@@ -88,8 +73,8 @@ pub fn socket_owners() -> HashMap<u32, ProcOwner> {
 /// Socket inode -> every process holding one of `inodes` (a socket shared
 /// across a fork is in several). Processes that vanish mid-scan, or whose
 /// fds cannot be read, are skipped.
-pub fn holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<ProcOwner>> {
-    let mut found: HashMap<u32, Vec<ProcOwner>> = HashMap::new();
+pub fn holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Owner>> {
+    let mut found: HashMap<u32, Vec<Owner>> = HashMap::new();
     if inodes.is_empty() {
         return found;
     }
@@ -114,7 +99,7 @@ pub fn holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<ProcOwner>> {
             else {
                 continue;
             };
-            let owner = *owner.get_or_insert_with(|| ProcOwner {
+            let owner = *owner.get_or_insert_with(|| Owner {
                 pid,
                 comm: comm_of(&dir),
                 cgroup_id: cgroups.id_of_pid(pid).unwrap_or(0),

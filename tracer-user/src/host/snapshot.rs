@@ -5,12 +5,12 @@ use std::collections::{HashMap, HashSet};
 use tracer_common::TcpState;
 
 use crate::{
-    bpf::decode::Family,
-    cli::Filters,
     host::netns::{self, NetnsPaths},
     host::owners::{fds_of, socket_owners},
     host::sock_diag::{self, Diag, DiagSocket},
-    model::tracker::{Alive, OwnerRef, Seed, role_by_ports},
+    model::event::Family,
+    model::select::Filters,
+    model::tracker::{Alive, Seed, role_by_ports},
 };
 
 /// Every state a socket can be found in by a dump.
@@ -102,7 +102,7 @@ pub fn take(filters: &Filters) -> (Vec<Seed>, usize) {
         .into_iter()
         .filter(|f| f.socket.timewait_expires_ms.is_none())
         .filter_map(|Found { netns, socket: s }| {
-            let owner = owners.get(&s.inode).map(|&o| OwnerRef::from(o));
+            let owner = owners.get(&s.inode).map(|&o| o);
             let range = *ephemeral
                 .entry(netns)
                 .or_insert_with(|| netns::ephemeral_ports(netns, &mut paths));

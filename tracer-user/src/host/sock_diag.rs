@@ -14,9 +14,14 @@ use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use tracer_common::TcpState;
 
 use crate::{
-    bpf::decode::Family,
-    host::clock,
-    host::netns::{self, NetnsPaths},
+    host::{
+        clock,
+        netns::{self, NetnsPaths},
+    },
+    model::{
+        event::Family,
+        tracker::{Sightings, TimewaitSighting, Wanted},
+    },
 };
 
 /// What the tracer uses of TCP_INFO: times in ms ago, and whether data
@@ -216,16 +221,6 @@ fn parse_lookups(
         }
     }
     Ok(answered)
-}
-
-/// A socket to find by itself: its cookie and 4-tuple, as seen locally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Wanted {
-    pub cookie: u64,
-    pub laddr: IpAddr,
-    pub lport: u16,
-    pub raddr: IpAddr,
-    pub rport: u16,
 }
 
 /// Exact lookups sent per `send`: their replies (about 100 bytes each)
@@ -434,20 +429,6 @@ fn request(
 pub fn states(list: &[TcpState]) -> StateFlags {
     StateFlags::from_bits_truncate(list.iter().fold(0, |bits, s| bits | 1 << *s as u32))
 }
-
-/// What the follower needs of a timewait socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimewaitSighting {
-    /// Its substate: FIN_WAIT2 or TIME_WAIT.
-    pub state: TcpState,
-    /// Boot-clock ns when the kernel reported it.
-    pub seen_ns: u64,
-    /// Milliseconds then left on its timer.
-    pub expires_ms: u32,
-}
-
-/// Timewait sockets by cookie.
-pub type Sightings = foldhash::HashMap<u64, TimewaitSighting>;
 
 /// Adds the timewait sockets among `sockets` to `out`.
 pub fn add_timewait(sockets: &[DiagSocket], out: &mut Sightings) {

@@ -13,9 +13,8 @@ use foldhash::{HashMap, HashMapExt as _};
 use tracer_common::TcpState;
 
 use crate::{
-    bpf::decode::Comm,
-    host::last_io::LastIo,
     model::dist::Dist,
+    model::event::Comm,
     model::tracker::{ClosedBy, ConnId, ConnRecord, Role, TimewaitEnd},
 };
 
@@ -465,6 +464,15 @@ impl Group {
     }
 }
 
+/// When a socket last moved data (boot-clock ns), as the kernel tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LastIo {
+    /// The last data sent; `None` if none was.
+    pub send_ns: Option<u64>,
+    /// The last data received; `None` if none was.
+    pub recv_ns: Option<u64>,
+}
+
 /// A socket alive now, with what the kernel knows of its last I/O.
 #[derive(Debug, Clone, Copy)]
 pub struct LiveSocket {
@@ -796,8 +804,8 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
-        bpf::decode::{Family, tests::comm},
-        model::tracker::{OwnerRef, StateTimes},
+        model::event::{Family, tests::comm},
+        model::{event::Owner, tracker::StateTimes},
     };
     use tracer_common::TcpFigures;
 
@@ -810,7 +818,7 @@ pub(crate) mod tests {
     pub(crate) fn id_named(pid: u32, name: &str, role: Role, rport: u16) -> ConnId {
         ConnId {
             netns: 1,
-            owner: Some(OwnerRef {
+            owner: Some(Owner {
                 pid,
                 comm: Comm::new(comm(name)),
                 cgroup_id: 0,

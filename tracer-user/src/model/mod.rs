@@ -3,5 +3,6 @@
 pub mod aggregate;
 pub mod diagnose;
 pub mod dist;
+pub mod event;
 pub mod select;
 pub mod tracker;

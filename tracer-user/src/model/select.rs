@@ -1,4 +1,4 @@
-//! Which connections a user asked about beyond the kernel's filters: owner command names (`--comm`) and remote networks (`--remote`).
+//! Which connections a user asked about: the filters the kernel applies (pids, ports, family) and those applied to what the tracker reports (owner command names, remote networks).
 //!
 //! These are applied in userspace, where a connection's owner is final: an
 //! accepted socket is first seen under its listener's process and only
@@ -11,7 +11,50 @@ use ipnet::IpNet;
 
 use tracer_common::COMM_LEN;
 
-use crate::bpf::decode::Comm;
+use crate::model::event::{Comm, Family};
+
+/// Which address families are traced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilyFilter {
+    Any,
+    Ipv4,
+    Ipv6,
+}
+
+/// The filters the kernel programs apply (`--pid`, `--port`, `-4`/`-6`):
+/// at most [`tracer_common::MAX_FILTER_PIDS`] pids and
+/// [`tracer_common::MAX_FILTER_PORTS`] ports, sorted, no repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filters {
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+    pub family: FamilyFilter,
+}
+
+impl Default for Filters {
+    fn default() -> Self {
+        Self {
+            pids: Vec::new(),
+            ports: Vec::new(),
+            family: FamilyFilter::Any,
+        }
+    }
+}
+
+impl Filters {
+    /// The same decision as the kernel's, for sockets seen otherwise (the
+    /// start-up snapshot, `sockets`).
+    pub fn admits(&self, family: Family, lport: u16, rport: u16, pid: Option<u32>) -> bool {
+        let family_ok = match self.family {
+            FamilyFilter::Any => true,
+            FamilyFilter::Ipv4 => family == Family::Ipv4,
+            FamilyFilter::Ipv6 => family == Family::Ipv6,
+        };
+        let port_ok = self.ports.is_empty() || self.ports.iter().any(|&p| p == lport || p == rport);
+        let pid_ok = self.pids.is_empty() || pid.is_some_and(|pid| self.pids.contains(&pid));
+        family_ok && port_ok && pid_ok
+    }
+}
 
 /// The kernel keeps this many bytes of a command name (`TASK_COMM_LEN` - 1).
 const COMM_KEPT: usize = COMM_LEN - 1;

@@ -1,16 +1,15 @@
 //! `watch`: one line per connection lifecycle, as text columns or JSON (the record of DESIGN.md).
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    time::SystemTime,
+};
 
 use serde::{Serialize, Serializer, ser::SerializeMap};
 use tracer_common::TcpState;
 
-use super::{Endpoint, JsonTcp, display_addr, rfc3339_millis, time_of_day};
-use crate::{
-    cli::Format,
-    host::clock::WallClock,
-    model::tracker::{ConnRecord, Fw2End, StateTimes},
-};
+use super::{Endpoint, Format, JsonTcp, display_addr, rfc3339_millis, time_of_day};
+use crate::model::tracker::{ConnRecord, Fw2End, StateTimes};
 
 /// States shown in the text LINGER column: the closing ones.
 const LINGER_STATES: [TcpState; 5] = [
@@ -101,8 +100,7 @@ impl<W: Write> ConnectionWriter<W> {
         Ok(())
     }
 
-    pub fn write(&mut self, r: &ConnRecord, clock: &WallClock) -> io::Result<()> {
-        let when = clock.wall(r.end_ns);
+    pub fn write(&mut self, r: &ConnRecord, when: SystemTime) -> io::Result<()> {
         match self.format {
             Format::Json => {
                 let line = JsonRecord {
@@ -197,8 +195,11 @@ fn linger(r: &ConnRecord) -> String {
 mod tests {
     use super::*;
     use crate::{
-        bpf::decode::{Comm, Family, tests::comm},
-        model::tracker::{ClosedBy, OwnerRef, Role},
+        model::event::{Comm, Family, tests::comm},
+        model::{
+            event::Owner,
+            tracker::{ClosedBy, Role},
+        },
     };
 
     fn record() -> ConnRecord {
@@ -212,7 +213,7 @@ mod tests {
             end_ns: 1,
             cookie: 8812,
             netns: 4026531840,
-            owner: Some(OwnerRef {
+            owner: Some(Owner {
                 pid: 4242,
                 comm: Comm::new(comm("curl")),
                 cgroup_id: 0,
@@ -238,7 +239,7 @@ mod tests {
     fn render(format: Format, r: &ConnRecord) -> String {
         let mut w = ConnectionWriter::new(Vec::new(), format);
         w.header().unwrap();
-        w.write(r, &WallClock::new()).unwrap();
+        w.write(r, SystemTime::UNIX_EPOCH).unwrap();
         String::from_utf8(w.out).unwrap()
     }
 

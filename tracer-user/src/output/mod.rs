@@ -9,6 +9,21 @@ use std::{fmt, net::IpAddr, time::SystemTime};
 use serde::Serialize;
 use tracer_common::TcpFigures;
 
+/// How connection records and transition lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// How a report is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
 /// What the TCP socket knew of its traffic at the connection's first
 /// closing act, in JSON (connection records and transition lines).
 #[derive(Serialize)]

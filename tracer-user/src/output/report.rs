@@ -9,9 +9,8 @@ use std::{
 use serde::{Serialize, Serializer};
 use tracer_common::TcpState;
 
-use super::connections::human;
+use super::{ReportFormat, connections::human};
 use crate::{
-    cli::ReportFormat,
     model::aggregate::{Aggregator, Group, GroupKey, Stats},
     model::diagnose::{Figure, Finding, process_short, remote_of},
     model::dist::Dist,

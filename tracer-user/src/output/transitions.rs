@@ -1,16 +1,15 @@
 //! `watch --transitions`: one line per state change or RST, as text columns or JSON.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    time::SystemTime,
+};
 
 use serde::Serialize;
 use tracer_common::TcpState;
 
-use super::{Endpoint, JsonTcp, display_addr, rfc3339_millis, time_of_day};
-use crate::{
-    bpf::decode::{Kind, Record},
-    cli::Format,
-    host::clock::WallClock,
-};
+use super::{Endpoint, Format, JsonTcp, display_addr, rfc3339_millis, time_of_day};
+use crate::model::event::{Kind, Record};
 
 pub struct TransitionWriter<W: Write> {
     out: W,
@@ -62,16 +61,13 @@ impl<W: Write> TransitionWriter<W> {
         Ok(())
     }
 
-    /// Writes the line for `record`, if it is one this output shows
-    /// (destroy records only matter to the lifecycle tracker).
-    pub fn write(&mut self, record: &Record, clock: &WallClock) -> io::Result<()> {
+    /// Writes the line for `record`.
+    pub fn write(&mut self, record: &Record, when: SystemTime) -> io::Result<()> {
         let (event, old, new, state) = match record.kind {
             Kind::StateChange { old, new } => ("transition", Some(old), Some(new), None),
             Kind::SendReset { state } => ("reset_sent", None, None, Some(state)),
             Kind::ReceiveReset { state } => ("reset_received", None, None, Some(state)),
-            Kind::Destroy { .. } => return Ok(()),
         };
-        let when = clock.wall(record.ts_ns);
         match self.format {
             Format::Json => {
                 let line = JsonLine {
@@ -103,7 +99,6 @@ impl<W: Write> TransitionWriter<W> {
                     Kind::StateChange { old, new } => format!("{} -> {}", old.name(), new.name()),
                     Kind::SendReset { state } => format!("RST sent in {}", state.name()),
                     Kind::ReceiveReset { state } => format!("RST received in {}", state.name()),
-                    Kind::Destroy { .. } => return Ok(()),
                 };
                 writeln!(
                     self.out,
@@ -126,7 +121,7 @@ impl<W: Write> TransitionWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf::decode::{Comm, Family, Owner, tests::comm};
+    use crate::model::event::{Comm, Family, Owner, tests::comm};
 
     fn record(kind: Kind, owner: Option<Owner>) -> Record {
         Record {
@@ -151,15 +146,13 @@ mod tests {
             pid: 4242,
             comm: Comm::new(comm("curl")),
             cgroup_id: 0,
-            from_current_task: false,
         })
     }
 
     fn render(format: Format, records: &[Record]) -> String {
         let mut w = TransitionWriter::new(Vec::new(), format);
-        let clock = WallClock::new();
         for r in records {
-            w.write(r, &clock).unwrap();
+            w.write(r, SystemTime::UNIX_EPOCH).unwrap();
         }
         String::from_utf8(w.out).unwrap()
     }
@@ -210,19 +203,13 @@ mod tests {
     }
 
     #[test]
-    fn resets_are_shown_and_destroys_are_not() {
+    fn resets_are_shown() {
         let out = render(
             Format::Text,
             &[
                 record(
                     Kind::SendReset {
                         state: TcpState::Established,
-                    },
-                    curl(),
-                ),
-                record(
-                    Kind::Destroy {
-                        state: TcpState::Close,
                     },
                     curl(),
                 ),
@@ -258,7 +245,7 @@ mod tests {
                 },
                 curl(),
             ),
-            &WallClock::new(),
+            SystemTime::UNIX_EPOCH,
         )
         .unwrap();
         let out = String::from_utf8(w.out).unwrap();

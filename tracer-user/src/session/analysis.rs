@@ -6,8 +6,6 @@ use foldhash::{HashMap, HashMapExt as _};
 use tracer_common::TcpState;
 
 use crate::{
-    cli::{AnalysisArgs, TraceArgs},
-    cmd::watch::load_options,
     host::cgroups::Cgroups,
     host::clock,
     host::last_io::IoReader,
@@ -16,8 +14,8 @@ use crate::{
     model::aggregate::{Aggregator, GroupKey, LiveSocket, Windowing},
     model::diagnose::{self, Figure, Finding, Pathology},
     model::select::Selection,
-    model::tracker::{ConnId, ConnRecord, LiveConn, OwnerRef, TimewaitEnd, Tracker},
-    session::{Progress, Session},
+    model::tracker::{ConnId, ConnRecord, LiveConn, TimewaitEnd, Tracker},
+    session::{Progress, Session, TraceOptions},
 };
 
 /// The /proc scan that names the processes holding accepted sockets runs
@@ -96,33 +94,27 @@ fn in_cgroup(cgroups: &mut Cgroups, prefix: &str, id: &ConnId) -> bool {
 
 impl Analysis {
     pub fn start(
-        trace: &TraceArgs,
-        analysis: &AnalysisArgs,
+        trace: &TraceOptions,
+        max_groups: usize,
         judging: Judging,
     ) -> anyhow::Result<Self> {
-        let options = load_options(trace)?;
         // TIME_WAIT is followed to its end: its duration is part of the picture.
         let tracker = Tracker::new(trace.max_sockets).follow_timewait();
-        let session = Session::start(&options, tracker, true)?;
+        let session = Session::start(&trace.load, tracker, true)?;
         let started_ns = clock::boot_ns();
         Ok(Self {
             session,
-            agg: Aggregator::new(analysis.max_groups, started_ns, judging.windowing),
+            agg: Aggregator::new(max_groups, started_ns, judging.windowing),
             started_ns,
             seeded: false,
             tap: None,
-            cgroup: None,
-            selection: trace.select.selection(),
+            cgroup: trace.cgroup.clone().map(|prefix| (prefix, Cgroups::new())),
+            selection: trace.selection.clone(),
             io: IoReader::default(),
             judging,
             last_resolve_ns: 0,
             seen: HashMap::new(),
         })
-    }
-
-    /// Counts only connections owned by processes in cgroups under `prefix`.
-    pub fn only_cgroup(&mut self, prefix: String) {
-        self.cgroup = Some((prefix, Cgroups::new()));
     }
 
     fn admitted(&mut self, id: &ConnId) -> bool {
@@ -280,7 +272,7 @@ impl Analysis {
                 .find(|o| Some(o.pid) != listener_pid)
                 .or_else(|| found.first());
             if let Some(&owner) = owner {
-                self.session.tracker.resolve(cookie, OwnerRef::from(owner));
+                self.session.tracker.resolve(cookie, owner);
             }
         }
     }

@@ -12,12 +12,13 @@ use tokio::{
 use tracer_common::TcpState;
 
 use crate::{
-    bpf::decode::{Record, decode},
+    bpf::decode::decode,
     bpf::load::{self, LoadOptions, Tracer},
     bpf::ring::{EventSource, MAX_BATCH},
     host::clock::{self, WallClock},
     host::follow::{DIAG_INTERVAL, DiagAnswer, Follower},
     host::snapshot,
+    model::event::Record,
     model::tracker::{Alive, CLOSE_GRACE_NS, Seed, Tracker},
 };
 
@@ -31,6 +32,19 @@ const RECHECK_EVERY_NS: u64 = 2_000_000_000;
 /// ms). Expiry is dated from the timer; only a TIME_WAIT cut short (reused,
 /// reset) is dated to the look that missed it, up to this late.
 const TIMEWAIT_POLL_NS: u64 = 5_000_000_000;
+
+/// What a tracing session is started with (built by `settings`).
+#[derive(Debug, Clone)]
+pub struct TraceOptions {
+    /// What the kernel side is told.
+    pub load: LoadOptions,
+    /// Most sockets the tracker follows at once.
+    pub max_sockets: std::num::NonZeroUsize,
+    /// `--comm` and `--remote`: what is reported of what was traced.
+    pub selection: crate::model::select::Selection,
+    /// Only owners in cgroups under this path (the daemon's `--cgroup`).
+    pub cgroup: Option<String>,
+}
 
 /// What one run saw and lost.
 #[derive(Debug, Default, Clone, Copy)]

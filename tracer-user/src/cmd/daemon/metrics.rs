@@ -11,10 +11,10 @@ use prometheus::{
 use tracer_common::TcpState;
 
 use crate::{
-    bpf::decode::Comm,
     host::cgroups::Container,
     model::aggregate::GroupKey,
     model::diagnose::Finding,
+    model::event::Comm,
     model::tracker::{ClosedBy, ConnId, ConnRecord, Role, TimewaitEnd},
 };
 
@@ -734,16 +734,19 @@ mod tests {
 
     use super::*;
     use crate::{
-        bpf::decode::{Comm, Family, tests::comm},
         model::aggregate::tests::record,
+        model::event::{Comm, Family, tests::comm},
         model::tracker::TimewaitEnd,
-        model::tracker::{ClosedBy, OwnerRef, Role},
+        model::{
+            event::Owner,
+            tracker::{ClosedBy, Role},
+        },
     };
 
     fn id(raddr: IpAddr, rport: u16) -> ConnId {
         ConnId {
             netns: 1,
-            owner: Some(OwnerRef {
+            owner: Some(Owner {
                 pid: 7,
                 comm: Comm::new(comm("curl")),
                 cgroup_id: 0,

@@ -12,15 +12,12 @@ use std::{
 
 use anyhow::Context as _;
 use serde::Serialize;
-use tokio::{net::TcpListener, time::interval};
+use tokio::net::TcpListener;
 
 use crate::{
-    cli::{AnalysisArgs, DaemonArgs, FamilyFilter, LogFormat, TraceArgs},
     cmd::daemon::http::Shared,
     cmd::daemon::metrics::{Health, Metrics},
-    cmd::watch::stop_signal,
-    config::{self, Settings},
-    error::EnvError,
+    cmd::{Driver, Wake},
     host::cgroups::Cgroups,
     host::clock,
     model::aggregate::{GroupKey, Windowing},
@@ -31,7 +28,15 @@ use crate::{
     },
     session::Progress,
     session::analysis::{Analysis, Fed, Judging},
+    settings,
 };
+
+/// How findings are logged on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// How often the socket gauges and the tracer's health are refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -206,46 +211,29 @@ fn raise_fd_limit() {
     }
 }
 
-fn trace_args(s: &Settings) -> TraceArgs {
-    TraceArgs {
-        duration: None,
-        pid: s.filters.pids.clone(),
-        port: s.filters.ports.clone(),
-        ipv4: s.filters.family == FamilyFilter::Ipv4,
-        ipv6: s.filters.family == FamilyFilter::Ipv6,
-        max_sockets: s.max_sockets,
-        ring_bytes: s.ring_bytes,
-        select: s.select.clone(),
-        disable_hook: s.disabled_hooks.clone(),
-    }
-}
-
-pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
-    let settings = config::resolve(&args)?;
-    if args.check_config {
-        print!("{}", settings.to_toml());
+pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
+    if s.check_config {
+        print!("{}", s.file.to_toml());
         eprintln!("tcplinger: configuration OK");
         return Ok(());
     }
-    if !settings.listen.ip().is_loopback() {
+    if !s.listen.ip().is_loopback() {
         eprintln!(
             "tcplinger: serving metrics on {} (--allow-non-loopback): they name processes and the addresses of their peers; keep that port from untrusted networks",
-            settings.listen
+            s.listen
         );
     }
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|e| EnvError::Listen {
-            addr: settings.listen,
-            reason: e.to_string(),
-        })?;
+    let listener = TcpListener::bind(s.listen).await.with_context(|| {
+        format!(
+            "cannot serve metrics on {} (another tcplinger daemon? choose one with --listen)",
+            s.listen
+        )
+    })?;
     raise_fd_limit();
-    let stop = stop_signal(args.duration)?;
+    let mut driver = Driver::new(s.duration, REFRESH)?;
     let mut analysis = Analysis::start(
-        &trace_args(&settings),
-        &AnalysisArgs {
-            max_groups: settings.max_groups,
-        },
+        &s.trace,
+        s.max_groups,
         Judging {
             windowing: Windowing::sliding(BUCKET_NS, SPANS_NS[0] + BUCKET_NS),
             spans_ns: SPANS_NS.to_vec(),
@@ -253,36 +241,30 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         },
     )?;
     analysis.tap = Some(Fed::default());
-    if let Some(prefix) = &settings.cgroup {
-        analysis.only_cgroup(prefix.clone());
-    }
     let shared = Arc::new(Shared {
-        metrics: Mutex::new(Metrics::new(settings.max_endpoints)),
+        metrics: Mutex::new(Metrics::new(s.max_endpoints)),
         last_loop_ns: clock::boot_ns().into(),
     });
     let server = tokio::spawn(http::serve(listener, shared.clone()));
     let mut cgroups = Cgroups::new();
     let mut findings_log = FindingLog::default();
-    let mut refresh = interval(REFRESH);
     let mut refreshes: u32 = 0;
     let stdout = io::stdout();
-    tokio::pin!(stop);
     let result: anyhow::Result<()> = async {
         loop {
-            tokio::select! {
-                biased;
-                () = &mut stop => break,
-                progress = analysis.step() => {
-                    if let Progress::Seeded { open, unreadable } = progress? {
+            match driver.next(&mut analysis).await? {
+                Wake::Stop => break,
+                Wake::Step(progress) => {
+                    if let Progress::Seeded { open, unreadable } = progress {
                         crate::session::warn_unreadable(unreadable);
                         eprintln!(
                             "tcplinger: daemon tracing TCP connections ({open} already open); metrics on http://{}/metrics",
-                            settings.listen
+                            s.listen
                         );
                     }
                     feed_metrics(&mut analysis, &shared, &mut cgroups);
                 }
-                _ = refresh.tick() => {
+                Wake::Tick => {
                     refresh_metrics(&mut analysis, &shared, &mut cgroups);
                     refreshes += 1;
                     // The first tick comes at once: findings of the first look.
@@ -296,13 +278,18 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                                 .filter(|(_, c)| *c != Change::Resolved)
                                 .map(|(f, _)| f.clone())
                                 .collect();
-                            let standing: Vec<Finding> = findings_log.standing().cloned().collect();
+                            let standing: Vec<Finding> =
+                                findings_log.standing().cloned().collect();
                             m.on_findings(&raised, &standing);
                         }
                         let mut out = stdout.lock();
                         for (f, change) in &changes {
-                            writeln!(out, "{}", log_line(f, *change, settings.log_format, std::time::SystemTime::now()))
-                                .context("writing the log")?;
+                            writeln!(
+                                out,
+                                "{}",
+                                log_line(f, *change, s.log_format, std::time::SystemTime::now())
+                            )
+                            .context("writing the log")?;
                         }
                         out.flush().context("writing the log")?;
                     }
@@ -315,7 +302,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     .await;
     server.abort();
     analysis.stop().await.context("stopping")?;
-    eprintln!("{}", analysis.session.summary(settings.max_sockets.get()));
+    eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
     result
 }
 

@@ -5,7 +5,7 @@ use std::num::NonZeroUsize;
 use tracer_common::TcpState::{self, *};
 
 use super::*;
-use crate::bpf::decode::{Comm, Family, Kind, Owner, Record, tests::comm};
+use crate::model::event::{Comm, Family, Kind, Owner, Record, tests::comm};
 
 const NETNS: u32 = 4026531840;
 const MS: u64 = 1_000_000;
@@ -15,7 +15,6 @@ fn owner(pid: u32, name: &str) -> Option<Owner> {
         pid,
         comm: Comm::new(comm(name)),
         cgroup_id: 0,
-        from_current_task: false,
     })
 }
 
@@ -152,7 +151,6 @@ fn client_closes_first_and_lingers_in_timewait_fin_wait2_until_peer_fin() {
             c.unowned_step(1001, FinWait1, FinWait2),
             // Orphaned: replaced by a timewait socket in FIN_WAIT2 at once.
             c.unowned_step(1001, FinWait2, Close),
-            c.record(1001, Kind::Destroy { state: Close }),
         ],
     );
     assert!(t.take_ready().is_empty(), "must wait for sock_diag");
@@ -206,9 +204,10 @@ fn server_sees_close_wait_then_last_ack_and_inherits_the_listener_owner() {
             s.unowned_step(1000, Established, CloseWait),
             s.step(3000, CloseWait, LastAck),
             s.unowned_step(3001, LastAck, Close),
-            s.record(3001, Kind::Destroy { state: Close }),
         ],
     );
+    // The grace period after CLOSE passes.
+    t.tick(u64::MAX / 2);
     let r = only(t.take_ready());
     assert_eq!(r.role, Role::Server);
     assert_eq!(r.closed_by, ClosedBy::Remote);
@@ -235,9 +234,10 @@ fn accepted_socket_without_io_is_owned_by_its_listener() {
             s.unowned_step(5, Established, CloseWait),
             s.unowned_step(6, CloseWait, LastAck),
             s.unowned_step(7, LastAck, Close),
-            s.record(7, Kind::Destroy { state: Close }),
         ],
     );
+    // The grace period after CLOSE passes.
+    t.tick(u64::MAX / 2);
     let r = only(t.take_ready());
     assert_eq!(r.owner.map(|o| o.pid), Some(200));
 }
@@ -355,13 +355,12 @@ fn abortive_close_is_reset_local_on_one_side_and_reset_remote_on_the_other() {
     let s = Sock::server(10);
     feed(&mut t, &client_open(&c));
     feed(&mut t, &server_open(&s));
-    // SO_LINGER 0: the kernel traces CLOSE, then sends the RST, then destroys.
+    // SO_LINGER 0: the kernel traces CLOSE, then sends the RST.
     feed(
         &mut t,
         &[
             c.step(50, Established, Close),
             c.record(50, Kind::SendReset { state: Close }),
-            c.record(50, Kind::Destroy { state: Close }),
         ],
     );
     // The server gets the RST; its application still holds the socket.
@@ -372,13 +371,14 @@ fn abortive_close_is_reset_local_on_one_side_and_reset_remote_on_the_other() {
             s.unowned_step(50, Established, Close),
         ],
     );
-    let client = only(t.take_ready());
-    assert_eq!(client.cookie, 9);
-    assert_eq!(client.closed_by, ClosedBy::ResetLocal);
     t.tick(50 * MS + CLOSE_GRACE_NS - 1);
     assert!(t.take_ready().is_empty(), "grace not over");
     t.tick(50 * MS + CLOSE_GRACE_NS);
-    let server = only(t.take_ready());
+    let mut both = t.take_ready();
+    both.sort_by_key(|r| r.cookie);
+    let [client, server] = <[ConnRecord; 2]>::try_from(both).expect("two records");
+    assert_eq!(client.cookie, 9);
+    assert_eq!(client.closed_by, ClosedBy::ResetLocal);
     assert_eq!(server.closed_by, ClosedBy::ResetRemote);
     assert!(!server.time_wait);
     assert!(server.complete);
@@ -468,26 +468,6 @@ fn a_lost_transition_makes_the_record_incomplete_but_not_wrong() {
 }
 
 #[test]
-fn a_lost_close_is_recovered_from_the_destroy() {
-    let mut t = tracker();
-    let s = Sock::server(15);
-    feed(&mut t, &server_open(&s));
-    feed(
-        &mut t,
-        &[
-            s.unowned_step(10, Established, CloseWait),
-            s.step(20, CloseWait, LastAck),
-            // LAST_ACK -> CLOSE was dropped.
-            s.record(21, Kind::Destroy { state: Close }),
-        ],
-    );
-    let r = only(t.take_ready());
-    assert!(!r.complete);
-    assert_eq!(r.closed_by, ClosedBy::Remote);
-    assert_eq!(r.lifetime_ns, 21 * MS);
-}
-
-#[test]
 fn duplicated_records_change_nothing() {
     let mut t = tracker();
     let s = Sock::server(16);
@@ -498,10 +478,10 @@ fn duplicated_records_change_nothing() {
         s.step(20, CloseWait, LastAck),
         s.unowned_step(21, LastAck, Close),
         s.unowned_step(21, LastAck, Close),
-        s.record(21, Kind::Destroy { state: Close }),
-        s.record(21, Kind::Destroy { state: Close }),
     ]);
     feed(&mut t, &records);
+    // The grace period after CLOSE passes.
+    t.tick(u64::MAX / 2);
     let r = only(t.take_ready());
     assert!(r.complete);
     assert_eq!(ms(r.states.get(CloseWait)), Some(10.0));
@@ -542,9 +522,10 @@ fn events_for_unknown_sockets_start_mid_life_records() {
             s.step(10, Established, CloseWait),
             s.step(20, CloseWait, LastAck),
             s.step(21, LastAck, Close),
-            s.record(21, Kind::Destroy { state: Close }),
         ],
     );
+    // The grace period after CLOSE passes.
+    t.tick(u64::MAX / 2);
     let r = only(t.take_ready());
     assert!(!r.complete);
     assert_eq!(r.role, Role::Unknown);
@@ -588,10 +569,11 @@ fn a_loss_marks_everything_alive_and_pending() {
             b.unowned_step(5, Established, CloseWait),
             b.step(6, CloseWait, LastAck),
             b.unowned_step(7, LastAck, Close),
-            b.record(7, Kind::Destroy { state: Close }),
         ],
     );
     t.note_loss();
+    // The grace period after CLOSE passes.
+    t.tick(u64::MAX / 2);
     assert!(!only(t.take_ready()).complete, "not yet written: marked");
     feed(
         &mut t,
@@ -617,7 +599,7 @@ fn seeded_sockets_get_owner_and_role_and_are_incomplete() {
         lport,
         raddr: "10.0.0.1".parse().unwrap(),
         rport,
-        owner: Some(OwnerRef {
+        owner: Some(Owner {
             pid,
             comm: Comm::new(comm("app")),
             cgroup_id: 0,
@@ -645,9 +627,10 @@ fn seeded_sockets_get_owner_and_role_and_are_incomplete() {
             server.unowned_step(1500, Established, CloseWait),
             server.unowned_step(1600, CloseWait, LastAck),
             server.unowned_step(1601, LastAck, Close),
-            server.record(1601, Kind::Destroy { state: Close }),
         ],
     );
+    // The grace period after CLOSE passes.
+    t.tick(u64::MAX / 2);
     let r = only(t.take_ready());
     assert_eq!(r.role, Role::Server);
     assert_eq!(r.owner.map(|o| o.pid), Some(200));
@@ -688,7 +671,7 @@ fn seeding_fills_gaps_of_sockets_already_seen() {
             lport: 8080,
             raddr: "10.0.0.1".parse().unwrap(),
             rport: 40000,
-            owner: Some(OwnerRef {
+            owner: Some(Owner {
                 pid: 200,
                 comm: Comm::new(comm("nginx")),
                 cgroup_id: 0,
@@ -1108,8 +1091,7 @@ fn arbitrary_record(
     let new = TcpState::from_u8(new)?;
     let kind = match kind {
         0 => Kind::StateChange { old, new },
-        1 => Kind::Destroy { state: old },
-        2 => Kind::SendReset { state: old },
+        1 | 2 => Kind::SendReset { state: old },
         _ => Kind::ReceiveReset { state: old },
     };
     let sock = if cookie.is_multiple_of(2) {

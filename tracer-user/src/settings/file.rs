@@ -1,63 +1,75 @@
-//! The daemon's settings: defaults, then the TOML file (`--config`), then the flags; every bad key or value is reported with the file, line and key.
+//! The daemon's TOML file (`--config`): every key the flags have, applied over the defaults and under the flags given on the command line; every bad key or value is reported with the file, line and key.
 
-use std::{net::SocketAddr, num::NonZeroUsize, path::Path};
+use std::{collections::HashSet, net::SocketAddr, num::NonZeroUsize, path::Path};
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
     cli::{
-        DaemonArgs, FamilyFilter, Filters, LogFormat, SelectArgs, UsageError, parse_cgroup,
-        parse_listen, parse_max_endpoints, parse_max_groups, parse_max_sockets, parse_pid,
-        parse_port, parse_ring_bytes,
+        DaemonArgs, parse_cgroup, parse_listen, parse_max_endpoints, parse_max_groups,
+        parse_max_sockets, parse_pid, parse_port, parse_ring_bytes,
     },
-    model::select::{parse_comm, parse_remote},
+    cmd::daemon::LogFormat,
+    error::UsageError,
+    model::select::{FamilyFilter, parse_comm, parse_remote},
 };
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9917";
-pub const DEFAULT_MAX_SOCKETS: usize = 262_144;
-pub const DEFAULT_MAX_GROUPS: usize = 500;
-pub const DEFAULT_MAX_ENDPOINTS: usize = 100;
-pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
-
-/// What the daemon runs with.
+/// The daemon's settings in the terms of its file: what a file sets, what
+/// `--check-config` prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
+pub struct DaemonValues {
     pub listen: SocketAddr,
     /// Serving metrics beyond loopback was asked for explicitly.
     pub allow_non_loopback: bool,
     pub log_format: LogFormat,
-    pub filters: Filters,
-    /// `comm` and `remote`: applied in userspace.
-    pub select: SelectArgs,
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+    pub comm: Vec<String>,
+    pub remote: Vec<IpNet>,
+    pub family: FamilyFilter,
     pub cgroup: Option<String>,
     pub max_sockets: NonZeroUsize,
     pub max_groups: usize,
     pub max_endpoints: usize,
     pub ring_bytes: u32,
-    /// The hidden `--disable-hook` (tests); never read from the file.
-    pub disabled_hooks: Vec<&'static str>,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
+impl DaemonValues {
+    /// The flags as given, their defaults where not.
+    pub fn from_args(a: &DaemonArgs) -> Self {
         Self {
-            listen: DEFAULT_LISTEN.parse().expect("valid default"),
-            allow_non_loopback: false,
-            log_format: LogFormat::Text,
-            filters: Filters {
-                pids: Vec::new(),
-                ports: Vec::new(),
-                family: FamilyFilter::Any,
+            listen: a.listen,
+            allow_non_loopback: a.allow_non_loopback,
+            log_format: a.log_format,
+            pids: a.trace.pid.clone(),
+            ports: a.trace.port.clone(),
+            comm: a.trace.select.comm.clone(),
+            remote: a.trace.select.remote.clone(),
+            family: match (a.trace.ipv4, a.trace.ipv6) {
+                (true, _) => FamilyFilter::Ipv4,
+                (_, true) => FamilyFilter::Ipv6,
+                _ => FamilyFilter::Any,
             },
-            select: SelectArgs::default(),
-            cgroup: None,
-            max_sockets: NonZeroUsize::new(DEFAULT_MAX_SOCKETS).expect("non-zero"),
-            max_groups: DEFAULT_MAX_GROUPS,
-            max_endpoints: DEFAULT_MAX_ENDPOINTS,
-            ring_bytes: DEFAULT_RING_BYTES,
-            disabled_hooks: Vec::new(),
+            cgroup: a.cgroup.clone(),
+            max_sockets: a.trace.max_sockets,
+            max_groups: a.analysis.max_groups,
+            max_endpoints: a.max_endpoints,
+            ring_bytes: a.trace.ring_bytes,
         }
+    }
+
+    /// What no single value can say: metrics beyond loopback need to be
+    /// meant.
+    pub fn validate(&self) -> Result<(), UsageError> {
+        if !self.listen.ip().is_loopback() && !self.allow_non_loopback {
+            return Err(UsageError(format!(
+                "--listen {}: beyond loopback, metrics name processes and their peers to anyone who can connect; add --allow-non-loopback (allow-non-loopback = true in the file) to mean it",
+                self.listen
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -100,14 +112,24 @@ fn key_on_line(text: &str, line: usize) -> Option<&str> {
     Some(key.trim())
 }
 
-/// Reads `path`, validates every key, and applies it over `base`.
-pub fn apply_file(base: Settings, path: &Path) -> Result<Settings, UsageError> {
+/// Reads `path`, validates every key, and applies it over `base` but for
+/// the flags `given` on the command line (clap ids: `max_sockets`).
+pub fn apply_file(
+    base: DaemonValues,
+    path: &Path,
+    given: &HashSet<String>,
+) -> Result<DaemonValues, UsageError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| UsageError(format!("--config {}: {e}", path.display())))?;
-    apply_text(base, &text, &path.display().to_string())
+    apply_text(base, &text, &path.display().to_string(), given)
 }
 
-fn apply_text(mut s: Settings, text: &str, name: &str) -> Result<Settings, UsageError> {
+fn apply_text(
+    mut s: DaemonValues,
+    text: &str,
+    name: &str,
+    given: &HashSet<String>,
+) -> Result<DaemonValues, UsageError> {
     let file: FileConfig = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(1, |span| line_of(text, span.start));
         // Unknown keys and type mismatches carry their own wording; name the
@@ -126,12 +148,18 @@ fn apply_text(mut s: Settings, text: &str, name: &str) -> Result<Settings, Usage
             line_of(text, span.start)
         ))
     };
+    // A key is still checked when its flag was given, but the flag wins.
+    let flag_given = |key: &str| match key {
+        "family" => given.contains("ipv4") || given.contains("ipv6"),
+        key => given.contains(&key.replace('-', "_")),
+    };
     macro_rules! check {
         ($field:expr, $key:literal, |$v:ident| $parse:expr) => {
             if let Some(spanned) = $field {
                 let span = spanned.span();
                 let $v = spanned.into_inner();
-                Some($parse.map_err(|reason: String| at(span, $key, reason))?)
+                let value = $parse.map_err(|reason: String| at(span, $key, reason))?;
+                (!flag_given($key)).then_some(value)
             } else {
                 None
             }
@@ -159,28 +187,28 @@ fn apply_text(mut s: Settings, text: &str, name: &str) -> Result<Settings, Usage
         .map(|p| parse_pid(&p.to_string()))
         .collect::<Result<Vec<_>, _>>())
     {
-        s.filters.pids = v;
+        s.pids = v;
     }
     if let Some(v) = check!(file.port, "port", |v| v
         .iter()
         .map(|p| parse_port(&p.to_string()))
         .collect::<Result<Vec<_>, _>>())
     {
-        s.filters.ports = v;
+        s.ports = v;
     }
     if let Some(v) = check!(file.comm, "comm", |v| v
         .iter()
         .map(|c| parse_comm(c))
         .collect::<Result<Vec<_>, _>>())
     {
-        s.select.comm = v;
+        s.comm = v;
     }
     if let Some(v) = check!(file.remote, "remote", |v| v
         .iter()
         .map(|r| parse_remote(r))
         .collect::<Result<Vec<_>, _>>())
     {
-        s.select.remote = v;
+        s.remote = v;
     }
     if let Some(v) = check!(file.family, "family", |v| match v.as_str() {
         "any" => Ok(FamilyFilter::Any),
@@ -188,7 +216,7 @@ fn apply_text(mut s: Settings, text: &str, name: &str) -> Result<Settings, Usage
         "ipv6" => Ok(FamilyFilter::Ipv6),
         other => Err(format!("'{other}' is not any, ipv4 or ipv6")),
     }) {
-        s.filters.family = v;
+        s.family = v;
     }
     if let Some(v) = check!(file.cgroup, "cgroup", |v| parse_cgroup(&v)) {
         s.cgroup = Some(v);
@@ -219,87 +247,7 @@ fn apply_text(mut s: Settings, text: &str, name: &str) -> Result<Settings, Usage
     Ok(s)
 }
 
-/// Flags given on the command line win over the file.
-fn apply_flags(mut s: Settings, args: &DaemonArgs) -> Settings {
-    if let Some(v) = args.listen {
-        s.listen = v;
-    }
-    if args.allow_non_loopback {
-        s.allow_non_loopback = true;
-    }
-    if let Some(v) = &args.comm {
-        s.select.comm = v.clone();
-    }
-    if let Some(v) = &args.remote {
-        s.select.remote = v.clone();
-    }
-    if let Some(v) = args.log_format {
-        s.log_format = v;
-    }
-    if let Some(v) = &args.pid {
-        s.filters.pids = v.clone();
-    }
-    if let Some(v) = &args.port {
-        s.filters.ports = v.clone();
-    }
-    if args.ipv4 {
-        s.filters.family = FamilyFilter::Ipv4;
-    }
-    if args.ipv6 {
-        s.filters.family = FamilyFilter::Ipv6;
-    }
-    if let Some(v) = &args.cgroup {
-        s.cgroup = Some(v.clone());
-    }
-    if let Some(v) = args.max_sockets {
-        s.max_sockets = v;
-    }
-    if let Some(v) = args.max_groups {
-        s.max_groups = v;
-    }
-    if let Some(v) = args.max_endpoints {
-        s.max_endpoints = v;
-    }
-    if let Some(v) = args.ring_bytes {
-        s.ring_bytes = v;
-    }
-    s
-}
-
-/// Defaults, then `--config`, then flags; then the same checks as the
-/// tracing commands' filters (at most 8 pids and ports).
-pub fn resolve(args: &DaemonArgs) -> Result<Settings, UsageError> {
-    let mut s = Settings::default();
-    if let Some(path) = &args.config {
-        s = apply_file(s, path)?;
-    }
-    let s = apply_flags(s, args);
-    let trace = crate::cli::TraceArgs {
-        duration: None,
-        pid: s.filters.pids.clone(),
-        port: s.filters.ports.clone(),
-        ipv4: s.filters.family == FamilyFilter::Ipv4,
-        ipv6: s.filters.family == FamilyFilter::Ipv6,
-        max_sockets: s.max_sockets,
-        ring_bytes: s.ring_bytes,
-        select: s.select.clone(),
-        disable_hook: args.disable_hook.clone(),
-    };
-    let filters = trace.filters()?;
-    if !s.listen.ip().is_loopback() && !s.allow_non_loopback {
-        return Err(UsageError(format!(
-            "--listen {}: beyond loopback, metrics name processes and their peers to anyone who can connect; add --allow-non-loopback (allow-non-loopback = true in the file) to mean it",
-            s.listen
-        )));
-    }
-    Ok(Settings {
-        filters,
-        disabled_hooks: args.disable_hook.clone(),
-        ..s
-    })
-}
-
-impl Settings {
+impl DaemonValues {
     /// The settings as a config file: every key, what `--check-config`
     /// prints and what a file must contain to reproduce them.
     pub fn to_toml(&self) -> String {
@@ -312,25 +260,10 @@ impl Settings {
                 LogFormat::Text => "text",
                 LogFormat::Json => "json",
             },
+            list(&self.pids.iter().map(u32::to_string).collect::<Vec<_>>()),
+            list(&self.ports.iter().map(u16::to_string).collect::<Vec<_>>()),
             list(
                 &self
-                    .filters
-                    .pids
-                    .iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-            ),
-            list(
-                &self
-                    .filters
-                    .ports
-                    .iter()
-                    .map(u16::to_string)
-                    .collect::<Vec<_>>()
-            ),
-            list(
-                &self
-                    .select
                     .comm
                     .iter()
                     .map(|c| serde_json::to_string(c).expect("a string"))
@@ -338,13 +271,12 @@ impl Settings {
             ),
             list(
                 &self
-                    .select
                     .remote
                     .iter()
                     .map(|r| format!("\"{r}\""))
                     .collect::<Vec<_>>()
             ),
-            match self.filters.family {
+            match self.family {
                 FamilyFilter::Any => "any",
                 FamilyFilter::Ipv4 => "ipv4",
                 FamilyFilter::Ipv6 => "ipv6",
@@ -365,8 +297,17 @@ impl Settings {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Settings, UsageError> {
-        apply_text(Settings::default(), text, "t.toml")
+    /// The daemon's values with every flag at its default.
+    fn defaults() -> DaemonValues {
+        let parsed = crate::cli::tests::parse(&["daemon"]).unwrap();
+        let crate::cli::Command::Daemon(a) = parsed.cli.command else {
+            panic!()
+        };
+        DaemonValues::from_args(&a)
+    }
+
+    fn parse(text: &str) -> Result<DaemonValues, UsageError> {
+        apply_text(defaults(), text, "t.toml", &HashSet::new())
     }
 
     /// A file with every key set away from its default.
@@ -392,17 +333,17 @@ ring-bytes = "16MiB"
         assert_eq!(s.listen, "[::1]:9999".parse().unwrap());
         assert!(s.allow_non_loopback);
         assert_eq!(s.log_format, LogFormat::Json);
-        assert_eq!(s.select.comm, ["nginx", "kube-controller-manager"]);
+        assert_eq!(s.comm, ["nginx", "kube-controller-manager"]);
         assert_eq!(
-            s.select.remote,
+            s.remote,
             [
                 "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
                 "fd00::1/128".parse().unwrap()
             ]
         );
-        assert_eq!(s.filters.pids, vec![1, 2]);
-        assert_eq!(s.filters.ports, vec![80, 443]);
-        assert_eq!(s.filters.family, FamilyFilter::Ipv6);
+        assert_eq!(s.pids, vec![1, 2]);
+        assert_eq!(s.ports, vec![80, 443]);
+        assert_eq!(s.family, FamilyFilter::Ipv6);
         assert_eq!(s.cgroup.as_deref(), Some("/kubepods.slice"));
         assert_eq!(s.max_sockets.get(), 1000);
         assert_eq!(s.max_groups, 50);
@@ -414,31 +355,27 @@ ring-bytes = "16MiB"
     fn every_key_round_trips_through_the_printed_config() {
         let s = parse(EVERY_KEY).unwrap();
         assert_eq!(parse(&s.to_toml()).unwrap(), s);
-        let d = Settings::default();
+        let d = defaults();
         assert_eq!(parse(&d.to_toml()).unwrap(), d);
     }
 
     #[test]
     fn the_shipped_config_file_is_valid() {
-        let s = parse(include_str!("../../deploy/tcplinger.toml")).unwrap();
-        assert_eq!(
-            s.listen,
-            DEFAULT_LISTEN.parse().unwrap(),
-            "loopback by default"
-        );
+        let s = parse(include_str!("../../../deploy/tcplinger.toml")).unwrap();
+        assert_eq!(s.listen, defaults().listen, "loopback by default");
         assert_eq!(s.log_format, LogFormat::Json);
     }
 
     #[test]
     fn the_readme_documents_every_key() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let block = readme
             .split("```toml")
             .nth(1)
             .and_then(|rest| rest.split("```").next())
             .expect("a ```toml block in the README");
         let s = parse(block).unwrap();
-        assert_ne!(s, Settings::default(), "the README example sets keys");
+        assert_ne!(s, defaults(), "the README example sets keys");
         for key in [
             "listen",
             "log-format",
@@ -481,5 +418,21 @@ ring-bytes = "16MiB"
             assert!(err.contains(key), "{text:?}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn flags_given_win_over_the_file_and_the_file_over_defaults() {
+        let text = "max-sockets = 1000\nring-bytes = \"16MiB\"\nfamily = \"ipv6\"\n";
+        let given: HashSet<String> = ["max_sockets".to_string(), "ipv4".to_string()].into();
+        let mut base = defaults();
+        base.max_sockets = NonZeroUsize::new(7).unwrap();
+        base.family = FamilyFilter::Ipv4;
+        let s = apply_text(base, text, "t.toml", &given).unwrap();
+        assert_eq!(s.max_sockets.get(), 7, "the flag wins");
+        assert_eq!(s.family, FamilyFilter::Ipv4, "-4 wins over family");
+        assert_eq!(s.ring_bytes, 16 << 20, "the file wins over the default");
+        // A bad value is refused even under a flag.
+        let err = apply_text(defaults(), "max-sockets = 0\n", "t.toml", &given).unwrap_err();
+        assert!(err.0.starts_with("t.toml:1: max-sockets"), "{}", err.0);
     }
 }

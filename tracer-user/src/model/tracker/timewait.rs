@@ -1,0 +1,209 @@
+//! Following sockets that live on as timewait sockets: what sock_diag is asked, and how its answers end FIN_WAIT2 and TIME_WAIT.
+
+use foldhash::{HashMap, HashMapExt as _};
+use tracer_common::TcpState;
+
+use super::{
+    Tracker,
+    conn::Phase,
+    types::{
+        DiagRequest, Fw2End, Sightings, TIMEWAIT_LEN_NS, TimewaitEnd, TimewaitSighting, Wanted,
+    },
+};
+use crate::model::event::Family;
+
+/// Timer rounding tolerated before a vanished timewait socket counts as
+/// killed early rather than expired.
+const EXPIRY_SLACK_NS: u64 = 20_000_000;
+
+impl Tracker {
+    /// What sock_diag should be asked now; empty when nothing is followed.
+    /// With `timewait`, the followed TIME_WAIT sockets too: they change
+    /// once in 60 s, and their table can be large.
+    pub fn diag_requests(&self, timewait: bool) -> Vec<DiagRequest> {
+        let mut by_namespace: HashMap<(u32, Family), DiagRequest> = HashMap::new();
+        fn request(
+            map: &mut HashMap<(u32, Family), DiagRequest>,
+            netns: u32,
+            family: Family,
+        ) -> &mut DiagRequest {
+            map.entry((netns, family)).or_insert_with(|| DiagRequest {
+                netns,
+                family,
+                fin_wait2: Vec::new(),
+                time_wait: Vec::new(),
+            })
+        }
+        for (&(netns, family), cookies) in &self.followed {
+            for &cookie in cookies {
+                if let Some(c) = self.conns.peek(&cookie) {
+                    request(&mut by_namespace, netns, family)
+                        .fin_wait2
+                        .push(Wanted {
+                            cookie,
+                            laddr: c.laddr,
+                            lport: c.lport,
+                            raddr: c.raddr,
+                            rport: c.rport,
+                        });
+                }
+            }
+        }
+        if timewait {
+            for (&cookie, tw) in self.timewaits.iter().flatten() {
+                request(&mut by_namespace, tw.id.netns, tw.id.family)
+                    .time_wait
+                    .push(cookie);
+            }
+        }
+        by_namespace.into_values().collect()
+    }
+
+    /// A followed TIME_WAIT socket in a dump, or missing from it.
+    fn on_timewait_sighting(&mut self, cookie: u64, seen: Option<&TimewaitSighting>, done_ns: u64) {
+        let Some(timewaits) = &mut self.timewaits else {
+            return;
+        };
+        let Some(tw) = timewaits.get_mut(&cookie) else {
+            return;
+        };
+        match seen {
+            Some(s) => {
+                tw.seen_ns = s.seen_ns;
+                tw.expires_ns = expiry(s);
+            }
+            None => {
+                let end = if done_ns.saturating_add(EXPIRY_SLACK_NS) < tw.expires_ns {
+                    // Gone early: reused by a new connection, or killed by a RST.
+                    done_ns
+                } else {
+                    tw.expires_ns.clamp(tw.seen_ns, done_ns.max(tw.seen_ns))
+                };
+                self.timewait_ends.push(TimewaitEnd {
+                    id: tw.id,
+                    duration_ns: end.saturating_sub(tw.since_ns),
+                });
+                timewaits.remove(&cookie);
+            }
+        }
+    }
+
+    /// Applies one dump (timewait sockets by cookie) taken for `request`;
+    /// `done_ns` is when the dump finished. A namespace that no longer
+    /// exists is an empty dump: its timewait sockets went with it.
+    pub fn on_diag(&mut self, request: &DiagRequest, timewait: &Sightings, done_ns: u64) {
+        for cookie in request.cookies() {
+            let seen = timewait.get(&cookie);
+            let Some(conn) = self.conns.get_mut(&cookie) else {
+                self.unfollow(cookie, request.netns, request.family);
+                self.on_timewait_sighting(cookie, seen, done_ns);
+                continue;
+            };
+            match conn.phase {
+                Phase::Closed {
+                    at_ns,
+                    timewait_candidate: true,
+                } => match seen {
+                    Some(tw) if tw.state == TcpState::TimeWait => {
+                        // Either created as TIME_WAIT (the FIN had come while
+                        // the full socket lived) or it switched from FIN_WAIT2
+                        // before this first look: the timer dates which.
+                        conn.time_wait = true;
+                        let mut end = at_ns;
+                        if conn.times.get(TcpState::FinWait2).is_some() {
+                            end = timewait_switch(tw, at_ns);
+                            conn.times.add(TcpState::FinWait2, end - at_ns);
+                            conn.fin_wait2_end = Some(Fw2End::PeerFin);
+                        }
+                        self.finalize(cookie, end);
+                    }
+                    Some(tw) => {
+                        conn.phase = Phase::Fw2Timewait {
+                            closed_ns: at_ns,
+                            seen_ns: tw.seen_ns,
+                            expires_ns: expiry(tw),
+                        };
+                        // Keep followed sockets away from LRU eviction.
+                        self.conns.promote(&cookie);
+                    }
+                    None => {
+                        // No successor: the timewait table was full
+                        // (tcp_max_tw_buckets) or it was gone before we asked.
+                        self.finalize(cookie, at_ns);
+                    }
+                },
+                Phase::Fw2Timewait {
+                    closed_ns,
+                    seen_ns,
+                    expires_ns,
+                } => match seen {
+                    Some(tw) if tw.state == TcpState::TimeWait => {
+                        let end = timewait_switch(tw, seen_ns);
+                        conn.times
+                            .add(TcpState::FinWait2, end.saturating_sub(closed_ns));
+                        conn.fin_wait2_end = Some(Fw2End::PeerFin);
+                        conn.time_wait = true;
+                        self.finalize(cookie, end);
+                    }
+                    Some(tw) => {
+                        conn.phase = Phase::Fw2Timewait {
+                            closed_ns,
+                            seen_ns: tw.seen_ns,
+                            expires_ns: expiry(tw),
+                        };
+                        self.conns.promote(&cookie);
+                    }
+                    None => {
+                        let (end, how) = if done_ns.saturating_add(EXPIRY_SLACK_NS) < expires_ns {
+                            // Gone before its timer: killed by a RST or reused.
+                            (done_ns, Fw2End::Reset)
+                        } else {
+                            (
+                                expires_ns.clamp(seen_ns, done_ns.max(seen_ns)),
+                                Fw2End::Timeout,
+                            )
+                        };
+                        conn.times
+                            .add(TcpState::FinWait2, end.saturating_sub(closed_ns));
+                        conn.fin_wait2_end = Some(how);
+                        self.finalize(cookie, end);
+                    }
+                },
+                _ => self.unfollow(cookie, request.netns, request.family),
+            }
+        }
+    }
+
+    /// sock_diag could not answer `request`: sockets waiting for their
+    /// first look are written without a verdict on their successor
+    /// (incomplete); followed ones wait for a later look.
+    pub fn on_diag_failed(&mut self, request: &DiagRequest) {
+        for cookie in request.cookies() {
+            if let Some(conn) = self.conns.peek_mut(&cookie)
+                && let Phase::Closed {
+                    at_ns,
+                    timewait_candidate: true,
+                } = conn.phase
+            {
+                conn.complete = false;
+                self.finalize(cookie, at_ns);
+            }
+        }
+    }
+}
+
+/// When a timewait socket seen in TIME_WAIT left FIN_WAIT2: its timer
+/// restarted at [`TIMEWAIT_LEN_NS`] then. Clamped to after `not_before`
+/// (when it was last known to be in FIN_WAIT2) and to the sighting itself.
+fn timewait_switch(tw: &TimewaitSighting, not_before: u64) -> u64 {
+    let left_ns = u64::from(tw.expires_ms) * 1_000_000;
+    let switched = tw
+        .seen_ns
+        .saturating_sub(TIMEWAIT_LEN_NS.saturating_sub(left_ns));
+    switched.clamp(not_before, tw.seen_ns.max(not_before))
+}
+
+/// When a timewait socket's timer is due, from one sighting.
+fn expiry(tw: &TimewaitSighting) -> u64 {
+    tw.seen_ns + u64::from(tw.expires_ms) * 1_000_000
+}
