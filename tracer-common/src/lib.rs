@@ -16,6 +16,7 @@ pub const MAX_FILTER_PORTS: usize = 8;
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_DROPS: &str = "DROPS";
 pub const MAP_OWNERS: &str = "OWNERS";
+pub const MAP_FAILED: &str = "FAILED";
 pub const MAP_RING_PEAK: &str = "RING_PEAK";
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
@@ -205,11 +206,11 @@ pub struct TcpFigures {
 /// [`Event::fin_received`] when it is not known.
 pub const FIN_UNKNOWN: u8 = 0xff;
 
-/// Who owns a socket and when it entered its state, per cookie in the
-/// owner map.
+/// Who owns a socket and when it entered its state: the value of the
+/// per-cookie map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Owner {
+pub struct SocketEntry {
     /// The owner's cgroup v2 id when it was recorded.
     pub cgroup_id: u64,
     /// Boot-clock ns when the socket entered `since_state`.
@@ -334,7 +335,7 @@ const _: () = assert!(
             + core::mem::size_of::<TcpFigures>()
 );
 const _: () = assert!(core::mem::size_of::<TcpFigures>() == 4 * 4);
-const _: () = assert!(core::mem::size_of::<Owner>() == 8 + 8 + COMM_LEN + 4 + 1 + 3);
+const _: () = assert!(core::mem::size_of::<SocketEntry>() == 8 + 8 + COMM_LEN + 4 + 1 + 3);
 const _: () = assert!(core::mem::size_of::<SockOffsets>() == 22 * 2);
 const _: () = assert!(
     core::mem::size_of::<Config>()
@@ -352,6 +353,6 @@ const _: () = assert!(
 mod user {
     // SAFETY: plain-old-data, `repr(C)`, no implicit padding (asserted above).
     unsafe impl aya::Pod for super::Event {}
-    unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::SocketEntry {}
     unsafe impl aya::Pod for super::Config {}
 }

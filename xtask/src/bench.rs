@@ -88,7 +88,7 @@ impl Config {
 struct Run {
     conns_per_s: f64,
     failures: u64,
-    /// Tracer user+sys CPU seconds per wall second.
+    /// Subject user+sys CPU seconds per wall second.
     cpu: f64,
     peak_rss_kb: u64,
     events: Option<u64>,
@@ -130,13 +130,13 @@ fn peak_rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A tracer under test; killed on drop.
-struct Tracer {
+/// A tracer configuration under measurement; killed on drop.
+struct Subject {
     child: Child,
     stderr: mpsc::Receiver<String>,
 }
 
-impl Drop for Tracer {
+impl Drop for Subject {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
@@ -153,7 +153,7 @@ fn program_ids() -> HashSet<u32> {
         .collect()
 }
 
-fn start_tracer(config: Config, tcplinger: &Path) -> Result<Tracer> {
+fn start_tracer(config: Config, tcplinger: &Path) -> Result<Subject> {
     let before = program_ids();
     let mut cmd = match config {
         Config::NoTracer => bail!("no tracer to start"),
@@ -186,7 +186,7 @@ fn start_tracer(config: Config, tcplinger: &Path) -> Result<Tracer> {
             let _ = tx.send(line);
         }
     });
-    let tracer = Tracer { child, stderr: rx };
+    let tracer = Subject { child, stderr: rx };
     let start = Instant::now();
     // Ready: our tracers say so; bpftrace's program shows up in the kernel.
     loop {
@@ -208,7 +208,7 @@ fn start_tracer(config: Config, tcplinger: &Path) -> Result<Tracer> {
 }
 
 /// Stops a tracer and reads the events/dropped figures of our exit summary.
-fn stop_tracer(mut tracer: Tracer) -> (Option<u64>, Option<u64>) {
+fn stop_tracer(mut tracer: Subject) -> (Option<u64>, Option<u64>) {
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(tracer.child.id() as i32, libc::SIGTERM) };
     let _ = tracer.child.wait();

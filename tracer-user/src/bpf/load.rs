@@ -141,7 +141,7 @@ impl std::fmt::Display for Degraded {
 /// Attached programs plus the maps userspace reads. Dropping the `Ebpf`
 /// detaches every program; the maps are held apart so the ring can still be
 /// drained after detaching.
-pub struct Tracer {
+pub struct Attached {
     ebpf: Option<Ebpf>,
     ring: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
@@ -153,7 +153,7 @@ pub struct Tracer {
     pub degraded: Vec<Degraded>,
 }
 
-impl Tracer {
+impl Attached {
     /// The ring to consume; taken once by the event source.
     pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
         self.ring.take()
@@ -309,7 +309,7 @@ fn ebpf_error(err: EbpfError) -> LoadError {
 
 /// Loads and attaches everything; on error nothing stays attached (the
 /// partially built `Ebpf` is dropped).
-pub fn load(options: &LoadOptions) -> Result<Tracer, LoadError> {
+pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
     check_privileges()?;
     raise_memlock_limit();
 
@@ -380,7 +380,7 @@ pub fn load(options: &LoadOptions) -> Result<Tracer, LoadError> {
         program: MAP_RING_PEAK,
         source: Box::new(e),
     })?;
-    Ok(Tracer {
+    Ok(Attached {
         ebpf: Some(ebpf),
         ring: Some(ring),
         drops,

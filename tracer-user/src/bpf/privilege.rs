@@ -60,12 +60,12 @@ pub fn drop_after_attach() -> Result<(), caps::errors::CapsError> {
     Ok(())
 }
 
-/// Drops what is not needed, warning (not failing) when that is refused:
-/// the tracer works either way, and the user should know which it is.
-pub fn drop_or_warn() {
-    if let Err(err) = drop_after_attach() {
-        eprintln!("tcplinger: warning: could not drop capabilities after attaching: {err}");
-    }
+/// Drops what is not needed; a refusal is a warning for the user (the
+/// tracer works either way, and the user should know which it is).
+pub fn drop_or_warning() -> Option<String> {
+    drop_after_attach()
+        .err()
+        .map(|err| format!("could not drop capabilities after attaching: {err}"))
 }
 
 #[cfg(test)]

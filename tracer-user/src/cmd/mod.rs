@@ -103,11 +103,32 @@ impl Driver {
     /// on it with its own inputs (`top`'s keys).
     pub async fn next(&mut self, analysis: &mut Analysis) -> io::Result<Wake> {
         let seeded = analysis.seeded;
-        tokio::select! {
+        let wake = tokio::select! {
             biased;
             () = &mut self.stop => Ok(Wake::Stop),
             progress = analysis.step() => progress.map(Wake::Step),
             _ = self.tick.tick(), if seeded => Ok(Wake::Tick),
+        };
+        warn(analysis.session.take_warnings());
+        if let Ok(Wake::Step(Progress::Seeded { unreadable, .. })) = wake {
+            warn_unreadable(unreadable);
         }
+        wake
+    }
+}
+
+/// Shows warnings on stderr, one line each.
+pub fn warn(warnings: impl IntoIterator<Item = String>) {
+    for w in warnings {
+        eprintln!("tcplinger: warning: {w}");
+    }
+}
+
+/// Says that the start-up snapshot could not read some namespaces, if so.
+pub fn warn_unreadable(unreadable: usize) {
+    if unreadable > 0 {
+        warn([format!(
+            "{unreadable} sock_diag dumps of network namespaces failed; their sockets already open are not known"
+        )]);
     }
 }

@@ -8,6 +8,7 @@ use std::{
 use super::{Driver, Wake, open_output, output_result};
 use crate::{
     output::report::{Report, other, rank},
+    session::Host as _,
     session::{
         Progress,
         analysis::{Analysis, Judging},
@@ -27,8 +28,7 @@ pub async fn run(s: settings::Report) -> anyhow::Result<()> {
         match driver.next(&mut analysis).await? {
             Wake::Stop => break,
             Wake::Tick => analysis.observe(),
-            Wake::Step(Progress::Seeded { open, unreadable }) => {
-                crate::session::warn_unreadable(unreadable);
+            Wake::Step(Progress::Seeded { open, .. }) => {
                 eprintln!(
                     "tcplinger: tracing TCP connections for {} ({open} already open); Ctrl-C to stop early",
                     humantime::format_duration(s.duration)
@@ -42,7 +42,7 @@ pub async fn run(s: settings::Report) -> anyhow::Result<()> {
     let report = Report {
         window_s: analysis.window_s(),
         events: analysis.session.counts.events,
-        dropped: analysis.session.tracer.dropped().unwrap_or(0),
+        dropped: analysis.session.host.dropped(),
         findings: &findings,
         groups: rank(&analysis.agg, &findings),
         other: other(&analysis.agg),

@@ -24,6 +24,7 @@ use crate::{
     model::diagnose::Finding,
     model::diagnose::process_short,
     output::connections::human,
+    session::Host as _,
     session::Progress,
     session::analysis::{Analysis, Judging},
     settings,
@@ -165,7 +166,7 @@ impl Model {
         let events = analysis.session.counts.events;
         self.events_per_s = (events - self.last_events) as f64 / REFRESH.as_secs_f64();
         self.last_events = events;
-        self.dropped = analysis.session.tracer.dropped().unwrap_or(0);
+        self.dropped = analysis.session.host.dropped();
         self.folded = analysis.agg.folded();
         self.seeded = analysis.seeded;
         self.elapsed_s = window_s;
@@ -403,7 +404,7 @@ pub async fn run(s: settings::Top) -> anyhow::Result<()> {
     }
     .await;
     drop(restore);
-    analysis.session.tracer.detach();
+    analysis.session.host.detach();
     eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
     result
 }

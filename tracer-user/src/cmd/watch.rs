@@ -5,18 +5,15 @@ use std::{
     io::{self, BufWriter, Write},
 };
 
-use anyhow::Context as _;
-
 use super::{open_output, output_result, stop_signal};
 use crate::{
-    bpf::{
-        load::{self, LoadOptions},
-        ring::{EventSource, MAX_BATCH},
+    bpf::{load::LoadOptions, ring::MAX_BATCH},
+    model::{
+        select::Selection,
+        tracker::{ConnRecord, Tracker},
     },
-    host::clock::{self, WallClock},
-    model::{event::Record, select::Selection, tracker::ConnRecord, tracker::Tracker},
     output::{connections::ConnectionWriter, transitions::TransitionWriter},
-    session::{self, Counts, Progress, Session, TraceOptions},
+    session::{self, Counts, Host as _, LiveHost, Progress, Session, TraceOptions},
     settings::Watch,
 };
 
@@ -51,19 +48,20 @@ async fn transitions<W: Write>(
     stop: impl Future<Output = ()>,
     mut out: TransitionWriter<W>,
 ) -> anyhow::Result<io::Result<()>> {
-    let mut tracer = load::load(options)?;
-    session::attached(&tracer);
-    let mut source = EventSource::new(tracer.take_ring().context("ring buffer already taken")?)
-        .context("watching the ring buffer")?;
+    let mut host = LiveHost::start(options, false)?;
+    super::warn(host.take_warnings());
     eprintln!("tcplinger: tracing TCP state changes; Ctrl-C to stop");
-    let mut clock = WallClock::new();
     let mut counts = Counts::default();
-    let write = |out: &mut TransitionWriter<W>, r: &Record, clock: &WallClock| {
-        if selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr) {
-            out.write(r, clock.wall(r.ts_ns))
-        } else {
-            Ok(())
-        }
+    // Passes the waiting records to the output; the first write error ends it.
+    let drain = |host: &mut LiveHost, out: &mut TransitionWriter<W>, counts: &mut Counts| {
+        let clock = host.wall_clock();
+        let mut written = Ok(());
+        let n = session::drain(host, counts, |r| {
+            if written.is_ok() && selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr) {
+                written = out.write(r, clock.wall(r.ts_ns));
+            }
+        });
+        written.map(|()| n)
     };
     let result = async {
         tokio::pin!(stop);
@@ -74,26 +72,29 @@ async fn transitions<W: Write>(
             tokio::select! {
                 biased;
                 () = &mut stop => break,
-                () = source.ready(), if !backlog => {}
-                () = tokio::task::yield_now(), if backlog => {}
+                _ = host.next(backlog) => {}
             }
-            clock.resync();
-            backlog = session::drain(&mut source, &mut counts, |r| write(&mut out, r, &clock))?
-                == MAX_BATCH;
+            let malformed = counts.malformed;
+            backlog = drain(&mut host, &mut out, &mut counts)? == MAX_BATCH;
+            if malformed == 0
+                && let Some(first) = &counts.first_malformed
+            {
+                super::warn([format!("skipping malformed records: {first}")]);
+            }
             out.flush()?;
         }
-        tracer.detach();
+        host.detach();
         // Records written before the programs went away are still in the ring.
-        session::drain(&mut source, &mut counts, |r| write(&mut out, r, &clock))?;
+        drain(&mut host, &mut out, &mut counts)?;
         out.flush()
     }
     .await;
-    tracer.detach();
+    host.detach();
     eprintln!(
         "tcplinger: {} events, {} dropped (ring full), {} missed (hook busy), {} malformed",
         counts.events,
-        tracer.dropped().unwrap_or(0),
-        tracer.missed_runs(),
+        host.dropped(),
+        host.missed(),
         counts.malformed
     );
     Ok(result)
@@ -124,29 +125,31 @@ async fn connections<W: Write>(
                     }
                 }
             }
+            super::warn(session.take_warnings());
             for record in session.tracker.take_ready() {
                 if wanted(&record) {
-                    out.write(&record, session.clock.wall(record.end_ns))?;
+                    out.write(&record, session.host.wall(record.end_ns))?;
                 }
             }
             out.flush()?;
         }
         session.stop().await?;
-        for record in session.tracker.finish(clock::boot_ns()) {
+        let now = session.host.now_ns();
+        for record in session.tracker.finish(now) {
             if wanted(&record) {
-                out.write(&record, session.clock.wall(record.end_ns))?;
+                out.write(&record, session.host.wall(record.end_ns))?;
             }
         }
         out.flush()
     }
     .await;
-    session.tracer.detach();
+    session.host.detach();
     eprintln!("{}", session.summary(trace.max_sockets.get()));
     Ok(result)
 }
 
 /// The line that says tracing has started, once the open sockets are known.
 pub fn announce(open: usize, unreadable: usize) {
-    session::warn_unreadable(unreadable);
+    super::warn_unreadable(unreadable);
     eprintln!("tcplinger: tracing TCP connections ({open} already open); Ctrl-C to stop");
 }

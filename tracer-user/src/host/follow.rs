@@ -18,6 +18,7 @@ pub const DIAG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 
 /// One answered request: timewait sockets by cookie (`None` if the dump
 /// failed), and when the dump ended.
+#[derive(Debug, Clone)]
 pub struct DiagAnswer {
     pub request: DiagRequest,
     pub timewait: Option<Sightings>,
@@ -32,6 +33,8 @@ pub struct Follower {
     sockets: HashMap<u32, Diag>,
     /// Failures other than a vanished namespace, reported once.
     warned: bool,
+    /// That report, for the caller to show.
+    pub warning: Option<String>,
 }
 
 impl Follower {
@@ -63,9 +66,9 @@ impl Follower {
                     // The socket may be broken; open a fresh one next time.
                     self.sockets.remove(&request.netns);
                     if !self.warned {
-                        eprintln!(
-                            "tcplinger: warning: sock_diag lookup failed ({e}): TIME_WAIT and FIN_WAIT2 linger of affected sockets is unknown"
-                        );
+                        self.warning = Some(format!(
+                            "sock_diag lookup failed ({e}): TIME_WAIT and FIN_WAIT2 linger of affected sockets is unknown"
+                        ));
                         self.warned = true;
                     }
                     None

@@ -6,16 +6,11 @@ use foldhash::{HashMap, HashMapExt as _};
 use tracer_common::TcpState;
 
 use crate::{
-    host::cgroups::Cgroups,
-    host::clock,
-    host::last_io::IoReader,
-    host::owners,
-    host::snapshot,
     model::aggregate::{Aggregator, GroupKey, LiveSocket, Windowing},
     model::diagnose::{self, Figure, Finding, Pathology},
     model::select::Selection,
     model::tracker::{ConnId, ConnRecord, LiveConn, TimewaitEnd, Tracker},
-    session::{Progress, Session, TraceOptions},
+    session::{Host, LiveHost, Progress, Session, TraceOptions},
 };
 
 /// The /proc scan that names the processes holding accepted sockets runs
@@ -53,8 +48,8 @@ struct Seen {
     last_ns: u64,
 }
 
-pub struct Analysis {
-    pub session: Session,
+pub struct Analysis<H: Host = LiveHost> {
+    pub session: Session<H>,
     pub agg: Aggregator,
     started_ns: u64,
     /// The start-up snapshot is in; before that, the picture is partial.
@@ -63,10 +58,9 @@ pub struct Analysis {
     /// daemon's metrics); `None` when nobody asked.
     pub tap: Option<Fed>,
     /// Only connections whose owner's cgroup path starts with this count.
-    cgroup: Option<(String, Cgroups)>,
+    cgroup: Option<String>,
     /// `--comm` and `--remote`.
     selection: Selection,
-    io: IoReader,
     judging: Judging,
     last_resolve_ns: u64,
     seen: HashMap<(Pathology, GroupKey), Seen>,
@@ -82,17 +76,17 @@ pub struct Fed {
 }
 
 /// True when `id`'s owner lives in a cgroup under `prefix`.
-fn in_cgroup(cgroups: &mut Cgroups, prefix: &str, id: &ConnId) -> bool {
+fn in_cgroup(host: &mut impl Host, prefix: &str, id: &ConnId) -> bool {
     let Some(owner) = id.owner else { return false };
-    cgroups.lookup(owner.cgroup_id).is_some_and(|c| {
-        c.path == prefix
-            || c.path
+    host.cgroup_path(owner.cgroup_id).is_some_and(|path| {
+        path == prefix
+            || path
                 .strip_prefix(prefix)
                 .is_some_and(|rest| rest.starts_with('/'))
     })
 }
 
-impl Analysis {
+impl Analysis<LiveHost> {
     pub fn start(
         trace: &TraceOptions,
         max_groups: usize,
@@ -101,20 +95,31 @@ impl Analysis {
         // TIME_WAIT is followed to its end: its duration is part of the picture.
         let tracker = Tracker::new(trace.max_sockets).follow_timewait();
         let session = Session::start(&trace.load, tracker, true)?;
-        let started_ns = clock::boot_ns();
-        Ok(Self {
+        Ok(Self::new(session, trace, max_groups, judging))
+    }
+}
+
+impl<H: Host> Analysis<H> {
+    /// An analysis of `session` (whose tracker should follow TIME_WAIT).
+    pub fn new(
+        mut session: Session<H>,
+        trace: &TraceOptions,
+        max_groups: usize,
+        judging: Judging,
+    ) -> Self {
+        let started_ns = session.host.now_ns();
+        Self {
             session,
             agg: Aggregator::new(max_groups, started_ns, judging.windowing),
             started_ns,
             seeded: false,
             tap: None,
-            cgroup: trace.cgroup.clone().map(|prefix| (prefix, Cgroups::new())),
+            cgroup: trace.cgroup.clone(),
             selection: trace.selection.clone(),
-            io: IoReader::default(),
             judging,
             last_resolve_ns: 0,
             seen: HashMap::new(),
-        })
+        }
     }
 
     fn admitted(&mut self, id: &ConnId) -> bool {
@@ -124,8 +129,8 @@ impl Analysis {
         {
             return false;
         }
-        match &mut self.cgroup {
-            Some((prefix, cgroups)) => in_cgroup(cgroups, prefix, id),
+        match &self.cgroup {
+            Some(prefix) => in_cgroup(&mut self.session.host, prefix, id),
             None => true,
         }
     }
@@ -143,7 +148,7 @@ impl Analysis {
     }
 
     fn feed(&mut self) {
-        let now = clock::boot_ns();
+        let now = self.session.host.now_ns();
         let tracker = &mut self.session.tracker;
         let (opened, records, starts, ends) = (
             tracker.take_opened(),
@@ -203,7 +208,7 @@ impl Analysis {
     /// seen with (a prefork server's worker accepted them, not the
     /// listener's creator).
     pub fn observe(&mut self) {
-        let now = clock::boot_ns();
+        let now = self.session.host.now_ns();
         let provisional: HashMap<u64, u32> = self.session.tracker.provisional().collect();
         let asked: Vec<_> = self
             .session
@@ -215,7 +220,7 @@ impl Analysis {
             })
             .map(|l| (l.id.netns, l.id.family))
             .collect();
-        let seen = self.io.read(asked);
+        let seen = self.session.host.open_sockets(asked);
         if !provisional.is_empty() && now.saturating_sub(self.last_resolve_ns) >= RESOLVE_EVERY_NS {
             self.last_resolve_ns = now;
             self.resolve(&provisional, &seen);
@@ -250,7 +255,7 @@ impl Analysis {
             return;
         }
         let wanted: HashSet<u32> = inodes.keys().copied().collect();
-        let holders = owners::holders(&wanted);
+        let holders = self.session.host.holders(&wanted);
         let listed: Vec<(u64, Option<u32>)> = self
             .session
             .tracker
@@ -320,16 +325,21 @@ impl Analysis {
         Ok(())
     }
 
-    pub fn window_s(&self) -> f64 {
-        clock::boot_ns().saturating_sub(self.started_ns) as f64 / 1e9
+    /// The host's boot clock now.
+    pub fn now_ns(&mut self) -> u64 {
+        self.session.host.now_ns()
+    }
+
+    pub fn window_s(&mut self) -> f64 {
+        self.now_ns().saturating_sub(self.started_ns) as f64 / 1e9
     }
 
     /// The findings now: closing patterns over the judged windows, the
     /// live ones on the sockets alive now (and, for a whole-run judging,
     /// the worst seen at any look), with the file descriptors of leaked
     /// CLOSE_WAIT sockets looked up for the process that holds them.
-    pub fn findings(&self) -> Vec<Finding> {
-        let now = clock::boot_ns();
+    pub fn findings(&mut self) -> Vec<Finding> {
+        let now = self.session.host.now_ns();
         let mut findings = diagnose::diagnose(&self.agg, &self.judging.spans_ns, now);
         if self.judging.keep_seen {
             for seen in self.seen.values() {
@@ -362,7 +372,7 @@ impl Analysis {
                 .map(|g| g.now.close_wait_sample.clone())
                 .unwrap_or_default();
             if let Some(pid) = f.who.pid {
-                let fds = snapshot::close_wait_fds(pid, &sample);
+                let fds = self.session.host.close_wait_fds(pid, &sample);
                 if !fds.is_empty() {
                     f.summary = f.summary.replacen(
                         " in CLOSE_WAIT,",

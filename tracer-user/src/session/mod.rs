@@ -1,25 +1,21 @@
-//! A connection-tracing session shared by `watch`, `report` and `top`: programs attached, the ring drained into the tracker, the start-up snapshot and the timewait follower running alongside.
+//! A connection-tracing session shared by `watch`, `report`, `top` and `daemon`: the ring drained into the tracker, the start-up snapshot, the timewait follower and the checks after a loss, all through the [`Host`] seam.
 
 pub mod analysis;
+pub mod host;
 
 use std::io;
 
-use anyhow::Context as _;
-use tokio::{
-    task::JoinHandle,
-    time::{Interval, MissedTickBehavior, interval},
-};
 use tracer_common::TcpState;
 
+use self::host::Event;
+pub use self::host::{Host, LiveHost};
 use crate::{
-    bpf::decode::decode,
-    bpf::load::{self, LoadOptions, Tracer},
-    bpf::ring::{EventSource, MAX_BATCH},
-    host::clock::{self, WallClock},
-    host::follow::{DIAG_INTERVAL, DiagAnswer, Follower},
-    host::snapshot,
-    model::event::Record,
-    model::tracker::{Alive, CLOSE_GRACE_NS, Seed, Tracker},
+    bpf::{decode::decode, load::LoadOptions, ring::MAX_BATCH},
+    host::follow::DiagAnswer,
+    model::{
+        event::Record,
+        tracker::{Alive, CLOSE_GRACE_NS, Tracker},
+    },
 };
 
 /// After a loss, the tracker is checked against a dump of every socket at
@@ -32,6 +28,12 @@ const RECHECK_EVERY_NS: u64 = 2_000_000_000;
 /// ms). Expiry is dated from the timer; only a TIME_WAIT cut short (reused,
 /// reset) is dated to the look that missed it, up to this late.
 const TIMEWAIT_POLL_NS: u64 = 5_000_000_000;
+
+/// Missed runs are read from each program's fdinfo (a file per program):
+/// at most this often, where the drop counter is one map read per step.
+/// An idle tracer steps 50 times a second, and those reads were most of
+/// what it did.
+const MISSED_READ_EVERY_NS: u64 = 1_000_000_000;
 
 /// What a tracing session is started with (built by `settings`).
 #[derive(Debug, Clone)]
@@ -47,50 +49,29 @@ pub struct TraceOptions {
 }
 
 /// What one run saw and lost.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Counts {
     pub events: u64,
     pub malformed: u64,
+    /// Why the first malformed record was refused.
+    pub first_malformed: Option<String>,
 }
 
 /// Passes every waiting ring record, decoded, to `each`; returns how many
-/// were read. Malformed records are counted and the first is reported.
-pub fn drain(
-    source: &mut EventSource,
-    counts: &mut Counts,
-    mut each: impl FnMut(&Record) -> io::Result<()>,
-) -> io::Result<usize> {
-    source.drain(|bytes| {
+/// were read. Malformed records are counted, the first one's reason kept.
+pub fn drain<H: Host>(host: &mut H, counts: &mut Counts, mut each: impl FnMut(&Record)) -> usize {
+    host.drain(&mut |bytes| {
         counts.events += 1;
         match decode(bytes) {
             Ok(record) => each(&record),
             Err(err) => {
                 if counts.malformed == 0 {
-                    eprintln!("tcplinger: skipping malformed record: {err}");
+                    counts.first_malformed = Some(err.to_string());
                 }
                 counts.malformed += 1;
-                Ok(())
             }
         }
     })
-}
-
-/// Once the programs are attached: says what a missing optional hook
-/// costs, and gives up the capabilities only loading needed.
-pub fn attached(tracer: &Tracer) {
-    for d in &tracer.degraded {
-        eprintln!("tcplinger: warning: {d}");
-    }
-    crate::bpf::privilege::drop_or_warn();
-}
-
-/// Says that the start-up snapshot could not read some namespaces, if so.
-pub fn warn_unreadable(unreadable: usize) {
-    if unreadable > 0 {
-        eprintln!(
-            "tcplinger: warning: {unreadable} sock_diag dumps of network namespaces failed; their sockets already open are not known"
-        );
-    }
 }
 
 /// Something a step of the session did that its user may want to show.
@@ -103,103 +84,74 @@ pub enum Progress {
     Drained,
 }
 
-pub struct Session {
-    pub tracer: Tracer,
+/// A tracker fed from a host: the ring's records, the start-up snapshot,
+/// the lookups of followed sockets, and after a loss a dump to check
+/// against.
+pub struct Session<H: Host = LiveHost> {
+    pub host: H,
     pub tracker: Tracker,
-    pub clock: WallClock,
     pub counts: Counts,
-    source: EventSource,
-    seeding: Option<JoinHandle<(Vec<Seed>, usize)>>,
-    follower: Option<Follower>,
-    diag: Option<JoinHandle<(Follower, Vec<DiagAnswer>)>>,
-    diag_tick: Interval,
+    /// What the user should know, not yet shown (see [`Self::take_warnings`]).
+    warnings: Vec<String>,
+    seeded: bool,
     follow_timewait: bool,
     last_timewait_poll_ns: u64,
     losses: Losses,
     backlog: bool,
     /// Events were lost since the last check against the kernel's sockets.
     recheck_wanted: bool,
-    recheck: Option<JoinHandle<(Alive, u64)>>,
+    recheck_asked: bool,
     /// A dump back, applied once the ring holds nothing older than it.
     recheck_done: Option<(Alive, u64)>,
     last_recheck_ns: u64,
 }
 
-enum Woke {
-    Seeded(Result<(Vec<Seed>, usize), tokio::task::JoinError>),
-    Rechecked(Result<(Alive, u64), tokio::task::JoinError>),
-    Diag(Result<(Follower, Vec<DiagAnswer>), tokio::task::JoinError>),
-    DiagTick,
-    Ring,
-}
-
-impl Session {
+impl Session<LiveHost> {
     /// Loads and attaches; the snapshot of open sockets starts in the background.
     pub fn start(
         options: &LoadOptions,
         tracker: Tracker,
         follow_timewait: bool,
     ) -> anyhow::Result<Self> {
-        let mut tracer = load::load(options)?;
-        attached(&tracer);
-        let source = EventSource::new(tracer.take_ring().context("ring buffer already taken")?)
-            .context("watching the ring buffer")?;
-        let filters = options.filters.clone();
-        // Runs while events flow, so a slow /proc scan cannot overflow the ring.
-        let seeding = Some(tokio::task::spawn_blocking(move || {
-            snapshot::take(&filters)
-        }));
-        let mut diag_tick = interval(DIAG_INTERVAL);
-        diag_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ok(Self {
-            tracer,
+        Ok(Self::new(
+            LiveHost::start(options, true)?,
             tracker,
-            clock: WallClock::new(),
+            follow_timewait,
+        ))
+    }
+}
+
+impl<H: Host> Session<H> {
+    /// A session on `host`. With `follow_timewait`, TIME_WAIT sockets are
+    /// followed to their end.
+    pub fn new(host: H, tracker: Tracker, follow_timewait: bool) -> Self {
+        Self {
+            host,
+            tracker,
             counts: Counts::default(),
-            source,
-            seeding,
-            follower: Some(Follower::default()),
-            diag: None,
-            diag_tick,
+            warnings: Vec::new(),
+            seeded: false,
             follow_timewait,
             last_timewait_poll_ns: 0,
             losses: Losses::default(),
             backlog: false,
             recheck_wanted: false,
-            recheck: None,
+            recheck_asked: false,
             recheck_done: None,
             last_recheck_ns: 0,
-        })
+        }
     }
 
     /// Waits for something to do and does it. Cancel-safe: a caller's
     /// `select!` can only interrupt the wait, never the work.
     pub async fn step(&mut self) -> io::Result<Progress> {
-        let Self {
-            seeding,
-            diag,
-            diag_tick,
-            follower,
-            source,
-            backlog,
-            recheck,
-            ..
-        } = self;
-        let woke = tokio::select! {
-            biased;
-            r = async { seeding.as_mut().expect("guarded").await }, if seeding.is_some() => Woke::Seeded(r),
-            r = async { diag.as_mut().expect("guarded").await }, if diag.is_some() => Woke::Diag(r),
-            r = async { recheck.as_mut().expect("guarded").await }, if recheck.is_some() => Woke::Rechecked(r),
-            _ = diag_tick.tick(), if follower.is_some() => Woke::DiagTick,
-            () = source.ready(), if !*backlog => Woke::Ring,
-            () = tokio::task::yield_now(), if *backlog => Woke::Ring,
-        };
+        let event = self.host.next(self.backlog).await;
         let mut progress = Progress::Drained;
-        match woke {
-            Woke::Seeded(r) => {
-                self.seeding = None;
-                let (seeds, unreadable) = r.unwrap_or_default();
-                self.tracker.seed(&seeds, clock::boot_ns());
+        match event {
+            Event::Seeded { seeds, unreadable } => {
+                self.seeded = true;
+                let now = self.host.now_ns();
+                self.tracker.seed(&seeds, now);
                 let open = seeds.iter().filter(|s| s.state != TcpState::Listen).count();
                 drop(seeds);
                 progress = Progress::Seeded { open, unreadable };
@@ -208,24 +160,20 @@ impl Session {
                 // does not keep its peak.
                 release_free_memory();
             }
-            Woke::Diag(r) => {
-                self.diag = None;
-                if let Ok((back, answers)) = r {
-                    self.follower = Some(back);
-                    self.apply(&answers);
-                }
+            Event::Diag { answers, warning } => {
+                self.warnings.extend(warning);
+                self.apply(&answers);
             }
-            Woke::Rechecked(r) => {
-                self.recheck = None;
-                self.recheck_done = r.ok();
+            Event::Alive { alive, started_ns } => {
+                self.recheck_asked = false;
+                self.recheck_done = Some((alive, started_ns));
             }
-            Woke::DiagTick => self.ask_diag(),
-            Woke::Ring => {}
+            Event::DiagTick => self.ask_diag(),
+            Event::Ring => {}
         }
-        self.clock.resync();
-        self.backlog = self.drain()? == MAX_BATCH;
+        self.backlog = self.drain() == MAX_BATCH;
         // After the drain: a loss counted now may concern any record read so far.
-        if self.losses.grew(&self.tracer) {
+        if self.losses_grew(false) {
             self.tracker.note_loss();
             self.recheck_wanted = true;
         }
@@ -237,53 +185,76 @@ impl Session {
             self.tracker.reconcile(&alive, started_ns);
         }
         self.start_recheck();
-        self.tracker.tick(clock::boot_ns());
+        let now = self.host.now_ns();
+        self.tracker.tick(now);
         Ok(progress)
+    }
+
+    /// True if records were dropped or hook runs missed since the last
+    /// call; `all` reads the costly counters now whatever their period.
+    fn losses_grew(&mut self, all: bool) -> bool {
+        let now = self.host.now_ns();
+        let dropped = self.host.dropped().max(self.losses.dropped);
+        let mut missed = self.losses.missed;
+        if all || now.saturating_sub(self.losses.missed_read_ns) >= MISSED_READ_EVERY_NS {
+            missed = self.host.missed();
+            self.losses.missed_read_ns = now;
+        }
+        let grew = dropped > self.losses.dropped || missed > self.losses.missed;
+        self.losses.dropped = dropped;
+        self.losses.missed = missed;
+        grew
     }
 
     /// Dumps every socket in the background if a loss asks for it (and
     /// start-up seeding, which does the same, is over).
     fn start_recheck(&mut self) {
-        let now = clock::boot_ns();
+        let now = self.host.now_ns();
         if !self.recheck_wanted
-            || self.recheck.is_some()
+            || self.recheck_asked
             || self.recheck_done.is_some()
-            || self.seeding.is_some()
+            || !self.seeded
             || now.saturating_sub(self.last_recheck_ns) < RECHECK_EVERY_NS
         {
             return;
         }
         self.recheck_wanted = false;
+        self.recheck_asked = true;
         self.last_recheck_ns = now;
-        self.recheck = Some(tokio::task::spawn_blocking(move || {
-            (snapshot::alive(), now)
-        }));
+        self.host.ask_alive();
     }
 
-    fn drain(&mut self) -> io::Result<usize> {
+    fn drain(&mut self) -> usize {
+        let malformed = self.counts.malformed;
         let tracker = &mut self.tracker;
-        drain(&mut self.source, &mut self.counts, |r| {
-            tracker.on_record(r);
-            Ok(())
-        })
+        let n = drain(&mut self.host, &mut self.counts, |r| tracker.on_record(r));
+        if malformed == 0
+            && let Some(first) = &self.counts.first_malformed
+        {
+            self.warnings
+                .push(format!("skipping malformed records: {first}"));
+        }
+        n
+    }
+
+    /// What the user should know since the last call: optional hooks
+    /// missing, capabilities not dropped, malformed records, failed lookups.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        let mut warnings = self.host.take_warnings();
+        warnings.append(&mut self.warnings);
+        warnings
     }
 
     fn ask_diag(&mut self) {
-        let now = clock::boot_ns();
+        let now = self.host.now_ns();
         let timewait = self.follow_timewait
             && now.saturating_sub(self.last_timewait_poll_ns) >= TIMEWAIT_POLL_NS;
         let requests = self.tracker.diag_requests(timewait);
         if requests.is_empty() {
             return;
         }
-        if timewait {
+        if self.host.ask_diag(requests) && timewait {
             self.last_timewait_poll_ns = now;
-        }
-        if let Some(mut follower) = self.follower.take() {
-            self.diag = Some(tokio::task::spawn_blocking(move || {
-                let answers = follower.poll(requests);
-                (follower, answers)
-            }));
         }
     }
 
@@ -300,52 +271,47 @@ impl Session {
     /// and lets sockets closed moments ago through their grace period. The
     /// tracker then holds only what is still alive.
     pub async fn stop(&mut self) -> io::Result<()> {
-        self.tracer.detach();
-        self.drain()?;
-        if self.losses.refresh(&self.tracer) {
+        self.host.detach();
+        self.drain();
+        if self.losses_grew(true) {
             self.tracker.note_loss();
             self.recheck_wanted = true;
         }
+        for event in self.host.settle().await {
+            match event {
+                Event::Alive { alive, started_ns } => self.recheck_done = Some((alive, started_ns)),
+                Event::Diag { answers, warning } => {
+                    self.warnings.extend(warning);
+                    self.apply(&answers);
+                }
+                Event::Seeded { .. } | Event::Ring | Event::DiagTick => {}
+            }
+        }
         // A loss not yet checked against the kernel's sockets is, now: the
         // last records must not describe sockets long gone as open.
-        if let Some(pending) = self.recheck.take()
-            && let Ok(done) = pending.await
-        {
-            self.recheck_done = Some(done);
-        }
         if self.recheck_wanted && self.recheck_done.is_none() {
-            let started_ns = clock::boot_ns();
-            if let Ok(alive) = tokio::task::spawn_blocking(snapshot::alive).await {
-                self.recheck_done = Some((alive, started_ns));
-            }
+            self.recheck_done = self.host.alive_now().await;
         }
         if let Some((alive, started_ns)) = self.recheck_done.take() {
             self.tracker.reconcile(&alive, started_ns);
         }
-        if let Some(pending) = self.diag.take()
-            && let Ok((back, answers)) = pending.await
-        {
-            self.follower = Some(back);
-            self.apply(&answers);
-        }
         let requests = self.tracker.diag_requests(false);
-        if let Some(mut follower) = self.follower.take().filter(|_| !requests.is_empty())
-            && let Ok(answers) = tokio::task::spawn_blocking(move || follower.poll(requests)).await
-        {
+        if !requests.is_empty() {
+            let answers = self.host.diag_now(requests).await;
             self.apply(&answers);
         }
-        self.tracker
-            .tick(clock::boot_ns().saturating_add(CLOSE_GRACE_NS));
+        let now = self.host.now_ns();
+        self.tracker.tick(now.saturating_add(CLOSE_GRACE_NS));
         Ok(())
     }
 
     /// The one-line account of what was seen and lost.
-    pub fn summary(&self, max_sockets: usize) -> String {
+    pub fn summary(&mut self, max_sockets: usize) -> String {
         format!(
             "tcplinger: {} events, {} dropped (ring full), {} missed (hook busy), {} malformed, {} evicted (over --max-sockets {max_sockets})",
             self.counts.events,
-            self.tracer.dropped().unwrap_or(0),
-            self.tracer.missed_runs(),
+            self.host.dropped(),
+            self.host.missed(),
             self.counts.malformed,
             self.tracker.evicted(),
         )
@@ -364,33 +330,4 @@ struct Losses {
     dropped: u64,
     missed: u64,
     missed_read_ns: u64,
-}
-
-/// Missed runs are read from each program's fdinfo (a file per program):
-/// at most this often, where the drop counter is one map read per step.
-/// An idle tracer steps 50 times a second, and those reads were most of
-/// what it did.
-const MISSED_READ_EVERY_NS: u64 = 1_000_000_000;
-
-impl Losses {
-    /// True if records were dropped or hook runs missed since the last call.
-    fn grew(&mut self, tracer: &Tracer) -> bool {
-        let dropped = tracer.dropped().unwrap_or(self.dropped);
-        let now = clock::boot_ns();
-        let mut missed = self.missed;
-        if now.saturating_sub(self.missed_read_ns) >= MISSED_READ_EVERY_NS {
-            missed = tracer.missed_runs();
-            self.missed_read_ns = now;
-        }
-        let grew = dropped > self.dropped || missed > self.missed;
-        self.dropped = dropped;
-        self.missed = missed;
-        grew
-    }
-
-    /// Reads every counter now (at the end of a run).
-    fn refresh(&mut self, tracer: &Tracer) -> bool {
-        self.missed_read_ns = 0;
-        self.grew(tracer)
-    }
 }

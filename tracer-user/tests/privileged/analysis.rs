@@ -8,11 +8,11 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{netns::NetPair, peer::Peer, require_root, tracer::Tracer, wait_until};
+use crate::support::{netns::NetPair, peer::Peer, require_root, tracer::Tcplinger, wait_until};
 
 /// A report that ends when the test says so (SIGINT), not by its clock.
-fn start_report(port: u16) -> Tracer {
-    Tracer::start(&[
+fn start_report(port: u16) -> Tcplinger {
+    Tcplinger::start(&[
         "report",
         "--format",
         "json",
@@ -25,7 +25,7 @@ fn start_report(port: u16) -> Tracer {
 
 /// Stops the report and returns its JSON, after giving the last closes a
 /// moment to be read.
-fn finish_report(tracer: Tracer) -> Value {
+fn finish_report(tracer: Tcplinger) -> Value {
     std::thread::sleep(Duration::from_millis(500));
     let run = tracer.stop();
     assert!(run.status.success(), "{:?}", run.stderr);

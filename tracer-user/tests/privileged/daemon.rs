@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::{netns::NetPair, peer::Peer, require_root, tracer::Tracer, wait_until};
+use crate::support::{netns::NetPair, peer::Peer, require_root, tracer::Tcplinger, wait_until};
 
 /// A loopback port nobody listens on now.
 pub(crate) fn free_port() -> u16 {
@@ -20,7 +20,7 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-pub(crate) fn start_daemon(listen: SocketAddr, extra: &[&str]) -> Tracer {
+pub(crate) fn start_daemon(listen: SocketAddr, extra: &[&str]) -> Tcplinger {
     let listen = listen.to_string();
     let mut args = vec![
         "daemon",
@@ -30,7 +30,7 @@ pub(crate) fn start_daemon(listen: SocketAddr, extra: &[&str]) -> Tracer {
         "json",
     ];
     args.extend_from_slice(extra);
-    Tracer::start(&args)
+    Tcplinger::start(&args)
 }
 
 /// One HTTP/1.0 request; the status code and the body.

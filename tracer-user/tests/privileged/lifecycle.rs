@@ -8,15 +8,15 @@ use crate::support::{
     netns::NetPair,
     peer::{CLIENT_COMM, Peer, SERVER_COMM},
     require_root,
-    tracer::{Finished, Tracer},
+    tracer::{Finished, Tcplinger},
 };
 
 /// Records arrive within a dump interval of the end they report; this is
 /// far beyond it.
 const SETTLE: Duration = Duration::from_secs(15);
 
-fn watch(port: u16) -> Tracer {
-    Tracer::start(&["watch", "--format", "json", "--port", &port.to_string()])
+fn watch(port: u16) -> Tcplinger {
+    Tcplinger::start(&["watch", "--format", "json", "--port", &port.to_string()])
 }
 
 fn is_client(r: &Value, port: u16) -> bool {
@@ -28,7 +28,7 @@ fn is_server(r: &Value, port: u16) -> bool {
 }
 
 /// Waits for one record of each side, then stops the tracer.
-fn both_sides(tracer: Tracer, port: u16) -> (Value, Value, Finished) {
+fn both_sides(tracer: Tcplinger, port: u16) -> (Value, Value, Finished) {
     let seen = tracer.wait_for(SETTLE, |lines| {
         lines.iter().any(|r| is_client(r, port)) && lines.iter().any(|r| is_server(r, port))
     });

@@ -8,7 +8,7 @@ use crate::support::{
     netns::NetPair,
     real::{Nginx, Proc, TempDir, comm_of, curl_loop, go_program, python, sources},
     require_root,
-    tracer::Tracer,
+    tracer::Tcplinger,
     wait_until,
 };
 
@@ -53,8 +53,8 @@ impl Scene {
     }
 
     /// A report of this scene's port, ended by the test (SIGINT).
-    fn report(&self) -> Tracer {
-        Tracer::start(&[
+    fn report(&self) -> Tcplinger {
+        Tcplinger::start(&[
             "report",
             "--format",
             "json",
@@ -67,7 +67,7 @@ impl Scene {
 }
 
 /// Ends the report and returns its JSON.
-fn finish(tracer: Tracer) -> Value {
+fn finish(tracer: Tcplinger) -> Value {
     let run = tracer.stop();
     assert!(run.status.success(), "{:?}", run.stderr);
     assert_eq!(run.lines.len(), 1, "one JSON report: {:#?}", run.lines);
@@ -687,7 +687,7 @@ pub fn real_connections_older_than_the_tracer_prove_no_deadline() {
 pub fn real_daemon_reports_a_late_leak_among_many_programs() {
     let scene = Scene::new(18614);
     let listen = "127.0.0.1:19614";
-    let tracer = Tracer::start(&[
+    let tracer = Tcplinger::start(&[
         "daemon",
         "--listen",
         listen,

@@ -15,7 +15,7 @@ use crate::{
         netns::NetPair,
         peer::{CLIENT_COMM, Peer, SERVER_COMM},
         require_root,
-        tracer::Tracer,
+        tracer::Tcplinger,
         wait_until,
     },
     transitions::{one_line_error, tcplinger},
@@ -57,7 +57,7 @@ pub fn flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right() {
     let net = NetPair::new();
     let (flood_port, after_port) = (18501u16, 18502u16);
     let ports = format!("{flood_port},{after_port}");
-    let tracer = Tracer::start(&[
+    let tracer = Tcplinger::start(&[
         "watch",
         "--format",
         "json",
@@ -150,7 +150,7 @@ pub fn flood_drops_show_in_report_and_metrics() {
     let port = 18503u16;
     let target = SocketAddr::new(net.server_v4, port);
     // report: the JSON says how much was lost.
-    let report = Tracer::start(&[
+    let report = Tcplinger::start(&[
         "report",
         "--format",
         "json",
@@ -510,7 +510,7 @@ pub fn metrics_refuse_non_loopback_without_the_explicit_flag() {
     assert!(one_line_error(&out).contains("--allow-non-loopback"));
     std::fs::remove_dir_all(&dir).unwrap();
     // With the flag it serves, and says what that means.
-    let daemon = Tracer::start(&["daemon", "--listen", &anywhere, "--allow-non-loopback"]);
+    let daemon = Tcplinger::start(&["daemon", "--listen", &anywhere, "--allow-non-loopback"]);
     let loopback: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(scrape(loopback).contains("tcplinger_events_total"));
     let run = daemon.stop();
@@ -531,7 +531,7 @@ pub fn a_missing_optional_hook_degrades_with_a_warning() {
     let net = NetPair::new();
     let port = 18531u16;
     let target = SocketAddr::new(net.server_v4, port);
-    let tracer = Tracer::start(&[
+    let tracer = Tcplinger::start(&[
         "watch",
         "--format",
         "json",
@@ -798,7 +798,7 @@ pub fn a_full_disk_on_output_stops_cleanly() {
         .unwrap();
     assert!(mounted.success());
     let file = dir.join("records.json");
-    let tracer = Tracer::start(&[
+    let tracer = Tcplinger::start(&[
         "watch",
         "--format",
         "json",
@@ -839,7 +839,7 @@ pub fn comm_and_remote_select_connections() {
     let target = SocketAddr::new(net.server_v4, port);
     let p = port.to_string();
     let server_net = format!("{}/32", net.server_v4);
-    let by_comm = Tracer::start(&[
+    let by_comm = Tcplinger::start(&[
         "watch",
         "--format",
         "json",
@@ -848,7 +848,7 @@ pub fn comm_and_remote_select_connections() {
         "--comm",
         CLIENT_COMM,
     ]);
-    let by_remote = Tracer::start(&[
+    let by_remote = Tcplinger::start(&[
         "watch",
         "--format",
         "json",
@@ -857,7 +857,7 @@ pub fn comm_and_remote_select_connections() {
         "--remote",
         &server_net,
     ]);
-    let nobody = Tracer::start(&[
+    let nobody = Tcplinger::start(&[
         "watch",
         "--format",
         "json",

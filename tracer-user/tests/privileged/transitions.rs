@@ -11,7 +11,7 @@ use crate::support::{
     netns::NetPair,
     peer::{CLIENT_COMM, Peer, SERVER_COMM},
     require_root,
-    tracer::{Finished, Tracer},
+    tracer::{Finished, Tcplinger},
 };
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -95,7 +95,7 @@ fn converse(port: u16, ipv6: bool, server_closes: bool) -> Conversation {
         (net.client_v4, net.server_v4)
     };
     let target = SocketAddr::new(server_addr, port);
-    let tracer = Tracer::start(&[
+    let tracer = Tcplinger::start(&[
         "watch",
         "--transitions",
         "--format",
@@ -238,7 +238,7 @@ pub fn port_filter_drops_other_ports_in_kernel() {
     require_root();
     let net = NetPair::new();
     let (wanted, other) = (18111u16, 18112u16);
-    let tracer = Tracer::start(&[
+    let tracer = Tcplinger::start(&[
         "watch",
         "--transitions",
         "--format",
@@ -299,7 +299,7 @@ pub fn pid_filter_drops_other_processes_in_kernel() {
     // The port filter keeps the machine's other traffic out; only the pid
     // filter can keep the second server's port out.
     let ports = format!("{wanted},{other}");
-    let tracer = Tracer::start(&[
+    let tracer = Tcplinger::start(&[
         "watch",
         "--transitions",
         "--format",
@@ -351,7 +351,7 @@ pub fn full_ring_drops_are_counted() {
     let net = NetPair::new();
     let port = 18131u16;
     let target = SocketAddr::new(net.server_v4, port);
-    let tracer = Tracer::start(&[
+    let tracer = Tcplinger::start(&[
         "watch",
         "--transitions",
         "--format",
@@ -402,7 +402,7 @@ pub fn full_ring_drops_are_counted() {
 
 pub fn sigterm_ends_the_run_cleanly() {
     require_root();
-    let tracer = Tracer::start(&["watch", "--transitions", "--format", "json", "--port", "9"]);
+    let tracer = Tcplinger::start(&["watch", "--transitions", "--format", "json", "--port", "9"]);
     tracer.signal(libc::SIGTERM);
     let run = tracer.stop_after_signal();
     assert_eq!(run.status.code(), Some(0), "{:?}", run.stderr);

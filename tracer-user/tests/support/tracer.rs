@@ -14,7 +14,7 @@ use super::wait_until;
 const START_LIMIT: Duration = Duration::from_secs(30);
 const STOP_LIMIT: Duration = Duration::from_secs(15);
 
-pub struct Tracer {
+pub struct Tcplinger {
     child: Child,
     lines: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -32,9 +32,9 @@ pub struct Finished {
     pub dropped: u64,
 }
 
-impl Tracer {
+impl Tcplinger {
     /// Starts `tcplinger ARGS` and returns once it says it is tracing.
-    pub fn start(args: &[&str]) -> Tracer {
+    pub fn start(args: &[&str]) -> Tcplinger {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
             .args(args)
             .stdin(Stdio::null())
@@ -67,7 +67,7 @@ impl Tracer {
                 }
             }),
         ];
-        let mut tracer = Tracer {
+        let mut tracer = Tcplinger {
             child,
             lines,
             stderr,
@@ -149,7 +149,7 @@ impl Tracer {
     }
 }
 
-impl Drop for Tracer {
+impl Drop for Tcplinger {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();

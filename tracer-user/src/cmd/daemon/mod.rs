@@ -26,6 +26,7 @@ use crate::{
         report::{JsonFinding, json_finding},
         rfc3339_millis,
     },
+    session::Host as _,
     session::Progress,
     session::analysis::{Analysis, Fed, Judging},
     settings,
@@ -255,8 +256,7 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
             match driver.next(&mut analysis).await? {
                 Wake::Stop => break,
                 Wake::Step(progress) => {
-                    if let Progress::Seeded { open, unreadable } = progress {
-                        crate::session::warn_unreadable(unreadable);
+                    if let Progress::Seeded { open, .. } = progress {
                         eprintln!(
                             "tcplinger: daemon tracing TCP connections ({open} already open); metrics on http://{}/metrics",
                             s.listen
@@ -332,11 +332,16 @@ fn feed_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgroups)
 /// Once a second: the sockets alive now, and the tracer's own health.
 fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgroups) {
     let live = analysis.live_resolved();
-    let ring_peak = analysis.session.tracer.ring_peak_and_reset();
+    let ring_peak = analysis.session.host.ring_peak_and_reset();
+    let (dropped, missed) = (
+        analysis.session.host.dropped(),
+        analysis.session.host.missed(),
+    );
+    let now = analysis.now_ns();
     let Ok(mut m) = shared.metrics.lock() else {
         return;
     };
-    m.at(clock::boot_ns());
+    m.at(now);
     m.release_stale();
     m.set_sockets(live.iter().map(|l| (l.id, l.state)), |cgroup_id| {
         cgroups.lookup(cgroup_id).cloned()
@@ -344,12 +349,12 @@ fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgrou
     let session = &analysis.session;
     m.set_health(Health {
         events: session.counts.events,
-        dropped: session.tracer.dropped().unwrap_or(0),
-        missed: session.tracer.missed_runs(),
+        dropped,
+        missed,
         malformed: session.counts.malformed,
         evicted: session.tracker.evicted(),
         tracked: session.tracker.tracked() as u64,
-        ring_bytes: u64::from(session.tracer.ring_bytes()),
+        ring_bytes: u64::from(session.host.ring_bytes()),
         ring_peak,
         groups: analysis.agg.groups().count() as u64,
         folded: analysis.agg.folded(),

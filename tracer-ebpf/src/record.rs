@@ -1,0 +1,109 @@
+//! Writing records to the ring, and counting those that could not be written.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use tracer_common::{Event, EventKind, TcpFigures};
+
+use crate::{
+    config::config,
+    owner::Attribution,
+    sock::{Tuple, addresses, netns_of},
+};
+
+/// Size is replaced at load time from `--ring-bytes`.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Records lost because the ring was full, per CPU; slot 0.
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Highest ring fill level (bytes) seen by a writer, per CPU; userspace
+/// reads and resets it to show how close the ring came to dropping.
+#[map]
+static RING_PEAK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// What a record says besides the socket's own fields.
+pub struct Record {
+    pub kind: EventKind,
+    pub cookie: u64,
+    /// State before the transition; for a RST, the socket's state.
+    pub old_state: u8,
+    /// State after the transition; 0 for a RST.
+    pub new_state: u8,
+    pub owner: Attribution,
+    pub fin_received: u8,
+    /// When the socket entered `old_state`; 0 if not recorded.
+    pub since_ns: u64,
+    pub ts_ns: u64,
+    pub tcp: Option<TcpFigures>,
+}
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+fn count(counter: &PerCpuArray<u64>) {
+    if let Some(slot) = counter.get_ptr_mut(0) {
+        // SAFETY: a valid per-CPU slot for this run; atomic because a
+        // softirq program can interrupt a process-context one on the same
+        // CPU (core's AtomicU64 is not offered on the BPF target, whose
+        // atomics lack compare-and-swap, but a plain atomic add is one insn).
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(slot, 1) };
+    }
+}
+
+/// Writes the record of socket `sk`. Below the wakeup threshold the record
+/// is written without waking the consumer, which drains on a short timer:
+/// a wakeup per record is what makes tracing expensive at high connection
+/// rates.
+#[inline(always)]
+pub fn emit(sk: *const u8, tuple: &Tuple, r: Record) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(&DROPS);
+        return;
+    };
+    let (saddr, daddr) = addresses(sk, tuple.family);
+    entry.write(Event {
+        ts_ns: r.ts_ns,
+        cookie: r.cookie,
+        since_ns: r.since_ns,
+        cgroup_id: r.owner.cgroup_id,
+        saddr,
+        daddr,
+        comm: r.owner.comm,
+        tgid: r.owner.tgid,
+        netns: netns_of(sk),
+        sport: tuple.sport,
+        dport: tuple.dport,
+        family: tuple.family,
+        kind: r.kind as u8,
+        old_state: r.old_state,
+        new_state: r.new_state,
+        owner_source: r.owner.source as u8,
+        fin_received: r.fin_received,
+        has_tcp: r.tcp.is_some() as u8,
+        _pad: [0; 4],
+        tcp: r.tcp.unwrap_or_default(),
+    });
+    let wakeup_bytes = config!(wakeup_bytes) as u64;
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if let Some(peak) = RING_PEAK.get_ptr_mut(0) {
+        // SAFETY: a valid per-CPU slot for this run. A lost race between
+        // nested writers on this CPU only lowers a watermark.
+        unsafe {
+            if avail > *peak {
+                *peak = avail;
+            }
+        }
+    }
+    let flags = if avail >= wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+}

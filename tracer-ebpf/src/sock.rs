@@ -1,0 +1,250 @@
+//! What the programs read of a socket: fields at the offsets userspace resolved from BTF, the filters decided on them, and the TCP socket's own figures.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel,
+    generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_skc_to_tcp_sock},
+};
+use tracer_common::{
+    AF_INET, AF_INET6, FIN_UNKNOWN, IPPROTO_TCP, MAX_FILTER_PIDS, MAX_FILTER_PORTS, NO_OFFSET,
+    TcpFigures,
+};
+
+use crate::config::config;
+
+/// A socket's family and ports, as a record wants them.
+pub struct Tuple {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// Reads a `T` at `base + offset` with a plain load. The programs are
+/// `tp_btf`, so the verifier knows `base` is a `struct sock` (or the type a
+/// helper returned) and checks each offset (a constant, from frozen
+/// `.rodata`) against the kernel's BTF; the JIT emits a load that cannot
+/// fault. Several times cheaper than a `bpf_probe_read_kernel` call per
+/// field, which matters: these programs sit on every state change.
+#[inline(always)]
+pub fn field<T>(base: *const u8, offset: u16) -> T {
+    // SAFETY: see above: the verifier accepts the load only within the
+    // BTF type of `base`, and the JIT makes it fault-free.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize).cast::<T>()) }
+}
+
+/// Reads a `T` at `base + offset` through the helper, for fields outside
+/// what the BTF type of `base` covers.
+#[inline(always)]
+pub fn probe<T>(base: *const u8, offset: u16) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails (an
+    // error, not a fault) when it cannot be read.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }
+}
+
+/// The socket's family if it is inet and passes the family filter.
+#[inline(always)]
+pub fn traced_family(sk: *const u8) -> Option<u16> {
+    let family: u16 = field(sk, config!(offsets.family));
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let want_family = config!(family);
+    if want_family != 0 && want_family != family {
+        return None;
+    }
+    Some(family)
+}
+
+/// Local and remote port (host order) if they pass the port filter.
+/// `full_sock`: `sk` is a full socket, not a request or timewait one, so
+/// `inet_sport` can stand in when `skc_num` was already zeroed on the way to
+/// CLOSE (otherwise the closing transitions would lose their local port and
+/// escape a `--port` filter on it).
+#[inline(always)]
+pub fn traced_ports(sk: *const u8, full_sock: bool) -> Result<Option<(u16, u16)>, i32> {
+    let mut sport: u16 = field(sk, config!(offsets.num));
+    if sport == 0 && full_sock {
+        // In `struct inet_sock`, beyond the `struct sock` the BTF type covers.
+        sport = u16::from_be(probe::<u16>(sk, config!(offsets.inet_sport))?);
+    }
+    let dport = u16::from_be(field::<u16>(sk, config!(offsets.dport)));
+    Ok(port_allowed(sport, dport).then_some((sport, dport)))
+}
+
+/// Family and ports of a socket that passes the family and port filters.
+#[inline(always)]
+pub fn tuple_if_traced(sk: *const u8, full_sock: bool) -> Result<Option<Tuple>, i32> {
+    let Some(family) = traced_family(sk) else {
+        return Ok(None);
+    };
+    let Some((sport, dport)) = traced_ports(sk, full_sock)? else {
+        return Ok(None);
+    };
+    Ok(Some(Tuple {
+        family,
+        sport,
+        dport,
+    }))
+}
+
+#[inline(always)]
+fn port_allowed(sport: u16, dport: u16) -> bool {
+    if config!(ports[0]) == 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_FILTER_PORTS {
+        let port = config!(ports[i]);
+        if port != 0 && (port == sport || port == dport) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether `tgid` passes the pid filter.
+#[inline(always)]
+pub fn pid_allowed(tgid: u32) -> bool {
+    if config!(pids[0]) == 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_FILTER_PIDS {
+        let pid = config!(pids[i]);
+        if pid != 0 && pid == tgid {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[inline(always)]
+pub fn is_tcp(sk: *const u8) -> bool {
+    field::<u16>(sk, config!(offsets.protocol)) == IPPROTO_TCP
+}
+
+/// Inode number of the socket's network namespace; 0 if the kernel has
+/// none or the read fails.
+#[inline(always)]
+pub fn netns_of(sk: *const u8) -> u32 {
+    let net_offset = config!(offsets.net);
+    if net_offset == NO_OFFSET {
+        return 0;
+    }
+    // A pointer member: the verifier types the loaded value `struct net *`.
+    let net: *const u8 = field(sk, net_offset);
+    if net.is_null() {
+        return 0;
+    }
+    field::<u32>(net, config!(offsets.net_inum))
+}
+
+/// Whether the peer's FIN has arrived (`SOCK_DONE`), or [`FIN_UNKNOWN`].
+#[inline(always)]
+pub fn fin_received(sk: *const u8) -> u8 {
+    match sock_flag(sk, config!(offsets.flag_done_bit)) {
+        Some(set) => set as u8,
+        None => FIN_UNKNOWN,
+    }
+}
+
+/// Bit `bit` of the socket's `skc_flags`; `None` if they cannot be read.
+#[inline(always)]
+pub fn sock_flag(sk: *const u8, bit: u16) -> Option<bool> {
+    let offset = config!(offsets.flags);
+    if offset == NO_OFFSET {
+        return None;
+    }
+    let flags: u64 = field(sk, offset);
+    Some((flags >> (bit & 63)) & 1 != 0)
+}
+
+/// The socket's cookie: the one key shared with sock_diag and timewait
+/// sockets.
+#[inline(always)]
+pub fn cookie_of(sk: *const u8) -> u64 {
+    // SAFETY: `sk` is the tracepoint's socket argument; the helper takes
+    // any socket pointer the program was given.
+    unsafe { bpf_get_socket_cookie(sk.cast_mut().cast::<c_void>()) }
+}
+
+/// An IPv4 address (network order, as loaded) in the record's 16 bytes.
+#[inline(always)]
+fn v4_addr(raw: u32) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&raw.to_ne_bytes());
+    out
+}
+
+/// An IPv6 address in two 8-byte loads (the widest a BPF load goes).
+#[inline(always)]
+fn v6_addr(sk: *const u8, offset: u16) -> [u8; 16] {
+    let high: u64 = field(sk, offset);
+    let low: u64 = field(sk, offset + 8);
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&high.to_ne_bytes());
+    out[8..].copy_from_slice(&low.to_ne_bytes());
+    out
+}
+
+/// Local and remote address of a socket of `family`.
+#[inline(always)]
+pub fn addresses(sk: *const u8, family: u16) -> ([u8; 16], [u8; 16]) {
+    if family == AF_INET {
+        (
+            v4_addr(field(sk, config!(offsets.rcv_saddr))),
+            v4_addr(field(sk, config!(offsets.daddr))),
+        )
+    } else {
+        (
+            v6_addr(sk, config!(offsets.v6_rcv_saddr)),
+            v6_addr(sk, config!(offsets.v6_daddr)),
+        )
+    }
+}
+
+/// The TCP socket's own figures, read when a connection leaves
+/// ESTABLISHED. `None` when the socket is not a full TCP socket or the
+/// offsets are unknown.
+#[inline(always)]
+pub fn tcp_figures(sk: *const u8) -> Option<TcpFigures> {
+    let lsndtime = config!(offsets.lsndtime);
+    let lrcvtime = config!(offsets.lrcvtime);
+    let segs_out = config!(offsets.data_segs_out);
+    let segs_in = config!(offsets.data_segs_in);
+    if lsndtime == NO_OFFSET
+        || lrcvtime == NO_OFFSET
+        || segs_out == NO_OFFSET
+        || segs_in == NO_OFFSET
+    {
+        return None;
+    }
+    // SAFETY: the helper checks that `sk` is a full TCP socket and returns
+    // it typed as `struct tcp_sock *` (or NULL), so the verifier checks
+    // each plain load below against that type.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast_mut().cast::<c_void>()) } as *const u8;
+    if tp.is_null() {
+        return None;
+    }
+    // `tcp_jiffies32` is the low 32 bits of jiffies; the stamps wrap with it.
+    // SAFETY: no arguments; reads the kernel's jiffies.
+    let now = unsafe { bpf_jiffies64() } as u32;
+    let jiffy_us = u64::from(config!(jiffy_us));
+    let age_ms = |stamp: u32| -> u32 {
+        let ms = u64::from(now.wrapping_sub(stamp)) * jiffy_us / 1000;
+        if ms > u64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            ms as u32
+        }
+    };
+    Some(TcpFigures {
+        send_age_ms: age_ms(field(tp, lsndtime)),
+        recv_age_ms: age_ms(field(tp, lrcvtime)),
+        segs_out: field(tp, segs_out),
+        segs_in: field(tp, segs_in),
+    })
+}
