@@ -153,7 +153,7 @@ pub struct Metrics {
     endpoints: LabelBudget,
     comms: LabelBudget,
     /// Followed TIME_WAIT sockets now, by owner.
-    time_wait_followed: HashMap<SocketOwner, i64>,
+    time_wait_followed: HashMap<GaugeKey, i64>,
     conn_cache: foldhash::HashMap<ConnKey, ConnSeries>,
     /// Boot ns of the current refresh.
     now_ns: u64,
@@ -165,12 +165,12 @@ pub struct Metrics {
 /// Whom a socket gauge counts: processes by name (a pid label would make
 /// a series per short-lived process; findings name the pids instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct SocketOwner {
+struct GaugeKey {
     comm: Option<Comm>,
     cgroup_id: u64,
 }
 
-impl SocketOwner {
+impl GaugeKey {
     fn of(id: &ConnId) -> Self {
         Self {
             comm: id.owner.map(|o| o.comm),
@@ -555,7 +555,7 @@ impl Metrics {
     }
 
     pub fn on_timewait_end(&mut self, end: &TimewaitEnd) {
-        let owner = SocketOwner::of(&end.id);
+        let owner = GaugeKey::of(&end.id);
         if let Some(n) = self.time_wait_followed.get_mut(&owner) {
             *n -= 1;
             if *n <= 0 {
@@ -572,7 +572,7 @@ impl Metrics {
     pub fn on_timewait_start(&mut self, id: &ConnId) {
         *self
             .time_wait_followed
-            .entry(SocketOwner::of(id))
+            .entry(GaugeKey::of(id))
             .or_default() += 1;
     }
 
@@ -587,9 +587,9 @@ impl Metrics {
     ) {
         // Counted by compact key first: label strings are made per owner,
         // not per socket.
-        let mut by_owner: HashMap<(SocketOwner, TcpState), i64> = HashMap::new();
+        let mut by_owner: HashMap<(GaugeKey, TcpState), i64> = HashMap::new();
         for (id, state) in live {
-            *by_owner.entry((SocketOwner::of(&id), state)).or_default() += 1;
+            *by_owner.entry((GaugeKey::of(&id), state)).or_default() += 1;
         }
         for (&owner, &n) in &self.time_wait_followed {
             *by_owner.entry((owner, TcpState::TimeWait)).or_default() += n;
