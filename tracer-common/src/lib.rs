@@ -1,5 +1,9 @@
 //! Records and settings shared by the kernel programs and userspace: their byte layout is the ABI between the two.
 #![no_std]
+#![expect(
+    clippy::pub_underscore_fields,
+    reason = "explicit padding of #[repr(C)] types, public so both sides can build them"
+)]
 
 /// Length of a task's `comm`, NUL padded (kernel `TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
@@ -311,9 +315,9 @@ pub struct Config {
 }
 
 // The structs must have no implicit padding: every byte is a named field.
-const _: () = assert!(core::mem::size_of::<Event>() == 120);
+const _: () = assert!(size_of::<Event>() == 120);
 const _: () = assert!(
-    core::mem::size_of::<Event>()
+    size_of::<Event>()
         == 8 + 8
             + 8
             + 8
@@ -332,13 +336,13 @@ const _: () = assert!(
             + 1
             + 1
             + 4
-            + core::mem::size_of::<TcpFigures>()
+            + size_of::<TcpFigures>()
 );
-const _: () = assert!(core::mem::size_of::<TcpFigures>() == 4 * 4);
-const _: () = assert!(core::mem::size_of::<SocketEntry>() == 8 + 8 + COMM_LEN + 4 + 1 + 3);
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 22 * 2);
+const _: () = assert!(size_of::<TcpFigures>() == 4 * 4);
+const _: () = assert!(size_of::<SocketEntry>() == 8 + 8 + COMM_LEN + 4 + 1 + 3);
+const _: () = assert!(size_of::<SockOffsets>() == 22 * 2);
 const _: () = assert!(
-    core::mem::size_of::<Config>()
+    size_of::<Config>()
         == 4 * MAX_FILTER_PIDS
             + 2 * MAX_FILTER_PORTS
             + 2
@@ -346,7 +350,7 @@ const _: () = assert!(
             + 1
             + 4
             + 4
-            + core::mem::size_of::<SockOffsets>()
+            + size_of::<SockOffsets>()
 );
 
 #[cfg(feature = "user")]

@@ -5,6 +5,9 @@
 // the BPF target.
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "core_intrinsics, for atomic_xadd")]
+// Helpers are inlined into each program on purpose: a BPF-to-BPF call costs
+// a frame and the verifier re-checks the callee per call site anyway.
+#![expect(clippy::inline_always, reason = "see above")]
 
 mod config;
 mod owner;
@@ -62,6 +65,10 @@ fn now_ns() -> u64 {
 /// inet socket; `tp_btf` so the `struct sock *` is typed and the cookie helper
 /// can take it.
 #[btf_tracepoint(function = "inet_sock_set_state")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature the macro requires"
+)]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     done(try_inet_sock_set_state(&ctx))
 }
@@ -75,6 +82,11 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let Some(tuple) = tuple_if_traced(sk, true)? else {
         return Ok(());
     };
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "TCP states are 1..=12"
+    )]
     let (old, new) = (old as u8, new as u8);
     // An accepted socket's creation, in softirq: no process holds it yet,
     // so it has no entry to look up, and its record is one the tracker
@@ -115,7 +127,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         ts_ns: now,
         tcp: if leaves { tcp_figures(sk) } else { None },
     };
-    emit(sk, &tuple, record);
+    emit(sk, &tuple, &record);
     Ok(())
 }
 
@@ -125,6 +137,10 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
 /// out an entry still in use. No record: the tracker closes a lifecycle on
 /// its CLOSE.
 #[btf_tracepoint(function = "tcp_destroy_sock")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature the macro requires"
+)]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     if !sk.is_null() && traced_family(sk).is_some() {
@@ -137,12 +153,20 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
 /// this host sends a RST. `sk` may be NULL (no socket), a request or a
 /// timewait socket, so only `sock_common` fields are read.
 #[btf_tracepoint(function = "tcp_send_reset")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature the macro requires"
+)]
 pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     done(try_reset(&ctx, EventKind::SendReset))
 }
 
 /// `trace_tcp_receive_reset()` from `tcp_reset()`: the peer's RST arrived.
 #[btf_tracepoint(function = "tcp_receive_reset")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature the macro requires"
+)]
 pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     done(try_reset(&ctx, EventKind::ReceiveReset))
 }
@@ -173,7 +197,7 @@ fn try_reset(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i32> {
         ts_ns: now_ns(),
         tcp: None,
     };
-    emit(sk, &tuple, record);
+    emit(sk, &tuple, &record);
     Ok(())
 }
 
@@ -183,12 +207,20 @@ fn try_reset(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i32> {
 /// on every send of every socket, so its common path is one lookup. (When
 /// data last moved, the kernel keeps itself: userspace reads TCP_INFO.)
 #[btf_tracepoint(function = "sock_send_length")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature the macro requires"
+)]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
     done(track_io(&ctx))
 }
 
 /// `trace_sock_recv_length()` from `sock_recvmsg_nosec()`: as above, for receives.
 #[btf_tracepoint(function = "sock_recv_length")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature the macro requires"
+)]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     done(track_io(&ctx))
 }

@@ -57,20 +57,20 @@ fn entry_of(cookie: u64) -> Option<&'static mut SocketEntry> {
     // program run (RCU); programs that race on it are on other CPUs or
     // interrupt this one, and every field is a plain integer, so a torn
     // read is a stale value, never an invalid one.
-    OWNERS.get_ptr_mut(&cookie).map(|p| unsafe { &mut *p })
+    OWNERS.get_ptr_mut(cookie).map(|p| unsafe { &mut *p })
 }
 
 /// Gives the socket the entry `init`; false if that failed (allocation
 /// failure: the owner then stays unknown for softirq events).
 #[inline(always)]
 fn create_entry(cookie: u64, init: &SocketEntry) -> bool {
-    OWNERS.insert(&cookie, init, 0).is_ok()
+    OWNERS.insert(cookie, init, 0).is_ok()
 }
 
 /// The socket's entry goes: it is being destroyed.
 #[inline(always)]
 pub fn forget(cookie: u64) {
-    let _ = OWNERS.remove(&cookie);
+    let _ = OWNERS.remove(cookie);
 }
 
 /// The owner as recorded for the socket, without trusting the current task.
@@ -235,11 +235,9 @@ pub fn runs_in_owner(old: u8, new: u8) -> bool {
     const SYN_RECV: u8 = TcpState::SynRecv as u8;
     matches!(
         (old, new),
-        (CLOSE, SYN_SENT)
-            | (CLOSE, LISTEN)
+        (CLOSE, SYN_SENT | LISTEN)
             | (LISTEN, CLOSE)
-            | (ESTABLISHED, FIN_WAIT1)
-            | (SYN_RECV, FIN_WAIT1)
+            | (ESTABLISHED | SYN_RECV, FIN_WAIT1)
             | (CLOSE_WAIT, LAST_ACK)
     )
 }

@@ -61,7 +61,7 @@ fn count(counter: &PerCpuArray<u64>) {
 /// a wakeup per record is what makes tracing expensive at high connection
 /// rates.
 #[inline(always)]
-pub fn emit(sk: *const u8, tuple: &Tuple, r: Record) {
+pub fn emit(sk: *const u8, tuple: &Tuple, r: &Record) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(&DROPS);
         return;
@@ -85,12 +85,12 @@ pub fn emit(sk: *const u8, tuple: &Tuple, r: Record) {
         new_state: r.new_state,
         owner_source: r.owner.source as u8,
         fin_received: r.fin_received,
-        has_tcp: r.tcp.is_some() as u8,
+        has_tcp: u8::from(r.tcp.is_some()),
         _pad: [0; 4],
         tcp: r.tcp.unwrap_or_default(),
     });
-    let wakeup_bytes = config!(wakeup_bytes) as u64;
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let wakeup_bytes = u64::from(config!(wakeup_bytes));
+    let avail = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
     if let Some(peak) = RING_PEAK.get_ptr_mut(0) {
         // SAFETY: a valid per-CPU slot for this run. A lost race between
         // nested writers on this CPU only lowers a watermark.
@@ -105,5 +105,5 @@ pub fn emit(sk: *const u8, tuple: &Tuple, r: Record) {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags as u64);
+    entry.submit(u64::from(flags));
 }

@@ -146,7 +146,7 @@ pub fn netns_of(sk: *const u8) -> u32 {
 #[inline(always)]
 pub fn fin_received(sk: *const u8) -> u8 {
     match sock_flag(sk, config!(offsets.flag_done_bit)) {
-        Some(set) => set as u8,
+        Some(set) => u8::from(set),
         None => FIN_UNKNOWN,
     }
 }
@@ -231,15 +231,15 @@ pub fn tcp_figures(sk: *const u8) -> Option<TcpFigures> {
     }
     // `tcp_jiffies32` is the low 32 bits of jiffies; the stamps wrap with it.
     // SAFETY: no arguments; reads the kernel's jiffies.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the low 32 bits, on purpose"
+    )]
     let now = unsafe { bpf_jiffies64() } as u32;
     let jiffy_us = u64::from(config!(jiffy_us));
     let age_ms = |stamp: u32| -> u32 {
         let ms = u64::from(now.wrapping_sub(stamp)) * jiffy_us / 1000;
-        if ms > u64::from(u32::MAX) {
-            u32::MAX
-        } else {
-            ms as u32
-        }
+        u32::try_from(ms).unwrap_or(u32::MAX)
     };
     Some(TcpFigures {
         send_age_ms: age_ms(field(tp, lsndtime)),

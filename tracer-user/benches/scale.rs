@@ -100,7 +100,7 @@ fn event(
         daddr,
         comm: comm(if client { "client" } else { "server" }),
         tgid: 100 + i % PROCESSES,
-        netns: 4026531840,
+        netns: 4_026_531_840,
         sport: if client { ephemeral } else { 8080 },
         dport: if client { 443 } else { ephemeral },
         family: AF_INET,
@@ -131,7 +131,7 @@ fn open_record(i: u32) -> [u8; size_of::<Event>()] {
 /// Socket `i`'s closing records, ten seconds on: the peer's FIN, the
 /// application's close, the last ACK.
 fn close_record(i: u32, step: u32) -> [u8; size_of::<Event>()] {
-    use TcpState::*;
+    use TcpState::{Close, CloseWait, Established, LastAck};
     let t = 10_000 * MS + u64::from(i) * 1_000;
     match step {
         0 => event(i, t, 0, Established, CloseWait),
@@ -160,7 +160,7 @@ fn rss_kb(field: &str) -> u64 {
 }
 
 fn mib(bytes: usize) -> f64 {
-    bytes as f64 / (1 << 20) as f64
+    bytes as f64 / f64::from(1 << 20)
 }
 
 struct Args {
@@ -181,7 +181,9 @@ fn args() -> Args {
                 .unwrap_or_else(|| panic!("{name} takes a number"))
         };
         match arg.as_str() {
-            "--sockets" => out.sockets = value("--sockets") as u32,
+            "--sockets" => {
+                out.sockets = u32::try_from(value("--sockets")).expect("--sockets fits in a u32");
+            }
             "--rounds" => out.rounds = value("--rounds").max(1),
             // What `cargo bench` passes to every bench target.
             "--bench" => {}

@@ -4,11 +4,21 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 
-use tracer_user::{
-    cli,
+mod bpf;
+mod cli;
+mod cmd;
+mod error;
+mod host;
+mod model;
+mod output;
+mod session;
+mod settings;
+#[cfg(test)]
+mod testutil;
+
+use crate::{
     cmd::{daemon, report, sockets, top, watch},
-    error,
-    settings::{self, Command},
+    settings::Command,
 };
 
 fn main() -> ExitCode {
@@ -16,7 +26,7 @@ fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(err) => return usage_exit(&err),
     };
-    let command = match settings::from_cli(parsed) {
+    let command = match cli::into_settings(parsed) {
         Ok(command) => command,
         Err(err) => {
             eprintln!("tcplinger: {err}");

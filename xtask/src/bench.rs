@@ -98,9 +98,7 @@ struct Run {
 const BPFTRACE_SCRIPT: &str = r#"tracepoint:sock:inet_sock_set_state { printf("%s %d %d %d\n", comm, pid, args->oldstate, args->newstate); }"#;
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .map(|l| l.local_addr().map(|a| a.port()).unwrap_or(0))
-        .unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0").map_or(0, |l| l.local_addr().map_or(0, |a| a.port()))
 }
 
 /// user+sys of a process, in seconds, from /proc/PID/stat.
@@ -197,7 +195,7 @@ fn start_tracer(config: Config, tcplinger: &Path) -> Result<Subject> {
         if ready {
             break;
         }
-        if start.elapsed() > Duration::from_secs(60) {
+        if start.elapsed() > Duration::from_mins(1) {
             bail!("{} did not start", config.name());
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -210,7 +208,7 @@ fn start_tracer(config: Config, tcplinger: &Path) -> Result<Subject> {
 /// Stops a tracer and reads the events/dropped figures of our exit summary.
 fn stop_tracer(mut tracer: Subject) -> (Option<u64>, Option<u64>) {
     // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(tracer.child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(tracer.child.id().cast_signed(), libc::SIGTERM) };
     let _ = tracer.child.wait();
     let lines: Vec<String> = tracer.stderr.try_iter().collect();
     let summary = lines.iter().find(|l| l.contains(" events, "));
@@ -284,7 +282,11 @@ fn kernel_ns(
                 let name = p.name_as_str().unwrap_or("?").to_string();
                 (
                     p.id(),
-                    (name, p.run_time().as_nanos() as u64, p.run_count()),
+                    (
+                        name,
+                        u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX),
+                        p.run_count(),
+                    ),
                 )
             })
             .collect()
@@ -447,8 +449,10 @@ pub fn machine(root: &Path, binary: Option<&Path>) -> String {
     let model = cpuinfo
         .lines()
         .find_map(|l| l.strip_prefix("model name"))
-        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
+        .map_or_else(
+            || "unknown CPU".into(),
+            |v| v.trim_start_matches([' ', '\t', ':']).to_string(),
+        );
     let cpus = cpuinfo
         .lines()
         .filter(|l| l.starts_with("processor"))

@@ -3,7 +3,7 @@
 use std::{
     io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
+    os::fd::{AsRawFd as _, FromRawFd as _},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -55,11 +55,16 @@ fn serve_one(mut s: TcpStream) {
     }
 }
 
+#[expect(clippy::cast_possible_truncation, reason = "AF_INET is 2")]
+const AF_INET: libc::sa_family_t = libc::AF_INET as libc::sa_family_t;
+#[expect(clippy::cast_possible_truncation, reason = "a sockaddr_in is 16 bytes")]
+const SOCKADDR_IN_LEN: libc::socklen_t = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+
 /// Listens with one SO_REUSEPORT socket per thread; runs until `stop`.
 fn server(
     port: u16,
     threads: usize,
-    stop: Arc<AtomicBool>,
+    stop: &Arc<AtomicBool>,
 ) -> std::io::Result<Vec<thread::JoinHandle<()>>> {
     let mut handles = Vec::new();
     for _ in 0..threads {
@@ -74,7 +79,7 @@ fn server(
                         serve_one(s);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_micros(200))
+                        thread::sleep(Duration::from_micros(200));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(1)),
                 }
@@ -93,34 +98,23 @@ fn reuseport_listener(port: u16) -> std::io::Result<TcpListener> {
         }
         let one: libc::c_int = 1;
         for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&one as *const libc::c_int).cast(),
-                4,
-            );
+            libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&raw const one).cast(), 4);
         }
         let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
+            sin_family: AF_INET,
             sin_port: port.to_be(),
             sin_addr: libc::in_addr {
                 s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
             },
             sin_zero: [0; 8],
         };
-        if libc::bind(
-            fd,
-            (&addr as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as u32,
-        ) != 0
+        if libc::bind(fd, (&raw const addr).cast(), SOCKADDR_IN_LEN) != 0
             || libc::listen(fd, 4096) != 0
         {
             let e = std::io::Error::last_os_error();
             libc::close(fd);
             return Err(e);
         }
-        use std::os::fd::FromRawFd as _;
         Ok(TcpListener::from_raw_fd(fd))
     }
 }
@@ -135,18 +129,17 @@ pub fn connect_from(src: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        use std::os::fd::FromRawFd as _;
         let stream = TcpStream::from_raw_fd(fd);
         let one: libc::c_int = 1;
         libc::setsockopt(
             fd,
             libc::IPPROTO_IP,
             libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
+            (&raw const one).cast(),
             4,
         );
         let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
+            sin_family: AF_INET,
             sin_port: port.to_be(),
             sin_addr: libc::in_addr {
                 s_addr: u32::from(ip).to_be(),
@@ -155,17 +148,9 @@ pub fn connect_from(src: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
         };
         let local = addr(src, 0);
         let remote = addr(Ipv4Addr::LOCALHOST, port);
-        let len = size_of::<libc::sockaddr_in>() as u32;
-        if libc::bind(
-            stream.as_raw_fd(),
-            (&local as *const libc::sockaddr_in).cast(),
-            len,
-        ) != 0
-            || libc::connect(
-                stream.as_raw_fd(),
-                (&remote as *const libc::sockaddr_in).cast(),
-                len,
-            ) != 0
+        let len = SOCKADDR_IN_LEN;
+        if libc::bind(stream.as_raw_fd(), (&raw const local).cast(), len) != 0
+            || libc::connect(stream.as_raw_fd(), (&raw const remote).cast(), len) != 0
         {
             return Err(std::io::Error::last_os_error());
         }
@@ -192,7 +177,7 @@ fn one_connection(src: Ipv4Addr, port: u16, client_first: bool) -> std::io::Resu
 /// Runs the churn; the server and clients live inside this call.
 pub fn run(c: Churn) -> std::io::Result<Outcome> {
     let stop = Arc::new(AtomicBool::new(false));
-    let servers = server(c.port, c.threads, stop.clone())?;
+    let servers = server(c.port, c.threads, &stop)?;
     let done = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -201,6 +186,7 @@ pub fn run(c: Churn) -> std::io::Result<Outcome> {
             let (done, failures) = (done.clone(), failures.clone());
             thread::spawn(move || {
                 let per_thread_rate = c.rate.map(|r| r as f64 / c.threads as f64);
+                let octet = u8::try_from(1 + t).unwrap_or(u8::MAX);
                 let mut i: u64 = 0;
                 while start.elapsed() < c.duration
                     && done.load(Ordering::Relaxed) < c.max_connections
@@ -211,8 +197,9 @@ pub fn run(c: Churn) -> std::io::Result<Outcome> {
                             thread::sleep(wait);
                         }
                     }
-                    // 127.0.1.1 .. 127.0.1.254, a different one per connection.
-                    let src = Ipv4Addr::new(127, 0, 1 + t as u8, 1 + (i % 254) as u8);
+                    // 127.0.T.1 .. 127.0.T.254 (T = thread + 1), a different one per
+                    // connection.
+                    let src = Ipv4Addr::new(127, 0, octet, 1 + u8::try_from(i % 254).unwrap_or(0));
                     match one_connection(src, c.port, i.is_multiple_of(2)) {
                         Ok(()) => done.fetch_add(1, Ordering::Relaxed),
                         Err(_) => failures.fetch_add(1, Ordering::Relaxed),

@@ -23,9 +23,9 @@ fn raise_fd_limit() {
     };
     // SAFETY: plain syscalls with valid pointers.
     unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit);
         limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
     }
 }
 
@@ -35,10 +35,15 @@ pub fn hold(index: u8, pairs: u64) -> Result<()> {
     raise_fd_limit();
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let to = listener.local_addr()?;
-    let mut held = Vec::with_capacity(2 * pairs as usize);
+    let mut held = Vec::with_capacity(2 * usize::try_from(pairs)?);
     for i in 0..pairs {
         // A source address per 250 connections keeps ephemeral ports plentiful.
-        let src = Ipv4Addr::new(127, 10 + index, (i / 250) as u8, 1 + (i % 250) as u8);
+        let src = Ipv4Addr::new(
+            127,
+            10 + index,
+            u8::try_from(i / 250)?,
+            1 + u8::try_from(i % 250)?,
+        );
         let client = connect_from(src, to.port())?;
         let (server, _) = listener.accept()?;
         held.push(client);
@@ -99,8 +104,8 @@ fn timed(mut cmd: Command) -> Result<(Duration, u64)> {
     // SAFETY: an all-zero rusage is valid; wait4 fills it for our child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers, a pid of our own child.
-    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    Ok((start.elapsed(), usage.ru_maxrss as u64))
+    unsafe { libc::wait4(child.id().cast_signed(), &raw mut status, 0, &raw mut usage) };
+    Ok((start.elapsed(), usage.ru_maxrss.cast_unsigned()))
 }
 
 fn rss_kb(pid: u32, field: &str) -> u64 {
@@ -138,7 +143,7 @@ fn daemon_at_rest(tcplinger: &Path, settle: Duration) -> Result<DaemonAtRest> {
     let ready = loop {
         match lines.next() {
             Some(Ok(l)) if l.contains("tracing") => break start.elapsed(),
-            Some(_) => continue,
+            Some(_) => {}
             None => bail!("the daemon exited before tracing"),
         }
     };
@@ -147,7 +152,7 @@ fn daemon_at_rest(tcplinger: &Path, settle: Duration) -> Result<DaemonAtRest> {
     let cores = (crate::bench::cpu_seconds(child.id()) - cpu0) / settle.as_secs_f64();
     let (rss_kb, peak_rss_kb) = (rss_kb(child.id(), "VmRSS:"), rss_kb(child.id(), "VmHWM:"));
     // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(child.id().cast_signed(), libc::SIGTERM) };
     let _ = child.wait();
     Ok(DaemonAtRest {
         ready,

@@ -4,6 +4,7 @@ mod bench;
 mod churn;
 mod deps;
 mod hold;
+mod lint;
 mod soak;
 
 use std::{
@@ -38,6 +39,9 @@ enum Chore {
         #[arg(long)]
         check: bool,
     },
+    /// Check formatting, clippy (warnings are errors; the eBPF crate with
+    /// the nightly toolchain) and the layering of tracer-user/src.
+    Lint,
     /// Run every test, privileged and real-software ones included (needs
     /// root; installs the Debian packages the tests use when missing).
     Test {
@@ -67,6 +71,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Chore::BuildEbpf { check } => build_ebpf(check),
+        Chore::Lint => lint::run(&workspace_root(), TOOLCHAIN, &|c| {
+            ebpf_cargo_args(c, &workspace_root());
+        }),
         Chore::Test { args } => test(&args),
         Chore::Bench(args) => bench::run(&args, &workspace_root()),
         Chore::Soak(args) => soak::run(&args, &workspace_root()),
@@ -85,7 +92,7 @@ fn main() -> ExitCode {
                 o.elapsed,
                 o.per_second(),
                 o.failures
-            )
+            );
         })
         .map_err(Into::into),
     };
@@ -163,29 +170,43 @@ fn ebpf_rustflags(root: &Path) -> OsString {
     flags.join(&OsString::from("\x1f"))
 }
 
+/// What building (or linting) the eBPF crate takes after `cargo <verb>
+/// --package tracer-ebpf`: its target, core built from source, and the
+/// flags of [`ebpf_rustflags`], in a target directory of its own.
+fn ebpf_cargo_args(command: &mut Command, root: &Path) {
+    command
+        .args([
+            "--bins",
+            "--release",
+            "--target",
+            EBPF_TARGET,
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(root.join("target/ebpf"))
+        .env("CARGO_ENCODED_RUSTFLAGS", ebpf_rustflags(root))
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTFLAGS");
+}
+
 fn build_ebpf(check: bool) -> Result<()> {
     check_toolchain()?;
     let root = workspace_root();
     let target_dir = root.join("target/ebpf");
-    let status = Command::new("rustup")
-        .args([
-            "run",
-            TOOLCHAIN,
-            "cargo",
-            "build",
-            "--package",
-            "tracer-ebpf",
-            "--bins",
-            "--release",
-        ])
-        .args(["--target", EBPF_TARGET, "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&target_dir)
+    let mut cargo = Command::new("rustup");
+    cargo.args([
+        "run",
+        TOOLCHAIN,
+        "cargo",
+        "build",
+        "--package",
+        "tracer-ebpf",
+    ]);
+    ebpf_cargo_args(&mut cargo, &root);
+    let status = cargo
         .current_dir(&root)
-        .env("CARGO_ENCODED_RUSTFLAGS", ebpf_rustflags(&root))
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("RUSTFLAGS")
         .status()
         .context("running cargo for the eBPF crate")?;
     if !status.success() {
@@ -231,8 +252,17 @@ fn test(args: &[OsString]) -> Result<()> {
         );
     }
     deps::ensure(&deps::TEST_PACKAGES)?;
-    let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .arg("test")
+    let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo.arg("test");
+    // Every crate that runs on the host (xtask's own checks included)
+    // unless the caller names packages.
+    if !args
+        .iter()
+        .any(|a| a == "-p" || a == "--package" || a.to_string_lossy().starts_with("--package="))
+    {
+        cargo.args(["--workspace", "--exclude", "tracer-ebpf"]);
+    }
+    let status = cargo
         .args(args)
         .current_dir(workspace_root())
         .env("RUST_BACKTRACE", "1")

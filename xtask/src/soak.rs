@@ -79,6 +79,10 @@ fn scrape(addr: SocketAddr, names: &[&str]) -> Vec<f64> {
         .collect()
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the soak step by step: start, churn, sample, stop, report"
+)]
 pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
     // SAFETY: geteuid is always safe.
     if unsafe { libc::geteuid() } != 0 {

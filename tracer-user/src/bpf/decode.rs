@@ -100,12 +100,15 @@ pub(crate) mod tests {
     use tracer_common::TcpFigures;
 
     use super::*;
-    use crate::model::event::tests::comm;
+    use crate::testutil::comm;
 
     fn bytes_of(event: &Event) -> Vec<u8> {
         // SAFETY: `Event` is plain data without padding.
         unsafe {
-            std::slice::from_raw_parts((event as *const Event).cast::<u8>(), size_of::<Event>())
+            std::slice::from_raw_parts(
+                std::ptr::from_ref::<Event>(event).cast::<u8>(),
+                size_of::<Event>(),
+            )
         }
         .to_vec()
     }
@@ -124,7 +127,7 @@ pub(crate) mod tests {
             daddr,
             comm: comm("curl"),
             tgid: 4242,
-            netns: 4026531840,
+            netns: 4_026_531_840,
             sport: 51234,
             dport: 8080,
             family: AF_INET,
@@ -141,6 +144,23 @@ pub(crate) mod tests {
                 segs_out: 2,
                 segs_in: 1,
             },
+        }
+    }
+
+    #[test]
+    fn the_test_encoder_writes_what_the_decoder_reads() {
+        let c = crate::testutil::Sock::client(9);
+        for r in [
+            c.step(5, TcpState::SynSent, TcpState::Established),
+            c.unowned_step(6, TcpState::FinWait1, TcpState::FinWait2),
+            c.record(
+                7,
+                Kind::ReceiveReset {
+                    state: TcpState::Established,
+                },
+            ),
+        ] {
+            assert_eq!(decode(&crate::testutil::encode(&r)), Ok(r));
         }
     }
 
@@ -166,7 +186,7 @@ pub(crate) mod tests {
                     comm: Comm::new(comm("curl")),
                     cgroup_id: 777,
                 }),
-                netns: 4026531840,
+                netns: 4_026_531_840,
                 peer_fin: Some(false),
                 since_ns: Some(100_000_000),
                 tcp: Some(TcpFigures {

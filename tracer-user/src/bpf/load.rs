@@ -194,8 +194,7 @@ impl Attached {
         let peak = self
             .ring_peak
             .get(&0, 0)
-            .map(|v| v.iter().copied().max().unwrap_or(0))
-            .unwrap_or(0);
+            .map_or(0, |v| v.iter().copied().max().unwrap_or(0));
         if let Ok(cpus) = aya::util::nr_cpus()
             && let Ok(zeros) = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])
         {
@@ -414,7 +413,7 @@ fn raise_memlock_limit() {
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: plain syscall with a valid pointer.
-    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
 }
 
 #[cfg(test)]
@@ -440,7 +439,7 @@ mod tests {
             every_transition: false,
             disabled_hooks: vec![],
         };
-        let c = kernel_config(&options, Default::default());
+        let c = kernel_config(&options, tracer_common::SockOffsets::default());
         assert_eq!(c.pids[..3], [7, 9, 0]);
         assert_eq!(c.ports[..2], [80, 0]);
         assert_eq!(c.family, AF_INET6);
@@ -451,7 +450,7 @@ mod tests {
                 every_transition: true,
                 ..options
             },
-            Default::default(),
+            tracer_common::SockOffsets::default(),
         );
         assert_eq!(all.every_transition, 1);
     }

@@ -44,7 +44,11 @@ struct Found {
 /// Strips typedefs and qualifiers down to the type that has a size.
 fn resolve(btf: &Btf, mut ty: Type) -> Result<Type, btf_rs::Error> {
     loop {
-        ty = match ty {
+        #[expect(
+            clippy::match_same_arms,
+            reason = "the same call on five different types"
+        )]
+        let next = match ty {
             Type::Typedef(t) => btf.resolve_chained_type(&t)?,
             Type::Volatile(t) => btf.resolve_chained_type(&t)?,
             Type::Const(t) => btf.resolve_chained_type(&t)?,
@@ -52,6 +56,7 @@ fn resolve(btf: &Btf, mut ty: Type) -> Result<Type, btf_rs::Error> {
             Type::TypeTag(t) => btf.resolve_chained_type(&t)?,
             other => return Ok(other),
         };
+        ty = next;
     }
 }
 

@@ -42,7 +42,7 @@ pub fn stop_signal(duration: Option<Duration>) -> anyhow::Result<impl Future<Out
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
-            _ = deadline => {}
+            () = deadline => {}
         }
     })
 }

@@ -14,11 +14,11 @@ use crate::{
     host::snapshot::{ALL_STATES, Found, dump_all},
     model::aggregate::{GroupKey, Procs},
     model::diagnose::{process_short, remote_of},
+    model::human::human,
     model::{
         event::Owner,
         tracker::{ConnId, Role, TIMEWAIT_LEN_NS, role_by_ports},
     },
-    output::connections::human,
     settings,
 };
 
@@ -83,6 +83,10 @@ fn fin_timeout_ns(
     })
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "dump, select, group and print, in the order the reader checks them"
+)]
 pub fn run(settings: settings::Sockets) -> anyhow::Result<()> {
     let settings::Sockets {
         filters,
@@ -113,7 +117,7 @@ pub fn run(settings: settings::Sockets) -> anyhow::Result<()> {
         .iter()
         .filter(|f| f.socket.state == TcpState::Listen)
         .map(|f| {
-            let owner = owners.get(&f.socket.inode).map(|&o| o);
+            let owner = owners.get(&f.socket.inode).copied();
             ((f.netns, f.socket.lport), owner)
         })
         .collect();
@@ -129,7 +133,7 @@ pub fn run(settings: settings::Sockets) -> anyhow::Result<()> {
         let listener = listeners.get(&(*netns, s.lport));
         let owner = owners
             .get(&s.inode)
-            .map(|&o| o)
+            .copied()
             .or_else(|| listener.copied().flatten());
         if !filters.admits(s.family, s.lport, s.rport, owner.map(|o| o.pid))
             || !selection.admits(owner.as_ref().map(|o| &o.comm), s.raddr)
@@ -308,7 +312,7 @@ fn write_text(out: &mut impl Write, rows: &[(GroupKey, Tally)], total: u64) -> i
     writeln!(
         out,
         "{} in {}",
-        crate::output::report::plural(total as usize, "socket"),
+        crate::output::report::plural(usize::try_from(total).unwrap_or(usize::MAX), "socket"),
         crate::output::report::plural(rows.len(), "group")
     )
 }

@@ -17,30 +17,19 @@ use tokio::sync::mpsc;
 use tracer_common::TcpState;
 
 use crate::{
-    cmd::daemon,
     cmd::{Driver, Wake},
     error::UsageError,
-    model::aggregate::{Group, GroupKey, Stats, Windowing},
+    model::aggregate::{Group, GroupKey, Stats},
     model::diagnose::Finding,
     model::diagnose::process_short,
-    output::connections::human,
+    model::human::human,
     session::Host as _,
     session::Progress,
     session::analysis::{Analysis, Judging},
-    settings,
+    settings::{self, SortKey},
 };
 
 const REFRESH: Duration = Duration::from_secs(1);
-
-/// What the table is sorted by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SortKey {
-    Lingering,
-    Rate,
-    CloseWaitAge,
-    FinWait2,
-    Established,
-}
 
 /// One table row, computed at each refresh.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,9 +175,14 @@ impl Model {
 
 /// Draws one frame; fits 80x24 (the table takes what the findings and
 /// status lines leave).
+#[expect(
+    clippy::too_many_lines,
+    reason = "the screen top to bottom, one block per pane"
+)]
 fn draw(frame: &mut Frame, model: &mut Model) {
     // Up to three findings of two lines each, under a title line.
-    let findings_height = (model.findings.len().min(3) as u16 * 2 + 1).max(2);
+    let shown = u16::try_from(model.findings.len().min(3)).unwrap_or(3);
+    let findings_height = (shown * 2 + 1).max(2);
     let [status, table, findings, keys] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(5),
@@ -346,15 +340,7 @@ pub async fn run(s: settings::Top) -> anyhow::Result<()> {
     }
     let mut driver = Driver::new(s.duration, REFRESH)?;
     // Loaded before the screen is taken over, so errors print normally.
-    let mut analysis = Analysis::start(
-        &s.trace,
-        s.max_groups,
-        Judging {
-            windowing: Windowing::sliding(10_000_000_000, daemon::SPANS_NS[0] + 10_000_000_000),
-            spans_ns: daemon::SPANS_NS.to_vec(),
-            keep_seen: false,
-        },
-    )?;
+    let mut analysis = Analysis::start(&s.trace, s.max_groups, Judging::recent())?;
     let mut terminal = ratatui::try_init()?;
     let restore = Restore;
     let (tx, mut keys) = mpsc::unbounded_channel();
@@ -415,16 +401,14 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::aggregate::{
-            Aggregator,
-            tests::{id, record},
-        },
+        model::aggregate::Aggregator,
         model::diagnose::diagnose,
         model::tracker::{ClosedBy, Role},
+        testutil::{id, record},
     };
 
     fn model() -> Model {
-        let mut a = Aggregator::new(10, 0, Windowing::WHOLE_RUN);
+        let mut a = Aggregator::new(10, 0, crate::model::aggregate::Windowing::WHOLE_RUN);
         for port in [8080, 9090] {
             let c = id(4242, Role::Client, port);
             for _ in 0..5 {

@@ -8,14 +8,14 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
         tv_nsec: 0,
     };
     // SAFETY: valid clock id and pointer; these clocks cannot fail on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &raw mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 /// Now on the clock the kernel programs stamp records with
 /// (`bpf_ktime_get_boot_ns`, i.e. `CLOCK_BOOTTIME`: it keeps counting across suspend).
 pub fn boot_ns() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME) as u64
+    u64::try_from(clock_ns(libc::CLOCK_BOOTTIME)).unwrap_or(0)
 }
 
 /// Offset between the boot clock and the wall clock, refreshed now and then
@@ -43,8 +43,8 @@ impl WallClock {
     }
 
     pub fn wall(&self, boot_ns: u64) -> SystemTime {
-        let ns = (i128::from(boot_ns) + self.offset_ns).max(0);
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
+        let ns = i128::from(boot_ns) + self.offset_ns;
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
     }
 }
 

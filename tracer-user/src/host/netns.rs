@@ -13,7 +13,9 @@ const NAMED_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
 /// The inode number of the namespace behind an `ns/net` file or mount; the
 /// same number the kernel programs report.
 pub fn inum_of(path: &Path) -> io::Result<u32> {
-    Ok(fs::metadata(path)?.ino() as u32)
+    // nsfs inode numbers are the kernel's `unsigned int` inum.
+    u32::try_from(fs::metadata(path)?.ino())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not a namespace inode"))
 }
 
 /// The tracer's own network namespace.

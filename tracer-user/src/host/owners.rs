@@ -135,7 +135,10 @@ pub fn fds_of(pid: u32, inodes: &HashSet<u32>) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::TcpListener, os::unix::fs::MetadataExt as _};
+    use std::{
+        net::TcpListener,
+        os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    };
 
     use super::*;
 
@@ -150,14 +153,13 @@ mod tests {
     #[test]
     fn finds_this_process_as_owner_of_its_socket() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        use std::os::fd::AsRawFd as _;
         let link = format!("/proc/self/fd/{}", listener.as_raw_fd());
-        let inode = fs::metadata(&link).unwrap().ino() as u32;
+        let inode = u32::try_from(fs::metadata(&link).unwrap().ino()).unwrap();
         let owner = socket_owners()[&inode];
         assert_eq!(owner.pid, std::process::id());
         assert!(!owner.comm.as_bytes().is_empty());
         let fds = fds_of(std::process::id(), &HashSet::from([inode]));
-        assert_eq!(fds, vec![listener.as_raw_fd() as u32]);
+        assert_eq!(fds, vec![listener.as_raw_fd().cast_unsigned()]);
         let found = holders(&HashSet::from([inode]));
         assert_eq!(found[&inode].len(), 1);
         assert_eq!(found[&inode][0].pid, std::process::id());

@@ -102,7 +102,7 @@ pub fn take(filters: &Filters) -> (Vec<Seed>, usize) {
         .into_iter()
         .filter(|f| f.socket.timewait_expires_ms.is_none())
         .filter_map(|Found { netns, socket: s }| {
-            let owner = owners.get(&s.inode).map(|&o| o);
+            let owner = owners.get(&s.inode).copied();
             let range = *ephemeral
                 .entry(netns)
                 .or_insert_with(|| netns::ephemeral_ports(netns, &mut paths));

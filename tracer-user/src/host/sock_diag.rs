@@ -82,6 +82,16 @@ fn cookie_of(id: &SocketId) -> u64 {
     u64::from(low) | (u64::from(high) << 32)
 }
 
+/// A cookie as the socket id carries it (see [`cookie_of`]).
+fn cookie_words(cookie: u64) -> [u8; 8] {
+    let mut words = [0; 8];
+    #[expect(clippy::cast_possible_truncation, reason = "the low half, on purpose")]
+    let low = cookie as u32;
+    words[0..4].copy_from_slice(&low.to_ne_bytes());
+    words[4..8].copy_from_slice(&u32::try_from(cookie >> 32).unwrap_or(0).to_ne_bytes());
+    words
+}
+
 fn to_diag_socket(response: &InetResponse, raw: &[u8], seen_ns: u64) -> Option<DiagSocket> {
     let header = &response.header;
     let family = match header.family {
@@ -175,7 +185,9 @@ impl Iterator for Messages<'_> {
                     .map_or(Message::Other, Message::Socket)
             }
             NetlinkPayload::Done(_) => Message::Done,
-            NetlinkPayload::Error(err) => Message::Error(err.code.map_or(0, |c| c.get())),
+            NetlinkPayload::Error(err) => {
+                Message::Error(err.code.map_or(0, std::num::NonZero::get))
+            }
             _ => Message::Other,
         }))
     }
@@ -229,6 +241,8 @@ const LOOKUP_BATCH: usize = 256;
 
 /// Waits longer than this for a reply mean one was lost: the caller is
 /// told, rather than blocked for good.
+#[expect(clippy::cast_possible_truncation, reason = "a timeval is 16 bytes")]
+const TIMEVAL_LEN: libc::socklen_t = size_of::<libc::timeval>() as libc::socklen_t;
 const REPLY_TIMEOUT: libc::timeval = libc::timeval {
     tv_sec: 5,
     tv_usec: 0,
@@ -255,7 +269,7 @@ impl Diag {
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
                 (&raw const timeout).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
+                TIMEVAL_LEN,
             )
         };
         if set != 0 {
@@ -360,8 +374,7 @@ impl Diag {
                 id.source_port = w.lport;
                 id.destination_address = w.raddr;
                 id.destination_port = w.rport;
-                id.cookie[0..4].copy_from_slice(&(w.cookie as u32).to_ne_bytes());
-                id.cookie[4..8].copy_from_slice(&((w.cookie >> 32) as u32).to_ne_bytes());
+                id.cookie = cookie_words(w.cookie);
                 let sequence = self.next_sequence();
                 request(
                     NLM_F_REQUEST,
@@ -460,8 +473,7 @@ mod tests {
         id.destination_address = "10.0.0.2".parse().unwrap();
         id.source_port = 40000;
         id.destination_port = 8080;
-        id.cookie[0..4].copy_from_slice(&(cookie as u32).to_ne_bytes());
-        id.cookie[4..8].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        id.cookie = cookie_words(cookie);
         let mut message = NetlinkMessage::new(
             NetlinkHeader::default(),
             SockDiagMessage::InetResponse(Box::new(InetResponse {

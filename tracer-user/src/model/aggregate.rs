@@ -785,124 +785,20 @@ impl Aggregator {
     }
 
     /// Groups forgotten: over, or making room for new ones.
+    #[cfg(test)]
     pub fn retired(&self) -> u64 {
         self.retired
-    }
-
-    pub fn windowing(&self) -> Windowing {
-        self.windowing
-    }
-
-    pub fn started_ns(&self) -> u64 {
-        self.started_ns
     }
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::net::Ipv4Addr;
 
-    use super::*;
-    use crate::{
-        model::event::{Family, tests::comm},
-        model::{event::Owner, tracker::StateTimes},
-    };
     use tracer_common::TcpFigures;
 
-    pub(crate) const MS: u64 = 1_000_000;
-
-    pub(crate) fn id(pid: u32, role: Role, rport: u16) -> ConnId {
-        id_named(pid, "app", role, rport)
-    }
-
-    pub(crate) fn id_named(pid: u32, name: &str, role: Role, rport: u16) -> ConnId {
-        ConnId {
-            netns: 1,
-            owner: Some(Owner {
-                pid,
-                comm: Comm::new(comm(name)),
-                cgroup_id: 0,
-            }),
-            role,
-            family: Family::Ipv4,
-            laddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-            lport: if role == Role::Server {
-                8080
-            } else {
-                40000 + rport % 100
-            },
-            raddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-            rport,
-        }
-    }
-
-    pub(crate) fn record(
-        id: ConnId,
-        closed_by: ClosedBy,
-        lifetime_ms: u64,
-        fin_wait2_ms: Option<u64>,
-    ) -> ConnRecord {
-        let mut states = StateTimes::default();
-        if let Some(ms) = fin_wait2_ms {
-            states = states.with(TcpState::FinWait2, ms * MS);
-        }
-        ConnRecord {
-            end_ns: 0,
-            cookie: 1,
-            netns: id.netns,
-            owner: id.owner,
-            role: id.role,
-            family: id.family,
-            laddr: id.laddr,
-            lport: id.lport,
-            raddr: id.raddr,
-            rport: id.rport,
-            closed_by,
-            lifetime_ns: lifetime_ms * MS,
-            states,
-            fin_wait2_end: None,
-            time_wait: fin_wait2_ms.is_some(),
-            complete: true,
-            open_state: None,
-            opened_seen: true,
-            tcp: None,
-        }
-    }
-
-    /// TCP figures at the first closing act.
-    pub(crate) fn figures(
-        send_age_ms: u32,
-        recv_age_ms: u32,
-        segs_out: u32,
-        segs_in: u32,
-    ) -> TcpFigures {
-        TcpFigures {
-            send_age_ms,
-            recv_age_ms,
-            segs_out,
-            segs_in,
-        }
-    }
-
-    pub(crate) fn live(
-        id: ConnId,
-        cookie: u64,
-        state: TcpState,
-        since_ms: u64,
-        io: Option<(Option<u64>, Option<u64>)>,
-    ) -> LiveSocket {
-        LiveSocket {
-            id,
-            owner_known: true,
-            cookie,
-            state,
-            since_ns: Some(since_ms * MS),
-            io: io.map(|(s, r)| LastIo {
-                send_ns: s.map(|ms| ms * MS),
-                recv_ns: r.map(|ms| ms * MS),
-            }),
-        }
-    }
+    use super::*;
+    use crate::testutil::{MS, figures, id, id_named, live, record};
 
     fn whole() -> Aggregator {
         Aggregator::new(10, 0, Windowing::WHOLE_RUN)
@@ -945,7 +841,7 @@ pub(crate) mod tests {
         let mut a = whole();
         for (i, rport) in [50001, 50002, 50003].into_iter().enumerate() {
             let mut s = id(2, Role::Server, rport);
-            s.raddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2 + i as u8));
+            s.raddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2 + u8::try_from(i).unwrap()));
             a.on_record(&record(s, ClosedBy::Remote, 10, None));
         }
         assert_eq!(a.groups().count(), 1, "one server group for many clients");

@@ -147,6 +147,19 @@ pub enum Figure {
     Fds(Vec<u32>),
 }
 
+impl Figure {
+    /// For text and Markdown, with its unit: `2.00s`, `95%`, `4.8/s`, `[3, 5]`.
+    pub fn show(&self) -> String {
+        match self {
+            Figure::Count(n) => n.to_string(),
+            Figure::Ms(v) => crate::model::human::human_ms(*v),
+            Figure::Percent(v) => format!("{v:.0}%"),
+            Figure::PerSecond(v) => format!("{v:.1}/s"),
+            Figure::Fds(fds) => format!("{fds:?}"),
+        }
+    }
+}
+
 /// The process(es) a finding is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Who {
@@ -186,11 +199,6 @@ impl Finding {
         self.pathology.severity()
     }
 
-    /// `curl (pid 4242)`, `nginx (2 processes)`, `an unidentified process`.
-    pub fn process(&self) -> String {
-        process_words(&self.key, &self.who)
-    }
-
     /// `4242/curl`, `nginx ×2`, `-`: the short form for tables.
     pub fn process_short(&self) -> String {
         process_short(&self.key, self.who.pid, self.who.processes)
@@ -210,11 +218,10 @@ impl Finding {
                 "fin_wait2_p50_ms"
             }
             Pathology::ClientTimeoutStuckServer => "close_wait_p50_ms",
-            Pathology::ServerCloses => "closed",
+            Pathology::ServerCloses | Pathology::DeadlinePooled => "closed",
             Pathology::NoReuse => "opened_per_s",
             Pathology::LeakedIdle => "established_now",
             Pathology::UnansweredRequests => "awaiting_reply",
-            Pathology::DeadlinePooled => "closed",
             Pathology::CloseWaitLeak => "close_wait_now",
         };
         match self.figure(name) {

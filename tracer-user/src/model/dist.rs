@@ -10,16 +10,21 @@
 const RATIO_LN: f64 = 0.019_802_627_296_179_712; // ln(1.02)
 
 /// The bin of a duration (1 µs resolution; 1 µs to far beyond a day).
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "float-to-int `as` saturates, and the logarithm of at least 1 µs is not negative"
+)]
 fn bin(ns: u64) -> u16 {
     let us = (ns as f64 / 1_000.0).max(1.0);
-    ((us.ln() / RATIO_LN) as u64).min(u64::from(u16::MAX)) as u16
+    (us.ln() / RATIO_LN) as u16
 }
 
 /// One bin in use: its values' count and sum, whose mean stands for them
 /// (exact when they are all the same, within the bin's 2% otherwise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Bin {
-    bin: u16,
+    index: u16,
     count: u32,
     sum_us: u64,
 }
@@ -40,14 +45,14 @@ pub struct Dist {
 impl Dist {
     pub fn record(&mut self, ns: u64) {
         self.add(Bin {
-            bin: bin(ns),
+            index: bin(ns),
             count: 1,
             sum_us: ns / 1_000,
         });
     }
 
     fn add(&mut self, add: Bin) {
-        match self.bins.binary_search_by_key(&add.bin, |b| b.bin) {
+        match self.bins.binary_search_by_key(&add.index, |b| b.index) {
             Ok(i) => {
                 let b = &mut self.bins[i];
                 b.count = b.count.saturating_add(add.count);
@@ -79,6 +84,11 @@ impl Dist {
         if count == 0 {
             return None;
         }
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "between 0 and count, which came from a u64"
+        )]
         let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).max(1);
         let mut seen = 0;
         for b in &self.bins {
@@ -106,6 +116,7 @@ impl Dist {
     }
 
     /// Bins in use: what the distribution costs.
+    #[cfg(test)]
     pub fn bins(&self) -> usize {
         self.bins.len()
     }

@@ -115,15 +115,9 @@ pub struct Record {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::{COMM_LEN, Comm};
-
-    /// A comm as the kernel stores it.
-    pub(crate) fn comm(name: &str) -> [u8; COMM_LEN] {
-        let mut raw = [0; COMM_LEN];
-        raw[..name.len()].copy_from_slice(name.as_bytes());
-        raw
-    }
+    use crate::testutil::comm;
 
     #[test]
     fn comm_is_printable_whatever_the_bytes() {

@@ -4,5 +4,6 @@ pub mod aggregate;
 pub mod diagnose;
 pub mod dist;
 pub mod event;
+pub mod human;
 pub mod select;
 pub mod tracker;

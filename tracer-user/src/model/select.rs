@@ -125,10 +125,7 @@ mod tests {
     use super::*;
 
     fn comm(name: &str) -> Comm {
-        let mut raw = [0u8; COMM_LEN];
-        let n = name.len().min(COMM_KEPT);
-        raw[..n].copy_from_slice(&name.as_bytes()[..n]);
-        Comm::new(raw)
+        Comm::new(crate::testutil::comm(name))
     }
 
     fn ip(s: &str) -> IpAddr {

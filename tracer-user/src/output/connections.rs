@@ -9,7 +9,10 @@ use serde::{Serialize, Serializer, ser::SerializeMap};
 use tracer_common::TcpState;
 
 use super::{Endpoint, Format, JsonTcp, display_addr, rfc3339_millis, time_of_day};
-use crate::model::tracker::{ConnRecord, Fw2End, StateTimes};
+use crate::model::{
+    human::human,
+    tracker::{ConnRecord, Fw2End, StateTimes},
+};
 
 /// States shown in the text LINGER column: the closing ones.
 const LINGER_STATES: [TcpState; 5] = [
@@ -23,20 +26,6 @@ const LINGER_STATES: [TcpState; 5] = [
 /// Milliseconds with microsecond precision.
 fn ms(ns: u64) -> f64 {
     (ns as f64 / 1_000.0).round() / 1_000.0
-}
-
-/// A duration for people: `0.052ms`, `12.3ms`, `2.00s`, `75s`.
-pub fn human(ns: u64) -> String {
-    let ms = ns as f64 / 1e6;
-    if ms < 1.0 {
-        format!("{ms:.3}ms")
-    } else if ms < 1000.0 {
-        format!("{ms:.1}ms")
-    } else if ms < 100_000.0 {
-        format!("{:.2}s", ms / 1000.0)
-    } else {
-        format!("{:.0}s", ms / 1000.0)
-    }
 }
 
 /// `states_ms`, in the order the lifecycle passes through them.
@@ -195,11 +184,9 @@ fn linger(r: &ConnRecord) -> String {
 mod tests {
     use super::*;
     use crate::{
-        model::event::{Comm, Family, tests::comm},
-        model::{
-            event::Owner,
-            tracker::{ClosedBy, Role},
-        },
+        model::event::Family,
+        model::tracker::{ClosedBy, Role},
+        testutil::owner,
     };
 
     fn record() -> ConnRecord {
@@ -212,12 +199,8 @@ mod tests {
         ConnRecord {
             end_ns: 1,
             cookie: 8812,
-            netns: 4026531840,
-            owner: Some(Owner {
-                pid: 4242,
-                comm: Comm::new(comm("curl")),
-                cgroup_id: 0,
-            }),
+            netns: 4_026_531_840,
+            owner: Some(owner(4242, "curl")),
             role: Role::Client,
             family: Family::Ipv4,
             laddr: "10.0.0.1".parse().unwrap(),
@@ -316,14 +299,5 @@ mod tests {
         assert_eq!(v["open_state"], "FIN_WAIT2");
         assert_eq!(v["fin_wait2_end"], "open");
         assert_eq!(v["complete"], false);
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(human(52_000), "0.052ms");
-        assert_eq!(human(12_340_000), "12.3ms");
-        assert_eq!(human(2_004_000_000), "2.00s");
-        assert_eq!(human(75_000_000_000), "75.00s");
-        assert_eq!(human(250_000_000_000), "250s");
     }
 }

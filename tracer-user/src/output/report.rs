@@ -9,7 +9,8 @@ use std::{
 use serde::{Serialize, Serializer};
 use tracer_common::TcpState;
 
-use super::{ReportFormat, connections::human};
+use super::ReportFormat;
+use crate::model::human::human_ms;
 use crate::{
     model::aggregate::{Aggregator, Group, GroupKey, Stats},
     model::diagnose::{Figure, Finding, process_short, remote_of},
@@ -45,19 +46,6 @@ impl Serialize for Figure {
             Figure::Count(n) => s.serialize_u64(*n),
             Figure::Ms(v) | Figure::Percent(v) | Figure::PerSecond(v) => s.serialize_f64(*v),
             Figure::Fds(fds) => fds.serialize(s),
-        }
-    }
-}
-
-impl Figure {
-    /// For text and Markdown, with its unit: `2.00s`, `95%`, `4.8/s`, `[3, 5]`.
-    pub fn show(&self) -> String {
-        match self {
-            Figure::Count(n) => n.to_string(),
-            Figure::Ms(v) => human((*v * 1e6) as u64),
-            Figure::Percent(v) => format!("{v:.0}%"),
-            Figure::PerSecond(v) => format!("{v:.1}/s"),
-            Figure::Fds(fds) => format!("{fds:?}"),
         }
     }
 }
@@ -294,13 +282,12 @@ fn pct(s: &Stats, by: &[ClosedBy]) -> String {
 }
 
 fn p50(d: &Dist) -> String {
-    d.quantile_ms(0.5)
-        .map_or("-".into(), |v| human((v * 1e6) as u64))
+    d.quantile_ms(0.5).map_or("-".into(), human_ms)
 }
 
 fn p50_p99(d: &Dist) -> String {
     match (d.quantile_ms(0.5), d.quantile_ms(0.99)) {
-        (Some(a), Some(b)) => format!("{}/{}", human((a * 1e6) as u64), human((b * 1e6) as u64)),
+        (Some(a), Some(b)) => format!("{}/{}", human_ms(a), human_ms(b)),
         _ => "-".into(),
     }
 }
@@ -503,12 +490,10 @@ impl Report<'_> {
 mod tests {
     use super::*;
     use crate::{
-        model::aggregate::{
-            Aggregator, Windowing,
-            tests::{id, record},
-        },
+        model::aggregate::{Aggregator, Windowing},
         model::diagnose::diagnose,
         model::tracker::Role,
+        testutil::{id, record},
     };
 
     fn render(format: ReportFormat) -> String {

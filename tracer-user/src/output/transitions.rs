@@ -121,7 +121,8 @@ impl<W: Write> TransitionWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::event::{Comm, Family, Owner, tests::comm};
+    use crate::model::event::{Family, Owner};
+    use crate::testutil::owner;
 
     fn record(kind: Kind, owner: Option<Owner>) -> Record {
         Record {
@@ -134,19 +135,19 @@ mod tests {
             raddr: "10.0.0.2".parse().unwrap(),
             rport: 8080,
             owner,
-            netns: 4026531840,
+            netns: 4_026_531_840,
             peer_fin: None,
             since_ns: None,
             tcp: None,
         }
     }
 
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "fills the optional field it is written into"
+    )]
     fn curl() -> Option<Owner> {
-        Some(Owner {
-            pid: 4242,
-            comm: Comm::new(comm("curl")),
-            cgroup_id: 0,
-        })
+        Some(owner(4242, "curl"))
     }
 
     fn render(format: Format, records: &[Record]) -> String {

@@ -1,6 +1,6 @@
 //! A tracing session feeding the aggregator, the owners of accepted sockets resolved, and the findings drawn from it: what `report`, `top` and `daemon` share.
 
-use std::{collections::HashSet, io};
+use std::{collections::HashSet, fmt::Write as _, io};
 
 use foldhash::{HashMap, HashMapExt as _};
 use tracer_common::TcpState;
@@ -29,7 +29,22 @@ pub struct Judging {
     pub keep_seen: bool,
 }
 
+/// How far back a live view (the daemon, `top`) judges: closing patterns
+/// on the last 5 minutes (enough closes to judge) and the last minute (a
+/// pattern that just started), kept in 10-second buckets.
+const RECENT_SPANS_NS: [u64; 2] = [300_000_000_000, 60_000_000_000];
+const RECENT_BUCKET_NS: u64 = 10_000_000_000;
+
 impl Judging {
+    /// The recent past, and only the findings standing now.
+    pub fn recent() -> Self {
+        Self {
+            windowing: Windowing::sliding(RECENT_BUCKET_NS, RECENT_SPANS_NS[0] + RECENT_BUCKET_NS),
+            spans_ns: RECENT_SPANS_NS.to_vec(),
+            keep_seen: false,
+        }
+    }
+
     /// Everything since the start, and every finding seen on the way.
     pub fn whole_run() -> Self {
         Self {
@@ -351,11 +366,12 @@ impl<H: Host> Analysis<H> {
                     Some(i) => findings[i] = seen.finding.clone(),
                     None => {
                         let mut f = seen.finding.clone();
-                        f.summary.push_str(&format!(
+                        let _ = write!(
+                            f.summary,
                             " (Seen from {:.0}s to {:.0}s into the run; over by its end.)",
                             seen.first_ns.saturating_sub(self.started_ns) as f64 / 1e9,
                             seen.last_ns.saturating_sub(self.started_ns) as f64 / 1e9,
-                        ));
+                        );
                         findings.push(f);
                     }
                 }

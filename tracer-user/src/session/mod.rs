@@ -2,6 +2,10 @@
 
 pub mod analysis;
 pub mod host;
+#[cfg(test)]
+mod scripted;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 

@@ -25,7 +25,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Headers larger than this are answered 431 (hyper's minimum buffer).
 pub const MAX_HEADER_BYTES: usize = 8192;
 /// A connection, keep-alive included, lasts at most this.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_mins(1);
 /// Connections served at once; beyond it new ones are closed at once.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// /healthz fails when the tracing loop has not turned for this long.

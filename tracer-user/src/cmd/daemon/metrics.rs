@@ -93,11 +93,6 @@ impl LabelBudget {
         self.admitted.retain(|v, _| !stale.contains(v));
         stale
     }
-
-    /// Values holding a slot.
-    pub fn len(&self) -> usize {
-        self.admitted.len()
-    }
 }
 
 /// A label value unused this long gives its slot back: longer than the
@@ -160,6 +155,11 @@ pub struct Metrics {
     /// The series of a key whose container is not known yet.
     uncached: Option<ConnSeries>,
     linger_cache: foldhash::HashMap<(Option<Comm>, Role), LingerSeries>,
+}
+
+/// A count as an integer gauge's value (saturating; no count comes near).
+fn as_gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Whom a socket gauge counts: processes by name (a pid label would make
@@ -277,6 +277,10 @@ impl Metrics {
     /// `max_endpoints` bounds the remote endpoints (address and service
     /// port) with series of their own; process names and pids get budgets
     /// of their own.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one registration per series, read as a list"
+    )]
     pub fn new(max_endpoints: usize) -> Self {
         let r = Registry::new();
         Self {
@@ -570,10 +574,7 @@ impl Metrics {
     /// One more followed TIME_WAIT socket: those are counted as they come
     /// and go rather than walked each second.
     pub fn on_timewait_start(&mut self, id: &ConnId) {
-        *self
-            .time_wait_followed
-            .entry(GaugeKey::of(id))
-            .or_default() += 1;
+        *self.time_wait_followed.entry(GaugeKey::of(id)).or_default() += 1;
     }
 
     /// Replaces the socket gauges with what is alive now: `live` are the
@@ -707,15 +708,15 @@ impl Metrics {
             .inc_by(h.malformed.saturating_sub(last.malformed));
         self.evicted.inc_by(h.evicted.saturating_sub(last.evicted));
         self.folded.inc_by(h.folded.saturating_sub(last.folded));
-        self.tracked.set(h.tracked as i64);
-        self.groups.set(h.groups as i64);
-        self.ring_bytes.set(h.ring_bytes as i64);
+        self.tracked.set(as_gauge(h.tracked));
+        self.groups.set(as_gauge(h.groups));
+        self.ring_bytes.set(as_gauge(h.ring_bytes));
         if self.ring_peaks.len() >= RING_PEAK_WINDOW {
             self.ring_peaks.pop_front();
         }
         self.ring_peaks.push_back(h.ring_peak);
         self.ring_peak
-            .set(self.ring_peaks.iter().copied().max().unwrap_or(0) as i64);
+            .set(as_gauge(self.ring_peaks.iter().copied().max().unwrap_or(0)));
         self.last = Last(h);
     }
 
@@ -734,23 +735,15 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::aggregate::tests::record,
-        model::event::{Comm, Family, tests::comm},
-        model::tracker::TimewaitEnd,
-        model::{
-            event::Owner,
-            tracker::{ClosedBy, Role},
-        },
+        model::event::{Comm, Family},
+        model::tracker::{ClosedBy, Role, TimewaitEnd},
+        testutil::{comm, owner, record},
     };
 
     fn id(raddr: IpAddr, rport: u16) -> ConnId {
         ConnId {
             netns: 1,
-            owner: Some(Owner {
-                pid: 7,
-                comm: Comm::new(comm("curl")),
-                cgroup_id: 0,
-            }),
+            owner: Some(owner(7, "curl")),
             role: Role::Client,
             family: Family::Ipv4,
             laddr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
@@ -867,7 +860,7 @@ mod tests {
             text.contains(r#"tcplinger_connections_closed_total{closed_by="local",comm="wget""#),
             "{text}"
         );
-        assert_eq!(m.comms.len(), 1);
+        assert_eq!(m.comms.admitted.len(), 1);
         // curl is back: a fresh series of its own.
         curl.rport = 8080;
         m.on_record(&record(curl, ClosedBy::Local, 10, Some(1)), &mut |_| None);
@@ -996,10 +989,10 @@ mod tests {
                 0,
                 crate::model::aggregate::Windowing::WHOLE_RUN,
             );
-            let s = crate::model::aggregate::tests::id(1, Role::Server, 80);
+            let s = crate::testutil::id(1, Role::Server, 80);
             for _ in 0..12 {
                 let mut r = record(s, ClosedBy::Local, 5, None);
-                r.tcp = Some(crate::model::aggregate::tests::figures(0, 0, 1, 1));
+                r.tcp = Some(crate::testutil::figures(0, 0, 1, 1));
                 agg.on_record(&r);
             }
             crate::model::diagnose::diagnose(&agg, &[u64::MAX], 10_000_000_000)

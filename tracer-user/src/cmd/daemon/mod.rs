@@ -20,7 +20,7 @@ use crate::{
     cmd::{Driver, Wake},
     host::cgroups::Cgroups,
     host::clock,
-    model::aggregate::{GroupKey, Windowing},
+    model::aggregate::GroupKey,
     model::diagnose::{Finding, Pathology},
     output::{
         report::{JsonFinding, json_finding},
@@ -29,15 +29,8 @@ use crate::{
     session::Host as _,
     session::Progress,
     session::analysis::{Analysis, Fed, Judging},
-    settings,
+    settings::{self, LogFormat},
 };
-
-/// How findings are logged on stdout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// How often the socket gauges and the tracer's health are refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -52,12 +45,6 @@ pub const WORSENED_FACTOR: f64 = 1.5;
 /// A finding is over once it has been missing from this many analyses in a
 /// row (15 s): one miss can be a pattern at the edge of its threshold.
 pub const RESOLVED_AFTER: u32 = 3;
-
-/// How far back the daemon judges: closing patterns on the last 5 minutes
-/// (enough closes to judge) and the last minute (a pattern that just
-/// started), kept in 10-second buckets.
-pub const SPANS_NS: [u64; 2] = [300_000_000_000, 60_000_000_000];
-const BUCKET_NS: u64 = 10_000_000_000;
 
 /// What happened to a finding since the last analysis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,10 +191,11 @@ fn raise_fd_limit() {
     };
     // SAFETY: plain syscalls with valid pointers.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0
+            && limit.rlim_cur < limit.rlim_max
         {
             limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
         }
     }
 }
@@ -232,15 +220,7 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
     })?;
     raise_fd_limit();
     let mut driver = Driver::new(s.duration, REFRESH)?;
-    let mut analysis = Analysis::start(
-        &s.trace,
-        s.max_groups,
-        Judging {
-            windowing: Windowing::sliding(BUCKET_NS, SPANS_NS[0] + BUCKET_NS),
-            spans_ns: SPANS_NS.to_vec(),
-            keep_seen: false,
-        },
-    )?;
+    let mut analysis = Analysis::start(&s.trace, s.max_groups, Judging::recent())?;
     analysis.tap = Some(Fed::default());
     let shared = Arc::new(Shared {
         metrics: Mutex::new(Metrics::new(s.max_endpoints)),
@@ -365,17 +345,15 @@ fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgrou
 mod tests {
     use super::*;
     use crate::{
-        model::aggregate::{
-            Aggregator,
-            tests::{figures, id, record},
-        },
+        model::aggregate::Aggregator,
         model::diagnose::diagnose,
         model::tracker::{ClosedBy, Role},
+        testutil::{figures, id, record},
     };
 
     /// Findings of a server group with `closes` closes right after answering.
     fn findings(closes: u64) -> Vec<Finding> {
-        let mut a = Aggregator::new(10, 0, Windowing::WHOLE_RUN);
+        let mut a = Aggregator::new(10, 0, crate::model::aggregate::Windowing::WHOLE_RUN);
         let c = id(1, Role::Server, 80);
         for _ in 0..closes {
             let mut r = record(c, ClosedBy::Local, 5, None);

@@ -113,7 +113,7 @@ impl Conn {
             lport: r.lport,
             raddr: r.raddr,
             rport: r.rport,
-            owner: KeptOwner::new(r.owner.map(Owner::from)),
+            owner: KeptOwner::new(r.owner),
             owner_known: r.owner.is_some_and(|o| o.pid != 0),
             opened_pending: false,
             born,

@@ -243,10 +243,38 @@ impl Tracker {
         }
     }
 
+    /// Starts following a socket first seen in this step: its role, and
+    /// whether this step is its birth.
+    fn track_new(&mut self, r: &Record, old: TcpState, new: TcpState) {
+        use TcpState::{Close, Established, Listen, NewSynRecv, SynRecv, SynSent};
+        let (role, born) = match (old, new) {
+            (Close, SynSent) => (Role::Client, true),
+            // Creation, or (born on the last ACK and made ESTABLISHED
+            // at once) its first step if creation's record was left out.
+            (Listen | NewSynRecv, SynRecv) | (SynRecv, Established) => (Role::Server, true),
+            // Connect's record left out: this one dates it.
+            (SynSent, _) => (Role::Client, r.since_ns.is_some()),
+            (SynRecv | NewSynRecv, _) => (Role::Server, false),
+            _ if self.listeners.contains_key(&(r.netns, r.lport)) => (Role::Server, false),
+            _ => (Role::Unknown, false),
+        };
+        let mut conn = Conn::from_record(r, old, role, born);
+        if conn.owner.get().is_none() && role == Role::Server {
+            // Provisional: the process that created the listener did
+            // not necessarily accept this socket (prefork servers).
+            conn.owner = KeptOwner::new(self.listeners.get(&(r.netns, r.lport)).copied().flatten());
+        }
+        conn.opened_pending = born;
+        self.pass_opened(&mut conn, false);
+        self.insert(r.cookie, conn);
+    }
+
     fn on_transition(&mut self, r: &Record, old: TcpState, new: TcpState) {
-        use TcpState::*;
+        use TcpState::{
+            Close, CloseWait, Closing, Established, FinWait1, FinWait2, Listen, SynRecv, SynSent,
+        };
         if new == Listen {
-            let owner = r.owner.map(Owner::from);
+            let owner = r.owner;
             self.listeners.insert((r.netns, r.lport), owner);
             return;
         }
@@ -269,29 +297,7 @@ impl Tracker {
             self.finalize(r.cookie, at_ns);
         }
         if !self.conns.contains(&r.cookie) {
-            let (role, born) = match (old, new) {
-                (Close, SynSent) => (Role::Client, true),
-                (Listen | NewSynRecv, SynRecv) => (Role::Server, true),
-                // Connect's record left out: this one dates it.
-                (SynSent, _) => (Role::Client, r.since_ns.is_some()),
-                // An accepted socket is born on the handshake's last ACK and
-                // made ESTABLISHED in the same instant (its creation's
-                // record may be left out).
-                (SynRecv, Established) => (Role::Server, true),
-                (SynRecv | NewSynRecv, _) => (Role::Server, false),
-                _ if self.listeners.contains_key(&(r.netns, r.lport)) => (Role::Server, false),
-                _ => (Role::Unknown, false),
-            };
-            let mut conn = Conn::from_record(r, old, role, born);
-            if conn.owner.get().is_none() && role == Role::Server {
-                // Provisional: the process that created the listener did
-                // not necessarily accept this socket (prefork servers).
-                conn.owner =
-                    KeptOwner::new(self.listeners.get(&(r.netns, r.lport)).copied().flatten());
-            }
-            conn.opened_pending = born;
-            self.pass_opened(&mut conn, false);
-            self.insert(r.cookie, conn);
+            self.track_new(r, old, new);
         }
         let Some(conn) = self.conns.get_mut(&r.cookie) else {
             return;
@@ -331,7 +337,7 @@ impl Tracker {
         }
         conn.enter(new, now);
         if let Some(o) = r.owner.filter(|o| o.pid != 0) {
-            conn.owner = KeptOwner::new(Some(o.into()));
+            conn.owner = KeptOwner::new(Some(o));
             conn.owner_known = true;
         }
         if let Some(t) = r.tcp {
@@ -345,17 +351,17 @@ impl Tracker {
         });
         match (old, new) {
             (Established | SynRecv, FinWait1) if conn.closed_by.is_none() => {
-                conn.closed_by = Some(ClosedBy::Local)
+                conn.closed_by = Some(ClosedBy::Local);
             }
             (Established | SynRecv, CloseWait) if conn.closed_by.is_none() => {
-                conn.closed_by = Some(ClosedBy::Remote)
+                conn.closed_by = Some(ClosedBy::Remote);
             }
             // FIN_WAIT1 -> CLOSING, or leaving CLOSING when that step was
             // missed (a lost or skipped record): the FINs crossed.
             (FinWait1, Closing) | (Closing, _)
                 if matches!(conn.closed_by, None | Some(ClosedBy::Local)) =>
             {
-                conn.closed_by = Some(ClosedBy::Simultaneous)
+                conn.closed_by = Some(ClosedBy::Simultaneous);
             }
             // The deciding step was missed (seen mid-life, or lost): a closing
             // state still tells who sent the first FIN.

@@ -35,6 +35,10 @@ pub struct LruTable<V> {
     cap: usize,
 }
 
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "keys by reference, as the std maps take them"
+)]
 impl<V> LruTable<V> {
     /// A table of at most `cap` entries (nothing is allocated until used).
     pub fn new(cap: usize) -> Self {
@@ -111,7 +115,12 @@ impl<V> LruTable<V> {
             next: NIL,
             value: Some(value),
         });
-        (n * CHUNK + chunk.len() - 1) as u32
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "`cap` keeps slot numbers below NIL, a u32"
+        )]
+        let slot = (n * CHUNK + chunk.len() - 1) as u32;
+        slot
     }
 
     /// Inserts or replaces `key`'s entry, making it the most recent. Returns
@@ -230,7 +239,7 @@ mod tests {
     fn the_least_recently_used_goes_first_when_full() {
         let mut t = LruTable::new(3);
         for k in 1..=3 {
-            assert_eq!(t.push(k, k as u32 * 10), None);
+            assert_eq!(t.push(k, u32::try_from(k).unwrap() * 10), None);
         }
         assert_eq!(keys(&t), [3, 2, 1]);
         // A lookup counts as use; a peek does not.
@@ -260,12 +269,12 @@ mod tests {
     fn popped_slots_are_reused_and_links_stay_whole() {
         let mut t = LruTable::new(10_000);
         for k in 0..9_000u64 {
-            t.push(k, k as u32);
+            t.push(k, u32::try_from(k).unwrap());
         }
         assert_eq!(t.chunks.len(), 3);
         // Pop from the middle, both ends, then fill again.
         for k in (0..9_000u64).step_by(3).chain([8_999, 1]) {
-            assert_eq!(t.pop(&k), Some(k as u32), "{k}");
+            assert_eq!(t.pop(&k), Some(u32::try_from(k).unwrap()), "{k}");
         }
         assert_eq!(t.pop(&0), None);
         assert!(!t.contains(&3) && t.contains(&2));

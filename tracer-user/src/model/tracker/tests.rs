@@ -5,77 +5,15 @@ use std::num::NonZeroUsize;
 use tracer_common::TcpState::{self, *};
 
 use super::*;
-use crate::model::event::{Comm, Family, Kind, Owner, Record, tests::comm};
+use crate::model::event::{Family, Kind, Owner, Record};
+use crate::testutil::{MS, NETNS, Sock, owner as named};
 
-const NETNS: u32 = 4026531840;
-const MS: u64 = 1_000_000;
-
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "fills the optional field it is written into"
+)]
 fn owner(pid: u32, name: &str) -> Option<Owner> {
-    Some(Owner {
-        pid,
-        comm: Comm::new(comm(name)),
-        cgroup_id: 0,
-    })
-}
-
-/// Events of one socket: client side is 10.0.0.1:40000 -> 10.0.0.2:8080.
-struct Sock {
-    cookie: u64,
-    server: bool,
-    owner: Option<Owner>,
-}
-
-impl Sock {
-    fn client(cookie: u64) -> Self {
-        Self {
-            cookie,
-            server: false,
-            owner: owner(100, "curl"),
-        }
-    }
-
-    fn server(cookie: u64) -> Self {
-        Self {
-            cookie,
-            server: true,
-            owner: owner(200, "nginx"),
-        }
-    }
-
-    fn record(&self, ms: u64, kind: Kind) -> Record {
-        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let (laddr, lport, raddr, rport) = if self.server {
-            (b, 8080, a, 40000)
-        } else {
-            (a, 40000, b, 8080)
-        };
-        Record {
-            ts_ns: ms * MS,
-            cookie: self.cookie,
-            kind,
-            family: Family::Ipv4,
-            laddr,
-            lport,
-            raddr,
-            rport,
-            owner: self.owner,
-            netns: NETNS,
-            peer_fin: matches!(kind, Kind::StateChange { .. }).then_some(false),
-            since_ns: None,
-            tcp: None,
-        }
-    }
-
-    fn step(&self, ms: u64, old: TcpState, new: TcpState) -> Record {
-        self.record(ms, Kind::StateChange { old, new })
-    }
-
-    fn unowned_step(&self, ms: u64, old: TcpState, new: TcpState) -> Record {
-        Record {
-            owner: None,
-            ..self.step(ms, old, new)
-        }
-    }
+    Some(named(pid, name))
 }
 
 fn tracker() -> Tracker {
@@ -599,11 +537,7 @@ fn seeded_sockets_get_owner_and_role_and_are_incomplete() {
         lport,
         raddr: "10.0.0.1".parse().unwrap(),
         rport,
-        owner: Some(Owner {
-            pid,
-            comm: Comm::new(comm("app")),
-            cgroup_id: 0,
-        }),
+        owner: owner(pid, "app"),
         role: Role::Client,
     };
     t.seed(
@@ -671,11 +605,7 @@ fn seeding_fills_gaps_of_sockets_already_seen() {
             lport: 8080,
             raddr: "10.0.0.1".parse().unwrap(),
             rport: 40000,
-            owner: Some(Owner {
-                pid: 200,
-                comm: Comm::new(comm("nginx")),
-                cgroup_id: 0,
-            }),
+            owner: owner(200, "nginx"),
             role: Role::Server,
         }],
         20 * MS,

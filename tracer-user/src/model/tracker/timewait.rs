@@ -21,7 +21,6 @@ impl Tracker {
     /// With `timewait`, the followed TIME_WAIT sockets too: they change
     /// once in 60 s, and their table can be large.
     pub fn diag_requests(&self, timewait: bool) -> Vec<DiagRequest> {
-        let mut by_namespace: HashMap<(u32, Family), DiagRequest> = HashMap::new();
         fn request(
             map: &mut HashMap<(u32, Family), DiagRequest>,
             netns: u32,
@@ -34,6 +33,7 @@ impl Tracker {
                 time_wait: Vec::new(),
             })
         }
+        let mut by_namespace: HashMap<(u32, Family), DiagRequest> = HashMap::new();
         for (&(netns, family), cookies) in &self.followed {
             for &cookie in cookies {
                 if let Some(c) = self.conns.peek(&cookie) {
@@ -67,24 +67,21 @@ impl Tracker {
         let Some(tw) = timewaits.get_mut(&cookie) else {
             return;
         };
-        match seen {
-            Some(s) => {
-                tw.seen_ns = s.seen_ns;
-                tw.expires_ns = expiry(s);
-            }
-            None => {
-                let end = if done_ns.saturating_add(EXPIRY_SLACK_NS) < tw.expires_ns {
-                    // Gone early: reused by a new connection, or killed by a RST.
-                    done_ns
-                } else {
-                    tw.expires_ns.clamp(tw.seen_ns, done_ns.max(tw.seen_ns))
-                };
-                self.timewait_ends.push(TimewaitEnd {
-                    id: tw.id,
-                    duration_ns: end.saturating_sub(tw.since_ns),
-                });
-                timewaits.remove(&cookie);
-            }
+        if let Some(s) = seen {
+            tw.seen_ns = s.seen_ns;
+            tw.expires_ns = expiry(s);
+        } else {
+            let end = if done_ns.saturating_add(EXPIRY_SLACK_NS) < tw.expires_ns {
+                // Gone early: reused by a new connection, or killed by a RST.
+                done_ns
+            } else {
+                tw.expires_ns.clamp(tw.seen_ns, done_ns.max(tw.seen_ns))
+            };
+            self.timewait_ends.push(TimewaitEnd {
+                id: tw.id,
+                duration_ns: end.saturating_sub(tw.since_ns),
+            });
+            timewaits.remove(&cookie);
         }
     }
 

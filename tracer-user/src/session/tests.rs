@@ -1,0 +1,288 @@
+//! The session and its analysis driven through the seam by a scripted host: records become lifecycles, lookups finish lingering sockets, a loss is checked against a dump, malformed records are counted, and the analysis names holders and finds a leak with what the host tells it.
+
+use std::{future::Future, num::NonZeroUsize};
+
+use tracer_common::TcpState::{
+    Close, CloseWait, Established, FinWait1, FinWait2, LastAck, Listen, SynRecv, SynSent, TimeWait,
+};
+
+use super::{
+    Progress, Session, TraceOptions,
+    analysis::{Analysis, Judging},
+    host::Event,
+    scripted::ScriptedHost,
+};
+use crate::{
+    bpf::load::LoadOptions,
+    host::last_io::Seen,
+    model::{
+        diagnose::{Figure, Pathology},
+        select::Selection,
+        tracker::{ClosedBy, Fw2End, Role, TimewaitSighting, Tracker},
+    },
+    testutil::{MS, NETNS, Sock, owner},
+};
+
+/// Runs a future of the session to its end (the scripted host never waits).
+fn run<T>(future: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime")
+        .block_on(future)
+}
+
+fn session(host: ScriptedHost) -> Session<ScriptedHost> {
+    let tracker = Tracker::new(NonZeroUsize::new(1000).unwrap()).follow_timewait();
+    Session::new(host, tracker, true)
+}
+
+/// A host whose start-up snapshot found nothing open.
+fn seeded_host() -> ScriptedHost {
+    let mut host = ScriptedHost::default();
+    host.events.push_back(Event::Seeded {
+        seeds: Vec::new(),
+        unreadable: 0,
+    });
+    host
+}
+
+/// A client that connects, then closes first at 1 s; its socket is
+/// orphaned in FIN_WAIT2 at once (a timewait socket takes its place).
+fn client_closing_first(c: &Sock) -> Vec<crate::model::event::Record> {
+    let connect = crate::model::event::Record {
+        lport: 0,
+        ..c.step(0, Close, SynSent)
+    };
+    vec![
+        connect,
+        c.step(1, SynSent, Established),
+        c.step(1000, Established, FinWait1),
+        c.unowned_step(1001, FinWait1, FinWait2),
+        c.unowned_step(1001, FinWait2, Close),
+    ]
+}
+
+#[test]
+fn ring_records_and_lookups_finish_a_lingering_client_connection() {
+    let mut s = session(seeded_host());
+    let c = Sock::client(1);
+    s.host.write(&client_closing_first(&c));
+    s.host.now_ns = 1002 * MS;
+    let progress = run(s.step()).unwrap();
+    assert_eq!(
+        progress,
+        Progress::Seeded {
+            open: 0,
+            unreadable: 0
+        }
+    );
+    assert!(
+        s.tracker.take_ready().is_empty(),
+        "FIN_WAIT2 waits for a lookup"
+    );
+    // The peer's FIN came at 3 s: the kernel now has it in TIME_WAIT.
+    s.host.timewait.insert(
+        1,
+        TimewaitSighting {
+            state: TimeWait,
+            seen_ns: 3200 * MS,
+            expires_ms: 59_800,
+        },
+    );
+    s.host.now_ns = 3200 * MS;
+    s.host.events.push_back(Event::DiagTick);
+    run(s.step()).unwrap();
+    assert_eq!(s.host.diag_asked.len(), 1, "one lookup of the namespace");
+    assert_eq!(s.host.diag_asked[0].fin_wait2[0].cookie, 1);
+    run(s.step()).unwrap();
+    let records = s.tracker.take_ready();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = &records[0];
+    assert_eq!((r.role, r.closed_by), (Role::Client, ClosedBy::Local));
+    assert_eq!(r.fin_wait2_end, Some(Fw2End::PeerFin));
+    assert_eq!(r.states.get(FinWait2), Some(1999 * MS));
+    assert!(r.complete);
+    assert_eq!(s.counts.events, 5);
+}
+
+#[test]
+fn a_loss_is_checked_against_a_dump_and_what_is_gone_ends_unsure() {
+    let mut s = session(seeded_host());
+    let (listener, srv) = (Sock::server(70), Sock::server(7));
+    s.host.write(&[
+        listener.step(0, Close, Listen),
+        srv.unowned_step(10, Listen, SynRecv),
+        srv.unowned_step(11, SynRecv, Established),
+    ]);
+    s.host.now_ns = 3_000 * MS;
+    run(s.step()).unwrap();
+    assert_eq!(s.host.alive_asked, 0, "no loss, no dump");
+    // Records were dropped: the connection's end may be among them. The
+    // dump finds the listener but not the connection.
+    s.host.dropped = 4;
+    s.host.alive.states.insert(70, Listen);
+    s.host.alive.netns.insert(NETNS);
+    run(s.step()).unwrap();
+    assert_eq!(s.host.alive_asked, 1, "one dump after the loss");
+    run(s.step()).unwrap();
+    s.tracker.tick(u64::MAX / 2);
+    let records = s.tracker.take_ready();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert!(!records[0].complete, "its end was not seen");
+    let summary = s.summary(1000);
+    assert!(summary.contains("4 dropped (ring full)"), "{summary}");
+}
+
+#[test]
+fn malformed_records_are_counted_and_warned_about_once() {
+    let mut s = session(ScriptedHost::default());
+    s.host.ring.extend([vec![0; 3], vec![0; 200]]);
+    run(s.step()).unwrap();
+    assert_eq!((s.counts.events, s.counts.malformed), (2, 2));
+    let warnings = s.take_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("skipping malformed records: record of 3 bytes"),
+        "{warnings:?}"
+    );
+    assert!(s.take_warnings().is_empty(), "said once");
+}
+
+#[test]
+fn stopping_detaches_and_looks_up_what_still_lingers() {
+    let mut s = session(seeded_host());
+    let c = Sock::client(2);
+    s.host.write(&client_closing_first(&c));
+    s.host.now_ns = 1002 * MS;
+    run(s.step()).unwrap();
+    // Gone by the time of the last lookup: its FIN_WAIT2 timer ran out.
+    s.host.now_ns = 61_002 * MS;
+    run(s.stop()).unwrap();
+    assert!(s.host.detached);
+    assert!(!s.host.diag_asked.is_empty(), "a last lookup");
+    let records = s.tracker.take_ready();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0].closed_by, ClosedBy::Local);
+    assert!(!records[0].time_wait);
+}
+
+fn trace() -> TraceOptions {
+    TraceOptions {
+        load: LoadOptions {
+            filters: crate::model::select::Filters::default(),
+            ring_bytes: 4 << 20,
+            every_transition: false,
+            disabled_hooks: Vec::new(),
+        },
+        max_sockets: NonZeroUsize::new(1000).unwrap(),
+        selection: Selection::default(),
+        cgroup: None,
+    }
+}
+
+/// A prefork server: the listener's creator (pid 200) forks a worker (pid
+/// 201) that accepts; the peers close and the worker never does.
+fn prefork_leak(host: &mut ScriptedHost) {
+    let listener = Sock::server(100);
+    host.write(&[listener.step(0, Close, Listen)]);
+    for cookie in 1..=3u64 {
+        let s = Sock {
+            cookie,
+            ..Sock::server(cookie)
+        };
+        host.write(&[
+            s.unowned_step(10, Listen, SynRecv),
+            s.unowned_step(11, SynRecv, Established),
+            s.unowned_step(20, Established, CloseWait),
+        ]);
+        let inode = 5000 + u32::try_from(cookie).unwrap();
+        host.open.insert(cookie, Seen { io: None, inode });
+        host.holders
+            .insert(inode, vec![owner(200, "nginx"), owner(201, "nginx")]);
+    }
+    host.close_wait_fds.insert(201, vec![7, 8, 9]);
+}
+
+#[test]
+fn analysis_names_the_worker_holding_accepted_sockets_and_finds_their_leak() {
+    let mut host = seeded_host();
+    prefork_leak(&mut host);
+    let mut a = Analysis::new(session(host), &trace(), 100, Judging::whole_run());
+    // A boot clock well past the tracer's first look for holders.
+    a.session.host.now_ns = 10_000 * MS;
+    run(a.step()).unwrap();
+    assert!(a.seeded);
+    let owners: Vec<u32> = a
+        .live()
+        .iter()
+        .filter(|l| l.state == CloseWait)
+        .filter_map(|l| l.id.owner.map(|o| o.pid))
+        .collect();
+    assert_eq!(
+        owners,
+        vec![201, 201, 201],
+        "the worker, not the listener's creator"
+    );
+    // Six seconds on, the three are still in CLOSE_WAIT: a leak.
+    a.session.host.now_ns = 16_000 * MS;
+    a.observe();
+    let findings = a.findings();
+    let leak = findings
+        .iter()
+        .find(|f| f.pathology == Pathology::CloseWaitLeak)
+        .unwrap_or_else(|| panic!("no leak in {findings:#?}"));
+    assert_eq!(leak.who.pid, Some(201));
+    assert!(
+        leak.evidence
+            .iter()
+            .any(|(name, f)| *name == "fds" && matches!(f, Figure::Fds(fds) if fds == &[7, 8, 9])),
+        "{leak:#?}"
+    );
+    assert!(leak.summary.contains("(fds 7, 8, 9)"), "{}", leak.summary);
+}
+
+#[test]
+fn analysis_feeds_only_owners_in_the_cgroup_asked_for() {
+    let mut host = seeded_host();
+    let inside = Sock {
+        owner: Some(crate::model::event::Owner {
+            cgroup_id: 11,
+            ..owner(300, "app")
+        }),
+        ..Sock::client(1)
+    };
+    let outside = Sock {
+        owner: Some(crate::model::event::Owner {
+            cgroup_id: 12,
+            ..owner(301, "other")
+        }),
+        ..Sock::client(2)
+    };
+    for c in [&inside, &outside] {
+        host.write(&[
+            c.step(0, Close, SynSent),
+            c.step(1, SynSent, Established),
+            c.unowned_step(5, Established, CloseWait),
+            c.step(6, CloseWait, LastAck),
+            c.unowned_step(7, LastAck, Close),
+        ]);
+    }
+    host.cgroups.insert(11, "/system.slice/app.service".into());
+    host.cgroups
+        .insert(12, "/system.slice/other.service".into());
+    let mut options = trace();
+    options.cgroup = Some("/system.slice/app.service".into());
+    let mut a = Analysis::new(session(host), &options, 100, Judging::whole_run());
+    a.tap = Some(super::analysis::Fed::default());
+    a.session.host.now_ns = 100 * MS;
+    run(a.step()).unwrap();
+    a.session.host.now_ns = 10_000 * MS;
+    run(a.stop()).unwrap();
+    let fed = a.tap.take().unwrap();
+    let pids: Vec<u32> = fed
+        .records
+        .iter()
+        .filter_map(|r| r.owner.map(|o| o.pid))
+        .collect();
+    assert_eq!(pids, vec![300], "{fed:#?}");
+}

@@ -1,0 +1,156 @@
+//! One value of a flag or of a key in the daemon's file, parsed and bounded: durations, pids, ports, hooks, addresses, cgroups, limits and sizes. The command line and the file share these, so a value means the same written either way.
+
+use std::{num::NonZeroUsize, time::Duration};
+
+use crate::bpf::load::HOOKS;
+
+/// The largest ring accepted: far beyond any burst, and locked kernel memory.
+const MAX_RING_BYTES: u64 = 1 << 30;
+const MIN_RING_BYTES: u64 = 4096;
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("expected a duration like 30s, 5m or 1h ({e})"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+pub fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err("pid 0 is not a process".into()),
+        Ok(pid) if pid > i32::MAX as u32 => Err(format!("{pid} is beyond any pid")),
+        Ok(pid) => Ok(pid),
+        Err(_) => Err(format!("'{s}' is not a process id")),
+    }
+}
+
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u32>() {
+        Ok(port) => u16::try_from(port)
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{port} is not a port (1-65535)")),
+        Err(_) => Err(format!("'{s}' is not a port number")),
+    }
+}
+
+/// A kernel hook by its program name (`sock_recv_length`).
+pub fn parse_hook(s: &str) -> Result<&'static str, String> {
+    HOOKS
+        .iter()
+        .map(|h| h.program)
+        .find(|name| *name == s.trim())
+        .ok_or_else(|| {
+            let names: Vec<&str> = HOOKS.iter().map(|h| h.program).collect();
+            format!("'{s}' is not a hook ({})", names.join(", "))
+        })
+}
+
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not an address:port (e.g. 127.0.0.1:9917 or [::1]:9917)"))
+}
+
+pub fn parse_cgroup(s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        Ok(s.trim_end_matches('/').to_string())
+    } else {
+        Err(format!("'{s}' is not a cgroup path (they start with /)"))
+    }
+}
+
+/// Keeps the metric series of one daemon within what Prometheus handles well.
+const MAX_MAX_ENDPOINTS: usize = 10_000;
+
+pub fn parse_max_endpoints(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 0..=MAX_MAX_ENDPOINTS) => Ok(n),
+        Ok(_) => Err(format!("at most {MAX_MAX_ENDPOINTS}")),
+        Err(_) => Err(format!("'{s}' is not a count")),
+    }
+}
+
+/// Far more groups than a screen or a report can use.
+const MAX_MAX_GROUPS: usize = 100_000;
+
+pub fn parse_max_groups(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 1..=MAX_MAX_GROUPS) => Ok(n),
+        Ok(_) => Err(format!("between 1 and {MAX_MAX_GROUPS}")),
+        Err(_) => Err(format!("'{s}' is not a count")),
+    }
+}
+
+/// A TCP state by its name, any case, `-` or `_`: `close-wait`, `TIME_WAIT`.
+pub fn parse_state(s: &str) -> Result<tracer_common::TcpState, String> {
+    let wanted = s.trim().to_ascii_uppercase().replace('-', "_");
+    (1..=13)
+        .filter_map(tracer_common::TcpState::from_u8)
+        .find(|state| state.name() == wanted)
+        .ok_or_else(|| {
+            format!("'{s}' is not a TCP state (e.g. established, close-wait, fin-wait2, time-wait)")
+        })
+}
+
+/// Far more than any host holds; keeps a typo from reserving absurd memory.
+const MAX_MAX_SOCKETS: usize = 1 << 26;
+
+pub fn parse_max_sockets(s: &str) -> Result<NonZeroUsize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 1..=MAX_MAX_SOCKETS) => Ok(NonZeroUsize::new(n).expect("n >= 1")),
+        Ok(_) => Err(format!("between 1 and {MAX_MAX_SOCKETS}")),
+        Err(_) => Err(format!("'{s}' is not a count")),
+    }
+}
+
+pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}' (use K, M or G)")),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 4MiB, 262144)"))?;
+    let bytes = value
+        .checked_mul(multiplier)
+        .filter(|&b| b <= MAX_RING_BYTES)
+        .ok_or_else(|| format!("at most {}MiB", MAX_RING_BYTES >> 20))?;
+    if bytes < MIN_RING_BYTES {
+        return Err(format!("at least {MIN_RING_BYTES} bytes (one page)"));
+    }
+    if !bytes.is_power_of_two() {
+        return Err(format!("{bytes} is not a power of two"));
+    }
+    u32::try_from(bytes).map_err(|_| format!("at most {}MiB", MAX_RING_BYTES >> 20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_take_units() {
+        assert_eq!(parse_ring_bytes("4096"), Ok(4096));
+        assert_eq!(parse_ring_bytes("64K"), Ok(65536));
+        assert_eq!(parse_ring_bytes("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_ring_bytes("1G"), Ok(1 << 30));
+    }
+
+    #[test]
+    fn ports_are_1_to_65535() {
+        assert_eq!(parse_port("80"), Ok(80));
+        assert_eq!(parse_port(" 65535 "), Ok(65535));
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("65536").is_err());
+        assert!(parse_port("http").is_err());
+    }
+}
