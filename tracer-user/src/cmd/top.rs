@@ -143,7 +143,7 @@ impl Model {
     fn refresh(&mut self, analysis: &mut Analysis) {
         analysis.observe();
         let window_s = analysis.window_s();
-        let now = crate::host::clock::boot_ns();
+        let now = analysis.now_ns();
         let agg = &analysis.agg;
         let recent_s = agg.span_s(RECENT_NS, now);
         self.rows = agg

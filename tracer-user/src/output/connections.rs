@@ -1,4 +1,4 @@
-//! `watch`: one line per connection lifecycle, as text columns or JSON (the record of DESIGN.md).
+//! `watch`: one line per connection lifecycle, as text columns or JSON (the record README.md documents under "Connection records").
 
 use std::{
     io::{self, Write},

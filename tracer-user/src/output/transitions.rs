@@ -16,7 +16,7 @@ pub struct TransitionWriter<W: Write> {
     format: Format,
 }
 
-/// The JSON line; field names are the contract in DESIGN.md.
+/// The JSON line; its field names are a contract (README.md, "Transition lines").
 #[derive(Serialize)]
 struct JsonLine {
     ts: String,

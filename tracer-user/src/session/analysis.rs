@@ -93,7 +93,7 @@ pub struct Fed {
 /// True when `id`'s owner lives in a cgroup under `prefix`.
 fn in_cgroup(host: &mut impl Host, prefix: &str, id: &ConnId) -> bool {
     let Some(owner) = id.owner else { return false };
-    host.cgroup_path(owner.cgroup_id).is_some_and(|path| {
+    host.container(owner.cgroup_id).is_some_and(|crate::host::cgroups::Container { path, .. }| {
         path == prefix
             || path
                 .strip_prefix(prefix)

@@ -19,7 +19,7 @@ use crate::{
         ring::EventSource,
     },
     host::{
-        cgroups::Cgroups,
+        cgroups::{Cgroups, Container},
         clock::{self, WallClock},
         follow::{DIAG_INTERVAL, DiagAnswer, Follower},
         last_io::{ByCookie, IoReader},
@@ -91,8 +91,9 @@ pub trait Host {
     fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Owner>>;
     /// The fds of `pid` holding these CLOSE_WAIT sockets (netns, cookie).
     fn close_wait_fds(&mut self, pid: u32, sample: &[(u32, u64)]) -> Vec<u32>;
-    /// The path of a cgroup v2 id, if it exists.
-    fn cgroup_path(&mut self, id: u64) -> Option<String>;
+    /// The cgroup v2 of this id (its path, and the container and pod it
+    /// names), if it exists.
+    fn container(&mut self, id: u64) -> Option<Container>;
     /// The fullest the ring has been since the last call, in bytes.
     fn ring_peak_and_reset(&mut self) -> u64;
     /// The ring's size in bytes.
@@ -304,8 +305,8 @@ impl Host for LiveHost {
         snapshot::close_wait_fds(pid, sample)
     }
 
-    fn cgroup_path(&mut self, id: u64) -> Option<String> {
-        self.cgroups.lookup(id).map(|c| c.path.clone())
+    fn container(&mut self, id: u64) -> Option<Container> {
+        self.cgroups.lookup(id).cloned()
     }
 
     fn ring_peak_and_reset(&mut self) -> u64 {

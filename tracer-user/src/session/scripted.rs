@@ -8,7 +8,12 @@ use std::{
 use super::host::{Event, Host};
 use crate::{
     bpf::ring::MAX_BATCH,
-    host::{clock::WallClock, follow::DiagAnswer, last_io::ByCookie},
+    host::{
+        cgroups::{self, Container},
+        clock::WallClock,
+        follow::DiagAnswer,
+        last_io::ByCookie,
+    },
     model::{
         event::{Family, Owner, Record},
         tracker::{Alive, DiagRequest, Sightings},
@@ -41,6 +46,7 @@ pub struct ScriptedHost {
     pub holders: HashMap<u32, Vec<Owner>>,
     /// `pid` -> fds holding its CLOSE_WAIT sockets.
     pub close_wait_fds: HashMap<u32, Vec<u32>>,
+    /// cgroup id -> path.
     pub cgroups: HashMap<u64, String>,
     pub detached: bool,
 }
@@ -158,8 +164,8 @@ impl Host for ScriptedHost {
         self.close_wait_fds.get(&pid).cloned().unwrap_or_default()
     }
 
-    fn cgroup_path(&mut self, id: u64) -> Option<String> {
-        self.cgroups.get(&id).cloned()
+    fn container(&mut self, id: u64) -> Option<Container> {
+        self.cgroups.get(&id).map(|path| cgroups::parse(path))
     }
 
     fn ring_peak_and_reset(&mut self) -> u64 {

@@ -18,7 +18,6 @@ use crate::{
     cmd::daemon::http::Shared,
     cmd::daemon::metrics::{Health, Metrics},
     cmd::{Driver, Wake},
-    host::cgroups::Cgroups,
     host::clock,
     model::aggregate::GroupKey,
     model::diagnose::{Finding, Pathology},
@@ -227,7 +226,6 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
         last_loop_ns: clock::boot_ns().into(),
     });
     let server = tokio::spawn(http::serve(listener, shared.clone()));
-    let mut cgroups = Cgroups::new();
     let mut findings_log = FindingLog::default();
     let mut refreshes: u32 = 0;
     let stdout = io::stdout();
@@ -242,10 +240,10 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
                             s.listen
                         );
                     }
-                    feed_metrics(&mut analysis, &shared, &mut cgroups);
+                    feed_metrics(&mut analysis, &shared);
                 }
                 Wake::Tick => {
-                    refresh_metrics(&mut analysis, &shared, &mut cgroups);
+                    refresh_metrics(&mut analysis, &shared);
                     refreshes += 1;
                     // The first tick comes at once: findings of the first look.
                     if refreshes % ANALYSIS_EVERY == 1 {
@@ -287,14 +285,15 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
 }
 
 /// Tracker output since the last call into the counters and histograms.
-fn feed_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgroups) {
+fn feed_metrics(analysis: &mut Analysis, shared: &Shared) {
     let Some(fed) = analysis.tap.as_mut().map(std::mem::take) else {
         return;
     };
     let Ok(mut m) = shared.metrics.lock() else {
         return;
     };
-    let mut container = |cgroup_id: u64| cgroups.lookup(cgroup_id).cloned();
+    let host = &mut analysis.session.host;
+    let mut container = |cgroup_id: u64| host.container(cgroup_id);
     for id in &fed.opened {
         m.on_opened(id, &mut container);
     }
@@ -310,7 +309,7 @@ fn feed_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgroups)
 }
 
 /// Once a second: the sockets alive now, and the tracer's own health.
-fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgroups) {
+fn refresh_metrics(analysis: &mut Analysis, shared: &Shared) {
     let live = analysis.live_resolved();
     let ring_peak = analysis.session.host.ring_peak_and_reset();
     let (dropped, missed) = (
@@ -323,8 +322,9 @@ fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, cgroups: &mut Cgrou
     };
     m.at(now);
     m.release_stale();
+    let host = &mut analysis.session.host;
     m.set_sockets(live.iter().map(|l| (l.id, l.state)), |cgroup_id| {
-        cgroups.lookup(cgroup_id).cloned()
+        host.container(cgroup_id)
     });
     let session = &analysis.session;
     m.set_health(Health {
