@@ -62,12 +62,12 @@ fn trials() -> Vec<Trial> {
 }
 
 fn main() {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("__peer") {
-        support::peer::run(&argv[2..]);
+    let command_line: Vec<String> = std::env::args().collect();
+    if command_line.get(1).map(String::as_str) == Some("__peer") {
+        support::peer::run(&command_line[2..]);
     }
-    if argv.get(1).map(String::as_str) == Some("__hold") {
-        support::peer::hold(&argv[2..]);
+    if command_line.get(1).map(String::as_str) == Some("__hold") {
+        support::peer::hold(&command_line[2..]);
     }
     let mut args = Arguments::from_args();
     // One tracer at a time: each sees every namespace, and two cores are

@@ -252,7 +252,7 @@ fn lifecycle_burst_of_2000() {
     let port = scene.port;
     let count = 2000;
     let tracer = watch(port);
-    scene.converse(Closer::Client, count as u32, Pace::OneAtATime);
+    scene.converse(Closer::Client, count, Pace::OneAtATime);
     let done = tracer.wait_for(Duration::from_secs(30), |lines| lines.len() >= 2 * count);
     let run = tracer.stop();
     assert!(

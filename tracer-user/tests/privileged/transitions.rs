@@ -83,9 +83,9 @@ struct Conversation {
 }
 
 /// One request/response between the two namespaces of `scene`, closed by
-/// `closer` first, traced with `--port` so nothing else on the machine
+/// `first` first, traced with `--port` so nothing else on the machine
 /// interferes.
-fn traced_conversation(scene: Scene, closer: Closer) -> Conversation {
+fn traced_conversation(scene: &Scene, first: Closer) -> Conversation {
     let port = scene.port;
     let tracer = Tcplinger::start(&[
         "watch",
@@ -95,7 +95,7 @@ fn traced_conversation(scene: Scene, closer: Closer) -> Conversation {
         "--port",
         &scene.port_arg(),
     ]);
-    let pids = scene.converse(closer, 1, Pace::OneAtATime);
+    let pids = scene.converse(first, 1, Pace::OneAtATime);
     // Both sockets end in CLOSE (the FIN_WAIT2 side via its timewait
     // replacement); wait for both before stopping.
     let closed = tracer.wait_for(SETTLE, |lines| {
@@ -129,7 +129,7 @@ fn traced_conversation(scene: Scene, closer: Closer) -> Conversation {
 }
 
 fn client_closes_first() {
-    let c = traced_conversation(Scene::new(), Closer::Client);
+    let c = traced_conversation(&Scene::new(), Closer::Client);
     let client = path_of(&c.run.lines, c.client);
     let server = path_of(&c.run.lines, c.server);
     assert_steps(&client, &["ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2"]);
@@ -152,7 +152,7 @@ fn client_closes_first() {
 privileged!(client_closes_first);
 
 fn server_closes_first() {
-    let c = traced_conversation(Scene::new(), Closer::Server);
+    let c = traced_conversation(&Scene::new(), Closer::Server);
     let client = path_of(&c.run.lines, c.client);
     let server = path_of(&c.run.lines, c.server);
     assert_steps(&server, &["ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2"]);
@@ -174,7 +174,7 @@ fn server_closes_first() {
 privileged!(server_closes_first);
 
 fn softirq_close_wait_is_attributed_to_server() {
-    let c = traced_conversation(Scene::new(), Closer::Client);
+    let c = traced_conversation(&Scene::new(), Closer::Client);
     assert_ne!(c.client_pid, c.server_pid);
     // The peer's FIN is processed in softirq, usually on the client's own
     // syscall path over veth: the current task is the client, not the owner.
@@ -198,7 +198,7 @@ fn softirq_close_wait_is_attributed_to_server() {
 privileged!(softirq_close_wait_is_attributed_to_server);
 
 fn ipv6_connection_has_correct_addresses() {
-    let c = traced_conversation(Scene::ipv6(), Closer::Client);
+    let c = traced_conversation(&Scene::ipv6(), Closer::Client);
     let connect = line_of(&c.run.lines, c.client, "SYN_SENT", "ESTABLISHED");
     assert_eq!(connect["family"], "ipv6");
     assert_eq!(connect["laddr"], c.client_addr.to_string(), "{connect}");

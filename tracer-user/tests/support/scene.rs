@@ -167,7 +167,7 @@ impl Scene {
     /// `count` connections to the scene's port, each one request and its
     /// answer, closed by `closer` first and by the other side on its FIN;
     /// returns once both peers have finished.
-    pub fn converse(&self, closer: Closer, count: u32, pace: Pace) -> Pids {
+    pub fn converse(&self, closer: Closer, count: usize, pace: Pace) -> Pids {
         let (server_close, client_close) = match closer {
             Closer::Client => ("after-eof", "first"),
             Closer::Server => ("first", "after-eof"),
