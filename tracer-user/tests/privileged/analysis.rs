@@ -1,14 +1,18 @@
 //! `report`, `top` and `sockets` on real TCP: each of the seven pathologies reproduced between two namespaces, its finding checked for the right process and endpoint.
 
 use std::{
-    net::SocketAddr,
     process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::support::{netns::NetPair, peer::Peer, require_root, tracer::Tcplinger, wait_until};
+use crate::support::{
+    require_root,
+    scene::{Closer, Pace, Scene},
+    tracer::Tcplinger,
+    wait_until,
+};
 
 /// A report that ends when the test says so (SIGINT), not by its clock.
 fn start_report(port: u16) -> Tcplinger {
@@ -50,41 +54,8 @@ fn has_pathology(report: &Value, pathology: &str) -> bool {
         .any(|f| f["pathology"] == pathology)
 }
 
-/// Each test gets its own link, port and server address.
-struct Scene {
-    net: NetPair,
-    port: u16,
-    target: SocketAddr,
-}
-
-impl Scene {
-    fn new(port: u16) -> Self {
-        require_root();
-        let net = NetPair::new();
-        let target = SocketAddr::new(net.server_v4, port);
-        Self { net, port, target }
-    }
-
-    fn server(&self, flags: &[&str]) -> Peer {
-        Peer::server(&self.net.server_ns, self.target, flags)
-    }
-
-    fn client(&self, flags: &[&str]) -> Peer {
-        Peer::client(&self.net.client_ns, self.target, flags)
-    }
-
-    /// The finding's endpoint as the client side names it.
-    fn server_endpoint(&self) -> String {
-        format!("{}:{}", self.net.server_v4, self.port)
-    }
-
-    fn client_endpoint(&self) -> String {
-        format!("{}:*", self.net.client_v4)
-    }
-}
-
-pub fn report_client_timeout_stuck_server() {
-    let scene = Scene::new(18301);
+fn report_client_timeout_stuck_server() {
+    let scene = Scene::new();
     let tracer = start_report(scene.port);
     let server = scene.server(&[
         "--count",
@@ -114,17 +85,14 @@ pub fn report_client_timeout_stuck_server() {
         "{f}"
     );
 }
+privileged!(report_client_timeout_stuck_server);
 
-pub fn report_server_closes() {
-    let scene = Scene::new(18302);
+fn report_server_closes() {
+    let scene = Scene::new();
     let tracer = start_report(scene.port);
-    let server = scene.server(&["--count", "12", "--close", "first"]);
-    let client = scene.client(&["--count", "12", "--close", "after-eof"]);
-    let (client_pid, server_pid) = (client.pid, server.pid);
-    client.finish();
-    server.finish();
+    let pids = scene.converse(Closer::Server, 12, Pace::OneAtATime);
     let report = finish_report(tracer);
-    let f = finding(&report, "server_closes", server_pid);
+    let f = finding(&report, "server_closes", pids.server);
     assert_eq!(f["role"], "server");
     assert_eq!(f["endpoint"], format!(":{}", scene.port));
     assert_eq!(f["local_port"], scene.port);
@@ -142,21 +110,18 @@ pub fn report_server_closes() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|g| g["pid"] == client_pid && g["closed_by"]["remote"] == 12),
+            .any(|g| g["pid"] == pids.client && g["closed_by"]["remote"] == 12),
         "{report:#}"
     );
 }
+privileged!(report_server_closes);
 
-pub fn report_no_reuse() {
-    let scene = Scene::new(18303);
+fn report_no_reuse() {
+    let scene = Scene::new();
     let tracer = start_report(scene.port);
-    let server = scene.server(&["--count", "40", "--close", "after-eof"]);
-    let client = scene.client(&["--count", "40", "--close", "first"]);
-    let client_pid = client.pid;
-    client.finish();
-    server.finish();
+    let pids = scene.converse(Closer::Client, 40, Pace::OneAtATime);
     let report = finish_report(tracer);
-    let f = finding(&report, "no_reuse", client_pid);
+    let f = finding(&report, "no_reuse", pids.client);
     assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
     assert_eq!(f["evidence"]["opened"], 40, "{f}");
     assert_eq!(
@@ -165,9 +130,10 @@ pub fn report_no_reuse() {
         "only no_reuse: {report:#}"
     );
 }
+privileged!(report_no_reuse);
 
-pub fn report_leaked_idle() {
-    let scene = Scene::new(18304);
+fn report_leaked_idle() {
+    let scene = Scene::new();
     let tracer = start_report(scene.port);
     let _server = scene.server(&["--count", "15", "--close", "never"]);
     let client = scene.client(&["--count", "15", "--close", "never"]);
@@ -185,9 +151,10 @@ pub fn report_leaked_idle() {
         "the server is not blamed: {report:#}"
     );
 }
+privileged!(report_leaked_idle);
 
-pub fn report_unanswered_requests() {
-    let scene = Scene::new(18305);
+fn report_unanswered_requests() {
+    let scene = Scene::new();
     let tracer = start_report(scene.port);
     let _server = scene.server(&["--count", "10", "--close", "never", "--no-reply"]);
     // A pool of 10: each connection sends a request, gives up waiting
@@ -204,12 +171,13 @@ pub fn report_unanswered_requests() {
         "awaiting is not idle: {report:#}"
     );
 }
+privileged!(report_unanswered_requests);
 
 /// Connections closed by their client at a fixed age after one exchange
 /// and idle since (an idle timeout, or a maximum age that only ever meets
 /// idle connections) are not a deadline cutting requests short.
-pub fn report_idle_closes_at_a_fixed_age_are_no_deadline() {
-    let scene = Scene::new(18306);
+fn report_idle_closes_at_a_fixed_age_are_no_deadline() {
+    let scene = Scene::new();
     let tracer = start_report(scene.port);
     let server = scene.server(&["--count", "6", "--parallel", "--close", "after-eof"]);
     let client = scene.client(&[
@@ -236,9 +204,10 @@ pub fn report_idle_closes_at_a_fixed_age_are_no_deadline() {
     assert!((p50 - 3000.0).abs() <= 350.0, "lifetime p50 {p50}: {g}");
     assert_eq!(g["closed_by"]["local"], 6, "{g}");
 }
+privileged!(report_idle_closes_at_a_fixed_age_are_no_deadline);
 
-pub fn report_close_wait_leak() {
-    let scene = Scene::new(18307);
+fn report_close_wait_leak() {
+    let scene = Scene::new();
     let tracer = start_report(scene.port);
     let server = scene.server(&["--count", "5", "--close", "never"]);
     scene.client(&["--count", "5", "--close", "first"]).finish();
@@ -261,21 +230,16 @@ pub fn report_close_wait_leak() {
     }
     assert!(f["summary"].as_str().unwrap().contains("fds"), "{f}");
 }
+privileged!(report_close_wait_leak);
 
 /// `sockets` sees the same leak without any tracing.
-pub fn sockets_shows_what_lingers_now() {
-    let scene = Scene::new(18308);
+fn sockets_shows_what_lingers_now() {
+    let scene = Scene::new();
     let server = scene.server(&["--count", "4", "--close", "never"]);
     scene.client(&["--count", "4", "--close", "first"]).finish();
     std::thread::sleep(Duration::from_millis(300));
     let out = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-        .args([
-            "sockets",
-            "--format",
-            "json",
-            "--port",
-            &scene.port.to_string(),
-        ])
+        .args(["sockets", "--format", "json", "--port", &scene.port_arg()])
         .output()
         .unwrap();
     assert!(
@@ -311,13 +275,14 @@ pub fn sockets_shows_what_lingers_now() {
             "--state",
             "fin-wait2",
             "--port",
-            &scene.port.to_string(),
+            &scene.port_arg(),
         ])
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["sockets"], 4, "{v:#}");
 }
+privileged!(sockets_shows_what_lingers_now);
 
 /// tmux on a private socket, so nothing else is disturbed.
 struct Tmux {
@@ -375,8 +340,8 @@ impl Drop for Tmux {
     }
 }
 
-pub fn top_in_a_pty_draws_updates_and_quits() {
-    let scene = Scene::new(18309);
+fn top_in_a_pty_draws_updates_and_quits() {
+    let scene = Scene::new();
     let tmux = Tmux::new();
     let stty = std::env::temp_dir().join(format!("tcplinger-stty-{}", std::process::id()));
     let command = format!(
@@ -416,8 +381,9 @@ pub fn top_in_a_pty_draws_updates_and_quits() {
         );
     }
 }
+privileged!(top_in_a_pty_draws_updates_and_quits);
 
-pub fn top_refuses_without_a_terminal() {
+fn top_refuses_without_a_terminal() {
     require_root();
     let out = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
         .args(["top"])
@@ -429,3 +395,4 @@ pub fn top_refuses_without_a_terminal() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("report"), "{stderr}");
 }
+privileged!(top_refuses_without_a_terminal);

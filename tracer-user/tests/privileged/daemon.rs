@@ -2,76 +2,21 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::support::{netns::NetPair, peer::Peer, require_root, tracer::Tcplinger, wait_until};
-
-/// A loopback port nobody listens on now.
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-pub(crate) fn start_daemon(listen: SocketAddr, extra: &[&str]) -> Tcplinger {
-    let listen = listen.to_string();
-    let mut args = vec![
-        "daemon",
-        "--listen",
-        listen.as_str(),
-        "--log-format",
-        "json",
-    ];
-    args.extend_from_slice(extra);
-    Tcplinger::start(&args)
-}
-
-/// One HTTP/1.0 request; the status code and the body.
-fn get(addr: SocketAddr, request: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .expect("connecting to the daemon");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    let _ = s.read_to_string(&mut response);
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-pub(crate) fn scrape(addr: SocketAddr) -> String {
-    let (status, body) = get(addr, "GET /metrics HTTP/1.0\r\nHost: t\r\n\r\n");
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// The value of the series whose line starts with `series`, e.g.
-/// `tcplinger_events_total` or `...{labels}`, summed over label sets that
-/// contain every one of `labels`.
-pub(crate) fn value(text: &str, metric: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.starts_with(metric)
-                && l[metric.len()..].starts_with(['{', ' '])
-                && labels.iter().all(|want| l.contains(want))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use crate::support::{
+    daemon::{get, scrape, start_daemon, value},
+    peer::Peer,
+    require_root,
+    scene::{Closer, Pace, Scene, fresh_port, loopback_addr},
+    tracer::our_programs_loaded,
+    wait_until,
+};
 
 fn percent_encode(s: &str) -> String {
     s.bytes()
@@ -102,7 +47,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr = loopback_addr();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -142,26 +87,12 @@ impl Drop for Prometheus {
     }
 }
 
-pub fn daemon_metrics_match_traffic_and_prometheus_scrapes_them() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18401u16;
-    let target = SocketAddr::new(net.server_v4, port);
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let daemon = start_daemon(listen, &["--port", &port.to_string()]);
+fn daemon_metrics_match_traffic_and_prometheus_scrapes_them() {
+    let scene = Scene::new();
+    let listen = loopback_addr();
+    let daemon = start_daemon(listen, &["--port", &scene.port_arg()]);
     // Five connections, each closed by the client first.
-    let server = Peer::server(
-        &net.server_ns,
-        target,
-        &["--count", "5", "--close", "after-eof"],
-    );
-    Peer::client(
-        &net.client_ns,
-        target,
-        &["--count", "5", "--close", "first"],
-    )
-    .finish();
-    server.finish();
+    scene.converse(Closer::Client, 5, Pace::OneAtATime);
     let client = ["comm=\"tl-client\""];
     // Closes are counted as they complete; the socket gauges at the next
     // once-a-second refresh.
@@ -240,7 +171,7 @@ pub fn daemon_metrics_match_traffic_and_prometheus_scrapes_them() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("remote_addr=\"{}\"", net.server_v4)),
+        text.contains(&format!("remote_addr=\"{}\"", scene.server_ip())),
         "{text}"
     );
 
@@ -284,14 +215,12 @@ pub fn daemon_metrics_match_traffic_and_prometheus_scrapes_them() {
     let run = daemon.stop();
     assert!(run.status.success(), "{:?}", run.stderr);
 }
+privileged!(daemon_metrics_match_traffic_and_prometheus_scrapes_them);
 
-pub fn daemon_survives_abuse() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18402u16;
-    let target = SocketAddr::new(net.server_v4, port);
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let daemon = start_daemon(listen, &["--port", &port.to_string()]);
+fn daemon_survives_abuse() {
+    let scene = Scene::new();
+    let listen = loopback_addr();
+    let daemon = start_daemon(listen, &["--port", &scene.port_arg()]);
 
     // Garbage, oversized headers, wrong paths and methods.
     let (status, _) = get(listen, "NOT HTTP AT ALL\r\n\r\n");
@@ -335,18 +264,7 @@ pub fn daemon_survives_abuse() {
         start.elapsed()
     );
     // Tracing goes on meanwhile.
-    let server = Peer::server(
-        &net.server_ns,
-        target,
-        &["--count", "3", "--close", "after-eof"],
-    );
-    Peer::client(
-        &net.client_ns,
-        target,
-        &["--count", "3", "--close", "first"],
-    )
-    .finish();
-    server.finish();
+    scene.converse(Closer::Client, 3, Pace::OneAtATime);
     let traced = wait_until(Duration::from_secs(10), || {
         value(
             &scrape(listen),
@@ -360,8 +278,9 @@ pub fn daemon_survives_abuse() {
     let run = daemon.stop();
     assert!(run.status.success(), "{:?}", run.stderr);
 }
+privileged!(daemon_survives_abuse);
 
-pub(crate) fn raise_fd_limit() {
+fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -374,45 +293,16 @@ pub(crate) fn raise_fd_limit() {
     }
 }
 
-/// Names of our programs as the kernel lists them (truncated to 15 bytes).
-const OUR_PROGRAMS: [&str; 6] = [
-    "inet_sock_set_s",
-    "tcp_destroy_soc",
-    "tcp_send_reset",
-    "tcp_receive_res",
-    "sock_send_lengt",
-    "sock_recv_lengt",
-];
-
-pub(crate) fn our_programs_loaded() -> Vec<String> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|p| p.name_as_str().map(str::to_string))
-        .filter(|name| OUR_PROGRAMS.iter().any(|ours| name.starts_with(ours)))
-        .collect()
-}
-
-pub fn daemon_sigterm_under_load_exits_fast_and_detaches() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18403u16;
-    let target = SocketAddr::new(net.server_v4, port);
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let daemon = start_daemon(listen, &["--port", &port.to_string()]);
+fn daemon_sigterm_under_load_exits_fast_and_detaches() {
+    let scene = Scene::new();
+    let listen = loopback_addr();
+    let daemon = start_daemon(listen, &["--port", &scene.port_arg()]);
     assert!(
         !our_programs_loaded().is_empty(),
         "the daemon's programs are loaded"
     );
-    let _server = Peer::server(
-        &net.server_ns,
-        target,
-        &["--count", "100000", "--close", "after-eof"],
-    );
-    let _client = Peer::client(
-        &net.client_ns,
-        target,
-        &["--count", "100000", "--close", "first"],
-    );
+    let _server = scene.server(&["--count", "100000", "--close", "after-eof"]);
+    let _client = scene.client(&["--count", "100000", "--close", "first"]);
     // Under way: connections are being traced.
     assert!(wait_until(Duration::from_secs(10), || {
         value(&scrape(listen), "tcplinger_connections_closed_total", &[]) > 100.0
@@ -432,29 +322,20 @@ pub fn daemon_sigterm_under_load_exits_fast_and_detaches() {
     let gone = wait_until(Duration::from_secs(5), || our_programs_loaded().is_empty());
     assert!(gone, "programs left behind: {:?}", our_programs_loaded());
 }
+privileged!(daemon_sigterm_under_load_exits_fast_and_detaches);
 
-pub fn daemon_bounds_endpoint_series() {
-    require_root();
-    let net = NetPair::new();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+fn daemon_bounds_endpoint_series() {
+    let scene = Scene::new();
+    let listen = loopback_addr();
     let daemon = start_daemon(listen, &["--max-endpoints", "3"]);
     // Ten endpoints (one server port each), one connection to each.
-    let servers: Vec<Peer> = (0..10)
-        .map(|i| {
-            Peer::server(
-                &net.server_ns,
-                SocketAddr::new(net.server_v4, 18410 + i),
-                &["--close", "after-eof"],
-            )
-        })
+    let ports: Vec<u16> = (0..10).map(|_| fresh_port()).collect();
+    let servers: Vec<Peer> = ports
+        .iter()
+        .map(|&port| scene.server_on(port, &["--close", "after-eof"]))
         .collect();
-    for i in 0..10 {
-        Peer::client(
-            &net.client_ns,
-            SocketAddr::new(net.server_v4, 18410 + i),
-            &["--close", "first"],
-        )
-        .finish();
+    for &port in &ports {
+        scene.client_of(port, &["--close", "first"]).finish();
     }
     servers.into_iter().for_each(Peer::finish);
     let client = ["comm=\"tl-client\""];
@@ -481,8 +362,9 @@ pub fn daemon_bounds_endpoint_series() {
     let run = daemon.stop();
     assert!(run.status.success(), "{:?}", run.stderr);
 }
+privileged!(daemon_bounds_endpoint_series);
 
-pub fn daemon_config_file_is_checked() {
+fn daemon_config_file_is_checked() {
     require_root();
     let dir = std::env::temp_dir().join(format!("tcplinger-conf-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -534,6 +416,7 @@ pub fn daemon_config_file_is_checked() {
     assert!(stderr.contains("bad.toml:3: max-sockets"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+privileged!(daemon_config_file_is_checked);
 
 /// Where cgroup v2 is mounted (a hybrid host has it at /sys/fs/cgroup/unified).
 fn cgroup2_root() -> std::path::PathBuf {
@@ -562,10 +445,9 @@ impl Drop for TestCgroup {
     }
 }
 
-pub fn daemon_labels_containers_and_filters_by_cgroup() {
-    require_root();
-    let net = NetPair::new();
-    let (inside, outside) = (18421u16, 18422u16);
+fn daemon_labels_containers_and_filters_by_cgroup() {
+    let scene = Scene::new();
+    let (inside, outside) = (scene.port, fresh_port());
     let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     let name = format!("tltest-{}", std::process::id());
     let root = cgroup2_root();
@@ -575,29 +457,18 @@ pub fn daemon_labels_containers_and_filters_by_cgroup() {
     let cgroups = TestCgroup {
         dirs: vec![parent, scope.clone()],
     };
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = loopback_addr();
     let ports = format!("{inside},{outside}");
     let daemon = start_daemon(listen, &["--port", &ports, "--cgroup", &format!("/{name}")]);
     // One server in the "container", one outside it.
-    let contained = Peer::server(
-        &net.server_ns,
-        SocketAddr::new(net.server_v4, inside),
-        &["--count", "2", "--close", "after-eof"],
-    );
+    let contained = scene.server_on(inside, &["--count", "2", "--close", "after-eof"]);
     std::fs::write(scope.join("cgroup.procs"), contained.pid.to_string())
         .expect("moving the server into the cgroup");
-    let free = Peer::server(
-        &net.server_ns,
-        SocketAddr::new(net.server_v4, outside),
-        &["--count", "2", "--close", "after-eof"],
-    );
+    let free = scene.server_on(outside, &["--count", "2", "--close", "after-eof"]);
     for port in [inside, outside] {
-        Peer::client(
-            &net.client_ns,
-            SocketAddr::new(net.server_v4, port),
-            &["--count", "2", "--close", "first"],
-        )
-        .finish();
+        scene
+            .client_of(port, &["--count", "2", "--close", "first"])
+            .finish();
     }
     contained.finish();
     free.finish();
@@ -631,3 +502,4 @@ pub fn daemon_labels_containers_and_filters_by_cgroup() {
     assert!(run.status.success(), "{:?}", run.stderr);
     drop(cgroups);
 }
+privileged!(daemon_labels_containers_and_filters_by_cgroup);

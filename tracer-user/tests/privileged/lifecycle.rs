@@ -1,13 +1,12 @@
 //! `watch` connection records on real TCP: who closed first, linger times measured through the timewait socket, pre-existing connections and a burst.
 
-use std::{collections::HashSet, net::SocketAddr, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use serde_json::Value;
 
 use crate::support::{
-    netns::NetPair,
-    peer::{CLIENT_COMM, Peer, SERVER_COMM},
-    require_root,
+    peer::{CLIENT_COMM, SERVER_COMM},
+    scene::{Closer, Pace, Scene},
     tracer::{Finished, Tcplinger},
 };
 
@@ -74,22 +73,13 @@ fn assert_owner(r: &Value, pid: u32, comm: &str) {
 /// The client gives up after 1 s and closes; the server's handler is stuck
 /// for 3 s, then closes: 2 s of FIN_WAIT2 on the client (in its timewait
 /// socket) and of CLOSE_WAIT on the server.
-fn client_timeout_with_stuck_server(port: u16, ipv6: bool) {
-    require_root();
-    let net = NetPair::new();
-    let server_addr = if ipv6 { net.server_v6 } else { net.server_v4 };
-    let target = SocketAddr::new(server_addr, port);
+fn client_timeout_with_stuck_server(ipv6: bool) {
+    let scene = if ipv6 { Scene::ipv6() } else { Scene::new() };
+    let port = scene.port;
+    let server_addr = scene.server_ip();
     let tracer = watch(port);
-    let server = Peer::server(
-        &net.server_ns,
-        target,
-        &["--hold-ms", "3000", "--no-reply", "--close", "first"],
-    );
-    let client = Peer::client(
-        &net.client_ns,
-        target,
-        &["--timeout-ms", "1000", "--close", "first"],
-    );
+    let server = scene.server(&["--hold-ms", "3000", "--no-reply", "--close", "first"]);
+    let client = scene.client(&["--timeout-ms", "1000", "--close", "first"]);
     let (client_pid, server_pid) = (client.pid, server.pid);
     client.finish();
     server.finish();
@@ -113,23 +103,21 @@ fn client_timeout_with_stuck_server(port: u16, ipv6: bool) {
     assert_owner(&s, server_pid, SERVER_COMM);
 }
 
-pub fn lifecycle_client_timeout_with_stuck_server() {
-    client_timeout_with_stuck_server(18201, false);
+fn lifecycle_client_timeout_with_stuck_server() {
+    client_timeout_with_stuck_server(false);
 }
+privileged!(lifecycle_client_timeout_with_stuck_server);
 
-pub fn lifecycle_client_timeout_ipv6() {
-    client_timeout_with_stuck_server(18207, true);
+fn lifecycle_client_timeout_ipv6() {
+    client_timeout_with_stuck_server(true);
 }
+privileged!(lifecycle_client_timeout_ipv6);
 
-pub fn lifecycle_server_closes_first() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18202;
-    let target = SocketAddr::new(net.server_v4, port);
+fn lifecycle_server_closes_first() {
+    let scene = Scene::new();
+    let port = scene.port;
     let tracer = watch(port);
-    let server = Peer::server(&net.server_ns, target, &["--close", "first"]);
-    Peer::client(&net.client_ns, target, &["--close", "after-eof"]).finish();
-    server.finish();
+    scene.converse(Closer::Server, 1, Pace::OneAtATime);
     let (c, s, _) = both_sides(tracer, port);
     assert_eq!(s["closed_by"], "local", "{s}");
     assert_eq!(s["time_wait"], true, "TIME_WAIT lands on the server: {s}");
@@ -138,22 +126,17 @@ pub fn lifecycle_server_closes_first() {
     assert_eq!(c["time_wait"], false, "{c}");
     assert!(c["states_ms"]["CLOSE_WAIT"].is_number(), "{c}");
 }
+privileged!(lifecycle_server_closes_first);
 
 /// The client half-closes and waits; the server closes 500 ms later. The
 /// server's FIN reaches the client's full socket in FIN_WAIT2, which turns
 /// TIME_WAIT at that instant (no orphan, nothing to look up).
-pub fn lifecycle_half_close_then_peer_fin() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18209;
-    let target = SocketAddr::new(net.server_v4, port);
+fn lifecycle_half_close_then_peer_fin() {
+    let scene = Scene::new();
+    let port = scene.port;
     let tracer = watch(port);
-    let server = Peer::server(
-        &net.server_ns,
-        target,
-        &["--keep-ms", "500", "--close", "after-eof"],
-    );
-    Peer::client(&net.client_ns, target, &["--close", "shutdown-first"]).finish();
+    let server = scene.server(&["--keep-ms", "500", "--close", "after-eof"]);
+    scene.client(&["--close", "shutdown-first"]).finish();
     server.finish();
     let (c, s, _) = both_sides(tracer, port);
     assert_eq!(c["closed_by"], "local", "{c}");
@@ -164,15 +147,14 @@ pub fn lifecycle_half_close_then_peer_fin() {
     assert_eq!(s["closed_by"], "remote", "{s}");
     assert_near(&s, "CLOSE_WAIT", 500.0);
 }
+privileged!(lifecycle_half_close_then_peer_fin);
 
-pub fn lifecycle_abortive_close() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18203;
-    let target = SocketAddr::new(net.server_v4, port);
+fn lifecycle_abortive_close() {
+    let scene = Scene::new();
+    let port = scene.port;
     let tracer = watch(port);
-    let server = Peer::server(&net.server_ns, target, &["--close", "after-eof"]);
-    Peer::client(&net.client_ns, target, &["--close", "first", "--linger0"]).finish();
+    let server = scene.server(&["--close", "after-eof"]);
+    scene.client(&["--close", "first", "--linger0"]).finish();
     server.finish();
     let (c, s, _) = both_sides(tracer, port);
     assert_eq!(c["closed_by"], "reset_local", "{c}");
@@ -182,28 +164,23 @@ pub fn lifecycle_abortive_close() {
         assert_eq!(r["complete"], true, "{r}");
     }
 }
+privileged!(lifecycle_abortive_close);
 
-pub fn lifecycle_simultaneous_close() {
-    require_root();
-    let net = NetPair::new();
+fn lifecycle_simultaneous_close() {
+    let scene = Scene::new();
     // A slow link: each side's FIN waits behind its own jam datagrams, so
     // both are sent before either arrives.
-    net.rate_limit("10kbit");
-    let port = 18204;
-    let target = SocketAddr::new(net.server_v4, port);
+    scene.net.rate_limit("10kbit");
+    let port = scene.port;
     let tracer = watch(port);
-    let (client_addr, server_addr) = (net.client_v4.to_string(), net.server_v4.to_string());
-    let server = Peer::server(
-        &net.server_ns,
-        target,
-        &["--close", "first", "--jam", &client_addr],
+    let (client_addr, server_addr) = (
+        scene.net.client_v4.to_string(),
+        scene.net.server_v4.to_string(),
     );
-    Peer::client(
-        &net.client_ns,
-        target,
-        &["--close", "first", "--jam", &server_addr],
-    )
-    .finish();
+    let server = scene.server(&["--close", "first", "--jam", &client_addr]);
+    scene
+        .client(&["--close", "first", "--jam", &server_addr])
+        .finish();
     server.finish();
     let (c, s, run) = both_sides(tracer, port);
     for r in [&c, &s] {
@@ -212,17 +189,18 @@ pub fn lifecycle_simultaneous_close() {
         assert!(r["states_ms"]["CLOSING"].is_number(), "{r}");
     }
 }
+privileged!(lifecycle_simultaneous_close);
 
-pub fn lifecycle_peer_never_closes() {
-    require_root();
-    let net = NetPair::new();
-    net.sysctl(&net.client_ns, "net.ipv4.tcp_fin_timeout", "3");
-    let port = 18205;
-    let target = SocketAddr::new(net.server_v4, port);
+fn lifecycle_peer_never_closes() {
+    let scene = Scene::new();
+    scene
+        .net
+        .sysctl(&scene.net.client_ns, "net.ipv4.tcp_fin_timeout", "3");
+    let port = scene.port;
     let tracer = watch(port);
-    let server = Peer::server(&net.server_ns, target, &["--close", "never"]);
+    let server = scene.server(&["--close", "never"]);
     let server_pid = server.pid;
-    Peer::client(&net.client_ns, target, &["--close", "first"]).finish();
+    scene.client(&["--close", "first"]).finish();
     let seen = tracer.wait_for(SETTLE, |lines| lines.iter().any(|r| is_client(r, port)));
     let run = tracer.stop();
     drop(server);
@@ -243,14 +221,13 @@ pub fn lifecycle_peer_never_closes() {
     assert_owner(s, server_pid, SERVER_COMM);
     assert!(state_ms(s, "CLOSE_WAIT") >= 3000.0, "{s}");
 }
+privileged!(lifecycle_peer_never_closes);
 
-pub fn lifecycle_preexisting_connection() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18206;
-    let target = SocketAddr::new(net.server_v4, port);
-    let server = Peer::server(&net.server_ns, target, &["--close", "after-eof"]);
-    let mut client = Peer::client(&net.client_ns, target, &["--close", "on-stdin"]);
+fn lifecycle_preexisting_connection() {
+    let scene = Scene::new();
+    let port = scene.port;
+    let server = scene.server(&["--close", "after-eof"]);
+    let mut client = scene.client(&["--close", "on-stdin"]);
     client.expect_line("connected");
     let (client_pid, server_pid) = (client.pid, server.pid);
     // Established before the tracer exists; closed once it runs.
@@ -268,22 +245,14 @@ pub fn lifecycle_preexisting_connection() {
     assert_eq!(s["role"], "server", "its port has a listener: {s}");
     assert_owner(&s, server_pid, SERVER_COMM);
 }
+privileged!(lifecycle_preexisting_connection);
 
-pub fn lifecycle_burst_of_2000() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18208;
-    let target = SocketAddr::new(net.server_v4, port);
+fn lifecycle_burst_of_2000() {
+    let scene = Scene::new();
+    let port = scene.port;
     let count = 2000;
     let tracer = watch(port);
-    let n = count.to_string();
-    let server = Peer::server(
-        &net.server_ns,
-        target,
-        &["--close", "after-eof", "--count", &n],
-    );
-    Peer::client(&net.client_ns, target, &["--close", "first", "--count", &n]).finish();
-    server.finish();
+    scene.converse(Closer::Client, count, Pace::OneAtATime);
     let done = tracer.wait_for(Duration::from_secs(30), |lines| lines.len() >= 2 * count);
     let run = tracer.stop();
     assert!(
@@ -324,3 +293,4 @@ pub fn lifecycle_burst_of_2000() {
         "every client closed first and kept TIME_WAIT"
     );
 }
+privileged!(lifecycle_burst_of_2000);

@@ -1,69 +1,25 @@
 //! The incident stories on real software, between two namespaces: nginx (master and workers), Go net/http programs, curl (a process per request) and Python. Each scenario checks the finding, the process holding the sockets (as /proc names it), the endpoint and the key figures; the healthy controls check that nothing names their processes.
 
-use std::net::SocketAddr;
-
 use serde_json::Value;
 
 use crate::support::{
-    netns::NetPair,
-    real::{Nginx, Proc, TempDir, comm_of, curl_loop, go_program, python, sources},
-    require_root,
+    real::{self, Nginx, Proc, TempDir, comm_of, curl_loop, python, sources},
+    scene::{Scene, loopback_addr},
     tracer::Tcplinger,
     wait_until,
 };
 
-/// Two namespaces, a server address in one of them.
-struct Scene {
-    net: NetPair,
-    addr: SocketAddr,
-}
-
-impl Scene {
-    fn new(port: u16) -> Scene {
-        require_root();
-        let net = NetPair::new();
-        let addr = SocketAddr::new(net.server_v4, port);
-        Scene { net, addr }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/", self.addr)
-    }
-
-    fn port(&self) -> String {
-        self.addr.port().to_string()
-    }
-
-    /// The Go server in the server namespace, once it listens.
-    fn goserver(&self, flags: &[&str]) -> Proc {
-        let listen = self.addr.to_string();
-        let mut args = vec!["-listen", &listen];
-        args.extend_from_slice(flags);
-        let server = Proc::spawn(&self.net.server_ns, go_program("goserver"), &args);
-        server.expect_line("listening");
-        server
-    }
-
-    /// The Go client in the client namespace.
-    fn goclient(&self, flags: &[&str]) -> Proc {
-        let url = self.url();
-        let mut args = vec!["-url", &url];
-        args.extend_from_slice(flags);
-        Proc::spawn(&self.net.client_ns, go_program("goclient"), &args)
-    }
-
-    /// A report of this scene's port, ended by the test (SIGINT).
-    fn report(&self) -> Tcplinger {
-        Tcplinger::start(&[
-            "report",
-            "--format",
-            "json",
-            "--duration",
-            "10m",
-            "--port",
-            &self.port(),
-        ])
-    }
+/// A report of the scene's port, ended by the test (SIGINT).
+fn start_report(scene: &Scene) -> Tcplinger {
+    Tcplinger::start(&[
+        "report",
+        "--format",
+        "json",
+        "--duration",
+        "10m",
+        "--port",
+        &scene.port_arg(),
+    ])
 }
 
 /// Ends the report and returns its JSON.
@@ -160,17 +116,17 @@ fn group<'a>(report: &'a Value, comm: &str, role: &str) -> &'a Value {
 /// nginx with `keepalive_timeout 0` and 200 curl runs: the server ends
 /// every connection right after answering, whoever's FIN wins the race;
 /// the workers hold them, not the master; 200 curls are one row.
-pub fn real_nginx_keepalive_off_with_curl() {
-    let scene = Scene::new(18601);
-    let mut nginx = Nginx::start(&scene.net.server_ns, scene.addr, "0");
-    let tracer = scene.report();
+fn real_nginx_keepalive_off_with_curl() {
+    let scene = Scene::new();
+    let mut nginx = Nginx::start(&scene.net.server_ns, scene.target(), "0");
+    let tracer = start_report(&scene);
     let curls = curl_loop(&scene.net.client_ns, &scene.url(), 200, "");
     let report = finish(tracer);
     nginx.stop();
 
     let f = finding(&report, "server_closes", "nginx");
-    assert_eq!(f["endpoint"], format!(":{}", scene.addr.port()), "{f}");
-    assert_eq!(f["local_port"], scene.addr.port());
+    assert_eq!(f["endpoint"], format!(":{}", scene.port), "{f}");
+    assert_eq!(f["local_port"], scene.port);
     assert_eq!(f["role"], "server");
     let holders = pids(f);
     assert!(
@@ -189,7 +145,7 @@ pub fn real_nginx_keepalive_off_with_curl() {
     let f = finding(&report, "no_reuse", "curl");
     assert_eq!(f["processes"], 200, "{f}");
     assert!(pids(f).iter().all(|p| curls.contains(p)), "{f}");
-    assert_eq!(f["endpoint"], scene.addr.to_string());
+    assert_eq!(f["endpoint"], scene.server_endpoint());
     assert_eq!(figure(f, "opened"), 200.0, "{f}");
     let g = group(&report, "nginx", "server");
     assert_eq!(
@@ -203,14 +159,15 @@ pub fn real_nginx_keepalive_off_with_curl() {
         "curl ×200 is one row: {report:#}"
     );
 }
+privileged!(real_nginx_keepalive_off_with_curl);
 
 /// nginx timing out idle keep-alive clients after 1 s, and a Go client
 /// that pauses 1.5 s between requests: the server closes first, on every
 /// connection, as designed. Nothing names either.
-pub fn real_nginx_idle_timeout_is_healthy() {
-    let scene = Scene::new(18602);
-    let mut nginx = Nginx::start(&scene.net.server_ns, scene.addr, "1s");
-    let tracer = scene.report();
+fn real_nginx_idle_timeout_is_healthy() {
+    let scene = Scene::new();
+    let mut nginx = Nginx::start(&scene.net.server_ns, scene.target(), "1s");
+    let tracer = start_report(&scene);
     scene
         .goclient(&[
             "-mode",
@@ -233,14 +190,15 @@ pub fn real_nginx_idle_timeout_is_healthy() {
     no_finding_names(&report, "nginx");
     no_finding_names(&report, "goclient");
 }
+privileged!(real_nginx_idle_timeout_is_healthy);
 
 /// A Go client that makes a new Transport per request and never closes it,
 /// against nginx with keep-alive: the idle connections pile up on the
 /// client; nginx's workers hold the other ends (not the master).
-pub fn real_go_transport_per_request_leaks_idle_connections() {
-    let scene = Scene::new(18603);
-    let mut nginx = Nginx::start(&scene.net.server_ns, scene.addr, "60s");
-    let tracer = scene.report();
+fn real_go_transport_per_request_leaks_idle_connections() {
+    let scene = Scene::new();
+    let mut nginx = Nginx::start(&scene.net.server_ns, scene.target(), "60s");
+    let tracer = start_report(&scene);
     let client = scene.goclient(&[
         "-mode",
         "transport",
@@ -275,7 +233,7 @@ pub fn real_go_transport_per_request_leaks_idle_connections() {
 
     let f = finding(&report, "leaked_idle", "goclient");
     assert_eq!(figure(f, "established_now"), 12.0, "{f}");
-    assert_eq!(f["endpoint"], scene.addr.to_string());
+    assert_eq!(f["endpoint"], scene.server_endpoint());
     no_finding_names(&report, "nginx");
     let g = group(&report, "nginx", "server");
     assert_eq!(g["now"]["ESTABLISHED"], 12, "{g}");
@@ -293,14 +251,15 @@ pub fn real_go_transport_per_request_leaks_idle_connections() {
         nginx.master
     );
 }
+privileged!(real_go_transport_per_request_leaks_idle_connections);
 
 /// Go `Client.Timeout` of 1 s against a handler stuck for 3 s: the client
 /// gives up and waits in FIN_WAIT2 for the server, which keeps CLOSE_WAIT
 /// until its handler returns: about 2 s each.
-pub fn real_go_client_timeout_against_a_stuck_handler() {
-    let scene = Scene::new(18604);
+fn real_go_client_timeout_against_a_stuck_handler() {
+    let scene = Scene::new();
     let server = scene.goserver(&["-delay", "3s"]);
-    let tracer = scene.report();
+    let tracer = start_report(&scene);
     let mut client = scene.goclient(&[
         "-mode",
         "timeout",
@@ -319,7 +278,7 @@ pub fn real_go_client_timeout_against_a_stuck_handler() {
 
     let f = finding(&report, "client_timeout_stuck_server", "goclient");
     assert_eq!(f["pid"], client_pid, "{f}");
-    assert_eq!(f["endpoint"], scene.addr.to_string());
+    assert_eq!(f["endpoint"], scene.server_endpoint());
     about_ms(
         figure(f, "fin_wait2_p50_ms"),
         2000.0,
@@ -327,8 +286,8 @@ pub fn real_go_client_timeout_against_a_stuck_handler() {
     );
     let f = finding(&report, "client_timeout_stuck_server", "goserver");
     assert_eq!(f["pid"], server.pid, "{f}");
-    assert_eq!(f["local_port"], scene.addr.port());
-    assert_eq!(f["remote"], format!("{}:*", scene.net.client_v4));
+    assert_eq!(f["local_port"], scene.port);
+    assert_eq!(f["remote"], scene.client_endpoint());
     about_ms(
         figure(f, "close_wait_p50_ms"),
         2000.0,
@@ -336,20 +295,21 @@ pub fn real_go_client_timeout_against_a_stuck_handler() {
     );
     assert_eq!(comm_of(server.pid), "goserver");
 }
+privileged!(real_go_client_timeout_against_a_stuck_handler);
 
 /// A Go handler that sets `Connection: close`, and a Go client with a
 /// shared pool: the server ends every connection after its answer.
-pub fn real_go_handler_forcing_connection_close() {
-    let scene = Scene::new(18605);
+fn real_go_handler_forcing_connection_close() {
+    let scene = Scene::new();
     let mut server = scene.goserver(&["-mode", "close"]);
-    let tracer = scene.report();
+    let tracer = start_report(&scene);
     scene
         .goclient(&["-mode", "keepalive", "-n", "300", "-interval", "20ms"])
         .finish();
     let report = finish(tracer);
     let f = finding(&report, "server_closes", "goserver");
     assert_eq!(f["pid"], server.pid, "{f}");
-    assert_eq!(f["endpoint"], format!(":{}", scene.addr.port()));
+    assert_eq!(f["endpoint"], format!(":{}", scene.port));
     assert_eq!(figure(f, "closed"), 300.0, "{f}");
     assert!(figure(f, "prompt_close_pct") >= 80.0, "{f}");
     // The client does not reuse connections either: true, and it says the
@@ -371,7 +331,7 @@ pub fn real_go_handler_forcing_connection_close() {
     // row, not one per client port.
     server.stop();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-        .args(["sockets", "--format", "json", "--port", &scene.port()])
+        .args(["sockets", "--format", "json", "--port", &scene.port_arg()])
         .output()
         .expect("running tcplinger sockets");
     assert!(
@@ -389,7 +349,7 @@ pub fn real_go_handler_forcing_connection_close() {
     assert_eq!(servers.len(), 1, "{now:#}");
     assert_eq!(
         servers[0]["endpoint"],
-        format!(":{}", scene.addr.port()),
+        format!(":{}", scene.port),
         "{now:#}"
     );
     // What the kernel holds on the server's side, by ss: nothing new comes
@@ -404,7 +364,7 @@ pub fn real_go_handler_forcing_connection_close() {
             "state",
             "time-wait",
         ])
-        .arg(format!("sport = :{}", scene.addr.port()))
+        .arg(format!("sport = :{}", scene.port))
         .output()
         .expect("running ss");
     let held = String::from_utf8_lossy(&ss.stdout).lines().count() as u64;
@@ -415,15 +375,16 @@ pub fn real_go_handler_forcing_connection_close() {
         "no process holds them: {now:#}"
     );
 }
+privileged!(real_go_handler_forcing_connection_close);
 
 /// A deadline set once in a custom Dial (3 s) on pooled connections, a
 /// 100 ms handler: connections die at 3 s of age while in use, and Go's
 /// transport retries, so only the lifetimes tell. The last connection is
 /// cut short when the test ends it.
-pub fn real_go_deadline_on_pooled_connections() {
-    let scene = Scene::new(18606);
+fn real_go_deadline_on_pooled_connections() {
+    let scene = Scene::new();
     let mut server = scene.goserver(&["-delay", "100ms"]);
-    let tracer = scene.report();
+    let tracer = start_report(&scene);
     let mut client = scene.goclient(&[
         "-mode",
         "deadline",
@@ -440,19 +401,20 @@ pub fn real_go_deadline_on_pooled_connections() {
     let report = finish(tracer);
     let f = finding(&report, "deadline_pooled", "goclient");
     assert_eq!(f["pid"], client_pid, "{f}");
-    assert_eq!(f["endpoint"], scene.addr.to_string());
+    assert_eq!(f["endpoint"], scene.server_endpoint());
     about_ms(figure(f, "lifetime_p50_ms"), 3000.0, "lifetime p50");
     assert!(figure(f, "closed") >= 6.0, "{f}");
     no_finding_names(&report, "goserver");
 }
+privileged!(real_go_deadline_on_pooled_connections);
 
 /// A pool of 16 (`MaxConnsPerHost`) filled by requests a server reads and
 /// never answers; the client gives up after 6 s, before the report ends:
 /// a report covers its whole run, not only its last moment.
-pub fn real_go_pool_filled_by_unanswered_requests() {
-    let scene = Scene::new(18607);
+fn real_go_pool_filled_by_unanswered_requests() {
+    let scene = Scene::new();
     let _server = scene.goserver(&["-mode", "noanswer"]);
-    let tracer = scene.report();
+    let tracer = start_report(&scene);
     let mut client = scene.goclient(&[
         "-mode",
         "pool",
@@ -469,7 +431,7 @@ pub fn real_go_pool_filled_by_unanswered_requests() {
     let report = finish(tracer);
     let f = finding(&report, "unanswered_requests", "goclient");
     assert_eq!(f["pid"], client_pid, "{f}");
-    assert_eq!(f["endpoint"], scene.addr.to_string());
+    assert_eq!(f["endpoint"], scene.server_endpoint());
     assert_eq!(figure(f, "awaiting_reply"), 16.0, "{f}");
     assert!(figure(f, "oldest_wait_ms") >= 1000.0, "{f}");
     assert!(
@@ -478,13 +440,14 @@ pub fn real_go_pool_filled_by_unanswered_requests() {
     );
     no_finding_names(&report, "goserver");
 }
+privileged!(real_go_pool_filled_by_unanswered_requests);
 
 /// `DisableKeepAlives`: a connection per request; the server closes most
 /// of them first, because the client asked it to.
-pub fn real_go_disable_keepalives() {
-    let scene = Scene::new(18608);
+fn real_go_disable_keepalives() {
+    let scene = Scene::new();
     let _server = scene.goserver(&[]);
-    let tracer = scene.report();
+    let tracer = start_report(&scene);
     let mut client = scene.goclient(&["-mode", "nokeepalive", "-n", "300", "-interval", "20ms"]);
     let client_pid = client.pid;
     client.finish();
@@ -494,12 +457,13 @@ pub fn real_go_disable_keepalives() {
     assert_eq!(figure(f, "opened"), 300.0, "{f}");
     assert!(figure(f, "one_exchange_pct") >= 80.0, "{f}");
 }
+privileged!(real_go_disable_keepalives);
 
 /// Go keep-alive traffic with a shared pool: nothing to report.
-pub fn real_go_keepalive_is_healthy() {
-    let scene = Scene::new(18609);
+fn real_go_keepalive_is_healthy() {
+    let scene = Scene::new();
     let _server = scene.goserver(&["-delay", "5ms"]);
-    let tracer = scene.report();
+    let tracer = start_report(&scene);
     scene
         .goclient(&[
             "-mode",
@@ -523,11 +487,12 @@ pub fn real_go_keepalive_is_healthy() {
         "{report:#}"
     );
 }
+privileged!(real_go_keepalive_is_healthy);
 
 /// Python's `http.server` (HTTP/1.0: it closes after every answer) and 100
 /// curl runs.
-pub fn real_python_http_server_with_curl() {
-    let scene = Scene::new(18610);
+fn real_python_http_server_with_curl() {
+    let scene = Scene::new();
     let dir = TempDir::new("www");
     let server = Proc::spawn(
         &scene.net.server_ns,
@@ -538,15 +503,15 @@ pub fn real_python_http_server_with_curl() {
                 "cd {} && exec {} -u -m http.server --bind {} {}",
                 dir.path.display(),
                 python(),
-                scene.net.server_v4,
-                scene.addr.port()
+                scene.server_ip(),
+                scene.port
             ),
         ],
     );
-    assert!(wait_until(crate::support::real::LIMIT, || {
-        crate::support::real::listening(&scene.net.server_ns, scene.addr.port())
+    assert!(wait_until(real::LIMIT, || {
+        real::listening(&scene.net.server_ns, scene.port)
     }));
-    let tracer = scene.report();
+    let tracer = start_report(&scene);
     curl_loop(&scene.net.client_ns, &scene.url(), 100, "");
     let report = finish(tracer);
     let comm = comm_of(server.pid);
@@ -554,19 +519,20 @@ pub fn real_python_http_server_with_curl() {
     assert_eq!(f["pid"], server.pid, "{f}");
     assert_eq!(figure(f, "closed"), 100.0, "{f}");
 }
+privileged!(real_python_http_server_with_curl);
 
 /// A prefork server: the parent listens and forks a child that accepts
 /// and never reads or closes. The leak is the child's, with its fds.
-pub fn real_python_prefork_close_wait_leak() {
-    let scene = Scene::new(18611);
+fn real_python_prefork_close_wait_leak() {
+    let scene = Scene::new();
     let script = sources().join("python/forkserver.py");
     let server = Proc::spawn(
         &scene.net.server_ns,
         python(),
         &[
             &script.to_string_lossy(),
-            &scene.net.server_v4.to_string(),
-            &scene.port(),
+            &scene.server_ip().to_string(),
+            &scene.port_arg(),
         ],
     );
     let line = server.expect_line("listening");
@@ -575,7 +541,7 @@ pub fn real_python_prefork_close_wait_leak() {
         .find_map(|w| w.strip_prefix("child="))
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no child pid in {line:?}"));
-    let tracer = scene.report();
+    let tracer = start_report(&scene);
     // curl gives up after 0.5 s and closes: the server side is left in
     // CLOSE_WAIT, in the child.
     curl_loop(&scene.net.client_ns, &scene.url(), 10, "-m 0.5");
@@ -596,21 +562,22 @@ pub fn real_python_prefork_close_wait_leak() {
     );
     assert_eq!(f["processes"], 1, "{f}");
 }
+privileged!(real_python_prefork_close_wait_leak);
 
 /// A client whose requests run on threads it names (as a JVM, Go or tokio
 /// program's are): it is named by its process, not its threads.
-pub fn real_python_threaded_client_is_named_by_its_process() {
-    let scene = Scene::new(18612);
+fn real_python_threaded_client_is_named_by_its_process() {
+    let scene = Scene::new();
     let _server = scene.goserver(&[]);
-    let tracer = scene.report();
+    let tracer = start_report(&scene);
     let script = sources().join("python/threadclient.py");
     let mut client = Proc::spawn(
         &scene.net.client_ns,
         python(),
         &[
             &script.to_string_lossy(),
-            &scene.net.server_v4.to_string(),
-            &scene.port(),
+            &scene.server_ip().to_string(),
+            &scene.port_arg(),
             "4",
             "40",
             "0.02",
@@ -637,12 +604,13 @@ pub fn real_python_threaded_client_is_named_by_its_process() {
         "groups named after threads: {threads:#?}"
     );
 }
+privileged!(real_python_threaded_client_is_named_by_its_process);
 
 /// Eight idle connections opened before the report starts, closed when
 /// their process exits 8 s later: their lifetime is unknown, so no
 /// lifetime finding; they are a client's.
-pub fn real_connections_older_than_the_tracer_prove_no_deadline() {
-    let scene = Scene::new(18613);
+fn real_connections_older_than_the_tracer_prove_no_deadline() {
+    let scene = Scene::new();
     let _server = scene.goserver(&[]);
     let mut client = scene.goclient(&[
         "-mode",
@@ -670,7 +638,7 @@ pub fn real_connections_older_than_the_tracer_prove_no_deadline() {
             .unwrap_or(false)
     });
     assert!(open, "8 connections open before the report");
-    let tracer = scene.report();
+    let tracer = start_report(&scene);
     client.finish();
     std::thread::sleep(std::time::Duration::from_millis(500));
     let report = finish(tracer);
@@ -680,23 +648,24 @@ pub fn real_connections_older_than_the_tracer_prove_no_deadline() {
     assert_eq!(g["incomplete"], 8, "{g}");
     assert!(g["lifetime_ms"].is_null(), "no lifetime known: {g}");
 }
+privileged!(real_connections_older_than_the_tracer_prove_no_deadline);
 
 /// A daemon whose group table is full of programs that came and went
 /// still reports a CLOSE_WAIT leak that starts later, naming the process
 /// holding the sockets; and says when it is over.
-pub fn real_daemon_reports_a_late_leak_among_many_programs() {
-    let scene = Scene::new(18614);
-    let listen = "127.0.0.1:19614";
+fn real_daemon_reports_a_late_leak_among_many_programs() {
+    let scene = Scene::new();
+    let listen = loopback_addr().to_string();
     let tracer = Tcplinger::start(&[
         "daemon",
         "--listen",
-        listen,
+        &listen,
         "--log-format",
         "json",
         "--max-groups",
         "4",
         "--port",
-        &scene.port(),
+        &scene.port_arg(),
     ]);
     // Twelve short-lived programs of different names, each a group.
     let bin = TempDir::new("progs");
@@ -718,8 +687,8 @@ pub fn real_daemon_reports_a_late_leak_among_many_programs() {
         python(),
         &[
             &script.to_string_lossy(),
-            &scene.net.server_v4.to_string(),
-            &scene.port(),
+            &scene.server_ip().to_string(),
+            &scene.port_arg(),
         ],
     );
     let line = server.expect_line("listening");
@@ -760,3 +729,4 @@ pub fn real_daemon_reports_a_late_leak_among_many_programs() {
     assert_eq!(f["pid"], child, "{f}");
     assert_eq!(f["comm"], child_comm.as_str(), "{f}");
 }
+privileged!(real_daemon_reports_a_late_leak_among_many_programs);

@@ -9,16 +9,13 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{
-    daemon::{free_port, our_programs_loaded, scrape, start_daemon, value},
-    support::{
-        netns::NetPair,
-        peer::{CLIENT_COMM, Peer, SERVER_COMM},
-        require_root,
-        tracer::Tcplinger,
-        wait_until,
-    },
-    transitions::{one_line_error, tcplinger},
+use crate::support::{
+    daemon::{scrape, start_daemon, value},
+    peer::{CLIENT_COMM, Peer, SERVER_COMM},
+    require_root,
+    scene::{Closer, Pace, Scene, fresh_port, loopback_addr, loopback_port},
+    tracer::{Tcplinger, one_line_error, our_programs_loaded, tcplinger},
+    wait_until,
 };
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -36,26 +33,11 @@ fn right_verdict(r: &Value) -> bool {
     }
 }
 
-/// Runs client-closes-first connections to `target`, `count` of them.
-fn converse(net: &NetPair, target: SocketAddr, count: u32, parallel: bool) {
-    let count = count.to_string();
-    let mut server_flags = vec!["--close", "after-eof", "--count", &count];
-    let mut client_flags = vec!["--close", "first", "--count", &count];
-    if parallel {
-        server_flags.push("--parallel");
-        client_flags.push("--parallel");
-    }
-    let server = Peer::server(&net.server_ns, target, &server_flags);
-    Peer::client(&net.client_ns, target, &client_flags).finish();
-    server.finish();
-}
-
 // ---- 1. floods ----
 
-pub fn flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right() {
-    require_root();
-    let net = NetPair::new();
-    let (flood_port, after_port) = (18501u16, 18502u16);
+fn flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right() {
+    let scene = Scene::new();
+    let (flood_port, after_port) = (scene.port, fresh_port());
     let ports = format!("{flood_port},{after_port}");
     let tracer = Tcplinger::start(&[
         "watch",
@@ -69,25 +51,20 @@ pub fn flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right() {
     // The consumer stalls through a burst of 200 connections: the 4 KiB ring
     // holds about 36 records of the ~2,800 the burst writes.
     tracer.signal(libc::SIGSTOP);
-    converse(&net, SocketAddr::new(net.server_v4, flood_port), 200, true);
+    scene.converse(Closer::Client, 200, Pace::AllAtOnce);
     tracer.signal(libc::SIGCONT);
     // Afterwards, connections whose every event is seen: one at a time,
     // each open for 30 ms, so their records come in small bursts that a
     // 4 KiB ring holds.
     let after = 20u32;
-    let target = SocketAddr::new(net.server_v4, after_port);
     let count = after.to_string();
-    let server = Peer::server(
-        &net.server_ns,
-        target,
-        &["--close", "after-eof", "--count", &count],
-    );
-    Peer::client(
-        &net.client_ns,
-        target,
-        &["--close", "first", "--count", &count, "--keep-ms", "30"],
-    )
-    .finish();
+    let server = scene.server_on(after_port, &["--close", "after-eof", "--count", &count]);
+    scene
+        .client_of(
+            after_port,
+            &["--close", "first", "--count", &count, "--keep-ms", "30"],
+        )
+        .finish();
     server.finish();
     let after_seen = tracer.wait_for(SETTLE, |lines| {
         lines.iter().filter(|r| r["rport"] == after_port).count() == after as usize
@@ -143,12 +120,10 @@ pub fn flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right() {
         assert!(right_verdict(r), "{r}");
     }
 }
+privileged!(flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right);
 
-pub fn flood_drops_show_in_report_and_metrics() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18503u16;
-    let target = SocketAddr::new(net.server_v4, port);
+fn flood_drops_show_in_report_and_metrics() {
+    let scene = Scene::new();
     // report: the JSON says how much was lost.
     let report = Tcplinger::start(&[
         "report",
@@ -159,10 +134,10 @@ pub fn flood_drops_show_in_report_and_metrics() {
         "--duration",
         "60s",
         "--port",
-        &port.to_string(),
+        &scene.port_arg(),
     ]);
     report.signal(libc::SIGSTOP);
-    converse(&net, target, 100, true);
+    scene.converse(Closer::Client, 100, Pace::AllAtOnce);
     report.signal(libc::SIGCONT);
     let run = report.stop();
     assert!(run.status.success(), "{:?}", run.stderr);
@@ -173,13 +148,13 @@ pub fn flood_drops_show_in_report_and_metrics() {
     assert!(dropped > 0, "{json}");
     assert_eq!(dropped, run.dropped);
     // daemon: the counter.
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = loopback_addr();
     let daemon = start_daemon(
         listen,
-        &["--ring-bytes", "4096", "--port", &port.to_string()],
+        &["--ring-bytes", "4096", "--port", &scene.port_arg()],
     );
     daemon.signal(libc::SIGSTOP);
-    converse(&net, target, 100, true);
+    scene.converse(Closer::Client, 100, Pace::AllAtOnce);
     daemon.signal(libc::SIGCONT);
     assert!(
         wait_until(SETTLE, || value(
@@ -194,6 +169,7 @@ pub fn flood_drops_show_in_report_and_metrics() {
     assert!(run.status.success(), "{:?}", run.stderr);
     assert!(run.dropped > 0);
 }
+privileged!(flood_drops_show_in_report_and_metrics);
 
 // ---- 2. memory bounds ----
 
@@ -233,9 +209,9 @@ impl Drop for Holder {
     }
 }
 
-pub fn socket_cap_evicts_and_bounds_memory() {
+fn socket_cap_evicts_and_bounds_memory() {
     require_root();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = loopback_addr();
     let daemon = start_daemon(listen, &["--max-sockets", "1000"]);
     let pid = daemon.pid();
     let rss_before = vm_kib(pid, "VmRSS:");
@@ -271,6 +247,7 @@ pub fn socket_cap_evicts_and_bounds_memory() {
         "{summary}"
     );
 }
+privileged!(socket_cap_evicts_and_bounds_memory);
 
 // ---- 3. crash and restart ----
 
@@ -297,42 +274,30 @@ fn raw_tracepoint_links() -> usize {
         .count()
 }
 
-pub fn sigkill_leaves_nothing_behind_and_a_restart_classifies_open_connections() {
-    require_root();
-    let net = NetPair::new();
-    let (held_port, churn_port) = (18511u16, 18512u16);
+fn sigkill_leaves_nothing_behind_and_a_restart_classifies_open_connections() {
+    let scene = Scene::new();
+    let (held_port, churn_port) = (scene.port, fresh_port());
     let links_before = raw_tracepoint_links();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let listen = loopback_addr();
     let ports = format!("{held_port},{churn_port}");
     let first = start_daemon(listen, &["--port", &ports]);
     assert!(!our_programs_loaded().is_empty());
     assert!(raw_tracepoint_links() > links_before);
     // Three connections that stay open across the crash.
-    let held = SocketAddr::new(net.server_v4, held_port);
     // The server takes all three before answering any.
-    let server = Peer::server(
-        &net.server_ns,
-        held,
+    let server = scene.server_on(
+        held_port,
         &["--close", "after-eof", "--count", "3", "--parallel"],
     );
     let mut clients: Vec<Peer> = (0..3)
-        .map(|_| Peer::client(&net.client_ns, held, &["--close", "on-stdin"]))
+        .map(|_| scene.client_of(held_port, &["--close", "on-stdin"]))
         .collect();
     for c in &clients {
         c.expect_line("connected");
     }
     // And traffic under way when the daemon dies.
-    let churn = SocketAddr::new(net.server_v4, churn_port);
-    let churn_server = Peer::server(
-        &net.server_ns,
-        churn,
-        &["--count", "100000", "--close", "after-eof"],
-    );
-    let churn_client = Peer::client(
-        &net.client_ns,
-        churn,
-        &["--count", "100000", "--close", "first"],
-    );
+    let churn_server = scene.server_on(churn_port, &["--count", "100000", "--close", "after-eof"]);
+    let churn_client = scene.client_of(churn_port, &["--count", "100000", "--close", "first"]);
     assert!(wait_until(SETTLE, || value(
         &scrape(listen),
         "tcplinger_connections_closed_total",
@@ -394,6 +359,7 @@ pub fn sigkill_leaves_nothing_behind_and_a_restart_classifies_open_connections()
             .join("\n")
     );
 }
+privileged!(sigkill_leaves_nothing_behind_and_a_restart_classifies_open_connections);
 
 // ---- 6. least privilege ----
 
@@ -414,18 +380,15 @@ fn thread_caps(pid: u32) -> Vec<(String, Vec<(String, String)>)> {
     out
 }
 
-pub fn daemon_keeps_only_the_capabilities_it_needs() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18521u16;
-    let target = SocketAddr::new(net.server_v4, port);
+fn daemon_keeps_only_the_capabilities_it_needs() {
+    let scene = Scene::new();
     // Open before the daemon: seeding it needs sock_diag inside both
     // namespaces and the peers' /proc fds, after the drop.
-    let server = Peer::server(&net.server_ns, target, &["--close", "after-eof"]);
-    let mut client = Peer::client(&net.client_ns, target, &["--close", "on-stdin"]);
+    let server = scene.server(&["--close", "after-eof"]);
+    let mut client = scene.client(&["--close", "on-stdin"]);
     client.expect_line("connected");
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let daemon = start_daemon(listen, &["--port", &port.to_string()]);
+    let listen = loopback_addr();
+    let daemon = start_daemon(listen, &["--port", &scene.port_arg()]);
     // CAP_DAC_READ_SEARCH 2, CAP_SYS_PTRACE 19, CAP_SYS_ADMIN 21.
     let kept = format!("{:016x}", (1u64 << 2) | (1 << 19) | (1 << 21));
     let threads = thread_caps(daemon.pid());
@@ -482,10 +445,11 @@ pub fn daemon_keeps_only_the_capabilities_it_needs() {
         run.stderr
     );
 }
+privileged!(daemon_keeps_only_the_capabilities_it_needs);
 
-pub fn metrics_refuse_non_loopback_without_the_explicit_flag() {
+fn metrics_refuse_non_loopback_without_the_explicit_flag() {
     require_root();
-    let port = free_port().to_string();
+    let port = loopback_port();
     let anywhere = format!("0.0.0.0:{port}");
     let out = tcplinger(&["daemon", "--listen", &anywhere, "--duration", "1s"]);
     assert_eq!(out.status.code(), Some(2));
@@ -523,27 +487,23 @@ pub fn metrics_refuse_non_loopback_without_the_explicit_flag() {
         run.stderr
     );
 }
+privileged!(metrics_refuse_non_loopback_without_the_explicit_flag);
 
 // ---- 7. kernel feature probing ----
 
-pub fn a_missing_optional_hook_degrades_with_a_warning() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18531u16;
-    let target = SocketAddr::new(net.server_v4, port);
+fn a_missing_optional_hook_degrades_with_a_warning() {
+    let scene = Scene::new();
+    let port = scene.port;
     let tracer = Tcplinger::start(&[
         "watch",
         "--format",
         "json",
         "--port",
-        &port.to_string(),
+        &scene.port_arg(),
         "--disable-hook",
         "sock_send_length,sock_recv_length",
     ]);
-    let server = Peer::server(&net.server_ns, target, &["--close", "after-eof"]);
-    let server_pid = server.pid;
-    Peer::client(&net.client_ns, target, &["--close", "first"]).finish();
-    server.finish();
+    let pids = scene.converse(Closer::Client, 1, Pace::OneAtATime);
     let seen = tracer.wait_for(SETTLE, |lines| lines.len() == 2);
     let run = tracer.stop();
     assert!(run.status.success(), "{:?}", run.stderr);
@@ -566,7 +526,7 @@ pub fn a_missing_optional_hook_degrades_with_a_warning() {
         assert_eq!(r["complete"], true, "{r}");
     }
     let server_record = run.lines.iter().find(|r| r["lport"] == port).unwrap();
-    assert_eq!(server_record["pid"], server_pid, "{server_record}");
+    assert_eq!(server_record["pid"], pids.server, "{server_record}");
     // Without the one hook nothing works without, it stops and says why.
     let out = tcplinger(&[
         "watch",
@@ -582,10 +542,11 @@ pub fn a_missing_optional_hook_degrades_with_a_warning() {
         "{line}"
     );
 }
+privileged!(a_missing_optional_hook_degrades_with_a_warning);
 
 // ---- 5. bad input and environment problems ----
 
-pub fn bad_input_exits_2_with_one_line_naming_the_flag() {
+fn bad_input_exits_2_with_one_line_naming_the_flag() {
     require_root();
     let dir = std::env::temp_dir().join(format!("tcplinger-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -670,8 +631,9 @@ pub fn bad_input_exits_2_with_one_line_naming_the_flag() {
     std::fs::remove_dir_all(&dir).unwrap();
     eprintln!("{} bad inputs: exit 2, one line each", cases.len() + 1);
 }
+privileged!(bad_input_exits_2_with_one_line_naming_the_flag);
 
-pub fn environment_problems_exit_1_with_the_fix() {
+fn environment_problems_exit_1_with_the_fix() {
     require_root();
     // Not root: for every command that loads programs.
     for args in [
@@ -736,17 +698,15 @@ pub fn environment_problems_exit_1_with_the_fix() {
     let line = one_line_error(&out);
     assert!(line.contains(&addr) && line.contains("--listen"), "{line}");
 }
+privileged!(environment_problems_exit_1_with_the_fix);
 
 // ---- 8. output ----
 
-pub fn a_closed_pipe_ends_watch_cleanly() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18541u16;
-    let target = SocketAddr::new(net.server_v4, port);
+fn a_closed_pipe_ends_watch_cleanly() {
+    let scene = Scene::new();
     // `watch | head -1`, by hand: read the header line, then close the pipe.
     let mut child = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-        .args(["watch", "--port", &port.to_string()])
+        .args(["watch", "--port", &scene.port_arg()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -757,7 +717,7 @@ pub fn a_closed_pipe_ends_watch_cleanly() {
     assert!(first.contains("CLOSED_BY"), "{first:?}");
     drop(stdout);
     // Records to write into the closed pipe.
-    converse(&net, target, 5, false);
+    scene.converse(Closer::Client, 5, Pace::OneAtATime);
     let deadline = Instant::now() + SETTLE;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -777,12 +737,10 @@ pub fn a_closed_pipe_ends_watch_cleanly() {
         "{stderr}"
     );
 }
+privileged!(a_closed_pipe_ends_watch_cleanly);
 
-pub fn a_full_disk_on_output_stops_cleanly() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18542u16;
-    let target = SocketAddr::new(net.server_v4, port);
+fn a_full_disk_on_output_stops_cleanly() {
+    let scene = Scene::new();
     let dir = std::env::temp_dir().join(format!("tcplinger-full-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mounted = Command::new("mount")
@@ -803,12 +761,12 @@ pub fn a_full_disk_on_output_stops_cleanly() {
         "--format",
         "json",
         "--port",
-        &port.to_string(),
+        &scene.port_arg(),
         "--output",
         file.to_str().unwrap(),
     ]);
     // About 500 bytes a record: 40 connections write ~40 KB into 8 KB.
-    converse(&net, target, 40, false);
+    scene.converse(Closer::Client, 40, Pace::OneAtATime);
     let run = tracer.stop_after_signal();
     let _ = Command::new("umount").arg(&dir).status();
     let _ = std::fs::remove_dir_all(&dir);
@@ -829,16 +787,14 @@ pub fn a_full_disk_on_output_stops_cleanly() {
     let gone = wait_until(Duration::from_secs(5), || our_programs_loaded().is_empty());
     assert!(gone, "programs left behind: {:?}", our_programs_loaded());
 }
+privileged!(a_full_disk_on_output_stops_cleanly);
 
 // ---- selection ----
 
-pub fn comm_and_remote_select_connections() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18551u16;
-    let target = SocketAddr::new(net.server_v4, port);
-    let p = port.to_string();
-    let server_net = format!("{}/32", net.server_v4);
+fn comm_and_remote_select_connections() {
+    let scene = Scene::new();
+    let p = scene.port_arg();
+    let server_net = format!("{}/32", scene.server_ip());
     let by_comm = Tcplinger::start(&[
         "watch",
         "--format",
@@ -866,7 +822,7 @@ pub fn comm_and_remote_select_connections() {
         "--remote",
         "192.0.2.0/24",
     ]);
-    converse(&net, target, 3, false);
+    scene.converse(Closer::Client, 3, Pace::OneAtATime);
     let comm_seen = by_comm.wait_for(SETTLE, |l| l.len() >= 3);
     let remote_seen = by_remote.wait_for(SETTLE, |l| l.len() >= 3);
     // Enough time for anything unwanted to show up too.
@@ -877,7 +833,7 @@ pub fn comm_and_remote_select_connections() {
         assert_eq!(run.lines.len(), 3, "{:?}", run.lines);
         for r in &run.lines {
             assert_eq!(str_of(r, "comm"), CLIENT_COMM, "{r}");
-            assert_eq!(str_of(r, "raddr"), net.server_v4.to_string(), "{r}");
+            assert_eq!(str_of(r, "raddr"), scene.server_ip().to_string(), "{r}");
         }
     }
     assert!(nobody.lines.is_empty(), "{:?}", nobody.lines);
@@ -887,3 +843,4 @@ pub fn comm_and_remote_select_connections() {
         nobody.stderr
     );
 }
+privileged!(comm_and_remote_select_connections);

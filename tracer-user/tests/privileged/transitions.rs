@@ -1,17 +1,14 @@
 //! `watch --transitions` on real TCP: transition order for each closing pattern, softirq attribution, kernel-side filters, IPv6, losses and exits.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::{net::IpAddr, time::Duration};
 
 use serde_json::Value;
 
 use crate::support::{
-    netns::NetPair,
     peer::{CLIENT_COMM, Peer, SERVER_COMM},
     require_root,
-    tracer::{Finished, Tcplinger},
+    scene::{Closer, Pace, Scene, fresh_port},
+    tracer::{Finished, Tcplinger, tcplinger},
 };
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -75,6 +72,7 @@ fn assert_clean_exit(run: &Finished) {
 
 struct Conversation {
     run: Finished,
+    port: u16,
     client_pid: u32,
     server_pid: u32,
     /// Cookies of the client's and the server's (accepted) socket.
@@ -84,35 +82,20 @@ struct Conversation {
     server_addr: IpAddr,
 }
 
-/// One request/response between the two namespaces, closed by `first_closer`,
-/// traced with `--port` so nothing else on the machine interferes.
-fn converse(port: u16, ipv6: bool, server_closes: bool) -> Conversation {
-    require_root();
-    let net = NetPair::new();
-    let (client_addr, server_addr) = if ipv6 {
-        (net.client_v6, net.server_v6)
-    } else {
-        (net.client_v4, net.server_v4)
-    };
-    let target = SocketAddr::new(server_addr, port);
+/// One request/response between the two namespaces of `scene`, closed by
+/// `first` first, traced with `--port` so nothing else on the machine
+/// interferes.
+fn traced_conversation(scene: &Scene, first: Closer) -> Conversation {
+    let port = scene.port;
     let tracer = Tcplinger::start(&[
         "watch",
         "--transitions",
         "--format",
         "json",
         "--port",
-        &port.to_string(),
+        &scene.port_arg(),
     ]);
-    let (server_close, client_close) = if server_closes {
-        ("first", "after-eof")
-    } else {
-        ("after-eof", "first")
-    };
-    let server = Peer::server(&net.server_ns, target, &["--close", server_close]);
-    let client = Peer::client(&net.client_ns, target, &["--close", client_close]);
-    let (server_pid, client_pid) = (server.pid, client.pid);
-    client.finish();
-    server.finish();
+    let pids = scene.converse(first, 1, Pace::OneAtATime);
     // Both sockets end in CLOSE (the FIN_WAIT2 side via its timewait
     // replacement); wait for both before stopping.
     let closed = tracer.wait_for(SETTLE, |lines| {
@@ -135,17 +118,18 @@ fn converse(port: u16, ipv6: bool, server_closes: bool) -> Conversation {
     .unwrap_or_else(|| panic!("no server accept in {:#?}", run.lines));
     Conversation {
         run,
-        client_pid,
-        server_pid,
+        port,
+        client_pid: pids.client,
+        server_pid: pids.server,
         client,
         server,
-        client_addr,
-        server_addr,
+        client_addr: scene.client_ip(),
+        server_addr: scene.server_ip(),
     }
 }
 
-pub fn client_closes_first() {
-    let c = converse(18101, false, false);
+fn client_closes_first() {
+    let c = traced_conversation(&Scene::new(), Closer::Client);
     let client = path_of(&c.run.lines, c.client);
     let server = path_of(&c.run.lines, c.server);
     assert_steps(&client, &["ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2"]);
@@ -165,9 +149,10 @@ pub fn client_closes_first() {
     );
     assert!(!server.iter().any(|s| s.contains("FIN_WAIT")), "{server:?}");
 }
+privileged!(client_closes_first);
 
-pub fn server_closes_first() {
-    let c = converse(18102, false, true);
+fn server_closes_first() {
+    let c = traced_conversation(&Scene::new(), Closer::Server);
     let client = path_of(&c.run.lines, c.client);
     let server = path_of(&c.run.lines, c.server);
     assert_steps(&server, &["ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2"]);
@@ -186,9 +171,10 @@ pub fn server_closes_first() {
     );
     assert!(!client.iter().any(|s| s.contains("FIN_WAIT")), "{client:?}");
 }
+privileged!(server_closes_first);
 
-pub fn softirq_close_wait_is_attributed_to_server() {
-    let c = converse(18103, false, false);
+fn softirq_close_wait_is_attributed_to_server() {
+    let c = traced_conversation(&Scene::new(), Closer::Client);
     assert_ne!(c.client_pid, c.server_pid);
     // The peer's FIN is processed in softirq, usually on the client's own
     // syscall path over veth: the current task is the client, not the owner.
@@ -209,24 +195,26 @@ pub fn softirq_close_wait_is_attributed_to_server() {
         assert_eq!(line["pid"], c.server_pid, "{line}");
     }
 }
+privileged!(softirq_close_wait_is_attributed_to_server);
 
-pub fn ipv6_connection_has_correct_addresses() {
-    let c = converse(18104, true, false);
+fn ipv6_connection_has_correct_addresses() {
+    let c = traced_conversation(&Scene::ipv6(), Closer::Client);
     let connect = line_of(&c.run.lines, c.client, "SYN_SENT", "ESTABLISHED");
     assert_eq!(connect["family"], "ipv6");
     assert_eq!(connect["laddr"], c.client_addr.to_string(), "{connect}");
     assert_eq!(connect["raddr"], c.server_addr.to_string(), "{connect}");
-    assert_eq!(connect["rport"], 18104);
+    assert_eq!(connect["rport"], c.port);
     let accept = line_of(&c.run.lines, c.server, "SYN_RECV", "ESTABLISHED");
     assert_eq!(accept["family"], "ipv6");
     assert_eq!(accept["laddr"], c.server_addr.to_string(), "{accept}");
     assert_eq!(accept["raddr"], c.client_addr.to_string(), "{accept}");
-    assert_eq!(accept["lport"], 18104);
+    assert_eq!(accept["lport"], c.port);
     assert_steps(
         &path_of(&c.run.lines, c.client),
         &["ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2"],
     );
 }
+privileged!(ipv6_connection_has_correct_addresses);
 
 // ---- filters ----
 
@@ -234,10 +222,9 @@ fn mentions_port(line: &Value, port: u16) -> bool {
     line["lport"] == port || line["rport"] == port
 }
 
-pub fn port_filter_drops_other_ports_in_kernel() {
-    require_root();
-    let net = NetPair::new();
-    let (wanted, other) = (18111u16, 18112u16);
+fn port_filter_drops_other_ports_in_kernel() {
+    let scene = Scene::new();
+    let (wanted, other) = (scene.port, fresh_port());
     let tracer = Tcplinger::start(&[
         "watch",
         "--transitions",
@@ -246,20 +233,9 @@ pub fn port_filter_drops_other_ports_in_kernel() {
         "--port",
         &wanted.to_string(),
     ]);
-    let servers = [wanted, other].map(|p| {
-        Peer::server(
-            &net.server_ns,
-            SocketAddr::new(net.server_v4, p),
-            &["--close", "after-eof"],
-        )
-    });
+    let servers = [wanted, other].map(|p| scene.server_on(p, &["--close", "after-eof"]));
     for p in [wanted, other] {
-        Peer::client(
-            &net.client_ns,
-            SocketAddr::new(net.server_v4, p),
-            &["--close", "first"],
-        )
-        .finish();
+        scene.client_of(p, &["--close", "first"]).finish();
     }
     servers.into_iter().for_each(Peer::finish);
     let seen = tracer.wait_for(SETTLE, |lines| {
@@ -280,21 +256,13 @@ pub fn port_filter_drops_other_ports_in_kernel() {
     // printed line.
     assert_eq!(run.events, run.lines.len() as u64, "{:#?}", run.lines);
 }
+privileged!(port_filter_drops_other_ports_in_kernel);
 
-pub fn pid_filter_drops_other_processes_in_kernel() {
-    require_root();
-    let net = NetPair::new();
-    let (wanted, other) = (18121u16, 18122u16);
-    let chosen = Peer::server(
-        &net.server_ns,
-        SocketAddr::new(net.server_v4, wanted),
-        &["--close", "after-eof"],
-    );
-    let unchosen = Peer::server(
-        &net.server_ns,
-        SocketAddr::new(net.server_v4, other),
-        &["--close", "after-eof"],
-    );
+fn pid_filter_drops_other_processes_in_kernel() {
+    let scene = Scene::new();
+    let (wanted, other) = (scene.port, fresh_port());
+    let chosen = scene.server_on(wanted, &["--close", "after-eof"]);
+    let unchosen = scene.server_on(other, &["--close", "after-eof"]);
     let chosen_pid = chosen.pid;
     // The port filter keeps the machine's other traffic out; only the pid
     // filter can keep the second server's port out.
@@ -310,12 +278,7 @@ pub fn pid_filter_drops_other_processes_in_kernel() {
         &ports,
     ]);
     for p in [wanted, other] {
-        Peer::client(
-            &net.client_ns,
-            SocketAddr::new(net.server_v4, p),
-            &["--close", "first"],
-        )
-        .finish();
+        scene.client_of(p, &["--close", "first"]).finish();
     }
     chosen.finish();
     unchosen.finish();
@@ -340,17 +303,15 @@ pub fn pid_filter_drops_other_processes_in_kernel() {
         assert!(!mentions_port(line, other), "{line}");
     }
 }
+privileged!(pid_filter_drops_other_processes_in_kernel);
 
 // ---- losses and exits ----
 
 /// Records one smallest ring holds: 4096 bytes of 8-byte headers + records.
 const SMALLEST_RING_RECORDS: u64 = 4096 / (8 + size_of::<tracer_common::Event>() as u64);
 
-pub fn full_ring_drops_are_counted() {
-    require_root();
-    let net = NetPair::new();
-    let port = 18131u16;
-    let target = SocketAddr::new(net.server_v4, port);
+fn full_ring_drops_are_counted() {
+    let scene = Scene::new();
     let tracer = Tcplinger::start(&[
         "watch",
         "--transitions",
@@ -359,25 +320,13 @@ pub fn full_ring_drops_are_counted() {
         "--ring-bytes",
         "4096",
         "--port",
-        &port.to_string(),
+        &scene.port_arg(),
     ]);
     // A consumer that cannot run: the ring fills and the kernel must count
     // every record it cannot write.
     tracer.signal(libc::SIGSTOP);
     let connections = 10;
-    let count = connections.to_string();
-    let server = Peer::server(
-        &net.server_ns,
-        target,
-        &["--close", "after-eof", "--count", &count],
-    );
-    Peer::client(
-        &net.client_ns,
-        target,
-        &["--close", "first", "--count", &count],
-    )
-    .finish();
-    server.finish();
+    scene.converse(Closer::Client, connections, Pace::OneAtATime);
     tracer.signal(libc::SIGCONT);
     let run = tracer.stop();
     assert!(run.status.success(), "{:?}", run.stderr);
@@ -399,39 +348,33 @@ pub fn full_ring_drops_are_counted() {
         run.dropped
     );
 }
+privileged!(full_ring_drops_are_counted);
 
-pub fn sigterm_ends_the_run_cleanly() {
+fn sigterm_ends_the_run_cleanly() {
     require_root();
-    let tracer = Tcplinger::start(&["watch", "--transitions", "--format", "json", "--port", "9"]);
+    // A port nothing in this run uses: the run sees no traffic.
+    let quiet = fresh_port().to_string();
+    let tracer = Tcplinger::start(&[
+        "watch",
+        "--transitions",
+        "--format",
+        "json",
+        "--port",
+        &quiet,
+    ]);
     tracer.signal(libc::SIGTERM);
     let run = tracer.stop_after_signal();
     assert_eq!(run.status.code(), Some(0), "{:?}", run.stderr);
 }
+privileged!(sigterm_ends_the_run_cleanly);
 
 // ---- exits ----
 
-pub(crate) fn tcplinger(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-        .args(args)
-        .output()
-        .expect("running tcplinger")
-}
-
-pub(crate) fn one_line_error(out: &std::process::Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "expected one line, got {stderr:?}"
-    );
-    assert!(stderr.starts_with("tcplinger: "), "{stderr:?}");
-    stderr
-}
-
 /// Bad flags and a missing environment are covered for every command in
 /// `safety.rs`; here, the plain end of a run.
-pub fn duration_ends_a_transitions_run_with_its_summary() {
+fn duration_ends_a_transitions_run_with_its_summary() {
     require_root();
+    let quiet = fresh_port().to_string();
     // A run that ends by --duration exits 0 with its summary.
     let out = tcplinger(&[
         "watch",
@@ -439,7 +382,7 @@ pub fn duration_ends_a_transitions_run_with_its_summary() {
         "--duration",
         "300ms",
         "--port",
-        "9",
+        &quiet,
     ]);
     assert_eq!(
         out.status.code(),
@@ -453,3 +396,4 @@ pub fn duration_ends_a_transitions_run_with_its_summary() {
         "{stderr}"
     );
 }
+privileged!(duration_ends_a_transitions_run_with_its_summary);

@@ -1,8 +1,10 @@
-//! Test rig for the privileged tests: network namespaces joined by veth, TCP peers run as separate processes, and a tracer process whose output is collected.
+//! Test rig for the privileged tests: network namespaces joined by veth, TCP peers run as separate processes, and a tracer process whose output is collected. The test files share helpers only through here, never with each other.
 
+pub mod daemon;
 pub mod netns;
 pub mod peer;
 pub mod real;
+pub mod scene;
 pub mod tracer;
 
 use std::time::{Duration, Instant};

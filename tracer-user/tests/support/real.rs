@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::wait_until;
+use super::{scene::Scene, wait_until};
 
 /// Bounds every wait on a real program: a stuck scenario fails instead of
 /// hanging.
@@ -52,6 +52,29 @@ pub fn go_program(name: &str) -> PathBuf {
         target
     });
     dir.join(name)
+}
+
+/// The Go programs on a scene: methods of the shared `Scene` kept here,
+/// beside the build of the programs they run.
+impl Scene {
+    /// The Go server in the server namespace on the scene's port, once it
+    /// listens.
+    pub fn goserver(&self, flags: &[&str]) -> Proc {
+        let listen = self.target().to_string();
+        let mut args = vec!["-listen", &listen];
+        args.extend_from_slice(flags);
+        let server = Proc::spawn(&self.net.server_ns, go_program("goserver"), &args);
+        server.expect_line("listening");
+        server
+    }
+
+    /// The Go client of the scene's server, in the client namespace.
+    pub fn goclient(&self, flags: &[&str]) -> Proc {
+        let url = self.url();
+        let mut args = vec!["-url", &url];
+        args.extend_from_slice(flags);
+        Proc::spawn(&self.net.client_ns, go_program("goclient"), &args)
+    }
 }
 
 /// A program running in a test namespace, its stdout read line by line.

@@ -1,8 +1,8 @@
-//! Runs the real `tcplinger` binary, waits until its programs are attached, and collects its JSON lines and exit summary.
+//! Runs the real `tcplinger` binary, waits until its programs are attached, and collects its JSON lines and exit summary; or runs it to its end and reads its one-line error; and lists what of it is loaded in the kernel.
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
@@ -156,4 +156,43 @@ impl Drop for Tcplinger {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs `tcplinger ARGS` to its end.
+pub fn tcplinger(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args(args)
+        .output()
+        .expect("running tcplinger")
+}
+
+/// The one line a failed run printed, which starts with `tcplinger: `.
+pub fn one_line_error(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected one line, got {stderr:?}"
+    );
+    assert!(stderr.starts_with("tcplinger: "), "{stderr:?}");
+    stderr
+}
+
+/// Names of our programs as the kernel lists them (truncated to 15 bytes).
+const OUR_PROGRAMS: [&str; 6] = [
+    "inet_sock_set_s",
+    "tcp_destroy_soc",
+    "tcp_send_reset",
+    "tcp_receive_res",
+    "sock_send_lengt",
+    "sock_recv_lengt",
+];
+
+/// Our programs loaded in the kernel now, by whichever process.
+pub fn our_programs_loaded() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .filter(|name| OUR_PROGRAMS.iter().any(|ours| name.starts_with(ours)))
+        .collect()
 }

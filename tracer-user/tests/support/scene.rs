@@ -1,0 +1,192 @@
+//! A test's stage: the two namespaces of a `NetPair`, ports handed out so that no two tests of a run share one, and the peers, addresses and endpoint strings the tests repeat.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
+    sync::atomic::{AtomicU16, Ordering},
+};
+
+use super::{netns::NetPair, peer::Peer, require_root};
+
+/// The first port handed out. Below the ephemeral range (32768 and up by
+/// default) so that no client's source port, in a test namespace or on
+/// the host, is ever one of them: a tracer filtering by `--port` sees
+/// only the connections its test made.
+const FIRST_PORT: u16 = 20000;
+const EPHEMERAL_START: u16 = 32768;
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(FIRST_PORT);
+
+/// A port no other test of this run uses: for servers in the test
+/// namespaces and for `--port` filters. Tracers see every namespace, so it
+/// is the port, not the namespace, that keeps one test's traffic out of
+/// another's tracer.
+pub fn fresh_port() -> u16 {
+    let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+    assert!(
+        port < EPHEMERAL_START,
+        "out of test ports: {port} reaches the ephemeral range"
+    );
+    port
+}
+
+/// A loopback port nobody listens on now, as the kernel picks it: for a
+/// listener in the host's own namespace (the daemon's metrics, Prometheus),
+/// where other programs may hold any fixed port.
+pub fn loopback_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("binding on loopback")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// `127.0.0.1` with a port from `loopback_port`.
+pub fn loopback_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), loopback_port())
+}
+
+/// Who sends the first FIN in `Scene::converse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closer {
+    Client,
+    Server,
+}
+
+/// How `Scene::converse` runs its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// One after the other.
+    OneAtATime,
+    /// All at once, a thread each on both sides (`--parallel`).
+    AllAtOnce,
+}
+
+/// The processes of a finished `Scene::converse`.
+#[derive(Debug, Clone, Copy)]
+pub struct Pids {
+    pub client: u32,
+    pub server: u32,
+}
+
+/// Each test gets its own link and port; the server address is the server
+/// namespace's IPv4 one unless the scene is made with `ipv6`.
+pub struct Scene {
+    pub net: NetPair,
+    /// The port the scene's server listens on and its tracer filters by.
+    pub port: u16,
+    ipv6: bool,
+}
+
+impl Scene {
+    /// Checks for root first, so that without it the test fails saying
+    /// why rather than on `ip netns add`.
+    pub fn new() -> Scene {
+        Self::with_family(false)
+    }
+
+    /// A scene whose addresses are the namespaces' IPv6 ones.
+    pub fn ipv6() -> Scene {
+        Self::with_family(true)
+    }
+
+    fn with_family(ipv6: bool) -> Scene {
+        require_root();
+        Scene {
+            net: NetPair::new(),
+            port: fresh_port(),
+            ipv6,
+        }
+    }
+
+    pub fn server_ip(&self) -> IpAddr {
+        if self.ipv6 {
+            self.net.server_v6
+        } else {
+            self.net.server_v4
+        }
+    }
+
+    pub fn client_ip(&self) -> IpAddr {
+        if self.ipv6 {
+            self.net.client_v6
+        } else {
+            self.net.client_v4
+        }
+    }
+
+    /// The server's address on the scene's port.
+    pub fn target(&self) -> SocketAddr {
+        self.at(self.port)
+    }
+
+    /// The server's address on another port (from `fresh_port`).
+    pub fn at(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.server_ip(), port)
+    }
+
+    /// The scene's port as a flag value (`--port`).
+    pub fn port_arg(&self) -> String {
+        self.port.to_string()
+    }
+
+    /// An HTTP URL of the server on the scene's port.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.target())
+    }
+
+    /// A finding's endpoint for the server, as the client side names it.
+    pub fn server_endpoint(&self) -> String {
+        self.target().to_string()
+    }
+
+    /// A finding's endpoint for the clients, as the server side names it:
+    /// their address, any port.
+    pub fn client_endpoint(&self) -> String {
+        format!("{}:*", self.client_ip())
+    }
+
+    /// A peer server on the scene's port, in the server namespace; returns
+    /// once it listens.
+    pub fn server(&self, flags: &[&str]) -> Peer {
+        self.server_on(self.port, flags)
+    }
+
+    /// A peer client of the scene's port, in the client namespace.
+    pub fn client(&self, flags: &[&str]) -> Peer {
+        self.client_of(self.port, flags)
+    }
+
+    pub fn server_on(&self, port: u16, flags: &[&str]) -> Peer {
+        Peer::server(&self.net.server_ns, self.at(port), flags)
+    }
+
+    pub fn client_of(&self, port: u16, flags: &[&str]) -> Peer {
+        Peer::client(&self.net.client_ns, self.at(port), flags)
+    }
+
+    /// `count` connections to the scene's port, each one request and its
+    /// answer, closed by `closer` first and by the other side on its FIN;
+    /// returns once both peers have finished.
+    pub fn converse(&self, closer: Closer, count: usize, pace: Pace) -> Pids {
+        let (server_close, client_close) = match closer {
+            Closer::Client => ("after-eof", "first"),
+            Closer::Server => ("first", "after-eof"),
+        };
+        let count = count.to_string();
+        let mut server_flags = vec!["--close", server_close, "--count", &count];
+        let mut client_flags = vec!["--close", client_close, "--count", &count];
+        if pace == Pace::AllAtOnce {
+            server_flags.push("--parallel");
+            client_flags.push("--parallel");
+        }
+        let server = self.server(&server_flags);
+        let client = self.client(&client_flags);
+        let pids = Pids {
+            client: client.pid,
+            server: server.pid,
+        };
+        client.finish();
+        server.finish();
+        pids
+    }
+}
