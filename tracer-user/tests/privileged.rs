@@ -1,5 +1,10 @@
 //! Privileged end-to-end tests: the real programs loaded into this kernel, real TCP between two network namespaces. Run as root; they fail, never skip, without it.
 
+#![expect(
+    clippy::float_cmp,
+    reason = "metric values compared are whole counts, exact in an f64"
+)]
+
 use libtest_mimic::{Arguments, Trial};
 
 /// One test: a plain fn that panics on failure, run under its own name.

@@ -93,12 +93,14 @@ pub struct Fed {
 /// True when `id`'s owner lives in a cgroup under `prefix`.
 fn in_cgroup(host: &mut impl Host, prefix: &str, id: &ConnId) -> bool {
     let Some(owner) = id.owner else { return false };
-    host.container(owner.cgroup_id).is_some_and(|crate::host::cgroups::Container { path, .. }| {
-        path == prefix
-            || path
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.starts_with('/'))
-    })
+    host.container(owner.cgroup_id).is_some_and(
+        |crate::host::cgroups::Container { path, .. }| {
+            path == prefix
+                || path
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        },
+    )
 }
 
 impl Analysis<LiveHost> {

@@ -87,6 +87,10 @@ impl Drop for Prometheus {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, checked metric by metric"
+)]
 fn daemon_metrics_match_traffic_and_prometheus_scrapes_them() {
     let scene = Scene::new();
     let listen = loopback_addr();
@@ -287,9 +291,9 @@ fn raise_fd_limit() {
     };
     // SAFETY: plain syscalls with valid pointers.
     unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit);
         limit.rlim_cur = limit.rlim_max.min(65536);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
     }
 }
 

@@ -99,7 +99,7 @@ fn pids(f: &Value) -> Vec<u32> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p.as_u64().unwrap() as u32)
+        .map(|p| u32::try_from(p.as_u64().unwrap()).unwrap())
         .collect()
 }
 
@@ -136,7 +136,9 @@ fn real_nginx_keepalive_off_with_curl() {
         nginx.master
     );
     assert!(
-        nginx.workers.contains(&(f["pid"].as_u64().unwrap() as u32)),
+        nginx
+            .workers
+            .contains(&u32::try_from(f["pid"].as_u64().unwrap()).unwrap()),
         "{f}"
     );
     assert_eq!(figure(f, "closed"), 200.0, "{f}");
@@ -222,8 +224,7 @@ fn real_go_transport_per_request_leaks_idle_connections() {
                 "established",
             ])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count() == 12)
-            .unwrap_or(false)
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().count() == 12)
     });
     assert!(established, "12 connections open");
     std::thread::sleep(std::time::Duration::from_millis(2500));
@@ -242,7 +243,7 @@ fn real_go_transport_per_request_leaks_idle_connections() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p.as_u64().unwrap() as u32)
+        .map(|p| u32::try_from(p.as_u64().unwrap()).unwrap())
         .collect();
     assert!(
         !holders.is_empty() && holders.iter().all(|p| nginx.workers.contains(p)),
@@ -634,8 +635,7 @@ fn real_connections_older_than_the_tracer_prove_no_deadline() {
                 "established",
             ])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count() == 8)
-            .unwrap_or(false)
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().count() == 8)
     });
     assert!(open, "8 connections open before the report");
     let tracer = start_report(&scene);
@@ -669,7 +669,7 @@ fn real_daemon_reports_a_late_leak_among_many_programs() {
     ]);
     // Twelve short-lived programs of different names, each a group.
     let bin = TempDir::new("progs");
-    let _server = scene.goserver(&[]);
+    let go_server = scene.goserver(&[]);
     for i in 0..12 {
         let name = bin.path.join(format!("prog{i}"));
         std::fs::copy("/usr/bin/curl", &name).expect("copying curl");
@@ -680,7 +680,7 @@ fn real_daemon_reports_a_late_leak_among_many_programs() {
         );
         p.finish();
     }
-    drop(_server);
+    drop(go_server);
     let script = sources().join("python/forkserver.py");
     let mut server = Proc::spawn(
         &scene.net.server_ns,

@@ -398,8 +398,7 @@ fn daemon_keeps_only_the_capabilities_it_needs() {
             fields
                 .iter()
                 .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-                .unwrap_or_else(|| panic!("{task}: no {k}"))
+                .map_or_else(|| panic!("{task}: no {k}"), |(_, v)| v.as_str())
         };
         assert_eq!(get("CapEff"), kept, "{task}: {fields:?}");
         assert_eq!(get("CapPrm"), kept, "{task}: {fields:?}");

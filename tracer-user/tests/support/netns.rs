@@ -37,12 +37,30 @@ impl NetPair {
         let client_ns = format!("tlc{tag}");
         let server_ns = format!("tls{tag}");
         // Each pair gets its own subnet so leftovers of a crashed run cannot clash.
-        let subnet = (std::process::id() % 200 + n) as u8;
+        let subnet = u8::try_from((std::process::id() % 200 + n) % 256).expect("below 256");
         let pair = Self {
             client_v4: IpAddr::V4(Ipv4Addr::new(10, 231, subnet, 1)),
             server_v4: IpAddr::V4(Ipv4Addr::new(10, 231, subnet, 2)),
-            client_v6: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x231, subnet as u16, 0, 0, 0, 0, 1)),
-            server_v6: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x231, subnet as u16, 0, 0, 0, 0, 2)),
+            client_v6: IpAddr::V6(Ipv6Addr::new(
+                0xfd00,
+                0x231,
+                u16::from(subnet),
+                0,
+                0,
+                0,
+                0,
+                1,
+            )),
+            server_v6: IpAddr::V6(Ipv6Addr::new(
+                0xfd00,
+                0x231,
+                u16::from(subnet),
+                0,
+                0,
+                0,
+                0,
+                2,
+            )),
             client_ns,
             server_ns,
         };
@@ -105,6 +123,7 @@ impl NetPair {
     }
 
     /// Sets a sysctl inside one namespace, e.g. `net.ipv4.tcp_fin_timeout`.
+    #[expect(clippy::unused_self, reason = "a namespace of this pair is meant")]
     pub fn sysctl(&self, ns: &str, key: &str, value: &str) {
         ip(&[
             "netns",

@@ -193,8 +193,8 @@ fn set_linger0(stream: &TcpStream) {
             stream.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
+            (&raw const linger).cast(),
+            libc::socklen_t::try_from(size_of::<libc::linger>()).expect("a small struct"),
         )
     };
     assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());

@@ -14,7 +14,7 @@ use super::{scene::Scene, wait_until};
 
 /// Bounds every wait on a real program: a stuck scenario fails instead of
 /// hanging.
-pub const LIMIT: Duration = Duration::from_secs(60);
+pub const LIMIT: Duration = Duration::from_mins(1);
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -137,7 +137,7 @@ impl Proc {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.starts_with(prefix) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("{} never printed {prefix:?}", self.what),
+                Err(e) => panic!("{} never printed {prefix:?} ({e})", self.what),
             }
         }
     }
@@ -177,7 +177,7 @@ impl Proc {
     /// Stops it and everything it started.
     pub fn stop(&mut self) {
         // SAFETY: kill(2) on our own child's process group.
-        unsafe { libc::kill(-(self.pid as i32), libc::SIGKILL) };
+        unsafe { libc::kill(-self.pid.cast_signed(), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }

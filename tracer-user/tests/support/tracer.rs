@@ -100,7 +100,7 @@ impl Tcplinger {
 
     pub fn signal(&self, signal: i32) {
         // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        unsafe { libc::kill(self.child.id().cast_signed(), signal) };
     }
 
     /// Sends SIGINT, as Ctrl-C would, and collects everything.
