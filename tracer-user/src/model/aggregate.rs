@@ -41,7 +41,8 @@ const PIDS_KEPT: usize = 64;
 const PEERS_KEPT: usize = 8;
 
 /// One group: processes of one name talking to one endpoint in one role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Ordered only so that ties in a ranking come out the same every run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupKey {
     /// The process name; `None` when no process was seen with the sockets.
     pub comm: Option<Comm>,

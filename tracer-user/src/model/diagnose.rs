@@ -489,6 +489,7 @@ pub fn sort(findings: &mut [Finding]) {
             .then(a.pathology.cmp(&b.pathology))
             .then(a.key.comm_name().cmp(&b.key.comm_name()))
             .then(a.key.endpoint().cmp(&b.key.endpoint()))
+            .then(a.key.cmp(&b.key))
     });
 }
 

@@ -252,14 +252,19 @@ pub fn rank<'a>(agg: &'a Aggregator, findings: &[Finding]) -> Vec<GroupView<'a>>
             stats: group.total(),
         })
         .collect();
+    // Groups come out of a hash map: the key breaks ties, so the same
+    // input ranks the same way every run.
     v.sort_by_key(|g| {
         let flagged = findings.iter().any(|f| f.key == *g.key);
-        std::cmp::Reverse((
-            flagged,
-            g.lingering(),
-            g.stats.opened + g.stats.closed,
-            g.group.now.count(TcpState::Established),
-        ))
+        (
+            std::cmp::Reverse((
+                flagged,
+                g.lingering(),
+                g.stats.opened + g.stats.closed,
+                g.group.now.count(TcpState::Established),
+            )),
+            *g.key,
+        )
     });
     v
 }
@@ -495,6 +500,32 @@ mod tests {
         model::tracker::Role,
         testutil::{id, record},
     };
+
+    #[test]
+    fn groups_alike_rank_the_same_whatever_their_order_in_the_map() {
+        let ranked = |first: Role| {
+            let mut a = Aggregator::new(10, 0, Windowing::WHOLE_RUN);
+            let roles = if first == Role::Client {
+                [Role::Client, Role::Server]
+            } else {
+                [Role::Server, Role::Client]
+            };
+            for role in roles {
+                for port in [80, 81, 82] {
+                    let c = id(1, role, port);
+                    a.on_opened(&c, 0);
+                    a.on_record(&record(c, ClosedBy::Local, 10, None));
+                }
+            }
+            rank(&a, &[]).iter().map(|g| *g.key).collect::<Vec<_>>()
+        };
+        let once = ranked(Role::Client);
+        assert_eq!(once.len(), 4, "three client groups, one server group");
+        for _ in 0..5 {
+            assert_eq!(ranked(Role::Server), once);
+            assert_eq!(ranked(Role::Client), once);
+        }
+    }
 
     fn render(format: ReportFormat) -> String {
         let mut a = Aggregator::new(1, 0, Windowing::WHOLE_RUN);
