@@ -60,10 +60,13 @@ impl Tcplinger {
             }),
             std::thread::spawn(move || {
                 for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    if line.contains("tracing") {
+                    // Kept before the start is announced: a caller reading
+                    // the lines at once must find the one that announced it.
+                    let tracing = line.contains("tracing");
+                    err_lines.lock().unwrap().push(line);
+                    if tracing {
                         let _ = ready_tx.send(());
                     }
-                    err_lines.lock().unwrap().push(line);
                 }
             }),
         ];
