@@ -13,20 +13,22 @@ use super::{netns::NetPair, peer::Peer, require_root};
 /// only the connections its test made.
 const FIRST_PORT: u16 = 20000;
 const EPHEMERAL_START: u16 = 32768;
+/// Ports a run may use: a run takes about 60, and two runs at once (two
+/// checkouts on one machine) start at different places by process id.
+const PORTS_PER_RUN: u16 = 400;
 
-static NEXT_PORT: AtomicU16 = AtomicU16::new(FIRST_PORT);
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// A port no other test of this run uses: for servers in the test
 /// namespaces and for `--port` filters. Tracers see every namespace, so it
 /// is the port, not the namespace, that keeps one test's traffic out of
 /// another's tracer.
 pub fn fresh_port() -> u16 {
-    let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-    assert!(
-        port < EPHEMERAL_START,
-        "out of test ports: {port} reaches the ephemeral range"
-    );
-    port
+    let runs = (EPHEMERAL_START - FIRST_PORT) / PORTS_PER_RUN;
+    let slot = u16::try_from(std::process::id() % u32::from(runs)).expect("below runs");
+    let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+    assert!(n < PORTS_PER_RUN, "out of test ports: {n} taken");
+    FIRST_PORT + slot * PORTS_PER_RUN + n
 }
 
 /// A loopback port nobody listens on now, as the kernel picks it: for a
