@@ -224,7 +224,7 @@ fn main() {
         }
         making = making.min(start.elapsed());
         let before = LIVE.load(Ordering::Relaxed);
-        let mut tracker = Tracker::new(cap).follow_timewait();
+        let mut tracker = Tracker::new(cap).follow_timewait().with_openings();
         let mut agg = Aggregator::new(100_000, 0, Windowing::WHOLE_RUN);
 
         let start = Instant::now();

@@ -110,7 +110,9 @@ impl Analysis<LiveHost> {
         judging: Judging,
     ) -> anyhow::Result<Self> {
         // TIME_WAIT is followed to its end: its duration is part of the picture.
-        let tracker = Tracker::new(trace.max_sockets).follow_timewait();
+        let tracker = Tracker::new(trace.max_sockets)
+            .follow_timewait()
+            .with_openings();
         let session = Session::start(&trace.load, tracker, true)?;
         Ok(Self::new(session, trace, max_groups, judging))
     }

@@ -32,7 +32,9 @@ fn run<T>(future: impl Future<Output = T>) -> T {
 }
 
 fn session(host: ScriptedHost) -> Session<ScriptedHost> {
-    let tracker = Tracker::new(NonZeroUsize::new(1000).unwrap()).follow_timewait();
+    let tracker = Tracker::new(NonZeroUsize::new(1000).unwrap())
+        .follow_timewait()
+        .with_openings();
     Session::new(host, tracker, true)
 }
 

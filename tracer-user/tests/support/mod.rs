@@ -1,5 +1,6 @@
 //! Test rig for the privileged tests: network namespaces joined by veth, TCP peers run as separate processes, and a tracer process whose output is collected. The test files share helpers only through here, never with each other.
 
+pub mod churn;
 pub mod daemon;
 pub mod netns;
 pub mod peer;
@@ -28,4 +29,14 @@ pub fn require_root() {
         0,
         "privileged test: run as root (sudo -E env \"PATH=$PATH\" cargo xtask test)"
     );
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in KiB.
+pub fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }

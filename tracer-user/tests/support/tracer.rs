@@ -35,41 +35,52 @@ pub struct Finished {
 impl Tcplinger {
     /// Starts `tcplinger ARGS` and returns once it says it is tracing.
     pub fn start(args: &[&str]) -> Tcplinger {
+        Self::start_with(args, Stdio::piped())
+    }
+
+    /// As [`Self::start`], its output thrown away unread (a run printing
+    /// millions of records); its summary on stderr is still collected.
+    pub fn start_discarding(args: &[&str]) -> Tcplinger {
+        Self::start_with(args, Stdio::null())
+    }
+
+    fn start_with(args: &[&str], stdout: Stdio) -> Tcplinger {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning tcplinger");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
+        let out = child.stdout.take();
         let err = child.stderr.take().unwrap();
         let out_lines = lines.clone();
         let err_lines = stderr.clone();
-        let readers = vec![
-            std::thread::spawn(move || {
+        let mut readers = Vec::new();
+        if let Some(out) = out {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
                     let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
                         panic!("tcplinger printed a non-JSON line {line:?}: {e}")
                     });
                     out_lines.lock().unwrap().push(value);
                 }
-            }),
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    // Kept before the start is announced: a caller reading
-                    // the lines at once must find the one that announced it.
-                    let tracing = line.contains("tracing");
-                    err_lines.lock().unwrap().push(line);
-                    if tracing {
-                        let _ = ready_tx.send(());
-                    }
+            }));
+        }
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                // Kept before the start is announced: a caller reading
+                // the lines at once must find the one that announced it.
+                let tracing = line.contains("tracing");
+                err_lines.lock().unwrap().push(line);
+                if tracing {
+                    let _ = ready_tx.send(());
                 }
-            }),
-        ];
+            }
+        }));
         let mut tracer = Tcplinger {
             child,
             lines,

@@ -33,7 +33,10 @@ pub struct Tracker {
     timewaits: Option<HashMap<u64, Timewait>>,
     cap: usize,
     ready: Vec<ConnRecord>,
-    opened: Vec<ConnId>,
+    /// Openings passed on, when asked for ([`Self::with_openings`]): only
+    /// a consumer that takes them may have them kept, or they would pile
+    /// up for the life of the run.
+    opened: Option<Vec<ConnId>>,
     timewait_starts: Vec<ConnId>,
     timewait_ends: Vec<TimewaitEnd>,
     evicted: u64,
@@ -51,7 +54,7 @@ impl Tracker {
             timewaits: None,
             cap: max_sockets.get(),
             ready: Vec::new(),
-            opened: Vec::new(),
+            opened: None,
             timewait_starts: Vec::new(),
             timewait_ends: Vec::new(),
             evicted: 0,
@@ -63,6 +66,13 @@ impl Tracker {
     /// (at most `max_sockets` of them; more are counted as evicted).
     pub fn follow_timewait(mut self) -> Self {
         self.timewaits = Some(HashMap::new());
+        self
+    }
+
+    /// Also pass on each connection's opening ([`Self::take_opened`]),
+    /// for a consumer that counts them.
+    pub fn with_openings(mut self) -> Self {
+        self.opened = Some(Vec::new());
         self
     }
 
@@ -83,7 +93,7 @@ impl Tracker {
 
     /// Connections whose opening was seen since the last call.
     pub fn take_opened(&mut self) -> Vec<ConnId> {
-        std::mem::take(&mut self.opened)
+        self.opened.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// TIME_WAIT sockets followed from now on (each will have an end):
@@ -147,12 +157,19 @@ impl Tracker {
         }
     }
 
+    pub(super) fn note_opened(&mut self, ids: impl IntoIterator<Item = ConnId>) {
+        if let Some(opened) = &mut self.opened {
+            opened.extend(ids);
+        }
+    }
+
     /// Passes on a connection's opening, once its owner is known or (with
     /// `now`) with whatever is known: its record is about to be written.
     fn pass_opened(&mut self, conn: &mut Conn, now: bool) {
         if conn.opened_pending && (now || conn.owner_known) {
             conn.opened_pending = false;
-            self.opened.push(conn.id());
+            let id = conn.id();
+            self.note_opened([id]);
         }
     }
 
@@ -178,7 +195,7 @@ impl Tracker {
                 ids.push(conn.id());
             }
         });
-        self.opened.extend(ids);
+        self.note_opened(ids);
     }
 
     /// `owner` holds the socket (found in its file table): it is the
@@ -193,7 +210,7 @@ impl Tracker {
             conn.opened_pending = false;
             conn.id()
         });
-        self.opened.extend(opened);
+        self.note_opened(opened);
     }
 
     /// Ends a lifecycle: the record is ready and the socket forgotten.
@@ -368,7 +385,7 @@ impl Tracker {
             _ if conn.closed_by.is_none() => conn.closed_by = closer_implied_by(old),
             _ => {}
         }
-        self.opened.extend(opened);
+        self.note_opened(opened);
         if new == Close {
             self.closed(r.cookie, old, now, r.peer_fin);
         }

@@ -42,7 +42,7 @@ impl Tracker {
                     conn.opened_pending = false;
                     conn.id()
                 });
-                self.opened.extend(opened);
+                self.note_opened(opened);
                 continue;
             }
             let mut times = StateTimes::default();

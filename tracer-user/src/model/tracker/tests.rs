@@ -17,7 +17,7 @@ fn owner(pid: u32, name: &str) -> Option<Owner> {
 }
 
 fn tracker() -> Tracker {
-    Tracker::new(NonZeroUsize::new(1000).unwrap())
+    Tracker::new(NonZeroUsize::new(1000).unwrap()).with_openings()
 }
 
 fn feed(t: &mut Tracker, records: &[Record]) {
@@ -1094,4 +1094,28 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn openings_are_kept_only_for_a_consumer_that_asked() {
+    // `watch` takes records and never openings: they must not pile up.
+    let mut t = Tracker::new(NonZeroUsize::new(1000).unwrap());
+    for cookie in 1..=100 {
+        let c = Sock::client(cookie);
+        feed(&mut t, &client_open(&c));
+        feed(
+            &mut t,
+            &[
+                c.step(10, Established, FinWait1),
+                c.unowned_step(11, FinWait1, FinWait2),
+                c.unowned_step(12, FinWait2, Close),
+            ],
+        );
+    }
+    assert!(t.opened.is_none());
+    assert!(t.take_opened().is_empty());
+    let mut asked = tracker();
+    let c = Sock::client(1);
+    feed(&mut asked, &client_open(&c));
+    assert_eq!(asked.take_opened().len(), 1);
 }
