@@ -23,6 +23,7 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             trace: trace(&a.trace, None, a.transitions)?,
             transitions: a.transitions,
             format: a.format,
+            replace_output: force(a.force, a.output.is_some())?,
             output: a.output,
         }),
         Flags::Report(a) => Command::Report(Report {
@@ -30,6 +31,7 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             trace: trace(&a.trace, None, false)?,
             format: a.format,
             top: a.top,
+            replace_output: force(a.force, a.output.is_some())?,
             output: a.output,
             max_groups: a.analysis.max_groups,
         }),
@@ -79,6 +81,17 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             })
         }
     })
+}
+
+/// `--force` says what may happen to the `--output` file; alone it would
+/// do nothing, which is more likely a mistake than a wish.
+fn force(force: bool, output: bool) -> Result<bool, UsageError> {
+    if force && !output {
+        return Err(UsageError(
+            "--force: only with --output (it lets --output replace an existing file)".into(),
+        ));
+    }
+    Ok(force)
 }
 
 fn family(ipv4: bool, ipv6: bool) -> FamilyFilter {
@@ -169,6 +182,23 @@ mod tests {
         };
         assert_eq!(r.duration, REPORT_DURATION);
         assert_eq!(r.max_groups, 500);
+    }
+
+    #[test]
+    fn force_goes_with_output() {
+        assert!(!watch(&["--output", "f"]).replace_output);
+        assert!(watch(&["--output", "f", "--force"]).replace_output);
+        let Command::Report(r) = settings(&["report", "--force", "--output", "f"]).unwrap() else {
+            panic!()
+        };
+        assert!(r.replace_output);
+        for command in ["watch", "report"] {
+            let err = settings(&[command, "--force"]).unwrap_err().0;
+            assert!(
+                err.starts_with("--force:") && err.contains("--output"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -109,11 +109,18 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
-    /// Write the records to this file (created, or truncated) instead of
-    /// stdout. If it cannot be written (disk full), tracing stops: the
+    /// Write the records to this file instead of stdout: a new file, made
+    /// readable by its owner only, unless --force. A symbolic link is
+    /// refused. If it cannot be written (disk full), tracing stops: the
     /// error and the summary go to stderr, and the exit code is 1.
     #[arg(long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
+
+    /// Let --output replace an existing file (a regular file of yours with
+    /// no other hard link; its mode is kept). It is emptied only once
+    /// tracing has started: a run that fails to start leaves it as it was.
+    #[arg(long)]
+    pub force: bool,
 
     #[command(flatten)]
     pub trace: TraceArgs,
@@ -134,9 +141,17 @@ pub struct ReportArgs {
     )]
     pub top: usize,
 
-    /// Write the report to this file (created, or truncated) instead of stdout.
+    /// Write the report to this file instead of stdout: a new file, made
+    /// readable by its owner only, unless --force. A symbolic link is
+    /// refused.
     #[arg(long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
+
+    /// Let --output replace an existing file (a regular file of yours with
+    /// no other hard link; its mode is kept). It is emptied only when the
+    /// report is written: a run that fails leaves it as it was.
+    #[arg(long)]
+    pub force: bool,
 
     #[command(flatten)]
     pub analysis: AnalysisArgs,

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use super::{Driver, Wake, open_output, output_result};
+use super::{Driver, Output, Wake, output_result};
 use crate::{
     output::report::{Report, other, rank},
     session::Host as _,
@@ -21,7 +21,8 @@ use crate::{
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(s: settings::Report) -> anyhow::Result<()> {
-    let (writer, name) = open_output(s.output.as_deref())?;
+    let output = Output::open(s.output.as_deref(), s.replace_output)?;
+    let name = output.name();
     let mut driver = Driver::new(Some(s.duration), LOOK_EVERY)?;
     let mut analysis = Analysis::start(&s.trace, s.max_groups, Judging::whole_run())?;
     loop {
@@ -49,8 +50,12 @@ pub async fn run(s: settings::Report) -> anyhow::Result<()> {
         folded: analysis.agg.folded(),
         top: s.top,
     };
-    let mut out = BufWriter::new(writer);
-    let written = report.write(s.format, &mut out).and_then(|()| out.flush());
+    // A file being replaced is emptied only now, with the report ready: a
+    // run that fails on the way leaves the previous one in place.
+    let written = output.begin().map(|writer| {
+        let mut out = BufWriter::new(writer);
+        report.write(s.format, &mut out).and_then(|()| out.flush())
+    });
     eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
-    output_result(&name, written)
+    output_result(&name, written?)
 }

@@ -2,58 +2,57 @@
 
 use std::{
     future::Future,
-    io::{self, BufWriter, Write},
+    io::{self, BufWriter},
 };
 
-use super::{open_output, output_result, stop_signal};
+use super::{Output, output_result, stop_signal};
 use crate::{
     bpf::{load::LoadOptions, ring::MAX_BATCH},
     model::{
         select::Selection,
         tracker::{ConnRecord, Tracker},
     },
-    output::{connections::ConnectionWriter, transitions::TransitionWriter},
+    output::{Format, connections::ConnectionWriter, transitions::TransitionWriter},
     session::{self, Counts, Host as _, LiveHost, Progress, Session, TraceOptions},
     settings::Watch,
 };
 
 pub async fn run(settings: Watch) -> anyhow::Result<()> {
-    let (writer, name) = open_output(settings.output.as_deref())?;
+    let output = Output::open(settings.output.as_deref(), settings.replace_output)?;
+    let name = output.name();
     let stop = stop_signal(settings.duration)?;
-    let out = BufWriter::new(writer);
     let result = if settings.transitions {
         transitions(
             &settings.trace.load,
             &settings.trace.selection,
             stop,
-            TransitionWriter::new(out, settings.format),
+            output,
+            settings.format,
         )
         .await
     } else {
-        connections(
-            &settings.trace,
-            stop,
-            ConnectionWriter::new(out, settings.format),
-        )
-        .await
+        connections(&settings.trace, stop, output, settings.format).await
     };
     output_result(&name, result?)
 }
 
 /// `--transitions`: every record straight to the output.
 /// Returns the output's own outcome apart, for `output_result` to judge.
-async fn transitions<W: Write>(
+async fn transitions(
     options: &LoadOptions,
     selection: &Selection,
     stop: impl Future<Output = ()>,
-    mut out: TransitionWriter<W>,
+    output: Output,
+    format: Format,
 ) -> anyhow::Result<io::Result<()>> {
     let mut host = LiveHost::start(options, false)?;
+    // Attached: only now may a file being replaced be emptied.
+    let mut out = TransitionWriter::new(BufWriter::new(output.begin()?), format);
     super::warn(host.take_warnings());
     eprintln!("tcplinger: tracing TCP state changes; Ctrl-C to stop");
     let mut counts = Counts::default();
     // Passes the waiting records to the output; the first write error ends it.
-    let drain = |host: &mut LiveHost, out: &mut TransitionWriter<W>, counts: &mut Counts| {
+    let drain = |host: &mut LiveHost, out: &mut TransitionWriter<_>, counts: &mut Counts| {
         let clock = host.wall_clock();
         let mut written = Ok(());
         let n = session::drain(host, counts, |r| {
@@ -102,13 +101,16 @@ async fn transitions<W: Write>(
 
 /// Default mode: one record per completed connection lifecycle, and the
 /// sockets still lingering at exit.
-async fn connections<W: Write>(
+async fn connections(
     trace: &TraceOptions,
     stop: impl Future<Output = ()>,
-    mut out: ConnectionWriter<W>,
+    output: Output,
+    format: Format,
 ) -> anyhow::Result<io::Result<()>> {
     let tracker = Tracker::new(trace.max_sockets);
     let mut session = Session::start(&trace.load, tracker, false)?;
+    // Attached: only now may a file being replaced be emptied.
+    let mut out = ConnectionWriter::new(BufWriter::new(output.begin()?), format);
     let selection = &trace.selection;
     let wanted = |r: &ConnRecord| selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr);
     let result = async {

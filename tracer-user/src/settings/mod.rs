@@ -55,6 +55,8 @@ pub struct Watch {
     pub transitions: bool,
     pub format: Format,
     pub output: Option<PathBuf>,
+    /// `--force`: an existing `output` file may be replaced.
+    pub replace_output: bool,
 }
 
 #[derive(Debug)]
@@ -65,6 +67,8 @@ pub struct Report {
     /// Groups listed in text and Markdown.
     pub top: usize,
     pub output: Option<PathBuf>,
+    /// `--force`: an existing `output` file may be replaced.
+    pub replace_output: bool,
     pub max_groups: usize,
 }
 

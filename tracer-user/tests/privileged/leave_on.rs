@@ -19,7 +19,7 @@ fn watch_memory_stays_flat_over_two_million_connections() {
         Tcplinger::start_discarding(&["watch", "--format", "json", "--port", &port.to_string()]);
     let pid = watch.pid();
     let start = Instant::now();
-    let churn = Churn::start(port, 4, total, Duration::from_secs(900));
+    let churn = Churn::start(port, 4, total, Duration::from_mins(15));
     let mut warm = None;
     let mut peak = 0;
     while churn.running() {

@@ -574,6 +574,9 @@ fn bad_input_exits_2_with_one_line_naming_the_flag() {
         (vec!["watch", "--comm", ""], "--comm"),
         (vec!["watch", "--output", &missing_dir_file], "--output"),
         (vec!["watch", "--output", &dir_str], "--output"),
+        (vec!["watch", "--output", &dir_str, "--force"], "--output"),
+        (vec!["watch", "--force"], "--force"),
+        (vec!["report", "--force"], "--force"),
         (vec!["watch", "--transitions=yes"], "--transitions"),
         (vec!["watch", "--disable-hook", "kprobe"], "--disable-hook"),
         (vec!["watch", "--bogus"], "--bogus"),
@@ -787,6 +790,191 @@ fn a_full_disk_on_output_stops_cleanly() {
     assert!(gone, "programs left behind: {:?}", our_programs_loaded());
 }
 privileged!(a_full_disk_on_output_stops_cleanly);
+
+/// A scratch directory of this test process, emptied first.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tcplinger-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// `ln -s /etc/passwd /tmp/o; tcplinger watch --output /tmp/o` as root must
+/// not touch /etc/passwd: a link as the file named is refused, before
+/// anything is opened through it, whether or not --force is given.
+fn output_refuses_a_symlink_and_leaves_its_target_intact() {
+    require_root();
+    let dir = scratch("output-link");
+    let target = dir.join("precious");
+    std::fs::write(&target, "precious\n").unwrap();
+    let link = dir.join("o");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let link_arg = link.to_str().unwrap();
+    for args in [
+        &["watch", "--output", link_arg, "--duration", "1s"][..],
+        &["watch", "--output", link_arg, "--force", "--duration", "1s"],
+        &[
+            "report",
+            "--output",
+            link_arg,
+            "--force",
+            "--duration",
+            "1s",
+        ],
+    ] {
+        let out = tcplinger(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = one_line_error(&out);
+        assert!(
+            line.contains(&format!("--output {link_arg}")) && line.contains("symbolic link"),
+            "{args:?}: {line}"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+    }
+    // A dangling link does not create its target either.
+    let nowhere = dir.join("nowhere");
+    let dangling = dir.join("dangling");
+    std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+    let out = tcplinger(&[
+        "watch",
+        "--output",
+        dangling.to_str().unwrap(),
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line_error(&out).contains("--output"));
+    assert!(!nowhere.exists(), "created the link's target");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+privileged!(output_refuses_a_symlink_and_leaves_its_target_intact);
+
+/// An existing file is replaced only with --force, and only once tracing
+/// has started: a run that fails to start leaves it as it was.
+fn output_replaces_an_existing_file_only_when_forced_and_tracing() {
+    use std::os::unix::fs::PermissionsExt as _;
+    require_root();
+    let dir = scratch("output-existing");
+    let file = dir.join("records.txt");
+    std::fs::write(&file, "precious\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let path = file.to_str().unwrap();
+    let port = loopback_port().to_string();
+    // Without --force: refused, saying how.
+    for command in ["watch", "report"] {
+        let out = tcplinger(&[command, "--output", path, "--duration", "1s"]);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        let line = one_line_error(&out);
+        assert!(
+            line.contains(&format!("--output {path}")) && line.contains("--force"),
+            "{command}: {line}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious\n");
+    }
+    // With --force, but the programs cannot be attached: untouched.
+    for command in ["watch", "report"] {
+        let out = tcplinger(&[
+            command,
+            "--output",
+            path,
+            "--force",
+            "--duration",
+            "1s",
+            "--disable-hook",
+            "inet_sock_set_state",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        assert!(one_line_error(&out).contains("inet_sock_set_state"));
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "precious\n",
+            "{command} truncated the file before tracing"
+        );
+    }
+    // With --force and a run that traces: replaced, its mode left alone.
+    let out = tcplinger(&[
+        "watch",
+        "--output",
+        path,
+        "--force",
+        "--port",
+        &port,
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(written.starts_with("TIME(UTC)"), "{written:?}");
+    assert!(!written.contains("precious"), "{written:?}");
+    assert_eq!(mode_of(&file), 0o640);
+    // Someone else's file, or one with another name (a hard link), is
+    // refused even with --force.
+    let other = dir.join("other");
+    std::fs::hard_link(&file, &other).unwrap();
+    let out = tcplinger(&["watch", "--output", path, "--force", "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line_error(&out).contains("hard link"));
+    std::fs::remove_file(&other).unwrap();
+    std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+    let out = tcplinger(&["watch", "--output", path, "--force", "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line_error(&out).contains("owned by"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+privileged!(output_replaces_an_existing_file_only_when_forced_and_tracing);
+
+/// A new output file is readable by its owner only, whatever the umask
+/// lets through (the records name processes and their peers); a run that
+/// fails to start does not leave it behind.
+fn output_creates_a_new_file_readable_by_root_only() {
+    require_root();
+    let dir = scratch("output-new");
+    let file = dir.join("records.json");
+    let path = file.to_str().unwrap();
+    let port = loopback_port().to_string();
+    let run = |extra: &[&str]| {
+        // The usual umask 022, which File::create would turn into 0644.
+        Command::new("sh")
+            .args(["-c", "umask 022 && exec \"$@\"", "sh"])
+            .arg(env!("CARGO_BIN_EXE_tcplinger"))
+            .args(["watch", "--output", path, "--duration", "1s"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--disable-hook", "inet_sock_set_state"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!file.exists(), "a run that did not start left its file");
+    let out = run(&["--port", &port, "--format", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode_of(&file), 0o600);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+privileged!(output_creates_a_new_file_readable_by_root_only);
 
 // ---- selection ----
 
