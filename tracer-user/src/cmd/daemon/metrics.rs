@@ -34,6 +34,51 @@ const LIFETIME_BUCKETS: [f64; 16] = [
     86400.0,
 ];
 
+/// Process names with series of their own (the `comm` label).
+pub const COMMS_KEPT: usize = 200;
+
+/// Containers (a `container_id` and `pod_uid` pair) with series of their
+/// own: above the pods a node runs at once (the kubelet's default cap is
+/// 110), with room for the ones replaced within [`STALE_NS`].
+pub const CONTAINERS_KEPT: usize = 256;
+
+/// The labels whose values come and go with the workload, each with a
+/// budget of values that get series of their own. Pids are not among them:
+/// no metric has a pid label (a series per short-lived process); the
+/// findings in the log name the pids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budgeted {
+    /// `comm`, [`COMMS_KEPT`] values.
+    Comm = 0,
+    /// `remote_addr` and `port` together, `--max-endpoints` values.
+    Endpoint = 1,
+    /// `container_id` and `pod_uid` together, [`CONTAINERS_KEPT`] values.
+    Container = 2,
+}
+
+impl Budgeted {
+    const ALL: [Self; 3] = [Self::Comm, Self::Endpoint, Self::Container];
+
+    /// Its value of the `label` label of `tcplinger_connections_folded_total`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Comm => "comm",
+            Self::Endpoint => "endpoint",
+            Self::Container => "container",
+        }
+    }
+}
+
+/// The budget key of an endpoint: its two labels as one value.
+fn endpoint_key(addr: &str, port: &str) -> String {
+    format!("{addr}:{port}")
+}
+
+/// The budget key of a container: its two labels as one value.
+fn container_key(container_id: &str, pod_uid: &str) -> String {
+    format!("{container_id}/{pod_uid}")
+}
+
 /// Gives label values their own series, the first `limit` values seen;
 /// later ones share `other`. A slot stays while its value is in use: a
 /// counter's increments must never move between series while it lives.
@@ -57,16 +102,27 @@ impl LabelBudget {
         }
     }
 
+    /// `value` if it has (or now gets) a slot, else `other`.
     pub fn label(&mut self, value: &str) -> String {
+        if self.admit(value) {
+            value.to_string()
+        } else {
+            OTHER.to_string()
+        }
+    }
+
+    /// Whether `value` has a slot, giving it one if one is free; either way
+    /// it is in use now.
+    fn admit(&mut self, value: &str) -> bool {
         if let Some(used) = self.admitted.get_mut(value) {
             *used = self.now_ns;
-            return value.to_string();
+            return true;
         }
         if self.admitted.len() >= self.limit {
-            return OTHER.to_string();
+            return false;
         }
         self.admitted.insert(value.to_string(), self.now_ns);
-        value.to_string()
+        true
     }
 
     /// Values from now on are used at `now_ns`.
@@ -147,6 +203,13 @@ pub struct Metrics {
     /// Remote endpoints (address and service port) with their own series.
     endpoints: LabelBudget,
     comms: LabelBudget,
+    containers: LabelBudget,
+    /// Closes counted under `other`, by the budget that was full
+    /// (indexed by [`Budgeted`]).
+    folded_by: [IntCounter; 3],
+    /// Boot ns of the last [`Self::note_uses`]: handles unused since are
+    /// not walked again.
+    noted_ns: u64,
     /// Followed TIME_WAIT sockets now, by owner.
     time_wait_followed: HashMap<GaugeKey, i64>,
     conn_cache: foldhash::HashMap<ConnKey, ConnSeries>,
@@ -155,6 +218,11 @@ pub struct Metrics {
     /// The series of a key whose container is not known yet.
     uncached: Option<ConnSeries>,
     linger_cache: foldhash::HashMap<(Option<Comm>, Role), LingerSeries>,
+}
+
+/// A process name as its label value (empty when no process was seen).
+fn comm_name(comm: Option<Comm>) -> String {
+    comm.map_or_else(String::new, |c| c.to_string())
 }
 
 /// A count as an integer gauge's value (saturating; no count comes near).
@@ -183,6 +251,12 @@ impl GaugeKey {
 /// starts over (a bound for hosts talking to very many endpoints).
 const SERIES_CACHE: usize = 16_384;
 
+/// (process name, role) keys whose histogram handles are kept. The key is
+/// the raw name, so names beyond [`COMMS_KEPT`] (folded into one `other`
+/// series) would each add an entry; beyond this the cache starts over.
+/// Every name with a slot fits, in each role, with room to spare.
+const LINGER_CACHE: usize = 4 * (COMMS_KEPT + 1);
+
 /// What a connection's series are told apart by, before labels are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ConnKey {
@@ -210,6 +284,9 @@ impl ConnKey {
 /// A connection key's labels and the counters made from them so far.
 struct ConnSeries {
     labels: [String; 6],
+    /// The budgets that were full when the labels were made (indexed by
+    /// [`Budgeted`]): its closes are counted as folded.
+    folded: [bool; 3],
     /// Last increment (boot ns): keeps its label values' slots.
     used_ns: u64,
     opened: Option<IntCounter>,
@@ -220,6 +297,8 @@ struct ConnSeries {
 struct LingerSeries {
     /// Last observation (boot ns): keeps its comm's slot.
     used_ns: u64,
+    /// Its comm is counted under `other`: the comm budget was full.
+    folded: bool,
     lifetime: Histogram,
     fin_wait2: Histogram,
     close_wait: Histogram,
@@ -275,8 +354,9 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 
 impl Metrics {
     /// `max_endpoints` bounds the remote endpoints (address and service
-    /// port) with series of their own; process names and pids get budgets
-    /// of their own.
+    /// port) with series of their own; process names and containers have
+    /// fixed budgets ([`COMMS_KEPT`], [`CONTAINERS_KEPT`]); pids are never
+    /// labels.
     #[expect(
         clippy::too_many_lines,
         reason = "one registration per series, read as a list"
@@ -394,6 +474,15 @@ impl Metrics {
                 "tcplinger_groups_folded_total",
                 "Events of process/endpoint groups beyond --max-groups, folded into one.",
             ),
+            folded_by: {
+                let v = counter_vec(
+                    &r,
+                    "tcplinger_connections_folded_total",
+                    "Closes counted under the label value \"other\" because that label's budget was full (comm, endpoint or container).",
+                    &["label"],
+                );
+                Budgeted::ALL.map(|b| v.with_label_values(&[b.name()]))
+            },
             tracked: gauge(
                 &r,
                 "tcplinger_tracked_sockets",
@@ -418,7 +507,9 @@ impl Metrics {
             last: Last::default(),
             ring_peaks: std::collections::VecDeque::new(),
             endpoints: LabelBudget::new(max_endpoints),
-            comms: LabelBudget::new(200),
+            comms: LabelBudget::new(COMMS_KEPT),
+            containers: LabelBudget::new(CONTAINERS_KEPT),
+            noted_ns: 0,
             time_wait_followed: HashMap::new(),
             conn_cache: foldhash::HashMap::default(),
             now_ns: 0,
@@ -427,33 +518,64 @@ impl Metrics {
         }
     }
 
-    fn conn_labels(&mut self, id: &ConnId, container: Option<&Container>) -> [String; 6] {
+    /// A connection's labels, each budget asked once; and which budgets
+    /// were full (indexed by [`Budgeted`]).
+    fn conn_labels(
+        &mut self,
+        id: &ConnId,
+        container: Option<&Container>,
+    ) -> ([String; 6], [bool; 3]) {
         let key = GroupKey::of(id);
         // A server's clients are many: its series are per listening port.
         let peer = key.peer.map_or_else(|| "*".to_string(), |p| p.to_string());
-        let endpoint = format!("{peer}:{}", key.port);
-        let (addr, port) = if self.endpoints.label(&endpoint) == OTHER {
+        let port = key.port.to_string();
+        let endpoint_folded = !self.endpoints.admit(&endpoint_key(&peer, &port));
+        let (addr, port) = if endpoint_folded {
             (OTHER.to_string(), OTHER.to_string())
         } else {
-            (peer, key.port.to_string())
+            (peer, port)
         };
-        [
-            self.comm_label(id.owner.map(|o| o.comm)),
-            key.role.name().to_string(),
-            addr,
-            port,
-            container
-                .and_then(|c| c.container_id.clone())
-                .unwrap_or_default(),
-            container
-                .and_then(|c| c.pod_uid.clone())
-                .unwrap_or_default(),
-        ]
+        let comm = self.comm_label(id.owner.map(|o| o.comm));
+        let comm_folded = comm == OTHER;
+        let ([container_id, pod_uid], container_folded) = self.container_labels(container);
+        (
+            [
+                comm,
+                key.role.name().to_string(),
+                addr,
+                port,
+                container_id,
+                pod_uid,
+            ],
+            [comm_folded, endpoint_folded, container_folded],
+        )
     }
 
     fn comm_label(&mut self, comm: Option<Comm>) -> String {
-        self.comms
-            .label(&comm.map_or_else(String::new, |c| c.to_string()))
+        self.comms.label(&comm_name(comm))
+    }
+
+    /// The `container_id` and `pod_uid` labels of an owner's container,
+    /// within the container budget; whether that budget was full. An owner
+    /// outside containers has empty labels, one value for all, unbudgeted.
+    fn container_labels(&mut self, container: Option<&Container>) -> ([String; 2], bool) {
+        let container_id = container
+            .and_then(|c| c.container_id.clone())
+            .unwrap_or_default();
+        let pod_uid = container
+            .and_then(|c| c.pod_uid.clone())
+            .unwrap_or_default();
+        if container_id.is_empty() && pod_uid.is_empty() {
+            return ([container_id, pod_uid], false);
+        }
+        if self
+            .containers
+            .admit(&container_key(&container_id, &pod_uid))
+        {
+            ([container_id, pod_uid], false)
+        } else {
+            ([OTHER.to_string(), OTHER.to_string()], true)
+        }
     }
 
     /// The series of a connection's key, resolved on first use: label
@@ -467,14 +589,18 @@ impl Metrics {
         let key = ConnKey::of(id);
         if !self.conn_cache.contains_key(&key) {
             if self.conn_cache.len() >= SERIES_CACHE {
-                // The series stay registered; only their handles are dropped.
+                // The series stay registered; only their handles are
+                // dropped, their uses noted first so no slot in use looks
+                // stale.
+                self.note_uses();
                 self.conn_cache.clear();
             }
             let cgroup_id = key.cgroup_id;
             let found = (cgroup_id != 0).then(|| container(cgroup_id)).flatten();
-            let labels = self.conn_labels(id, found.as_ref());
+            let (labels, folded) = self.conn_labels(id, found.as_ref());
             let series = ConnSeries {
                 labels,
+                folded,
                 used_ns: self.now_ns,
                 opened: None,
                 closed: Default::default(),
@@ -493,10 +619,16 @@ impl Metrics {
     fn linger_series(&mut self, id: &ConnId) -> &mut LingerSeries {
         let key = (id.owner.map(|o| o.comm), id.role);
         if !self.linger_cache.contains_key(&key) {
+            if self.linger_cache.len() >= LINGER_CACHE {
+                // As for the connection series: handles dropped, series kept.
+                self.note_uses();
+                self.linger_cache.clear();
+            }
             let labels = [self.comm_label(key.0), id.role.name().to_string()];
             let child = |h: &HistogramVec| h.with_label_values(&labels);
             let series = LingerSeries {
                 used_ns: self.now_ns,
+                folded: labels[0] == OTHER,
                 lifetime: child(&self.lifetime),
                 fin_wait2: child(&self.fin_wait2),
                 close_wait: child(&self.close_wait),
@@ -541,6 +673,12 @@ impl Metrics {
                 closed.with_label_values(&[comm, role, r.closed_by.name(), addr, port, cid, pod])
             })
             .inc();
+        let folded = series.folded;
+        for (budget, counter) in folded.iter().zip(&self.folded_by) {
+            if *budget {
+                counter.inc();
+            }
+        }
         let seconds = |ns: u64| ns as f64 / 1e9;
         let lingers = self.linger_series(&id);
         if r.opened_seen {
@@ -595,21 +733,17 @@ impl Metrics {
         for (&owner, &n) in &self.time_wait_followed {
             *by_owner.entry((owner, TcpState::TimeWait)).or_default() += n;
         }
+        // Owners beyond a budget add up under `other`: gauges are redrawn
+        // each time, so nothing needs counting as folded.
         let mut counts: HashMap<[String; 4], i64> = HashMap::new();
         for ((owner, state), n) in by_owner {
             let container = container(owner.cgroup_id);
+            let ([container_id, pod_uid], _) = self.container_labels(container.as_ref());
             let labels = [
-                self.comms
-                    .label(&owner.comm.map_or_else(String::new, |c| c.to_string())),
+                self.comm_label(owner.comm),
                 state.name().to_string(),
-                container
-                    .as_ref()
-                    .and_then(|c| c.container_id.clone())
-                    .unwrap_or_default(),
-                container
-                    .as_ref()
-                    .and_then(|c| c.pod_uid.clone())
-                    .unwrap_or_default(),
+                container_id,
+                pod_uid,
             ];
             *counts.entry(labels).or_default() += n;
         }
@@ -638,39 +772,70 @@ impl Metrics {
         self.now_ns = now_ns;
         self.comms.at(now_ns);
         self.endpoints.at(now_ns);
+        self.containers.at(now_ns);
     }
 
-    /// Gives back the label slots of process names and endpoints unused for
-    /// [`STALE_NS`] (processes that exited, peers no longer talked to) and
-    /// deletes their series, so new ones get series of their own.
+    /// Tells the budgets when the values of cached handles were last used:
+    /// an increment through a cached handle does not ask its budget.
+    fn note_uses(&mut self) {
+        let since = self.noted_ns;
+        for s in self.conn_cache.values().chain(self.uncached.as_ref()) {
+            if s.used_ns < since {
+                // Noted already, at a previous call.
+                continue;
+            }
+            let [comm, _, addr, port, container_id, pod_uid] = &s.labels;
+            let [comm_folded, endpoint_folded, container_folded] = s.folded;
+            if !comm_folded {
+                self.comms.touch(comm, s.used_ns);
+            }
+            if !endpoint_folded {
+                self.endpoints.touch(&endpoint_key(addr, port), s.used_ns);
+            }
+            let in_container = !container_id.is_empty() || !pod_uid.is_empty();
+            if in_container && !container_folded {
+                self.containers
+                    .touch(&container_key(container_id, pod_uid), s.used_ns);
+            }
+        }
+        for ((comm, _), s) in &self.linger_cache {
+            if s.used_ns >= since && !s.folded {
+                self.comms.touch(&comm_name(*comm), s.used_ns);
+            }
+        }
+        self.noted_ns = self.now_ns;
+    }
+
+    /// Gives back the label slots of process names, endpoints and
+    /// containers unused for [`STALE_NS`] (processes that exited, peers no
+    /// longer talked to, containers removed) and deletes their series, so
+    /// new ones get series of their own.
     pub fn release_stale(&mut self) {
-        // Slots in use through cached handles are refreshed first: a
-        // cached series does not ask its budget at each increment.
-        let now = self.now_ns;
-        for series in self.conn_cache.values() {
-            let [comm, _, addr, port, ..] = &series.labels;
-            self.comms.touch(comm, series.used_ns);
-            self.endpoints
-                .touch(&format!("{addr}:{port}"), series.used_ns);
-        }
-        for ((comm, _), series) in &self.linger_cache {
-            let name = comm.map_or_else(String::new, |c| c.to_string());
-            self.comms.touch(&name, series.used_ns);
-        }
+        self.note_uses();
         let comms = self.comms.release_stale(STALE_NS);
         let endpoints = self.endpoints.release_stale(STALE_NS);
-        if comms.is_empty() && endpoints.is_empty() {
+        let containers = self.containers.release_stale(STALE_NS);
+        if comms.is_empty() && endpoints.is_empty() && containers.is_empty() {
             return;
         }
+        // Handles of the series about to go: a later use makes them anew
+        // (a handle used since holds its values' slots, so it stays).
+        // Handles folded into `other` go too: asked again, their values
+        // may get the slots just freed.
+        let now = self.now_ns;
         self.conn_cache
-            .retain(|_, s| now.saturating_sub(s.used_ns) <= STALE_NS);
+            .retain(|_, s| now.saturating_sub(s.used_ns) <= STALE_NS && !s.folded.contains(&true));
         self.uncached = None;
         self.linger_cache
-            .retain(|_, s| now.saturating_sub(s.used_ns) <= STALE_NS);
+            .retain(|_, s| now.saturating_sub(s.used_ns) <= STALE_NS && !s.folded);
         let stale = |labels: &HashMap<&str, &str>| {
             labels.get("comm").is_some_and(|c| comms.contains(*c))
                 || match (labels.get("remote_addr"), labels.get("port")) {
-                    (Some(a), Some(p)) => endpoints.contains(&format!("{a}:{p}")),
+                    (Some(a), Some(p)) => endpoints.contains(&endpoint_key(a, p)),
+                    _ => false,
+                }
+                || match (labels.get("container_id"), labels.get("pod_uid")) {
+                    (Some(c), Some(p)) => containers.contains(&container_key(c, p)),
                     _ => false,
                 }
         };
@@ -684,7 +849,8 @@ impl Metrics {
                 if !stale(&labels) {
                     continue;
                 }
-                // Deleting a series that is not there is harmless.
+                // Deleting a series that is not there is harmless. The
+                // socket gauges are redrawn from what is alive each second.
                 let _ = match family.name() {
                     "tcplinger_connections_opened_total" => self.opened.remove(&labels),
                     "tcplinger_connections_closed_total" => self.closed.remove(&labels),

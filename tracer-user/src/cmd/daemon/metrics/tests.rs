@@ -1,6 +1,9 @@
 //! The metrics' unit tests: what each family exports, and every label budget under churn.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use super::*;
 use crate::{
@@ -325,5 +328,317 @@ fn container_labels_appear_when_known() {
     assert!(
         text.contains(r#"tcplinger_connections_opened_total{comm="curl",container_id="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 1"#),
         "{text}"
+    );
+}
+
+/// The exposition's series, counted as the soak counts them: every line
+/// that is not a comment (each histogram bucket is one).
+fn series_lines(text: &str) -> usize {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count()
+}
+
+/// The value of `label` in a series line, if it has that label.
+fn label_of<'a>(line: &'a str, label: &str) -> Option<&'a str> {
+    let labels = &line[line.find('{')? + 1..line.rfind('}')?];
+    labels.split(',').find_map(|pair| {
+        pair.strip_prefix(label)?
+            .strip_prefix("=\"")?
+            .strip_suffix('"')
+    })
+}
+
+/// The series lines of `metric` (not its namesakes with a suffix).
+fn lines_of<'a>(text: &'a str, metric: &str) -> impl Iterator<Item = &'a str> {
+    let prefix = format!("{metric}{{");
+    text.lines().filter(move |l| l.starts_with(&prefix))
+}
+
+/// The distinct values `label` takes among the series of `metric`.
+fn values_of(text: &str, metric: &str, label: &str) -> HashSet<String> {
+    lines_of(text, metric)
+        .filter_map(|l| label_of(l, label).map(str::to_string))
+        .collect()
+}
+
+/// The sum of the series of `metric` whose `label` is `value` (any
+/// series when `label` is `None`).
+fn sum_of(text: &str, metric: &str, label: Option<(&str, &str)>) -> u64 {
+    lines_of(text, metric)
+        .filter(|l| label.is_none_or(|(name, value)| label_of(l, name) == Some(value)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// The label a churn makes new values of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Churned {
+    Comm,
+    Endpoint,
+    Container,
+    Pid,
+}
+
+impl Churned {
+    /// The label of its series that tells two values apart.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Comm => "comm",
+            Self::Endpoint => "remote_addr",
+            Self::Container => "container_id",
+            Self::Pid => "pid",
+        }
+    }
+
+    /// Its label of `tcplinger_connections_folded_total`.
+    fn budget(self) -> Budgeted {
+        match self {
+            Self::Comm => Budgeted::Comm,
+            Self::Endpoint => Budgeted::Endpoint,
+            Self::Container | Self::Pid => Budgeted::Container,
+        }
+    }
+
+    /// The `i`-th value of its label.
+    fn value(self, i: u32) -> String {
+        let c = self.conn(i);
+        match self {
+            Self::Comm => format!("w{i}"),
+            Self::Endpoint => c.raddr.to_string(),
+            Self::Container => format!("{:064x}", c.owner.unwrap().cgroup_id),
+            Self::Pid => c.owner.unwrap().pid.to_string(),
+        }
+    }
+
+    /// A connection whose churned label takes its `i`-th value; every other
+    /// label stays the same: curl (pid 7) to 10.0.0.2:443, outside
+    /// containers.
+    fn conn(self, i: u32) -> ConnId {
+        let mut c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 443);
+        let o = c.owner.as_mut().unwrap();
+        match self {
+            Self::Comm => o.comm = Comm::new(comm(&format!("w{i}"))),
+            Self::Endpoint => c.raddr = IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + i)),
+            Self::Container => o.cgroup_id = u64::from(i) + 1,
+            Self::Pid => o.pid = 1000 + i,
+        }
+        c
+    }
+}
+
+/// The container of a cgroup id, named after it (as a pod's would be).
+#[expect(clippy::unnecessary_wraps, reason = "the shape of Host::container")]
+fn container_of(cgroup_id: u64) -> Option<Container> {
+    Some(Container {
+        path: format!("/kubepods/pod{cgroup_id:032x}/{cgroup_id:064x}"),
+        container_id: Some(format!("{cgroup_id:064x}")),
+        pod_uid: Some(format!("{cgroup_id:032x}")),
+    })
+}
+
+/// One minute, in boot ns.
+const MINUTE: u64 = 60_000_000_000;
+
+/// One connection of value `i`, opened and closed (FIN_WAIT2 then
+/// TIME_WAIT, so the linger histograms see it too).
+fn connect(m: &mut Metrics, what: Churned, i: u32) {
+    let c = what.conn(i);
+    m.on_opened(&c, &mut container_of);
+    m.on_record(&record(c, ClosedBy::Local, 10, Some(1)), &mut container_of);
+}
+
+/// The closes and the FIN_WAIT2 lingers in the exposition.
+fn totals(text: &str) -> (u64, u64) {
+    (
+        sum_of(text, "tcplinger_connections_closed_total", None),
+        sum_of(text, "tcplinger_fin_wait2_seconds_count", None),
+    )
+}
+
+/// Every close fed is in some series (and its linger), and those under
+/// `other` are the folded ones, to the unit.
+fn check_accounts(text: &str, what: Churned, before: (u64, u64), fed: u64) {
+    let closed = "tcplinger_connections_closed_total";
+    let (closes, lingers) = totals(text);
+    assert_eq!(closes, before.0 + fed, "a close went missing");
+    assert_eq!(lingers, before.1 + fed, "a linger went missing");
+    if what != Churned::Pid {
+        assert_eq!(
+            sum_of(text, closed, Some((what.label(), OTHER))),
+            sum_of(
+                text,
+                "tcplinger_connections_folded_total",
+                Some(("label", what.budget().name()))
+            ),
+            "the closes under other are the folded ones"
+        );
+    }
+}
+
+/// A label's budget under churn: a burst of three times the budget at
+/// once, then an hour of new values (each used for two minutes) with the
+/// stale slots released each minute, as the daemon does each second.
+fn churn(what: Churned, budget: usize) {
+    let mut m = Metrics::new(if what == Churned::Endpoint {
+        budget
+    } else {
+        1000
+    });
+    let label = what.label();
+    let closed = "tcplinger_connections_closed_total";
+    m.at(0);
+    let burst = u32::try_from(3 * budget).unwrap();
+    for i in 0..burst {
+        connect(&mut m, what, i);
+    }
+    let text = m.encode();
+    assert_eq!(
+        values_of(&text, closed, label).len(),
+        budget + 1,
+        "a value each, and other"
+    );
+    check_accounts(&text, what, (0, 0), u64::from(burst));
+    assert_eq!(
+        sum_of(&text, closed, Some((label, OTHER))),
+        2 * budget as u64,
+        "{text}"
+    );
+    let at_full = series_lines(&text);
+    // An hour, one round a minute: each round brings new values and uses
+    // the previous round's again. Twelve rounds of values (the ten minutes
+    // a slot outlives its last use, and two of use) fit the budget.
+    let per_round = u32::try_from(budget / 20).unwrap().max(1);
+    let mut previous = burst..burst;
+    let mut before = totals(&text);
+    for round in 1..=60u64 {
+        m.at(round * MINUTE);
+        let fresh = previous.end..previous.end + per_round;
+        for i in previous.clone().chain(fresh.clone()) {
+            connect(&mut m, what, i);
+        }
+        let fed = u64::from(previous.end - previous.start + per_round);
+        let text = m.encode();
+        check_accounts(&text, what, before, fed);
+        let had_series = values_of(&text, closed, label);
+        m.release_stale();
+        let text = m.encode();
+        let values = values_of(&text, closed, label);
+        for i in previous.clone().chain(fresh.clone()) {
+            assert!(
+                !had_series.contains(&what.value(i)) || values.contains(&what.value(i)),
+                "round {round}: the series of {label} {}, in use, were deleted",
+                what.value(i)
+            );
+        }
+        // What was released is gone from the exposition, by design.
+        before = totals(&text);
+        assert!(
+            values.len() <= budget + 1,
+            "round {round}: {} values of {label} for a budget of {budget}",
+            values.len()
+        );
+        assert!(
+            series_lines(&text) <= at_full,
+            "round {round}: {} series, more than the {at_full} with the budget full",
+            series_lines(&text)
+        );
+        assert!(m.linger_cache.len() <= LINGER_CACHE);
+        assert!(m.conn_cache.len() <= SERIES_CACHE);
+        previous = fresh;
+    }
+    let text = m.encode();
+    let values = values_of(&text, closed, label);
+    for i in previous {
+        assert!(
+            values.contains(&what.value(i)),
+            "the newest {label} {} has no series of its own: stale slots were not reused",
+            what.value(i)
+        );
+    }
+    for i in 0..burst {
+        assert!(
+            !values.contains(&what.value(i)),
+            "the burst's {label} {} went stale but still has series",
+            what.value(i)
+        );
+    }
+}
+
+#[test]
+fn process_name_churn_stays_within_the_comm_budget() {
+    churn(Churned::Comm, COMMS_KEPT);
+}
+
+#[test]
+fn endpoint_churn_stays_within_the_endpoint_budget() {
+    churn(Churned::Endpoint, 40);
+}
+
+#[test]
+fn container_churn_stays_within_the_container_budget() {
+    churn(Churned::Container, CONTAINERS_KEPT);
+}
+
+#[test]
+fn pid_churn_adds_no_series() {
+    let mut m = Metrics::new(1000);
+    let mut lines = None;
+    let mut before = (0, 0);
+    // An hour of a new process a second, each with one connection.
+    for round in 0..60u32 {
+        m.at(u64::from(round) * MINUTE);
+        for i in round * 60..(round + 1) * 60 {
+            connect(&mut m, Churned::Pid, i);
+        }
+        let text = m.encode();
+        check_accounts(&text, Churned::Pid, before, 60);
+        m.release_stale();
+        before = totals(&text);
+        assert!(!text.contains("pid="), "no metric is labelled by pid");
+        let now = series_lines(&text);
+        assert_eq!(*lines.get_or_insert(now), now, "round {round}");
+    }
+}
+
+#[test]
+fn handle_caches_stay_capped_under_name_churn() {
+    let mut m = Metrics::new(1000);
+    m.at(0);
+    let names = u32::try_from(SERIES_CACHE + LINGER_CACHE).unwrap();
+    for i in 0..names {
+        connect(&mut m, Churned::Comm, i);
+        assert!(m.linger_cache.len() <= LINGER_CACHE, "after {i} names");
+        assert!(m.conn_cache.len() <= SERIES_CACHE, "after {i} names");
+    }
+    let text = m.encode();
+    check_accounts(&text, Churned::Comm, (0, 0), u64::from(names));
+    assert_eq!(
+        sum_of(
+            &text,
+            "tcplinger_connections_closed_total",
+            Some(("comm", OTHER))
+        ),
+        u64::from(names) - COMMS_KEPT as u64
+    );
+}
+
+#[test]
+fn socket_gauges_add_containers_beyond_the_budget_under_other() {
+    let mut m = Metrics::new(10);
+    let n = u32::try_from(2 * CONTAINERS_KEPT).unwrap();
+    let live: Vec<(ConnId, TcpState)> = (0..n)
+        .map(|i| (Churned::Container.conn(i), TcpState::Established))
+        .collect();
+    m.set_sockets(live, container_of);
+    let text = m.encode();
+    assert_eq!(
+        values_of(&text, "tcplinger_sockets", "container_id").len(),
+        CONTAINERS_KEPT + 1
+    );
+    assert_eq!(sum_of(&text, "tcplinger_sockets", None), u64::from(n));
+    assert_eq!(
+        sum_of(&text, "tcplinger_sockets", Some(("container_id", OTHER))),
+        u64::from(n) - CONTAINERS_KEPT as u64
     );
 }
