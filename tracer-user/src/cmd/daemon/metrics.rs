@@ -37,6 +37,12 @@ const LIFETIME_BUCKETS: [f64; 16] = [
 /// Process names with series of their own (the `comm` label).
 pub const COMMS_KEPT: usize = 200;
 
+/// (process name, role) pairs with linger histograms of their own. Each
+/// pair costs 95 series (five histograms of 16 buckets, `+Inf`, sum and
+/// count), so fewer than the names the counters keep: the histograms of
+/// the busiest programs, the rest under `comm="other"`.
+pub const LINGERS_KEPT: usize = 64;
+
 /// Containers (a `container_id` and `pod_uid` pair) with series of their
 /// own: above the pods a node runs at once (the kubelet's default cap is
 /// 110), with room for the ones replaced within [`STALE_NS`].
@@ -54,10 +60,12 @@ pub enum Budgeted {
     Endpoint = 1,
     /// `container_id` and `pod_uid` together, [`CONTAINERS_KEPT`] values.
     Container = 2,
+    /// `comm` and `role` of the linger histograms, [`LINGERS_KEPT`] pairs.
+    Linger = 3,
 }
 
 impl Budgeted {
-    const ALL: [Self; 3] = [Self::Comm, Self::Endpoint, Self::Container];
+    const ALL: [Self; 4] = [Self::Comm, Self::Endpoint, Self::Container, Self::Linger];
 
     /// Its value of the `label` label of `tcplinger_connections_folded_total`.
     pub const fn name(self) -> &'static str {
@@ -65,6 +73,7 @@ impl Budgeted {
             Self::Comm => "comm",
             Self::Endpoint => "endpoint",
             Self::Container => "container",
+            Self::Linger => "linger",
         }
     }
 }
@@ -72,6 +81,12 @@ impl Budgeted {
 /// The budget key of an endpoint: its two labels as one value.
 fn endpoint_key(addr: &str, port: &str) -> String {
     format!("{addr}:{port}")
+}
+
+/// The budget key of a linger histogram: its process name and role as one
+/// value (the role, a fixed word, first).
+fn linger_key(comm: &str, role: &str) -> String {
+    format!("{role}:{comm}")
 }
 
 /// The budget key of a container: its two labels as one value.
@@ -204,9 +219,11 @@ pub struct Metrics {
     endpoints: LabelBudget,
     comms: LabelBudget,
     containers: LabelBudget,
+    /// (process name, role) pairs with linger histograms of their own.
+    lingers: LabelBudget,
     /// Closes counted under `other`, by the budget that was full
     /// (indexed by [`Budgeted`]).
-    folded_by: [IntCounter; 3],
+    folded_by: [IntCounter; 4],
     /// Boot ns of the last [`Self::note_uses`]: handles unused since are
     /// not walked again.
     noted_ns: u64,
@@ -252,10 +269,10 @@ impl GaugeKey {
 const SERIES_CACHE: usize = 16_384;
 
 /// (process name, role) keys whose histogram handles are kept. The key is
-/// the raw name, so names beyond [`COMMS_KEPT`] (folded into one `other`
-/// series) would each add an entry; beyond this the cache starts over.
-/// Every name with a slot fits, in each role, with room to spare.
-const LINGER_CACHE: usize = 4 * (COMMS_KEPT + 1);
+/// the raw name, so names beyond [`LINGERS_KEPT`] (folded into one `other`
+/// series per role) would each add an entry; beyond this the cache starts
+/// over. Every pair with a slot fits, with room to spare.
+const LINGER_CACHE: usize = 1024;
 
 /// What a connection's series are told apart by, before labels are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -297,7 +314,7 @@ struct ConnSeries {
 struct LingerSeries {
     /// Last observation (boot ns): keeps its comm's slot.
     used_ns: u64,
-    /// Its comm is counted under `other`: the comm budget was full.
+    /// Its comm is counted under `other`: the linger budget was full.
     folded: bool,
     lifetime: Histogram,
     fin_wait2: Histogram,
@@ -478,7 +495,7 @@ impl Metrics {
                 let v = counter_vec(
                     &r,
                     "tcplinger_connections_folded_total",
-                    "Closes counted under the label value \"other\" because that label's budget was full (comm, endpoint or container).",
+                    "Closes counted under the label value \"other\" because that label's budget was full (comm, endpoint or container on the connection counters; linger: comm on the linger histograms).",
                     &["label"],
                 );
                 Budgeted::ALL.map(|b| v.with_label_values(&[b.name()]))
@@ -509,6 +526,7 @@ impl Metrics {
             endpoints: LabelBudget::new(max_endpoints),
             comms: LabelBudget::new(COMMS_KEPT),
             containers: LabelBudget::new(CONTAINERS_KEPT),
+            lingers: LabelBudget::new(LINGERS_KEPT),
             noted_ns: 0,
             time_wait_followed: HashMap::new(),
             conn_cache: foldhash::HashMap::default(),
@@ -624,11 +642,16 @@ impl Metrics {
                 self.note_uses();
                 self.linger_cache.clear();
             }
-            let labels = [self.comm_label(key.0), id.role.name().to_string()];
+            let (name, role) = (comm_name(key.0), id.role.name());
+            let folded = !self.lingers.admit(&linger_key(&name, role));
+            let labels = [
+                if folded { OTHER.to_string() } else { name },
+                role.to_string(),
+            ];
             let child = |h: &HistogramVec| h.with_label_values(&labels);
             let series = LingerSeries {
                 used_ns: self.now_ns,
-                folded: labels[0] == OTHER,
+                folded,
                 lifetime: child(&self.lifetime),
                 fin_wait2: child(&self.fin_wait2),
                 close_wait: child(&self.close_wait),
@@ -680,6 +703,9 @@ impl Metrics {
             }
         }
         let seconds = |ns: u64| ns as f64 / 1e9;
+        if self.linger_series(&id).folded {
+            self.folded_by[Budgeted::Linger as usize].inc();
+        }
         let lingers = self.linger_series(&id);
         if r.opened_seen {
             // A socket that predates the tracer has no known lifetime.
@@ -773,6 +799,7 @@ impl Metrics {
         self.comms.at(now_ns);
         self.endpoints.at(now_ns);
         self.containers.at(now_ns);
+        self.lingers.at(now_ns);
     }
 
     /// Tells the budgets when the values of cached handles were last used:
@@ -798,24 +825,26 @@ impl Metrics {
                     .touch(&container_key(container_id, pod_uid), s.used_ns);
             }
         }
-        for ((comm, _), s) in &self.linger_cache {
+        for ((comm, role), s) in &self.linger_cache {
             if s.used_ns >= since && !s.folded {
-                self.comms.touch(&comm_name(*comm), s.used_ns);
+                self.lingers
+                    .touch(&linger_key(&comm_name(*comm), role.name()), s.used_ns);
             }
         }
         self.noted_ns = self.now_ns;
     }
 
-    /// Gives back the label slots of process names, endpoints and
-    /// containers unused for [`STALE_NS`] (processes that exited, peers no
-    /// longer talked to, containers removed) and deletes their series, so
-    /// new ones get series of their own.
+    /// Gives back the label slots of process names, endpoints, containers
+    /// and linger histograms unused for [`STALE_NS`] (processes that
+    /// exited, peers no longer talked to, containers removed) and deletes
+    /// their series, so new ones get series of their own.
     pub fn release_stale(&mut self) {
         self.note_uses();
         let comms = self.comms.release_stale(STALE_NS);
         let endpoints = self.endpoints.release_stale(STALE_NS);
         let containers = self.containers.release_stale(STALE_NS);
-        if comms.is_empty() && endpoints.is_empty() && containers.is_empty() {
+        let lingers = self.lingers.release_stale(STALE_NS);
+        if comms.is_empty() && endpoints.is_empty() && containers.is_empty() && lingers.is_empty() {
             return;
         }
         // Handles of the series about to go: a later use makes them anew
@@ -828,6 +857,13 @@ impl Metrics {
         self.uncached = None;
         self.linger_cache
             .retain(|_, s| now.saturating_sub(s.used_ns) <= STALE_NS && !s.folded);
+        // The connection counters go by their comm, endpoint and container;
+        // the linger histograms by their (comm, role) alone.
+        let stale_linger =
+            |labels: &HashMap<&str, &str>| match (labels.get("comm"), labels.get("role")) {
+                (Some(c), Some(r)) => lingers.contains(&linger_key(c, r)),
+                _ => false,
+            };
         let stale = |labels: &HashMap<&str, &str>| {
             labels.get("comm").is_some_and(|c| comms.contains(*c))
                 || match (labels.get("remote_addr"), labels.get("port")) {
@@ -846,21 +882,28 @@ impl Metrics {
                     .iter()
                     .map(|l| (l.name(), l.value()))
                     .collect();
-                if !stale(&labels) {
-                    continue;
-                }
                 // Deleting a series that is not there is harmless. The
                 // socket gauges are redrawn from what is alive each second.
-                let _ = match family.name() {
-                    "tcplinger_connections_opened_total" => self.opened.remove(&labels),
-                    "tcplinger_connections_closed_total" => self.closed.remove(&labels),
-                    "tcplinger_connection_lifetime_seconds" => self.lifetime.remove(&labels),
-                    "tcplinger_fin_wait2_seconds" => self.fin_wait2.remove(&labels),
-                    "tcplinger_close_wait_seconds" => self.close_wait.remove(&labels),
-                    "tcplinger_last_ack_seconds" => self.last_ack.remove(&labels),
-                    "tcplinger_time_wait_seconds" => self.time_wait.remove(&labels),
-                    _ => Ok(()),
+                let counter = |v: &IntCounterVec| {
+                    if stale(&labels) {
+                        let _ = v.remove(&labels);
+                    }
                 };
+                let histogram = |v: &HistogramVec| {
+                    if stale_linger(&labels) {
+                        let _ = v.remove(&labels);
+                    }
+                };
+                match family.name() {
+                    "tcplinger_connections_opened_total" => counter(&self.opened),
+                    "tcplinger_connections_closed_total" => counter(&self.closed),
+                    "tcplinger_connection_lifetime_seconds" => histogram(&self.lifetime),
+                    "tcplinger_fin_wait2_seconds" => histogram(&self.fin_wait2),
+                    "tcplinger_close_wait_seconds" => histogram(&self.close_wait),
+                    "tcplinger_last_ack_seconds" => histogram(&self.last_ack),
+                    "tcplinger_time_wait_seconds" => histogram(&self.time_wait),
+                    _ => {}
+                }
             }
         }
     }

@@ -391,15 +391,6 @@ impl Churned {
         }
     }
 
-    /// Its label of `tcplinger_connections_folded_total`.
-    fn budget(self) -> Budgeted {
-        match self {
-            Self::Comm => Budgeted::Comm,
-            Self::Endpoint => Budgeted::Endpoint,
-            Self::Container | Self::Pid => Budgeted::Container,
-        }
-    }
-
     /// The `i`-th value of its label.
     fn value(self, i: u32) -> String {
         let c = self.conn(i);
@@ -427,6 +418,19 @@ impl Churned {
     }
 }
 
+/// A budget as the exposition shows it: the metric and label it bounds,
+/// how many values get series of their own, and its value of the folded
+/// counter's label.
+#[derive(Debug, Clone, Copy)]
+struct Watched {
+    metric: &'static str,
+    budget: usize,
+    folded: Budgeted,
+}
+
+const CLOSES: &str = "tcplinger_connections_closed_total";
+const LINGERS: &str = "tcplinger_fin_wait2_seconds_count";
+
 /// The container of a cgroup id, named after it (as a pod's would be).
 #[expect(clippy::unnecessary_wraps, reason = "the shape of Host::container")]
 fn container_of(cgroup_id: u64) -> Option<Container> {
@@ -450,67 +454,64 @@ fn connect(m: &mut Metrics, what: Churned, i: u32) {
 
 /// The closes and the FIN_WAIT2 lingers in the exposition.
 fn totals(text: &str) -> (u64, u64) {
-    (
-        sum_of(text, "tcplinger_connections_closed_total", None),
-        sum_of(text, "tcplinger_fin_wait2_seconds_count", None),
-    )
+    (sum_of(text, CLOSES, None), sum_of(text, LINGERS, None))
 }
 
 /// Every close fed is in some series (and its linger), and those under
 /// `other` are the folded ones, to the unit.
-fn check_accounts(text: &str, what: Churned, before: (u64, u64), fed: u64) {
-    let closed = "tcplinger_connections_closed_total";
+fn check_accounts(text: &str, label: &str, watched: Option<Watched>, before: (u64, u64), fed: u64) {
     let (closes, lingers) = totals(text);
     assert_eq!(closes, before.0 + fed, "a close went missing");
     assert_eq!(lingers, before.1 + fed, "a linger went missing");
-    if what != Churned::Pid {
+    if let Some(w) = watched {
         assert_eq!(
-            sum_of(text, closed, Some((what.label(), OTHER))),
+            sum_of(text, w.metric, Some((label, OTHER))),
             sum_of(
                 text,
                 "tcplinger_connections_folded_total",
-                Some(("label", what.budget().name()))
+                Some(("label", w.folded.name()))
             ),
-            "the closes under other are the folded ones"
+            "the closes under other in {} are the folded ones",
+            w.metric
         );
     }
 }
 
-/// A label's budget under churn: a burst of three times the budget at
-/// once, then an hour of new values (each used for two minutes) with the
-/// stale slots released each minute, as the daemon does each second.
-fn churn(what: Churned, budget: usize) {
-    let mut m = Metrics::new(if what == Churned::Endpoint {
-        budget
+/// A budget under churn of its label: a burst of `burst` values at once
+/// (more than every budget the values count against), then an hour of new
+/// values (each used for two minutes) with the stale slots released each
+/// minute, as the daemon does each second.
+fn churn(what: Churned, w: Watched, burst: usize) {
+    let mut m = Metrics::new(if w.folded == Budgeted::Endpoint {
+        w.budget
     } else {
         1000
     });
     let label = what.label();
-    let closed = "tcplinger_connections_closed_total";
     m.at(0);
-    let burst = u32::try_from(3 * budget).unwrap();
+    let burst = u32::try_from(burst).unwrap();
     for i in 0..burst {
         connect(&mut m, what, i);
     }
     let text = m.encode();
     assert_eq!(
-        values_of(&text, closed, label).len(),
-        budget + 1,
+        values_of(&text, w.metric, label).len(),
+        w.budget + 1,
         "a value each, and other"
     );
-    check_accounts(&text, what, (0, 0), u64::from(burst));
+    check_accounts(&text, label, Some(w), (0, 0), u64::from(burst));
     assert_eq!(
-        sum_of(&text, closed, Some((label, OTHER))),
-        2 * budget as u64,
+        sum_of(&text, w.metric, Some((label, OTHER))),
+        u64::from(burst) - w.budget as u64,
         "{text}"
     );
     let at_full = series_lines(&text);
+    let mut before = totals(&text);
     // An hour, one round a minute: each round brings new values and uses
     // the previous round's again. Twelve rounds of values (the ten minutes
     // a slot outlives its last use, and two of use) fit the budget.
-    let per_round = u32::try_from(budget / 20).unwrap().max(1);
+    let per_round = u32::try_from(w.budget / 20).unwrap().max(1);
     let mut previous = burst..burst;
-    let mut before = totals(&text);
     for round in 1..=60u64 {
         m.at(round * MINUTE);
         let fresh = previous.end..previous.end + per_round;
@@ -519,11 +520,11 @@ fn churn(what: Churned, budget: usize) {
         }
         let fed = u64::from(previous.end - previous.start + per_round);
         let text = m.encode();
-        check_accounts(&text, what, before, fed);
-        let had_series = values_of(&text, closed, label);
+        check_accounts(&text, label, Some(w), before, fed);
+        let had_series = values_of(&text, w.metric, label);
         m.release_stale();
         let text = m.encode();
-        let values = values_of(&text, closed, label);
+        let values = values_of(&text, w.metric, label);
         for i in previous.clone().chain(fresh.clone()) {
             assert!(
                 !had_series.contains(&what.value(i)) || values.contains(&what.value(i)),
@@ -534,9 +535,11 @@ fn churn(what: Churned, budget: usize) {
         // What was released is gone from the exposition, by design.
         before = totals(&text);
         assert!(
-            values.len() <= budget + 1,
-            "round {round}: {} values of {label} for a budget of {budget}",
-            values.len()
+            values.len() <= w.budget + 1,
+            "round {round}: {} values of {label} in {} for a budget of {}",
+            values.len(),
+            w.metric,
+            w.budget
         );
         assert!(
             series_lines(&text) <= at_full,
@@ -548,36 +551,76 @@ fn churn(what: Churned, budget: usize) {
         previous = fresh;
     }
     let text = m.encode();
-    let values = values_of(&text, closed, label);
+    let values = values_of(&text, w.metric, label);
     for i in previous {
         assert!(
             values.contains(&what.value(i)),
-            "the newest {label} {} has no series of its own: stale slots were not reused",
-            what.value(i)
+            "the newest {label} {} has no series of its own in {}: stale slots were not reused",
+            what.value(i),
+            w.metric
         );
     }
     for i in 0..burst {
         assert!(
             !values.contains(&what.value(i)),
-            "the burst's {label} {} went stale but still has series",
-            what.value(i)
+            "the burst's {label} {} went stale but still has series in {}",
+            what.value(i),
+            w.metric
         );
     }
 }
 
 #[test]
 fn process_name_churn_stays_within_the_comm_budget() {
-    churn(Churned::Comm, COMMS_KEPT);
+    churn(
+        Churned::Comm,
+        Watched {
+            metric: CLOSES,
+            budget: COMMS_KEPT,
+            folded: Budgeted::Comm,
+        },
+        3 * COMMS_KEPT,
+    );
+}
+
+#[test]
+fn process_name_churn_stays_within_the_linger_histogram_budget() {
+    churn(
+        Churned::Comm,
+        Watched {
+            metric: LINGERS,
+            budget: LINGERS_KEPT,
+            folded: Budgeted::Linger,
+        },
+        // The counters' name budget full too, so no series is added beyond.
+        COMMS_KEPT + LINGERS_KEPT,
+    );
 }
 
 #[test]
 fn endpoint_churn_stays_within_the_endpoint_budget() {
-    churn(Churned::Endpoint, 40);
+    churn(
+        Churned::Endpoint,
+        Watched {
+            metric: CLOSES,
+            budget: 40,
+            folded: Budgeted::Endpoint,
+        },
+        120,
+    );
 }
 
 #[test]
 fn container_churn_stays_within_the_container_budget() {
-    churn(Churned::Container, CONTAINERS_KEPT);
+    churn(
+        Churned::Container,
+        Watched {
+            metric: CLOSES,
+            budget: CONTAINERS_KEPT,
+            folded: Budgeted::Container,
+        },
+        3 * CONTAINERS_KEPT,
+    );
 }
 
 #[test]
@@ -592,7 +635,7 @@ fn pid_churn_adds_no_series() {
             connect(&mut m, Churned::Pid, i);
         }
         let text = m.encode();
-        check_accounts(&text, Churned::Pid, before, 60);
+        check_accounts(&text, "pid", None, before, 60);
         m.release_stale();
         before = totals(&text);
         assert!(!text.contains("pid="), "no metric is labelled by pid");
@@ -612,7 +655,17 @@ fn handle_caches_stay_capped_under_name_churn() {
         assert!(m.conn_cache.len() <= SERIES_CACHE, "after {i} names");
     }
     let text = m.encode();
-    check_accounts(&text, Churned::Comm, (0, 0), u64::from(names));
+    check_accounts(
+        &text,
+        "comm",
+        Some(Watched {
+            metric: CLOSES,
+            budget: COMMS_KEPT,
+            folded: Budgeted::Comm,
+        }),
+        (0, 0),
+        u64::from(names),
+    );
     assert_eq!(
         sum_of(
             &text,
