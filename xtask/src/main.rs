@@ -5,6 +5,7 @@ mod churn;
 mod deps;
 mod hold;
 mod lint;
+mod procs;
 mod soak;
 
 use std::{
@@ -57,6 +58,24 @@ enum Chore {
     /// Helper of the benchmark: hold loopback connections open.
     #[command(hide = true)]
     Hold { index: u8, pairs: u64 },
+    /// Helper of the soak: one short-lived process of the process churn.
+    #[command(hide = true)]
+    SoakChild {
+        /// The `cgroup.procs` file of the cgroup to run in.
+        #[arg(long)]
+        cgroup: PathBuf,
+        /// The process name to take.
+        #[arg(long)]
+        name: String,
+        /// The loopback address to listen on.
+        #[arg(long)]
+        addr: std::net::Ipv4Addr,
+        #[arg(long)]
+        connections: u32,
+        /// Milliseconds between two connections.
+        #[arg(long)]
+        pause_ms: u64,
+    },
     /// Helper of the benchmark: churn connections on loopback (for profiling).
     #[command(hide = true)]
     Churn {
@@ -78,6 +97,19 @@ fn main() -> ExitCode {
         Chore::Bench(args) => bench::run(&args, &workspace_root()),
         Chore::Soak(args) => soak::run(&args, &workspace_root()),
         Chore::Hold { index, pairs } => hold::hold(index, pairs),
+        Chore::SoakChild {
+            cgroup,
+            name,
+            addr,
+            connections,
+            pause_ms,
+        } => procs::child(
+            &cgroup,
+            &name,
+            addr,
+            connections,
+            std::time::Duration::from_millis(pause_ms),
+        ),
         Chore::Churn { seconds, threads } => churn::run(churn::Churn {
             port: 18999,
             threads,

@@ -1,4 +1,4 @@
-//! `cargo xtask soak`: the daemon under maximum connection churn for minutes on end, its memory sampled as it goes, to show it stays flat.
+//! `cargo xtask soak`: the daemon for minutes on end under maximum connection churn, with short-lived processes (each with a name of its own, in a cgroup of its own) churning beside it; its memory, series and CPU sampled as it goes, to show they stay flat.
 
 use std::{
     fmt::Write as _,
@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     bench::{build_tcplinger, cpu_seconds, free_port, machine},
     churn::{self, Churn},
+    procs::{self, ProcChurn},
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -28,6 +29,20 @@ pub struct SoakArgs {
     /// Client (and server) threads of the churn.
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
+    /// Short-lived processes started per second, each in a scratch cgroup
+    /// of its own.
+    #[arg(long, default_value_t = 20)]
+    pub procs_per_second: u32,
+    /// Connections each short-lived process opens and closes.
+    #[arg(long, default_value_t = 10)]
+    pub proc_connections: u32,
+    /// Seconds each short-lived process spreads its connections over.
+    #[arg(long, default_value_t = 3)]
+    pub proc_seconds: u64,
+    /// Process names the short-lived processes cycle through (the daemon
+    /// keeps series for 200).
+    #[arg(long, default_value_t = 400)]
+    pub proc_names: u32,
     /// Measure this tcplinger binary instead of building this tree's.
     #[arg(long, value_name = "PATH")]
     pub tcplinger: Option<PathBuf>,
@@ -57,14 +72,32 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The daemon's own figures: one scrape, the value of each named series.
-fn scrape(addr: SocketAddr, names: &[&str]) -> Vec<f64> {
+/// The 1-minute load average of the machine.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// The daemon's exposition: one scrape of /metrics (empty if it failed).
+fn scrape(addr: SocketAddr) -> String {
     let mut text = String::new();
     if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
         let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: soak\r\n\r\n");
         let _ = s.read_to_string(&mut text);
     }
+    // The body only: what follows the headers.
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of each named series without labels, in one exposition.
+fn values(text: &str, names: &[&str]) -> Vec<f64> {
     names
         .iter()
         .map(|name| {
@@ -77,6 +110,28 @@ fn scrape(addr: SocketAddr, names: &[&str]) -> Vec<f64> {
                 .unwrap_or(f64::NAN)
         })
         .collect()
+}
+
+/// The series Prometheus would store from one scrape: every line but
+/// comments (a histogram's every bucket is one).
+fn series(text: &str) -> usize {
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count()
+}
+
+/// How many distinct values `label` takes among the series of `metric`.
+fn distinct(text: &str, metric: &str, label: &str) -> usize {
+    let prefix = format!("{metric}{{");
+    let key = format!("{label}=\"");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| {
+            let rest = &l[l.find(&key)? + key.len()..];
+            rest.split('"').next()
+        })
+        .collect::<std::collections::HashSet<_>>()
+        .len()
 }
 
 #[expect(
@@ -112,6 +167,10 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
         }
     }
     std::thread::spawn(move || for _ in lines.by_ref() {});
+    // Before any churn: the daemon's start-up footprint, and what else
+    // the machine was doing (the churn's figures depend on it).
+    let rss_start = rss_kb(pid, "VmRSS:");
+    let load_start = load_average();
     let duration = Duration::from_secs(args.minutes * 60);
     let threads = args.threads;
     let churn = std::thread::spawn(move || {
@@ -123,6 +182,15 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
             rate: None,
         })
     });
+    let exe = std::env::current_exe().context("finding the xtask binary")?;
+    let proc_churn = ProcChurn {
+        duration,
+        per_second: args.procs_per_second,
+        connections: args.proc_connections,
+        lifetime: Duration::from_secs(args.proc_seconds),
+        names: args.proc_names,
+    };
+    let procs = std::thread::spawn(move || procs::run(proc_churn, &exe));
     eprintln!(
         "soak: {} minutes of churn, a sample every {} s",
         args.minutes, args.every
@@ -134,22 +202,28 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
         "tcplinger_sockets_evicted_total",
     ];
     let mut table = String::from(
-        "| elapsed | daemon RSS | tracked sockets | events | dropped | evicted | daemon CPU (cores) |\n|---|---|---|---|---|---|---|\n",
+        "| elapsed | daemon RSS | series | scrape | tracked sockets | events | dropped | evicted | daemon CPU (cores) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let start = Instant::now();
-    let mut rss_samples = Vec::new();
+    let mut samples: Vec<(u64, usize)> = Vec::new();
     let (mut last_cpu, mut last_at) = (cpu_seconds(pid), Instant::now());
+    let mut text = String::new();
     while start.elapsed() < duration {
-        let next = Duration::from_secs(args.every * (rss_samples.len() as u64 + 1));
+        // Samples at fixed times, whatever a scrape took.
+        let next = Duration::from_secs(args.every * (samples.len() as u64 + 1));
         std::thread::sleep(next.saturating_sub(start.elapsed()).min(duration));
         let rss = rss_kb(pid, "VmRSS:");
-        let v = scrape(listen, &names);
+        let asked = Instant::now();
+        text = scrape(listen);
+        let scrape_ms = asked.elapsed().as_secs_f64() * 1000.0;
+        let v = values(&text, &names);
+        let n = series(&text);
         let cpu = cpu_seconds(pid);
         let cores = (cpu - last_cpu) / last_at.elapsed().as_secs_f64();
         (last_cpu, last_at) = (cpu, Instant::now());
-        rss_samples.push(rss);
+        samples.push((rss, n));
         eprintln!(
-            "soak: {:>4.0} s  RSS {:.1} MB  tracked {}  events {}  dropped {}",
+            "soak: {:>4.0} s  RSS {:.1} MB  series {n} (scrape {scrape_ms:.0} ms)  tracked {}  events {}  dropped {}  CPU {cores:.3}",
             start.elapsed().as_secs_f64(),
             rss as f64 / 1024.0,
             v[2],
@@ -158,7 +232,7 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
         );
         let _ = writeln!(
             table,
-            "| {:.0} s | {:.1} MB | {} | {} | {} | {} | {cores:.3} |",
+            "| {:.0} s | {:.1} MB | {n} | {scrape_ms:.0} ms | {} | {} | {} | {} | {cores:.3} |",
             start.elapsed().as_secs_f64(),
             rss as f64 / 1024.0,
             v[2],
@@ -167,30 +241,72 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
             v[3]
         );
     }
+    let total_cpu = cpu_seconds(pid);
+    let load_end = load_average();
     let outcome = churn
         .join()
         .map_err(|_| anyhow::anyhow!("the churn thread panicked"))?
         .context("running the churn")?;
+    let proc_outcome = procs
+        .join()
+        .map_err(|_| anyhow::anyhow!("the process churn thread panicked"))?
+        .context("running the process churn")?;
     let peak = rss_kb(pid, "VmHWM:");
     drop(daemon);
-    let first = rss_samples.first().copied().unwrap_or(0) as f64 / 1024.0;
-    let last = rss_samples.last().copied().unwrap_or(0) as f64 / 1024.0;
-    let max = rss_samples.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let rss: Vec<u64> = samples.iter().map(|s| s.0).collect();
+    let warm = rss.get(1).copied().unwrap_or(0);
+    let last = rss.last().copied().unwrap_or(0);
+    let max_after_warm = rss.iter().skip(1).copied().max().unwrap_or(0);
+    let counts: Vec<usize> = samples.iter().map(|s| s.1).collect();
     let mut report = machine(root, args.tcplinger.as_deref());
     let _ = writeln!(
         report,
-        "Soak: `tcplinger daemon` for {} minutes of loopback churn as fast as it goes ({} threads): {} connections, {:.0}/s, {} failed.\n",
+        "Soak: `tcplinger daemon` for {} minutes of loopback churn as fast as it goes ({} threads): {} connections, {:.0}/s, {} failed. Beside it, {} short-lived processes ({}/s, each living {} s), each in a cgroup of its own made and removed for it (`pod<uid>/<container id>`), named from a pool of {}, each opening {} connections to itself on its own loopback address: {} connections, {} processes failed.\n",
         args.minutes,
         args.threads,
         outcome.connections,
         outcome.per_second(),
-        outcome.failures
+        outcome.failures,
+        proc_outcome.processes,
+        args.procs_per_second,
+        args.proc_seconds,
+        args.proc_names,
+        args.proc_connections,
+        proc_outcome.connections,
+        proc_outcome.failed
     );
     report.push_str(&table);
+    let closed = "tcplinger_connections_closed_total";
+    let folded = |label: &str| {
+        values(
+            &text,
+            &[&format!(
+                "tcplinger_connections_folded_total{{label=\"{label}\"}}"
+            )],
+        )[0]
+    };
     let _ = writeln!(
         report,
-        "\nDaemon RSS: {first:.1} MB at the first sample, {last:.1} MB at the last, {max:.1} MB at most among samples; peak (VmHWM, start-up included) {:.1} MB.",
-        peak as f64 / 1024.0
+        "\nDaemon RSS: {:.1} MB before the churn, {:.1} MB after warm-up (the second sample), {:.1} MB at the end, {:.1} MB at most after warm-up; peak (VmHWM, start-up included) {:.1} MB. \
+         Series: {} at the first sample, {} at most, {} at the last. \
+         Daemon CPU: {:.1} s over the run. Load average (1 min) {load_start} at the start, {load_end} at the end. \
+         At the end, among the closes' series: {} process names, {} remote addresses, {} container ids (`other` included); closes folded into `other`: {} by name, {} by endpoint, {} by container.",
+        mb(rss_start),
+        mb(warm),
+        mb(last),
+        mb(max_after_warm),
+        mb(peak),
+        counts.first().copied().unwrap_or(0),
+        counts.iter().copied().max().unwrap_or(0),
+        counts.last().copied().unwrap_or(0),
+        total_cpu,
+        distinct(&text, closed, "comm"),
+        distinct(&text, closed, "remote_addr"),
+        distinct(&text, closed, "container_id"),
+        folded("comm"),
+        folded("endpoint"),
+        folded("container"),
     );
     println!("{report}");
     if let Some(path) = &args.out {
