@@ -363,6 +363,23 @@ fn daemon_bounds_endpoint_series() {
         "{series} series for --max-endpoints 3:\n{text}"
     );
     assert!(text.contains("remote_addr=\"other\""), "{text}");
+    // Nothing folded silently: every close under the endpoint "other" is
+    // counted as folded (both move together, under one lock).
+    let folded = value(
+        &text,
+        "tcplinger_connections_folded_total",
+        &["label=\"endpoint\""],
+    );
+    assert!(folded >= 7.0, "{text}");
+    assert_eq!(
+        folded,
+        value(
+            &text,
+            "tcplinger_connections_closed_total",
+            &["remote_addr=\"other\""]
+        ),
+        "{text}"
+    );
     let run = daemon.stop();
     assert!(run.status.success(), "{:?}", run.stderr);
 }
