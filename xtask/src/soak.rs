@@ -120,6 +120,24 @@ fn series(text: &str) -> usize {
         .count()
 }
 
+/// Series per metric family (a histogram's buckets, sum and count under
+/// its name).
+fn by_family(text: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut families = std::collections::BTreeMap::new();
+    for l in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let name = l.split(['{', ' ']).next().unwrap_or(l);
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        *families.entry(name.to_string()).or_default() += 1;
+    }
+    families
+}
+
 /// How many distinct values `label` takes among the series of `metric`.
 fn distinct(text: &str, metric: &str, label: &str) -> usize {
     let prefix = format!("{metric}{{");
@@ -208,6 +226,8 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
     let mut samples: Vec<(u64, usize)> = Vec::new();
     let (mut last_cpu, mut last_at) = (cpu_seconds(pid), Instant::now());
     let mut text = String::new();
+    // The families after warm-up, to show at the end which grew.
+    let mut warm_families = std::collections::BTreeMap::new();
     while start.elapsed() < duration {
         // Samples at fixed times, whatever a scrape took.
         let next = Duration::from_secs(args.every * (samples.len() as u64 + 1));
@@ -222,6 +242,9 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
         let cores = (cpu - last_cpu) / last_at.elapsed().as_secs_f64();
         (last_cpu, last_at) = (cpu, Instant::now());
         samples.push((rss, n));
+        if samples.len() == 2 {
+            warm_families = by_family(&text);
+        }
         eprintln!(
             "soak: {:>4.0} s  RSS {:.1} MB  series {n} (scrape {scrape_ms:.0} ms)  tracked {}  events {}  dropped {}  CPU {cores:.3}",
             start.elapsed().as_secs_f64(),
@@ -308,6 +331,15 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
         folded("endpoint"),
         folded("container"),
     );
+    let _ = writeln!(
+        report,
+        "\n| metric family | series after warm-up | series at the end |\n|---|---|---|"
+    );
+    let end_families = by_family(&text);
+    for (family, n) in &end_families {
+        let warm = warm_families.get(family).copied().unwrap_or(0);
+        let _ = writeln!(report, "| `{family}` | {warm} | {n} |");
+    }
     println!("{report}");
     if let Some(path) = &args.out {
         fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;

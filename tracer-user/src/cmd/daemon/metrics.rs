@@ -170,6 +170,12 @@ impl LabelBudget {
 /// daemon's longest judging window, so a group still judged keeps its series.
 pub const STALE_NS: u64 = 600_000_000_000;
 
+/// A cached series handle unused this long is dropped (its series stays):
+/// under churn every short-lived process brings new connection keys, and
+/// their handles, 600 bytes each, would otherwise pile up to the caches'
+/// caps over many minutes. A key used again is resolved anew.
+const HANDLE_IDLE_NS: u64 = 60_000_000_000;
+
 /// The tracer's own counts, as absolute values.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Health {
@@ -840,23 +846,27 @@ impl Metrics {
     /// their series, so new ones get series of their own.
     pub fn release_stale(&mut self) {
         self.note_uses();
+        let now = self.now_ns;
+        // Their uses are noted: the handles can go, their slots stay.
+        self.conn_cache
+            .retain(|_, s| now.saturating_sub(s.used_ns) <= HANDLE_IDLE_NS);
+        self.linger_cache
+            .retain(|_, s| now.saturating_sub(s.used_ns) <= HANDLE_IDLE_NS);
         let comms = self.comms.release_stale(STALE_NS);
         let endpoints = self.endpoints.release_stale(STALE_NS);
         let containers = self.containers.release_stale(STALE_NS);
         let lingers = self.lingers.release_stale(STALE_NS);
-        if comms.is_empty() && endpoints.is_empty() && containers.is_empty() && lingers.is_empty() {
+        let released = [&comms, &endpoints, &containers, &lingers];
+        if released.iter().all(|r| r.is_empty()) {
             return;
         }
-        // Handles of the series about to go: a later use makes them anew
-        // (a handle used since holds its values' slots, so it stays).
-        // Handles folded into `other` go too: asked again, their values
-        // may get the slots just freed.
-        let now = self.now_ns;
-        self.conn_cache
-            .retain(|_, s| now.saturating_sub(s.used_ns) <= STALE_NS && !s.folded.contains(&true));
+        // The handles of the series about to go went above (idle ones); a
+        // handle used since holds its values' slots, so it stays. Handles
+        // folded into `other` go too: asked again, their values may get
+        // the slots just freed.
+        self.conn_cache.retain(|_, s| !s.folded.contains(&true));
         self.uncached = None;
-        self.linger_cache
-            .retain(|_, s| now.saturating_sub(s.used_ns) <= STALE_NS && !s.folded);
+        self.linger_cache.retain(|_, s| !s.folded);
         // The connection counters go by their comm, endpoint and container;
         // the linger histograms by their (comm, role) alone.
         let stale_linger =

@@ -695,3 +695,31 @@ fn socket_gauges_add_containers_beyond_the_budget_under_other() {
         u64::from(n) - CONTAINERS_KEPT as u64
     );
 }
+
+#[test]
+fn idle_handles_are_dropped_and_their_series_go_on() {
+    let mut m = Metrics::new(1000);
+    m.at(0);
+    for i in 0..5_000 {
+        connect(&mut m, Churned::Endpoint, i);
+    }
+    assert_eq!(m.conn_cache.len(), 5_000);
+    // Two minutes without a use: the handles go, the series stay.
+    m.at(2 * MINUTE);
+    m.release_stale();
+    assert!(m.conn_cache.is_empty() && m.linger_cache.is_empty());
+    let text = m.encode();
+    assert_eq!(totals(&text), (5_000, 5_000));
+    // Used again: the same series count on.
+    connect(&mut m, Churned::Endpoint, 0);
+    let text = m.encode();
+    assert_eq!(
+        sum_of(
+            &text,
+            CLOSES,
+            Some(("remote_addr", &Churned::Endpoint.value(0)))
+        ),
+        2
+    );
+    assert_eq!(totals(&text), (5_001, 5_001));
+}
