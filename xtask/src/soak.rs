@@ -46,7 +46,9 @@ pub struct SoakArgs {
     /// Measure this tcplinger binary instead of building this tree's.
     #[arg(long, value_name = "PATH")]
     pub tcplinger: Option<PathBuf>,
-    /// Also write the table to this file.
+    /// Also write the table to this file, and the daemon's exposition
+    /// after warm-up and at the end beside it (`FILE.warm.prom`,
+    /// `FILE.end.prom`), to see which series came.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -226,8 +228,8 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
     let mut samples: Vec<(u64, usize)> = Vec::new();
     let (mut last_cpu, mut last_at) = (cpu_seconds(pid), Instant::now());
     let mut text = String::new();
-    // The families after warm-up, to show at the end which grew.
-    let mut warm_families = std::collections::BTreeMap::new();
+    // The exposition after warm-up, to show at the end what grew.
+    let mut warm_text = String::new();
     while start.elapsed() < duration {
         // Samples at fixed times, whatever a scrape took.
         let next = Duration::from_secs(args.every * (samples.len() as u64 + 1));
@@ -243,7 +245,7 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
         (last_cpu, last_at) = (cpu, Instant::now());
         samples.push((rss, n));
         if samples.len() == 2 {
-            warm_families = by_family(&text);
+            warm_text.clone_from(&text);
         }
         eprintln!(
             "soak: {:>4.0} s  RSS {:.1} MB  series {n} (scrape {scrape_ms:.0} ms)  tracked {}  events {}  dropped {}  CPU {cores:.3}",
@@ -335,6 +337,7 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
         report,
         "\n| metric family | series after warm-up | series at the end |\n|---|---|---|"
     );
+    let warm_families = by_family(&warm_text);
     let end_families = by_family(&text);
     for (family, n) in &end_families {
         let warm = warm_families.get(family).copied().unwrap_or(0);
@@ -342,7 +345,13 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
     }
     println!("{report}");
     if let Some(path) = &args.out {
-        fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
+        for (path, content) in [
+            (path.clone(), &report),
+            (path.with_extension("warm.prom"), &warm_text),
+            (path.with_extension("end.prom"), &text),
+        ] {
+            fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+        }
     }
     Ok(())
 }
