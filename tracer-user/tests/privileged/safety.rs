@@ -1098,8 +1098,10 @@ fn comm_and_remote_select_connections() {
     scene.converse(Closer::Client, 3, Pace::OneAtATime);
     let comm_seen = by_comm.wait_for(SETTLE, |l| l.len() >= 3);
     let remote_seen = by_remote.wait_for(SETTLE, |l| l.len() >= 3);
-    // Enough time for anything unwanted to show up too.
-    std::thread::sleep(Duration::from_millis(300));
+    // Until every close is over: the records anything unwanted would come
+    // from are then in the rings, and each tracer reads its ring before it
+    // ends.
+    scene.wait_settled(&[scene.port]);
     let (by_comm, by_remote, nobody) = (by_comm.stop(), by_remote.stop(), nobody.stop());
     assert!(comm_seen && remote_seen);
     for run in [&by_comm, &by_remote] {
