@@ -16,7 +16,7 @@ use crate::support::{
     require_root,
     scene::{Closer, Pace, Scene, fresh_port, loopback_addr, loopback_port},
     tracer::{Tcplinger, one_line_error, our_programs_loaded, tcplinger},
-    wait_until,
+    vm_kib, wait_until,
 };
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -174,15 +174,6 @@ privileged!(flood_drops_show_in_report_and_metrics);
 
 // ---- 2. memory bounds ----
 
-fn vm_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 /// A helper process holding `n` loopback connections (2n sockets) until dropped.
 struct Holder(std::process::Child);
 
@@ -253,7 +244,7 @@ privileged!(socket_cap_evicts_and_bounds_memory);
 // ---- 3. crash and restart ----
 
 /// Names of our maps as the kernel lists them.
-const OUR_MAPS: [&str; 4] = ["EVENTS", "DROPS", "OWNERS", "RING_PEAK"];
+const OUR_MAPS: [&str; 5] = ["EVENTS", "DROPS", "OWNERS", "FAILED", "RING_PEAK"];
 
 fn our_maps_loaded() -> Vec<String> {
     aya::maps::loaded_maps()
