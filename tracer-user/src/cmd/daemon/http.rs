@@ -69,6 +69,8 @@ pub struct Shared {
     pub status: Mutex<Status>,
     /// Connections closed to make room for newer ones, in all.
     pub shed: AtomicU64,
+    /// Connections that could not be accepted (out of fds), in all.
+    pub accept_failed: AtomicU64,
     /// The last encoding of /metrics and when it was made.
     encoded: Mutex<Option<(Instant, Bytes)>>,
 }
@@ -80,6 +82,7 @@ impl Shared {
             last_loop_ns: AtomicU64::new(clock::boot_ns()),
             status: Mutex::new(Status::default()),
             shed: AtomicU64::new(0),
+            accept_failed: AtomicU64::new(0),
             encoded: Mutex::new(None),
         }
     }
@@ -266,7 +269,9 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut open: VecDeque<JoinHandle<()>> = VecDeque::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
-            // Out of fds or similar: back off rather than spin.
+            // Out of fds or similar: counted, and a back-off rather than
+            // a spin (the client waits in the backlog meanwhile).
+            shared.accept_failed.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };

@@ -733,7 +733,8 @@ impl Metrics {
     }
 
     /// The losses as totals: each kind's counter grows by what they grew.
-    pub fn set_losses(&mut self, host: &HostLosses, timewait_unfollowed: u64, http_shed: u64) {
+    /// `http`: connections shed at the cap, and accepts that failed.
+    pub fn set_losses(&mut self, host: &HostLosses, timewait_unfollowed: u64, http: [u64; 2]) {
         let totals = [
             ("kernel_read_failed", host.kernel.failed_runs),
             ("owner_not_recorded", host.kernel.owner_inserts),
@@ -744,7 +745,8 @@ impl Metrics {
             ("cgroup_unknown", host.cgroups_unknown),
             ("host_job_failed", host.jobs_failed),
             ("time_wait_unfollowed", timewait_unfollowed),
-            ("http_connection_shed", http_shed),
+            ("http_connection_shed", http[0]),
+            ("http_accept_failed", http[1]),
         ];
         for (kind, total) in totals {
             let last = self.losses_last.entry(kind).or_insert(0);
@@ -1096,5 +1098,28 @@ mod tests {
             text.contains(r#"tcplinger_connections_opened_total{comm="curl",container_id="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn losses_given_as_totals_grow_their_counters_by_the_difference() {
+        let mut m = Metrics::new(10);
+        let mut host = HostLosses::default();
+        host.lookups_failed = 3;
+        host.kernel.owner_inserts = 1;
+        m.set_losses(&host, 2, [5, 0]);
+        host.lookups_failed = 4;
+        m.set_losses(&host, 2, [5, 1]);
+        let text = m.encode();
+        for (kind, n) in [
+            ("lookup_failed", 4),
+            ("owner_not_recorded", 1),
+            ("time_wait_unfollowed", 2),
+            ("http_connection_shed", 5),
+            ("http_accept_failed", 1),
+            ("netns_not_found", 0),
+        ] {
+            let line = format!("tcplinger_losses_total{{kind=\"{kind}\"}} {n}\n");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
     }
 }

@@ -389,7 +389,10 @@ fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, recent: &mut Recent
     m.set_losses(
         &losses,
         session.tracker.timewait_unfollowed(),
-        shared.shed.load(Ordering::Relaxed),
+        [
+            shared.shed.load(Ordering::Relaxed),
+            shared.accept_failed.load(Ordering::Relaxed),
+        ],
     );
 }
 
