@@ -5,6 +5,7 @@ use std::{
     fs,
     io::{BufRead, BufReader},
     net::TcpListener,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -322,6 +323,15 @@ fn start_tracer(config: Config, tools: &Tools) -> Result<Subject> {
         Config::Tcplife => peer(&tools.libbpf.tcplife)?,
         Config::Tcpstates => peer(&tools.libbpf.tcpstates)?,
     };
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    // The tracer ends with the benchmark, whatever ends it (the drop below
+    // does not run when a signal does).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())

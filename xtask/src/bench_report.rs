@@ -172,16 +172,22 @@ fn same_round_table(same_rounds: &[(Config, SameRound)], rounds: usize) -> Strin
     s
 }
 
+/// A count of ns (or units per second): a decimal below 10, where the
+/// targets are tens of ns.
+fn ns(x: f64) -> String {
+    if x.abs() < 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.0}")
+    }
+}
+
 /// The median of a figure over the cost runs, and each run's value.
 fn median_and_runs(runs: &[Run], f: fn(&Run) -> f64) -> String {
     let v: Vec<f64> = runs.iter().map(f).collect();
-    let each = v
-        .iter()
-        .map(|x| format!("{x:.0}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let each = v.iter().map(|x| ns(*x)).collect::<Vec<_>>().join(", ");
     if v.len() > 1 {
-        format!("{:.0} ({each})", ratios::median(&v))
+        format!("{} ({each})", ns(ratios::median(&v)))
     } else {
         each
     }
@@ -270,12 +276,12 @@ pub fn costs(
                 };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | `{}` | {per_run:.0} | {:.3} | {:.0} | {} | {} |",
+                    "| {} | {} | `{}` | {per_run:.0} | {:.3} | {} | {} | {} |",
                     workload.label(),
                     config.name(),
                     p.name,
                     p.runs as f64 / done,
-                    p.run_time_ns as f64 / done,
+                    ns(p.run_time_ns as f64 / done),
                     p.runs,
                     p.recursion_misses,
                 );
