@@ -560,32 +560,17 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
         .map(|&w| (w, configs.iter().copied().filter(|&c| w.runs(c)).collect()))
         .collect();
     let mut rounds: BTreeMap<(Workload, Config), Vec<Run>> = BTreeMap::new();
-    for round in 0..args.rounds {
-        for (workload, configs) in &plan {
-            let rate = match workload {
-                Workload::Churn => args.rate,
-                Workload::KeepAlive => None,
-            };
-            for config in rotated(configs, round) {
-                eprintln!(
-                    "bench: round {}/{}, {}: {}",
-                    round + 1,
-                    args.rounds,
-                    workload.name(),
-                    config.name()
-                );
-                let run = run_once(*workload, config, args, &tools, args.seconds, rate)?;
-                eprintln!(
-                    "bench:   {:.0} {}s/s, tracer {:.2} cores",
-                    run.per_second(),
-                    workload.unit(),
-                    run.cores()
-                );
-                rounds.entry((*workload, config)).or_default().push(run);
-            }
-        }
+    let mut costs: BTreeMap<(Workload, Config), Vec<Run>> = BTreeMap::new();
+    // Keep-alive first, its rounds then its cost runs, then the churn's:
+    // a churn leaves a TIME_WAIT socket per connection for 60 s, which the
+    // tracers that follow them (and the daemon's start-up snapshot) would
+    // count into the keep-alive figures.
+    let mut order = plan.clone();
+    order.sort_by_key(|(w, _)| *w != Workload::KeepAlive);
+    for (workload, configs) in &order {
+        throughput_rounds(*workload, configs, args, &tools, &mut rounds)?;
+        cost_runs(*workload, configs, args, &tools, &mut costs)?;
     }
-    let costs = cost_runs(args, &tools, &plan)?;
     let mut report = machine(root, args.tcplinger.as_deref());
     if args.rounds > 0 {
         for (workload, configs) in &plan {
@@ -615,55 +600,85 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Each tracer under each workload at a steady rate, with the kernel's BPF
-/// run-time statistics on for these runs only (they add to every program
-/// run, so the throughput rounds run without them). A steady rate leaves
-/// the machine room to spare: a program's run time is then its own, not
-/// the contention of a saturated machine.
-fn cost_runs(
+/// Interleaved rounds of the configurations under one workload.
+fn throughput_rounds(
+    workload: Workload,
+    configs: &[Config],
     args: &BenchArgs,
     tools: &Tools,
-    plan: &[(Workload, Vec<Config>)],
-) -> Result<BTreeMap<(Workload, Config), Vec<Run>>> {
-    let mut costs: BTreeMap<(Workload, Config), Vec<Run>> = BTreeMap::new();
-    let any_tracer = plan
+    rounds: &mut BTreeMap<(Workload, Config), Vec<Run>>,
+) -> Result<()> {
+    let rate = match workload {
+        Workload::Churn => args.rate,
+        Workload::KeepAlive => None,
+    };
+    for round in 0..args.rounds {
+        for config in rotated(configs, round) {
+            eprintln!(
+                "bench: round {}/{}, {}: {}",
+                round + 1,
+                args.rounds,
+                workload.name(),
+                config.name()
+            );
+            let run = run_once(workload, config, args, tools, args.seconds, rate)?;
+            eprintln!(
+                "bench:   {:.0} {}s/s, tracer {:.2} cores",
+                run.per_second(),
+                workload.unit(),
+                run.cores()
+            );
+            rounds.entry((workload, config)).or_default().push(run);
+        }
+    }
+    Ok(())
+}
+
+/// Each tracer under one workload at a steady rate, interleaved, with the
+/// kernel's BPF run-time statistics on for these runs only (they add to
+/// every program run, so the throughput rounds run without them). A steady
+/// rate leaves the machine room to spare: a program's run time is then its
+/// own, not the contention of a saturated machine.
+fn cost_runs(
+    workload: Workload,
+    configs: &[Config],
+    args: &BenchArgs,
+    tools: &Tools,
+    costs: &mut BTreeMap<(Workload, Config), Vec<Run>>,
+) -> Result<()> {
+    let tracers: Vec<Config> = configs
         .iter()
-        .any(|(_, c)| c.iter().any(|&c| c != Config::NoTracer));
-    if args.cost_rounds == 0 || !any_tracer {
-        return Ok(costs);
+        .copied()
+        .filter(|&c| c != Config::NoTracer)
+        .collect();
+    if args.cost_rounds == 0 || tracers.is_empty() {
+        return Ok(());
     }
     let seconds = args.seconds.min(COST_SECONDS);
+    let rate = cost_rate(workload, args);
+    let aim = rate.map_or("as fast as possible".to_string(), |r| format!("at {r}/s"));
     let stats = StatsOn::new()?;
     for round in 0..args.cost_rounds {
-        for (workload, configs) in plan {
-            let rate = cost_rate(*workload, args);
-            let aim = rate.map_or("as fast as possible".to_string(), |r| format!("at {r}/s"));
-            let tracers: Vec<Config> = configs
-                .iter()
-                .copied()
-                .filter(|&c| c != Config::NoTracer)
-                .collect();
-            for config in rotated(&tracers, round) {
-                eprintln!(
-                    "bench: cost {}/{}, {} {aim}: {}",
-                    round + 1,
-                    args.cost_rounds,
-                    workload.name(),
-                    config.name()
-                );
-                let run = run_once(*workload, config, args, tools, seconds, rate)?;
-                eprintln!(
-                    "bench:   kernel {:.0} ns, tracer CPU {:.0} ns per {}",
-                    run.kernel_ns_per_unit(),
-                    run.cpu_ns_per_unit(),
-                    workload.unit()
-                );
-                costs.entry((*workload, config)).or_default().push(run);
-            }
+        for config in rotated(&tracers, round) {
+            eprintln!(
+                "bench: cost {}/{}, {} {aim}: {}",
+                round + 1,
+                args.cost_rounds,
+                workload.name(),
+                config.name()
+            );
+            let run = run_once(workload, config, args, tools, seconds, rate)?;
+            eprintln!(
+                "bench:   kernel {:.0} ns, tracer CPU {:.0} ns per {}",
+                run.kernel_ns_per_unit(),
+                run.cpu_ns_per_unit(),
+                workload.unit()
+            );
+            costs.entry((workload, config)).or_default().push(run);
         }
     }
     drop(stats);
-    Ok(costs)
+    Ok(())
 }
 
 /// The release binary of this tree (built now), or `given`.
