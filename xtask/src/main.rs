@@ -1,10 +1,15 @@
 //! Project chores: rebuild or check the committed eBPF object, run the whole test suite as root, run the benchmark.
 
 mod bench;
+mod bench_report;
+mod bpf_stats;
 mod churn;
 mod deps;
 mod hold;
+mod keepalive;
 mod lint;
+mod peers;
+mod ratios;
 mod soak;
 
 use std::{
