@@ -284,9 +284,27 @@ pub struct SockOffsets {
 /// Marks a field this kernel does not have.
 pub const NO_OFFSET: u16 = u16::MAX;
 
-/// Entries of the per-cookie owner map: LRU, so on a host with more live
-/// sockets than this the stalest entries are recycled.
+/// Entries of the per-cookie owner map as compiled: LRU, so on a host with
+/// more live sockets than this the stalest entries are recycled. Userspace
+/// sizes it to `--max-sockets` at load time, so the kernel remembers an
+/// owner for every socket the tracker can follow.
 pub const OWNERS_MAX_ENTRIES: u32 = 65536;
+
+/// Slots of the per-CPU `FAILED` map: losses the kernel side counts.
+/// Indices are ABI: never renumber.
+pub mod failed {
+    /// Program runs that ended early because a kernel read failed.
+    pub const RUN: u32 = 0;
+    /// Owner entries that could not be created (the map refused the
+    /// insert): those sockets' softirq records name no owner.
+    pub const OWNER_INSERT: u32 = 1;
+    /// Records skipped under a pid filter because their socket's owner was
+    /// not known (no entry: recycled, or never made), so the filter could
+    /// not tell whether they belong to the pids asked for.
+    pub const UNATTRIBUTED: u32 = 2;
+    /// Slots in all.
+    pub const SLOTS: u32 = 3;
+}
 
 /// Load-time settings of the kernel programs (a read-only global).
 #[repr(C)]

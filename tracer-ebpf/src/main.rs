@@ -15,12 +15,10 @@ mod record;
 mod sock;
 
 use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_boot_ns,
-    macros::{btf_tracepoint, map},
-    maps::PerCpuArray,
+    helpers::generated::bpf_ktime_get_boot_ns, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use tracer_common::{EventKind, FIN_UNKNOWN, TcpState};
+use tracer_common::{EventKind, FIN_UNKNOWN, TcpState, failed};
 
 use crate::{
     config::config,
@@ -28,27 +26,18 @@ use crate::{
         Step, current_tgid, forget, note_io, recorded_owner, runs_in_owner, skippable,
         step_current, step_recorded,
     },
-    record::{Record, emit},
+    record::{Record, count_failure, emit},
     sock::{
         cookie_of, field, fin_received, is_tcp, pid_allowed, tcp_figures, traced_family,
         traced_ports, tuple_if_traced,
     },
 };
 
-/// Program runs that ended early because a kernel read failed, per CPU:
-/// events lost like drops.
-#[map]
-static FAILED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
 /// Counts a run that failed; every program returns 0 either way.
 #[inline(always)]
 fn done(result: Result<(), i32>) -> i32 {
-    if result.is_err()
-        && let Some(slot) = FAILED.get_ptr_mut(0)
-    {
-        // SAFETY: a valid per-CPU slot for this run; a nested program on
-        // this CPU racing the increment loses at most one count.
-        unsafe { *slot += 1 };
+    if result.is_err() {
+        count_failure(failed::RUN);
     }
     0
 }
@@ -105,6 +94,9 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         step_recorded(cookie, old, new, now)
     };
     if !pid_allowed(step.owner.tgid) {
+        if step.owner.tgid == 0 && !created {
+            count_failure(failed::UNATTRIBUTED);
+        }
         return Ok(());
     }
     if config!(every_transition) == 0 && skippable(sk, old, new, step.recorded) {
@@ -184,6 +176,9 @@ fn try_reset(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i32> {
     let cookie = cookie_of(sk);
     let owner = recorded_owner(cookie);
     if !pid_allowed(owner.tgid) {
+        if owner.tgid == 0 {
+            count_failure(failed::UNATTRIBUTED);
+        }
         return Ok(());
     }
     let record = Record {

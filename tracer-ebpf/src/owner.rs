@@ -8,10 +8,13 @@ use aya_ebpf::{
     macros::map,
     maps::LruHashMap,
 };
-use tracer_common::{COMM_LEN, NO_OFFSET, OWNERS_MAX_ENTRIES, OwnerSource, SocketEntry, TcpState};
+use tracer_common::{
+    COMM_LEN, NO_OFFSET, OWNERS_MAX_ENTRIES, OwnerSource, SocketEntry, TcpState, failed,
+};
 
 use crate::{
     config::config,
+    record::count_failure,
     sock::{probe, sock_flag},
 };
 
@@ -64,7 +67,11 @@ fn entry_of(cookie: u64) -> Option<&'static mut SocketEntry> {
 /// failure: the owner then stays unknown for softirq events).
 #[inline(always)]
 fn create_entry(cookie: u64, init: &SocketEntry) -> bool {
-    OWNERS.insert(cookie, init, 0).is_ok()
+    let created = OWNERS.insert(cookie, init, 0).is_ok();
+    if !created {
+        count_failure(failed::OWNER_INSERT);
+    }
+    created
 }
 
 /// The socket's entry goes: it is being destroyed.

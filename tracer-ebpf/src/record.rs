@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use tracer_common::{Event, EventKind, TcpFigures};
+use tracer_common::{Event, EventKind, TcpFigures, failed};
 
 use crate::{
     config::config,
@@ -44,10 +44,21 @@ pub struct Record {
     pub tcp: Option<TcpFigures>,
 }
 
+/// Losses the kernel side counts, per CPU, one slot each (see
+/// `tracer_common::failed`).
+#[map]
+static FAILED: PerCpuArray<u64> = PerCpuArray::with_max_entries(failed::SLOTS, 0);
+
+/// Counts a loss in slot `which` of `FAILED`.
+#[inline(always)]
+pub fn count_failure(which: u32) {
+    count(&FAILED, which);
+}
+
 /// Adds one to a per-CPU counter.
 #[inline(always)]
-fn count(counter: &PerCpuArray<u64>) {
-    if let Some(slot) = counter.get_ptr_mut(0) {
+fn count(counter: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = counter.get_ptr_mut(index) {
         // SAFETY: a valid per-CPU slot for this run; atomic because a
         // softirq program can interrupt a process-context one on the same
         // CPU (core's AtomicU64 is not offered on the BPF target, whose
@@ -63,7 +74,7 @@ fn count(counter: &PerCpuArray<u64>) {
 #[inline(always)]
 pub fn emit(sk: *const u8, tuple: &Tuple, r: &Record) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(&DROPS);
+        count(&DROPS, 0);
         return;
     };
     let (saddr, daddr) = addresses(sk, tuple.family);

@@ -35,6 +35,8 @@ macro_rules! privileged {
 mod analysis;
 #[path = "privileged/daemon.rs"]
 mod daemon;
+#[path = "privileged/health.rs"]
+mod health;
 #[path = "privileged/leave_on.rs"]
 mod leave_on;
 #[path = "privileged/lifecycle.rs"]

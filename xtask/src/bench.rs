@@ -1,11 +1,11 @@
-//! `cargo xtask bench`: connection churn with no tracer, the daemon, `watch` and bpftrace, interleaved; kernel ns per program run; 100,000 live sockets under `sockets` and `daemon`. Prints Markdown tables for BENCHMARKS.md.
+//! `cargo xtask bench`: churn and keep-alive traffic with no tracer, tcplinger (daemon, watch) and its peers (bpftrace, libbpf-tools `tcplife` and `tcpstates`), interleaved round by round; each tracer's cost per connection and per request with BPF run-time statistics on; 100,000 live sockets under `sockets` and `daemon`. Prints Markdown tables for BENCHMARKS.md (drawn by `bench_report`).
 
 use std::{
-    collections::{BTreeMap, HashSet},
-    fmt::Write as _,
+    collections::BTreeMap,
     fs,
     io::{BufRead, BufReader},
     net::TcpListener,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -14,26 +14,59 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::churn::{self, Churn, Outcome};
+use crate::{
+    bench_report,
+    bpf_stats::{self, ProgramRun, StatsOn},
+    churn::{self, Churn},
+    keepalive::{self, KeepAlive},
+    peers::{self, LibbpfTools},
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Interleaved rounds of every configuration (0: kernel run time only).
-    #[arg(long, default_value_t = 3)]
+    /// Interleaved rounds of every configuration under each workload (0:
+    /// only the cost runs).
+    #[arg(long, default_value_t = 6)]
     pub rounds: usize,
-    /// Seconds of churn per run.
-    #[arg(long, default_value_t = 8)]
+    /// Seconds of traffic per run.
+    #[arg(long, default_value_t = 4)]
     pub seconds: u64,
+    /// Workloads to run: churn (a connection per request) and keep-alive
+    /// (requests on persistent connections).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = [Workload::Churn, Workload::KeepAlive]
+    )]
+    pub workloads: Vec<Workload>,
     /// Client (and server) threads of the churn: enough that the machine
     /// has no idle CPU (each connection waits on its peer).
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
-    /// Connections per second to aim for; default: as fast as possible.
+    /// Connections per second to aim for in the churn rounds; default: as
+    /// fast as possible.
     #[arg(long)]
     pub rate: Option<u64>,
-    /// Connections per second during the kernel run-time measurement.
+    /// Persistent connections of the keep-alive workload (a client and a
+    /// server thread each).
+    #[arg(long, default_value_t = 4)]
+    pub keepalive_connections: usize,
+    /// Bytes of each keep-alive request and of each reply.
+    #[arg(long, default_value_t = 64)]
+    pub request_bytes: usize,
+    /// Interleaved runs of each tracer with BPF run-time statistics on, for
+    /// the cost per connection and per request (0 skips them).
+    #[arg(long, default_value_t = 2)]
+    pub cost_rounds: usize,
+    /// Connections per second of the churn during the cost runs (0: as
+    /// fast as possible).
     #[arg(long, default_value_t = 10_000)]
     pub kernel_rate: u64,
+    /// Requests per second of the keep-alive workload during the cost runs
+    /// (0: as fast as possible).
+    #[arg(long, default_value_t = 50_000)]
+    pub keepalive_kernel_rate: u64,
     /// Live sockets held for the scale part (0 to skip it).
     #[arg(long, default_value_t = 100_000)]
     pub live_sockets: u64,
@@ -44,8 +77,11 @@ pub struct BenchArgs {
     /// Skip the bpftrace comparison.
     #[arg(long)]
     pub no_bpftrace: bool,
+    /// Skip the libbpf-tools comparisons (tcplife, tcpstates).
+    #[arg(long)]
+    pub no_libbpf_tools: bool,
     /// Only these tracers (the no-tracer baseline always runs), e.g.
-    /// `--only daemon`; for quick iterations.
+    /// `--only daemon,tcplife`; for quick iterations.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Only>,
     /// Measure this tcplinger binary (another build, to compare) instead
@@ -62,40 +98,131 @@ pub enum Only {
     Daemon,
     Watch,
     Bpftrace,
+    Tcplife,
+    Tcpstates,
+}
+
+/// The traffic a round runs under each configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Workload {
+    /// Open, one byte each way, close (`--threads` clients at once).
+    Churn,
+    /// Requests and replies on a few persistent connections.
+    KeepAlive,
+}
+
+impl Workload {
+    /// What one unit of work is, in the tables.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Workload::Churn => "connection",
+            Workload::KeepAlive => "request",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Churn => "churn",
+            Workload::KeepAlive => "keep-alive",
+        }
+    }
+
+    /// The workload and its unit, for the cost tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Workload::Churn => "churn (per connection)",
+            Workload::KeepAlive => "keep-alive (per request)",
+        }
+    }
+
+    /// The tracers worth running under it: those that hook only state
+    /// changes cost the same on keep-alive traffic, so tcplife speaks for
+    /// them there.
+    fn runs(self, config: Config) -> bool {
+        match self {
+            Workload::Churn => true,
+            Workload::KeepAlive => matches!(
+                config,
+                Config::NoTracer | Config::Daemon | Config::Watch | Config::Tcplife
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Config {
+pub enum Config {
     NoTracer,
     Daemon,
     Watch,
     Bpftrace,
+    Tcplife,
+    Tcpstates,
 }
 
 impl Config {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Config::NoTracer => "no tracer",
             Config::Daemon => "tcplinger daemon",
             Config::Watch => "tcplinger watch --format json > /dev/null",
             Config::Bpftrace => "bpftrace printing each transition > /dev/null",
+            Config::Tcplife => "libbpf-tools tcplife > /dev/null",
+            Config::Tcpstates => "libbpf-tools tcpstates > /dev/null",
         }
     }
 }
 
 /// What one run measured.
-#[derive(Debug, Clone, Copy, Default)]
-struct Run {
-    conns_per_s: f64,
-    failures: u64,
-    /// Subject user+sys CPU seconds per wall second.
-    cpu: f64,
-    peak_rss_kb: u64,
-    events: Option<u64>,
-    dropped: Option<u64>,
+#[derive(Debug, Clone, Default)]
+pub struct Run {
+    /// Connections (churn) or requests (keep-alive) done.
+    pub done: u64,
+    pub failures: u64,
+    pub elapsed: Duration,
+    /// The tracer's user+sys CPU seconds over the run.
+    pub cpu_seconds: f64,
+    pub peak_rss_kb: u64,
+    pub events: Option<u64>,
+    pub dropped: Option<u64>,
+    /// The tracer's programs over the run (run time and count only while
+    /// the statistics are on).
+    pub programs: Vec<ProgramRun>,
+}
+
+impl Run {
+    pub fn per_second(&self) -> f64 {
+        self.done as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// Tracer CPU per wall second.
+    pub fn cores(&self) -> f64 {
+        self.cpu_seconds / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// Tracer CPU (its own process: userspace and its system calls) per
+    /// unit of work, in ns.
+    pub fn cpu_ns_per_unit(&self) -> f64 {
+        self.cpu_seconds * 1e9 / self.done.max(1) as f64
+    }
+
+    /// The tracer's programs' run time per unit of work, in ns.
+    pub fn kernel_ns_per_unit(&self) -> f64 {
+        self.programs.iter().map(|p| p.run_time_ns).sum::<u64>() as f64 / self.done.max(1) as f64
+    }
+
+    pub fn recursion_misses(&self) -> u64 {
+        self.programs.iter().map(|p| p.recursion_misses).sum()
+    }
 }
 
 const BPFTRACE_SCRIPT: &str = r#"tracepoint:sock:inet_sock_set_state { printf("%s %d %d %d\n", comm, pid, args->oldstate, args->newstate); }"#;
+
+/// Bounds the count of each run; the time (`--seconds`) ends it first.
+const MAX_CONNECTIONS: u64 = 10_000_000;
+const MAX_REQUESTS: u64 = 100_000_000;
+
+/// Seconds of each cost run at most.
+pub const COST_SECONDS: u64 = 5;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").map_or(0, |l| l.local_addr().map_or(0, |a| a.port()))
@@ -113,9 +240,23 @@ pub fn cpu_seconds(pid: u32) -> f64 {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
+    (ticks(11) + ticks(12)) * clock_tick_seconds()
+}
+
+/// The unit of utime and stime in /proc/PID/stat.
+pub fn clock_tick_seconds() -> f64 {
     // SAFETY: sysconf is always safe to call.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
+    1.0 / hz.max(1.0)
+}
+
+/// The rate a cost run aims at (`None`: as fast as possible).
+pub fn cost_rate(workload: Workload, args: &BenchArgs) -> Option<u64> {
+    let rate = match workload {
+        Workload::Churn => args.kernel_rate,
+        Workload::KeepAlive => args.keepalive_kernel_rate,
+    };
+    (rate > 0).then_some(rate)
 }
 
 /// Peak resident set (kB) of a live process.
@@ -128,10 +269,22 @@ fn peak_rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The binaries under measurement.
+struct Tools {
+    tcplinger: PathBuf,
+    libbpf: LibbpfTools,
+}
+
 /// A tracer configuration under measurement; killed on drop.
 struct Subject {
     child: Child,
     stderr: mpsc::Receiver<String>,
+}
+
+impl Subject {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Subject {
@@ -143,25 +296,22 @@ impl Drop for Subject {
     }
 }
 
-/// Programs loaded now, by id.
-fn program_ids() -> HashSet<u32> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .map(|p| p.id())
-        .collect()
-}
-
-fn start_tracer(config: Config, tcplinger: &Path) -> Result<Subject> {
-    let before = program_ids();
+fn start_tracer(config: Config, tools: &Tools) -> Result<Subject> {
+    let peer = |path: &Option<PathBuf>| -> Result<Command> {
+        let path = path
+            .as_ref()
+            .with_context(|| format!("{} is not installed", config.name()))?;
+        Ok(Command::new(path))
+    };
     let mut cmd = match config {
         Config::NoTracer => bail!("no tracer to start"),
         Config::Daemon => {
-            let mut c = Command::new(tcplinger);
+            let mut c = Command::new(&tools.tcplinger);
             c.args(["daemon", "--listen", &format!("127.0.0.1:{}", free_port())]);
             c
         }
         Config::Watch => {
-            let mut c = Command::new(tcplinger);
+            let mut c = Command::new(&tools.tcplinger);
             c.args(["watch", "--format", "json"]);
             c
         }
@@ -170,7 +320,18 @@ fn start_tracer(config: Config, tcplinger: &Path) -> Result<Subject> {
             c.args(["-e", BPFTRACE_SCRIPT]);
             c
         }
+        Config::Tcplife => peer(&tools.libbpf.tcplife)?,
+        Config::Tcpstates => peer(&tools.libbpf.tcpstates)?,
     };
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    // The tracer ends with the benchmark, whatever ends it (the drop below
+    // does not run when a signal does).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -184,23 +345,35 @@ fn start_tracer(config: Config, tcplinger: &Path) -> Result<Subject> {
             let _ = tx.send(line);
         }
     });
-    let tracer = Subject { child, stderr: rx };
+    let mut tracer = Subject { child, stderr: rx };
     let start = Instant::now();
-    // Ready: our tracers say so; bpftrace's program shows up in the kernel.
+    let mut said = Vec::new();
+    // Ready: our tracers say so; a peer holds its programs (it attaches
+    // them right after loading; the settling below covers that).
     loop {
+        said.extend(tracer.stderr.try_iter());
         let ready = match config {
-            Config::Bpftrace => program_ids().difference(&before).next().is_some(),
-            _ => tracer.stderr.try_iter().any(|l| l.contains("tracing")),
+            Config::Daemon | Config::Watch => said.iter().any(|l| l.contains("tracing")),
+            _ => bpf_stats::holds_programs(tracer.pid()),
         };
         if ready {
             break;
         }
+        if let Ok(Some(status)) = tracer.child.try_wait() {
+            std::thread::sleep(Duration::from_millis(100));
+            said.extend(tracer.stderr.try_iter());
+            bail!(
+                "{} exited before tracing ({status}): {}",
+                config.name(),
+                said.join(" / ")
+            );
+        }
         if start.elapsed() > Duration::from_mins(1) {
-            bail!("{} did not start", config.name());
+            bail!("{} did not start within a minute", config.name());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Let the start-up snapshot and bpftrace's own set-up settle.
+    // Let the start-up snapshot and the peers' own set-up settle.
     std::thread::sleep(Duration::from_millis(500));
     Ok(tracer)
 }
@@ -208,7 +381,7 @@ fn start_tracer(config: Config, tcplinger: &Path) -> Result<Subject> {
 /// Stops a tracer and reads the events/dropped figures of our exit summary.
 fn stop_tracer(mut tracer: Subject) -> (Option<u64>, Option<u64>) {
     // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(tracer.child.id().cast_signed(), libc::SIGTERM) };
+    unsafe { libc::kill(tracer.pid().cast_signed(), libc::SIGTERM) };
     let _ = tracer.child.wait();
     let lines: Vec<String> = tracer.stderr.try_iter().collect();
     let summary = lines.iter().find(|l| l.contains(" events, "));
@@ -220,152 +393,105 @@ fn stop_tracer(mut tracer: Subject) -> (Option<u64>, Option<u64>) {
     (number_before("events"), number_before("dropped"))
 }
 
-fn churn(args: &BenchArgs, seconds: u64) -> Result<Outcome> {
-    churn_at(args, seconds, args.rate)
+/// Units of work done, failures, and how long it took.
+struct Work {
+    done: u64,
+    failures: u64,
+    elapsed: Duration,
 }
 
-fn churn_at(args: &BenchArgs, seconds: u64, rate: Option<u64>) -> Result<Outcome> {
-    churn::run(Churn {
-        port: free_port(),
-        threads: args.threads,
-        duration: Duration::from_secs(seconds),
-        max_connections: 10_000_000,
-        rate,
-    })
-    .context("running the churn")
+/// Runs the workload for `seconds` (or its count bound) on loopback.
+fn drive(workload: Workload, args: &BenchArgs, seconds: u64, rate: Option<u64>) -> Result<Work> {
+    let duration = Duration::from_secs(seconds);
+    match workload {
+        Workload::Churn => {
+            let o = churn::run(Churn {
+                port: free_port(),
+                threads: args.threads,
+                duration,
+                max_connections: MAX_CONNECTIONS,
+                rate,
+            })
+            .context("running the churn")?;
+            Ok(Work {
+                done: o.connections,
+                failures: o.failures,
+                elapsed: o.elapsed,
+            })
+        }
+        Workload::KeepAlive => {
+            let o = keepalive::run(KeepAlive {
+                connections: args.keepalive_connections,
+                bytes: args.request_bytes,
+                duration,
+                max_requests: MAX_REQUESTS,
+                rate,
+            })
+            .context("running the keep-alive workload")?;
+            Ok(Work {
+                done: o.requests,
+                failures: o.failures,
+                elapsed: o.elapsed,
+            })
+        }
+    }
 }
 
-fn run_once(config: Config, args: &BenchArgs, tcplinger: &Path) -> Result<Run> {
+/// One configuration under one workload: the tracer started, the traffic
+/// run, the tracer's CPU and programs read before and after, the tracer
+/// stopped.
+fn run_once(
+    workload: Workload,
+    config: Config,
+    args: &BenchArgs,
+    tools: &Tools,
+    seconds: u64,
+    rate: Option<u64>,
+) -> Result<Run> {
     if config == Config::NoTracer {
-        let o = churn(args, args.seconds)?;
+        let w = drive(workload, args, seconds, rate)?;
         return Ok(Run {
-            conns_per_s: o.per_second(),
-            failures: o.failures,
+            done: w.done,
+            failures: w.failures,
+            elapsed: w.elapsed,
             ..Run::default()
         });
     }
-    let tracer = start_tracer(config, tcplinger)?;
-    let pid = tracer.child.id();
-    let cpu0 = cpu_seconds(pid);
-    let o = churn(args, args.seconds)?;
-    let cpu = (cpu_seconds(pid) - cpu0) / o.elapsed.as_secs_f64();
+    let tracer = start_tracer(config, tools)?;
+    let pid = tracer.pid();
+    let (cpu0, programs0) = (cpu_seconds(pid), bpf_stats::programs_of(pid));
+    let w = drive(workload, args, seconds, rate)?;
+    let (cpu1, programs1) = (cpu_seconds(pid), bpf_stats::programs_of(pid));
     let peak_rss_kb = peak_rss_kb(pid);
+    let names = bpf_stats::names(programs1.keys().copied());
     let (events, dropped) = stop_tracer(tracer);
     Ok(Run {
-        conns_per_s: o.per_second(),
-        failures: o.failures,
-        cpu,
+        done: w.done,
+        failures: w.failures,
+        elapsed: w.elapsed,
+        cpu_seconds: cpu1 - cpu0,
         peak_rss_kb,
         events,
         dropped,
+        programs: bpf_stats::delta(&programs0, &programs1, &names),
     })
 }
 
-/// Mean ns per run of each program a tracer loaded, with BPF run-time
-/// statistics on (they cost every program a little, so they are measured
-/// in a separate run).
-fn kernel_ns(
-    config: Config,
-    args: &BenchArgs,
-    tcplinger: &Path,
-) -> Result<Vec<(String, f64, u64)>> {
-    let before = program_ids();
-    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .context("enabling BPF run-time statistics")?;
-    let tracer = start_tracer(config, tcplinger)?;
-    let ours: Vec<u32> = program_ids().difference(&before).copied().collect();
-    let read = || -> BTreeMap<u32, (String, u64, u64)> {
-        aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .filter(|p| ours.contains(&p.id()))
-            .map(|p| {
-                let name = p.name_as_str().unwrap_or("?").to_string();
-                (
-                    p.id(),
-                    (
-                        name,
-                        u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX),
-                        p.run_count(),
-                    ),
-                )
-            })
-            .collect()
-    };
-    let start = read();
-    // At a steady rate the machine has room to spare: a program's run time
-    // is then its own, not the contention of a saturated machine.
-    churn_at(args, args.seconds.min(5), Some(args.kernel_rate))?;
-    let end = read();
-    stop_tracer(tracer);
-    // Statistics stay on for as long as this fd is open.
-    drop(stats);
-    let mut out: Vec<(String, f64, u64)> = end
-        .iter()
-        .map(|(id, (name, ns, runs))| {
-            let (_, ns0, runs0) = start.get(id).cloned().unwrap_or_default();
-            let runs = runs - runs0;
-            (
-                name.clone(),
-                if runs > 0 {
-                    (ns - ns0) as f64 / runs as f64
-                } else {
-                    0.0
-                },
-                runs,
-            )
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
-}
-
-/// bpftrace, installed from the distribution's package if missing (the
-/// peer is part of the benchmark, not of the tool).
-fn have_bpftrace() -> bool {
-    let present = || Command::new("bpftrace").arg("--version").output().is_ok();
-    if present() {
-        return true;
+/// The configurations, in the order of the first round; each round starts
+/// one further along, so that no configuration always follows the same one
+/// (a run leaves TIME_WAIT sockets and warm caches to the next).
+fn rotated(configs: &[Config], round: usize) -> Vec<Config> {
+    let mut v = configs.to_vec();
+    if !v.is_empty() {
+        let by = round % v.len();
+        v.rotate_left(by);
     }
-    eprintln!("bench: installing bpftrace (apt-get install bpftrace)");
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let install = [
-        "install",
-        "-y",
-        "-qq",
-        "--no-install-recommends",
-        "bpftrace",
-    ];
-    // Package lists may be stale on a fresh machine: refresh once if needed.
-    let installed = apt(&install) || (apt(&["update", "-qq"]) && apt(&install));
-    installed && present()
+    v
 }
 
-fn ensure_tracefs() {
-    // bpftrace's classic tracepoints need tracefs (not mounted on every machine).
-    if !Path::new("/sys/kernel/tracing/events").exists() {
-        let _ = Command::new("mount")
-            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-            .status();
-    }
-}
-
-pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
-    // SAFETY: geteuid is always safe.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark loads eBPF programs: run it as root");
-    }
-    let tcplinger = build_tcplinger(root, args.tcplinger.as_deref())?;
+/// The configurations this run measures, the peers installed if missing
+/// (those that cannot be are left out, and said so).
+fn configurations(args: &BenchArgs, libbpf: &mut LibbpfTools) -> Vec<Config> {
     let wanted = |o: Only| args.only.is_empty() || args.only.contains(&o);
     let mut configs = vec![Config::NoTracer];
     if wanted(Only::Daemon) {
@@ -374,9 +500,10 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
     if wanted(Only::Watch) {
         configs.push(Config::Watch);
     }
+    let mut tracefs = false;
     if !args.no_bpftrace && wanted(Only::Bpftrace) {
-        if have_bpftrace() {
-            ensure_tracefs();
+        if peers::have_bpftrace() {
+            tracefs = true;
             configs.push(Config::Bpftrace);
         } else {
             eprintln!(
@@ -384,32 +511,79 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
             );
         }
     }
-    let mut runs: BTreeMap<Config, Vec<Run>> = BTreeMap::new();
-    for round in 1..=args.rounds {
-        for &config in &configs {
-            eprintln!("bench: round {round}/{}: {}", args.rounds, config.name());
-            let run = run_once(config, args, &tcplinger)?;
-            eprintln!(
-                "bench:   {:.0} connections/s, tracer {:.2} cores",
-                run.conns_per_s, run.cpu
-            );
-            runs.entry(config).or_default().push(run);
+    if !args.no_libbpf_tools && (wanted(Only::Tcplife) || wanted(Only::Tcpstates)) {
+        *libbpf = peers::libbpf_tools();
+        for (only, config, path) in [
+            (Only::Tcplife, Config::Tcplife, &libbpf.tcplife),
+            (Only::Tcpstates, Config::Tcpstates, &libbpf.tcpstates),
+        ] {
+            if !wanted(only) {
+                continue;
+            }
+            if let Some(path) = path {
+                eprintln!("bench: {} is {}", config.name(), path.display());
+                tracefs = true;
+                configs.push(config);
+            } else {
+                eprintln!(
+                    "bench: {} is not installed and could not be (Debian package libbpf-tools): its row is left out",
+                    config.name()
+                );
+            }
         }
     }
-    let mut kernel = BTreeMap::new();
-    for &config in configs.iter().filter(|c| **c != Config::NoTracer) {
-        eprintln!("bench: kernel run time of {}", config.name());
-        kernel.insert(config, kernel_ns(config, args, &tcplinger)?);
+    if tracefs {
+        peers::ensure_tracefs();
+    }
+    configs
+}
+
+pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
+    // SAFETY: geteuid is always safe.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    if args.seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    let mut libbpf = LibbpfTools::default();
+    let configs = configurations(args, &mut libbpf);
+    let tools = Tools {
+        tcplinger: build_tcplinger(root, args.tcplinger.as_deref())?,
+        libbpf,
+    };
+    let mut workloads = args.workloads.clone();
+    workloads.sort();
+    workloads.dedup();
+    let plan: Vec<(Workload, Vec<Config>)> = workloads
+        .iter()
+        .map(|&w| (w, configs.iter().copied().filter(|&c| w.runs(c)).collect()))
+        .collect();
+    let mut rounds: BTreeMap<(Workload, Config), Vec<Run>> = BTreeMap::new();
+    let mut costs: BTreeMap<(Workload, Config), Vec<Run>> = BTreeMap::new();
+    // Keep-alive first, its rounds then its cost runs, then the churn's:
+    // a churn leaves a TIME_WAIT socket per connection for 60 s, which the
+    // tracers that follow them (and the daemon's start-up snapshot) would
+    // count into the keep-alive figures.
+    let mut order = plan.clone();
+    order.sort_by_key(|(w, _)| *w != Workload::KeepAlive);
+    for (workload, configs) in &order {
+        throughput_rounds(*workload, configs, args, &tools, &mut rounds)?;
+        cost_runs(*workload, configs, args, &tools, &mut costs)?;
     }
     let mut report = machine(root, args.tcplinger.as_deref());
     if args.rounds > 0 {
-        report.push_str(&throughput_table(&configs, &runs, args));
-        report.push('\n');
+        for (workload, configs) in &plan {
+            report.push_str(&bench_report::throughput(*workload, configs, &rounds, args));
+            report.push('\n');
+        }
     }
-    report.push_str(&kernel_table(&kernel, args.kernel_rate));
+    if !costs.is_empty() {
+        report.push_str(&bench_report::costs(&plan, &costs, args));
+    }
     if args.live_sockets > 0 {
         report.push('\n');
-        report.push_str(&crate::hold::scale(args.live_sockets, &tcplinger)?);
+        report.push_str(&crate::hold::scale(args.live_sockets, &tools.tcplinger)?);
     }
     if args.synthetic_sockets > 0 {
         eprintln!(
@@ -423,6 +597,87 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
     if let Some(path) = &args.out {
         fs::write(path, &report).with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+/// Interleaved rounds of the configurations under one workload.
+fn throughput_rounds(
+    workload: Workload,
+    configs: &[Config],
+    args: &BenchArgs,
+    tools: &Tools,
+    rounds: &mut BTreeMap<(Workload, Config), Vec<Run>>,
+) -> Result<()> {
+    let rate = match workload {
+        Workload::Churn => args.rate,
+        Workload::KeepAlive => None,
+    };
+    for round in 0..args.rounds {
+        for config in rotated(configs, round) {
+            eprintln!(
+                "bench: round {}/{}, {}: {}",
+                round + 1,
+                args.rounds,
+                workload.name(),
+                config.name()
+            );
+            let run = run_once(workload, config, args, tools, args.seconds, rate)?;
+            eprintln!(
+                "bench:   {:.0} {}s/s, tracer {:.2} cores",
+                run.per_second(),
+                workload.unit(),
+                run.cores()
+            );
+            rounds.entry((workload, config)).or_default().push(run);
+        }
+    }
+    Ok(())
+}
+
+/// Each tracer under one workload at a steady rate, interleaved, with the
+/// kernel's BPF run-time statistics on for these runs only (they add to
+/// every program run, so the throughput rounds run without them). A steady
+/// rate leaves the machine room to spare: a program's run time is then its
+/// own, not the contention of a saturated machine.
+fn cost_runs(
+    workload: Workload,
+    configs: &[Config],
+    args: &BenchArgs,
+    tools: &Tools,
+    costs: &mut BTreeMap<(Workload, Config), Vec<Run>>,
+) -> Result<()> {
+    let tracers: Vec<Config> = configs
+        .iter()
+        .copied()
+        .filter(|&c| c != Config::NoTracer)
+        .collect();
+    if args.cost_rounds == 0 || tracers.is_empty() {
+        return Ok(());
+    }
+    let seconds = args.seconds.min(COST_SECONDS);
+    let rate = cost_rate(workload, args);
+    let aim = rate.map_or("as fast as possible".to_string(), |r| format!("at {r}/s"));
+    let stats = StatsOn::new()?;
+    for round in 0..args.cost_rounds {
+        for config in rotated(&tracers, round) {
+            eprintln!(
+                "bench: cost {}/{}, {} {aim}: {}",
+                round + 1,
+                args.cost_rounds,
+                workload.name(),
+                config.name()
+            );
+            let run = run_once(workload, config, args, tools, seconds, rate)?;
+            eprintln!(
+                "bench:   kernel {:.0} ns, tracer CPU {:.0} ns per {}",
+                run.kernel_ns_per_unit(),
+                run.cpu_ns_per_unit(),
+                workload.unit()
+            );
+            costs.entry((workload, config)).or_default().push(run);
+        }
+    }
+    drop(stats);
     Ok(())
 }
 
@@ -501,98 +756,4 @@ fn synthetic(sockets: u64, root: &Path) -> Result<String> {
         bail!("the scale micro-benchmark failed ({})", out.status);
     }
     String::from_utf8(out.stdout).context("scale micro-benchmark output")
-}
-
-fn throughput_table(
-    configs: &[Config],
-    runs: &BTreeMap<Config, Vec<Run>>,
-    args: &BenchArgs,
-) -> String {
-    let baseline = mean(
-        &runs[&Config::NoTracer]
-            .iter()
-            .map(|r| r.conns_per_s)
-            .collect::<Vec<_>>(),
-    );
-    let mut s = format!(
-        "Churn on loopback, {} rounds of {} s per configuration, interleaved; {} client and {} server threads; {}; half the connections closed by the client first, half by the server.\n\n",
-        args.rounds,
-        args.seconds,
-        args.threads,
-        args.threads,
-        args.rate
-            .map_or("as fast as possible".to_string(), |r| format!(
-                "aiming at {r} connections/s"
-            ))
-    );
-    s.push_str("| configuration | connections/s (per round) | vs no tracer | vs no tracer in the same round (median) | tracer CPU (cores) | CPU per 10k conn/s | peak RSS | events | dropped |\n|---|---|---|---|---|---|---|---|---|\n");
-    let baseline_rounds = &runs[&Config::NoTracer];
-    for config in configs {
-        let r = &runs[config];
-        // Rounds run back to back, so a round's ratio is the least
-        // disturbed by the machine's drift over the whole run.
-        let mut ratios: Vec<f64> = r
-            .iter()
-            .zip(baseline_rounds)
-            .map(|(x, b)| x.conns_per_s / b.conns_per_s.max(1.0))
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        let median_ratio = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
-        let per_round: Vec<String> = r.iter().map(|x| format!("{:.0}", x.conns_per_s)).collect();
-        let rate = mean(&r.iter().map(|x| x.conns_per_s).collect::<Vec<_>>());
-        let cpu = mean(&r.iter().map(|x| x.cpu).collect::<Vec<_>>());
-        let sum = |f: fn(&Run) -> Option<u64>| -> String {
-            let v: Vec<u64> = r.iter().filter_map(f).collect();
-            if v.is_empty() {
-                "-".into()
-            } else {
-                v.iter().sum::<u64>().to_string()
-            }
-        };
-        let (cpu_cell, per10k, rss) = if *config == Config::NoTracer {
-            ("-".to_string(), "-".to_string(), "-".to_string())
-        } else {
-            (
-                format!("{cpu:.3}"),
-                format!("{:.3}", cpu / (rate / 10_000.0)),
-                format!(
-                    "{:.1} MB",
-                    r.iter().map(|x| x.peak_rss_kb).max().unwrap_or(0) as f64 / 1024.0
-                ),
-            )
-        };
-        let failures: u64 = r.iter().map(|x| x.failures).sum();
-        let _ = writeln!(
-            s,
-            "| {}{} | {:.0} ({}) | {:.1}% | {:.1}% | {} | {} | {} | {} | {} |",
-            config.name(),
-            if failures > 0 {
-                format!(" ({failures} failed connects)")
-            } else {
-                String::new()
-            },
-            rate,
-            per_round.join(", "),
-            100.0 * rate / baseline,
-            100.0 * median_ratio,
-            cpu_cell,
-            per10k,
-            rss,
-            sum(|x| x.events),
-            sum(|x| x.dropped),
-        );
-    }
-    s
-}
-
-fn kernel_table(kernel: &BTreeMap<Config, Vec<(String, f64, u64)>>, rate: u64) -> String {
-    let mut s = format!(
-        "Kernel side, from the kernel's BPF run-time statistics (`kernel.bpf_stats_enabled`) over a separate churn run aiming at {rate} connections/s:\n\n| configuration | program | mean ns per run | runs |\n|---|---|---|---|\n",
-    );
-    for (config, programs) in kernel {
-        for (name, ns, runs) in programs {
-            let _ = writeln!(s, "| {} | `{name}` | {ns:.0} | {runs} |", config.name());
-        }
-    }
-    s
 }

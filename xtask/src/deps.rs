@@ -28,7 +28,7 @@ pub const TEST_PACKAGES: [(&str, &str); 8] = [
     ),
 ];
 
-fn installed(package: &str) -> bool {
+pub fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()

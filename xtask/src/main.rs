@@ -1,11 +1,16 @@
 //! Project chores: rebuild or check the committed eBPF object, run the whole test suite as root, run the benchmark.
 
 mod bench;
+mod bench_report;
+mod bpf_stats;
 mod churn;
 mod deps;
 mod hold;
+mod keepalive;
 mod lint;
+mod peers;
 mod procs;
+mod ratios;
 mod soak;
 
 use std::{

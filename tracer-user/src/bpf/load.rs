@@ -12,8 +12,8 @@ use aya::{
     programs::{BtfTracePoint, ProgramError},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, Config, GLOBAL_CONFIG, MAP_DROPS, MAP_EVENTS, MAP_RING_PEAK,
-    MAX_FILTER_PIDS, MAX_FILTER_PORTS,
+    AF_INET, AF_INET6, Config, GLOBAL_CONFIG, MAP_DROPS, MAP_EVENTS, MAP_FAILED, MAP_OWNERS,
+    MAP_RING_PEAK, MAX_FILTER_PIDS, MAX_FILTER_PORTS, failed,
 };
 
 use crate::{
@@ -118,6 +118,23 @@ pub struct LoadOptions {
     /// Hooks to treat as unavailable (the hidden `--disable-hook`, to test
     /// how a kernel without them is handled).
     pub disabled_hooks: Vec<&'static str>,
+    /// Entries of the kernel's owner map: as many sockets as the tracker
+    /// follows (`--max-sockets`), so an owner is not recycled out of the
+    /// kernel's memory while the tracker still follows its socket.
+    pub owner_entries: u32,
+}
+
+/// What the kernel side lost besides dropped records (see
+/// `tracer_common::failed`), in all.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KernelLosses {
+    /// Program runs cut short by a failed kernel read (their record lost).
+    pub failed_runs: u64,
+    /// Owner entries the map refused: those sockets' records in softirq
+    /// name no owner.
+    pub owner_inserts: u64,
+    /// Records skipped by `--pid` because their socket's owner was unknown.
+    pub unattributed: u64,
 }
 
 /// An optional hook that could not be attached, and what that costs.
@@ -146,6 +163,7 @@ pub struct Attached {
     ring: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     ring_peak: PerCpuArray<MapData, u64>,
+    failed: PerCpuArray<MapData, u64>,
     ring_bytes: u32,
     /// `missed_runs` as read just before detaching, when the programs go.
     missed_at_detach: u64,
@@ -163,6 +181,20 @@ impl Attached {
     pub fn dropped(&self) -> anyhow::Result<u64> {
         let per_cpu = self.drops.get(&0, 0)?;
         Ok(per_cpu.iter().sum())
+    }
+
+    /// The kernel side's other losses, summed over the CPUs.
+    pub fn losses(&self) -> KernelLosses {
+        let slot = |index: u32| {
+            self.failed
+                .get(&index, 0)
+                .map_or(0, |per_cpu| per_cpu.iter().sum())
+        };
+        KernelLosses {
+            failed_runs: slot(failed::RUN),
+            owner_inserts: slot(failed::OWNER_INSERT),
+            unattributed: slot(failed::UNATTRIBUTED),
+        }
     }
 
     /// Program runs the kernel skipped because a program of ours was already
@@ -321,6 +353,7 @@ pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .map_max_entries(MAP_EVENTS, options.ring_bytes)
+        .map_max_entries(MAP_OWNERS, options.owner_entries.max(1))
         .override_global(GLOBAL_CONFIG, &config, true)
         .load(OBJECT)
         .map_err(ebpf_error)?;
@@ -379,11 +412,21 @@ pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
         program: MAP_RING_PEAK,
         source: Box::new(e),
     })?;
+    let failed = PerCpuArray::try_from(
+        ebpf.take_map(MAP_FAILED)
+            .ok_or_else(|| missing(MAP_FAILED))?,
+    )
+    .map_err(|e| LoadError::Program {
+        action: "open",
+        program: MAP_FAILED,
+        source: Box::new(e),
+    })?;
     Ok(Attached {
         ebpf: Some(ebpf),
         ring: Some(ring),
         drops,
         ring_peak,
+        failed,
         ring_bytes: options.ring_bytes,
         missed_at_detach: 0,
         degraded,
@@ -438,6 +481,7 @@ mod tests {
             ring_bytes: 1 << 20,
             every_transition: false,
             disabled_hooks: vec![],
+            owner_entries: 1024,
         };
         let c = kernel_config(&options, tracer_common::SockOffsets::default());
         assert_eq!(c.pids[..3], [7, 9, 0]);

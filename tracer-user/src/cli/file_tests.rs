@@ -82,6 +82,86 @@ fn the_shipped_config_file_is_valid() {
     assert_eq!(s.log_format, LogFormat::Json);
 }
 
+/// The `args:` items of one container of the shipped DaemonSet, read as
+/// lines (there is no YAML parser among the dependencies, and the file is
+/// ours): the `- ` items after the container's `args:`, comments skipped.
+fn daemonset_args(container: &str) -> Vec<String> {
+    let yaml = include_str!("../../../deploy/kubernetes/daemonset.yaml");
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| l.trim() != format!("- name: {container}"))
+        .skip_while(|l| l.trim() != "args:")
+        .skip(1);
+    let mut args = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(item) = line.strip_prefix("- ") else {
+            break;
+        };
+        args.push(item.trim_matches('"').to_string());
+    }
+    assert!(!args.is_empty(), "no args for {container}");
+    args
+}
+
+/// The value of `--flag=VALUE` among `args`.
+fn flag<'a>(args: &'a [String], name: &str) -> &'a str {
+    args.iter()
+        .find_map(|a| a.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {name} in {args:?}"))
+}
+
+/// The DaemonSet keeps the daemon on loopback, and the authenticating proxy
+/// is what serves it: its upstream is the daemon's address, and the path
+/// the liveness probe asks for is the one it lets through without a token.
+#[test]
+fn the_shipped_daemonset_serves_metrics_only_through_the_proxy() {
+    let daemon = daemonset_args("tcplinger");
+    assert_eq!(daemon[0], "daemon");
+    assert!(
+        !daemon.iter().any(|a| a.contains("allow-non-loopback")),
+        "{daemon:?}"
+    );
+    let mut argv = vec!["tcplinger"];
+    argv.extend(daemon.iter().map(String::as_str));
+    let parsed = crate::cli::parse_from(argv).unwrap();
+    let crate::settings::Command::Daemon(settings) =
+        super::into_settings::into_settings(parsed).unwrap()
+    else {
+        panic!("not the daemon")
+    };
+    assert!(settings.listen.ip().is_loopback(), "{}", settings.listen);
+
+    let proxy = daemonset_args("kube-rbac-proxy");
+    assert_eq!(
+        flag(&proxy, "--upstream"),
+        format!("http://{}/", settings.listen)
+    );
+    let served = flag(&proxy, "--secure-listen-address");
+    assert!(served.starts_with("[$(NODE_IP)]:"), "{served}");
+    let yaml = include_str!("../../../deploy/kubernetes/daemonset.yaml");
+    let probe: Vec<&str> = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "livenessProbe:")
+        .take(5)
+        .map(str::trim)
+        .collect();
+    assert!(
+        probe.contains(&"path: /livez") && probe.contains(&"scheme: HTTPS"),
+        "{probe:?}"
+    );
+    let port = served.rsplit(':').next().unwrap();
+    assert!(
+        probe.contains(&format!("port: {port}").as_str()),
+        "{probe:?}"
+    );
+    let ignored: Vec<&str> = flag(&proxy, "--ignore-paths").split(',').collect();
+    assert!(ignored.contains(&"/livez"), "{ignored:?}");
+}
+
 #[test]
 fn the_readme_documents_every_key() {
     let readme = include_str!("../../../README.md");

@@ -67,6 +67,7 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
                         ring_bytes: values.ring_bytes,
                         every_transition: false,
                         disabled_hooks: a.trace.disable_hook.clone(),
+                        owner_entries: owner_entries(values.max_sockets),
                     },
                     max_sockets: values.max_sockets,
                     selection: Selection::new(&values.comm, &values.remote),
@@ -94,6 +95,11 @@ fn force(force: bool, output: bool) -> Result<bool, UsageError> {
     Ok(force)
 }
 
+/// The kernel's owner map holds as many sockets as the tracker follows.
+fn owner_entries(max_sockets: std::num::NonZeroUsize) -> u32 {
+    u32::try_from(max_sockets.get()).unwrap_or(u32::MAX)
+}
+
 fn family(ipv4: bool, ipv6: bool) -> FamilyFilter {
     match (ipv4, ipv6) {
         (true, _) => FamilyFilter::Ipv4,
@@ -115,6 +121,7 @@ fn trace(
             ring_bytes: a.ring_bytes,
             every_transition,
             disabled_hooks: a.disable_hook.clone(),
+            owner_entries: owner_entries(a.max_sockets),
         },
         max_sockets: a.max_sockets,
         selection: Selection::new(&a.select.comm, &a.select.remote),

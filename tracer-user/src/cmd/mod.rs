@@ -228,7 +228,7 @@ pub fn output_result(name: &str, result: io::Result<()>) -> anyhow::Result<()> {
 }
 
 /// What woke the loop of a command that analyses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Wake {
     /// A step of the session ran.
     Step(Progress),

@@ -28,14 +28,14 @@ pub async fn run(s: settings::Report) -> anyhow::Result<()> {
     loop {
         match driver.next(&mut analysis).await? {
             Wake::Stop => break,
-            Wake::Tick => analysis.observe(),
+            Wake::Tick => analysis.look(),
             Wake::Step(Progress::Seeded { open, .. }) => {
                 eprintln!(
                     "tcplinger: tracing TCP connections for {} ({open} already open); Ctrl-C to stop early",
                     humantime::format_duration(s.duration)
                 );
             }
-            Wake::Step(Progress::Drained) => {}
+            Wake::Step(_) => {}
         }
     }
     analysis.stop().await?;

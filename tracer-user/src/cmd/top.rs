@@ -5,6 +5,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use ratatui::{
     Frame,
     crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
@@ -140,8 +141,10 @@ impl Model {
         });
     }
 
+    /// Shows the last look's picture, and asks for the next (its answer
+    /// is applied as it comes, off the thread that drains the ring).
     fn refresh(&mut self, analysis: &mut Analysis) {
-        analysis.observe();
+        analysis.look();
         let window_s = analysis.window_s();
         let now = analysis.now_ns();
         let agg = &analysis.agg;
@@ -346,13 +349,16 @@ pub async fn run(s: settings::Top) -> anyhow::Result<()> {
     let (tx, mut keys) = mpsc::unbounded_channel();
     // crossterm's reader blocks; it lives on its own thread and ends with
     // the process.
-    std::thread::spawn(move || {
-        while let Ok(ev) = event::read() {
-            if tx.send(ev).is_err() {
-                break;
+    std::thread::Builder::new()
+        .name("tcplinger-keys".into())
+        .spawn(move || {
+            while let Ok(ev) = event::read() {
+                if tx.send(ev).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        })
+        .context("cannot start the thread reading keys (is the pids limit reached?)")?;
     let mut model = Model {
         sort: Some(s.sort),
         ..Model::default()

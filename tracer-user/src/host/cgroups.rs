@@ -78,6 +78,10 @@ pub struct Cgroups {
     root: Option<PathBuf>,
     by_id: HashMap<u64, Container>,
     last_scan: Option<Instant>,
+    /// Lookups of an id found nowhere (a cgroup made since the last scan,
+    /// within the rescan limit, or gone before any scan saw it), in all:
+    /// its owner's container is unknown, and `--cgroup` cannot admit it.
+    pub unknown: u64,
 }
 
 impl Default for Cgroups {
@@ -92,6 +96,7 @@ impl Cgroups {
             root: cgroup2_root(),
             by_id: HashMap::new(),
             last_scan: None,
+            unknown: 0,
         }
     }
 
@@ -105,7 +110,11 @@ impl Cgroups {
         {
             self.scan();
         }
-        self.by_id.get(&id)
+        let found = self.by_id.get(&id);
+        if found.is_none() {
+            self.unknown += 1;
+        }
+        found
     }
 
     /// The cgroup id of a process, from /proc/PID/cgroup.
@@ -142,7 +151,14 @@ impl Cgroups {
                 );
             }
         }
-        self.by_id = by_id;
+        // Cgroups removed since the last scan are kept, so records of a
+        // container's last sockets (closing after it exited) still name it;
+        // once they outnumber the live ones, they go.
+        if self.by_id.len() > 2 * by_id.len() + 1024 {
+            self.by_id = by_id;
+        } else {
+            self.by_id.extend(by_id);
+        }
     }
 }
 

@@ -31,13 +31,21 @@ pub struct DiagAnswer {
 pub struct Follower {
     paths: NetnsPaths,
     sockets: HashMap<u32, Diag>,
-    /// Failures other than a vanished namespace, reported once.
+    /// Lookups that failed (the dump failed, or the namespace was found
+    /// nowhere), in all.
+    pub failed: u64,
+    /// Failures, reported once.
     warned: bool,
     /// That report, for the caller to show.
     pub warning: Option<String>,
 }
 
 impl Follower {
+    /// Namespaces asked for and found nowhere, in all.
+    pub fn netns_not_found(&self) -> u64 {
+        self.paths.not_found
+    }
+
     fn socket(&mut self, inum: u32) -> Result<Option<&mut Diag>, DiagError> {
         if !self.sockets.contains_key(&inum) {
             match Diag::open_for(inum, &mut self.paths)? {
@@ -48,26 +56,28 @@ impl Follower {
         Ok(self.sockets.get_mut(&inum))
     }
 
-    /// Answers every request. A namespace that no longer exists is answered
-    /// with nothing found (its timewait sockets died with it); a request
-    /// that fails otherwise is answered `None`.
+    /// Answers every request; a request that cannot be answered is
+    /// answered `None`, and its sockets' linger is then unknown. That
+    /// includes a namespace found nowhere: it may be gone (its sockets
+    /// with it) or only out of reach (held by an fd, or a mount in another
+    /// mount namespace), and a lookup cannot tell which.
     pub fn poll(&mut self, requests: Vec<DiagRequest>) -> Vec<DiagAnswer> {
         let mut answers = Vec::with_capacity(requests.len());
         for request in requests {
             let found = match self.socket(request.netns) {
-                Ok(Some(diag)) => ask(diag, &request).map(Some),
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
+                Ok(Some(diag)) => ask(diag, &request).map_err(|e| e.to_string()),
+                Ok(None) => Err(format!("network namespace {} not found", request.netns)),
+                Err(e) => Err(e.to_string()),
             };
             let timewait = match found {
-                Ok(Some(found)) => Some(found),
-                Ok(None) => Some(Sightings::default()),
-                Err(e) => {
+                Ok(found) => Some(found),
+                Err(reason) => {
                     // The socket may be broken; open a fresh one next time.
                     self.sockets.remove(&request.netns);
+                    self.failed += 1;
                     if !self.warned {
                         self.warning = Some(format!(
-                            "sock_diag lookup failed ({e}): TIME_WAIT and FIN_WAIT2 linger of affected sockets is unknown"
+                            "sock_diag lookup failed ({reason}): TIME_WAIT and FIN_WAIT2 linger of affected sockets is unknown (their records say complete: false)"
                         ));
                         self.warned = true;
                     }

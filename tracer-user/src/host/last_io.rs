@@ -53,9 +53,17 @@ const STATES: [TcpState; 2] = [TcpState::Established, TcpState::CloseWait];
 pub struct IoReader {
     paths: NetnsPaths,
     sockets: HashMap<u32, Diag>,
+    /// Dumps that failed or could not be made (namespace found nowhere),
+    /// in all: those sockets' last I/O is unknown at that look.
+    pub failed: u64,
 }
 
 impl IoReader {
+    /// Namespaces asked about and found nowhere, in all.
+    pub fn netns_not_found(&self) -> u64 {
+        self.paths.not_found
+    }
+
     /// Last I/O (and inode) of every ESTABLISHED or CLOSE_WAIT socket in
     /// the namespaces and families listed. A namespace that cannot be read
     /// is skipped: its sockets then have no I/O known, as before their
@@ -68,27 +76,26 @@ impl IoReader {
         let states = sock_diag::states(&STATES);
         for &(netns, family) in &asked {
             if !self.sockets.contains_key(&netns) {
-                match Diag::open_for(netns, &mut self.paths) {
-                    Ok(Some(diag)) => {
-                        self.sockets.insert(netns, diag);
-                    }
-                    _ => continue,
-                }
+                let Ok(Some(diag)) = Diag::open_for(netns, &mut self.paths) else {
+                    self.failed += 1;
+                    continue;
+                };
+                self.sockets.insert(netns, diag);
             }
             let Some(diag) = self.sockets.get_mut(&netns) else {
                 continue;
             };
-            match diag.dump(family, states.clone(), true) {
-                Ok(sockets) => out.extend(sockets.iter().map(|s| {
+            if let Ok(sockets) = diag.dump(family, states.clone(), true) {
+                out.extend(sockets.iter().map(|s| {
                     let io = (s.state == TcpState::Established)
                         .then(|| last_io(s))
                         .flatten();
                     (s.cookie, Seen { io, inode: s.inode })
-                })),
+                }));
+            } else {
                 // Broken or gone: a fresh socket next time.
-                Err(_) => {
-                    self.sockets.remove(&netns);
-                }
+                self.failed += 1;
+                self.sockets.remove(&netns);
             }
         }
         self.sockets

@@ -8,3 +8,4 @@ pub mod netns;
 pub mod owners;
 pub mod snapshot;
 pub mod sock_diag;
+pub mod workers;

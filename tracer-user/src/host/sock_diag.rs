@@ -1,6 +1,6 @@
 //! Dumps TCP sockets through NETLINK_SOCK_DIAG (inet_diag), the source for sockets the tracepoints cannot see: timewait sockets and those opened before the tracer.
 
-use std::{io, net::IpAddr, path::Path};
+use std::{io, net::IpAddr};
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -283,28 +283,21 @@ impl Diag {
         })
     }
 
-    /// A sock_diag socket in the network namespace at `ns_path` (an
-    /// `ns/net` file): a netlink socket answers for the namespace it was
-    /// created in.
-    pub fn open_in(ns_path: &Path) -> io::Result<Self> {
-        netns::run_in(ns_path, Self::open)
+    /// A sock_diag socket in the network namespace `ns` (an open `ns/net`
+    /// file): a netlink socket answers for the namespace it was created in.
+    pub fn open_in(ns: &std::fs::File) -> io::Result<Self> {
+        netns::run_in(ns, Self::open)
     }
 
     /// A sock_diag socket in the namespace with inode `inum` (0 or the
-    /// tracer's own: here); `None` if that namespace no longer exists.
+    /// tracer's own: here); `None` if that namespace is found nowhere
+    /// (gone, or held only by something no path leads to): the caller
+    /// cannot tell which, so it must not conclude the sockets are gone.
     pub fn open_for(inum: u32, paths: &mut NetnsPaths) -> io::Result<Option<Self>> {
         if inum == 0 || inum == paths.own() {
             return Self::open().map(Some);
         }
-        let Some(path) = paths.find(inum) else {
-            return Ok(None);
-        };
-        match Self::open_in(&path) {
-            Ok(diag) => Ok(Some(diag)),
-            // It vanished between the lookup and the open.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        paths.open(inum).map(|ns| Self::open_in(&ns)).transpose()
     }
 
     fn next_sequence(&mut self) -> u32 {

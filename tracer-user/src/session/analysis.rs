@@ -10,7 +10,7 @@ use crate::{
     model::diagnose::{self, Figure, Finding, Pathology},
     model::select::Selection,
     model::tracker::{ConnId, ConnRecord, LiveConn, TimewaitEnd, Tracker},
-    session::{Host, LiveHost, Progress, Session, TraceOptions},
+    session::{Host, LiveHost, LookAnswer, LookRequest, Progress, Session, TraceOptions},
 };
 
 /// The /proc scan that names the processes holding accepted sockets runs
@@ -78,7 +78,11 @@ pub struct Analysis<H: Host = LiveHost> {
     selection: Selection,
     judging: Judging,
     last_resolve_ns: u64,
+    /// A look that names holders went out at this time (boot ns).
+    resolve_asked_ns: Option<u64>,
     seen: HashMap<(Pathology, GroupKey), Seen>,
+    /// The fds of the processes with a CLOSE_WAIT leak, as last looked up.
+    fds: std::collections::HashMap<u32, Vec<u32>>,
 }
 
 /// Tracker output passed to the aggregator.
@@ -137,7 +141,9 @@ impl<H: Host> Analysis<H> {
             selection: trace.selection.clone(),
             judging,
             last_resolve_ns: 0,
+            resolve_asked_ns: None,
             seen: HashMap::new(),
+            fds: std::collections::HashMap::new(),
         }
     }
 
@@ -155,15 +161,26 @@ impl<H: Host> Analysis<H> {
     }
 
     /// One step of the session, its results fed to the aggregator. The
-    /// first look at what is open happens once the snapshot is in.
+    /// first look at what is open is asked once the snapshot is in; a
+    /// look's answer is applied as it comes.
     pub async fn step(&mut self) -> io::Result<Progress> {
         let progress = self.session.step().await?;
         self.feed();
-        if let Progress::Seeded { .. } = progress {
-            self.seeded = true;
-            self.observe();
-        }
-        Ok(progress)
+        Ok(match progress {
+            Progress::Seeded { .. } => {
+                self.seeded = true;
+                self.look();
+                progress
+            }
+            Progress::Answered(answer) => {
+                if self.apply(*answer) {
+                    Progress::Looked
+                } else {
+                    Progress::Drained
+                }
+            }
+            other => other,
+        })
     }
 
     fn feed(&mut self) {
@@ -221,15 +238,27 @@ impl<H: Host> Analysis<H> {
         live
     }
 
-    /// Refreshes the aggregate's picture of what is alive now, with the
-    /// kernel's last send/receive time for each open connection, after
-    /// naming the processes that hold accepted sockets nobody has been
-    /// seen with (a prefork server's worker accepted them, not the
-    /// listener's creator).
-    pub fn observe(&mut self) {
+    /// Asks the host for a look at what is alive now: the kernel's last
+    /// send/receive time for each open connection, and the processes that
+    /// hold accepted sockets nobody has been seen with (a prefork server's
+    /// worker accepted them, not the listener's creator). The answer comes
+    /// through [`Self::step`] ([`Progress::Looked`]); a look still out
+    /// makes this one wait for the next turn.
+    pub fn look(&mut self) {
+        let request = self.look_request(false);
+        let now = self.session.host.now_ns();
+        let resolving = !request.holders_of.is_empty();
+        if self.session.host.ask_look(request) && resolving {
+            self.resolve_asked_ns = Some(now);
+        }
+    }
+
+    /// What a look asks: the namespaces of the open connections, and the
+    /// holders of provisional sockets if it is time (or `resolve_now`).
+    fn look_request(&mut self, resolve_now: bool) -> LookRequest {
         let now = self.session.host.now_ns();
         let provisional: HashMap<u64, u32> = self.session.tracker.provisional().collect();
-        let asked: Vec<_> = self
+        let sockets: Vec<_> = self
             .session
             .tracker
             .live()
@@ -239,12 +268,38 @@ impl<H: Host> Analysis<H> {
             })
             .map(|l| (l.id.netns, l.id.family))
             .collect();
-        let seen = self.session.host.open_sockets(asked);
-        if !provisional.is_empty() && now.saturating_sub(self.last_resolve_ns) >= RESOLVE_EVERY_NS {
-            self.last_resolve_ns = now;
-            self.resolve(&provisional, &seen);
-            self.feed();
+        let resolve = resolve_now || now.saturating_sub(self.last_resolve_ns) >= RESOLVE_EVERY_NS;
+        LookRequest {
+            sockets,
+            holders_of: if resolve {
+                provisional.into_keys().collect()
+            } else {
+                HashSet::new()
+            },
+            fds_of: Vec::new(),
+            fds_only: false,
         }
+    }
+
+    /// Applies a look's answer: names holders, redraws the picture of what
+    /// is alive, and keeps fds. True when the look is complete; false when
+    /// a CLOSE_WAIT leak stands whose fds were asked for in a further look
+    /// (so its finding is never shown without them).
+    fn apply(&mut self, answer: LookAnswer) -> bool {
+        if answer.fds_only {
+            self.fds = answer.fds;
+            return true;
+        }
+        let now = self.session.host.now_ns();
+        if let Some(asked) = self.resolve_asked_ns.take() {
+            self.last_resolve_ns = asked;
+            let provisional: HashMap<u64, u32> = self.session.tracker.provisional().collect();
+            if !provisional.is_empty() {
+                self.resolve(&provisional, &answer);
+                self.feed();
+            }
+        }
+        let seen = &answer.seen;
         let live = self.live();
         let live = live.into_iter().map(|l| LiveSocket {
             id: l.id,
@@ -259,22 +314,40 @@ impl<H: Host> Analysis<H> {
         if self.judging.keep_seen {
             self.remember_live_findings(now);
         }
+        let leaks = self.leaks(now);
+        if leaks.is_empty() {
+            self.fds.clear();
+            return true;
+        }
+        let request = LookRequest {
+            fds_of: leaks,
+            fds_only: true,
+            ..LookRequest::default()
+        };
+        !self.session.host.ask_look(request)
+    }
+
+    /// The processes with a CLOSE_WAIT leak standing now, and a sample of
+    /// their CLOSE_WAIT sockets (netns, cookie) to find the fds of.
+    fn leaks(&self, now: u64) -> Vec<(u32, Vec<(u32, u64)>)> {
+        let mut leaks: Vec<(u32, Vec<(u32, u64)>)> =
+            diagnose::diagnose(&self.agg, &self.judging.spans_ns, now)
+                .into_iter()
+                .filter(|f| f.pathology == Pathology::CloseWaitLeak)
+                .filter_map(|f| {
+                    let sample = self.agg.group_of(&f.key)?.now.close_wait_sample.clone();
+                    Some((f.who.pid?, sample))
+                })
+                .collect();
+        leaks.sort_unstable();
+        leaks.dedup_by_key(|(pid, _)| *pid);
+        leaks
     }
 
     /// Names the holders of provisional sockets from their inodes.
-    fn resolve(&mut self, provisional: &HashMap<u64, u32>, seen: &crate::host::last_io::ByCookie) {
-        let inodes: HashMap<u32, u64> = provisional
-            .keys()
-            .filter_map(|cookie| {
-                let inode = seen.get(cookie)?.inode;
-                (inode != 0).then_some((inode, *cookie))
-            })
-            .collect();
-        if inodes.is_empty() {
-            return;
-        }
-        let wanted: HashSet<u32> = inodes.keys().copied().collect();
-        let holders = self.session.host.holders(&wanted);
+    fn resolve(&mut self, provisional: &HashMap<u64, u32>, answer: &LookAnswer) {
+        let seen = &answer.seen;
+        let holders = &answer.holders;
         let listed: Vec<(u64, Option<u32>)> = self
             .session
             .tracker
@@ -337,11 +410,28 @@ impl<H: Host> Analysis<H> {
         self.feed();
         // A last look names the holders of accepted sockets; then open
         // connections whose opening was seen count as opened.
-        self.last_resolve_ns = 0;
-        self.observe();
+        let request = self.look_request(true);
+        self.resolve_asked_ns = Some(self.session.host.now_ns());
+        if let Some(answer) = self.session.host.look_now(request).await {
+            self.apply_now(answer).await;
+        }
         self.session.tracker.finish_opened();
         self.feed();
         Ok(())
+    }
+
+    /// [`Self::apply`], with the fds of leaks looked up at once.
+    async fn apply_now(&mut self, answer: LookAnswer) {
+        if self.apply(answer) {
+            return;
+        }
+        // The further look was asked; the session is stopped, so it is
+        // waited for here.
+        for event in self.session.host.settle().await {
+            if let super::host::Event::Looked(fds) = event {
+                self.apply(fds);
+            }
+        }
     }
 
     /// The host's boot clock now.
@@ -386,21 +476,15 @@ impl<H: Host> Analysis<H> {
             .iter_mut()
             .filter(|f| f.pathology == Pathology::CloseWaitLeak)
         {
-            let sample = self
-                .agg
-                .group_of(&f.key)
-                .map(|g| g.now.close_wait_sample.clone())
-                .unwrap_or_default();
-            if let Some(pid) = f.who.pid {
-                let fds = self.session.host.close_wait_fds(pid, &sample);
-                if !fds.is_empty() {
-                    f.summary = f.summary.replacen(
-                        " in CLOSE_WAIT,",
-                        &format!(" in CLOSE_WAIT (fds {}),", fd_list(&fds)),
-                        1,
-                    );
-                    f.evidence.push(("fds", Figure::Fds(fds)));
-                }
+            if let Some(fds) = f.who.pid.and_then(|pid| self.fds.get(&pid))
+                && !fds.is_empty()
+            {
+                f.summary = f.summary.replacen(
+                    " in CLOSE_WAIT,",
+                    &format!(" in CLOSE_WAIT (fds {}),", fd_list(fds)),
+                    1,
+                );
+                f.evidence.push(("fds", Figure::Fds(fds.clone())));
             }
         }
         findings

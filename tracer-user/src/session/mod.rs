@@ -7,12 +7,12 @@ mod scripted;
 #[cfg(test)]
 mod tests;
 
-use std::io;
+use std::{fmt::Write as _, io};
 
 use tracer_common::TcpState;
 
 use self::host::Event;
-pub use self::host::{Host, LiveHost};
+pub use self::host::{Host, HostLosses, LiveHost, LookAnswer, LookRequest};
 use crate::{
     bpf::{decode::decode, load::LoadOptions, ring::MAX_BATCH},
     host::follow::DiagAnswer,
@@ -79,11 +79,16 @@ pub fn drain<H: Host>(host: &mut H, counts: &mut Counts, mut each: impl FnMut(&R
 }
 
 /// Something a step of the session did that its user may want to show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Progress {
     /// The start-up snapshot is in: `open` sockets already existed; dumps of
     /// `unreadable` namespaces failed.
     Seeded { open: usize, unreadable: usize },
+    /// A look asked for is answered, for the analysis to apply.
+    Answered(Box<LookAnswer>),
+    /// The analysis applied a look (and the fds of any CLOSE_WAIT leak
+    /// found are in): what it shows is fresh.
+    Looked,
     /// Records were processed (or nothing happened).
     Drained,
 }
@@ -172,7 +177,12 @@ impl<H: Host> Session<H> {
                 self.recheck_asked = false;
                 self.recheck_done = Some((alive, started_ns));
             }
+            Event::AliveFailed => {
+                self.recheck_asked = false;
+                self.recheck_wanted = true;
+            }
             Event::DiagTick => self.ask_diag(),
+            Event::Looked(answer) => progress = Progress::Answered(Box::new(answer)),
             Event::Ring => {}
         }
         self.backlog = self.drain() == MAX_BATCH;
@@ -288,7 +298,13 @@ impl<H: Host> Session<H> {
                     self.warnings.extend(warning);
                     self.apply(&answers);
                 }
-                Event::Seeded { .. } | Event::Ring | Event::DiagTick => {}
+                // A look in flight is stale by now: the analysis looks
+                // again once stopped.
+                Event::Seeded { .. }
+                | Event::Ring
+                | Event::DiagTick
+                | Event::Looked(_)
+                | Event::AliveFailed => {}
             }
         }
         // A loss not yet checked against the kernel's sockets is, now: the
@@ -310,15 +326,27 @@ impl<H: Host> Session<H> {
     }
 
     /// The one-line account of what was seen and lost.
+    /// Losses besides the usual four appear when there are any.
     pub fn summary(&mut self, max_sockets: usize) -> String {
-        format!(
+        let mut line = format!(
             "tcplinger: {} events, {} dropped (ring full), {} missed (hook busy), {} malformed, {} evicted (over --max-sockets {max_sockets})",
             self.counts.events,
             self.host.dropped(),
             self.host.missed(),
             self.counts.malformed,
             self.tracker.evicted(),
-        )
+        );
+        let unfollowed = self.tracker.timewait_unfollowed();
+        if unfollowed > 0 {
+            let _ = write!(
+                line,
+                ", {unfollowed} TIME_WAIT untimed (over --max-sockets)"
+            );
+        }
+        for (n, what) in self.host.losses().named() {
+            let _ = write!(line, ", {n} {what}");
+        }
+        line
     }
 }
 

@@ -5,7 +5,7 @@ use std::{
     future::Future,
 };
 
-use super::host::{Event, Host};
+use super::host::{Event, Host, HostLosses, LookAnswer, LookRequest};
 use crate::{
     bpf::ring::MAX_BATCH,
     host::{
@@ -15,7 +15,7 @@ use crate::{
         last_io::ByCookie,
     },
     model::{
-        event::{Family, Owner, Record},
+        event::{Owner, Record},
         tracker::{Alive, DiagRequest, Sightings},
     },
     testutil::encode,
@@ -40,6 +40,7 @@ pub struct ScriptedHost {
     /// Lookups and dumps asked for, in order.
     pub diag_asked: Vec<DiagRequest>,
     pub alive_asked: usize,
+    pub looks_asked: usize,
     /// Answers not yet handed over (work "in flight").
     in_flight: Vec<Event>,
     pub open: ByCookie,
@@ -55,6 +56,42 @@ impl ScriptedHost {
     /// Records into the ring, encoded as the kernel writes them.
     pub fn write(&mut self, records: &[Record]) {
         self.ring.extend(records.iter().map(encode));
+    }
+
+    /// Nothing is in flight.
+    pub fn idle(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// A look answered from what the test made visible.
+    fn look(&self, request: &LookRequest) -> LookAnswer {
+        // Every socket the test made visible, whatever namespaces were
+        // asked: they are the tracker's, and so are these.
+        let seen = if request.sockets.is_empty() {
+            ByCookie::default()
+        } else {
+            self.open.clone()
+        };
+        let inodes: HashSet<u32> = request
+            .holders_of
+            .iter()
+            .filter_map(|cookie| seen.get(cookie).map(|s| s.inode))
+            .collect();
+        LookAnswer {
+            fds_only: request.fds_only,
+            holders: self
+                .holders
+                .iter()
+                .filter(|(inode, _)| inodes.contains(inode))
+                .map(|(&inode, owners)| (inode, owners.clone()))
+                .collect(),
+            fds: request
+                .fds_of
+                .iter()
+                .filter_map(|(pid, _)| Some((*pid, self.close_wait_fds.get(pid)?.clone())))
+                .collect(),
+            seen,
+        }
     }
 
     fn answer(&self, requests: Vec<DiagRequest>) -> Vec<DiagAnswer> {
@@ -125,6 +162,22 @@ impl Host for ScriptedHost {
         std::future::ready(Some((self.alive.clone(), self.now_ns)))
     }
 
+    fn ask_look(&mut self, request: LookRequest) -> bool {
+        self.looks_asked += 1;
+        let answer = self.look(&request);
+        self.in_flight.push(Event::Looked(answer));
+        true
+    }
+
+    fn look_now(&mut self, request: LookRequest) -> impl Future<Output = Option<LookAnswer>> {
+        self.looks_asked += 1;
+        std::future::ready(Some(self.look(&request)))
+    }
+
+    fn losses(&mut self) -> HostLosses {
+        HostLosses::default()
+    }
+
     fn dropped(&mut self) -> u64 {
         self.dropped
     }
@@ -143,25 +196,6 @@ impl Host for ScriptedHost {
 
     fn detach(&mut self) {
         self.detached = true;
-    }
-
-    fn open_sockets(&mut self, wanted: Vec<(u32, Family)>) -> ByCookie {
-        // Every socket the test made visible, whatever was asked: the
-        // namespaces asked about are the tracker's, and so are these.
-        let _ = wanted;
-        self.open.clone()
-    }
-
-    fn holders(&mut self, inodes: &HashSet<u32>) -> HashMap<u32, Vec<Owner>> {
-        self.holders
-            .iter()
-            .filter(|(inode, _)| inodes.contains(inode))
-            .map(|(&inode, owners)| (inode, owners.clone()))
-            .collect()
-    }
-
-    fn close_wait_fds(&mut self, pid: u32, _sample: &[(u32, u64)]) -> Vec<u32> {
-        self.close_wait_fds.get(&pid).cloned().unwrap_or_default()
     }
 
     fn container(&mut self, id: u64) -> Option<Container> {

@@ -6,6 +6,10 @@ use std::{
 };
 
 use serde_json::Value;
+use tracer_user::model::{
+    aggregate::{IDLE_AFTER_NS, UNANSWERED_AFTER_NS},
+    diagnose::CLOSE_WAIT_LEAK_AGE_MS,
+};
 
 use crate::support::{
     require_root,
@@ -27,14 +31,20 @@ fn start_report(port: u16) -> Tcplinger {
     ])
 }
 
-/// Stops the report and returns its JSON, after giving the last closes a
-/// moment to be read.
-fn finish_report(tracer: Tcplinger) -> Value {
-    std::thread::sleep(Duration::from_millis(500));
+/// Stops the report and returns its JSON, once the scene's closes under
+/// way have been traced (the report reads what its ring holds before it
+/// ends).
+fn finish_report(scene: &Scene, tracer: Tcplinger) -> Value {
+    scene.wait_settled(&[scene.port]);
     let run = tracer.stop();
     assert!(run.status.success(), "{:?}", run.stderr);
     assert_eq!(run.lines.len(), 1, "one JSON report: {:#?}", run.lines);
     run.lines.into_iter().next().unwrap()
+}
+
+/// The age at which CLOSE_WAIT sockets are a leak.
+fn close_wait_leak_age() -> Duration {
+    Duration::from_secs_f64(CLOSE_WAIT_LEAK_AGE_MS / 1000.0)
 }
 
 fn finding<'a>(report: &'a Value, pathology: &str, pid: u32) -> &'a Value {
@@ -70,7 +80,7 @@ fn report_client_timeout_stuck_server() {
     let (client_pid, server_pid) = (client.pid, server.pid);
     client.finish();
     server.finish();
-    let report = finish_report(tracer);
+    let report = finish_report(&scene, tracer);
     let f = finding(&report, "client_timeout_stuck_server", client_pid);
     assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
     assert_eq!(f["role"], "client");
@@ -91,7 +101,7 @@ fn report_server_closes() {
     let scene = Scene::new();
     let tracer = start_report(scene.port);
     let pids = scene.converse(Closer::Server, 12, Pace::OneAtATime);
-    let report = finish_report(tracer);
+    let report = finish_report(&scene, tracer);
     let f = finding(&report, "server_closes", pids.server);
     assert_eq!(f["role"], "server");
     assert_eq!(f["endpoint"], format!(":{}", scene.port));
@@ -120,7 +130,7 @@ fn report_no_reuse() {
     let scene = Scene::new();
     let tracer = start_report(scene.port);
     let pids = scene.converse(Closer::Client, 40, Pace::OneAtATime);
-    let report = finish_report(tracer);
+    let report = finish_report(&scene, tracer);
     let f = finding(&report, "no_reuse", pids.client);
     assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
     assert_eq!(f["evidence"]["opened"], 40, "{f}");
@@ -138,9 +148,10 @@ fn report_leaked_idle() {
     let _server = scene.server(&["--count", "15", "--close", "never"]);
     let client = scene.client(&["--count", "15", "--close", "never"]);
     client.expect_line("done");
-    // Long enough for all of them to count as idle.
-    std::thread::sleep(Duration::from_millis(2500));
-    let report = finish_report(tracer);
+    // Until all of them count as idle, by the kernel's own figures.
+    let idle_ms = IDLE_AFTER_NS / 1_000_000;
+    scene.wait_silent(&scene.net.client_ns, 15, idle_ms, idle_ms);
+    let report = finish_report(&scene, tracer);
     let f = finding(&report, "leaked_idle", client.pid);
     assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
     assert_eq!(f["evidence"]["established_now"], 15, "{f}");
@@ -161,8 +172,9 @@ fn report_unanswered_requests() {
     // after 100 ms and stays open, as a pooled client's would.
     let client = scene.client(&["--count", "10", "--timeout-ms", "100", "--close", "never"]);
     client.expect_line("done");
-    std::thread::sleep(Duration::from_millis(1500));
-    let report = finish_report(tracer);
+    // Until every request has waited long enough to count as unanswered.
+    scene.wait_silent(&scene.net.client_ns, 10, UNANSWERED_AFTER_NS / 1_000_000, 0);
+    let report = finish_report(&scene, tracer);
     let f = finding(&report, "unanswered_requests", client.pid);
     assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
     assert_eq!(f["evidence"]["awaiting_reply"], 10, "{f}");
@@ -192,7 +204,7 @@ fn report_idle_closes_at_a_fixed_age_are_no_deadline() {
     let client_pid = client.pid;
     client.finish();
     server.finish();
-    let report = finish_report(tracer);
+    let report = finish_report(&scene, tracer);
     assert!(!has_pathology(&report, "deadline_pooled"), "{report:#}");
     let g = report["groups"]
         .as_array()
@@ -211,9 +223,14 @@ fn report_close_wait_leak() {
     let tracer = start_report(scene.port);
     let server = scene.server(&["--count", "5", "--close", "never"]);
     scene.client(&["--count", "5", "--close", "first"]).finish();
-    // Old enough to be a leak, not a socket about to be closed.
-    std::thread::sleep(Duration::from_millis(5500));
-    let report = finish_report(tracer);
+    let seen = scene.wait_sockets(&scene.net.server_ns, "5 in CLOSE_WAIT", |s| {
+        s.iter().filter(|s| s.state == "CLOSE-WAIT").count() == 5
+    });
+    // The scenario itself: the sockets must be old enough to be a leak,
+    // not sockets about to be closed. Timed from when they were seen in
+    // CLOSE_WAIT, after the kernel put them there, so no margin is needed.
+    std::thread::sleep(close_wait_leak_age().saturating_sub(seen.elapsed()));
+    let report = finish_report(&scene, tracer);
     let f = finding(&report, "close_wait_leak", server.pid);
     assert_eq!(f["remote"], scene.client_endpoint(), "{f}");
     assert_eq!(f["evidence"]["close_wait_now"], 5, "{f}");
@@ -238,7 +255,10 @@ fn sockets_shows_what_lingers_now() {
     let scene = Scene::new();
     let server = scene.server(&["--count", "4", "--close", "never"]);
     scene.client(&["--count", "4", "--close", "first"]).finish();
-    std::thread::sleep(Duration::from_millis(300));
+    scene.wait_sockets(&scene.net.server_ns, "4 in CLOSE_WAIT", |s| {
+        s.iter().filter(|s| s.state == "CLOSE-WAIT").count() == 4
+    });
+    scene.wait_settled(&[scene.port]);
     let out = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
         .args(["sockets", "--format", "json", "--port", &scene.port_arg()])
         .output()

@@ -1,6 +1,7 @@
 //! The incident stories on real software, between two namespaces: nginx (master and workers), Go net/http programs, curl (a process per request) and Python. Each scenario checks the finding, the process holding the sockets (as /proc names it), the endpoint and the key figures; the healthy controls check that nothing names their processes.
 
 use serde_json::Value;
+use tracer_user::model::{aggregate::IDLE_AFTER_NS, diagnose::CLOSE_WAIT_LEAK_AGE_MS};
 
 use crate::support::{
     real::{self, Nginx, Proc, TempDir, comm_of, curl_loop, python, sources},
@@ -227,7 +228,8 @@ fn real_go_transport_per_request_leaks_idle_connections() {
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().count() == 12)
     });
     assert!(established, "12 connections open");
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let idle_ms = IDLE_AFTER_NS / 1_000_000;
+    scene.wait_silent(&scene.net.client_ns, 12, idle_ms, idle_ms);
     let report = finish(tracer);
     drop(client);
     nginx.stop();
@@ -273,8 +275,12 @@ fn real_go_client_timeout_against_a_stuck_handler() {
     ]);
     let client_pid = client.pid;
     client.finish();
-    // The last handler returns 2 s after its client gave up.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // The last handler returns 2 s after its client gave up: until then
+    // its connection is in CLOSE_WAIT.
+    scene.wait_sockets(&scene.net.server_ns, "every handler returned", |s| {
+        !s.iter().any(|s| s.state == "CLOSE-WAIT")
+    });
+    scene.wait_settled(&[scene.port]);
     let report = finish(tracer);
 
     let f = finding(&report, "client_timeout_stuck_server", "goclient");
@@ -428,7 +434,9 @@ fn real_go_pool_filled_by_unanswered_requests() {
     ]);
     let client_pid = client.pid;
     client.finish();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The client's connections closed with it: traced to their end, the
+    // report can tell the wait is over.
+    scene.wait_settled(&[scene.port]);
     let report = finish(tracer);
     let f = finding(&report, "unanswered_requests", "goclient");
     assert_eq!(f["pid"], client_pid, "{f}");
@@ -546,8 +554,13 @@ fn real_python_prefork_close_wait_leak() {
     // curl gives up after 0.5 s and closes: the server side is left in
     // CLOSE_WAIT, in the child.
     curl_loop(&scene.net.client_ns, &scene.url(), 10, "-m 0.5");
-    // Old enough to be a leak.
-    std::thread::sleep(std::time::Duration::from_millis(5500));
+    let seen = scene.wait_sockets(&scene.net.server_ns, "10 in CLOSE_WAIT", |s| {
+        s.iter().filter(|s| s.state == "CLOSE-WAIT").count() == 10
+    });
+    // The scenario itself: old enough to be a leak. Timed from when they
+    // were seen in CLOSE_WAIT, after the kernel put them there.
+    let leak_age = std::time::Duration::from_secs_f64(CLOSE_WAIT_LEAK_AGE_MS / 1000.0);
+    std::thread::sleep(leak_age.saturating_sub(seen.elapsed()));
     let report = finish(tracer);
     let f = finding(&report, "close_wait_leak", &comm_of(child));
     assert_eq!(
@@ -640,7 +653,8 @@ fn real_connections_older_than_the_tracer_prove_no_deadline() {
     assert!(open, "8 connections open before the report");
     let tracer = start_report(&scene);
     client.finish();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Their closes traced to the end, so all eight count as closed.
+    scene.wait_settled(&[scene.port]);
     let report = finish(tracer);
     no_finding_names(&report, "goclient");
     let g = group(&report, "goclient", "client");

@@ -12,10 +12,11 @@ use serde_json::Value;
 use crate::support::{
     daemon::{scrape, start_daemon, value},
     peer::{CLIENT_COMM, Peer, SERVER_COMM},
+    real::{Proc, python},
     require_root,
     scene::{Closer, Pace, Scene, fresh_port, loopback_addr, loopback_port},
     tracer::{Tcplinger, one_line_error, our_programs_loaded, tcplinger},
-    wait_until,
+    vm_kib, wait_until,
 };
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -173,15 +174,6 @@ privileged!(flood_drops_show_in_report_and_metrics);
 
 // ---- 2. memory bounds ----
 
-fn vm_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 /// A helper process holding `n` loopback connections (2n sockets) until dropped.
 struct Holder(std::process::Child);
 
@@ -252,7 +244,7 @@ privileged!(socket_cap_evicts_and_bounds_memory);
 // ---- 3. crash and restart ----
 
 /// Names of our maps as the kernel lists them.
-const OUR_MAPS: [&str; 4] = ["EVENTS", "DROPS", "OWNERS", "RING_PEAK"];
+const OUR_MAPS: [&str; 5] = ["EVENTS", "DROPS", "OWNERS", "FAILED", "RING_PEAK"];
 
 fn our_maps_loaded() -> Vec<String> {
     aya::maps::loaded_maps()
@@ -439,12 +431,97 @@ fn daemon_keeps_only_the_capabilities_it_needs() {
     assert!(run.status.success(), "{:?}", run.stderr);
     assert!(closed);
     assert!(
-        !run.stderr.iter().any(|l| l.contains("could not drop")),
+        !run.stderr
+            .iter()
+            .any(|l| l.contains("could not drop") || l.contains("no_new_privs")),
         "{:?}",
         run.stderr
     );
 }
 privileged!(daemon_keeps_only_the_capabilities_it_needs);
+
+/// The owners `tcplinger sockets` names for the listening sockets of
+/// `port` when it holds only `caps`, as uid 0: setpriv narrows the
+/// bounding set, so the exec of a root process gets nothing else. One entry
+/// per group of sockets it saw: the owner's pid, or `None` if unnamed.
+fn owners_named_with(caps: &[&str], port: u16) -> Vec<Option<u64>> {
+    let bounding: Vec<String> = caps.iter().map(|c| format!(",+{c}")).collect();
+    let out = Command::new("setpriv")
+        .args([
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            &format!("--bounding-set=-all{}", bounding.concat()),
+        ])
+        .arg(env!("CARGO_BIN_EXE_tcplinger"))
+        .args(["sockets", "--format", "json", "--state", "listen"])
+        .args(["--port", &port.to_string()])
+        .output()
+        .expect("running setpriv (util-linux)");
+    assert!(
+        out.status.success(),
+        "{caps:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["pid"].as_u64())
+        .collect()
+}
+
+/// What the tracer keeps after attaching is what a root process needs to
+/// name the owner of a socket held by another user in another network
+/// namespace, and none of it is redundant: without CAP_SYS_ADMIN the
+/// namespace is not entered, without CAP_SYS_PTRACE the fd links cannot
+/// be read, and without CAP_DAC_READ_SEARCH the /proc/PID/fd directory of
+/// another user cannot even be opened (CAP_SYS_PTRACE does not stand in
+/// for it).
+fn each_kept_capability_is_needed_to_name_another_users_socket() {
+    let scene = Scene::new();
+    // Python, not a test peer: the nobody user may not reach the test binary.
+    let listener = Proc::spawn(
+        &scene.net.server_ns,
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            python(),
+            "-c",
+            "import socket, sys, time\n\
+             s = socket.socket()\n\
+             s.bind((sys.argv[1], int(sys.argv[2])))\n\
+             s.listen()\n\
+             print('listening', flush=True)\n\
+             time.sleep(60)\n",
+            &scene.server_ip().to_string(),
+            &scene.port_arg(),
+        ],
+    );
+    listener.expect_line("listening");
+    let owner = Some(u64::from(listener.pid));
+    let kept = ["sys_admin", "sys_ptrace", "dac_read_search"];
+    assert_eq!(owners_named_with(&kept, scene.port), [owner], "all kept");
+    assert_eq!(
+        owners_named_with(&["sys_ptrace", "dac_read_search"], scene.port),
+        [],
+        "without CAP_SYS_ADMIN the namespace is not entered"
+    );
+    assert_eq!(
+        owners_named_with(&["sys_admin", "dac_read_search"], scene.port),
+        [None],
+        "without CAP_SYS_PTRACE the fd links are unreadable"
+    );
+    assert_eq!(
+        owners_named_with(&["sys_admin", "sys_ptrace"], scene.port),
+        [None],
+        "without CAP_DAC_READ_SEARCH another user's /proc/PID/fd is closed"
+    );
+}
+privileged!(each_kept_capability_is_needed_to_name_another_users_socket);
 
 fn metrics_refuse_non_loopback_without_the_explicit_flag() {
     require_root();
@@ -1012,8 +1089,10 @@ fn comm_and_remote_select_connections() {
     scene.converse(Closer::Client, 3, Pace::OneAtATime);
     let comm_seen = by_comm.wait_for(SETTLE, |l| l.len() >= 3);
     let remote_seen = by_remote.wait_for(SETTLE, |l| l.len() >= 3);
-    // Enough time for anything unwanted to show up too.
-    std::thread::sleep(Duration::from_millis(300));
+    // Until every close is over: the records anything unwanted would come
+    // from are then in the rings, and each tracer reads its ring before it
+    // ends.
+    scene.wait_settled(&[scene.port]);
     let (by_comm, by_remote, nobody) = (by_comm.stop(), by_remote.stop(), nobody.stop());
     assert!(comm_seen && remote_seen);
     for run in [&by_comm, &by_remote] {

@@ -241,8 +241,9 @@ fn port_filter_drops_other_ports_in_kernel() {
     let seen = tracer.wait_for(SETTLE, |lines| {
         lines.iter().any(|l| is_transition(l, "LAST_ACK", "CLOSE"))
     });
-    // Give the unwanted port's events time to show up, were they not filtered.
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the unwanted port's closes are over too: its records, were
+    // they not filtered, would then be in the ring, read before the end.
+    scene.wait_settled(&[wanted, other]);
     let run = tracer.stop();
     assert!(seen, "wanted port never closed: {:#?}", run.lines);
     assert_clean_exit(&run);
@@ -285,7 +286,8 @@ fn pid_filter_drops_other_processes_in_kernel() {
     let seen = tracer.wait_for(SETTLE, |lines| {
         lines.iter().any(|l| is_transition(l, "LAST_ACK", "CLOSE"))
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // As above: the unchosen server's closes over, their records read.
+    scene.wait_settled(&[wanted, other]);
     let run = tracer.stop();
     assert!(
         seen,

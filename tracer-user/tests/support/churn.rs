@@ -116,6 +116,9 @@ fn serve(listener: &TcpListener, stop: &AtomicBool) {
                     let _ = s.write_all(b"!");
                 }
             }
+            // Pacing, not a settle: nobody is waiting to be accepted, so
+            // look again shortly instead of spinning (the loop is
+            // non-blocking so that it sees `stop`).
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 thread::sleep(Duration::from_micros(200));
             }

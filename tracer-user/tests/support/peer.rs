@@ -229,6 +229,8 @@ fn jam(to: std::net::IpAddr) -> std::io::Result<()> {
 /// Closes as `--close` says; a connection never closed is handed back to
 /// be held.
 fn close(mut stream: TcpStream, args: &PeerArgs) -> std::io::Result<Option<TcpStream>> {
+    // The scenario, not a settle: `--keep-ms` is how long the connection
+    // lives before this side acts (a fixed age, an idle pooled connection).
     std::thread::sleep(Duration::from_millis(args.keep_ms));
     match args.close {
         Close::First => {}
@@ -298,6 +300,8 @@ fn serve(args: &PeerArgs) -> std::io::Result<()> {
             let mut buf = [0u8; 64];
             let n = stream.read(&mut buf)?;
             assert!(n > 0, "client sent nothing");
+            // The scenario: a handler stuck this long (the peer's FIN, if
+            // it comes, waits in CLOSE_WAIT meanwhile).
             std::thread::sleep(Duration::from_millis(args.hold_ms));
             if !args.no_reply {
                 stream.write_all(b"ok\n")?;
@@ -306,7 +310,8 @@ fn serve(args: &PeerArgs) -> std::io::Result<()> {
         },
     )?;
     if !held.is_empty() {
-        // Keep them open until killed.
+        // The scenario: keep them open until the test kills this process;
+        // the sleep only bounds how long they stay if it never does.
         std::thread::sleep(IO_TIMEOUT * 3);
     }
     Ok(())
@@ -340,6 +345,7 @@ fn connect(args: &PeerArgs) -> std::io::Result<()> {
     println!("done");
     std::io::stdout().flush()?;
     if !held.is_empty() {
+        // As the server's: held open until killed, bounded all the same.
         std::thread::sleep(IO_TIMEOUT * 3);
     }
     Ok(())

@@ -2,10 +2,12 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
+    process::Command,
     sync::atomic::{AtomicU16, Ordering},
+    time::{Duration, Instant},
 };
 
-use super::{netns::NetPair, peer::Peer, require_root};
+use super::{netns::NetPair, peer::Peer, require_root, wait_until};
 
 /// The first port handed out. Below the ephemeral range (32768 and up by
 /// default) so that no client's source port, in a test namespace or on
@@ -190,5 +192,123 @@ impl Scene {
         client.finish();
         server.finish();
         pids
+    }
+}
+
+/// Bounds every wait on the scene's sockets: their closes take a round
+/// trip on a veth pair, so this is only ever reached when something broke.
+const SOCKETS_LIMIT: Duration = Duration::from_secs(10);
+
+/// States the kernel leaves by itself within a round trip once neither
+/// side has anything more to do. While a socket is in one of them, the
+/// records of its close are still to come; once none is, every record the
+/// close makes is in the tracers' rings (or counted as dropped), and a
+/// tracer stopped now reads them all before it ends.
+const PASSING: [&str; 5] = ["SYN-SENT", "SYN-RECV", "FIN-WAIT-1", "CLOSING", "LAST-ACK"];
+
+/// One TCP socket as `ss -tin` shows it.
+#[derive(Debug, Clone)]
+pub struct SockView {
+    /// `ss`'s name: `ESTAB`, `CLOSE-WAIT`, `LAST-ACK`...
+    pub state: String,
+    /// Milliseconds since data was last sent and received (`lastsnd`,
+    /// `lastrcv`: the `TCP_INFO` figures tcplinger reads too); 0 when
+    /// `ss` leaves them out, as it does for 0.
+    pub last_send_ms: u64,
+    pub last_recv_ms: u64,
+}
+
+/// The TCP sockets of namespace `ns` with `port` at either end.
+pub fn sockets_in(ns: &str, port: u16) -> Vec<SockView> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-Htain"])
+        .arg(format!("( sport = :{port} or dport = :{port} )"))
+        .output()
+        .expect("running ss (iproute2)");
+    assert!(
+        out.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut sockets: Vec<SockView> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // A socket's line, then its details indented on the next.
+        if !line.starts_with(char::is_whitespace) {
+            let state = line.split_whitespace().next().unwrap_or_default();
+            sockets.push(SockView {
+                state: state.to_string(),
+                last_send_ms: 0,
+                last_recv_ms: 0,
+            });
+        } else if let Some(socket) = sockets.last_mut() {
+            for word in line.split_whitespace() {
+                let figure = |name: &str| word.strip_prefix(name).and_then(|v| v.parse().ok());
+                if let Some(ms) = figure("lastsnd:") {
+                    socket.last_send_ms = ms;
+                }
+                if let Some(ms) = figure("lastrcv:") {
+                    socket.last_recv_ms = ms;
+                }
+            }
+        }
+    }
+    sockets
+}
+
+impl Scene {
+    /// The scene's sockets on `port`, in both namespaces.
+    pub fn sockets_on(&self, port: u16) -> Vec<SockView> {
+        let mut all = sockets_in(&self.net.client_ns, port);
+        all.extend(sockets_in(&self.net.server_ns, port));
+        all
+    }
+
+    /// Waits until no socket on `ports` is in a state the kernel leaves by
+    /// itself ([`PASSING`]): the closes under way have been traced.
+    pub fn wait_settled(&self, ports: &[u16]) {
+        let mut last = Vec::new();
+        let settled = wait_until(SOCKETS_LIMIT, || {
+            last = ports.iter().flat_map(|&p| self.sockets_on(p)).collect();
+            !last.iter().any(|s| PASSING.contains(&s.state.as_str()))
+        });
+        assert!(settled, "closes still under way: {last:?}");
+    }
+
+    /// Waits until the sockets of namespace `ns` on the scene's port
+    /// satisfy `done`; returns when they did.
+    pub fn wait_sockets(
+        &self,
+        ns: &str,
+        what: &str,
+        done: impl Fn(&[SockView]) -> bool,
+    ) -> Instant {
+        let mut last = Vec::new();
+        let seen = wait_until(SOCKETS_LIMIT, || {
+            last = sockets_in(ns, self.port);
+            done(&last)
+        });
+        assert!(seen, "never {what}: {last:?}");
+        Instant::now()
+    }
+
+    /// Waits until the `count` ESTABLISHED sockets of namespace `ns` on the
+    /// scene's port have sent nothing for `send_ms`, and, with `recv_ms`,
+    /// received nothing for that long: the kernel's own figures, which
+    /// only grow, so a tracer that looks later sees at least as much.
+    pub fn wait_silent(&self, ns: &str, count: usize, send_ms: u64, recv_ms: u64) {
+        let limit = SOCKETS_LIMIT + Duration::from_millis(send_ms.max(recv_ms));
+        let mut last = Vec::new();
+        let silent = wait_until(limit, || {
+            last = sockets_in(ns, self.port);
+            let established: Vec<&SockView> = last.iter().filter(|s| s.state == "ESTAB").collect();
+            established.len() == count
+                && established
+                    .iter()
+                    .all(|s| s.last_send_ms >= send_ms && s.last_recv_ms >= recv_ms)
+        });
+        assert!(
+            silent,
+            "{count} sockets never silent for {send_ms}/{recv_ms} ms: {last:?}"
+        );
     }
 }

@@ -90,7 +90,13 @@ impl Tcplinger {
         if ready_rx.recv_timeout(START_LIMIT).is_err() {
             let _ = tracer.child.kill();
             let status = tracer.child.wait().unwrap();
-            std::thread::sleep(Duration::from_millis(100));
+            // Its last words, to say why: read to the end of its pipes.
+            wait_until(Duration::from_secs(5), || {
+                tracer
+                    .readers
+                    .iter()
+                    .all(std::thread::JoinHandle::is_finished)
+            });
             panic!(
                 "tcplinger did not start tracing ({status}): {:?}",
                 tracer.stderr.lock().unwrap()

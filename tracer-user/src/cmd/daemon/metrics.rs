@@ -16,6 +16,7 @@ use crate::{
     model::diagnose::Finding,
     model::event::Comm,
     model::tracker::{ClosedBy, ConnId, ConnRecord, Role, TimewaitEnd},
+    session::HostLosses,
 };
 
 /// Refreshes (one a second) the ring peak is the maximum of.
@@ -217,6 +218,10 @@ pub struct Metrics {
     groups: IntGauge,
     ring_bytes: IntGauge,
     ring_peak: IntGauge,
+    /// Losses other than drops, misses and evictions, by kind.
+    losses: IntCounterVec,
+    /// Their totals as last fed (they come as totals).
+    losses_last: HashMap<&'static str, u64>,
     last: Last,
     /// Ring peaks of the last minute, one per refresh: a scrape every 15 s
     /// must not miss the burst that nearly filled it.
@@ -526,6 +531,13 @@ impl Metrics {
                 "tcplinger_ring_peak_bytes",
                 "Most bytes waiting in the ring over the last minute.",
             ),
+            losses: counter_vec(
+                &r,
+                "tcplinger_losses_total",
+                "Things the tracer lost or could not learn, by kind (see the README's list).",
+                &["kind"],
+            ),
+            losses_last: HashMap::new(),
             registry: r,
             last: Last::default(),
             ring_peaks: std::collections::VecDeque::new(),
@@ -937,6 +949,31 @@ impl Metrics {
         self.ring_peak
             .set(as_gauge(self.ring_peaks.iter().copied().max().unwrap_or(0)));
         self.last = Last(h);
+    }
+
+    /// The losses as totals: each kind's counter grows by what they grew.
+    /// `http`: connections shed at the cap, and accepts that failed.
+    pub fn set_losses(&mut self, host: &HostLosses, timewait_unfollowed: u64, http: [u64; 2]) {
+        let totals = [
+            ("kernel_read_failed", host.kernel.failed_runs),
+            ("owner_not_recorded", host.kernel.owner_inserts),
+            ("unattributed_skipped", host.kernel.unattributed),
+            ("lookup_failed", host.lookups_failed),
+            ("dump_failed", host.dumps_failed),
+            ("netns_not_found", host.netns_not_found),
+            ("cgroup_unknown", host.cgroups_unknown),
+            ("host_job_failed", host.jobs_failed),
+            ("time_wait_unfollowed", timewait_unfollowed),
+            ("http_connection_shed", http[0]),
+            ("http_accept_failed", http[1]),
+        ];
+        for (kind, total) in totals {
+            let last = self.losses_last.entry(kind).or_insert(0);
+            self.losses
+                .with_label_values(&[kind])
+                .inc_by(total.saturating_sub(*last));
+            *last = total;
+        }
     }
 
     /// The Prometheus text exposition (format 0.0.4).

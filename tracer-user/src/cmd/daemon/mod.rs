@@ -6,13 +6,9 @@ pub mod metrics;
 use std::{
     collections::HashMap,
     io::{self, Write},
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
-
-use anyhow::Context as _;
-use serde::Serialize;
-use tokio::net::TcpListener;
 
 use crate::{
     cmd::daemon::http::Shared,
@@ -30,6 +26,8 @@ use crate::{
     session::analysis::{Analysis, Fed, Judging},
     settings::{self, LogFormat},
 };
+use anyhow::Context as _;
+use serde::Serialize;
 
 /// How often the socket gauges and the tracer's health are refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -211,7 +209,7 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
             s.listen
         );
     }
-    let listener = TcpListener::bind(s.listen).await.with_context(|| {
+    let listener = http::listen(s.listen).with_context(|| {
         format!(
             "cannot serve metrics on {} (another tcplinger daemon? choose one with --listen)",
             s.listen
@@ -221,55 +219,36 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
     let mut driver = Driver::new(s.duration, REFRESH)?;
     let mut analysis = Analysis::start(&s.trace, s.max_groups, Judging::recent())?;
     analysis.tap = Some(Fed::default());
-    let shared = Arc::new(Shared {
-        metrics: Mutex::new(Metrics::new(s.max_endpoints)),
-        last_loop_ns: clock::boot_ns().into(),
-    });
-    let server = tokio::spawn(http::serve(listener, shared.clone()));
+    let shared = Arc::new(Shared::new(Metrics::new(s.max_endpoints)));
+    let (stop_server, server) = http::start(listener, shared.clone())
+        .context("cannot start the thread serving metrics (is the pids limit reached?)")?;
     let mut findings_log = FindingLog::default();
     let mut refreshes: u32 = 0;
+    let mut recent = Recent::default();
     let stdout = io::stdout();
     let result: anyhow::Result<()> = async {
         loop {
             match driver.next(&mut analysis).await? {
                 Wake::Stop => break,
-                Wake::Step(progress) => {
-                    if let Progress::Seeded { open, .. } = progress {
-                        eprintln!(
-                            "tcplinger: daemon tracing TCP connections ({open} already open); metrics on http://{}/metrics",
-                            s.listen
-                        );
-                    }
+                Wake::Step(Progress::Seeded { open, .. }) => {
+                    eprintln!(
+                        "tcplinger: daemon tracing TCP connections ({open} already open); metrics on http://{}/metrics",
+                        s.listen
+                    );
                     feed_metrics(&mut analysis, &shared);
                 }
+                // A look is in: findings are drawn from it.
+                Wake::Step(Progress::Looked) => {
+                    feed_metrics(&mut analysis, &shared);
+                    log_findings(&mut analysis, &shared, &mut findings_log, &stdout, s.log_format)?;
+                }
+                Wake::Step(_) => feed_metrics(&mut analysis, &shared),
                 Wake::Tick => {
-                    refresh_metrics(&mut analysis, &shared);
+                    refresh_metrics(&mut analysis, &shared, &mut recent);
                     refreshes += 1;
-                    // The first tick comes at once: findings of the first look.
+                    // The first tick comes at once: the first look.
                     if refreshes % ANALYSIS_EVERY == 1 {
-                        analysis.observe();
-                        let findings = analysis.findings();
-                        let changes = findings_log.update(&findings);
-                        if let Ok(mut m) = shared.metrics.lock() {
-                            let raised: Vec<Finding> = changes
-                                .iter()
-                                .filter(|(_, c)| *c != Change::Resolved)
-                                .map(|(f, _)| f.clone())
-                                .collect();
-                            let standing: Vec<Finding> =
-                                findings_log.standing().cloned().collect();
-                            m.on_findings(&raised, &standing);
-                        }
-                        let mut out = stdout.lock();
-                        for (f, change) in &changes {
-                            writeln!(
-                                out,
-                                "{}",
-                                log_line(f, *change, s.log_format, std::time::SystemTime::now())
-                            )
-                            .context("writing the log")?;
-                        }
-                        out.flush().context("writing the log")?;
+                        analysis.look();
                     }
                 }
             }
@@ -278,10 +257,43 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
         Ok(())
     }
     .await;
-    server.abort();
+    let _ = stop_server.send(());
+    let _ = server.join();
     analysis.stop().await.context("stopping")?;
     eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
     result
+}
+
+/// The findings of the look just applied, into the metrics and the log.
+fn log_findings(
+    analysis: &mut Analysis,
+    shared: &Shared,
+    findings_log: &mut FindingLog,
+    stdout: &io::Stdout,
+    format: LogFormat,
+) -> anyhow::Result<()> {
+    let findings = analysis.findings();
+    let changes = findings_log.update(&findings);
+    if let Ok(mut m) = shared.metrics.lock() {
+        let raised: Vec<Finding> = changes
+            .iter()
+            .filter(|(_, c)| *c != Change::Resolved)
+            .map(|(f, _)| f.clone())
+            .collect();
+        let standing: Vec<Finding> = findings_log.standing().cloned().collect();
+        m.on_findings(&raised, &standing);
+    }
+    // Formatted first: the lock on stdout is held only to write.
+    let now = std::time::SystemTime::now();
+    let lines: Vec<String> = changes
+        .iter()
+        .map(|(f, change)| log_line(f, *change, format, now))
+        .collect();
+    let mut out = stdout.lock();
+    for line in lines {
+        writeln!(out, "{line}").context("writing the log")?;
+    }
+    out.flush().context("writing the log")
 }
 
 /// Tracker output since the last call into the counters and histograms.
@@ -308,14 +320,49 @@ fn feed_metrics(analysis: &mut Analysis, shared: &Shared) {
     }
 }
 
+/// Loss counters as they stood at each of the last 60 refreshes (one a
+/// second): what /healthz calls "the last minute".
+#[derive(Default)]
+struct Recent {
+    samples: std::collections::VecDeque<(u64, u64, u64)>,
+}
+
+impl Recent {
+    const KEPT: usize = 60;
+
+    /// Adds the totals now; returns how much each grew over the minute.
+    fn push(&mut self, dropped: u64, missed: u64, lookups_failed: u64) -> (u64, u64, u64) {
+        if self.samples.len() >= Self::KEPT {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((dropped, missed, lookups_failed));
+        let first = self.samples.front().copied().unwrap_or_default();
+        (
+            dropped.saturating_sub(first.0),
+            missed.saturating_sub(first.1),
+            lookups_failed.saturating_sub(first.2),
+        )
+    }
+}
+
 /// Once a second: the sockets alive now, and the tracer's own health.
-fn refresh_metrics(analysis: &mut Analysis, shared: &Shared) {
+fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, recent: &mut Recent) {
     let live = analysis.live_resolved();
     let ring_peak = analysis.session.host.ring_peak_and_reset();
-    let (dropped, missed) = (
+    let (dropped, missed, losses) = (
         analysis.session.host.dropped(),
         analysis.session.host.missed(),
+        analysis.session.host.losses(),
     );
+    let (dropped_last_minute, missed_last_minute, lookups_failed_last_minute) =
+        recent.push(dropped, missed, losses.lookups_failed);
+    if let Ok(mut status) = shared.status.lock() {
+        status.dropped_last_minute = dropped_last_minute;
+        status.missed_last_minute = missed_last_minute;
+        status.lookups_failed_last_minute = lookups_failed_last_minute;
+        status.follower_busy_ns = analysis.session.host.follower_busy_ns();
+        status.degraded = analysis.session.host.degraded();
+    }
     let now = analysis.now_ns();
     let Ok(mut m) = shared.metrics.lock() else {
         return;
@@ -339,6 +386,14 @@ fn refresh_metrics(analysis: &mut Analysis, shared: &Shared) {
         groups: analysis.agg.groups().count() as u64,
         folded: analysis.agg.folded(),
     });
+    m.set_losses(
+        &losses,
+        session.tracker.timewait_unfollowed(),
+        [
+            shared.shed.load(Ordering::Relaxed),
+            shared.accept_failed.load(Ordering::Relaxed),
+        ],
+    );
 }
 
 #[cfg(test)]

@@ -40,6 +40,9 @@ pub struct Tracker {
     timewait_starts: Vec<ConnId>,
     timewait_ends: Vec<TimewaitEnd>,
     evicted: u64,
+    /// TIME_WAIT sockets not followed because `max_sockets` were already:
+    /// their record is written, their TIME_WAIT goes untimed.
+    timewait_unfollowed: u64,
     /// The TCP figures of sockets past their first closing act, by cookie.
     figures: HashMap<u64, TcpFigures>,
 }
@@ -58,12 +61,14 @@ impl Tracker {
             timewait_starts: Vec::new(),
             timewait_ends: Vec::new(),
             evicted: 0,
+            timewait_unfollowed: 0,
             figures: HashMap::new(),
         }
     }
 
     /// Also follow TIME_WAIT sockets after their record, to time TIME_WAIT
-    /// (at most `max_sockets` of them; more are counted as evicted).
+    /// (at most `max_sockets` of them; more are counted apart, see
+    /// [`Self::timewait_unfollowed`]).
     pub fn follow_timewait(mut self) -> Self {
         self.timewaits = Some(HashMap::new());
         self
@@ -84,6 +89,11 @@ impl Tracker {
     /// Sockets dropped to stay under the cap.
     pub fn evicted(&self) -> u64 {
         self.evicted
+    }
+
+    /// TIME_WAIT sockets left untimed because the follow cap was reached.
+    pub fn timewait_unfollowed(&self) -> u64 {
+        self.timewait_unfollowed
     }
 
     /// Records completed since the last call.
@@ -239,7 +249,7 @@ impl Tracker {
                         },
                     );
                 } else {
-                    self.evicted += 1;
+                    self.timewait_unfollowed += 1;
                 }
             }
             self.ready.push(conn.record(

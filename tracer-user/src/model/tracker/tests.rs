@@ -1119,3 +1119,29 @@ fn openings_are_kept_only_for_a_consumer_that_asked() {
     feed(&mut asked, &client_open(&c));
     assert_eq!(asked.take_opened().len(), 1);
 }
+
+#[test]
+fn timewait_sockets_past_the_follow_cap_are_counted_apart_from_evictions() {
+    // Two sockets tracked at most: the third TIME_WAIT is not followed.
+    let mut t = Tracker::new(NonZeroUsize::new(2).unwrap()).follow_timewait();
+    let mut sightings = Vec::new();
+    for cookie in 1..=3 {
+        let s = Sock::server(cookie);
+        feed(&mut t, &server_open(&s));
+        feed(
+            &mut t,
+            &[
+                s.step(10, Established, FinWait1),
+                s.unowned_step(11, FinWait1, FinWait2),
+                s.unowned_step(11, FinWait2, Close),
+            ],
+        );
+        // Every TIME_WAIT socket so far is still there at each look.
+        sightings.push(timewait(cookie, TimeWait, 200, 59_950));
+        diag(&mut t, &sightings, 200);
+    }
+    assert_eq!(t.take_ready().len(), 3, "every record is written");
+    assert_eq!(t.take_timewait_starts().len(), 2);
+    assert_eq!(t.timewait_unfollowed(), 1);
+    assert_eq!(t.evicted(), 0, "no socket was dropped from the table");
+}

@@ -723,3 +723,28 @@ fn idle_handles_are_dropped_and_their_series_go_on() {
     );
     assert_eq!(totals(&text), (5_001, 5_001));
 }
+
+#[test]
+fn losses_given_as_totals_grow_their_counters_by_the_difference() {
+    let mut m = Metrics::new(10);
+    let mut host = HostLosses {
+        lookups_failed: 3,
+        ..HostLosses::default()
+    };
+    host.kernel.owner_inserts = 1;
+    m.set_losses(&host, 2, [5, 0]);
+    host.lookups_failed = 4;
+    m.set_losses(&host, 2, [5, 1]);
+    let text = m.encode();
+    for (kind, n) in [
+        ("lookup_failed", 4),
+        ("owner_not_recorded", 1),
+        ("time_wait_unfollowed", 2),
+        ("http_connection_shed", 5),
+        ("http_accept_failed", 1),
+        ("netns_not_found", 0),
+    ] {
+        let line = format!("tcplinger_losses_total{{kind=\"{kind}\"}} {n}\n");
+        assert!(text.contains(&line), "{line} in {text}");
+    }
+}
