@@ -111,7 +111,8 @@ fn daemon_drain_keeps_up_with_scrapers_and_a_full_connection_cap() {
     let mut probes = 0;
     while churn.running() {
         let start = Instant::now();
-        assert_eq!(status_of(listen, "/healthz"), 200, "health during churn");
+        let (status, json) = health(listen);
+        assert_eq!(status, 200, "health during churn: {json}");
         assert!(
             scrape(listen).contains("tcplinger_events_total"),
             "a fresh scrape during churn"
