@@ -111,8 +111,16 @@ fn daemon_drain_keeps_up_with_scrapers_and_a_full_connection_cap() {
     let mut probes = 0;
     while churn.running() {
         let start = Instant::now();
+        // It answers; hook runs the kernel skips at full churn (a softirq
+        // preempting a program, counted as missed) may make it 503, but
+        // never a stalled loop or dropped events.
         let (status, json) = health(listen);
-        assert_eq!(status, 200, "health during churn: {json}");
+        assert!(matches!(status, 200 | 503), "health during churn: {status}");
+        let reasons = json["reasons"].to_string();
+        assert!(
+            !reasons.contains("not turned") && !reasons.contains("dropped"),
+            "health during churn: {json}"
+        );
         assert!(
             scrape(listen).contains("tcplinger_events_total"),
             "a fresh scrape during churn"
