@@ -319,6 +319,19 @@ impl LiveHost {
             .collect()
     }
 
+    /// The lookups `requests` as a job: the follower goes with it and
+    /// comes back.
+    fn diag_job(
+        &self,
+        mut follower: Follower,
+        requests: Vec<DiagRequest>,
+    ) -> oneshot::Receiver<(Follower, Vec<DiagAnswer>)> {
+        self.workers.run(move || {
+            let answers = follower.poll(requests);
+            (follower, answers)
+        })
+    }
+
     /// The look `request` as a job: the reader goes with it and comes back.
     fn look_job(&mut self, request: LookRequest) -> oneshot::Receiver<(IoReader, LookAnswer)> {
         let mut io = self.io.take().unwrap_or_default();
@@ -405,14 +418,11 @@ impl Host for LiveHost {
     }
 
     fn ask_diag(&mut self, requests: Vec<DiagRequest>) -> bool {
-        let Some(mut follower) = self.follower.take() else {
+        let Some(follower) = self.follower.take() else {
             return false;
         };
         self.diag_asked_ns = clock::boot_ns();
-        self.diag = Some(self.workers.run(move || {
-            let answers = follower.poll(requests);
-            (follower, answers)
-        }));
+        self.diag = Some(self.diag_job(follower, requests));
         true
     }
 
@@ -454,13 +464,10 @@ impl Host for LiveHost {
             let result = pending.await;
             let _ = self.diag_event(result);
         }
-        let Some(mut follower) = self.follower.take() else {
+        let Some(follower) = self.follower.take() else {
             return Vec::new();
         };
-        let job = self.workers.run(move || {
-            let answers = follower.poll(requests);
-            (follower, answers)
-        });
+        let job = self.diag_job(follower, requests);
         match self.diag_event(job.await) {
             Event::Diag { answers, warning } => {
                 self.warnings.extend(warning);
