@@ -109,13 +109,18 @@ fn daemon_drain_keeps_up_with_scrapers_and_a_full_connection_cap() {
         .collect();
     let churn = Churn::start(port, 4, 300_000, Duration::from_secs(30));
     let mut probes = 0;
+    let mut slowest = Duration::ZERO;
     while churn.running() {
         let start = Instant::now();
         // It answers; hook runs the kernel skips at full churn (a softirq
         // preempting a program, counted as missed) may make it 503, but
         // never a stalled loop or dropped events.
         let (status, json) = health(listen);
-        assert!(matches!(status, 200 | 503), "health during churn: {status}");
+        assert!(
+            matches!(status, 200 | 503),
+            "health during churn: {status} after {:?}",
+            start.elapsed()
+        );
         let reasons = json["reasons"].to_string();
         assert!(
             !reasons.contains("not turned") && !reasons.contains("dropped"),
@@ -130,6 +135,7 @@ fn daemon_drain_keeps_up_with_scrapers_and_a_full_connection_cap() {
             "probe and scrape took {:?}",
             start.elapsed()
         );
+        slowest = slowest.max(start.elapsed());
         probes += 1;
     }
     let (made, _) = churn.finish();
@@ -147,7 +153,7 @@ fn daemon_drain_keeps_up_with_scrapers_and_a_full_connection_cap() {
         &["kind=\"http_connection_shed\""],
     );
     eprintln!(
-        "{made} connections, {events} events, {dropped} dropped, {} scrapes, {probes} probes, {shed} connections shed",
+        "{made} connections, {events} events, {dropped} dropped, {} scrapes, {probes} probes (slowest {slowest:?}), {shed} connections shed",
         scrapes.load(Ordering::Relaxed)
     );
     assert!(made >= 50_000, "only {made} connections");

@@ -6,7 +6,7 @@ use std::{
     fmt::Write as _,
     io,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, TryLockError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -88,15 +88,27 @@ impl Shared {
     }
 
     /// The metrics, encoded again only if the last encoding is older than
-    /// [`ENCODE_EVERY`].
+    /// [`ENCODE_EVERY`] and the tracing loop is not writing them: this
+    /// thread serves every client, /healthz included, so it never waits
+    /// for that loop once there is an encoding to serve (a scrape is then
+    /// a second or two older, never late).
     fn metrics_text(&self) -> Bytes {
         let Ok(mut cached) = self.encoded.lock() else {
             return Bytes::new();
         };
-        if let Some((at, text)) = cached.as_ref()
-            && at.elapsed() < ENCODE_EVERY
-        {
-            return text.clone();
+        if let Some((at, text)) = cached.as_ref() {
+            if at.elapsed() < ENCODE_EVERY {
+                return text.clone();
+            }
+            match self.metrics.try_lock() {
+                Ok(m) => {
+                    let text = Bytes::from(m.encode());
+                    *cached = Some((Instant::now(), text.clone()));
+                    return text;
+                }
+                Err(TryLockError::WouldBlock) => return text.clone(),
+                Err(TryLockError::Poisoned(_)) => return Bytes::new(),
+            }
         }
         let text = Bytes::from(self.metrics.lock().map(|m| m.encode()).unwrap_or_default());
         *cached = Some((Instant::now(), text.clone()));
@@ -404,5 +416,19 @@ mod tests {
         drop(guard);
         assert_eq!(first, again);
         assert!(first.starts_with(b"# HELP"));
+    }
+
+    #[test]
+    fn a_stale_encoding_is_served_rather_than_waiting_for_the_loop() {
+        let s = shared(clock::boot_ns());
+        let first = s.metrics_text();
+        let old = Instant::now().checked_sub(ENCODE_EVERY * 2).unwrap();
+        *s.encoded.lock().unwrap() = Some((old, Bytes::from_static(b"stale")));
+        // The loop holds the metrics: the last encoding, at once.
+        let guard = s.metrics.lock().unwrap();
+        assert_eq!(s.metrics_text(), Bytes::from_static(b"stale"));
+        drop(guard);
+        // Free again: encoded anew.
+        assert_eq!(s.metrics_text(), first);
     }
 }
