@@ -289,8 +289,30 @@ fn test(args: &[OsString]) -> Result<()> {
         );
     }
     deps::ensure(&deps::TEST_PACKAGES)?;
+    // Arguments (a filter, `-p`...) go to one run, as given, in the
+    // release profile unless they name one.
+    if !args.is_empty() {
+        let named = args.iter().any(|a| {
+            let a = a.to_string_lossy();
+            a == "--release" || a == "-r" || a.starts_with("--profile")
+        });
+        return cargo_test(if named { &[] } else { &["--release"] }, args);
+    }
+    // The unit tests first, in the dev profile: overflow checks and debug
+    // assertions on, a quick build. Then everything in the release
+    // profile: the privileged tests drive the tracer at full churn and
+    // judge its drain, its memory and its answers under load, which only
+    // means something of the binary that ships (an unoptimised daemon
+    // falls behind where the real one does not).
+    cargo_test(&[], &["--lib".into(), "--bins".into()])?;
+    cargo_test(&["--release"], &[])
+}
+
+/// `cargo test` over every host crate (unless the caller names packages)
+/// with `profile` flags and `args`.
+fn cargo_test(profile: &[&str], args: &[OsString]) -> Result<()> {
     let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cargo.arg("test");
+    cargo.arg("test").args(profile);
     // Every crate that runs on the host (xtask's own checks included)
     // unless the caller names packages.
     if !args
