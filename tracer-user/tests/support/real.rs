@@ -118,12 +118,14 @@ impl Proc {
         }
     }
 
-    /// Its process name once `ip netns exec` has become the program.
+    /// Its process name once `ip netns exec` has become the program
+    /// (before its exec the child still bears this test binary's name).
     pub fn comm(&self) -> String {
+        let ours = fs::read_to_string("/proc/self/comm").unwrap_or_default();
         let mut comm = String::new();
         let exec = wait_until(LIMIT, || {
             comm = comm_of_opt(self.pid).unwrap_or_default();
-            !comm.is_empty() && comm != "ip"
+            !comm.is_empty() && comm != "ip" && comm != ours.trim_end()
         });
         assert!(exec, "{} never started", self.what);
         comm
