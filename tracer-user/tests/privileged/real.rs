@@ -186,10 +186,14 @@ fn real_nginx_idle_timeout_is_healthy() {
     let report = finish(tracer);
     nginx.stop();
     let g = group(&report, "nginx", "server");
-    assert!(
-        g["closed_by"]["local"].as_u64().unwrap() >= 10,
-        "the server closed them: {g}"
-    );
+    // 14 requests 1.5 s apart on 2 workers, each on a connection nginx
+    // closed after 1 s idle: 11 to 13 connections in runs here (the
+    // client sometimes beats the timeout), all closed by the server but
+    // each worker's last, which the client's exit may close first.
+    let closed = g["closed"].as_u64().unwrap();
+    let local = g["closed_by"]["local"].as_u64().unwrap_or(0);
+    assert!(closed >= 8, "too few connections to judge: {g}");
+    assert!(local + 2 >= closed, "the server closed them: {g}");
     no_finding_names(&report, "nginx");
     no_finding_names(&report, "goclient");
 }
