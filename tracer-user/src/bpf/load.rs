@@ -35,56 +35,56 @@ pub struct Hook {
     /// `None`: nothing works without it. Otherwise what a run without it
     /// cannot do, for the warning.
     pub without: Option<&'static str>,
-    /// Attached only when a `--pid` filter is given. The I/O hooks run on
-    /// every send and receive of every socket (two runs per request on a
-    /// keep-alive connection, ~700 ns of kernel time per request here);
-    /// they name an accepted socket's owner before its first close, which
-    /// userspace learns anyway from the process holding its fd. Only the
-    /// kernel's `--pid` filter needs the owner at the moment a softirq
-    /// step happens.
-    pub only_for_pid_filter: bool,
+    /// Attached only when each step must name its owner as it happens:
+    /// the kernel's `--pid` filter, and `--transitions`, which prints
+    /// every step at once. The I/O hooks run on every send and receive of
+    /// every socket (two runs per request on a keep-alive connection,
+    /// ~700 ns of kernel time per request here) to name an accepted
+    /// socket's owner before its first close; the per-connection commands
+    /// learn it from the process holding its fd, or from the close itself.
+    pub for_step_owners: bool,
 }
 
 pub const HOOKS: [Hook; 6] = [
     Hook {
         program: "inet_sock_set_state",
         without: None,
-        only_for_pid_filter: false,
+        for_step_owners: false,
     },
     Hook {
         program: "tcp_destroy_sock",
         without: Some(
             "owner entries of closed sockets stay in the kernel's table until newer ones push them out",
         ),
-        only_for_pid_filter: false,
+        for_step_owners: false,
     },
     Hook {
         program: "tcp_send_reset",
         without: Some(
             "RSTs this host sends are not seen: connections it aborts show closed_by \"unknown\"",
         ),
-        only_for_pid_filter: false,
+        for_step_owners: false,
     },
     Hook {
         program: "tcp_receive_reset",
         without: Some(
             "RSTs from peers are not seen: connections they abort show closed_by \"unknown\"",
         ),
-        only_for_pid_filter: false,
+        for_step_owners: false,
     },
     Hook {
         program: "sock_send_length",
         without: Some(
-            "sends do not name a socket's owner: with --pid, an accepted socket's steps before the server's own close have no pid to match and are skipped (counted)",
+            "sends do not name a socket's owner: an accepted socket's steps before the server's own close show no pid, and --pid skips them (counted)",
         ),
-        only_for_pid_filter: true,
+        for_step_owners: true,
     },
     Hook {
         program: "sock_recv_length",
         without: Some(
-            "receives do not name a socket's owner: with --pid, an accepted socket's steps before the server's own close have no pid to match and are skipped (counted)",
+            "receives do not name a socket's owner: an accepted socket's steps before the server's own close show no pid, and --pid skips them (counted)",
         ),
-        only_for_pid_filter: true,
+        for_step_owners: true,
     },
 ];
 
@@ -375,7 +375,7 @@ pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
     let mut degraded = Vec::new();
     for hook in HOOKS {
         let name = hook.program;
-        if hook.only_for_pid_filter && options.filters.pids.is_empty() {
+        if hook.for_step_owners && options.filters.pids.is_empty() && !options.every_transition {
             continue;
         }
         // A disabled hook is handled as a kernel without its tracepoint.
@@ -526,7 +526,7 @@ mod tests {
         assert_eq!(required, ["inet_sock_set_state"]);
         let io: Vec<&str> = HOOKS
             .iter()
-            .filter(|h| h.only_for_pid_filter)
+            .filter(|h| h.for_step_owners)
             .map(|h| h.program)
             .collect();
         assert_eq!(io, ["sock_send_length", "sock_recv_length"]);

@@ -621,6 +621,50 @@ fn a_missing_optional_hook_degrades_with_a_warning() {
 }
 privileged!(a_missing_optional_hook_degrades_with_a_warning);
 
+/// Nothing runs on a send or a receive unless a step must name its owner
+/// as it happens (`--pid` in the kernel, `--transitions` on screen): the
+/// I/O hooks are the whole kernel cost of a keep-alive request.
+fn io_hooks_run_only_where_a_step_needs_its_owner() {
+    require_root();
+    let io_hooks = || -> Vec<String> {
+        our_programs_loaded()
+            .into_iter()
+            .filter(|p| p.starts_with("sock_send_len") || p.starts_with("sock_recv_len"))
+            .collect()
+    };
+    assert!(io_hooks().is_empty(), "before: {:?}", our_programs_loaded());
+    for (args, attached) in [
+        (&["watch", "--format", "json"][..], false),
+        (&["watch", "--format", "json", "--pid", "1"][..], true),
+        (&["watch", "--format", "json", "--transitions"][..], true),
+        (
+            &["report", "--format", "json", "--duration", "1m"][..],
+            false,
+        ),
+    ] {
+        let tracer = Tcplinger::start(args);
+        let loaded = our_programs_loaded();
+        let io = io_hooks();
+        let run = tracer.stop();
+        assert!(run.status.success(), "{args:?}: {:?}", run.stderr);
+        assert!(
+            loaded.iter().any(|p| p.starts_with("inet_sock_set")),
+            "{args:?}: {loaded:?}"
+        );
+        assert_eq!(
+            io.len(),
+            if attached { 2 } else { 0 },
+            "{args:?}: {loaded:?}"
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || our_programs_loaded().is_empty()),
+            "{args:?} left {:?}",
+            our_programs_loaded()
+        );
+    }
+}
+privileged!(io_hooks_run_only_where_a_step_needs_its_owner);
+
 // ---- 5. bad input and environment problems ----
 
 fn bad_input_exits_2_with_one_line_naming_the_flag() {
