@@ -596,8 +596,8 @@ fn a_missing_optional_hook_degrades_with_a_warning() {
         );
     }
     // Still right (these connections end without a reset), and the
-    // accepted socket named by its owner, as without the I/O hooks,
-    // which only a --pid filter attaches.
+    // accepted socket named by its owner without the I/O hooks, which
+    // only --pid and --transitions attach.
     for r in &run.lines {
         assert!(right_verdict(r), "{r}");
         assert_eq!(r["complete"], true, "{r}");

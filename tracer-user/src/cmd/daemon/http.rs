@@ -96,21 +96,22 @@ impl Shared {
         let Ok(mut cached) = self.encoded.lock() else {
             return Bytes::new();
         };
-        if let Some((at, text)) = cached.as_ref() {
-            if at.elapsed() < ENCODE_EVERY {
-                return text.clone();
-            }
-            match self.metrics.try_lock() {
-                Ok(m) => {
-                    let text = Bytes::from(m.encode());
-                    *cached = Some((Instant::now(), text.clone()));
-                    return text;
-                }
-                Err(TryLockError::WouldBlock) => return text.clone(),
-                Err(TryLockError::Poisoned(_)) => return Bytes::new(),
-            }
-        }
-        let text = Bytes::from(self.metrics.lock().map(|m| m.encode()).unwrap_or_default());
+        let last = match cached.as_ref() {
+            Some((at, text)) if at.elapsed() < ENCODE_EVERY => return text.clone(),
+            last => last.map(|(_, text)| text.clone()),
+        };
+        let metrics = match (self.metrics.try_lock(), last) {
+            (Ok(m), _) => m,
+            (Err(TryLockError::WouldBlock), Some(last)) => return last,
+            // Nothing encoded yet: the first scrape waits, once.
+            (Err(TryLockError::WouldBlock), None) => match self.metrics.lock() {
+                Ok(m) => m,
+                Err(_) => return Bytes::new(),
+            },
+            (Err(TryLockError::Poisoned(_)), _) => return Bytes::new(),
+        };
+        let text = Bytes::from(metrics.encode());
+        drop(metrics);
         *cached = Some((Instant::now(), text.clone()));
         text
     }

@@ -22,7 +22,8 @@ use crate::model::event::{Family, Kind, Owner, Record};
 pub struct Tracker {
     conns: LruTable<Conn>,
     /// Owner of each listening socket, by (netns, port): accepted sockets
-    /// start with no owner until their first I/O, and inherit this.
+    /// start with no owner until a record or a look names one, and
+    /// inherit this meanwhile.
     listeners: HashMap<(u32, u16), Option<Owner>>,
     /// Sockets closed without a timewait successor, in closing order,
     /// waiting out [`CLOSE_GRACE_NS`].
