@@ -47,9 +47,8 @@ fn watch_memory_stays_flat_over_two_million_connections() {
         "RSS grew from {warm} to {peak} KiB over {made} connections"
     );
     assert!(run.status.success(), "{:?}", run.stderr);
-    // One record a socket, two sockets a connection.
     assert!(
-        run.events >= 2 * total,
+        run.events >= 5 * total,
         "{} events for {total} connections",
         run.events
     );

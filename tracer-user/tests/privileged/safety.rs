@@ -50,8 +50,7 @@ fn flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right() {
         &ports,
     ]);
     // The consumer stalls through a burst of 200 connections: the 4 KiB ring
-    // holds 17 of the 400 records the burst writes (one a socket, 232
-    // bytes with the ring's header).
+    // holds about 36 records of the ~2,800 the burst writes.
     tracer.signal(libc::SIGSTOP);
     scene.converse(Closer::Client, 200, Pace::AllAtOnce);
     tracer.signal(libc::SIGCONT);
@@ -82,7 +81,7 @@ fn flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right() {
         run.dropped
     );
     assert!(
-        run.dropped > 300,
+        run.dropped > 1000,
         "the burst overflowed the ring: {:?}",
         run.stderr
     );
@@ -245,15 +244,7 @@ privileged!(socket_cap_evicts_and_bounds_memory);
 // ---- 3. crash and restart ----
 
 /// Names of our maps as the kernel lists them.
-const OUR_MAPS: [&str; 7] = [
-    "EVENTS",
-    "DROPS",
-    "OWNERS",
-    "FAILED",
-    "RING_PEAK",
-    "ENTRY_COUNTS",
-    "SCRATCH",
-];
+const OUR_MAPS: [&str; 5] = ["EVENTS", "DROPS", "OWNERS", "FAILED", "RING_PEAK"];
 
 fn our_maps_loaded() -> Vec<String> {
     aya::maps::loaded_maps()
@@ -633,18 +624,12 @@ privileged!(a_missing_optional_hook_degrades_with_a_warning);
 /// Nothing runs on a send or a receive unless a step must name its owner
 /// as it happens (`--pid` in the kernel, `--transitions` on screen): the
 /// I/O hooks are the whole kernel cost of a keep-alive request.
-/// The I/O hooks, and the destroy hook that frees the entries kept past
-/// CLOSE in that mode (kernel names are cut to 15 characters).
 fn io_hooks_run_only_where_a_step_needs_its_owner() {
     require_root();
     let io_hooks = || -> Vec<String> {
         our_programs_loaded()
             .into_iter()
-            .filter(|p| {
-                p.starts_with("sock_send_len")
-                    || p.starts_with("sock_recv_len")
-                    || p.starts_with("tcp_destroy_so")
-            })
+            .filter(|p| p.starts_with("sock_send_len") || p.starts_with("sock_recv_len"))
             .collect()
     };
     assert!(io_hooks().is_empty(), "before: {:?}", our_programs_loaded());
@@ -668,7 +653,7 @@ fn io_hooks_run_only_where_a_step_needs_its_owner() {
         );
         assert_eq!(
             io.len(),
-            if attached { 3 } else { 0 },
+            if attached { 2 } else { 0 },
             "{args:?}: {loaded:?}"
         );
         assert!(

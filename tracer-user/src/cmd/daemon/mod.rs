@@ -379,7 +379,7 @@ fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, recent: &mut Recent
         dropped,
         missed,
         malformed: session.counts.malformed,
-        evicted: session.evicted(),
+        evicted: session.tracker.evicted(),
         tracked: session.tracker.tracked() as u64,
         ring_bytes: u64::from(session.host.ring_bytes()),
         ring_peak,
@@ -389,7 +389,6 @@ fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, recent: &mut Recent
     m.set_losses(
         &losses,
         session.tracker.timewait_unfollowed(),
-        session.logs_out_of_step(),
         [
             shared.shed.load(Ordering::Relaxed),
             shared.accept_failed.load(Ordering::Relaxed),
