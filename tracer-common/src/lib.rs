@@ -77,6 +77,7 @@ impl OwnerSource {
 /// TCP states with the kernel's numbering (`include/net/tcp_states.h`).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub enum TcpState {
     Established = 1,
     SynSent = 2,

@@ -17,7 +17,7 @@ mod settings;
 mod testutil;
 
 use crate::{
-    cmd::{daemon, report, sockets, top, watch},
+    cmd::{daemon, record, report, sockets, top, watch},
     settings::Command,
 };
 
@@ -50,6 +50,8 @@ fn main() -> ExitCode {
             Command::Top(s) => top::run(s).await,
             Command::Sockets(s) => sockets::run(s),
             Command::Daemon(s) => daemon::run(s).await,
+            Command::Record(s) => record::run(s).await,
+            Command::RecordInfo(s) => record::info(&s),
         }
     });
     match result {

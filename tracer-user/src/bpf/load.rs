@@ -140,7 +140,7 @@ pub struct LoadOptions {
 
 /// What the kernel side lost besides dropped records (see
 /// `tracer_common::failed`), in all.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelLosses {
     /// Program runs cut short by a failed kernel read (their record lost).
     pub failed_runs: u64,

@@ -6,7 +6,7 @@ use crate::{
     model::select::{FamilyFilter, Filters, Selection},
     session::TraceOptions,
     settings::{
-        Command, Daemon, REPORT_DURATION, Report, Sockets, Top, Watch,
+        Command, Daemon, REPORT_DURATION, Record, RecordInfo, Report, Sockets, Top, Watch,
         file::{DaemonValues, apply_file},
         filters,
     },
@@ -19,6 +19,7 @@ use super::{Command as Flags, DaemonArgs, Parsed, TraceArgs};
 pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
     Ok(match parsed.cli.command {
         Flags::Watch(a) => Command::Watch(Watch {
+            from: replayed(a.from, &a.trace)?,
             duration: a.trace.duration,
             trace: trace(&a.trace, None, a.transitions)?,
             transitions: a.transitions,
@@ -27,6 +28,7 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             output: a.output,
         }),
         Flags::Report(a) => Command::Report(Report {
+            from: replayed(a.from, &a.trace)?,
             duration: a.trace.duration.unwrap_or(REPORT_DURATION),
             trace: trace(&a.trace, None, false)?,
             format: a.format,
@@ -53,6 +55,23 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             states: a.state,
             format: a.format,
         }),
+        Flags::Record(a) => match (a.info, a.output) {
+            (Some(path), _) => Command::RecordInfo(RecordInfo {
+                path,
+                format: a.format,
+            }),
+            (None, Some(output)) => Command::Record(Record {
+                duration: a.trace.duration,
+                trace: trace(&a.trace, None, false)?,
+                replace_output: a.force,
+                output,
+                max_bytes: a.max_bytes,
+                args: std::env::args().collect(),
+            }),
+            (None, None) => {
+                return Err(UsageError("record: -o FILE (or --info FILE)".into()));
+            }
+        },
         Flags::Daemon(a) => {
             let mut values = daemon_values(&a);
             if let Some(path) = &a.config {
@@ -82,6 +101,33 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             })
         }
     })
+}
+
+/// `--from FILE`: the flags that tell the kernel what to trace were for
+/// the recording to take; here they would select nothing a user can see
+/// the effect of, so they are refused rather than ignored.
+fn replayed(
+    from: Option<std::path::PathBuf>,
+    a: &TraceArgs,
+) -> Result<Option<std::path::PathBuf>, UsageError> {
+    if from.is_none() {
+        return Ok(None);
+    }
+    let kernel_flag = [
+        (!a.pid.is_empty(), "--pid"),
+        (!a.port.is_empty(), "--port"),
+        (a.ipv4, "--ipv4"),
+        (a.ipv6, "--ipv6"),
+        (a.duration.is_some(), "--duration"),
+    ]
+    .into_iter()
+    .find_map(|(given, name)| given.then_some(name));
+    if let Some(name) = kernel_flag {
+        return Err(UsageError(format!(
+            "{name} with --from: a recording is filtered when it is made (tcplinger record {name} ...); after the fact, --comm and --remote select"
+        )));
+    }
+    Ok(from)
 }
 
 /// `--force` says what may happen to the `--output` file; alone it would

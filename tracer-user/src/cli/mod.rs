@@ -19,7 +19,7 @@ use crate::{
     settings::{
         LogFormat, SortKey,
         values::{
-            parse_cgroup, parse_duration, parse_hook, parse_listen, parse_max_endpoints,
+            parse_cgroup, parse_duration, parse_hook, parse_listen, parse_max_bytes, parse_max_endpoints,
             parse_max_groups, parse_max_sockets, parse_pid, parse_port, parse_ring_bytes,
             parse_state,
         },
@@ -53,6 +53,40 @@ pub enum Command {
     /// Run in the background: Prometheus metrics on /metrics, findings as
     /// log lines, until SIGTERM.
     Daemon(DaemonArgs),
+    /// Record what the kernel and the host say to a file, for `watch`,
+    /// `report` --from FILE later, anywhere, without root.
+    Record(RecordArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["output", "info"])))]
+pub struct RecordArgs {
+    /// The recording to write: a new file, made readable by its owner only,
+    /// unless --force.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+
+    /// Let --output replace an existing file (a regular file of yours with
+    /// no other hard link).
+    #[arg(long)]
+    pub force: bool,
+
+    /// Stop once the file would grow beyond this (e.g. 100M, 2G): the
+    /// recording ends there, readable, and the summary says so.
+    #[arg(long, value_name = "BYTES", value_parser = parse_max_bytes, allow_hyphen_values = true)]
+    pub max_bytes: Option<u64>,
+
+    /// Say what a recording holds (host, kernel, time span, sockets,
+    /// records, drops, size) instead of recording.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["output", "force", "max_bytes"])]
+    pub info: Option<std::path::PathBuf>,
+
+    /// Output format of --info.
+    #[arg(long, value_enum, default_value_t = Format::Text, requires = "info")]
+    pub format: Format,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 /// The daemon's flags. Each but --config and --check-config can also be set
@@ -102,8 +136,13 @@ pub struct DaemonArgs {
 #[derive(Debug, Args)]
 pub struct WatchArgs {
     /// Print every state change (and every RST) as its own line.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from")]
     pub transitions: bool,
+
+    /// Replay a recording (`tcplinger record`) instead of tracing: no root
+    /// needed; --comm and --remote select after the fact.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -128,6 +167,11 @@ pub struct WatchArgs {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
+    /// Report on a recording (`tcplinger record`) instead of tracing: no
+    /// root needed; --comm and --remote select after the fact.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
+
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub format: ReportFormat,

@@ -1,6 +1,7 @@
 //! The commands, one module each, and what they share: when to stop, where output goes, how a run ends, and the loop that steps an analysis.
 
 pub mod daemon;
+pub mod record;
 pub mod report;
 pub mod sockets;
 pub mod top;
@@ -24,7 +25,7 @@ use tokio::{
 
 use crate::{
     error::UsageError,
-    session::{Progress, analysis::Analysis},
+    session::{Host, Progress, analysis::Analysis},
 };
 
 /// Resolves when the run should end: SIGINT, SIGTERM or `--duration`.
@@ -243,6 +244,9 @@ pub enum Wake {
 pub struct Driver {
     stop: Pin<Box<dyn Future<Output = ()>>>,
     tick: Interval,
+    period_ns: u64,
+    /// On a replay, the recorded time of the next tick.
+    next_tick_ns: u64,
 }
 
 impl Driver {
@@ -252,13 +256,33 @@ impl Driver {
         Ok(Self {
             stop: Box::pin(stop_signal(duration)?),
             tick,
+            period_ns: u64::try_from(period.as_nanos()).unwrap_or(u64::MAX),
+            next_tick_ns: 0,
         })
     }
 
     /// Waits for the next thing to do. Cancel-safe, so a command can select
-    /// on it with its own inputs (`top`'s keys).
-    pub async fn next(&mut self, analysis: &mut Analysis) -> io::Result<Wake> {
+    /// on it with its own inputs (`top`'s keys). On a replay, ticks follow
+    /// the recorded time, and the recording's end stops it.
+    pub async fn next<H: Host>(&mut self, analysis: &mut Analysis<H>) -> io::Result<Wake> {
         let seeded = analysis.seeded;
+        if analysis.session.host.replayed() {
+            let now = analysis.now_ns();
+            let wake = if analysis.session.host.exhausted() {
+                Ok(Wake::Stop)
+            } else if seeded && now >= self.next_tick_ns {
+                self.next_tick_ns = now.saturating_add(self.period_ns);
+                Ok(Wake::Tick)
+            } else {
+                tokio::select! {
+                    biased;
+                    () = &mut self.stop => Ok(Wake::Stop),
+                    progress = analysis.step() => progress.map(Wake::Step),
+                }
+            };
+            warn(analysis.session.take_warnings());
+            return wake;
+        }
         let wake = tokio::select! {
             biased;
             () = &mut self.stop => Ok(Wake::Stop),

@@ -8,10 +8,10 @@ use std::{
 use super::{Driver, Output, Wake, output_result};
 use crate::{
     output::report::{Report, other, rank},
-    session::Host as _,
     session::{
-        Progress,
+        Host, Progress,
         analysis::{Analysis, Judging},
+        journal,
     },
     settings,
 };
@@ -22,14 +22,29 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(s: settings::Report) -> anyhow::Result<()> {
     let output = Output::open(s.output.as_deref(), s.replace_output)?;
+    if let Some(path) = &s.from {
+        let host = journal::open(path)?;
+        let driver = Driver::new(None, LOOK_EVERY)?;
+        let analysis = Analysis::on(host, &s.trace, s.max_groups, Judging::whole_run());
+        return report(&s, output, driver, analysis).await;
+    }
+    let driver = Driver::new(Some(s.duration), LOOK_EVERY)?;
+    let analysis = Analysis::start(&s.trace, s.max_groups, Judging::whole_run())?;
+    report(&s, output, driver, analysis).await
+}
+
+async fn report<H: Host>(
+    s: &settings::Report,
+    output: Output,
+    mut driver: Driver,
+    mut analysis: Analysis<H>,
+) -> anyhow::Result<()> {
     let name = output.name();
-    let mut driver = Driver::new(Some(s.duration), LOOK_EVERY)?;
-    let mut analysis = Analysis::start(&s.trace, s.max_groups, Judging::whole_run())?;
     loop {
         match driver.next(&mut analysis).await? {
             Wake::Stop => break,
             Wake::Tick => analysis.look(),
-            Wake::Step(Progress::Seeded { open, .. }) => {
+            Wake::Step(Progress::Seeded { open, .. }) if s.from.is_none() => {
                 eprintln!(
                     "tcplinger: tracing TCP connections for {} ({open} already open); Ctrl-C to stop early",
                     humantime::format_duration(s.duration)

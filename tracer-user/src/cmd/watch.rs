@@ -13,7 +13,7 @@ use crate::{
         tracker::{ConnRecord, Tracker},
     },
     output::{Format, connections::ConnectionWriter, transitions::TransitionWriter},
-    session::{self, Counts, Host as _, LiveHost, Progress, Session, TraceOptions},
+    session::{self, Counts, Host, LiveHost, Progress, Session, TraceOptions, journal},
     settings::Watch,
 };
 
@@ -31,7 +31,19 @@ pub async fn run(settings: Watch) -> anyhow::Result<()> {
         )
         .await
     } else {
-        connections(&settings.trace, stop, output, settings.format).await
+        match &settings.from {
+            Some(path) => {
+                let host = journal::open(path)?;
+                let tracker = Tracker::new(settings.trace.max_sockets);
+                let session = Session::new(host, tracker, false);
+                connections(session, &settings.trace, stop, output, settings.format).await
+            }
+            None => {
+                let tracker = Tracker::new(settings.trace.max_sockets);
+                let session = Session::start(&settings.trace.load, tracker, false)?;
+                connections(session, &settings.trace, stop, output, settings.format).await
+            }
+        }
     };
     output_result(&name, result?)
 }
@@ -101,14 +113,14 @@ async fn transitions(
 
 /// Default mode: one record per completed connection lifecycle, and the
 /// sockets still lingering at exit.
-async fn connections(
+async fn connections<H: Host>(
+    mut session: Session<H>,
     trace: &TraceOptions,
     stop: impl Future<Output = ()>,
     output: Output,
     format: Format,
 ) -> anyhow::Result<io::Result<()>> {
-    let tracker = Tracker::new(trace.max_sockets);
-    let mut session = Session::start(&trace.load, tracker, false)?;
+    let replayed = session.host.replayed();
     // Attached: only now may a file being replaced be emptied.
     let mut out = ConnectionWriter::new(BufWriter::new(output.begin()?), format);
     let selection = &trace.selection;
@@ -118,11 +130,16 @@ async fn connections(
         out.header()?;
         out.flush()?;
         loop {
+            if session.host.exhausted() {
+                break;
+            }
             tokio::select! {
                 biased;
                 () = &mut stop => break,
                 progress = session.step() => {
-                    if let Progress::Seeded { open, unreadable } = progress? {
+                    if let Progress::Seeded { open, unreadable } = progress?
+                        && !replayed
+                    {
                         announce(open, unreadable);
                     }
                 }
@@ -136,6 +153,7 @@ async fn connections(
             out.flush()?;
         }
         session.stop().await?;
+        super::warn(session.take_warnings());
         let now = session.host.now_ns();
         for record in session.tracker.finish(now) {
             if wanted(&record) {

@@ -9,7 +9,7 @@ use std::{
 };
 
 /// What a cgroup says about the container it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[expect(clippy::struct_field_names, reason = "named as the labels they become")]
 pub struct Container {
     /// The cgroup path below the cgroup2 mount, e.g. `/system.slice/nginx.service`.

@@ -20,7 +20,7 @@ pub fn boot_ns() -> u64 {
 
 /// Offset between the boot clock and the wall clock, refreshed now and then
 /// so NTP steps on a long run do not misdate records.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WallClock {
     offset_ns: i128,
 }
@@ -36,6 +36,14 @@ impl WallClock {
         let mut clock = Self { offset_ns: 0 };
         clock.resync();
         clock
+    }
+
+    /// The clock of a recording that started at `boot_ns` on the boot
+    /// clock and `unix_ns` on the wall clock.
+    pub fn at(boot_ns: u64, unix_ns: u64) -> Self {
+        Self {
+            offset_ns: i128::from(unix_ns) - i128::from(boot_ns),
+        }
     }
 
     pub fn resync(&mut self) {

@@ -18,7 +18,7 @@ pub const DIAG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(
 
 /// One answered request: timewait sockets by cookie (`None` if the dump
 /// failed), and when the dump ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DiagAnswer {
     pub request: DiagRequest,
     pub timewait: Option<Sightings>,

@@ -30,7 +30,7 @@ pub fn last_io(s: &DiagSocket) -> Option<LastIo> {
 }
 
 /// What a dump says of one open socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Seen {
     /// Its last I/O (ESTABLISHED sockets).
     pub io: Option<LastIo>,

@@ -1,4 +1,4 @@
-//! What the host tells besides the kernel programs: sock_diag dumps and lookups inside each network namespace, the processes holding sockets (/proc), cgroups, the clocks.
+//! What the host tells besides the kernel programs: sock_diag dumps and lookups inside each network namespace, the processes holding sockets (/proc), cgroups, the clocks; and the recording file sessions are written to and replayed from.
 
 pub mod cgroups;
 pub mod clock;
@@ -6,6 +6,7 @@ pub mod follow;
 pub mod last_io;
 pub mod netns;
 pub mod owners;
+pub mod recording_file;
 pub mod snapshot;
 pub mod sock_diag;
 pub mod workers;

@@ -466,7 +466,7 @@ impl Group {
 }
 
 /// When a socket last moved data (boot-clock ns), as the kernel tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct LastIo {
     /// The last data sent; `None` if none was.
     pub send_ns: Option<u64>,

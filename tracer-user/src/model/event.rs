@@ -7,7 +7,7 @@ use std::{
 
 use tracer_common::{COMM_LEN, TcpFigures, TcpState};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Family {
     Ipv4,
     Ipv6,
@@ -26,7 +26,7 @@ impl Family {
 
 /// A task name as the kernel stores it: up to 16 bytes, NUL padded, not
 /// necessarily UTF-8. Kept inline so decoding never allocates.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Comm([u8; COMM_LEN]);
 
 impl Comm {
@@ -67,7 +67,7 @@ impl fmt::Debug for Comm {
 
 /// The process a socket belongs to: as the kernel attributed it, as
 /// `/proc` names the holder of a socket, as a connection keeps it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     pub pid: u32,
     /// The process name (the thread-group leader's).

@@ -113,16 +113,21 @@ impl Analysis<LiveHost> {
         max_groups: usize,
         judging: Judging,
     ) -> anyhow::Result<Self> {
-        // TIME_WAIT is followed to its end: its duration is part of the picture.
-        let tracker = Tracker::new(trace.max_sockets)
-            .follow_timewait()
-            .with_openings();
-        let session = Session::start(&trace.load, tracker, true)?;
-        Ok(Self::new(session, trace, max_groups, judging))
+        let host = LiveHost::start(&trace.load, true)?;
+        Ok(Self::on(host, trace, max_groups, judging))
     }
 }
 
 impl<H: Host> Analysis<H> {
+    /// An analysis of what `host` hands over (the kernel, a recording).
+    pub fn on(host: H, trace: &TraceOptions, max_groups: usize, judging: Judging) -> Self {
+        // TIME_WAIT is followed to its end: its duration is part of the picture.
+        let tracker = Tracker::new(trace.max_sockets)
+            .follow_timewait()
+            .with_openings();
+        Self::new(Session::new(host, tracker, true), trace, max_groups, judging)
+    }
+
     /// An analysis of `session` (whose tracker should follow TIME_WAIT).
     pub fn new(
         mut session: Session<H>,

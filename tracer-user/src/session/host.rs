@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// Something the host has for the session.
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     /// Records may be waiting in the ring (or its drain timer came round).
     Ring,
@@ -75,7 +75,7 @@ pub struct LookRequest {
 }
 
 /// The answer to a [`LookRequest`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct LookAnswer {
     /// The request was for fds only ([`LookRequest::fds_only`]).
     pub fds_only: bool,
@@ -89,7 +89,7 @@ pub struct LookAnswer {
 
 /// What the host side lost, in all: each is a reason a figure or a
 /// verdict is less than it would have been, and is shown.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostLosses {
     /// The kernel side's (besides dropped records and missed runs).
     pub kernel: KernelLosses,
@@ -180,6 +180,16 @@ pub trait Host {
     /// Warnings of the kernel side since the last call (hooks missing,
     /// capabilities kept, host work that failed).
     fn take_warnings(&mut self) -> Vec<String>;
+    /// A replay has handed over everything but its stop: the command ends
+    /// as it would on Ctrl-C. A live host never is.
+    fn exhausted(&mut self) -> bool {
+        false
+    }
+    /// Time comes from a recording, not from the clock: a command's
+    /// periodic work follows [`Self::now_ns`] rather than a timer.
+    fn replayed(&self) -> bool {
+        false
+    }
 }
 
 /// Threads for the host's blocking work: one for the follower's lookups

@@ -2,6 +2,7 @@
 
 pub mod analysis;
 pub mod host;
+pub mod journal;
 #[cfg(test)]
 mod scripted;
 #[cfg(test)]

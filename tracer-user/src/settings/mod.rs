@@ -45,10 +45,34 @@ pub enum Command {
     Top(Top),
     Sockets(Sockets),
     Daemon(Daemon),
+    Record(Record),
+    RecordInfo(RecordInfo),
+}
+
+/// `record -o FILE`.
+#[derive(Debug)]
+pub struct Record {
+    pub duration: Option<Duration>,
+    pub trace: TraceOptions,
+    pub output: PathBuf,
+    /// `--force`: an existing `output` file may be replaced.
+    pub replace_output: bool,
+    pub max_bytes: Option<u64>,
+    /// The command line, kept in the recording.
+    pub args: Vec<String>,
+}
+
+/// `record --info FILE`.
+#[derive(Debug)]
+pub struct RecordInfo {
+    pub path: PathBuf,
+    pub format: Format,
 }
 
 #[derive(Debug)]
 pub struct Watch {
+    /// `--from`: a recording replayed instead of the kernel.
+    pub from: Option<PathBuf>,
     pub duration: Option<Duration>,
     pub trace: TraceOptions,
     /// Every state change as a line (`--transitions`).
@@ -61,6 +85,8 @@ pub struct Watch {
 
 #[derive(Debug)]
 pub struct Report {
+    /// `--from`: a recording replayed instead of the kernel.
+    pub from: Option<PathBuf>,
     pub duration: Duration,
     pub trace: TraceOptions,
     pub format: ReportFormat,

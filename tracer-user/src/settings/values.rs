@@ -106,7 +106,8 @@ pub fn parse_max_sockets(s: &str) -> Result<NonZeroUsize, String> {
     }
 }
 
-pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+/// A size with an optional unit (K, M, G; powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
@@ -120,10 +121,30 @@ pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     let value: u64 = digits
         .parse()
         .map_err(|_| format!("'{s}' is not a size (e.g. 4MiB, 262144)"))?;
-    let bytes = value
+    value
         .checked_mul(multiplier)
-        .filter(|&b| b <= MAX_RING_BYTES)
-        .ok_or_else(|| format!("at most {}MiB", MAX_RING_BYTES >> 20))?;
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Smallest `record --max-bytes`: the header and a chunk or two.
+const MIN_RECORDING_BYTES: u64 = 64 << 10;
+
+pub fn parse_max_bytes(s: &str) -> Result<u64, String> {
+    let bytes = parse_size(s)?;
+    if bytes < MIN_RECORDING_BYTES {
+        return Err(format!("at least {}KiB", MIN_RECORDING_BYTES >> 10));
+    }
+    Ok(bytes)
+}
+
+pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let too_large = || format!("at most {}MiB", MAX_RING_BYTES >> 20);
+    let bytes = match parse_size(s) {
+        Ok(b) if b <= MAX_RING_BYTES => b,
+        Ok(_) => return Err(too_large()),
+        Err(e) if e.ends_with("too large") => return Err(too_large()),
+        Err(e) => return Err(e),
+    };
     if bytes < MIN_RING_BYTES {
         return Err(format!("at least {MIN_RING_BYTES} bytes (one page)"));
     }

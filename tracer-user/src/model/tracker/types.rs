@@ -17,7 +17,7 @@ pub const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
 /// application keeps the file open.
 pub const CLOSE_GRACE_NS: u64 = 100_000_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Role {
     /// This host sent the SYN.
     Client,
@@ -265,7 +265,7 @@ impl ConnRecord {
 }
 
 /// What sock_diag must be asked: the cookies followed in one namespace and family.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiagRequest {
     pub netns: u32,
     pub family: Family,
@@ -289,7 +289,7 @@ impl DiagRequest {
 
 /// Every socket a sock_diag dump of all namespaces found, to check the
 /// tracker against after events were lost.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Alive {
     /// Cookie -> state of every socket found (timewait sockets keep the
     /// cookie of the socket they replace).
@@ -300,7 +300,7 @@ pub struct Alive {
 }
 
 /// A socket found by the start-up sock_diag dump.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Seed {
     pub cookie: u64,
     pub netns: u32,
@@ -331,7 +331,7 @@ pub fn role_by_ports(listening: bool, lport: u16, rport: u16, ephemeral: (u16, u
 }
 
 /// A socket to find by itself: its cookie and 4-tuple, as seen locally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Wanted {
     pub cookie: u64,
     pub laddr: IpAddr,
@@ -341,7 +341,7 @@ pub struct Wanted {
 }
 
 /// What the follower needs of a timewait socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TimewaitSighting {
     /// Its substate: FIN_WAIT2 or TIME_WAIT.
     pub state: TcpState,

@@ -1,0 +1,155 @@
+//! `tcplinger record`: trace as `report` does (the same looks at live sockets, the same lookups), writing everything the host hands over to a file for `watch`/`report --from`; `record --info` says what a recording holds.
+
+use std::{
+    io::{IsTerminal as _, Write as _},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+
+use super::{Driver, Output, Wake};
+use crate::{
+    host::recording_file::{Header, RecordingWriter, VERSION},
+    output::Format,
+    session::{
+        Host as _, LiveHost, Progress,
+        analysis::{Analysis, Judging},
+        journal::{self, Recorder},
+    },
+    settings,
+};
+
+/// The live sockets are looked at as often as `report` does, so a report
+/// of the recording has the answers it would have asked for.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// Progress on a terminal this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Groups the recording's own analysis keeps (it decides which leaks'
+/// fds are looked up); `report`'s default.
+const GROUPS: usize = 500;
+
+pub async fn run(s: settings::Record) -> anyhow::Result<()> {
+    let output = Output::open(Some(&s.output), s.replace_output)?;
+    let name = output.name();
+    let mut driver = Driver::new(s.duration, LOOK_EVERY)?;
+    let host = LiveHost::start(&s.trace.load, true)?;
+    let header = Header::of_this_host(s.args.clone());
+    let writer = RecordingWriter::new(output.begin()?, &header, s.max_bytes)
+        .with_context(|| format!("writing {name}"))?;
+    let mut analysis = Analysis::on(
+        Recorder::new(host, writer),
+        &s.trace,
+        GROUPS,
+        Judging::whole_run(),
+    );
+    let terminal = std::io::stderr().is_terminal();
+    let mut last_progress = Instant::now();
+    let mut full = false;
+    loop {
+        match driver.next(&mut analysis).await? {
+            Wake::Stop => break,
+            Wake::Tick => analysis.look(),
+            Wake::Step(Progress::Seeded { open, .. }) => {
+                eprintln!(
+                    "tcplinger: recording TCP connections to {name} ({open} already open); Ctrl-C to stop"
+                );
+            }
+            Wake::Step(_) => {}
+        }
+        let recorder = &analysis.session.host;
+        if recorder.failure().is_some() {
+            break;
+        }
+        if recorder.is_full() {
+            full = true;
+            eprintln!("tcplinger: {name} reached --max-bytes; recording stopped");
+            break;
+        }
+        if terminal && last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            let dropped = analysis.session.host.dropped();
+            let recorder = &analysis.session.host;
+            eprintln!(
+                "tcplinger: recording: {} written, {} records, {dropped} dropped",
+                bytes(recorder.written()),
+                recorder.records,
+            );
+        }
+    }
+    analysis.stop().await?;
+    let recorder = &mut analysis.session.host;
+    let (records, left_out) = (recorder.records, recorder.left_out());
+    let finished = recorder.finish();
+    eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
+    let size = finished.with_context(|| format!("writing {name}; recording stopped"))?;
+    let why = if full || left_out > 0 {
+        format!(" (--max-bytes reached: the last {left_out} blocks were left out)")
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "tcplinger: recorded {records} records in {} to {name}{why}",
+        bytes(size)
+    );
+    Ok(())
+}
+
+/// `record --info FILE`.
+pub fn info(s: &settings::RecordInfo) -> anyhow::Result<()> {
+    let summary = journal::summarize(&s.path)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", s.path.display()))?;
+    let mut out = std::io::stdout().lock();
+    let written = match s.format {
+        Format::Json => serde_json::to_writer_pretty(&mut out, &summary)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(out)),
+        Format::Text => out.write_all(info_text(s, &summary).as_bytes()),
+    };
+    super::output_result("stdout", written)
+}
+
+fn info_text(s: &settings::RecordInfo, summary: &journal::Summary) -> String {
+    let h = &summary.header;
+    let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(h.started_unix_ns);
+    let span = match (summary.first_ns, summary.last_ns) {
+        (Some(first), Some(last)) => {
+            let first = first.min(h.started_boot_ns);
+            format!("{:.1}s", last.saturating_sub(first) as f64 / 1e9)
+        }
+        _ => "nothing".into(),
+    };
+    let state = match (&summary.damage, summary.complete) {
+        (Some(damage), _) => format!("cut short: {damage}"),
+        (None, true) => "complete".into(),
+        (None, false) => "cut short after its last whole chunk (no stop recorded)".into(),
+    };
+    format!(
+        "recording  {} ({}, {} chunks, format {VERSION})\n\
+         host       {}, kernel {}, tcplinger {}\n\
+         recorded   from {} for {span}: {}\n\
+         holds      {} records of {} sockets; {} dropped, {} missed\n\
+         state      {state}\n",
+        s.path.display(),
+        bytes(summary.bytes),
+        summary.chunks,
+        h.hostname,
+        h.kernel,
+        h.tool_version,
+        humantime::format_rfc3339_seconds(start),
+        h.args.join(" "),
+        summary.records,
+        summary.sockets,
+        summary.dropped,
+        summary.missed,
+    )
+}
+
+/// `1.2 MiB`.
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / f64::from(1u32 << 30)),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / f64::from(1u32 << 20)),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} bytes"),
+    }
+}

@@ -1,0 +1,631 @@
+//! Sessions on record: [`Recorder`] stands between a session and its host and writes everything the host hands over (events, ring records, counters, clocks, answers at the stop) to a recording; [`ReplayHost`] hands the same back in the same order, with no kernel and no root. The blocks are listed in RECORDING.md.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    future::Future,
+    io::{self, BufReader},
+    path::Path,
+};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::host::{Event, Host, HostLosses, LookAnswer, LookRequest};
+use crate::{
+    bpf::ring::MAX_BATCH,
+    host::{
+        cgroups::Container,
+        clock::WallClock,
+        follow::DiagAnswer,
+        recording_file::{Header, ReadError, RecordingReader, RecordingWriter},
+    },
+    model::tracker::{Alive, DiagRequest},
+};
+
+/// Block tags. A reader skips tags it does not know (a later build of the
+/// same format version may add some); changing what a tag holds is a new
+/// format version.
+mod tag {
+    pub const EVENT: u8 = 1;
+    pub const RING: u8 = 2;
+    pub const COUNTERS: u8 = 3;
+    pub const WALL: u8 = 4;
+    pub const WARNINGS: u8 = 5;
+    pub const CONTAINER: u8 = 6;
+    pub const STOP: u8 = 7;
+    pub const SETTLED: u8 = 8;
+    pub const DIAG_NOW: u8 = 9;
+    pub const ALIVE_NOW: u8 = 10;
+    pub const LOOK_NOW: u8 = 11;
+}
+
+/// A block's JSON payload: what the host handed over, and when (boot ns).
+#[derive(Serialize)]
+struct Timed<'a, T> {
+    now_ns: u64,
+    value: &'a T,
+}
+
+#[derive(Deserialize)]
+struct TimedOwned<T> {
+    now_ns: u64,
+    value: T,
+}
+
+/// The loss counters, written whenever one of them moves.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Counters {
+    dropped: u64,
+    missed: u64,
+    losses: HostLosses,
+}
+
+/// A host whose every answer is also written to a recording.
+pub struct Recorder<H: Host> {
+    inner: H,
+    out: RecordingWriter,
+    counters: Counters,
+    wall: Option<WallClock>,
+    containers: HashMap<u64, Option<Container>>,
+    /// The first write that failed; the recording stops there.
+    failure: Option<io::Error>,
+    /// Ring records written.
+    pub records: u64,
+}
+
+impl<H: Host> Recorder<H> {
+    pub fn new(inner: H, out: RecordingWriter) -> Self {
+        Self {
+            inner,
+            out,
+            counters: Counters::default(),
+            wall: None,
+            containers: HashMap::new(),
+            failure: None,
+            records: 0,
+        }
+    }
+
+    /// Why writing stopped, if it did (a full disk).
+    pub fn failure(&self) -> Option<&io::Error> {
+        self.failure.as_ref()
+    }
+
+    /// The file reached its `--max-bytes`.
+    pub fn is_full(&self) -> bool {
+        self.out.is_full()
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.out.written()
+    }
+
+    /// Blocks left out once the file was full.
+    pub fn left_out(&self) -> u64 {
+        self.out.blocks_left_out
+    }
+
+    /// Writes the last chunk; the file's size.
+    pub fn finish(&mut self) -> io::Result<u64> {
+        if let Some(e) = self.failure.take() {
+            return Err(e);
+        }
+        self.out.finish()
+    }
+
+    fn push(&mut self, tag: u8, payload: &[u8]) {
+        if self.failure.is_some() {
+            return;
+        }
+        if let Err(e) = self.out.push(tag, payload) {
+            self.failure = Some(e);
+        }
+    }
+
+    fn push_json<T: Serialize>(&mut self, tag: u8, now_ns: u64, value: &T) {
+        match serde_json::to_vec(&Timed { now_ns, value }) {
+            Ok(bytes) => self.push(tag, &bytes),
+            Err(e) => {
+                if self.failure.is_none() {
+                    self.failure = Some(io::Error::other(e));
+                }
+            }
+        }
+    }
+
+    fn note_counters(&mut self) {
+        let (ns, counters) = (self.inner.now_ns(), self.counters);
+        self.push_json(tag::COUNTERS, ns, &counters);
+    }
+}
+
+impl<H: Host> Host for Recorder<H> {
+    async fn next(&mut self, backlog: bool) -> Event {
+        let event = self.inner.next(backlog).await;
+        let now = self.inner.now_ns();
+        self.push_json(tag::EVENT, now, &event);
+        event
+    }
+
+    fn drain(&mut self, each: &mut dyn FnMut(&[u8])) -> usize {
+        let mut payload = Vec::new();
+        let n = self.inner.drain(&mut |bytes| {
+            payload.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(0).to_le_bytes());
+            payload.extend_from_slice(bytes);
+            each(bytes);
+        });
+        if n > 0 {
+            let now = self.inner.now_ns();
+            let mut block = Vec::with_capacity(8 + payload.len());
+            block.extend_from_slice(&now.to_le_bytes());
+            block.extend_from_slice(&payload);
+            self.push(tag::RING, &block);
+            self.records += n as u64;
+        }
+        n
+    }
+
+    fn ask_diag(&mut self, requests: Vec<DiagRequest>) -> bool {
+        self.inner.ask_diag(requests)
+    }
+
+    fn ask_alive(&mut self) {
+        self.inner.ask_alive();
+    }
+
+    fn ask_look(&mut self, request: LookRequest) -> bool {
+        self.inner.ask_look(request)
+    }
+
+    async fn settle(&mut self) -> Vec<Event> {
+        let events = self.inner.settle().await;
+        let now = self.inner.now_ns();
+        self.push_json(tag::SETTLED, now, &events);
+        events
+    }
+
+    async fn diag_now(&mut self, requests: Vec<DiagRequest>) -> Vec<DiagAnswer> {
+        let answers = self.inner.diag_now(requests).await;
+        let now = self.inner.now_ns();
+        self.push_json(tag::DIAG_NOW, now, &answers);
+        answers
+    }
+
+    async fn alive_now(&mut self) -> Option<(Alive, u64)> {
+        let alive = self.inner.alive_now().await;
+        let now = self.inner.now_ns();
+        self.push_json(tag::ALIVE_NOW, now, &alive);
+        alive
+    }
+
+    async fn look_now(&mut self, request: LookRequest) -> Option<LookAnswer> {
+        let answer = self.inner.look_now(request).await;
+        let now = self.inner.now_ns();
+        self.push_json(tag::LOOK_NOW, now, &answer);
+        answer
+    }
+
+    fn dropped(&mut self) -> u64 {
+        let n = self.inner.dropped();
+        if n != self.counters.dropped {
+            self.counters.dropped = n;
+            self.note_counters();
+        }
+        n
+    }
+
+    fn missed(&mut self) -> u64 {
+        let n = self.inner.missed();
+        if n != self.counters.missed {
+            self.counters.missed = n;
+            self.note_counters();
+        }
+        n
+    }
+
+    fn losses(&mut self) -> HostLosses {
+        let losses = self.inner.losses();
+        if losses != self.counters.losses {
+            self.counters.losses = losses;
+            self.note_counters();
+        }
+        losses
+    }
+
+    fn now_ns(&mut self) -> u64 {
+        self.inner.now_ns()
+    }
+
+    fn wall_clock(&mut self) -> WallClock {
+        let clock = self.inner.wall_clock();
+        if self.wall != Some(clock) {
+            self.wall = Some(clock);
+            let now = self.inner.now_ns();
+            self.push_json(tag::WALL, now, &clock);
+        }
+        clock
+    }
+
+    fn detach(&mut self) {
+        self.inner.detach();
+        let now = self.inner.now_ns();
+        self.push_json(tag::STOP, now, &());
+    }
+
+    fn container(&mut self, id: u64) -> Option<Container> {
+        let container = self.inner.container(id);
+        if self.containers.get(&id) != Some(&container) {
+            self.containers.insert(id, container.clone());
+            let now = self.inner.now_ns();
+            self.push_json(tag::CONTAINER, now, &(id, &container));
+        }
+        container
+    }
+
+    fn ring_peak_and_reset(&mut self) -> u64 {
+        self.inner.ring_peak_and_reset()
+    }
+
+    fn ring_bytes(&self) -> u32 {
+        self.inner.ring_bytes()
+    }
+
+    fn take_warnings(&mut self) -> Vec<String> {
+        let warnings = self.inner.take_warnings();
+        if !warnings.is_empty() {
+            let now = self.inner.now_ns();
+            self.push_json(tag::WARNINGS, now, &warnings);
+        }
+        warnings
+    }
+}
+
+/// A block a replay hands over in order (the others update its state as
+/// they are passed).
+enum Main {
+    Event(Event),
+    /// Raw records, as drained then.
+    Ring(Vec<Vec<u8>>),
+    Stop,
+    Settled(Vec<Event>),
+    DiagNow(Vec<DiagAnswer>),
+    AliveNow(Option<(Alive, u64)>),
+    LookNow(Option<LookAnswer>),
+}
+
+/// A host that hands back a recording.
+pub struct ReplayHost {
+    path: std::path::PathBuf,
+    reader: RecordingReader<BufReader<File>>,
+    next: Option<Main>,
+    now_ns: u64,
+    counters: Counters,
+    clock: WallClock,
+    containers: HashMap<u64, Option<Container>>,
+    warnings: Vec<String>,
+    /// Where the file stopped being readable, if it did.
+    damage: Option<ReadError>,
+    /// The recording's end (its stop, or the end of what could be read).
+    ended: bool,
+}
+
+impl ReplayHost {
+    /// Opens the recording at `path`.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let reader = RecordingReader::open(path)?;
+        let header = &reader.header;
+        let clock = WallClock::at(header.started_boot_ns, header.started_unix_ns);
+        Ok(Self {
+            path: path.to_path_buf(),
+            now_ns: header.started_boot_ns,
+            reader,
+            next: None,
+            counters: Counters::default(),
+            clock,
+            containers: HashMap::new(),
+            warnings: Vec::new(),
+            damage: None,
+            ended: false,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.reader.header
+    }
+
+    fn peek(&mut self) -> Option<&Main> {
+        while self.next.is_none() && !self.ended {
+            match self.read() {
+                Ok(Some(main)) => self.next = Some(main),
+                Ok(None) => {}
+                Err(e) => {
+                    // A recording cut short (a crash, a full disk) is
+                    // replayed up to there, as tcpdump reads a capture.
+                    self.warnings.push(format!(
+                        "{}: {e}; what came before is replayed",
+                        self.path.display()
+                    ));
+                    self.damage = Some(e);
+                    self.ended = true;
+                }
+            }
+        }
+        self.next.as_ref()
+    }
+
+    fn take(&mut self) -> Option<Main> {
+        self.peek();
+        self.next.take()
+    }
+
+    /// Reads one block: a main one, or `None` after applying a side one.
+    fn read(&mut self) -> Result<Option<Main>, ReadError> {
+        let Some((tag, payload)) = self.reader.next_block()? else {
+            self.ended = true;
+            return Ok(None);
+        };
+        let (chunk, offset) = (self.reader.chunks, self.reader.offset);
+        let bad = move || ReadError::Damaged {
+            what: "a block that does not decode",
+            chunk,
+            offset,
+        };
+        if tag == tag::RING {
+            let (records, now) = decode_ring(&payload).ok_or_else(bad)?;
+            self.now_ns = now;
+            return Ok(Some(Main::Ring(records)));
+        }
+        fn json<T: DeserializeOwned>(payload: &[u8]) -> Option<(u64, T)> {
+            let timed: TimedOwned<T> = serde_json::from_slice(payload).ok()?;
+            Some((timed.now_ns, timed.value))
+        }
+        let main = match tag {
+            tag::EVENT => json(&payload).map(|(now, e)| (now, Some(Main::Event(e)))),
+            tag::STOP => json::<()>(&payload).map(|(now, ())| (now, Some(Main::Stop))),
+            tag::SETTLED => json(&payload).map(|(now, e)| (now, Some(Main::Settled(e)))),
+            tag::DIAG_NOW => json(&payload).map(|(now, a)| (now, Some(Main::DiagNow(a)))),
+            tag::ALIVE_NOW => json(&payload).map(|(now, a)| (now, Some(Main::AliveNow(a)))),
+            tag::LOOK_NOW => json(&payload).map(|(now, a)| (now, Some(Main::LookNow(a)))),
+            tag::COUNTERS => json(&payload).map(|(now, c)| {
+                self.counters = c;
+                (now, None)
+            }),
+            tag::WALL => json(&payload).map(|(now, c)| {
+                self.clock = c;
+                (now, None)
+            }),
+            tag::WARNINGS => json::<Vec<String>>(&payload).map(|(now, w)| {
+                self.warnings.extend(w);
+                (now, None)
+            }),
+            tag::CONTAINER => json::<(u64, Option<Container>)>(&payload).map(|(now, (id, c))| {
+                self.containers.insert(id, c);
+                (now, None)
+            }),
+            _ => return Ok(None),
+        };
+        let (now, main) = main.ok_or_else(bad)?;
+        self.now_ns = self.now_ns.max(now);
+        Ok(main)
+    }
+}
+
+/// A ring block: its time, then each record as a length and its bytes.
+fn decode_ring(payload: &[u8]) -> Option<(Vec<Vec<u8>>, u64)> {
+    let now = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    let mut rest = &payload[8..];
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        records.push(rest.get(4..4 + len)?.to_vec());
+        rest = &rest[4 + len..];
+        if records.len() > MAX_BATCH {
+            return None;
+        }
+    }
+    Some((records, now))
+}
+
+impl Host for ReplayHost {
+    /// What the session steps through is done; only the recording's stop
+    /// (if it was written) remains.
+    fn exhausted(&mut self) -> bool {
+        !matches!(self.peek(), Some(Main::Event(_) | Main::Ring(_)))
+    }
+
+    fn replayed(&self) -> bool {
+        true
+    }
+
+    fn next(&mut self, _backlog: bool) -> impl Future<Output = Event> {
+        let event = match self.peek() {
+            Some(Main::Event(_)) => match self.take() {
+                Some(Main::Event(event)) => event,
+                _ => Event::Ring,
+            },
+            // Records waiting, or the end: the session drains (nothing,
+            // at the end; its driver stops on `exhausted`).
+            _ => Event::Ring,
+        };
+        std::future::ready(event)
+    }
+
+    fn drain(&mut self, each: &mut dyn FnMut(&[u8])) -> usize {
+        if !matches!(self.peek(), Some(Main::Ring(_))) {
+            return 0;
+        }
+        let Some(Main::Ring(records)) = self.take() else {
+            return 0;
+        };
+        for r in &records {
+            each(r);
+        }
+        records.len()
+    }
+
+    fn ask_diag(&mut self, _requests: Vec<DiagRequest>) -> bool {
+        true
+    }
+
+    fn ask_alive(&mut self) {}
+
+    fn ask_look(&mut self, _request: LookRequest) -> bool {
+        true
+    }
+
+    fn settle(&mut self) -> impl Future<Output = Vec<Event>> {
+        let events = match self.peek() {
+            Some(Main::Settled(_)) => match self.take() {
+                Some(Main::Settled(events)) => events,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        std::future::ready(events)
+    }
+
+    fn diag_now(&mut self, _requests: Vec<DiagRequest>) -> impl Future<Output = Vec<DiagAnswer>> {
+        let answers = match self.peek() {
+            Some(Main::DiagNow(_)) => match self.take() {
+                Some(Main::DiagNow(answers)) => answers,
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        std::future::ready(answers)
+    }
+
+    fn alive_now(&mut self) -> impl Future<Output = Option<(Alive, u64)>> {
+        let alive = match self.peek() {
+            Some(Main::AliveNow(_)) => match self.take() {
+                Some(Main::AliveNow(alive)) => alive,
+                _ => None,
+            },
+            _ => None,
+        };
+        std::future::ready(alive)
+    }
+
+    fn look_now(&mut self, _request: LookRequest) -> impl Future<Output = Option<LookAnswer>> {
+        let answer = match self.peek() {
+            Some(Main::LookNow(_)) => match self.take() {
+                Some(Main::LookNow(answer)) => answer,
+                _ => None,
+            },
+            _ => None,
+        };
+        std::future::ready(answer)
+    }
+
+    fn dropped(&mut self) -> u64 {
+        self.counters.dropped
+    }
+
+    fn missed(&mut self) -> u64 {
+        self.counters.missed
+    }
+
+    fn losses(&mut self) -> HostLosses {
+        self.counters.losses
+    }
+
+    fn now_ns(&mut self) -> u64 {
+        self.now_ns
+    }
+
+    fn wall_clock(&mut self) -> WallClock {
+        self.clock
+    }
+
+    fn detach(&mut self) {
+        // Whatever the session did not step through is passed over: a
+        // replay cut short (`exhausted` early) ends as the recording did.
+        while matches!(self.peek(), Some(Main::Event(_))) {
+            self.take();
+        }
+        if matches!(self.peek(), Some(Main::Stop)) {
+            self.take();
+        }
+    }
+
+    fn container(&mut self, id: u64) -> Option<Container> {
+        self.containers.get(&id).cloned().flatten()
+    }
+
+    fn ring_peak_and_reset(&mut self) -> u64 {
+        0
+    }
+
+    fn ring_bytes(&self) -> u32 {
+        0
+    }
+
+    fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+}
+
+/// What `record --info` says of a recording.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub header: Header,
+    pub bytes: u64,
+    pub chunks: u64,
+    /// Boot ns of the first and last block.
+    pub first_ns: Option<u64>,
+    pub last_ns: Option<u64>,
+    pub records: u64,
+    /// Distinct sockets in the records.
+    pub sockets: u64,
+    pub dropped: u64,
+    pub missed: u64,
+    /// The recording's stop was written (it was not cut short).
+    pub complete: bool,
+    /// Where it stopped being readable, if it did.
+    pub damage: Option<String>,
+}
+
+/// Reads a whole recording for its [`Summary`].
+pub fn summarize(path: &Path) -> anyhow::Result<Summary> {
+    let bytes = std::fs::metadata(path)?.len();
+    let mut host = ReplayHost::open(path)?;
+    let mut summary = Summary {
+        header: host.header().clone(),
+        bytes,
+        ..Summary::default()
+    };
+    let mut cookies = std::collections::HashSet::new();
+    loop {
+        let main = host.take();
+        let now = host.now_ns;
+        if main.is_some() {
+            summary.first_ns.get_or_insert(now);
+            summary.last_ns = Some(now);
+        }
+        match main {
+            None => break,
+            Some(Main::Ring(records)) => {
+                summary.records += records.len() as u64;
+                for r in &records {
+                    if let Ok(record) = crate::bpf::decode::decode(r) {
+                        cookies.insert(record.cookie);
+                    }
+                }
+            }
+            Some(Main::Stop) => summary.complete = true,
+            Some(_) => {}
+        }
+    }
+    summary.sockets = cookies.len() as u64;
+    summary.dropped = host.counters.dropped;
+    summary.missed = host.counters.missed;
+    summary.chunks = host.reader.chunks;
+    summary.damage = host.damage.as_ref().map(ToString::to_string);
+    Ok(summary)
+}
+
+/// Opens a recording for the errors a user should see: the path named.
+pub fn open(path: &Path) -> anyhow::Result<ReplayHost> {
+    ReplayHost::open(path).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
+}
