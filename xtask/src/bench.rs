@@ -97,6 +97,7 @@ pub struct BenchArgs {
 pub enum Only {
     Daemon,
     Watch,
+    Record,
     Bpftrace,
     Tcplife,
     Tcpstates,
@@ -143,7 +144,11 @@ impl Workload {
             Workload::Churn => true,
             Workload::KeepAlive => matches!(
                 config,
-                Config::NoTracer | Config::Daemon | Config::Watch | Config::Tcplife
+                Config::NoTracer
+                    | Config::Daemon
+                    | Config::Watch
+                    | Config::Record
+                    | Config::Tcplife
             ),
         }
     }
@@ -154,6 +159,7 @@ pub enum Config {
     NoTracer,
     Daemon,
     Watch,
+    Record,
     Bpftrace,
     Tcplife,
     Tcpstates,
@@ -165,6 +171,7 @@ impl Config {
             Config::NoTracer => "no tracer",
             Config::Daemon => "tcplinger daemon",
             Config::Watch => "tcplinger watch --format json > /dev/null",
+            Config::Record => "tcplinger record -o FILE",
             Config::Bpftrace => "bpftrace printing each transition > /dev/null",
             Config::Tcplife => "libbpf-tools tcplife > /dev/null",
             Config::Tcpstates => "libbpf-tools tcpstates > /dev/null",
@@ -187,6 +194,8 @@ pub struct Run {
     /// The tracer's programs over the run (run time and count only while
     /// the statistics are on).
     pub programs: Vec<ProgramRun>,
+    /// `record`: the file's size, and how long `report --from` took on it.
+    pub recording: Option<(u64, Duration)>,
 }
 
 impl Run {
@@ -315,6 +324,12 @@ fn start_tracer(config: Config, tools: &Tools) -> Result<Subject> {
             c.args(["watch", "--format", "json"]);
             c
         }
+        Config::Record => {
+            let _ = fs::remove_file(recording_path());
+            let mut c = Command::new(&tools.tcplinger);
+            c.arg("record").arg("-o").arg(recording_path());
+            c
+        }
         Config::Bpftrace => {
             let mut c = Command::new("bpftrace");
             c.args(["-e", BPFTRACE_SCRIPT]);
@@ -354,6 +369,7 @@ fn start_tracer(config: Config, tools: &Tools) -> Result<Subject> {
         said.extend(tracer.stderr.try_iter());
         let ready = match config {
             Config::Daemon | Config::Watch => said.iter().any(|l| l.contains("tracing")),
+            Config::Record => said.iter().any(|l| l.contains("tracing")),
             _ => bpf_stats::holds_programs(tracer.pid()),
         };
         if ready {
@@ -465,6 +481,11 @@ fn run_once(
     let peak_rss_kb = peak_rss_kb(pid);
     let names = bpf_stats::names(programs1.keys().copied());
     let (events, dropped) = stop_tracer(tracer);
+    let recording = if config == Config::Record {
+        Some(replay(tools)?)
+    } else {
+        None
+    };
     Ok(Run {
         done: w.done,
         failures: w.failures,
@@ -474,7 +495,37 @@ fn run_once(
         events,
         dropped,
         programs: bpf_stats::delta(&programs0, &programs1, &names),
+        recording,
     })
+}
+
+/// Where `record` writes during the benchmark (one run at a time).
+fn recording_path() -> PathBuf {
+    std::env::temp_dir().join("tcplinger-bench.tlrec")
+}
+
+/// The recording's size, and the time `report --from` takes on it (as
+/// fast as it can, its report thrown away); the file is removed.
+fn replay(tools: &Tools) -> Result<(u64, Duration)> {
+    let path = recording_path();
+    let bytes = fs::metadata(&path)
+        .with_context(|| format!("the recording {}", path.display()))?
+        .len();
+    let start = Instant::now();
+    let status = Command::new(&tools.tcplinger)
+        .args(["report", "--format", "json", "--from"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("replaying the recording")?;
+    let took = start.elapsed();
+    let _ = fs::remove_file(&path);
+    anyhow::ensure!(
+        status.success(),
+        "report --from the recording failed: {status}"
+    );
+    Ok((bytes, took))
 }
 
 /// The configurations, in the order of the first round; each round starts
@@ -499,6 +550,9 @@ fn configurations(args: &BenchArgs, libbpf: &mut LibbpfTools) -> Vec<Config> {
     }
     if wanted(Only::Watch) {
         configs.push(Config::Watch);
+    }
+    if wanted(Only::Record) {
+        configs.push(Config::Record);
     }
     let mut tracefs = false;
     if !args.no_bpftrace && wanted(Only::Bpftrace) {
@@ -580,6 +634,8 @@ pub fn run(args: &BenchArgs, root: &Path) -> Result<()> {
     }
     if !costs.is_empty() {
         report.push_str(&bench_report::costs(&plan, &costs, args));
+        report.push('\n');
+        report.push_str(&bench_report::recordings(&plan, &costs));
     }
     if args.live_sockets > 0 {
         report.push('\n');

@@ -290,3 +290,42 @@ pub fn costs(
     }
     s
 }
+
+/// `record`'s file: its size per unit of work, and how fast `report
+/// --from` reads it back (units of work replayed per second), from the
+/// cost runs.
+pub fn recordings(
+    plan: &[(Workload, Vec<Config>)],
+    costs: &BTreeMap<(Workload, Config), Vec<Run>>,
+) -> String {
+    let mut s = String::from(
+        "Recordings (`tcplinger record -o FILE` during the cost runs above, then `tcplinger report --from FILE --format json > /dev/null`): median over the runs, each run in parentheses.\n\n| workload | bytes of recording per unit of work | replay: units of work per second | file size |\n|---|---|---|---|\n",
+    );
+    for (workload, _) in plan {
+        let Some(runs) = costs.get(&(*workload, Config::Record)) else {
+            continue;
+        };
+        let per_unit = |r: &Run| {
+            r.recording
+                .map_or(0.0, |(bytes, _)| bytes as f64 / (r.done as f64).max(1.0))
+        };
+        let replayed = |r: &Run| {
+            r.recording.map_or(0.0, |(_, took)| {
+                r.done as f64 / took.as_secs_f64().max(1e-9)
+            })
+        };
+        let size = |r: &Run| {
+            r.recording
+                .map_or(0.0, |(bytes, _)| bytes as f64 / 1_048_576.0)
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} MiB |",
+            workload.label(),
+            median_and_runs(runs, per_unit),
+            median_and_runs(runs, replayed),
+            median_and_runs(runs, size),
+        );
+    }
+    s
+}

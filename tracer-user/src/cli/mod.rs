@@ -19,9 +19,9 @@ use crate::{
     settings::{
         LogFormat, SortKey,
         values::{
-            parse_cgroup, parse_duration, parse_hook, parse_listen, parse_max_bytes, parse_max_endpoints,
-            parse_max_groups, parse_max_sockets, parse_pid, parse_port, parse_ring_bytes,
-            parse_state,
+            parse_cgroup, parse_duration, parse_hook, parse_listen, parse_max_bytes,
+            parse_max_endpoints, parse_max_groups, parse_max_sockets, parse_pid, parse_port,
+            parse_ring_bytes, parse_state,
         },
     },
 };

@@ -51,7 +51,7 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
             Wake::Tick => analysis.look(),
             Wake::Step(Progress::Seeded { open, .. }) => {
                 eprintln!(
-                    "tcplinger: recording TCP connections to {name} ({open} already open); Ctrl-C to stop"
+                    "tcplinger: tracing TCP connections, recording to {name} ({open} already open); Ctrl-C to stop"
                 );
             }
             Wake::Step(_) => {}
@@ -96,8 +96,8 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
 
 /// `record --info FILE`.
 pub fn info(s: &settings::RecordInfo) -> anyhow::Result<()> {
-    let summary = journal::summarize(&s.path)
-        .map_err(|e| anyhow::anyhow!("{}: {e:#}", s.path.display()))?;
+    let summary =
+        journal::summarize(&s.path).map_err(|e| anyhow::anyhow!("{}: {e:#}", s.path.display()))?;
     let mut out = std::io::stdout().lock();
     let written = match s.format {
         Format::Json => serde_json::to_writer_pretty(&mut out, &summary)

@@ -31,18 +31,13 @@ pub async fn run(settings: Watch) -> anyhow::Result<()> {
         )
         .await
     } else {
-        match &settings.from {
-            Some(path) => {
-                let host = journal::open(path)?;
-                let tracker = Tracker::new(settings.trace.max_sockets);
-                let session = Session::new(host, tracker, false);
-                connections(session, &settings.trace, stop, output, settings.format).await
-            }
-            None => {
-                let tracker = Tracker::new(settings.trace.max_sockets);
-                let session = Session::start(&settings.trace.load, tracker, false)?;
-                connections(session, &settings.trace, stop, output, settings.format).await
-            }
+        let tracker = Tracker::new(settings.trace.max_sockets);
+        if let Some(path) = &settings.from {
+            let session = Session::new(journal::open(path)?, tracker, false);
+            connections(session, &settings.trace, stop, output, settings.format).await
+        } else {
+            let session = Session::start(&settings.trace.load, tracker, false)?;
+            connections(session, &settings.trace, stop, output, settings.format).await
         }
     };
     output_result(&name, result?)

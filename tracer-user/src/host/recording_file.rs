@@ -25,7 +25,7 @@ const MAX_HEADER_BYTES: u32 = 1 << 20;
 /// zstd's fastest levels keep up with the ring at full churn.
 const ZSTD_LEVEL: i32 = 1;
 /// Bytes of a chunk's frame before its compressed bytes.
-const CHUNK_FRAME: u64 = 16;
+const CHUNK_FRAME: usize = 16;
 
 /// What a reader needs to interpret a recording, written first.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -68,7 +68,8 @@ impl Header {
             hostname: read("/proc/sys/kernel/hostname").unwrap_or_default(),
             kernel: read("/proc/sys/kernel/osrelease").unwrap_or_default(),
             boot_time_s: btime,
-            tcp_fin_timeout_s: read("/proc/sys/net/ipv4/tcp_fin_timeout").and_then(|v| v.parse().ok()),
+            tcp_fin_timeout_s: read("/proc/sys/net/ipv4/tcp_fin_timeout")
+                .and_then(|v| v.parse().ok()),
             started_boot_ns: super::clock::boot_ns(),
             started_unix_ns: unix_ns,
             args,
@@ -137,7 +138,7 @@ impl RecordingWriter {
             return Ok(());
         }
         let compressed = zstd::bulk::compress(&self.raw, ZSTD_LEVEL)?;
-        let size = CHUNK_FRAME + compressed.len() as u64;
+        let size = (CHUNK_FRAME + compressed.len()) as u64;
         if self
             .max_bytes
             .is_some_and(|max| self.written.saturating_add(size) > max)
@@ -306,14 +307,15 @@ impl<R: Read> RecordingReader<R> {
             chunk,
             offset,
         };
-        let mut frame = [0; CHUNK_FRAME as usize];
+        let mut frame = [0; CHUNK_FRAME];
         match read_some(&mut self.input, &mut frame) {
             Ok(0) => return Ok(false),
             Ok(n) if n < frame.len() => return Err(damaged("the file ends inside a chunk")),
             Ok(_) => {}
             Err(e) => return Err(ReadError::Io(e.to_string())),
         }
-        let word = |i: usize| u32::from_le_bytes([frame[i], frame[i + 1], frame[i + 2], frame[i + 3]]);
+        let word =
+            |i: usize| u32::from_le_bytes([frame[i], frame[i + 1], frame[i + 2], frame[i + 3]]);
         if frame[..4] != CHUNK_MAGIC {
             return Err(damaged("a damaged chunk frame"));
         }
@@ -338,7 +340,7 @@ impl<R: Read> RecordingReader<R> {
         self.raw = raw;
         self.at = 0;
         self.chunks = chunk;
-        self.offset += CHUNK_FRAME + u64::from(comp_len);
+        self.offset += (CHUNK_FRAME as u64) + u64::from(comp_len);
         Ok(true)
     }
 }
@@ -411,7 +413,10 @@ mod tests {
         bytes
     }
 
-    fn read_all(bytes: &[u8]) -> (Vec<(u8, Vec<u8>)>, Result<(), ReadError>) {
+    /// The blocks read, and how the reading ended.
+    type Read = (Vec<(u8, Vec<u8>)>, Result<(), ReadError>);
+
+    fn read_all(bytes: &[u8]) -> Read {
         let mut r = match RecordingReader::new(Cursor::new(bytes)) {
             Ok(r) => r,
             Err(e) => return (Vec::new(), Err(e)),
@@ -428,7 +433,12 @@ mod tests {
 
     fn blocks(n: usize) -> Vec<(u8, Vec<u8>)> {
         (0..n)
-            .map(|i| (u8::try_from(i % 7).unwrap(), vec![u8::try_from(i % 251).unwrap(); i % 300]))
+            .map(|i| {
+                (
+                    u8::try_from(i % 7).unwrap(),
+                    vec![u8::try_from(i % 251).unwrap(); i % 300],
+                )
+            })
             .collect()
     }
 
@@ -465,7 +475,14 @@ mod tests {
         let (read, end) = read_all(&bytes);
         assert_eq!(read, written[..30]);
         assert!(
-            matches!(end, Err(ReadError::Damaged { what: "a chunk that fails its checksum", chunk: 4, .. })),
+            matches!(
+                end,
+                Err(ReadError::Damaged {
+                    what: "a chunk that fails its checksum",
+                    chunk: 4,
+                    ..
+                })
+            ),
             "{end:?}"
         );
     }
@@ -479,7 +496,10 @@ mod tests {
         };
         assert_eq!(err, ReadError::Newer { found: 2 });
         let text = err.to_string();
-        assert!(text.contains("version 2") && text.contains("version 1"), "{text}");
+        assert!(
+            text.contains("version 2") && text.contains("version 1"),
+            "{text}"
+        );
         assert!(matches!(
             RecordingReader::new(Cursor::new(b"#!/bin/sh\necho hi\n")),
             Err(ReadError::NotARecording)

@@ -26,7 +26,9 @@ impl Family {
 
 /// A task name as the kernel stores it: up to 16 bytes, NUL padded, not
 /// necessarily UTF-8. Kept inline so decoding never allocates.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Comm([u8; COMM_LEN]);
 
 impl Comm {

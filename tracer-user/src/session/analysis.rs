@@ -125,7 +125,12 @@ impl<H: Host> Analysis<H> {
         let tracker = Tracker::new(trace.max_sockets)
             .follow_timewait()
             .with_openings();
-        Self::new(Session::new(host, tracker, true), trace, max_groups, judging)
+        Self::new(
+            Session::new(host, tracker, true),
+            trace,
+            max_groups,
+            judging,
+        )
     }
 
     /// An analysis of `session` (whose tracker should follow TIME_WAIT).

@@ -376,10 +376,6 @@ impl ReplayHost {
             self.now_ns = now;
             return Ok(Some(Main::Ring(records)));
         }
-        fn json<T: DeserializeOwned>(payload: &[u8]) -> Option<(u64, T)> {
-            let timed: TimedOwned<T> = serde_json::from_slice(payload).ok()?;
-            Some((timed.now_ns, timed.value))
-        }
         let main = match tag {
             tag::EVENT => json(&payload).map(|(now, e)| (now, Some(Main::Event(e)))),
             tag::STOP => json::<()>(&payload).map(|(now, ())| (now, Some(Main::Stop))),
@@ -409,6 +405,12 @@ impl ReplayHost {
         self.now_ns = self.now_ns.max(now);
         Ok(main)
     }
+}
+
+/// A JSON block's time and value.
+fn json<T: DeserializeOwned>(payload: &[u8]) -> Option<(u64, T)> {
+    let timed: TimedOwned<T> = serde_json::from_slice(payload).ok()?;
+    Some((timed.now_ns, timed.value))
 }
 
 /// A ring block: its time, then each record as a length and its bytes.

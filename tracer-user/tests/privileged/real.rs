@@ -10,27 +10,117 @@ use crate::support::{
     wait_until,
 };
 
-/// A report of the scene's port, ended by the test (SIGINT).
-fn start_report(scene: &Scene) -> Tcplinger {
-    Tcplinger::start(&[
+/// A report of the scene's port, ended by the test (SIGINT), and beside it
+/// a recording of the same traffic (`record`), replayed at the end.
+struct Traced {
+    report: Tcplinger,
+    record: Tcplinger,
+    file: TempDir,
+    name: &'static str,
+}
+
+/// The recording's file in its directory.
+const RECORDING: &str = "scene.tlrec";
+
+fn start_report(scene: &Scene, name: &'static str) -> Traced {
+    let port = scene.port_arg();
+    let file = TempDir::new("recording");
+    let path = file.path.join(RECORDING);
+    let record = Tcplinger::start(&[
+        "record",
+        "-o",
+        path.to_str().unwrap(),
+        "--duration",
+        "10m",
+        "--port",
+        &port,
+    ]);
+    let report = Tcplinger::start(&[
         "report",
         "--format",
         "json",
         "--duration",
         "10m",
         "--port",
-        &scene.port_arg(),
-    ])
+        &port,
+    ]);
+    Traced {
+        report,
+        record,
+        file,
+        name,
+    }
 }
 
-/// Ends the report and returns its JSON.
-fn finish(tracer: Tcplinger) -> Value {
+/// Ends the report and returns its JSON. The recording made beside it is
+/// replayed (`report --from`, no kernel involved) and must give the same
+/// findings, naming the same processes and endpoints; with
+/// `TCPLINGER_RERECORD=1`, it is kept as the scenario's committed
+/// recording (tests/recordings/, replayed by `tests/replay.rs` without
+/// root).
+fn finish(traced: Traced) -> Value {
+    let Traced {
+        report: tracer,
+        record,
+        file,
+        name,
+    } = traced;
     let run = tracer.stop();
+    let recorded = record.stop();
     assert!(run.status.success(), "{:?}", run.stderr);
+    assert!(recorded.status.success(), "{:?}", recorded.stderr);
     assert_eq!(run.lines.len(), 1, "one JSON report: {:#?}", run.lines);
     let report = run.lines.into_iter().next().unwrap();
     eprintln!("{}", summary(&report));
+    let path = file.path.join(RECORDING);
+    let replayed = replay(&path);
+    assert_eq!(
+        verdicts(&replayed),
+        verdicts(&report),
+        "the recording's report names what the live one did:\nreplayed {replayed:#}\nlive {report:#}"
+    );
+    if std::env::var_os("TCPLINGER_RERECORD").is_some() {
+        let kept = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/recordings")
+            .join(format!("{name}.tlrec"));
+        std::fs::copy(&path, &kept).unwrap();
+        eprintln!("  recording kept as {}", kept.display());
+    }
     report
+}
+
+/// `report --from PATH --format json`, as an unprivileged user would run it.
+fn replay(path: &std::path::Path) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args(["report", "--format", "json", "--from"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What a report concludes: each finding's pathology, process, pid and
+/// endpoint (figures differ by the microseconds between two tracers'
+/// stamps).
+fn verdicts(report: &Value) -> Vec<String> {
+    let mut v: Vec<String> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {} {} {} {}",
+                f["pathology"], f["comm"], f["pid"], f["role"], f["endpoint"]
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// One line per finding, for the test log (the figures the README cites).
@@ -120,7 +210,7 @@ fn group<'a>(report: &'a Value, comm: &str, role: &str) -> &'a Value {
 fn real_nginx_keepalive_off_with_curl() {
     let scene = Scene::new();
     let mut nginx = Nginx::start(&scene.net.server_ns, scene.target(), "0");
-    let tracer = start_report(&scene);
+    let tracer = start_report(&scene, "nginx_keepalive_off_with_curl");
     let curls = curl_loop(&scene.net.client_ns, &scene.url(), 200, "");
     let report = finish(tracer);
     nginx.stop();
@@ -170,7 +260,7 @@ privileged!(real_nginx_keepalive_off_with_curl);
 fn real_nginx_idle_timeout_is_healthy() {
     let scene = Scene::new();
     let mut nginx = Nginx::start(&scene.net.server_ns, scene.target(), "1s");
-    let tracer = start_report(&scene);
+    let tracer = start_report(&scene, "nginx_idle_timeout_is_healthy");
     scene
         .goclient(&[
             "-mode",
@@ -205,7 +295,7 @@ privileged!(real_nginx_idle_timeout_is_healthy);
 fn real_go_transport_per_request_leaks_idle_connections() {
     let scene = Scene::new();
     let mut nginx = Nginx::start(&scene.net.server_ns, scene.target(), "60s");
-    let tracer = start_report(&scene);
+    let tracer = start_report(&scene, "go_transport_per_request_leaks_idle_connections");
     let client = scene.goclient(&[
         "-mode",
         "transport",
@@ -266,7 +356,7 @@ privileged!(real_go_transport_per_request_leaks_idle_connections);
 fn real_go_client_timeout_against_a_stuck_handler() {
     let scene = Scene::new();
     let server = scene.goserver(&["-delay", "3s"]);
-    let tracer = start_report(&scene);
+    let tracer = start_report(&scene, "go_client_timeout_against_a_stuck_handler");
     let mut client = scene.goclient(&[
         "-mode",
         "timeout",
@@ -313,7 +403,7 @@ privileged!(real_go_client_timeout_against_a_stuck_handler);
 fn real_go_handler_forcing_connection_close() {
     let scene = Scene::new();
     let mut server = scene.goserver(&["-mode", "close"]);
-    let tracer = start_report(&scene);
+    let tracer = start_report(&scene, "go_handler_forcing_connection_close");
     scene
         .goclient(&["-mode", "keepalive", "-n", "300", "-interval", "20ms"])
         .finish();
@@ -395,7 +485,7 @@ privileged!(real_go_handler_forcing_connection_close);
 fn real_go_deadline_on_pooled_connections() {
     let scene = Scene::new();
     let mut server = scene.goserver(&["-delay", "100ms"]);
-    let tracer = start_report(&scene);
+    let tracer = start_report(&scene, "go_deadline_on_pooled_connections");
     let mut client = scene.goclient(&[
         "-mode",
         "deadline",
@@ -425,7 +515,7 @@ privileged!(real_go_deadline_on_pooled_connections);
 fn real_go_pool_filled_by_unanswered_requests() {
     let scene = Scene::new();
     let _server = scene.goserver(&["-mode", "noanswer"]);
-    let tracer = start_report(&scene);
+    let tracer = start_report(&scene, "go_pool_filled_by_unanswered_requests");
     let mut client = scene.goclient(&[
         "-mode",
         "pool",
@@ -460,7 +550,7 @@ privileged!(real_go_pool_filled_by_unanswered_requests);
 fn real_go_disable_keepalives() {
     let scene = Scene::new();
     let _server = scene.goserver(&[]);
-    let tracer = start_report(&scene);
+    let tracer = start_report(&scene, "go_disable_keepalives");
     let mut client = scene.goclient(&["-mode", "nokeepalive", "-n", "300", "-interval", "20ms"]);
     let client_pid = client.pid;
     client.finish();
@@ -476,7 +566,7 @@ privileged!(real_go_disable_keepalives);
 fn real_go_keepalive_is_healthy() {
     let scene = Scene::new();
     let _server = scene.goserver(&["-delay", "5ms"]);
-    let tracer = start_report(&scene);
+    let tracer = start_report(&scene, "go_keepalive_is_healthy");
     scene
         .goclient(&[
             "-mode",
@@ -524,7 +614,7 @@ fn real_python_http_server_with_curl() {
     assert!(wait_until(real::LIMIT, || {
         real::listening(&scene.net.server_ns, scene.port)
     }));
-    let tracer = start_report(&scene);
+    let tracer = start_report(&scene, "python_http_server_with_curl");
     curl_loop(&scene.net.client_ns, &scene.url(), 100, "");
     let report = finish(tracer);
     let comm = comm_of(server.pid);
@@ -554,7 +644,7 @@ fn real_python_prefork_close_wait_leak() {
         .find_map(|w| w.strip_prefix("child="))
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no child pid in {line:?}"));
-    let tracer = start_report(&scene);
+    let tracer = start_report(&scene, "python_prefork_close_wait_leak");
     // curl gives up after 0.5 s and closes: the server side is left in
     // CLOSE_WAIT, in the child.
     curl_loop(&scene.net.client_ns, &scene.url(), 10, "-m 0.5");
@@ -587,7 +677,7 @@ privileged!(real_python_prefork_close_wait_leak);
 fn real_python_threaded_client_is_named_by_its_process() {
     let scene = Scene::new();
     let _server = scene.goserver(&[]);
-    let tracer = start_report(&scene);
+    let tracer = start_report(&scene, "python_threaded_client_is_named_by_its_process");
     let script = sources().join("python/threadclient.py");
     let mut client = Proc::spawn(
         &scene.net.client_ns,
@@ -655,7 +745,10 @@ fn real_connections_older_than_the_tracer_prove_no_deadline() {
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().count() == 8)
     });
     assert!(open, "8 connections open before the report");
-    let tracer = start_report(&scene);
+    let tracer = start_report(
+        &scene,
+        "connections_older_than_the_tracer_prove_no_deadline",
+    );
     client.finish();
     // Their closes traced to the end, so all eight count as closed.
     scene.wait_settled(&[scene.port]);

@@ -17,7 +17,9 @@ pub const TIMEWAIT_LEN_NS: u64 = 60_000_000_000;
 /// application keeps the file open.
 pub const CLOSE_GRACE_NS: u64 = 100_000_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Role {
     /// This host sent the SYN.
     Client,

@@ -1,0 +1,353 @@
+//! Recordings of the real-software scenarios (tests/recordings/, made by the privileged `real_*` tests with `TCPLINGER_RERECORD=1`), replayed without root: the tracker, the aggregator and the rules on real inputs at every build. Also what a replay promises: the same output run to run, and one line for a file it cannot read.
+#![expect(
+    clippy::float_cmp,
+    reason = "the figures compared are counts and whole percentages, exact in JSON"
+)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+
+fn recording(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/recordings")
+        .join(format!("{name}.tlrec"))
+}
+
+fn tcplinger(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args(args)
+        .output()
+        .expect("running tcplinger")
+}
+
+fn report(name: &str) -> Value {
+    let path = recording(name);
+    let out = tcplinger(&[
+        "report",
+        "--format",
+        "json",
+        "--from",
+        path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON report")
+}
+
+fn findings(report: &Value) -> &Vec<Value> {
+    report["findings"].as_array().unwrap()
+}
+
+/// The one finding of `pathology` about `comm`, as `role`.
+fn finding<'a>(report: &'a Value, pathology: &str, comm: &str, role: &str) -> &'a Value {
+    let found: Vec<&Value> = findings(report)
+        .iter()
+        .filter(|f| f["pathology"] == pathology && f["comm"] == comm && f["role"] == role)
+        .collect();
+    assert_eq!(found.len(), 1, "one {pathology} of {comm}: {report:#}");
+    let f = found[0];
+    let pids: Vec<&Value> = f["pids"].as_array().unwrap().iter().collect();
+    assert!(pids.contains(&&f["pid"]), "{f}");
+    f
+}
+
+fn figure(f: &Value, name: &str) -> f64 {
+    f["evidence"][name]
+        .as_f64()
+        .unwrap_or_else(|| no_figure(f, name))
+}
+
+fn no_figure(f: &Value, name: &str) -> f64 {
+    panic!("no {name} in {f}")
+}
+
+#[test]
+fn nginx_with_keepalive_off_closes_and_curl_does_not_reuse() {
+    let r = report("nginx_keepalive_off_with_curl");
+    let f = finding(&r, "server_closes", "nginx", "server");
+    assert_eq!(figure(f, "closed"), 200.0, "{f}");
+    assert!(figure(f, "prompt_close_pct") >= 80.0, "{f}");
+    // The workers, not the master, hold the connections.
+    assert_eq!(f["processes"], 2, "{f}");
+    let f = finding(&r, "no_reuse", "curl", "client");
+    assert_eq!(f["processes"], 200, "a process per request, one group: {f}");
+    assert_eq!(figure(f, "opened"), 200.0, "{f}");
+    assert_eq!(findings(&r).len(), 2, "{r:#}");
+}
+
+#[test]
+fn go_handler_forcing_connection_close() {
+    let r = report("go_handler_forcing_connection_close");
+    let f = finding(&r, "server_closes", "goserver", "server");
+    assert_eq!(figure(f, "closed"), 300.0, "{f}");
+    assert!(figure(f, "closed_by_local_pct") >= 50.0, "{f}");
+    let f = finding(&r, "no_reuse", "goclient", "client");
+    assert_eq!(figure(f, "opened"), 300.0, "{f}");
+}
+
+#[test]
+fn go_disable_keepalives() {
+    let r = report("go_disable_keepalives");
+    finding(&r, "server_closes", "goserver", "server");
+    let f = finding(&r, "no_reuse", "goclient", "client");
+    assert_eq!(figure(f, "one_exchange_pct"), 100.0, "{f}");
+}
+
+#[test]
+fn go_client_timeout_against_a_stuck_handler() {
+    let r = report("go_client_timeout_against_a_stuck_handler");
+    let f = finding(&r, "client_timeout_stuck_server", "goserver", "server");
+    assert!(figure(f, "close_wait_p50_ms") >= 1000.0, "{f}");
+    let f = finding(&r, "client_timeout_stuck_server", "goclient", "client");
+    assert!(figure(f, "fin_wait2_p50_ms") >= 1000.0, "{f}");
+    assert_eq!(figure(f, "closed_by_local_pct"), 100.0, "{f}");
+}
+
+#[test]
+fn go_deadline_on_pooled_connections() {
+    let r = report("go_deadline_on_pooled_connections");
+    let f = finding(&r, "deadline_pooled", "goclient", "client");
+    assert!(figure(f, "closed_in_use_pct") >= 50.0, "{f}");
+    assert_eq!(findings(&r).len(), 1, "{r:#}");
+}
+
+#[test]
+fn go_pool_filled_by_unanswered_requests() {
+    let r = report("go_pool_filled_by_unanswered_requests");
+    let f = finding(&r, "unanswered_requests", "goclient", "client");
+    assert_eq!(figure(f, "awaiting_reply"), 16.0, "{f}");
+}
+
+#[test]
+fn go_transport_per_request_leaks_idle_connections() {
+    let r = report("go_transport_per_request_leaks_idle_connections");
+    let f = finding(&r, "leaked_idle", "goclient", "client");
+    assert_eq!(figure(f, "idle_now"), 12.0, "{f}");
+}
+
+#[test]
+fn python_prefork_close_wait_leak_names_the_child_and_its_fds() {
+    let r = report("python_prefork_close_wait_leak");
+    let f = finding(&r, "close_wait_leak", "python3", "server");
+    assert_eq!(figure(f, "close_wait_now"), 10.0, "{f}");
+    assert_eq!(f["evidence"]["fds"].as_array().unwrap().len(), 10, "{f}");
+}
+
+#[test]
+fn python_server_with_curl_and_a_threaded_client() {
+    let r = report("python_http_server_with_curl");
+    finding(&r, "server_closes", "python3", "server");
+    finding(&r, "no_reuse", "curl", "client");
+    let r = report("python_threaded_client_is_named_by_its_process");
+    let f = finding(&r, "no_reuse", "python3", "client");
+    assert_eq!(f["processes"], 1, "threads are one process: {f}");
+    assert_eq!(figure(f, "opened"), 160.0, "{f}");
+}
+
+#[test]
+fn healthy_scenarios_have_no_finding() {
+    for name in [
+        "go_keepalive_is_healthy",
+        "nginx_idle_timeout_is_healthy",
+        "connections_older_than_the_tracer_prove_no_deadline",
+    ] {
+        let r = report(name);
+        assert!(findings(&r).is_empty(), "{name}: {r:#}");
+        assert!(
+            r["groups"].as_array().is_some_and(|g| !g.is_empty()),
+            "{name} saw its connections: {r:#}"
+        );
+    }
+}
+
+/// Every committed recording is complete and read to its end.
+#[test]
+fn recordings_are_whole() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = tcplinger(&[
+            "record",
+            "--info",
+            path.to_str().unwrap(),
+            "--format",
+            "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(info["complete"], true, "{}: {info:#}", path.display());
+        assert!(info["damage"].is_null(), "{info:#}");
+        assert!(info["records"].as_u64().unwrap() > 0, "{info:#}");
+        n += 1;
+    }
+    assert!(n >= 13, "{n} recordings");
+}
+
+#[test]
+fn replays_are_identical_run_to_run() {
+    let path = recording("nginx_keepalive_off_with_curl");
+    let path = path.to_str().unwrap();
+    for command in ["report", "watch"] {
+        let runs: Vec<Vec<u8>> = (0..3)
+            .map(|_| {
+                let out = tcplinger(&[command, "--format", "json", "--from", path]);
+                assert!(out.status.success());
+                out.stdout
+            })
+            .collect();
+        assert!(!runs[0].is_empty());
+        assert!(runs.windows(2).all(|w| w[0] == w[1]), "{command} differs");
+    }
+    // watch prints one record per connection of the recording: 200 curl
+    // connections seen from both ends.
+    let out = tcplinger(&["watch", "--format", "json", "--from", path]);
+    let records = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(records.lines().count(), 400, "{records}");
+}
+
+#[test]
+fn selection_applies_after_the_fact() {
+    let path = recording("nginx_keepalive_off_with_curl");
+    let out = tcplinger(&[
+        "watch",
+        "--format",
+        "json",
+        "--comm",
+        "curl",
+        "--from",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 200);
+    assert!(lines.iter().all(|r| r["comm"] == "curl"));
+}
+
+/// A scratch copy of a recording, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn of(name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut bytes = std::fs::read(recording(name)).unwrap();
+        edit(&mut bytes);
+        let path = std::env::temp_dir().join(format!(
+            "tcplinger-replay-{}-{name}-{}",
+            std::process::id(),
+            bytes.len()
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn one_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_recording_cut_short_is_replayed_up_to_where_it_stops() {
+    let whole = report("nginx_keepalive_off_with_curl");
+    let cut = Scratch::of("nginx_keepalive_off_with_curl", |b| {
+        let keep = b.len() * 2 / 3;
+        b.truncate(keep);
+    });
+    let out = tcplinger(&["report", "--format", "json", "--from", cut.path()]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ends inside a chunk") && stderr.contains("what came before is replayed"),
+        "{stderr}"
+    );
+    let partial: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        partial["events"].as_u64().unwrap() < whole["events"].as_u64().unwrap(),
+        "{partial:#}"
+    );
+    let info = tcplinger(&["record", "--info", cut.path()]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("cut short"), "{text}");
+}
+
+#[test]
+fn a_damaged_chunk_is_named_and_the_rest_replayed() {
+    let damaged = Scratch::of("nginx_keepalive_off_with_curl", |b| {
+        let at = b.len() / 2;
+        b[at] ^= 0x5a;
+    });
+    let out = tcplinger(&["watch", "--format", "json", "--from", damaged.path()]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("checksum") || stderr.contains("damaged"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_newer_format_and_other_files_are_one_line_errors() {
+    let newer = Scratch::of("go_keepalive_is_healthy", |b| {
+        b[8..12].copy_from_slice(&7u32.to_le_bytes());
+    });
+    let out = tcplinger(&["report", "--from", newer.path()]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = one_line(&out);
+    assert!(
+        line.contains("version 7") && line.contains("version 1"),
+        "{line}"
+    );
+
+    let out = tcplinger(&["watch", "--from", env!("CARGO_MANIFEST_DIR")]);
+    assert_eq!(out.status.code(), Some(1));
+    one_line(&out);
+    let out = tcplinger(&[
+        "report",
+        "--from",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/replay.rs"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_line(&out).contains("not a tcplinger recording"));
+    let out = tcplinger(&["record", "--info", "/nonexistent/rec"]);
+    assert_eq!(out.status.code(), Some(1));
+    one_line(&out);
+}
+
+#[test]
+fn kernel_filters_are_refused_with_from() {
+    let path = recording("go_keepalive_is_healthy");
+    for flag in [["--port", "80"], ["--pid", "1"], ["--duration", "5s"]] {
+        let out = tcplinger(&["report", "--from", path.to_str().unwrap(), flag[0], flag[1]]);
+        assert_eq!(out.status.code(), Some(2), "{flag:?}");
+        let line = one_line(&out);
+        assert!(line.contains(flag[0]) && line.contains("--from"), "{line}");
+    }
+    let out = tcplinger(&["watch", "--transitions", "--from", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+}
