@@ -268,7 +268,7 @@ impl<H: Host> Analysis<H> {
     fn look_request(&mut self, resolve_now: bool) -> LookRequest {
         let now = self.session.host.now_ns();
         let provisional: HashMap<u64, u32> = self.session.tracker.provisional().collect();
-        let sockets: Vec<_> = self
+        let (sockets, cookies): (Vec<_>, HashSet<_>) = self
             .session
             .tracker
             .live()
@@ -276,11 +276,12 @@ impl<H: Host> Analysis<H> {
                 matches!(l.state, TcpState::Established | TcpState::CloseWait)
                     && (l.state == TcpState::Established || provisional.contains_key(&l.cookie))
             })
-            .map(|l| (l.id.netns, l.id.family))
-            .collect();
+            .map(|l| ((l.id.netns, l.id.family), l.cookie))
+            .unzip();
         let resolve = resolve_now || now.saturating_sub(self.last_resolve_ns) >= RESOLVE_EVERY_NS;
         LookRequest {
             sockets,
+            cookies,
             holders_of: if resolve {
                 provisional.into_keys().collect()
             } else {

@@ -63,6 +63,9 @@ pub struct LookRequest {
     /// Namespaces and families whose ESTABLISHED and CLOSE_WAIT sockets'
     /// last I/O and inodes are wanted.
     pub sockets: Vec<(u32, Family)>,
+    /// The sockets of those the answer is for: the rest of the dump (other
+    /// ports, sockets not followed) is left out of it.
+    pub cookies: HashSet<u64>,
     /// Sockets (by cookie) whose holding processes are wanted, found from
     /// the inodes the same dump gives.
     pub holders_of: HashSet<u64>,
@@ -356,11 +359,12 @@ impl LiveHost {
 /// asked about by their inodes, and the fds of CLOSE_WAIT sockets.
 fn look(io: &mut IoReader, request: LookRequest) -> LookAnswer {
     let fds_only = request.fds_only;
-    let seen = if request.sockets.is_empty() {
+    let mut seen = if request.sockets.is_empty() {
         ByCookie::default()
     } else {
         io.read(request.sockets)
     };
+    seen.retain(|cookie, _| request.cookies.contains(cookie));
     let inodes: HashSet<u32> = request
         .holders_of
         .iter()

@@ -31,7 +31,7 @@ fn run<T>(future: impl Future<Output = T>) -> T {
         .block_on(future)
 }
 
-fn session(host: ScriptedHost) -> Session<ScriptedHost> {
+fn session<H: super::Host>(host: H) -> Session<H> {
     let tracker = Tracker::new(NonZeroUsize::new(1000).unwrap())
         .follow_timewait()
         .with_openings();
@@ -311,4 +311,71 @@ fn analysis_feeds_only_owners_in_the_cgroup_asked_for() {
         .filter_map(|r| r.owner.map(|o| o.pid))
         .collect();
     assert_eq!(pids, vec![300], "{fed:#?}");
+}
+
+/// A session on record, then its replay: the replay hands the session the
+/// same events, records and answers (the scripted host's clock and
+/// lookups included), so the same lifecycles come out, with the same
+/// figures and the same loss counts.
+#[test]
+fn a_recorded_session_replays_to_the_same_records() {
+    use super::{
+        Host as _,
+        journal::{Recorder, ReplayHost},
+    };
+    use crate::host::recording_file::{Header, RecordingWriter};
+
+    let path = std::env::temp_dir().join(format!("tcplinger-unit-journal-{}", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let header = Header {
+        started_boot_ns: 0,
+        started_unix_ns: 1_700_000_000_000_000_000,
+        ..Header::default()
+    };
+    let writer = RecordingWriter::new(Box::new(file), &header, None).unwrap();
+    let mut host = seeded_host();
+    let c = Sock::client(1);
+    host.write(&client_closing_first(&c));
+    host.now_ns = 1002 * MS;
+    host.dropped = 2;
+    let mut s = session(Recorder::new(host, writer));
+    let mut live = Vec::new();
+    run(async {
+        s.step().await.unwrap();
+        // The peer's FIN: TIME_WAIT, then a lookup finds it so.
+        s.host.inner.timewait.insert(
+            1,
+            TimewaitSighting {
+                state: TimeWait,
+                seen_ns: 3200 * MS,
+                expires_ms: 59_800,
+            },
+        );
+        s.host.inner.now_ns = 3200 * MS;
+        s.host.inner.events.push_back(Event::DiagTick);
+        s.step().await.unwrap();
+        s.step().await.unwrap();
+        live.extend(s.tracker.take_ready());
+        s.stop().await.unwrap();
+    });
+    live.extend(s.tracker.finish(s.host.inner.now_ns));
+    let live_summary = s.summary(1000);
+    s.host.finish().unwrap();
+    assert_eq!(live.len(), 1, "{live:#?}");
+
+    let mut r = session(ReplayHost::open(&path).unwrap());
+    let mut replayed = Vec::new();
+    run(async {
+        while !r.host.exhausted() {
+            r.step().await.unwrap();
+            replayed.extend(r.tracker.take_ready());
+        }
+        r.stop().await.unwrap();
+    });
+    let now = r.host.now_ns();
+    replayed.extend(r.tracker.finish(now));
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(replayed, live);
+    assert_eq!(r.summary(1000), live_summary);
+    assert!(live_summary.contains("2 dropped"), "{live_summary}");
 }
