@@ -77,11 +77,19 @@ fn usage_exit(err: &clap::Error) -> ExitCode {
         }
         _ => {
             let text = err.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "tcplinger: {}",
-                first.strip_prefix("error: ").unwrap_or(first)
-            );
+            let mut lines = text.lines();
+            let first = lines.next().unwrap_or("invalid arguments");
+            let mut line = first.strip_prefix("error: ").unwrap_or(first).to_string();
+            // "the following required arguments were not provided:" lists
+            // them on the lines below: they belong on the one line.
+            if line.ends_with(':') {
+                let listed: Vec<&str> = lines
+                    .take_while(|l| l.starts_with(' '))
+                    .map(str::trim)
+                    .collect();
+                line = format!("{line} {}", listed.join(", "));
+            }
+            eprintln!("tcplinger: {line}");
             ExitCode::from(2)
         }
     }

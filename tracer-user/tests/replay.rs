@@ -351,3 +351,101 @@ fn kernel_filters_are_refused_with_from() {
     let out = tcplinger(&["watch", "--transitions", "--from", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+fn watch_lines(args: &[&str]) -> Vec<Value> {
+    let out = tcplinger(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn since_and_until_cut_a_window_of_the_replay() {
+    let path = recording("nginx_keepalive_off_with_curl");
+    let path = path.to_str().unwrap();
+    let all = watch_lines(&["watch", "--format", "json", "--from", path]);
+    let early = watch_lines(&["watch", "--format", "json", "--from", path, "--until", "1s"]);
+    let late = watch_lines(&["watch", "--format", "json", "--from", path, "--since", "1s"]);
+    assert!(
+        !early.is_empty() && early.len() < all.len(),
+        "{} of {}",
+        early.len(),
+        all.len()
+    );
+    assert!(
+        !late.is_empty() && late.len() < all.len(),
+        "{} of {}",
+        late.len(),
+        all.len()
+    );
+    // A connection ending at the cut may be in both; none is lost.
+    assert!(early.len() + late.len() >= all.len());
+    let ts = |r: &Value| r["ts"].as_str().unwrap().to_string();
+    let cut = early.iter().map(ts).max().unwrap();
+    assert!(late.iter().all(|r| ts(r) >= cut), "later records only");
+    // The same cut as a time of day: the recording's start plus 1 s.
+    let info = tcplinger(&["record", "--info", path, "--format", "json"]);
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    let start_ns = info["header"]["started_unix_ns"].as_u64().unwrap();
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(start_ns + 1_000_000_000);
+    let at = humantime::format_rfc3339_nanos(at).to_string();
+    let late_at = watch_lines(&["watch", "--format", "json", "--from", path, "--since", &at]);
+    assert_eq!(late_at, late);
+
+    let whole = report("nginx_keepalive_off_with_curl");
+    let out = tcplinger(&[
+        "report", "--format", "json", "--from", path, "--since", "1s",
+    ]);
+    let windowed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        windowed["window_s"].as_f64().unwrap() < whole["window_s"].as_f64().unwrap(),
+        "{windowed:#}"
+    );
+    let opened = |r: &Value, comm: &str| {
+        r["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["comm"] == comm)
+            .map_or(0, |g| g["opened"].as_u64().unwrap())
+    };
+    assert!(
+        opened(&windowed, "curl") < opened(&whole, "curl"),
+        "{windowed:#}"
+    );
+}
+
+#[test]
+fn a_window_needs_a_recording_and_an_order() {
+    let out = tcplinger(&["report", "--since", "5s"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line(&out).contains("--from"));
+    let path = recording("go_keepalive_is_healthy");
+    let out = tcplinger(&[
+        "watch",
+        "--from",
+        path.to_str().unwrap(),
+        "--since",
+        "3s",
+        "--until",
+        "2s",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line(&out).contains("--until"));
+    let out = tcplinger(&[
+        "watch",
+        "--from",
+        path.to_str().unwrap(),
+        "--since",
+        "yesterday",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    one_line(&out);
+}

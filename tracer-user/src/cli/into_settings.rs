@@ -6,7 +6,8 @@ use crate::{
     model::select::{FamilyFilter, Filters, Selection},
     session::TraceOptions,
     settings::{
-        Command, Daemon, REPORT_DURATION, Record, RecordInfo, Report, Sockets, Top, Watch,
+        Command, Daemon, REPORT_DURATION, Record, RecordInfo, Report, Sockets, Top, Watch, When,
+        Window,
         file::{DaemonValues, apply_file},
         filters,
     },
@@ -20,6 +21,7 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
     Ok(match parsed.cli.command {
         Flags::Watch(a) => Command::Watch(Watch {
             from: replayed(a.from, &a.trace)?,
+            window: window(a.since, a.until)?,
             duration: a.trace.duration,
             trace: trace(&a.trace, None, a.transitions)?,
             transitions: a.transitions,
@@ -29,6 +31,7 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
         }),
         Flags::Report(a) => Command::Report(Report {
             from: replayed(a.from, &a.trace)?,
+            window: window(a.since, a.until)?,
             duration: a.trace.duration.unwrap_or(REPORT_DURATION),
             trace: trace(&a.trace, None, false)?,
             format: a.format,
@@ -128,6 +131,20 @@ fn replayed(
         )));
     }
     Ok(from)
+}
+
+/// `--since` and `--until`, the second after the first when both are of
+/// one kind (times or offsets).
+fn window(since: Option<When>, until: Option<When>) -> Result<Window, UsageError> {
+    let backwards = match (since, until) {
+        (Some(When::At(a)), Some(When::At(b))) => b <= a,
+        (Some(When::Into(a)), Some(When::Into(b))) => b <= a,
+        _ => false,
+    };
+    if backwards {
+        return Err(UsageError("--until: must come after --since".into()));
+    }
+    Ok(Window { since, until })
 }
 
 /// `--force` says what may happen to the `--output` file; alone it would

@@ -21,7 +21,7 @@ use crate::{
         values::{
             parse_cgroup, parse_duration, parse_hook, parse_listen, parse_max_bytes,
             parse_max_endpoints, parse_max_groups, parse_max_sockets, parse_pid, parse_port,
-            parse_ring_bytes, parse_state,
+            parse_ring_bytes, parse_state, parse_when,
         },
     },
 };
@@ -144,6 +144,17 @@ pub struct WatchArgs {
     #[arg(long, value_name = "FILE")]
     pub from: Option<std::path::PathBuf>,
 
+    /// With --from: only what happened from this time on (RFC 3339, e.g.
+    /// 2026-12-01T03:00:00Z, UTC if no offset), or this far into the
+    /// recording (90s, 5m). Connections open then count as already open.
+    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
+    pub since: Option<crate::settings::When>,
+
+    /// With --from: stop the replay at this time, or this far into the
+    /// recording; it ends as if stopped then.
+    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
+    pub until: Option<crate::settings::When>,
+
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -171,6 +182,17 @@ pub struct ReportArgs {
     /// root needed; --comm and --remote select after the fact.
     #[arg(long, value_name = "FILE")]
     pub from: Option<std::path::PathBuf>,
+
+    /// With --from: only what happened from this time on (RFC 3339, e.g.
+    /// 2026-12-01T03:00:00Z, UTC if no offset), or this far into the
+    /// recording (90s, 5m). Connections open then count as already open.
+    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
+    pub since: Option<crate::settings::When>,
+
+    /// With --from: stop the replay at this time, or this far into the
+    /// recording; it ends as if stopped then.
+    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
+    pub until: Option<crate::settings::When>,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]

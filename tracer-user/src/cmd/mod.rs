@@ -297,6 +297,21 @@ impl Driver {
     }
 }
 
+/// Opens a recording for a replay of `window`: the host ends at
+/// `--until`; returned with it, the boot-clock time of `--since`.
+pub fn replay(
+    path: &Path,
+    window: crate::settings::Window,
+) -> anyhow::Result<(crate::session::journal::ReplayHost, Option<u64>)> {
+    let mut host = crate::session::journal::open(path)?;
+    let header = host.header();
+    let (boot, unix) = (header.started_boot_ns, header.started_unix_ns);
+    if let Some(until) = window.until {
+        host.until(until.boot_ns(boot, unix));
+    }
+    Ok((host, window.since.map(|since| since.boot_ns(boot, unix))))
+}
+
 /// Shows warnings on stderr, one line each.
 pub fn warn(warnings: impl IntoIterator<Item = String>) {
     for w in warnings {

@@ -11,7 +11,6 @@ use crate::{
     session::{
         Host, Progress,
         analysis::{Analysis, Judging},
-        journal,
     },
     settings,
 };
@@ -23,25 +22,37 @@ const LOOK_EVERY: Duration = Duration::from_secs(1);
 pub async fn run(s: settings::Report) -> anyhow::Result<()> {
     let output = Output::open(s.output.as_deref(), s.replace_output)?;
     if let Some(path) = &s.from {
-        let host = journal::open(path)?;
+        let (host, since) = super::replay(path, s.window)?;
         let driver = Driver::new(None, LOOK_EVERY)?;
         let analysis = Analysis::on(host, &s.trace, s.max_groups, Judging::whole_run());
-        return report(&s, output, driver, analysis).await;
+        return report(&s, output, driver, analysis, since).await;
     }
     let driver = Driver::new(Some(s.duration), LOOK_EVERY)?;
     let analysis = Analysis::start(&s.trace, s.max_groups, Judging::whole_run())?;
-    report(&s, output, driver, analysis).await
+    report(&s, output, driver, analysis, None).await
 }
 
+/// The report of what `analysis` sees (from `since`, boot ns, if given:
+/// a replay's `--since`).
 async fn report<H: Host>(
     s: &settings::Report,
     output: Output,
     mut driver: Driver,
     mut analysis: Analysis<H>,
+    mut since: Option<u64>,
 ) -> anyhow::Result<()> {
     let name = output.name();
     loop {
-        match driver.next(&mut analysis).await? {
+        let wake = driver.next(&mut analysis).await?;
+        // The window opens: what the tracker follows stays (connections
+        // open then count as already open), what was counted goes.
+        if let Some(at) = since
+            && analysis.now_ns() >= at
+        {
+            analysis.restart(at);
+            since = None;
+        }
+        match wake {
             Wake::Stop => break,
             Wake::Tick => analysis.look(),
             Wake::Step(Progress::Seeded { open, .. }) if s.from.is_none() => {

@@ -13,7 +13,7 @@ use crate::{
         tracker::{ConnRecord, Tracker},
     },
     output::{Format, connections::ConnectionWriter, transitions::TransitionWriter},
-    session::{self, Counts, Host, LiveHost, Progress, Session, TraceOptions, journal},
+    session::{self, Counts, Host, LiveHost, Progress, Session, TraceOptions},
     settings::Watch,
 };
 
@@ -33,11 +33,21 @@ pub async fn run(settings: Watch) -> anyhow::Result<()> {
     } else {
         let tracker = Tracker::new(settings.trace.max_sockets);
         if let Some(path) = &settings.from {
-            let session = Session::new(journal::open(path)?, tracker, false);
-            connections(session, &settings.trace, stop, output, settings.format).await
+            let (host, since) = super::replay(path, settings.window)?;
+            let session = Session::new(host, tracker, false);
+            let since = since.unwrap_or(0);
+            connections(
+                session,
+                &settings.trace,
+                since,
+                stop,
+                output,
+                settings.format,
+            )
+            .await
         } else {
             let session = Session::start(&settings.trace.load, tracker, false)?;
-            connections(session, &settings.trace, stop, output, settings.format).await
+            connections(session, &settings.trace, 0, stop, output, settings.format).await
         }
     };
     output_result(&name, result?)
@@ -108,9 +118,12 @@ async fn transitions(
 
 /// Default mode: one record per completed connection lifecycle, and the
 /// sockets still lingering at exit.
+/// Records of connections that ended before `since` (boot ns; a replay's
+/// `--since`) are not printed.
 async fn connections<H: Host>(
     mut session: Session<H>,
     trace: &TraceOptions,
+    since: u64,
     stop: impl Future<Output = ()>,
     output: Output,
     format: Format,
@@ -119,7 +132,9 @@ async fn connections<H: Host>(
     // Attached: only now may a file being replaced be emptied.
     let mut out = ConnectionWriter::new(BufWriter::new(output.begin()?), format);
     let selection = &trace.selection;
-    let wanted = |r: &ConnRecord| selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr);
+    let wanted = |r: &ConnRecord| {
+        r.end_ns >= since && selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr)
+    };
     let result = async {
         tokio::pin!(stop);
         out.header()?;

@@ -77,6 +77,7 @@ pub struct Analysis<H: Host = LiveHost> {
     /// `--comm` and `--remote`.
     selection: Selection,
     judging: Judging,
+    max_groups: usize,
     last_resolve_ns: u64,
     /// A look that names holders went out at this time (boot ns).
     resolve_asked_ns: Option<u64>,
@@ -150,6 +151,7 @@ impl<H: Host> Analysis<H> {
             cgroup: trace.cgroup.clone(),
             selection: trace.selection.clone(),
             judging,
+            max_groups,
             last_resolve_ns: 0,
             resolve_asked_ns: None,
             seen: HashMap::new(),
@@ -443,6 +445,15 @@ impl<H: Host> Analysis<H> {
                 self.apply(fds);
             }
         }
+    }
+
+    /// Starts the picture afresh at `now_ns` (a replay's `--since`): the
+    /// tracker keeps what it follows, the aggregate and the findings seen
+    /// so far go.
+    pub fn restart(&mut self, now_ns: u64) {
+        self.agg = Aggregator::new(self.max_groups, now_ns, self.judging.windowing);
+        self.started_ns = now_ns;
+        self.seen.clear();
     }
 
     /// The host's boot clock now.

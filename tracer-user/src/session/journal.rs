@@ -327,8 +327,11 @@ enum Main {
 pub struct ReplayHost {
     path: std::path::PathBuf,
     reader: RecordingReader<BufReader<File>>,
-    next: Option<Main>,
+    /// The next main block, and its time.
+    next: Option<(u64, Main)>,
     now_ns: u64,
+    /// `--until`: the replay ends at the first block after it.
+    until_ns: Option<u64>,
     counters: Counters,
     clock: WallClock,
     containers: HashMap<u64, Option<Container>>,
@@ -350,6 +353,7 @@ impl ReplayHost {
             now_ns: header.started_boot_ns,
             reader,
             next: None,
+            until_ns: None,
             counters: Counters::default(),
             clock,
             containers: HashMap::new(),
@@ -363,10 +367,16 @@ impl ReplayHost {
         &self.reader.header
     }
 
+    /// Ends the replay at the first block after `until_ns` (boot clock),
+    /// as if stopped then.
+    pub fn until(&mut self, until_ns: u64) {
+        self.until_ns = Some(until_ns);
+    }
+
     fn peek(&mut self) -> Option<&Main> {
         while self.next.is_none() && !self.ended {
             match self.read() {
-                Ok(Some(main)) => self.next = Some(main),
+                Ok(Some(timed)) => self.next = Some(timed),
                 Ok(None) => {}
                 Err(e) => {
                     // A recording cut short (a crash, a full disk) is
@@ -380,16 +390,20 @@ impl ReplayHost {
                 }
             }
         }
-        self.next.as_ref()
+        self.next.as_ref().map(|(_, main)| main)
     }
 
+    /// The next main block; the clock moves to its time.
     fn take(&mut self) -> Option<Main> {
         self.peek();
-        self.next.take()
+        let (at, main) = self.next.take()?;
+        self.now_ns = self.now_ns.max(at);
+        Some(main)
     }
 
-    /// Reads one block: a main one, or `None` after applying a side one.
-    fn read(&mut self) -> Result<Option<Main>, ReadError> {
+    /// Reads one block: a main one and its time, or `None` after applying
+    /// a side one.
+    fn read(&mut self) -> Result<Option<(u64, Main)>, ReadError> {
         let Some((tag, payload)) = self.reader.next_block()? else {
             self.ended = true;
             return Ok(None);
@@ -402,8 +416,7 @@ impl ReplayHost {
         };
         if tag == tag::RING {
             let (records, now) = decode_ring(&payload).ok_or_else(bad)?;
-            self.now_ns = now;
-            return Ok(Some(Main::Ring(records)));
+            return Ok(Some((now, Main::Ring(records))));
         }
         let main = match tag {
             tag::EVENT => json(&payload).map(|(now, e)| (now, Some(Main::Event(e)))),
@@ -431,8 +444,7 @@ impl ReplayHost {
             _ => return Ok(None),
         };
         let (now, main) = main.ok_or_else(bad)?;
-        self.now_ns = self.now_ns.max(now);
-        Ok(main)
+        Ok(main.map(|main| (now, main)))
     }
 }
 
@@ -462,7 +474,12 @@ impl Host for ReplayHost {
     /// What the session steps through is done; only the recording's stop
     /// (if it was written) remains.
     fn exhausted(&mut self) -> bool {
-        !matches!(self.peek(), Some(Main::Event(_) | Main::Ring(_)))
+        let until = self.until_ns.unwrap_or(u64::MAX);
+        self.peek();
+        // A drain after `--until` may still hold records from before it
+        // (records are stamped when written, blocks when drained).
+        !matches!(&self.next, Some((at, Main::Event(_))) if *at <= until)
+            && !matches!(&self.next, Some((_, Main::Ring(_))))
     }
 
     fn replayed(&self) -> bool {
@@ -486,9 +503,19 @@ impl Host for ReplayHost {
         if !matches!(self.peek(), Some(Main::Ring(_))) {
             return 0;
         }
-        let Some(Main::Ring(records)) = self.take() else {
+        let Some(Main::Ring(mut records)) = self.take() else {
             return 0;
         };
+        if let Some(until) = self.until_ns
+            && self.now_ns > until
+            && !self.ended
+        {
+            // The drain that crosses `--until`: its records from before
+            // it, and the replay ends there.
+            records.retain(|r| crate::bpf::decode::decode(r).is_ok_and(|r| r.ts_ns <= until));
+            self.next = None;
+            self.ended = true;
+        }
         for r in &records {
             each(r);
         }
@@ -570,14 +597,36 @@ impl Host for ReplayHost {
     }
 
     fn detach(&mut self) {
-        // Whatever the session did not step through is passed over: a
-        // replay cut short (`exhausted` early) ends as the recording did.
-        while matches!(self.peek(), Some(Main::Event(_))) {
-            self.take();
-        }
         if matches!(self.peek(), Some(Main::Stop)) {
             self.take();
+            return;
         }
+        // Stopped before the recording's end (`--until`, Ctrl-C): it ends
+        // here, as if stopped now; what the recording says after (the
+        // answers at its own stop included) describes a later time. Only
+        // records written before then and drained after are still taken
+        // (the last drain hands them over).
+        let (now, until) = (self.now_ns, self.until_ns.unwrap_or(self.now_ns));
+        let mut late = Vec::new();
+        while let Some(main) = self.take() {
+            match main {
+                Main::Event(_) => {}
+                Main::Ring(records) => {
+                    let before = records
+                        .into_iter()
+                        .filter(|r| crate::bpf::decode::decode(r).is_ok_and(|r| r.ts_ns <= until))
+                        .collect::<Vec<_>>();
+                    if before.is_empty() {
+                        break;
+                    }
+                    late.extend(before);
+                }
+                _ => break,
+            }
+        }
+        self.now_ns = now;
+        self.next = Some((now, Main::Ring(late)));
+        self.ended = true;
     }
 
     fn container(&mut self, id: u64) -> Option<Container> {

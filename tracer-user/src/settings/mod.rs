@@ -49,6 +49,37 @@ pub enum Command {
     RecordInfo(RecordInfo),
 }
 
+/// A point of a replay (`--since`, `--until`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// A wall-clock time.
+    At(std::time::SystemTime),
+    /// This far into the recording.
+    Into(Duration),
+}
+
+impl When {
+    /// The boot-clock time of this point in a recording that started at
+    /// `start_boot_ns` on the boot clock and `start_unix_ns` on the wall
+    /// clock (a time before it is its start).
+    pub fn boot_ns(self, start_boot_ns: u64, start_unix_ns: u64) -> u64 {
+        let into = match self {
+            When::Into(d) => d,
+            When::At(at) => at
+                .duration_since(std::time::UNIX_EPOCH + Duration::from_nanos(start_unix_ns))
+                .unwrap_or_default(),
+        };
+        start_boot_ns.saturating_add(u64::try_from(into.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+/// What of a replay is shown: `--since` and `--until`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub since: Option<When>,
+    pub until: Option<When>,
+}
+
 /// `record -o FILE`.
 #[derive(Debug)]
 pub struct Record {
@@ -73,6 +104,7 @@ pub struct RecordInfo {
 pub struct Watch {
     /// `--from`: a recording replayed instead of the kernel.
     pub from: Option<PathBuf>,
+    pub window: Window,
     pub duration: Option<Duration>,
     pub trace: TraceOptions,
     /// Every state change as a line (`--transitions`).
@@ -87,6 +119,7 @@ pub struct Watch {
 pub struct Report {
     /// `--from`: a recording replayed instead of the kernel.
     pub from: Option<PathBuf>,
+    pub window: Window,
     pub duration: Duration,
     pub trace: TraceOptions,
     pub format: ReportFormat,

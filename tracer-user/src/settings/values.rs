@@ -17,6 +17,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--since`/`--until` of a replay: a time (RFC 3339, e.g.
+/// 2026-12-01T03:00:00Z, or `2026-12-01 03:00:00` in UTC), or how far
+/// into the recording (`90s`, `5m`).
+pub fn parse_when(s: &str) -> Result<super::When, String> {
+    let s = s.trim();
+    if let Ok(at) = humantime::parse_rfc3339_weak(s) {
+        return Ok(super::When::At(at));
+    }
+    humantime::parse_duration(s)
+        .map(super::When::Into)
+        .map_err(|_| {
+            format!("'{s}' is neither a time (2026-12-01T03:00:00Z) nor a duration into the recording (90s, 5m)")
+        })
+}
+
 pub fn parse_pid(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
         Ok(0) => Err("pid 0 is not a process".into()),
