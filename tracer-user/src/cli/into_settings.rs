@@ -41,6 +41,8 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             max_groups: a.analysis.max_groups,
         }),
         Flags::Top(a) => Command::Top(Top {
+            from: replayed(a.from, &a.trace)?,
+            speed: a.speed,
             duration: a.trace.duration,
             trace: trace(&a.trace, None, false)?,
             sort: a.sort,

@@ -21,7 +21,7 @@ use crate::{
         values::{
             parse_cgroup, parse_duration, parse_hook, parse_listen, parse_max_bytes,
             parse_max_endpoints, parse_max_groups, parse_max_sockets, parse_pid, parse_port,
-            parse_ring_bytes, parse_state, parse_when,
+            parse_ring_bytes, parse_speed, parse_state, parse_when,
         },
     },
 };
@@ -228,6 +228,15 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
+    /// Show a recording (`tcplinger record`) at its pace instead of
+    /// tracing: no root needed. Space pauses, n steps a second.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
+
+    /// With --from: recorded seconds shown per second (0.1 to 1000).
+    #[arg(long, value_name = "N", default_value_t = 1.0, value_parser = parse_speed, requires = "from")]
+    pub speed: f64,
+
     /// Initial sort key (change it with the keys shown at the bottom).
     #[arg(long, value_enum, default_value_t = SortKey::Lingering)]
     pub sort: SortKey,

@@ -247,6 +247,12 @@ pub struct Driver {
     period_ns: u64,
     /// On a replay, the recorded time of the next tick.
     next_tick_ns: u64,
+    /// On a replay shown at recorded speed (`top --from`): how many
+    /// recorded seconds pass per second, the moment and recorded time the
+    /// pace is counted from, and a tick waiting for its moment.
+    speed: Option<f64>,
+    paced_from: Option<(std::time::Instant, u64)>,
+    tick_at: Option<tokio::time::Instant>,
 }
 
 impl Driver {
@@ -258,7 +264,29 @@ impl Driver {
             tick,
             period_ns: u64::try_from(period.as_nanos()).unwrap_or(u64::MAX),
             next_tick_ns: 0,
+            speed: None,
+            paced_from: None,
+            tick_at: None,
         })
+    }
+
+    /// A replay's ticks come at `speed` times the recorded pace (rather
+    /// than as fast as the recording is read).
+    #[must_use]
+    pub fn paced(mut self, speed: f64) -> Self {
+        self.speed = Some(speed);
+        self
+    }
+
+    /// Resolves on SIGINT, SIGTERM or `--duration`, for a loop that is
+    /// not stepping (a replay paused or over).
+    pub async fn stopped(&mut self) {
+        (&mut self.stop).await;
+    }
+
+    /// The pace is counted afresh from now (after a pause).
+    pub fn repace(&mut self) {
+        self.paced_from = None;
     }
 
     /// Waits for the next thing to do. Cancel-safe, so a command can select
@@ -268,11 +296,33 @@ impl Driver {
         let seeded = analysis.seeded;
         if analysis.session.host.replayed() {
             let now = analysis.now_ns();
-            let wake = if analysis.session.host.exhausted() {
+            let wake = if let Some(at) = self.tick_at {
+                // Cancel-safe: a tick interrupted while it waits for its
+                // moment waits again next time.
+                tokio::select! {
+                    biased;
+                    () = &mut self.stop => Ok(Wake::Stop),
+                    () = tokio::time::sleep_until(at) => {
+                        self.tick_at = None;
+                        Ok(Wake::Tick)
+                    }
+                }
+            } else if analysis.session.host.exhausted() {
                 Ok(Wake::Stop)
             } else if seeded && now >= self.next_tick_ns {
                 self.next_tick_ns = now.saturating_add(self.period_ns);
-                Ok(Wake::Tick)
+                match self.speed {
+                    Some(speed) => {
+                        let (wall, recorded) = *self
+                            .paced_from
+                            .get_or_insert((std::time::Instant::now(), now));
+                        let ahead = now.saturating_sub(recorded) as f64 / 1e9 / speed;
+                        let at = wall + Duration::from_secs_f64(ahead);
+                        self.tick_at = Some(tokio::time::Instant::from_std(at));
+                        Ok(Wake::Step(Progress::Drained))
+                    }
+                    None => Ok(Wake::Tick),
+                }
             } else {
                 tokio::select! {
                     biased;

@@ -24,9 +24,9 @@ use crate::{
     model::diagnose::Finding,
     model::diagnose::process_short,
     model::human::human,
-    session::Host as _,
     session::Progress,
     session::analysis::{Analysis, Judging},
+    session::{Host, journal},
     settings::{self, SortKey},
 };
 
@@ -88,6 +88,19 @@ struct Model {
     elapsed_s: f64,
     table: TableState,
     last_events: u64,
+    /// Showing a recording: its state.
+    replay: Option<Replay>,
+}
+
+/// Where a replay shown by `top` is.
+#[derive(Debug, Clone, PartialEq)]
+struct Replay {
+    speed: f64,
+    paused: bool,
+    /// One refresh's worth asked while paused (`n`).
+    step: bool,
+    /// The recording is over: the last picture stays until `q`.
+    ended: bool,
 }
 
 const SORTS: [SortKey; 5] = [
@@ -143,7 +156,7 @@ impl Model {
 
     /// Shows the last look's picture, and asks for the next (its answer
     /// is applied as it comes, off the thread that drains the ring).
-    fn refresh(&mut self, analysis: &mut Analysis) {
+    fn refresh<H: Host>(&mut self, analysis: &mut Analysis<H>) {
         analysis.look();
         let window_s = analysis.window_s();
         let now = analysis.now_ns();
@@ -194,8 +207,14 @@ fn draw(frame: &mut Frame, model: &mut Model) {
     ])
     .areas(frame.area());
 
+    let replay = match &model.replay {
+        None => String::new(),
+        Some(r) if r.ended => "  end of recording".into(),
+        Some(r) if r.paused => "  paused".into(),
+        Some(r) => format!("  replay ×{}", r.speed),
+    };
     let status_text = format!(
-        " tcplinger top  {:.0}s  {:.0} events/s  {} dropped  {} groups{}{}",
+        " tcplinger top  {:.0}s{replay}  {:.0} events/s  {} dropped  {} groups{}{}",
         model.elapsed_s,
         model.events_per_s,
         model.dropped,
@@ -291,12 +310,19 @@ fn draw(frame: &mut Frame, model: &mut Model) {
         ),
         findings,
     );
-    frame.render_widget(Paragraph::new(" q quit   s sort   ↑/↓ select"), keys);
+    let key_help = if model.replay.is_some() {
+        " q quit   s sort   ↑/↓ select   space pause   n step"
+    } else {
+        " q quit   s sort   ↑/↓ select"
+    };
+    frame.render_widget(Paragraph::new(key_help), keys);
 }
 
 enum Action {
     Quit,
     Redraw,
+    /// Space: a replay pauses or resumes.
+    Pause,
     Nothing,
 }
 
@@ -312,6 +338,14 @@ fn on_key(model: &mut Model, key: KeyEvent) -> Action {
             model.next_sort();
             Action::Redraw
         }
+        KeyCode::Char(' ') if model.replay.is_some() => Action::Pause,
+        KeyCode::Char('n') => match &mut model.replay {
+            Some(r) if r.paused => {
+                r.step = true;
+                Action::Redraw
+            }
+            _ => Action::Nothing,
+        },
         KeyCode::Down => {
             model.scroll(true);
             Action::Redraw
@@ -341,9 +375,31 @@ pub async fn run(s: settings::Top) -> anyhow::Result<()> {
         )
         .into());
     }
-    let mut driver = Driver::new(s.duration, REFRESH)?;
     // Loaded before the screen is taken over, so errors print normally.
-    let mut analysis = Analysis::start(&s.trace, s.max_groups, Judging::recent())?;
+    if let Some(path) = &s.from {
+        let host = journal::open(path)?;
+        let driver = Driver::new(None, REFRESH)?.paced(s.speed);
+        let analysis = Analysis::on(host, &s.trace, s.max_groups, Judging::recent());
+        let replay = Replay {
+            speed: s.speed,
+            paused: false,
+            step: false,
+            ended: false,
+        };
+        return show(&s, driver, analysis, Some(replay)).await;
+    }
+    let driver = Driver::new(s.duration, REFRESH)?;
+    let analysis = Analysis::start(&s.trace, s.max_groups, Judging::recent())?;
+    show(&s, driver, analysis, None).await
+}
+
+/// The screen, until `q` (or the end of a live run).
+async fn show<H: Host>(
+    s: &settings::Top,
+    mut driver: Driver,
+    mut analysis: Analysis<H>,
+    replay: Option<Replay>,
+) -> anyhow::Result<()> {
     let mut terminal = ratatui::try_init()?;
     let restore = Restore;
     let (tx, mut keys) = mpsc::unbounded_channel();
@@ -361,6 +417,7 @@ pub async fn run(s: settings::Top) -> anyhow::Result<()> {
         .context("cannot start the thread reading keys (is the pids limit reached?)")?;
     let mut model = Model {
         sort: Some(s.sort),
+        replay,
         ..Model::default()
     };
     let result: anyhow::Result<()> = async {
@@ -368,21 +425,49 @@ pub async fn run(s: settings::Top) -> anyhow::Result<()> {
         model.refresh(&mut analysis);
         terminal.draw(|frame| draw(frame, &mut model))?;
         loop {
+            // A replay paused (and not stepping) or over waits for keys.
+            let stepping = model
+                .replay
+                .as_ref()
+                .is_none_or(|r| !r.ended && (!r.paused || r.step));
             let redraw = tokio::select! {
                 biased;
                 Some(ev) = keys.recv() => match ev {
                     Event::Key(key) => match on_key(&mut model, key) {
                         Action::Quit => break,
                         Action::Redraw => true,
+                        Action::Pause => {
+                            if let Some(r) = &mut model.replay {
+                                r.paused = !r.paused;
+                                driver.repace();
+                            }
+                            true
+                        }
                         Action::Nothing => false,
                     },
                     Event::Resize(..) => true,
                     _ => false,
                 },
-                wake = driver.next(&mut analysis) => match wake? {
-                    Wake::Stop => break,
+                wake = async {
+                    if stepping {
+                        driver.next(&mut analysis).await
+                    } else {
+                        driver.stopped().await;
+                        Ok(Wake::Stop)
+                    }
+                } => match wake? {
+                    Wake::Stop => match &mut model.replay {
+                        Some(r) if stepping && analysis.session.host.exhausted() => {
+                            r.ended = true;
+                            true
+                        }
+                        _ => break,
+                    },
                     Wake::Tick => {
                         model.refresh(&mut analysis);
+                        if let Some(r) = &mut model.replay {
+                            r.step = false;
+                        }
                         true
                     }
                     Wake::Step(progress) => matches!(progress, Progress::Seeded { .. }),

@@ -133,6 +133,9 @@ pub struct Report {
 
 #[derive(Debug)]
 pub struct Top {
+    /// `--from`: a recording shown at `speed` times its pace.
+    pub from: Option<PathBuf>,
+    pub speed: f64,
     pub duration: Option<Duration>,
     pub trace: TraceOptions,
     pub sort: SortKey,

@@ -32,6 +32,15 @@ pub fn parse_when(s: &str) -> Result<super::When, String> {
         })
 }
 
+/// `top --speed`: recorded seconds per second, 0.1 to 1000.
+pub fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.trim().trim_end_matches('x').parse::<f64>() {
+        Ok(x) if (0.1..=1000.0).contains(&x) => Ok(x),
+        Ok(_) => Err("from 0.1 to 1000 (recorded seconds per second)".into()),
+        Err(_) => Err(format!("'{s}' is not a speed (e.g. 1, 10, 0.5)")),
+    }
+}
+
 pub fn parse_pid(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
         Ok(0) => Err("pid 0 is not a process".into()),

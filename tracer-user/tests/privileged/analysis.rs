@@ -404,6 +404,51 @@ fn top_in_a_pty_draws_updates_and_quits() {
 }
 privileged!(top_in_a_pty_draws_updates_and_quits);
 
+/// The seconds `top`'s status line shows.
+fn top_elapsed(screen: &str) -> Option<u64> {
+    let status = screen.lines().next()?;
+    let after = status.split("tcplinger top").nth(1)?.trim_start();
+    after.split('s').next()?.trim().parse().ok()
+}
+
+/// `top --from` a committed recording (no tracing, no root needed): it
+/// pauses, steps one second at a time while paused, resumes, and keeps
+/// the last picture (the leak found) once the recording is over.
+fn top_replays_a_recording_with_pause_and_step() {
+    let tmux = Tmux::new();
+    let recording = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/recordings/python_prefork_close_wait_leak.tlrec"
+    );
+    let command = format!(
+        "{} top --from {recording}; echo TOP-EXITED-$((40+2))",
+        env!("CARGO_BIN_EXE_tcplinger"),
+    );
+    tmux.run(&["send-keys", "-t", "top", &command, "Enter"]);
+    tmux.wait_for("the replay", |s| {
+        s.contains("replay ×1") && s.contains("PROCESS")
+    });
+    tmux.run(&["send-keys", "-t", "top", " "]);
+    let paused = tmux.wait_for("the pause", |s| s.contains("paused"));
+    let at = top_elapsed(&paused).unwrap_or_else(|| panic!("no time shown:\n{paused}"));
+    tmux.run(&["send-keys", "-t", "top", "n"]);
+    let stepped = tmux.wait_for("one step", |s| top_elapsed(s) == Some(at + 1));
+    assert!(
+        stepped.contains("paused"),
+        "still paused after a step:\n{stepped}"
+    );
+    // Faster than the recording: resumed, it ends in a few seconds.
+    tmux.run(&["send-keys", "-t", "top", " "]);
+    let ended = tmux.wait_for("the end of the recording", |s| {
+        s.contains("end of recording")
+    });
+    assert!(ended.contains("close_wait_leak"), "{ended}");
+    assert!(ended.contains("python3"), "{ended}");
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+    tmux.wait_for("the shell again", |s| s.contains("TOP-EXITED-42"));
+}
+privileged!(top_replays_a_recording_with_pause_and_step);
+
 fn top_refuses_without_a_terminal() {
     require_root();
     let out = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
