@@ -70,9 +70,10 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
             let dropped = analysis.session.host.dropped();
             let recorder = &analysis.session.host;
             eprintln!(
-                "tcplinger: recording: {} written, {} records, {dropped} dropped",
+                "tcplinger: recording: {} written, {} records, {} connections ended, {dropped} dropped",
                 bytes(recorder.written()),
                 recorder.records,
+                analysis.connections,
             );
         }
     }

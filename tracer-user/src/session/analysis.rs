@@ -69,6 +69,8 @@ pub struct Analysis<H: Host = LiveHost> {
     started_ns: u64,
     /// The start-up snapshot is in; before that, the picture is partial.
     pub seeded: bool,
+    /// Connections whose lifecycle ended and counted (selected), in all.
+    pub connections: u64,
     /// Copies of what was fed to the aggregator, for another consumer (the
     /// daemon's metrics); `None` when nobody asked.
     pub tap: Option<Fed>,
@@ -147,6 +149,7 @@ impl<H: Host> Analysis<H> {
             agg: Aggregator::new(max_groups, started_ns, judging.windowing),
             started_ns,
             seeded: false,
+            connections: 0,
             tap: None,
             cgroup: trace.cgroup.clone(),
             selection: trace.selection.clone(),
@@ -217,6 +220,7 @@ impl<H: Host> Analysis<H> {
         for record in &records {
             self.agg.on_record(record);
         }
+        self.connections += records.len() as u64;
         // Starts first: a socket can start and end within one batch.
         for id in &starts {
             self.agg.on_timewait_start(id, now);

@@ -1155,3 +1155,59 @@ fn comm_and_remote_select_connections() {
     );
 }
 privileged!(comm_and_remote_select_connections);
+
+/// `record --max-bytes` under churn: the recording stops itself at the
+/// limit (one line, exit 0), the file stays within it, and it replays.
+fn record_stops_at_max_bytes_and_the_file_replays() {
+    use crate::support::{churn::Churn, real::TempDir, scene::fresh_port};
+    const MAX: u64 = 64 * 1024;
+    let port = fresh_port();
+    let dir = TempDir::new("record-max");
+    let path = dir.path.join("churn.tlrec");
+    let tracer = Tcplinger::start(&[
+        "record",
+        "-o",
+        path.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+        "--max-bytes",
+        "64K",
+    ]);
+    let churn = Churn::start(port, 2, 20_000, Duration::from_secs(60));
+    // It ends by itself once the file is full.
+    let run = tracer.stop_after_signal();
+    churn.finish();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    assert!(
+        run.stderr.iter().any(|l| l.contains("reached --max-bytes")),
+        "{:?}",
+        run.stderr
+    );
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size <= MAX && size > MAX / 2, "{size} bytes");
+    let info = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args([
+            "record",
+            "--info",
+            path.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert!(info["records"].as_u64().unwrap() > 100, "{info:#}");
+    let replay = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args([
+            "watch",
+            "--format",
+            "json",
+            "--from",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(replay.status.success());
+    assert!(replay.stdout.len() > 1000, "records come back");
+}
+privileged!(record_stops_at_max_bytes_and_the_file_replays);
