@@ -1173,7 +1173,7 @@ fn record_stops_at_max_bytes_and_the_file_replays() {
         "--max-bytes",
         "64K",
     ]);
-    let churn = Churn::start(port, 2, 20_000, Duration::from_secs(60));
+    let churn = Churn::start(port, 2, 20_000, Duration::from_mins(1));
     // It ends by itself once the file is full.
     let run = tracer.stop_after_signal();
     churn.finish();
