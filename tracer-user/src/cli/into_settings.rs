@@ -67,7 +67,7 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             }),
             (None, Some(output)) => Command::Record(Record {
                 duration: a.trace.duration,
-                trace: trace(&a.trace, None, false)?,
+                trace: trace(&a.trace, a.cgroup.clone(), false)?,
                 replace_output: a.force,
                 output,
                 max_bytes: a.max_bytes,

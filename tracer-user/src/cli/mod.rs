@@ -85,6 +85,12 @@ pub struct RecordArgs {
     #[arg(long, value_enum, default_value_t = Format::Text, requires = "info")]
     pub format: Format,
 
+    /// Only sockets whose owner's cgroup path starts with this (e.g.
+    /// /kubepods.slice): every record is kept, with the cgroups of their
+    /// owners, and replays report only these.
+    #[arg(long, value_name = "PATH", value_parser = parse_cgroup)]
+    pub cgroup: Option<String>,
+
     #[command(flatten)]
     pub trace: TraceArgs,
 }

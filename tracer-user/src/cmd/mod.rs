@@ -362,6 +362,17 @@ pub fn replay(
     Ok((host, window.since.map(|since| since.boot_ns(boot, unix))))
 }
 
+/// The tracing options of a replay: `record --cgroup` holds for it.
+pub fn as_recorded(
+    trace: &crate::session::TraceOptions,
+    host: &crate::session::journal::ReplayHost,
+) -> crate::session::TraceOptions {
+    crate::session::TraceOptions {
+        cgroup: host.header().cgroup.clone(),
+        ..trace.clone()
+    }
+}
+
 /// Shows warnings on stderr, one line each.
 pub fn warn(warnings: impl IntoIterator<Item = String>) {
     for w in warnings {

@@ -33,7 +33,10 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
     let name = output.name();
     let mut driver = Driver::new(s.duration, LOOK_EVERY)?;
     let host = LiveHost::start(&s.trace.load, true)?;
-    let header = Header::of_this_host(s.args.clone());
+    let header = Header {
+        cgroup: s.trace.cgroup.clone(),
+        ..Header::of_this_host(s.args.clone())
+    };
     let writer = RecordingWriter::new(output.begin()?, &header, s.max_bytes)
         .with_context(|| format!("writing {name}"))?;
     let mut analysis = Analysis::on(

@@ -24,7 +24,8 @@ pub async fn run(s: settings::Report) -> anyhow::Result<()> {
     if let Some(path) = &s.from {
         let (host, since) = super::replay(path, s.window)?;
         let driver = Driver::new(None, LOOK_EVERY)?;
-        let analysis = Analysis::on(host, &s.trace, s.max_groups, Judging::whole_run());
+        let trace = super::as_recorded(&s.trace, &host);
+        let analysis = Analysis::on(host, &trace, s.max_groups, Judging::whole_run());
         return report(&s, output, driver, analysis, since).await;
     }
     let driver = Driver::new(Some(s.duration), LOOK_EVERY)?;

@@ -379,7 +379,8 @@ pub async fn run(s: settings::Top) -> anyhow::Result<()> {
     if let Some(path) = &s.from {
         let host = journal::open(path)?;
         let driver = Driver::new(None, REFRESH)?.paced(s.speed);
-        let analysis = Analysis::on(host, &s.trace, s.max_groups, Judging::recent());
+        let trace = super::as_recorded(&s.trace, &host);
+        let analysis = Analysis::on(host, &trace, s.max_groups, Judging::recent());
         let replay = Replay {
             speed: s.speed,
             paused: false,

@@ -34,17 +34,10 @@ pub async fn run(settings: Watch) -> anyhow::Result<()> {
         let tracker = Tracker::new(settings.trace.max_sockets);
         if let Some(path) = &settings.from {
             let (host, since) = super::replay(path, settings.window)?;
+            let trace = super::as_recorded(&settings.trace, &host);
             let session = Session::new(host, tracker, false);
             let since = since.unwrap_or(0);
-            connections(
-                session,
-                &settings.trace,
-                since,
-                stop,
-                output,
-                settings.format,
-            )
-            .await
+            connections(session, &trace, since, stop, output, settings.format).await
         } else {
             let session = Session::start(&settings.trace.load, tracker, false)?;
             connections(session, &settings.trace, 0, stop, output, settings.format).await
@@ -129,6 +122,13 @@ async fn connections<H: Host>(
     format: Format,
 ) -> anyhow::Result<io::Result<()>> {
     let replayed = session.host.replayed();
+    // A recording made with `--cgroup`: only owners under it.
+    let cgroup = trace.cgroup.clone();
+    let contained = |host: &mut H, r: &ConnRecord| {
+        cgroup
+            .as_deref()
+            .is_none_or(|prefix| session::analysis::in_cgroup(host, prefix, &r.id()))
+    };
     // Attached: only now may a file being replaced be emptied.
     let mut out = ConnectionWriter::new(BufWriter::new(output.begin()?), format);
     let selection = &trace.selection;
@@ -156,7 +156,7 @@ async fn connections<H: Host>(
             }
             super::warn(session.take_warnings());
             for record in session.tracker.take_ready() {
-                if wanted(&record) {
+                if wanted(&record) && contained(&mut session.host, &record) {
                     out.write(&record, session.host.wall(record.end_ns))?;
                 }
             }
@@ -166,7 +166,7 @@ async fn connections<H: Host>(
         super::warn(session.take_warnings());
         let now = session.host.now_ns();
         for record in session.tracker.finish(now) {
-            if wanted(&record) {
+            if wanted(&record) && contained(&mut session.host, &record) {
                 out.write(&record, session.host.wall(record.end_ns))?;
             }
         }

@@ -45,6 +45,9 @@ pub struct Header {
     pub started_unix_ns: u64,
     /// The command line `record` ran with.
     pub args: Vec<String>,
+    /// `record --cgroup`: replays report only owners under this path.
+    #[serde(default)]
+    pub cgroup: Option<String>,
 }
 
 impl Header {
@@ -73,6 +76,7 @@ impl Header {
             started_boot_ns: super::clock::boot_ns(),
             started_unix_ns: unix_ns,
             args,
+            cgroup: None,
         }
     }
 }

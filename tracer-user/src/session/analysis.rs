@@ -98,7 +98,7 @@ pub struct Fed {
 }
 
 /// True when `id`'s owner lives in a cgroup under `prefix`.
-fn in_cgroup(host: &mut impl Host, prefix: &str, id: &ConnId) -> bool {
+pub fn in_cgroup(host: &mut impl Host, prefix: &str, id: &ConnId) -> bool {
     let Some(owner) = id.owner else { return false };
     host.container(owner.cgroup_id).is_some_and(
         |crate::host::cgroups::Container { path, .. }| {

@@ -348,6 +348,14 @@ impl ReplayHost {
         let reader = RecordingReader::open(path)?;
         let header = &reader.header;
         let clock = WallClock::at(header.started_boot_ns, header.started_unix_ns);
+        // With `record --cgroup`, every owner's cgroup is known from the
+        // start: the recorder looked some up only as the run ended, after
+        // the blocks a replay reads to its stop.
+        let containers = if header.cgroup.is_some() {
+            containers_in(path)
+        } else {
+            HashMap::new()
+        };
         Ok(Self {
             path: path.to_path_buf(),
             now_ns: header.started_boot_ns,
@@ -356,7 +364,7 @@ impl ReplayHost {
             until_ns: None,
             counters: Counters::default(),
             clock,
-            containers: HashMap::new(),
+            containers,
             warnings: Vec::new(),
             damage: None,
             ended: false,
@@ -438,7 +446,9 @@ impl ReplayHost {
                 (now, None)
             }),
             tag::CONTAINER => json::<(u64, Option<Container>)>(&payload).map(|(now, (id, c))| {
-                self.containers.insert(id, c);
+                if c.is_some() || !self.containers.contains_key(&id) {
+                    self.containers.insert(id, c);
+                }
                 (now, None)
             }),
             _ => return Ok(None),
@@ -446,6 +456,24 @@ impl ReplayHost {
         let (now, main) = main.ok_or_else(bad)?;
         Ok(main.map(|main| (now, main)))
     }
+}
+
+/// Every cgroup a recording names (a damaged end is left to the replay
+/// to report).
+fn containers_in(path: &Path) -> HashMap<u64, Option<Container>> {
+    let mut found = HashMap::new();
+    let Ok(mut reader) = RecordingReader::open(path) else {
+        return found;
+    };
+    while let Ok(Some((tag, payload))) = reader.next_block() {
+        if tag == tag::CONTAINER
+            && let Some((_, (id, container))) = json::<(u64, Option<Container>)>(&payload)
+            && container.is_some()
+        {
+            found.insert(id, container);
+        }
+    }
+    found
 }
 
 /// A JSON block's time and value.

@@ -523,3 +523,76 @@ fn daemon_labels_containers_and_filters_by_cgroup() {
     drop(cgroups);
 }
 privileged!(daemon_labels_containers_and_filters_by_cgroup);
+
+/// `record --cgroup`: the recording keeps the cgroups of the owners it
+/// saw, and its replays (`report`, `watch --from`, no root) count only the
+/// sockets of processes under the path, as the daemon's `--cgroup` does.
+fn record_cgroup_holds_for_its_replays() {
+    let scene = Scene::new();
+    let (inside, outside) = (scene.port, fresh_port());
+    let name = format!("tlrec-{}", std::process::id());
+    let parent = cgroup2_root().join(&name);
+    std::fs::create_dir_all(&parent).expect("creating a cgroup");
+    let cgroups = TestCgroup {
+        dirs: vec![parent.clone()],
+    };
+    let dir = crate::support::real::TempDir::new("record-cgroup");
+    let path = dir.path.join("cgroup.tlrec");
+    let ports = format!("{inside},{outside}");
+    let prefix = format!("/{name}");
+    let record = crate::support::tracer::Tcplinger::start(&[
+        "record",
+        "-o",
+        path.to_str().unwrap(),
+        "--port",
+        &ports,
+        "--cgroup",
+        &prefix,
+    ]);
+    let contained = scene.server_on(inside, &["--count", "2", "--close", "after-eof"]);
+    std::fs::write(parent.join("cgroup.procs"), contained.pid.to_string())
+        .expect("moving the server into the cgroup");
+    let free = scene.server_on(outside, &["--count", "2", "--close", "after-eof"]);
+    for port in [inside, outside] {
+        scene
+            .client_of(port, &["--count", "2", "--close", "first"])
+            .finish();
+    }
+    let contained_pid = contained.pid;
+    contained.finish();
+    free.finish();
+    let replay = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+            .args(args)
+            .arg("--from")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Stopped at once: owners looked up only as the recording ended still
+    // count in its replays.
+    let run = record.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    let report: Value = serde_json::from_str(&replay(&["report", "--format", "json"])).unwrap();
+    let groups = report["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "only the contained server: {report:#}");
+    assert_eq!(groups[0]["pid"], contained_pid, "{report:#}");
+    assert_eq!(groups[0]["closed"], 2, "{report:#}");
+    let records: Vec<Value> = replay(&["watch", "--format", "json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert!(
+        records.iter().all(|r| r["pid"] == contained_pid),
+        "{records:#?}"
+    );
+    drop(cgroups);
+}
+privileged!(record_cgroup_holds_for_its_replays);
