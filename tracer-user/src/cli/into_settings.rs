@@ -43,6 +43,7 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
         Flags::Top(a) => Command::Top(Top {
             from: replayed(a.from, &a.trace)?,
             speed: a.speed,
+            window: window(a.since, a.until)?,
             duration: a.trace.duration,
             trace: trace(&a.trace, None, false)?,
             sort: a.sort,

@@ -243,6 +243,15 @@ pub struct TopArgs {
     #[arg(long, value_name = "N", default_value_t = 1.0, value_parser = parse_speed, requires = "from")]
     pub speed: f64,
 
+    /// With --from: start showing at this time (RFC 3339), or this far
+    /// into the recording (90s, 5m); what came before is read at once.
+    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
+    pub since: Option<crate::settings::When>,
+
+    /// With --from: end the replay at this time, or this far into it.
+    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
+    pub until: Option<crate::settings::When>,
+
     /// Initial sort key (change it with the keys shown at the bottom).
     #[arg(long, value_enum, default_value_t = SortKey::Lingering)]
     pub sort: SortKey,

@@ -252,6 +252,8 @@ pub struct Driver {
     /// pace is counted from, and a tick waiting for its moment.
     speed: Option<f64>,
     paced_from: Option<(std::time::Instant, u64)>,
+    /// Recorded time before which a paced replay is not paced (`--since`).
+    pace_after_ns: u64,
     tick_at: Option<tokio::time::Instant>,
 }
 
@@ -266,6 +268,7 @@ impl Driver {
             next_tick_ns: 0,
             speed: None,
             paced_from: None,
+            pace_after_ns: 0,
             tick_at: None,
         })
     }
@@ -282,6 +285,14 @@ impl Driver {
     /// not stepping (a replay paused or over).
     pub async fn stopped(&mut self) {
         (&mut self.stop).await;
+    }
+
+    /// A paced replay runs at once up to `ns` (recorded time), at its pace
+    /// after.
+    #[must_use]
+    pub fn paced_after(mut self, ns: u64) -> Self {
+        self.pace_after_ns = ns;
+        self
     }
 
     /// The pace is counted afresh from now (after a pause).
@@ -308,10 +319,25 @@ impl Driver {
                     }
                 }
             } else if analysis.session.host.exhausted() {
-                Ok(Wake::Stop)
+                // At its pace, the end shows when its time comes, after a
+                // last refresh.
+                match (self.speed, self.paced_from) {
+                    (Some(speed), Some((wall, recorded))) if now >= self.pace_after_ns => {
+                        let ahead = now.saturating_sub(recorded) as f64 / 1e9 / speed;
+                        let at = wall + Duration::from_secs_f64(ahead);
+                        if at > std::time::Instant::now() {
+                            self.tick_at = Some(tokio::time::Instant::from_std(at));
+                            Ok(Wake::Step(Progress::Drained))
+                        } else {
+                            Ok(Wake::Stop)
+                        }
+                    }
+                    _ => Ok(Wake::Stop),
+                }
             } else if seeded && now >= self.next_tick_ns {
                 self.next_tick_ns = now.saturating_add(self.period_ns);
                 match self.speed {
+                    Some(_) if now < self.pace_after_ns => Ok(Wake::Tick),
                     Some(speed) => {
                         let (wall, recorded) = *self
                             .paced_from

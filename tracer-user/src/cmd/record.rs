@@ -1,6 +1,7 @@
 //! `tcplinger record`: trace as `report` does (the same looks at live sockets, the same lookups), writing everything the host hands over to a file for `watch`/`report --from`; `record --info` says what a recording holds.
 
 use std::{
+    collections::BTreeMap,
     io::{IsTerminal as _, Write as _},
     time::{Duration, Instant, SystemTime},
 };
@@ -9,7 +10,10 @@ use anyhow::Context as _;
 
 use super::{Driver, Output, Wake};
 use crate::{
-    host::recording_file::{Header, RecordingWriter, VERSION},
+    host::{
+        netns::{self, NetnsPaths},
+        recording_file::{Header, RecordingWriter, VERSION},
+    },
     output::Format,
     session::{
         Host as _, LiveHost, Progress,
@@ -39,12 +43,9 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
     };
     let writer = RecordingWriter::new(output.begin()?, &header, s.max_bytes)
         .with_context(|| format!("writing {name}"))?;
-    let mut analysis = Analysis::on(
-        Recorder::new(host, writer),
-        &s.trace,
-        GROUPS,
-        Judging::whole_run(),
-    );
+    let mut recorder = Recorder::new(host, writer);
+    recorder.note_namespaces(&fin_timeouts());
+    let mut analysis = Analysis::on(recorder, &s.trace, GROUPS, Judging::whole_run());
     let terminal = std::io::stderr().is_terminal();
     let mut last_progress = Instant::now();
     let mut full = false;
@@ -82,6 +83,8 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
     }
     analysis.stop().await?;
     let recorder = &mut analysis.session.host;
+    // Namespaces made during the run too.
+    recorder.note_namespaces(&fin_timeouts());
     let (records, left_out) = (recorder.records, recorder.left_out());
     let finished = recorder.finish();
     eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
@@ -96,6 +99,18 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
         bytes(size)
     );
     Ok(())
+}
+
+/// Every network namespace of the host and its `tcp_fin_timeout`.
+fn fin_timeouts() -> BTreeMap<u32, u64> {
+    let mut paths = NetnsPaths::default();
+    netns::all()
+        .into_keys()
+        .filter_map(|inum| {
+            let text = netns::sysctl_in(inum, &mut paths, "/proc/sys/net/ipv4/tcp_fin_timeout")?;
+            Some((inum, text.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// `record --info FILE`.
@@ -128,11 +143,12 @@ fn info_text(s: &settings::RecordInfo, summary: &journal::Summary) -> String {
         (None, false) => "cut short after its last whole chunk (no stop recorded)".into(),
     };
     format!(
-        "recording  {} ({}, {} chunks, format {VERSION})\n\
-         host       {}, kernel {}, tcplinger {}\n\
-         recorded   from {} for {span}: {}\n\
-         holds      {} records of {} sockets; {} dropped, {} missed\n\
-         state      {state}\n",
+        "recording   {} ({}, {} chunks, format {VERSION})\n\
+         host        {}, kernel {}, tcplinger {}\n\
+         recorded    from {} for {span}: {}\n\
+         holds       {} records of {} sockets; {} dropped, {} missed\n\
+         fin_timeout {}\n\
+         state       {state}\n",
         s.path.display(),
         bytes(summary.bytes),
         summary.chunks,
@@ -145,7 +161,33 @@ fn info_text(s: &settings::RecordInfo, summary: &journal::Summary) -> String {
         summary.sockets,
         summary.dropped,
         summary.missed,
+        fin_timeouts_text(&summary.tcp_fin_timeout_s),
     )
+}
+
+/// `60s in 3 namespaces`, or each value with its namespaces when they
+/// differ.
+fn fin_timeouts_text(by_netns: &BTreeMap<u32, u64>) -> String {
+    let mut by_value: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for (&netns, &s) in by_netns {
+        by_value.entry(s).or_default().push(netns);
+    }
+    match by_value.len() {
+        0 => "not recorded".into(),
+        1 => {
+            let (s, list) = by_value.iter().next().expect("one value");
+            format!("{s}s in {} network namespaces", list.len())
+        }
+        _ => by_value
+            .iter()
+            .map(|(s, list)| {
+                let names: Vec<String> = list.iter().take(4).map(u32::to_string).collect();
+                let more = if list.len() > 4 { ", …" } else { "" };
+                format!("{s}s in {} ({}{more})", list.len(), names.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
 }
 
 /// `1.2 MiB`.

@@ -24,9 +24,9 @@ use crate::{
     model::diagnose::Finding,
     model::diagnose::process_short,
     model::human::human,
+    session::Host,
     session::Progress,
     session::analysis::{Analysis, Judging},
-    session::{Host, journal},
     settings::{self, SortKey},
 };
 
@@ -377,8 +377,10 @@ pub async fn run(s: settings::Top) -> anyhow::Result<()> {
     }
     // Loaded before the screen is taken over, so errors print normally.
     if let Some(path) = &s.from {
-        let host = journal::open(path)?;
-        let driver = Driver::new(None, REFRESH)?.paced(s.speed);
+        let (host, since) = super::replay(path, s.window)?;
+        let driver = Driver::new(None, REFRESH)?
+            .paced(s.speed)
+            .paced_after(since.unwrap_or(0));
         let trace = super::as_recorded(&s.trace, &host);
         let analysis = Analysis::on(host, &trace, s.max_groups, Judging::recent());
         let replay = Replay {

@@ -37,6 +37,7 @@ mod tag {
     pub const DIAG_NOW: u8 = 9;
     pub const ALIVE_NOW: u8 = 10;
     pub const LOOK_NOW: u8 = 11;
+    pub const NAMESPACES: u8 = 12;
 }
 
 /// A block's JSON payload: what the host handed over, and when (boot ns).
@@ -105,6 +106,14 @@ impl<H: Host> Recorder<H> {
     /// Blocks left out once the file was full.
     pub fn left_out(&self) -> u64 {
         self.out.blocks_left_out
+    }
+
+    /// Notes the network namespaces of the host and their
+    /// `tcp_fin_timeout` (seconds): what a reader needs to judge FIN_WAIT2
+    /// lingers against.
+    pub fn note_namespaces(&mut self, fin_timeouts: &std::collections::BTreeMap<u32, u64>) {
+        let now = self.inner.now_ns();
+        self.push_json(tag::NAMESPACES, now, fin_timeouts);
     }
 
     /// Writes the last chunk; the file's size.
@@ -335,6 +344,8 @@ pub struct ReplayHost {
     counters: Counters,
     clock: WallClock,
     containers: HashMap<u64, Option<Container>>,
+    /// Network namespace -> its `tcp_fin_timeout` (s), as recorded.
+    fin_timeouts: std::collections::BTreeMap<u32, u64>,
     warnings: Vec<String>,
     /// Where the file stopped being readable, if it did.
     damage: Option<ReadError>,
@@ -365,6 +376,7 @@ impl ReplayHost {
             counters: Counters::default(),
             clock,
             containers,
+            fin_timeouts: std::collections::BTreeMap::new(),
             warnings: Vec::new(),
             damage: None,
             ended: false,
@@ -445,6 +457,12 @@ impl ReplayHost {
                 self.warnings.extend(w);
                 (now, None)
             }),
+            tag::NAMESPACES => {
+                json::<std::collections::BTreeMap<u32, u64>>(&payload).map(|(now, seen)| {
+                    self.fin_timeouts.extend(seen);
+                    (now, None)
+                })
+            }
             tag::CONTAINER => json::<(u64, Option<Container>)>(&payload).map(|(now, (id, c))| {
                 if c.is_some() || !self.containers.contains_key(&id) {
                     self.containers.insert(id, c);
@@ -688,6 +706,8 @@ pub struct Summary {
     pub sockets: u64,
     pub dropped: u64,
     pub missed: u64,
+    /// Network namespace -> its `tcp_fin_timeout` (s).
+    pub tcp_fin_timeout_s: std::collections::BTreeMap<u32, u64>,
     /// The recording's stop was written (it was not cut short).
     pub complete: bool,
     /// Where it stopped being readable, if it did.
@@ -728,6 +748,7 @@ pub fn summarize(path: &Path) -> anyhow::Result<Summary> {
     summary.sockets = cookies.len() as u64;
     summary.dropped = host.counters.dropped;
     summary.missed = host.counters.missed;
+    summary.tcp_fin_timeout_s = host.fin_timeouts.clone();
     summary.chunks = host.reader.chunks;
     summary.damage = host.damage.as_ref().map(ToString::to_string);
     Ok(summary)

@@ -136,6 +136,7 @@ pub struct Top {
     /// `--from`: a recording shown at `speed` times its pace.
     pub from: Option<PathBuf>,
     pub speed: f64,
+    pub window: Window,
     pub duration: Option<Duration>,
     pub trace: TraceOptions,
     pub sort: SortKey,

@@ -312,8 +312,12 @@ struct Tmux {
 
 impl Tmux {
     fn new() -> Self {
+        // A socket of its own per instance: a server being killed must not
+        // take the next one down with it.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmux = Self {
-            socket: format!("tltest{}", std::process::id()),
+            socket: format!("tltest{}-{n}", std::process::id()),
         };
         tmux.run(&["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"]);
         tmux
@@ -448,6 +452,41 @@ fn top_replays_a_recording_with_pause_and_step() {
     tmux.wait_for("the shell again", |s| s.contains("TOP-EXITED-42"));
 }
 privileged!(top_replays_a_recording_with_pause_and_step);
+
+/// `top --from --since --until`: what came before `--since` is read at
+/// once (at a tenth of the recorded pace, the six seconds before it would
+/// take a minute, beyond the screen wait's limit), and the replay ends at
+/// `--until`.
+fn top_replays_a_window_of_a_recording() {
+    let recording = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/recordings/python_prefork_close_wait_leak.tlrec"
+    );
+    let top = |flags: &str| {
+        let tmux = Tmux::new();
+        let command = format!(
+            "{} top --from {recording} {flags}; echo TOP-EXITED-$((40+2))",
+            env!("CARGO_BIN_EXE_tcplinger"),
+        );
+        tmux.run(&["send-keys", "-t", "top", &command, "Enter"]);
+        tmux
+    };
+    let slow = top("--since 6s --speed 0.1");
+    slow.wait_for("the replay from --since", |s| {
+        s.contains("replay ×0.1") && top_elapsed(s).is_some_and(|at| at >= 6)
+    });
+    slow.run(&["send-keys", "-t", "top", "q"]);
+    slow.wait_for("the shell again", |s| s.contains("TOP-EXITED-42"));
+    drop(slow);
+
+    let window = top("--since 6s --until 8s");
+    let ended = window.wait_for("the end of the window", |s| s.contains("end of recording"));
+    let end = top_elapsed(&ended).unwrap_or_else(|| panic!("no time shown:\n{ended}"));
+    assert!((6..=9).contains(&end), "ended at --until:\n{ended}");
+    window.run(&["send-keys", "-t", "top", "q"]);
+    window.wait_for("the shell again", |s| s.contains("TOP-EXITED-42"));
+}
+privileged!(top_replays_a_window_of_a_recording);
 
 fn top_refuses_without_a_terminal() {
     require_root();

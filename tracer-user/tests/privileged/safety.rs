@@ -1197,6 +1197,13 @@ fn record_stops_at_max_bytes_and_the_file_replays() {
         .unwrap();
     let info: Value = serde_json::from_slice(&info.stdout).unwrap();
     assert!(info["records"].as_u64().unwrap() > 100, "{info:#}");
+    // The namespaces noted at the start, this one among them.
+    assert!(
+        info["tcp_fin_timeout_s"]
+            .as_object()
+            .is_some_and(|by_netns| !by_netns.is_empty()),
+        "{info:#}"
+    );
     let replay = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
         .args([
             "watch",
