@@ -379,3 +379,66 @@ fn a_recorded_session_replays_to_the_same_records() {
     assert_eq!(r.summary(1000), live_summary);
     assert!(live_summary.contains("2 dropped"), "{live_summary}");
 }
+
+mod replay_fuzz {
+    use proptest::prelude::*;
+
+    use super::{run, session};
+    use crate::{
+        host::recording_file::{Header, RecordingWriter},
+        session::{Host as _, journal::ReplayHost},
+    };
+
+    /// A recording of well-framed blocks holding anything: known tags
+    /// with arbitrary payloads (JSON or not), unknown tags.
+    fn recording(blocks: &[(u8, Vec<u8>)], name: &str) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("tcplinger-unit-fuzz-{}-{name}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w = RecordingWriter::new(Box::new(file), &Header::default(), None).unwrap();
+        for (tag, payload) in blocks {
+            w.push(*tag, payload).unwrap();
+        }
+        w.finish().unwrap();
+        path
+    }
+
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..200),
+            // Plausible JSON, wrong shapes.
+            Just(br#"{"now_ns":5,"value":"Ring"}"#.to_vec()),
+            Just(br#"{"now_ns":5,"value":"DiagTick"}"#.to_vec()),
+            Just(br#"{"now_ns":18446744073709551615,"value":{"Seeded":{"seeds":[],"unreadable":3}}}"#.to_vec()),
+            Just(br#"{"now_ns":1,"value":{"Looked":{"fds_only":true,"seen":{},"holders":{},"fds":{"7":[1,2]}}}}"#.to_vec()),
+            Just(br#"{"now_ns":1,"value":[1,{"path":"/x","container_id":null,"pod_uid":null}]}"#.to_vec()),
+            Just(br#"{"now_ns":1,"value":null}"#.to_vec()),
+            Just(br#"{"now_ns":"x"}"#.to_vec()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever the blocks hold, a replay steps to its end and stops
+        /// without panicking.
+        #[test]
+        fn a_replay_of_any_blocks_ends_without_panicking(
+            blocks in proptest::collection::vec((0u8..14, payload()), 0..40)
+        ) {
+            let path = recording(&blocks, "any");
+            let mut s = session(ReplayHost::open(&path).unwrap());
+            run(async {
+                for _ in 0..200 {
+                    if s.host.exhausted() {
+                        break;
+                    }
+                    s.step().await.unwrap();
+                }
+                s.stop().await.unwrap();
+            });
+            let now = s.host.now_ns();
+            let _ = s.tracker.finish(now);
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
