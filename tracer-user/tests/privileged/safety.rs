@@ -1218,3 +1218,74 @@ fn record_stops_at_max_bytes_and_the_file_replays() {
     assert!(replay.stdout.len() > 1000, "records come back");
 }
 privileged!(record_stops_at_max_bytes_and_the_file_replays);
+
+/// `record` onto a full disk: it stops by itself with the error (exit 1),
+/// detaches, and what reached the disk replays up to its last whole chunk.
+fn record_on_a_full_disk_stops_and_what_was_written_replays() {
+    use crate::support::churn::Churn;
+    let dir = scratch("record-full");
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64k",
+            "none",
+            dir.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let port = fresh_port();
+    let file = dir.join("full.tlrec");
+    let tracer = Tcplinger::start(&[
+        "record",
+        "-o",
+        file.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+    ]);
+    let churn = Churn::start(port, 2, 20_000, Duration::from_mins(1));
+    // It ends by itself once a chunk does not fit.
+    let run = tracer.stop_after_signal();
+    churn.finish();
+    let kept = std::env::temp_dir().join(format!("tcplinger-full-{}.tlrec", std::process::id()));
+    std::fs::copy(&file, &kept).unwrap();
+    let _ = Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(run.status.code(), Some(1), "{:?}", run.stderr);
+    let error = run.stderr.last().unwrap();
+    assert!(
+        error.contains(&format!("writing {}", file.display()))
+            && error.contains("No space left on device")
+            && error.contains("recording stopped"),
+        "{:?}",
+        run.stderr
+    );
+    let gone = wait_until(Duration::from_secs(5), || our_programs_loaded().is_empty());
+    assert!(gone, "programs left behind: {:?}", our_programs_loaded());
+    let replay = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args([
+            "watch",
+            "--format",
+            "json",
+            "--from",
+            kept.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let info = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args(["record", "--info", kept.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&kept);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(replay.stdout.len() > 1000, "records come back");
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("cut short"), "{info}");
+}
+privileged!(record_on_a_full_disk_stops_and_what_was_written_replays);
