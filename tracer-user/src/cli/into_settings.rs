@@ -73,6 +73,8 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
                 output,
                 max_bytes: a.max_bytes,
                 args: std::env::args().collect(),
+                comm: a.trace.select.comm.clone(),
+                remote: a.trace.select.remote.clone(),
             }),
             (None, None) => {
                 return Err(UsageError("record: -o FILE (or --info FILE)".into()));

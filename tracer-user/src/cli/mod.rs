@@ -54,7 +54,7 @@ pub enum Command {
     /// log lines, until SIGTERM.
     Daemon(DaemonArgs),
     /// Record what the kernel and the host say to a file, for `watch`,
-    /// `report` --from FILE later, anywhere, without root.
+    /// `report` or `top` --from FILE later: anywhere, without root.
     Record(RecordArgs),
 }
 

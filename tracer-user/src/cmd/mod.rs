@@ -388,13 +388,28 @@ pub fn replay(
     Ok((host, window.since.map(|since| since.boot_ns(boot, unix))))
 }
 
-/// The tracing options of a replay: `record --cgroup` holds for it.
+/// The tracing options of a replay: `record --cgroup` holds for it, and
+/// `record --comm`/`--remote` unless the replay selects for itself (every
+/// record was kept, so it may look wider).
 pub fn as_recorded(
     trace: &crate::session::TraceOptions,
     host: &crate::session::journal::ReplayHost,
 ) -> crate::session::TraceOptions {
+    use crate::model::select::{Selection, parse_remote};
+    let header = host.header();
+    let selection = if trace.selection == Selection::default() {
+        let remote: Vec<_> = header
+            .remote
+            .iter()
+            .filter_map(|r| parse_remote(r).ok())
+            .collect();
+        Selection::new(&header.comm, &remote)
+    } else {
+        trace.selection.clone()
+    };
     crate::session::TraceOptions {
-        cgroup: host.header().cgroup.clone(),
+        cgroup: header.cgroup.clone(),
+        selection,
         ..trace.clone()
     }
 }

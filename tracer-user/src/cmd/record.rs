@@ -39,6 +39,8 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
     let host = LiveHost::start(&s.trace.load, true)?;
     let header = Header {
         cgroup: s.trace.cgroup.clone(),
+        comm: s.comm.clone(),
+        remote: s.remote.iter().map(ToString::to_string).collect(),
         ..Header::of_this_host(s.args.clone())
     };
     let writer = RecordingWriter::new(output.begin()?, &header, s.max_bytes)

@@ -48,6 +48,11 @@ pub struct Header {
     /// `record --cgroup`: replays report only owners under this path.
     #[serde(default)]
     pub cgroup: Option<String>,
+    /// `record --comm` and `--remote`: the selection replays default to.
+    #[serde(default)]
+    pub comm: Vec<String>,
+    #[serde(default)]
+    pub remote: Vec<String>,
 }
 
 impl Header {
@@ -77,6 +82,8 @@ impl Header {
             started_unix_ns: unix_ns,
             args,
             cgroup: None,
+            comm: Vec::new(),
+            remote: Vec::new(),
         }
     }
 }

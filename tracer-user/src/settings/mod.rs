@@ -91,6 +91,10 @@ pub struct Record {
     pub max_bytes: Option<u64>,
     /// The command line, kept in the recording.
     pub args: Vec<String>,
+    /// `--comm` and `--remote` as given: the selection its replays
+    /// default to.
+    pub comm: Vec<String>,
+    pub remote: Vec<ipnet::IpNet>,
 }
 
 /// `record --info FILE`.

@@ -1291,3 +1291,56 @@ fn record_on_a_full_disk_stops_and_what_was_written_replays() {
     assert!(info.contains("cut short"), "{info}");
 }
 privileged!(record_on_a_full_disk_stops_and_what_was_written_replays);
+
+/// `record --comm`: every record is kept, and the recorded selection is
+/// what replays show unless they select for themselves.
+fn record_selection_is_the_default_of_its_replays() {
+    let scene = Scene::new();
+    let dir = scratch("record-comm");
+    let path = dir.join("comm.tlrec");
+    let tracer = Tcplinger::start(&[
+        "record",
+        "-o",
+        path.to_str().unwrap(),
+        "--port",
+        &scene.port_arg(),
+        "--comm",
+        CLIENT_COMM,
+    ]);
+    scene.converse(Closer::Client, 3, Pace::OneAtATime);
+    let run = tracer.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    let comms = |extra: &[&str]| -> Vec<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+            .args([
+                "watch",
+                "--format",
+                "json",
+                "--from",
+                path.to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut comms: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["comm"].to_string())
+            .collect();
+        comms.sort();
+        comms.dedup();
+        comms
+    };
+    assert_eq!(comms(&[]), [format!("\"{CLIENT_COMM}\"")]);
+    assert_eq!(
+        comms(&["--comm", SERVER_COMM]),
+        [format!("\"{SERVER_COMM}\"")]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+privileged!(record_selection_is_the_default_of_its_replays);
