@@ -141,6 +141,36 @@ impl RecordingWriter {
         Ok(())
     }
 
+    /// Adds a block whose payload `fill` writes in place (no copy of a
+    /// payload built elsewhere); `fill` returning false drops the block.
+    /// `fill` runs whether the file is full or not.
+    pub fn push_with(
+        &mut self,
+        tag: u8,
+        fill: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) -> io::Result<()> {
+        if self.full {
+            let mut scratch = Vec::new();
+            if fill(&mut scratch) {
+                self.blocks_left_out += 1;
+            }
+            return Ok(());
+        }
+        let start = self.raw.len();
+        self.raw.push(tag);
+        self.raw.extend_from_slice(&[0; 4]);
+        if !fill(&mut self.raw) {
+            self.raw.truncate(start);
+            return Ok(());
+        }
+        let len = len_u32(self.raw.len() - start - 5)?;
+        self.raw[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+        if self.raw.len() >= CHUNK_RAW_BYTES || self.last_chunk.elapsed() >= CHUNK_EVERY {
+            self.flush_chunk()?;
+        }
+        Ok(())
+    }
+
     /// Writes the blocks gathered so far as one chunk, unless the file
     /// would then exceed its limit (the writer is then full).
     pub fn flush_chunk(&mut self) -> io::Result<()> {

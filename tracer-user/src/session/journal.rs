@@ -167,20 +167,34 @@ impl<H: Host> Host for Recorder<H> {
     }
 
     fn drain(&mut self, each: &mut dyn FnMut(&[u8])) -> usize {
-        let mut payload = Vec::new();
-        let n = self.inner.drain(&mut |bytes| {
-            payload.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(0).to_le_bytes());
-            payload.extend_from_slice(bytes);
-            each(bytes);
-        });
-        if n > 0 {
-            let now = self.inner.now_ns();
-            let mut block = Vec::with_capacity(8 + payload.len());
-            block.extend_from_slice(&now.to_le_bytes());
-            block.extend_from_slice(&payload);
-            self.push(tag::RING, &block);
-            self.records += n as u64;
+        if self.failure.is_some() {
+            return self.inner.drain(each);
         }
+        let Self {
+            inner,
+            out,
+            failure,
+            records,
+            ..
+        } = self;
+        let mut n = 0;
+        // Each record goes once from the ring into the chunk being built;
+        // the block's time (the drain's end) is written over its place.
+        let pushed = out.push_with(tag::RING, |buf| {
+            let at = buf.len();
+            buf.extend_from_slice(&[0; 8]);
+            n = inner.drain(&mut |bytes| {
+                buf.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(0).to_le_bytes());
+                buf.extend_from_slice(bytes);
+                each(bytes);
+            });
+            buf[at..at + 8].copy_from_slice(&inner.now_ns().to_le_bytes());
+            n > 0
+        });
+        if let Err(e) = pushed {
+            failure.get_or_insert(e);
+        }
+        *records += n as u64;
         n
     }
 
