@@ -439,6 +439,38 @@ fn a_window_needs_a_recording_and_an_order() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(one_line(&out).contains("--until"));
+    // Of different kinds, compared once the recording's start is known.
+    let out = tcplinger(&[
+        "watch",
+        "--from",
+        path.to_str().unwrap(),
+        "--since",
+        "2099-01-01T00:00:00Z",
+        "--until",
+        "2s",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line(&out).contains("--until"));
+    // A window opening after the recording ends is empty, not the whole.
+    let out = tcplinger(&[
+        "report",
+        "--format",
+        "json",
+        "--from",
+        path.to_str().unwrap(),
+        "--since",
+        "10m",
+    ]);
+    assert!(out.status.success());
+    let empty: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        empty["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["opened"] == 0 && g["closed"] == 0),
+        "{empty:#}"
+    );
     let out = tcplinger(&[
         "watch",
         "--from",

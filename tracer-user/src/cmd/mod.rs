@@ -382,10 +382,17 @@ pub fn replay(
     let mut host = crate::session::journal::open(path)?;
     let header = host.header();
     let (boot, unix) = (header.started_boot_ns, header.started_unix_ns);
-    if let Some(until) = window.until {
-        host.until(until.boot_ns(boot, unix));
+    let since = window.since.map(|since| since.boot_ns(boot, unix));
+    let until = window.until.map(|until| until.boot_ns(boot, unix));
+    if let (Some(since), Some(until)) = (since, until)
+        && until <= since
+    {
+        return Err(UsageError("--until: must come after --since".into()).into());
     }
-    Ok((host, window.since.map(|since| since.boot_ns(boot, unix))))
+    if let Some(until) = until {
+        host.until(until);
+    }
+    Ok((host, since))
 }
 
 /// The tracing options of a replay: `record --cgroup` holds for it, and

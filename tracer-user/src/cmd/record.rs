@@ -54,7 +54,10 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
     loop {
         match driver.next(&mut analysis).await? {
             Wake::Stop => break,
-            Wake::Tick => analysis.look(),
+            Wake::Tick => {
+                analysis.look();
+                analysis.session.host.note_wall_clock();
+            }
             Wake::Step(Progress::Seeded { open, .. }) => {
                 eprintln!(
                     "tcplinger: tracing TCP connections, recording to {name} ({open} already open); Ctrl-C to stop"
@@ -84,12 +87,16 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
         }
     }
     analysis.stop().await?;
+    // The summary reads every loss counter: before the last chunk, so the
+    // recording has them all.
+    let summary = analysis.session.summary(s.trace.max_sockets.get());
     let recorder = &mut analysis.session.host;
     // Namespaces made during the run too.
     recorder.note_namespaces(&fin_timeouts());
+    recorder.note_wall_clock();
     let (records, left_out) = (recorder.records, recorder.left_out());
     let finished = recorder.finish();
-    eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
+    eprintln!("{summary}");
     let size = finished.with_context(|| format!("writing {name}; recording stopped"))?;
     let why = if full || left_out > 0 {
         format!(" (--max-bytes reached: the last {left_out} blocks were left out)")

@@ -44,15 +44,20 @@ async fn report<H: Host>(
 ) -> anyhow::Result<()> {
     let name = output.name();
     loop {
-        let wake = driver.next(&mut analysis).await?;
-        // The window opens: what the tracker follows stays (connections
-        // open then count as already open), what was counted goes.
+        // The window opens before the first step past it: what the tracker
+        // follows stays (connections open then count as already open),
+        // what was counted goes.
         if let Some(at) = since
-            && analysis.now_ns() >= at
+            && analysis
+                .session
+                .host
+                .next_at()
+                .is_none_or(|next| next >= at)
         {
             analysis.restart(at);
             since = None;
         }
+        let wake = driver.next(&mut analysis).await?;
         match wake {
             Wake::Stop => break,
             Wake::Tick => analysis.look(),
@@ -66,6 +71,10 @@ async fn report<H: Host>(
         }
     }
     analysis.stop().await?;
+    if let Some(at) = since {
+        // The recording ended before the window opened: an empty window.
+        analysis.restart(at);
+    }
     let findings = analysis.findings();
     let report = Report {
         window_s: analysis.window_s(),

@@ -323,6 +323,8 @@ enum Action {
     Redraw,
     /// Space: a replay pauses or resumes.
     Pause,
+    /// `n`: a paused replay steps one refresh, at once.
+    Step,
     Nothing,
 }
 
@@ -342,7 +344,7 @@ fn on_key(model: &mut Model, key: KeyEvent) -> Action {
         KeyCode::Char('n') => match &mut model.replay {
             Some(r) if r.paused => {
                 r.step = true;
-                Action::Redraw
+                Action::Step
             }
             _ => Action::Nothing,
         },
@@ -439,6 +441,10 @@ async fn show<H: Host>(
                     Event::Key(key) => match on_key(&mut model, key) {
                         Action::Quit => break,
                         Action::Redraw => true,
+                        Action::Step => {
+                            driver.repace();
+                            true
+                        }
                         Action::Pause => {
                             if let Some(r) = &mut model.replay {
                                 r.paused = !r.paused;

@@ -46,6 +46,11 @@ impl WallClock {
         }
     }
 
+    /// Wall-clock ns minus boot-clock ns.
+    pub fn offset_ns(&self) -> i128 {
+        self.offset_ns
+    }
+
     pub fn resync(&mut self) {
         self.offset_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
     }

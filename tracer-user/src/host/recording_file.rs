@@ -18,9 +18,10 @@ const CHUNK_MAGIC: [u8; 4] = *b"CHNK";
 /// a crash loses at most that much.
 const CHUNK_RAW_BYTES: usize = 256 * 1024;
 const CHUNK_EVERY: Duration = Duration::from_secs(1);
-/// Larger figures in a chunk's frame mean damage, not data: nothing is
-/// allocated for them.
-const MAX_CHUNK_BYTES: u32 = 64 << 20;
+/// Larger figures in a chunk's frame mean damage, not data (a start-up
+/// snapshot of a million sockets is about 200 MB of blocks). Memory is
+/// taken as bytes arrive, never on a frame's word alone.
+const MAX_CHUNK_BYTES: u32 = 1 << 30;
 const MAX_HEADER_BYTES: u32 = 1 << 20;
 /// zstd's fastest levels keep up with the ring at full churn.
 const ZSTD_LEVEL: i32 = 1;
@@ -127,6 +128,9 @@ impl RecordingWriter {
 
     /// Adds a block; the chunk goes out when it is large or old enough.
     pub fn push(&mut self, tag: u8, payload: &[u8]) -> io::Result<()> {
+        if payload.len() >= MAX_CHUNK_BYTES as usize - 5 {
+            return Err(io::Error::other("a block too large for a recording"));
+        }
         if self.full {
             self.blocks_left_out += 1;
             return Ok(());
@@ -364,16 +368,21 @@ impl<R: Read> RecordingReader<R> {
         if raw_len > MAX_CHUNK_BYTES || comp_len > MAX_CHUNK_BYTES {
             return Err(damaged("a damaged chunk frame"));
         }
-        let mut compressed = vec![0; comp_len as usize];
-        match read_some(&mut self.input, &mut compressed) {
-            Ok(n) if n == compressed.len() => {}
+        let mut compressed = Vec::new();
+        match (&mut self.input)
+            .take(u64::from(comp_len))
+            .read_to_end(&mut compressed)
+        {
+            Ok(n) if n == comp_len as usize => {}
             Ok(_) => return Err(damaged("the file ends inside a chunk")),
             Err(e) => return Err(ReadError::Io(e.to_string())),
         }
         if crc32fast::hash(&compressed) != crc {
             return Err(damaged("a chunk that fails its checksum"));
         }
-        let raw = zstd::bulk::decompress(&compressed, raw_len as usize)
+        let mut raw = Vec::new();
+        zstd::stream::read::Decoder::new(compressed.as_slice())
+            .and_then(|d| d.take(u64::from(raw_len) + 1).read_to_end(&mut raw))
             .map_err(|_| damaged("a chunk that does not decompress"))?;
         if raw.len() != raw_len as usize {
             return Err(damaged("a chunk of the wrong size"));

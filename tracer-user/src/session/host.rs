@@ -193,6 +193,11 @@ pub trait Host {
     fn replayed(&self) -> bool {
         false
     }
+    /// A replay: the recorded time of what the session takes next (none
+    /// live, or at the end).
+    fn next_at(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// Threads for the host's blocking work: one for the follower's lookups

@@ -108,6 +108,12 @@ impl<H: Host> Recorder<H> {
         self.out.blocks_left_out
     }
 
+    /// Notes the boot-to-wall offset if it moved (NTP): replays date
+    /// records with it from there on.
+    pub fn note_wall_clock(&mut self) {
+        let _ = self.wall_clock();
+    }
+
     /// Notes the network namespaces of the host and their
     /// `tcp_fin_timeout` (seconds): what a reader needs to judge FIN_WAIT2
     /// lingers against.
@@ -271,7 +277,11 @@ impl<H: Host> Host for Recorder<H> {
 
     fn wall_clock(&mut self) -> WallClock {
         let clock = self.inner.wall_clock();
-        if self.wall != Some(clock) {
+        // Resyncs jitter by microseconds; a step worth noting is larger.
+        let moved = self
+            .wall
+            .is_none_or(|w| w.offset_ns().abs_diff(clock.offset_ns()) > 1_000_000);
+        if moved {
             self.wall = Some(clock);
             let now = self.inner.now_ns();
             self.push_json(tag::WALL, now, &clock);
@@ -432,6 +442,9 @@ impl ReplayHost {
         self.peek();
         let (at, main) = self.next.take()?;
         self.now_ns = self.now_ns.max(at);
+        // What was written after it and before the next main block (the
+        // loss counters read after a drain) applies now, as it did live.
+        self.peek();
         Some(main)
     }
 
@@ -546,6 +559,11 @@ impl Host for ReplayHost {
         true
     }
 
+    fn next_at(&mut self) -> Option<u64> {
+        self.peek();
+        self.next.as_ref().map(|(at, _)| *at)
+    }
+
     fn next(&mut self, _backlog: bool) -> impl Future<Output = Event> {
         let event = match self.peek() {
             Some(Main::Event(_)) => match self.take() {
@@ -570,11 +588,9 @@ impl Host for ReplayHost {
             && self.now_ns > until
             && !self.ended
         {
-            // The drain that crosses `--until`: its records from before
-            // it, and the replay ends there.
+            // A drain after `--until`: its records from before it (the
+            // replay ends at the next event, `exhausted`).
             records.retain(|r| crate::bpf::decode::decode(r).is_ok_and(|r| r.ts_ns <= until));
-            self.next = None;
-            self.ended = true;
         }
         for r in &records {
             each(r);

@@ -202,5 +202,7 @@ fn timewait_switch(tw: &TimewaitSighting, not_before: u64) -> u64 {
 
 /// When a timewait socket's timer is due, from one sighting.
 fn expiry(tw: &TimewaitSighting) -> u64 {
-    tw.seen_ns + u64::from(tw.expires_ms) * 1_000_000
+    // Saturating: a sighting may come from a recording, not the kernel.
+    tw.seen_ns
+        .saturating_add(u64::from(tw.expires_ms).saturating_mul(1_000_000))
 }
