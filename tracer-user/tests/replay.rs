@@ -408,6 +408,11 @@ fn since_and_until_cut_a_window_of_the_replay() {
         windowed["window_s"].as_f64().unwrap() < whole["window_s"].as_f64().unwrap(),
         "{windowed:#}"
     );
+    // The records read in the window, not before it.
+    assert!(
+        windowed["events"].as_u64().unwrap() < whole["events"].as_u64().unwrap(),
+        "{windowed:#}"
+    );
     let opened = |r: &Value, comm: &str| {
         r["groups"]
             .as_array()

@@ -43,6 +43,8 @@ async fn report<H: Host>(
     mut since: Option<u64>,
 ) -> anyhow::Result<()> {
     let name = output.name();
+    // Records read before a replay's window opened are not the window's.
+    let mut events_before = 0;
     loop {
         // The window opens before the first step past it: what the tracker
         // follows stays (connections open then count as already open),
@@ -55,6 +57,7 @@ async fn report<H: Host>(
                 .is_none_or(|next| next >= at)
         {
             analysis.restart(at);
+            events_before = analysis.session.counts.events;
             since = None;
         }
         let wake = driver.next(&mut analysis).await?;
@@ -74,11 +77,12 @@ async fn report<H: Host>(
     if let Some(at) = since {
         // The recording ended before the window opened: an empty window.
         analysis.restart(at);
+        events_before = analysis.session.counts.events;
     }
     let findings = analysis.findings();
     let report = Report {
         window_s: analysis.window_s(),
-        events: analysis.session.counts.events,
+        events: analysis.session.counts.events - events_before,
         dropped: analysis.session.host.dropped(),
         findings: &findings,
         groups: rank(&analysis.agg, &findings),

@@ -88,6 +88,8 @@ struct Model {
     elapsed_s: f64,
     table: TableState,
     last_events: u64,
+    /// The host's clock at the last refresh (a replay's is recorded time).
+    last_refresh_ns: u64,
     /// Showing a recording: its state.
     replay: Option<Replay>,
 }
@@ -169,8 +171,16 @@ impl Model {
         self.sort_rows();
         self.findings = analysis.findings();
         let events = analysis.session.counts.events;
-        self.events_per_s = (events - self.last_events) as f64 / REFRESH.as_secs_f64();
+        // Over the time the host's clock says passed: a second live, the
+        // recorded time on a replay, whatever its speed.
+        let passed_s = if self.last_refresh_ns == 0 {
+            REFRESH.as_secs_f64()
+        } else {
+            now.saturating_sub(self.last_refresh_ns) as f64 / 1e9
+        };
+        self.events_per_s = (events - self.last_events) as f64 / passed_s.max(1e-3);
         self.last_events = events;
+        self.last_refresh_ns = now;
         self.dropped = analysis.session.host.dropped();
         self.folded = analysis.agg.folded();
         self.seeded = analysis.seeded;
