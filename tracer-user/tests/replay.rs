@@ -433,29 +433,21 @@ fn a_window_needs_a_recording_and_an_order() {
     assert_eq!(out.status.code(), Some(2));
     assert!(one_line(&out).contains("--from"));
     let path = recording("go_keepalive_is_healthy");
-    let out = tcplinger(&[
-        "watch",
-        "--from",
-        path.to_str().unwrap(),
-        "--since",
-        "3s",
-        "--until",
-        "2s",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(one_line(&out).contains("--until"));
-    // Of different kinds, compared once the recording's start is known.
-    let out = tcplinger(&[
-        "watch",
-        "--from",
-        path.to_str().unwrap(),
-        "--since",
-        "2099-01-01T00:00:00Z",
-        "--until",
-        "2s",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(one_line(&out).contains("--until"));
+    // The second of the same kind, or of different kinds compared once the
+    // recording's start is known.
+    for (since, until) in [("3s", "2s"), ("2099-01-01T00:00:00Z", "2s")] {
+        let out = tcplinger(&[
+            "watch",
+            "--from",
+            path.to_str().unwrap(),
+            "--since",
+            since,
+            "--until",
+            until,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{since} {until}");
+        assert!(one_line(&out).contains("--until"));
+    }
     // A window opening after the recording ends is empty, not the whole.
     let out = tcplinger(&[
         "report",

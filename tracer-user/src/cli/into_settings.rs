@@ -20,8 +20,8 @@ use super::{Command as Flags, DaemonArgs, Parsed, TraceArgs};
 pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
     Ok(match parsed.cli.command {
         Flags::Watch(a) => Command::Watch(Watch {
-            from: replayed(a.from, &a.trace)?,
-            window: window(a.since, a.until)?,
+            from: replayed(a.replay.from, &a.trace)?,
+            window: window(a.replay.since, a.replay.until)?,
             duration: a.trace.duration,
             trace: trace(&a.trace, None, a.transitions)?,
             transitions: a.transitions,
@@ -30,8 +30,8 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             output: a.output,
         }),
         Flags::Report(a) => Command::Report(Report {
-            from: replayed(a.from, &a.trace)?,
-            window: window(a.since, a.until)?,
+            from: replayed(a.replay.from, &a.trace)?,
+            window: window(a.replay.since, a.replay.until)?,
             duration: a.trace.duration.unwrap_or(REPORT_DURATION),
             trace: trace(&a.trace, None, false)?,
             format: a.format,
@@ -41,9 +41,9 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             max_groups: a.analysis.max_groups,
         }),
         Flags::Top(a) => Command::Top(Top {
-            from: replayed(a.from, &a.trace)?,
+            from: replayed(a.replay.from, &a.trace)?,
             speed: a.speed,
-            window: window(a.since, a.until)?,
+            window: window(a.replay.since, a.replay.until)?,
             duration: a.trace.duration,
             trace: trace(&a.trace, None, false)?,
             sort: a.sort,

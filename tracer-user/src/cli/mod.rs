@@ -145,21 +145,8 @@ pub struct WatchArgs {
     #[arg(long, conflicts_with = "from")]
     pub transitions: bool,
 
-    /// Replay a recording (`tcplinger record`) instead of tracing: no root
-    /// needed; --comm and --remote select after the fact.
-    #[arg(long, value_name = "FILE")]
-    pub from: Option<std::path::PathBuf>,
-
-    /// With --from: only what happened from this time on (RFC 3339, e.g.
-    /// 2026-12-01T03:00:00Z, UTC if no offset), or this far into the
-    /// recording (90s, 5m). Connections open then count as already open.
-    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
-    pub since: Option<crate::settings::When>,
-
-    /// With --from: stop the replay at this time, or this far into the
-    /// recording; it ends as if stopped then.
-    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
-    pub until: Option<crate::settings::When>,
+    #[command(flatten)]
+    pub replay: ReplayArgs,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -184,21 +171,8 @@ pub struct WatchArgs {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Report on a recording (`tcplinger record`) instead of tracing: no
-    /// root needed; --comm and --remote select after the fact.
-    #[arg(long, value_name = "FILE")]
-    pub from: Option<std::path::PathBuf>,
-
-    /// With --from: only what happened from this time on (RFC 3339, e.g.
-    /// 2026-12-01T03:00:00Z, UTC if no offset), or this far into the
-    /// recording (90s, 5m). Connections open then count as already open.
-    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
-    pub since: Option<crate::settings::When>,
-
-    /// With --from: stop the replay at this time, or this far into the
-    /// recording; it ends as if stopped then.
-    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
-    pub until: Option<crate::settings::When>,
+    #[command(flatten)]
+    pub replay: ReplayArgs,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
@@ -234,23 +208,12 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// Show a recording (`tcplinger record`) at its pace instead of
-    /// tracing: no root needed. Space pauses, n steps a second.
-    #[arg(long, value_name = "FILE")]
-    pub from: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub replay: ReplayArgs,
 
     /// With --from: recorded seconds shown per second (0.1 to 1000).
     #[arg(long, value_name = "N", default_value_t = 1.0, value_parser = parse_speed, requires = "from")]
     pub speed: f64,
-
-    /// With --from: start showing at this time (RFC 3339), or this far
-    /// into the recording (90s, 5m); what came before is read at once.
-    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
-    pub since: Option<crate::settings::When>,
-
-    /// With --from: end the replay at this time, or this far into it.
-    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
-    pub until: Option<crate::settings::When>,
 
     /// Initial sort key (change it with the keys shown at the bottom).
     #[arg(long, value_enum, default_value_t = SortKey::Lingering)]
@@ -261,6 +224,29 @@ pub struct TopArgs {
 
     #[command(flatten)]
     pub trace: TraceArgs,
+}
+
+/// Flags of the commands that can replay a recording (`watch`, `report`,
+/// `top`).
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Replay a recording (`tcplinger record`) instead of tracing: no root
+    /// needed; --comm and --remote select after the fact (`top` shows it
+    /// at its pace: space pauses, n steps a second).
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
+
+    /// With --from: from this time on (RFC 3339, e.g.
+    /// 2026-12-01T03:00:00Z, UTC if no offset), or this far into the
+    /// recording (90s, 5m). What came before is read, not shown;
+    /// connections open then count as already open.
+    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
+    pub since: Option<crate::settings::When>,
+
+    /// With --from: stop the replay at this time, or this far into the
+    /// recording; it ends as if stopped then.
+    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
+    pub until: Option<crate::settings::When>,
 }
 
 /// Flags of the commands that aggregate.

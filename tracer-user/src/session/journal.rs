@@ -448,6 +448,16 @@ impl ReplayHost {
         Some(main)
     }
 
+    /// [`Self::take`] if the next main block is `wanted`; else it stays
+    /// next.
+    fn take_if(&mut self, wanted: impl FnOnce(&Main) -> bool) -> Option<Main> {
+        if self.peek().is_some_and(wanted) {
+            self.take()
+        } else {
+            None
+        }
+    }
+
     /// Reads one block: a main one and its time, or `None` after applying
     /// a side one.
     fn read(&mut self) -> Result<Option<(u64, Main)>, ReadError> {
@@ -565,28 +575,21 @@ impl Host for ReplayHost {
     }
 
     fn next(&mut self, _backlog: bool) -> impl Future<Output = Event> {
-        let event = match self.peek() {
-            Some(Main::Event(_)) => match self.take() {
-                Some(Main::Event(event)) => event,
-                _ => Event::Ring,
-            },
-            // Records waiting, or the end: the session drains (nothing,
-            // at the end; its driver stops on `exhausted`).
+        let event = match self.take_if(|m| matches!(m, Main::Event(_))) {
+            Some(Main::Event(event)) => event,
+            // Records waiting, or the end: the session drains (nothing, at
+            // the end; its driver stops on `exhausted`).
             _ => Event::Ring,
         };
         std::future::ready(event)
     }
 
     fn drain(&mut self, each: &mut dyn FnMut(&[u8])) -> usize {
-        if !matches!(self.peek(), Some(Main::Ring(_))) {
-            return 0;
-        }
-        let Some(Main::Ring(mut records)) = self.take() else {
+        let Some(Main::Ring(mut records)) = self.take_if(|m| matches!(m, Main::Ring(_))) else {
             return 0;
         };
         if let Some(until) = self.until_ns
             && self.now_ns > until
-            && !self.ended
         {
             // A drain after `--until`: its records from before it (the
             // replay ends at the next event, `exhausted`).
@@ -609,44 +612,32 @@ impl Host for ReplayHost {
     }
 
     fn settle(&mut self) -> impl Future<Output = Vec<Event>> {
-        let events = match self.peek() {
-            Some(Main::Settled(_)) => match self.take() {
-                Some(Main::Settled(events)) => events,
-                _ => Vec::new(),
-            },
+        let events = match self.take_if(|m| matches!(m, Main::Settled(_))) {
+            Some(Main::Settled(events)) => events,
             _ => Vec::new(),
         };
         std::future::ready(events)
     }
 
     fn diag_now(&mut self, _requests: Vec<DiagRequest>) -> impl Future<Output = Vec<DiagAnswer>> {
-        let answers = match self.peek() {
-            Some(Main::DiagNow(_)) => match self.take() {
-                Some(Main::DiagNow(answers)) => answers,
-                _ => Vec::new(),
-            },
+        let answers = match self.take_if(|m| matches!(m, Main::DiagNow(_))) {
+            Some(Main::DiagNow(answers)) => answers,
             _ => Vec::new(),
         };
         std::future::ready(answers)
     }
 
     fn alive_now(&mut self) -> impl Future<Output = Option<(Alive, u64)>> {
-        let alive = match self.peek() {
-            Some(Main::AliveNow(_)) => match self.take() {
-                Some(Main::AliveNow(alive)) => alive,
-                _ => None,
-            },
+        let alive = match self.take_if(|m| matches!(m, Main::AliveNow(_))) {
+            Some(Main::AliveNow(alive)) => alive,
             _ => None,
         };
         std::future::ready(alive)
     }
 
     fn look_now(&mut self, _request: LookRequest) -> impl Future<Output = Option<LookAnswer>> {
-        let answer = match self.peek() {
-            Some(Main::LookNow(_)) => match self.take() {
-                Some(Main::LookNow(answer)) => answer,
-                _ => None,
-            },
+        let answer = match self.take_if(|m| matches!(m, Main::LookNow(_))) {
+            Some(Main::LookNow(answer)) => answer,
             _ => None,
         };
         std::future::ready(answer)

@@ -14,7 +14,7 @@ use crate::support::{
     peer::Peer,
     require_root,
     scene::{Closer, Pace, Scene, fresh_port, loopback_addr},
-    tracer::our_programs_loaded,
+    tracer::{our_programs_loaded, replayed},
     wait_until,
 };
 
@@ -465,6 +465,24 @@ impl Drop for TestCgroup {
     }
 }
 
+/// Two connections to a server moved into `cgroup` (on port `inside`) and
+/// two to one outside it; returns the pid of the one inside.
+fn contained_and_free(scene: &Scene, inside: u16, outside: u16, cgroup: &std::path::Path) -> u32 {
+    let contained = scene.server_on(inside, &["--count", "2", "--close", "after-eof"]);
+    std::fs::write(cgroup.join("cgroup.procs"), contained.pid.to_string())
+        .expect("moving the server into the cgroup");
+    let free = scene.server_on(outside, &["--count", "2", "--close", "after-eof"]);
+    for port in [inside, outside] {
+        scene
+            .client_of(port, &["--count", "2", "--close", "first"])
+            .finish();
+    }
+    let pid = contained.pid;
+    contained.finish();
+    free.finish();
+    pid
+}
+
 fn daemon_labels_containers_and_filters_by_cgroup() {
     let scene = Scene::new();
     let (inside, outside) = (scene.port, fresh_port());
@@ -480,18 +498,7 @@ fn daemon_labels_containers_and_filters_by_cgroup() {
     let listen = loopback_addr();
     let ports = format!("{inside},{outside}");
     let daemon = start_daemon(listen, &["--port", &ports, "--cgroup", &format!("/{name}")]);
-    // One server in the "container", one outside it.
-    let contained = scene.server_on(inside, &["--count", "2", "--close", "after-eof"]);
-    std::fs::write(scope.join("cgroup.procs"), contained.pid.to_string())
-        .expect("moving the server into the cgroup");
-    let free = scene.server_on(outside, &["--count", "2", "--close", "after-eof"]);
-    for port in [inside, outside] {
-        scene
-            .client_of(port, &["--count", "2", "--close", "first"])
-            .finish();
-    }
-    contained.finish();
-    free.finish();
+    contained_and_free(&scene, inside, outside, &scope);
     let seen = wait_until(Duration::from_secs(10), || {
         value(
             &scrape(listen),
@@ -549,32 +556,8 @@ fn record_cgroup_holds_for_its_replays() {
         "--cgroup",
         &prefix,
     ]);
-    let contained = scene.server_on(inside, &["--count", "2", "--close", "after-eof"]);
-    std::fs::write(parent.join("cgroup.procs"), contained.pid.to_string())
-        .expect("moving the server into the cgroup");
-    let free = scene.server_on(outside, &["--count", "2", "--close", "after-eof"]);
-    for port in [inside, outside] {
-        scene
-            .client_of(port, &["--count", "2", "--close", "first"])
-            .finish();
-    }
-    let contained_pid = contained.pid;
-    contained.finish();
-    free.finish();
-    let replay = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-            .args(args)
-            .arg("--from")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let contained_pid = contained_and_free(&scene, inside, outside, &parent);
+    let replay = |args: &[&str]| replayed(args, &path);
     // Stopped at once: owners looked up only as the recording ended still
     // count in its replays.
     let run = record.stop();

@@ -6,7 +6,7 @@ use tracer_user::model::{aggregate::IDLE_AFTER_NS, diagnose::CLOSE_WAIT_LEAK_AGE
 use crate::support::{
     real::{self, Nginx, Proc, TempDir, comm_of, curl_loop, python, sources},
     scene::{Scene, loopback_addr},
-    tracer::Tcplinger,
+    tracer::{Tcplinger, replayed},
     wait_until,
 };
 
@@ -91,17 +91,7 @@ fn finish(traced: Traced) -> Value {
 
 /// `report --from PATH --format json`, as an unprivileged user would run it.
 fn replay(path: &std::path::Path) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-        .args(["report", "--format", "json", "--from"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&replayed(&["report", "--format", "json"], path)).unwrap()
 }
 
 /// What a report concludes: each finding's pathology, process, pid and

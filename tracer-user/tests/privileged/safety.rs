@@ -15,7 +15,9 @@ use crate::support::{
     real::{Proc, python},
     require_root,
     scene::{Closer, Pace, Scene, fresh_port, loopback_addr, loopback_port},
-    tracer::{Tcplinger, one_line_error, our_programs_loaded, tcplinger},
+    tracer::{
+        Finished, Tcplinger, one_line_error, our_programs_loaded, replayed, tcplinger, tcplinger_ok,
+    },
     vm_kib, wait_until,
 };
 
@@ -865,21 +867,8 @@ privileged!(a_closed_pipe_ends_watch_cleanly);
 
 fn a_full_disk_on_output_stops_cleanly() {
     let scene = Scene::new();
-    let dir = std::env::temp_dir().join(format!("tcplinger-full-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mounted = Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=8k",
-            "none",
-            dir.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(mounted.success());
-    let file = dir.join("records.json");
+    let disk = Tmpfs::mount("full", "8k");
+    let file = disk.0.join("records.json");
     let tracer = Tcplinger::start(&[
         "watch",
         "--format",
@@ -892,26 +881,56 @@ fn a_full_disk_on_output_stops_cleanly() {
     // About 500 bytes a record: 40 connections write ~40 KB into 8 KB.
     scene.converse(Closer::Client, 40, Pace::OneAtATime);
     let run = tracer.stop_after_signal();
-    let _ = Command::new("umount").arg(&dir).status();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(run.status.code(), Some(1), "{:?}", run.stderr);
-    let error = run.stderr.last().unwrap();
-    assert!(
-        error.contains(&format!("writing {}", file.display()))
-            && error.contains("No space left on device")
-            && error.contains("tracing stopped"),
-        "{:?}",
-        run.stderr
-    );
+    drop(disk);
+    stopped_by_a_full_disk(&run, &file, "tracing stopped");
     assert!(
         run.lines.is_empty(),
         "nothing goes to stdout: {:?}",
         run.lines
     );
+}
+
+/// A run ended by writing `file` on a full disk: exit 1, the error with
+/// the file and what stopped (`stopped`) as its last line, and nothing of
+/// it left in the kernel.
+fn stopped_by_a_full_disk(run: &Finished, file: &std::path::Path, stopped: &str) {
+    assert_eq!(run.status.code(), Some(1), "{:?}", run.stderr);
+    let error = run.stderr.last().unwrap();
+    assert!(
+        error.contains(&format!("writing {}", file.display()))
+            && error.contains("No space left on device")
+            && error.contains(stopped),
+        "{:?}",
+        run.stderr
+    );
     let gone = wait_until(Duration::from_secs(5), || our_programs_loaded().is_empty());
     assert!(gone, "programs left behind: {:?}", our_programs_loaded());
 }
 privileged!(a_full_disk_on_output_stops_cleanly);
+
+/// A tmpfs of `size` mounted on a scratch directory: a disk that fills up.
+/// Unmounted and removed on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(name: &str, size: &str) -> Self {
+        let dir = scratch(name);
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "none"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        Self(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// A scratch directory of this test process, emptied first.
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -1187,17 +1206,14 @@ fn record_stops_at_max_bytes_and_the_file_replays() {
     // that did not fit (tens of KB compressed under churn).
     let size = std::fs::metadata(&path).unwrap().len();
     assert!(size <= MAX, "{size} bytes");
-    let info = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-        .args([
-            "record",
-            "--info",
-            path.to_str().unwrap(),
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    let info = tcplinger_ok(&[
+        "record",
+        "--info",
+        path.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let info: Value = serde_json::from_str(&info).unwrap();
     assert!(info["records"].as_u64().unwrap() > 100, "{info:#}");
     // The namespaces noted at the start, this one among them.
     assert!(
@@ -1206,18 +1222,8 @@ fn record_stops_at_max_bytes_and_the_file_replays() {
             .is_some_and(|by_netns| !by_netns.is_empty()),
         "{info:#}"
     );
-    let replay = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-        .args([
-            "watch",
-            "--format",
-            "json",
-            "--from",
-            path.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(replay.status.success());
-    assert!(replay.stdout.len() > 1000, "records come back");
+    let records = replayed(&["watch", "--format", "json"], &path);
+    assert!(records.len() > 1000, "records come back");
 }
 privileged!(record_stops_at_max_bytes_and_the_file_replays);
 
@@ -1225,21 +1231,9 @@ privileged!(record_stops_at_max_bytes_and_the_file_replays);
 /// detaches, and what reached the disk replays up to its last whole chunk.
 fn record_on_a_full_disk_stops_and_what_was_written_replays() {
     use crate::support::churn::Churn;
-    let dir = scratch("record-full");
-    let mounted = Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=64k",
-            "none",
-            dir.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(mounted.success());
+    let disk = Tmpfs::mount("record-full", "64k");
     let port = fresh_port();
-    let file = dir.join("full.tlrec");
+    let file = disk.0.join("full.tlrec");
     let tracer = Tcplinger::start(&[
         "record",
         "-o",
@@ -1253,41 +1247,12 @@ fn record_on_a_full_disk_stops_and_what_was_written_replays() {
     churn.finish();
     let kept = std::env::temp_dir().join(format!("tcplinger-full-{}.tlrec", std::process::id()));
     std::fs::copy(&file, &kept).unwrap();
-    let _ = Command::new("umount").arg(&dir).status();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(run.status.code(), Some(1), "{:?}", run.stderr);
-    let error = run.stderr.last().unwrap();
-    assert!(
-        error.contains(&format!("writing {}", file.display()))
-            && error.contains("No space left on device")
-            && error.contains("recording stopped"),
-        "{:?}",
-        run.stderr
-    );
-    let gone = wait_until(Duration::from_secs(5), || our_programs_loaded().is_empty());
-    assert!(gone, "programs left behind: {:?}", our_programs_loaded());
-    let replay = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-        .args([
-            "watch",
-            "--format",
-            "json",
-            "--from",
-            kept.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let info = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-        .args(["record", "--info", kept.to_str().unwrap()])
-        .output()
-        .unwrap();
+    drop(disk);
+    stopped_by_a_full_disk(&run, &file, "recording stopped");
+    let records = replayed(&["watch", "--format", "json"], &kept);
+    let info = tcplinger_ok(&["record", "--info", kept.to_str().unwrap()]);
     let _ = std::fs::remove_file(&kept);
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
-    assert!(replay.stdout.len() > 1000, "records come back");
-    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(records.len() > 1000, "records come back");
     assert!(info.contains("cut short"), "{info}");
 }
 privileged!(record_on_a_full_disk_stops_and_what_was_written_replays);
@@ -1311,24 +1276,9 @@ fn record_selection_is_the_default_of_its_replays() {
     let run = tracer.stop();
     assert!(run.status.success(), "{:?}", run.stderr);
     let comms = |extra: &[&str]| -> Vec<String> {
-        let out = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-            .args([
-                "watch",
-                "--format",
-                "json",
-                "--from",
-                path.to_str().unwrap(),
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut comms: Vec<String> = String::from_utf8(out.stdout)
-            .unwrap()
+        let mut args = vec!["watch", "--format", "json"];
+        args.extend(extra);
+        let mut comms: Vec<String> = replayed(&args, &path)
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap()["comm"].to_string())
             .collect();

@@ -186,6 +186,24 @@ pub fn tcplinger(args: &[&str]) -> Output {
         .expect("running tcplinger")
 }
 
+/// Runs `tcplinger ARGS` to its end, which must succeed; what it printed.
+pub fn tcplinger_ok(args: &[&str]) -> String {
+    let out = tcplinger(args);
+    assert!(
+        out.status.success(),
+        "tcplinger {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// `tcplinger ARGS --from RECORDING`, as anyone could run it later.
+pub fn replayed(args: &[&str], recording: &std::path::Path) -> String {
+    let mut args = args.to_vec();
+    args.extend(["--from", recording.to_str().expect("a UTF-8 path")]);
+    tcplinger_ok(&args)
+}
+
 /// The one line a failed run printed, which starts with `tcplinger: `.
 pub fn one_line_error(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
