@@ -22,6 +22,7 @@ pub const MAP_DROPS: &str = "DROPS";
 pub const MAP_OWNERS: &str = "OWNERS";
 pub const MAP_FAILED: &str = "FAILED";
 pub const MAP_RING_PEAK: &str = "RING_PEAK";
+pub const MAP_ENTRY_COUNTS: &str = "ENTRY_COUNTS";
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
 /// What a ring record reports. Discriminants are ABI: never renumber.
@@ -35,6 +36,9 @@ pub enum EventKind {
     SendReset = 3,
     /// `tcp:tcp_receive_reset`: the peer's RST arrived.
     ReceiveReset = 4,
+    /// A socket's logged steps ([`Log`]): written when its full socket's
+    /// life ends (the step to CLOSE) or its log fills.
+    Log = 5,
 }
 
 impl EventKind {
@@ -43,6 +47,7 @@ impl EventKind {
             1 => Some(Self::StateChange),
             3 => Some(Self::SendReset),
             4 => Some(Self::ReceiveReset),
+            5 => Some(Self::Log),
             _ => None,
         }
     }
@@ -143,9 +148,8 @@ pub struct Event {
     /// Socket cookie: the one key shared with sock_diag and timewait sockets.
     pub cookie: u64,
     /// For a state change: when the socket entered `old_state`, as the
-    /// owner map recorded it; 0 if unknown. It is what lets the programs
-    /// skip a record for a step userspace can rebuild (see
-    /// [`Config::every_transition`]).
+    /// owner map recorded it; 0 if unknown. For a [`Log`], the entry's
+    /// `prior_ns`.
     pub since_ns: u64,
     /// Owner's cgroup v2 id (the inode of its cgroup directory); 0 if unknown.
     pub cgroup_id: u64,
@@ -211,8 +215,42 @@ pub struct TcpFigures {
 /// [`Event::fin_received`] when it is not known.
 pub const FIN_UNKNOWN: u8 = 0xff;
 
-/// Who owns a socket and when it entered its state: the value of the
-/// per-cookie map.
+/// Steps a socket's entry logs before they are written to the ring: the
+/// longest common lives take 5 (a client: CLOSE->SYN_SENT, ->ESTABLISHED,
+/// ->FIN_WAIT1, ->FIN_WAIT2, ->CLOSE); a fuller log is written out early.
+pub const LOG_STEPS: usize = 6;
+
+/// [`Step::flags`]: the step ran in the owner's process (connect, listen,
+/// close, shutdown), so the entry's owner was the current task.
+pub const STEP_IN_OWNER: u8 = 1;
+/// [`Step::flags`]: the entry's `tcp` figures were read at this step (the
+/// connection left ESTABLISHED).
+pub const STEP_TCP: u8 = 2;
+
+/// One step of a socket's life as its entry logs it: a state change or a
+/// RST on the full socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    /// `bpf_ktime_get_boot_ns()` when the hook ran.
+    pub ts_ns: u64,
+    /// An [`EventKind`]: `StateChange`, `SendReset` or `ReceiveReset`.
+    pub kind: u8,
+    /// As [`Event::old_state`].
+    pub old_state: u8,
+    /// As [`Event::new_state`].
+    pub new_state: u8,
+    /// As [`Event::fin_received`].
+    pub fin_received: u8,
+    /// [`STEP_IN_OWNER`], [`STEP_TCP`].
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A socket's entry in the per-cookie map: who owns it, when it entered
+/// its state, and (unless every transition is written at once) the steps
+/// of its life not yet written to the ring, with what userspace needs to
+/// read them while the socket lives: its endpoints and namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketEntry {
@@ -220,12 +258,50 @@ pub struct SocketEntry {
     pub cgroup_id: u64,
     /// Boot-clock ns when the socket entered `since_state`.
     pub since_ns: u64,
+    /// When the socket entered the first logged step's old state (the
+    /// last step of the previous log); 0 if unknown.
+    pub prior_ns: u64,
+    /// Local and remote address as [`Event::saddr`], at the last step.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
     pub comm: [u8; COMM_LEN],
+    /// The TCP socket's figures when it left ESTABLISHED (see
+    /// [`STEP_TCP`]).
+    pub tcp: TcpFigures,
     pub tgid: u32,
+    /// As [`Event::netns`].
+    pub netns: u32,
+    /// Logs of this socket written to the ring so far: tells a log read
+    /// from the map from one already written.
+    pub generation: u32,
+    /// Local and remote port (host order), at the last step.
+    pub sport: u16,
+    pub dport: u16,
+    /// `AF_INET` or `AF_INET6`; 0 before the first step is logged.
+    pub family: u16,
     /// The state the socket is in since `since_ns`; 0 until a transition
     /// is seen with the entry present.
     pub since_state: u8,
+    /// Steps in `steps`, at most [`LOG_STEPS`].
+    pub steps_len: u8,
+    pub _pad: [u8; 4],
+    pub steps: [Step; LOG_STEPS],
+}
+
+/// A ring record of kind [`EventKind::Log`]: a socket's logged steps.
+/// `head` says what an [`Event`] says of the socket (endpoints at the
+/// time of writing, owner, namespace, the TCP figures); its `ts_ns` is
+/// when the log was written, its `since_ns` the entry's `prior_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Log {
+    pub head: Event,
+    /// The entry's generation when the log was written.
+    pub generation: u32,
+    /// Steps in `steps`, at most [`LOG_STEPS`].
+    pub steps_len: u8,
     pub _pad: [u8; 3],
+    pub steps: [Step; LOG_STEPS],
 }
 
 /// Byte offsets of the fields the programs read, resolved from the running
@@ -307,6 +383,19 @@ pub mod failed {
     pub const SLOTS: u32 = 3;
 }
 
+/// Slots of the per-CPU `ENTRY_COUNTS` map: entries of the per-socket map
+/// made and freed. What is neither freed nor in the map was recycled by
+/// the LRU map when it was full (more sockets than `--max-sockets`).
+/// Indices are ABI: never renumber.
+pub mod entry_counts {
+    /// Entries inserted.
+    pub const MADE: u32 = 0;
+    /// Entries deleted when their socket was destroyed.
+    pub const FREED: u32 = 1;
+    /// Slots in all.
+    pub const SLOTS: u32 = 2;
+}
+
 /// Load-time settings of the kernel programs (a read-only global).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -317,11 +406,11 @@ pub struct Config {
     pub ports: [u16; MAX_FILTER_PORTS],
     /// `AF_INET` or `AF_INET6` to trace one family; 0 for both.
     pub family: u16,
-    /// Non-zero: a record for every transition (`watch --transitions`).
-    /// Zero: the programs skip records for the steps userspace rebuilds
-    /// from the next record's `since_ns` (connect, an accepted socket's
-    /// creation, an orphan's FIN_WAIT1 -> FIN_WAIT2): fewer ring writes
-    /// at the same answer.
+    /// Non-zero: a record for every transition as it happens (`watch
+    /// --transitions`). Zero: each socket's steps are logged in its map
+    /// entry, which userspace reads while the socket lives, and written to
+    /// the ring as one [`Log`] when its full socket's life ends: one record
+    /// per socket at the same answer.
     pub every_transition: u8,
     pub _pad: u8,
     /// Ring fill level (bytes) from which a record forces a consumer wakeup;
@@ -358,7 +447,28 @@ const _: () = assert!(
             + size_of::<TcpFigures>()
 );
 const _: () = assert!(size_of::<TcpFigures>() == 4 * 4);
-const _: () = assert!(size_of::<SocketEntry>() == 8 + 8 + COMM_LEN + 4 + 1 + 3);
+const _: () = assert!(size_of::<Step>() == 8 + 5 + 3);
+const _: () = assert!(
+    size_of::<SocketEntry>()
+        == 8 + 8
+            + 8
+            + 16
+            + 16
+            + COMM_LEN
+            + size_of::<TcpFigures>()
+            + 4
+            + 4
+            + 4
+            + 2
+            + 2
+            + 2
+            + 1
+            + 1
+            + 4
+            + LOG_STEPS * size_of::<Step>()
+);
+const _: () =
+    assert!(size_of::<Log>() == size_of::<Event>() + 4 + 1 + 3 + LOG_STEPS * size_of::<Step>());
 const _: () = assert!(size_of::<SockOffsets>() == 22 * 2);
 const _: () = assert!(
     size_of::<Config>()
@@ -377,5 +487,6 @@ mod user {
     // SAFETY: plain-old-data, `repr(C)`, no implicit padding (asserted above).
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::SocketEntry {}
+    unsafe impl aya::Pod for super::Log {}
     unsafe impl aya::Pod for super::Config {}
 }

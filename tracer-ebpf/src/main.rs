@@ -1,4 +1,4 @@
-//! Kernel programs: TCP state changes and resets as ring records keyed by socket cookie, with each socket's owner kept in a map fed by the hooks that run in the owning process. One thin entry per program; the work is in `try_` functions whose failures are counted.
+//! Kernel programs: TCP state changes and resets keyed by socket cookie, folded into one ring record per socket (or written one by one for `--transitions`), with each socket's owner kept in a map fed by the hooks that run in the owning process. One thin entry per program; the work is in `try_` functions whose failures are counted.
 #![no_std]
 #![no_main]
 // `atomic_xadd` (record.rs): core's AtomicU64::fetch_add is not offered on
@@ -10,6 +10,7 @@
 #![expect(clippy::inline_always, reason = "see above")]
 
 mod config;
+mod fold;
 mod owner;
 mod record;
 mod sock;
@@ -23,8 +24,8 @@ use tracer_common::{EventKind, FIN_UNKNOWN, TcpState, failed};
 use crate::{
     config::config,
     owner::{
-        Step, current_tgid, forget, note_io, recorded_owner, runs_in_owner, skippable,
-        step_current, step_recorded,
+        Transition, current_tgid, forget, note_io, recorded_owner, runs_in_owner, step_current,
+        step_recorded,
     },
     record::{Record, count_failure, emit},
     sock::{
@@ -77,17 +78,21 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         reason = "TCP states are 1..=12"
     )]
     let (old, new) = (old as u8, new as u8);
-    // An accepted socket's creation, in softirq: no process holds it yet,
-    // so it has no entry to look up, and its record is one the tracker
-    // does without.
+    // An accepted socket's creation, in softirq: no process holds it yet.
+    // It lasts no time (the socket is born on the handshake's last ACK and
+    // made ESTABLISHED at once), so a log starts at the next step.
     let created = old == TcpState::Listen as u8 && new == TcpState::SynRecv as u8;
     if created && config!(every_transition) == 0 {
         return Ok(());
     }
     let cookie = cookie_of(sk);
     let now = now_ns();
+    if config!(every_transition) == 0 {
+        fold::state_change(sk, &tuple, cookie, old, new, now);
+        return Ok(());
+    }
     let step = if created {
-        Step::CREATED
+        Transition::CREATED
     } else if runs_in_owner(old, new) {
         step_current(cookie, current_tgid(), old, new, now)
     } else {
@@ -97,9 +102,6 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         if step.owner.tgid == 0 && !created {
             count_failure(failed::UNATTRIBUTED);
         }
-        return Ok(());
-    }
-    if config!(every_transition) == 0 && skippable(sk, old, new, step.recorded) {
         return Ok(());
     }
     // Leaving ESTABLISHED (or SYN_RECV, but for ESTABLISHED) is the first
@@ -174,6 +176,11 @@ fn try_reset(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i32> {
         return Ok(());
     };
     let cookie = cookie_of(sk);
+    let state: u8 = field(sk, config!(offsets.state));
+    let now = now_ns();
+    if config!(every_transition) == 0 && fold::reset(sk, &tuple, cookie, kind, state, now) {
+        return Ok(());
+    }
     let owner = recorded_owner(cookie);
     if !pid_allowed(owner.tgid) {
         if owner.tgid == 0 {
@@ -184,12 +191,12 @@ fn try_reset(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i32> {
     let record = Record {
         kind,
         cookie,
-        old_state: field(sk, config!(offsets.state)),
+        old_state: state,
         new_state: 0,
         owner,
         fin_received: FIN_UNKNOWN,
         since_ns: 0,
-        ts_ns: now_ns(),
+        ts_ns: now,
         tcp: None,
     };
     emit(sk, &tuple, &record);

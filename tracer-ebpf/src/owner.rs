@@ -1,4 +1,4 @@
-//! Who owns each socket, per cookie: recorded by the hooks that run in the owning process, read by the ones that run in softirq, where the current task is unrelated.
+//! Who owns each socket, per cookie: recorded by the hooks that run in the owning process, read by the ones that run in softirq, where the current task is unrelated. The entry is also where a socket's steps are logged (`fold.rs`).
 
 use aya_ebpf::{
     helpers::{
@@ -6,16 +6,17 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
     },
     macros::map,
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
 };
 use tracer_common::{
-    COMM_LEN, NO_OFFSET, OWNERS_MAX_ENTRIES, OwnerSource, SocketEntry, TcpState, failed,
+    COMM_LEN, NO_OFFSET, OWNERS_MAX_ENTRIES, OwnerSource, SocketEntry, TcpFigures, TcpState,
+    entry_counts, failed,
 };
 
 use crate::{
     config::config,
-    record::count_failure,
-    sock::{probe, sock_flag},
+    record::{count, count_failure},
+    sock::probe,
 };
 
 /// Cookie -> who owns the socket and when it entered its state.
@@ -26,6 +27,23 @@ use crate::{
 #[map]
 pub static OWNERS: LruHashMap<u64, SocketEntry> =
     LruHashMap::with_max_entries(OWNERS_MAX_ENTRIES, 0);
+
+/// Entries made and freed, per CPU (see `tracer_common::entry_counts`):
+/// the LRU map recycles entries silently, so this is how userspace counts
+/// what it recycled.
+#[map]
+static ENTRY_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(entry_counts::SLOTS, 0);
+
+/// Where a new entry is built before it is inserted: an entry is too
+/// large for the programs' stack. Slot [`SCRATCH_STEP`] for the state
+/// change program, [`SCRATCH_IO`] for the I/O hooks: those run in process
+/// context and a softirq state change may interrupt them on the same CPU,
+/// while a program never interrupts itself (the kernel skips such a run).
+#[map]
+static SCRATCH: PerCpuArray<SocketEntry> = PerCpuArray::with_max_entries(2, 0);
+
+pub const SCRATCH_STEP: u32 = 0;
+pub const SCRATCH_IO: u32 = 1;
 
 /// Who a record names, and how that was learned.
 pub struct Attribution {
@@ -43,7 +61,7 @@ impl Attribution {
         source: OwnerSource::Unknown,
     };
 
-    fn of(entry: &SocketEntry, source: OwnerSource) -> Self {
+    pub fn of(entry: &SocketEntry, source: OwnerSource) -> Self {
         Self {
             tgid: entry.tgid,
             comm: entry.comm,
@@ -55,7 +73,7 @@ impl Attribution {
 
 /// The socket's entry, if it has one.
 #[inline(always)]
-fn entry_of(cookie: u64) -> Option<&'static mut SocketEntry> {
+pub fn entry_of(cookie: u64) -> Option<&'static mut SocketEntry> {
     // SAFETY: the map hands out a pointer to its value, valid for this
     // program run (RCU); programs that race on it are on other CPUs or
     // interrupt this one, and every field is a plain integer, so a torn
@@ -63,12 +81,49 @@ fn entry_of(cookie: u64) -> Option<&'static mut SocketEntry> {
     OWNERS.get_ptr_mut(cookie).map(|p| unsafe { &mut *p })
 }
 
+/// A fresh entry in scratch slot `slot`, owned by the current process
+/// if `owned` (else by nobody yet), in `state` since `since_ns`, with an
+/// empty log; `None` if the slot cannot be had.
+#[inline(always)]
+pub fn fresh_entry(
+    slot: u32,
+    owned: bool,
+    state: u8,
+    since_ns: u64,
+) -> Option<&'static mut SocketEntry> {
+    // SAFETY: a per-CPU slot valid for this run, which only this program
+    // (or, for SCRATCH_IO, the other I/O hook, never nested in it) uses.
+    let entry = unsafe { &mut *SCRATCH.get_ptr_mut(slot)? };
+    if owned {
+        entry.tgid = current_tgid();
+        entry.comm = process_comm();
+        // SAFETY: no arguments; the current task's cgroup v2 id.
+        entry.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    } else {
+        entry.tgid = 0;
+        entry.comm = [0; COMM_LEN];
+        entry.cgroup_id = 0;
+    }
+    entry.since_ns = since_ns;
+    entry.since_state = state;
+    entry.prior_ns = 0;
+    entry.tcp = TcpFigures::default();
+    entry.generation = 0;
+    entry.family = 0;
+    entry.steps_len = 0;
+    // The rest (endpoints, steps) is written before it is read: the
+    // endpoints with each logged step, a step before `steps_len` counts it.
+    Some(entry)
+}
+
 /// Gives the socket the entry `init`; false if that failed (allocation
 /// failure: the owner then stays unknown for softirq events).
 #[inline(always)]
-fn create_entry(cookie: u64, init: &SocketEntry) -> bool {
+pub fn create_entry(cookie: u64, init: &SocketEntry) -> bool {
     let created = OWNERS.insert(cookie, init, 0).is_ok();
-    if !created {
+    if created {
+        count(&ENTRY_COUNTS, entry_counts::MADE);
+    } else {
         count_failure(failed::OWNER_INSERT);
     }
     created
@@ -77,7 +132,9 @@ fn create_entry(cookie: u64, init: &SocketEntry) -> bool {
 /// The socket's entry goes: it is being destroyed.
 #[inline(always)]
 pub fn forget(cookie: u64) {
-    let _ = OWNERS.remove(cookie);
+    if OWNERS.remove(cookie).is_ok() {
+        count(&ENTRY_COUNTS, entry_counts::FREED);
+    }
 }
 
 /// The owner as recorded for the socket, without trusting the current task.
@@ -95,22 +152,19 @@ pub fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// What a state change learned from and left in the socket's entry.
-pub struct Step {
+/// What a state change learned from and left in the socket's entry
+/// (when every transition is written at once).
+pub struct Transition {
     pub owner: Attribution,
     /// When the socket entered the old state; 0 if not recorded.
     pub since_ns: u64,
-    /// The entry holds the new state's entry time: the next record can
-    /// carry it, so this one may be skipped.
-    pub recorded: bool,
 }
 
-impl Step {
+impl Transition {
     /// An accepted socket's creation: nobody owns it yet.
     pub const CREATED: Self = Self {
         owner: Attribution::UNKNOWN,
         since_ns: 0,
-        recorded: false,
     };
 }
 
@@ -130,17 +184,15 @@ fn advance(entry: &mut SocketEntry, old: u8, new: u8, now: u64) -> u64 {
 
 /// A state change in softirq or timer context: the recorded owner, if any.
 #[inline(always)]
-pub fn step_recorded(cookie: u64, old: u8, new: u8, now: u64) -> Step {
+pub fn step_recorded(cookie: u64, old: u8, new: u8, now: u64) -> Transition {
     match entry_of(cookie) {
-        Some(entry) => Step {
+        Some(entry) => Transition {
             since_ns: advance(entry, old, new, now),
             owner: Attribution::of(entry, OwnerSource::Recorded),
-            recorded: true,
         },
-        None => Step {
+        None => Transition {
             owner: Attribution::UNKNOWN,
             since_ns: 0,
-            recorded: false,
         },
     }
 }
@@ -148,21 +200,25 @@ pub fn step_recorded(cookie: u64, old: u8, new: u8, now: u64) -> Step {
 /// A state change inside a syscall of the owner: the current task is
 /// recorded as the owner.
 #[inline(always)]
-pub fn step_current(cookie: u64, tgid: u32, old: u8, new: u8, now: u64) -> Step {
+pub fn step_current(cookie: u64, tgid: u32, old: u8, new: u8, now: u64) -> Transition {
     if let Some(entry) = entry_of(cookie) {
         adopt(entry, tgid);
-        return Step {
+        return Transition {
             since_ns: advance(entry, old, new, now),
             owner: Attribution::of(entry, OwnerSource::Current),
-            recorded: true,
         };
     }
-    let entry = new_entry(tgid, new, now);
-    let recorded = create_entry(cookie, &entry);
-    Step {
-        owner: Attribution::of(&entry, OwnerSource::Current),
+    let Some(entry) = fresh_entry(SCRATCH_STEP, true, new, now) else {
+        count_failure(failed::OWNER_INSERT);
+        return Transition {
+            owner: Attribution::UNKNOWN,
+            since_ns: 0,
+        };
+    };
+    create_entry(cookie, entry);
+    Transition {
+        owner: Attribution::of(entry, OwnerSource::Current),
         since_ns: 0,
-        recorded,
     }
 }
 
@@ -174,35 +230,24 @@ pub fn note_io(cookie: u64, tgid: u32) {
         // The common case, every send and receive: nothing to do.
         Some(entry) if entry.tgid == tgid => {}
         Some(entry) => adopt(entry, tgid),
-        None => {
-            create_entry(cookie, &new_entry(tgid, 0, 0));
-        }
+        None => match fresh_entry(SCRATCH_IO, true, 0, 0) {
+            Some(entry) => {
+                create_entry(cookie, entry);
+            }
+            None => count_failure(failed::OWNER_INSERT),
+        },
     }
 }
 
 /// Makes `tgid` the owner; the comm and cgroup are only fetched when the
 /// socket changes hands.
 #[inline(always)]
-fn adopt(entry: &mut SocketEntry, tgid: u32) {
+pub fn adopt(entry: &mut SocketEntry, tgid: u32) {
     if entry.tgid != tgid {
         entry.tgid = tgid;
         entry.comm = process_comm();
         // SAFETY: no arguments; the current task's cgroup v2 id.
         entry.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    }
-}
-
-/// The current process as the owner of a socket in `state` since `since_ns`.
-#[inline(always)]
-fn new_entry(tgid: u32, state: u8, since_ns: u64) -> SocketEntry {
-    SocketEntry {
-        // SAFETY: no arguments; the current task's cgroup v2 id.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        since_ns,
-        comm: process_comm(),
-        tgid,
-        since_state: state,
-        _pad: [0; 3],
     }
 }
 
@@ -247,27 +292,4 @@ pub fn runs_in_owner(old: u8, new: u8) -> bool {
             | (ESTABLISHED | SYN_RECV, FIN_WAIT1)
             | (CLOSE_WAIT, LAST_ACK)
     )
-}
-
-/// Steps whose record can be left out (see `Config::every_transition`):
-/// the next record's `since_ns` dates them. Connect and an accepted
-/// socket's creation (its SYN_RECV lasts no time: it is born on the final
-/// ACK and made ESTABLISHED at once); an orphan's FIN_WAIT1 -> FIN_WAIT2,
-/// which hands over to a timewait socket in the same instant.
-#[inline(always)]
-pub fn skippable(sk: *const u8, old: u8, new: u8, recorded: bool) -> bool {
-    const CLOSE: u8 = TcpState::Close as u8;
-    const SYN_SENT: u8 = TcpState::SynSent as u8;
-    const LISTEN: u8 = TcpState::Listen as u8;
-    const SYN_RECV: u8 = TcpState::SynRecv as u8;
-    const FIN_WAIT1: u8 = TcpState::FinWait1 as u8;
-    const FIN_WAIT2: u8 = TcpState::FinWait2 as u8;
-    match (old, new) {
-        (CLOSE, SYN_SENT) => recorded,
-        (LISTEN, SYN_RECV) => true,
-        (FIN_WAIT1, FIN_WAIT2) => {
-            recorded && sock_flag(sk, config!(offsets.flag_dead_bit)) == Some(true)
-        }
-        _ => false,
-    }
 }

@@ -7,7 +7,9 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use tracer_common::{Event, EventKind, TcpFigures, failed};
+use tracer_common::{
+    Event, EventKind, FIN_UNKNOWN, LOG_STEPS, Log, OwnerSource, SocketEntry, TcpFigures, failed,
+};
 
 use crate::{
     config::config,
@@ -57,7 +59,7 @@ pub fn count_failure(which: u32) {
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]
-fn count(counter: &PerCpuArray<u64>, index: u32) {
+pub fn count(counter: &PerCpuArray<u64>, index: u32) {
     if let Some(slot) = counter.get_ptr_mut(index) {
         // SAFETY: a valid per-CPU slot for this run; atomic because a
         // softirq program can interrupt a process-context one on the same
@@ -67,10 +69,7 @@ fn count(counter: &PerCpuArray<u64>, index: u32) {
     }
 }
 
-/// Writes the record of socket `sk`. Below the wakeup threshold the record
-/// is written without waking the consumer, which drains on a short timer:
-/// a wakeup per record is what makes tracing expensive at high connection
-/// rates.
+/// Writes the record of socket `sk`.
 #[inline(always)]
 pub fn emit(sk: *const u8, tuple: &Tuple, r: &Record) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
@@ -100,6 +99,66 @@ pub fn emit(sk: *const u8, tuple: &Tuple, r: &Record) {
         _pad: [0; 4],
         tcp: r.tcp.unwrap_or_default(),
     });
+    entry.submit(submit_flags());
+}
+
+/// Writes the steps logged in `log`, the entry of socket `cookie`, as one
+/// record; the endpoints are the entry's, as of its last step.
+#[inline(always)]
+pub fn emit_log(cookie: u64, log: &SocketEntry, now: u64) {
+    let Some(mut entry) = EVENTS.reserve::<Log>(0) else {
+        count(&DROPS, 0);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to the reserved, writable `Log`; every field
+    // is written (field by field: a whole `Log` would not fit the
+    // programs' stack) before it is submitted.
+    unsafe {
+        (*record).head = Event {
+            ts_ns: now,
+            cookie,
+            since_ns: log.prior_ns,
+            cgroup_id: log.cgroup_id,
+            saddr: log.saddr,
+            daddr: log.daddr,
+            comm: log.comm,
+            tgid: log.tgid,
+            netns: log.netns,
+            sport: log.sport,
+            dport: log.dport,
+            family: log.family,
+            kind: EventKind::Log as u8,
+            old_state: 0,
+            new_state: 0,
+            owner_source: if log.tgid == 0 {
+                OwnerSource::Unknown as u8
+            } else {
+                OwnerSource::Recorded as u8
+            },
+            fin_received: FIN_UNKNOWN,
+            has_tcp: 0,
+            _pad: [0; 4],
+            tcp: log.tcp,
+        };
+        (*record).generation = log.generation;
+        (*record).steps_len = log.steps_len;
+        (*record)._pad = [0; 3];
+        let mut i = 0;
+        while i < LOG_STEPS {
+            (*record).steps[i] = log.steps[i];
+            i += 1;
+        }
+    }
+    entry.submit(submit_flags());
+}
+
+/// Below the wakeup threshold a record is written without waking the
+/// consumer, which drains on a short timer: a wakeup per record is what
+/// makes tracing expensive at high connection rates. Notes the ring's
+/// fill level on the way.
+#[inline(always)]
+fn submit_flags() -> u64 {
     let wakeup_bytes = u64::from(config!(wakeup_bytes));
     let avail = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
     if let Some(peak) = RING_PEAK.get_ptr_mut(0) {
@@ -116,5 +175,5 @@ pub fn emit(sk: *const u8, tuple: &Tuple, r: &Record) {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(u64::from(flags));
+    u64::from(flags)
 }

@@ -3,12 +3,13 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use tracer_common::{
-    AF_INET, AF_INET6, COMM_LEN, Event, EventKind, FIN_UNKNOWN, OwnerSource, TcpFigures, TcpState,
+    AF_INET, AF_INET6, COMM_LEN, Event, EventKind, FIN_UNKNOWN, LOG_STEPS, Log, OwnerSource,
+    STEP_TCP, SocketEntry, Step, TcpFigures, TcpState,
 };
 
 use crate::model::{
     aggregate::{LastIo, LiveSocket},
-    event::{Comm, Family, Kind, Owner, Record},
+    event::{Comm, Family, Kind, Owner, Record, StepLog},
     tracker::{ClosedBy, ConnId, ConnRecord, Role, StateTimes},
 };
 
@@ -191,6 +192,99 @@ impl Sock {
 /// A record as the kernel writes it in the ring: the inverse of
 /// `bpf::decode::decode`, for tests that feed a session raw records.
 pub fn encode(r: &Record) -> Vec<u8> {
+    bytes_of(&event_of(r))
+}
+
+/// The raw bytes of a plain-data kernel type.
+fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
+    // SAFETY: only used on the shared `#[repr(C)]` types, plain data
+    // without padding.
+    unsafe {
+        std::slice::from_raw_parts(std::ptr::from_ref::<T>(value).cast::<u8>(), size_of::<T>())
+    }
+    .to_vec()
+}
+
+/// The kernel's steps of a log, and its head.
+fn raw_log(log: &StepLog) -> (Event, [Step; LOG_STEPS]) {
+    let mut steps = [Step::default(); LOG_STEPS];
+    for (raw, step) in steps.iter_mut().zip(log.steps()) {
+        let (kind, old, new) = kind_of(step.kind);
+        *raw = Step {
+            ts_ns: step.ts_ns,
+            kind: kind as u8,
+            old_state: old,
+            new_state: new,
+            fin_received: step.peer_fin.map_or(FIN_UNKNOWN, u8::from),
+            flags: if step.tcp { STEP_TCP } else { 0 },
+            _pad: [0; 3],
+        };
+    }
+    let mut head = event_of(&log.socket);
+    head.kind = EventKind::Log as u8;
+    head.old_state = 0;
+    head.new_state = 0;
+    head.since_ns = log.prior_ns.unwrap_or(0);
+    head.tcp = log.tcp.unwrap_or_default();
+    head.has_tcp = 0;
+    if log.socket.owner.is_some() {
+        head.owner_source = OwnerSource::Recorded as u8;
+    }
+    (head, steps)
+}
+
+/// A log as the kernel writes it in the ring (inverse of
+/// `bpf::decode::decode_any`).
+pub fn encode_log(log: &StepLog) -> Vec<u8> {
+    let (head, steps) = raw_log(log);
+    bytes_of(&Log {
+        head,
+        generation: log.generation,
+        steps_len: u8::try_from(log.steps().len()).unwrap_or(u8::MAX),
+        _pad: [0; 3],
+        steps,
+    })
+}
+
+/// A log as a socket's entry holds it in the owner map (inverse of
+/// `bpf::decode::decode_entry`).
+pub fn encode_entry(log: &StepLog) -> Vec<u8> {
+    let (head, steps) = raw_log(log);
+    let last = log.steps().last();
+    bytes_of(&SocketEntry {
+        cgroup_id: head.cgroup_id,
+        since_ns: last.map_or(0, |s| s.ts_ns),
+        prior_ns: head.since_ns,
+        saddr: head.saddr,
+        daddr: head.daddr,
+        comm: head.comm,
+        tcp: head.tcp,
+        tgid: head.tgid,
+        netns: head.netns,
+        generation: log.generation,
+        sport: head.sport,
+        dport: head.dport,
+        family: head.family,
+        since_state: match last.map(|s| s.kind) {
+            Some(Kind::StateChange { new, .. }) => new as u8,
+            _ => 0,
+        },
+        steps_len: u8::try_from(log.steps().len()).unwrap_or(u8::MAX),
+        _pad: [0; 4],
+        steps,
+    })
+}
+
+fn kind_of(kind: Kind) -> (EventKind, u8, u8) {
+    match kind {
+        Kind::StateChange { old, new } => (EventKind::StateChange, old as u8, new as u8),
+        Kind::SendReset { state } => (EventKind::SendReset, state as u8, 0),
+        Kind::ReceiveReset { state } => (EventKind::ReceiveReset, state as u8, 0),
+    }
+}
+
+/// The kernel's record of `r`.
+fn event_of(r: &Record) -> Event {
     let raw = |a: IpAddr| match a {
         IpAddr::V4(v4) => {
             let mut raw = [0; 16];
@@ -199,12 +293,8 @@ pub fn encode(r: &Record) -> Vec<u8> {
         }
         IpAddr::V6(v6) => v6.octets(),
     };
-    let (kind, old, new) = match r.kind {
-        Kind::StateChange { old, new } => (EventKind::StateChange, old as u8, new as u8),
-        Kind::SendReset { state } => (EventKind::SendReset, state as u8, 0),
-        Kind::ReceiveReset { state } => (EventKind::ReceiveReset, state as u8, 0),
-    };
-    let event = Event {
+    let (kind, old, new) = kind_of(r.kind);
+    Event {
         ts_ns: r.ts_ns,
         cookie: r.cookie,
         since_ns: r.since_ns.unwrap_or(0),
@@ -236,13 +326,5 @@ pub fn encode(r: &Record) -> Vec<u8> {
         has_tcp: u8::from(r.tcp.is_some()),
         _pad: [0; 4],
         tcp: r.tcp.unwrap_or_default(),
-    };
-    // SAFETY: `Event` is plain data without padding.
-    unsafe {
-        std::slice::from_raw_parts(
-            std::ptr::from_ref::<Event>(&event).cast::<u8>(),
-            size_of::<Event>(),
-        )
     }
-    .to_vec()
 }

@@ -1,17 +1,24 @@
-//! Turns raw ring-buffer records into typed events, rejecting anything malformed instead of trusting it.
+//! Turns raw ring-buffer records and socket entries into typed events and step logs, rejecting anything malformed instead of trusting it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use tracer_common::{AF_INET, AF_INET6, Event, EventKind, FIN_UNKNOWN, OwnerSource, TcpState};
+use tracer_common::{
+    AF_INET, AF_INET6, Event, EventKind, FIN_UNKNOWN, LOG_STEPS, Log, OwnerSource, STEP_TCP,
+    SocketEntry, Step, TcpState,
+};
 
-use crate::model::event::{Comm, Family, Kind, Owner, Record};
+use crate::model::event::{Comm, Family, Kind, LoggedStep, Owner, Record, StepLog};
 
 /// A record the decoder refuses; none of these should happen with a matching
 /// kernel object, so each is counted and shown rather than guessed at.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("record of {0} bytes, expected {size}", size = size_of::<Event>())]
+    #[error("record of {0} bytes, expected {event} or {log}", event = size_of::<Event>(), log = size_of::<Log>())]
     Length(usize),
+    #[error("socket entry of {0} bytes, expected {size}", size = size_of::<SocketEntry>())]
+    EntryLength(usize),
+    #[error("a log of {0} steps, at most {LOG_STEPS} fit")]
+    Steps(u8),
     #[error("unknown event kind {0}")]
     Kind(u8),
     #[error("unknown address family {0}")]
@@ -31,6 +38,150 @@ fn addr(family: Family, raw: [u8; 16]) -> IpAddr {
         Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
         Family::Ipv6 => IpAddr::V6(Ipv6Addr::from(raw)),
     }
+}
+
+/// What one ring record holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// One step, written as it happened.
+    Record(Record),
+    /// A socket's logged steps.
+    Log(StepLog),
+}
+
+/// Decodes one ring record of either shape.
+pub fn decode_any(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    if bytes.len() == size_of::<Log>() {
+        // SAFETY: the length matches and every bit pattern is a valid
+        // `Log` (integers and byte arrays only); no alignment is promised.
+        let log: Log = unsafe { bytes.as_ptr().cast::<Log>().read_unaligned() };
+        if log.head.kind != EventKind::Log as u8 {
+            return Err(DecodeError::Kind(log.head.kind));
+        }
+        return step_log(&log.head, log.generation, log.steps_len, &log.steps).map(Decoded::Log);
+    }
+    decode(bytes).map(Decoded::Record)
+}
+
+/// Decodes socket `cookie`'s entry as read from the owner map: its steps
+/// not yet written to the ring. An entry with no step logged yet (made by
+/// an I/O hook, or just written out) is an empty log.
+pub fn decode_entry(cookie: u64, bytes: &[u8]) -> Result<StepLog, DecodeError> {
+    if bytes.len() != size_of::<SocketEntry>() {
+        return Err(DecodeError::EntryLength(bytes.len()));
+    }
+    // SAFETY: as in `decode_any`, for `SocketEntry`.
+    let entry: SocketEntry = unsafe { bytes.as_ptr().cast::<SocketEntry>().read_unaligned() };
+    let head = Event {
+        ts_ns: 0,
+        cookie,
+        since_ns: entry.prior_ns,
+        cgroup_id: entry.cgroup_id,
+        saddr: entry.saddr,
+        daddr: entry.daddr,
+        comm: entry.comm,
+        tgid: entry.tgid,
+        netns: entry.netns,
+        sport: entry.sport,
+        dport: entry.dport,
+        family: entry.family,
+        kind: EventKind::Log as u8,
+        old_state: 0,
+        new_state: 0,
+        owner_source: if entry.tgid == 0 {
+            OwnerSource::Unknown as u8
+        } else {
+            OwnerSource::Recorded as u8
+        },
+        fin_received: FIN_UNKNOWN,
+        has_tcp: 0,
+        _pad: [0; 4],
+        tcp: entry.tcp,
+    };
+    if entry.steps_len == 0 {
+        // No endpoints are noted before the first step.
+        return Ok(StepLog::new(
+            socket(&Event {
+                family: AF_INET,
+                ..head
+            })?,
+            entry.generation,
+            None,
+            None,
+            &[],
+        ));
+    }
+    step_log(&head, entry.generation, entry.steps_len, &entry.steps)
+}
+
+/// A socket entry's generation and number of logged steps, read without
+/// decoding the rest; `None` if the bytes are not an entry.
+pub fn entry_progress(bytes: &[u8]) -> Option<(u32, usize)> {
+    if bytes.len() != size_of::<SocketEntry>() {
+        return None;
+    }
+    // SAFETY: as in `decode_any`, for `SocketEntry`.
+    let entry: SocketEntry = unsafe { bytes.as_ptr().cast::<SocketEntry>().read_unaligned() };
+    Some((entry.generation, usize::from(entry.steps_len)))
+}
+
+/// The log of `head`'s socket with its first `len` steps.
+fn step_log(
+    head: &Event,
+    generation: u32,
+    len: u8,
+    steps: &[Step; LOG_STEPS],
+) -> Result<StepLog, DecodeError> {
+    let used = steps
+        .get(..usize::from(len))
+        .ok_or(DecodeError::Steps(len))?;
+    let mut logged = [LoggedStep::UNUSED; LOG_STEPS];
+    let mut tcp = false;
+    for (slot, step) in logged.iter_mut().zip(used) {
+        let kind = match EventKind::from_u8(step.kind) {
+            Some(EventKind::StateChange) => Kind::StateChange {
+                old: state(step.old_state)?,
+                new: state(step.new_state)?,
+            },
+            Some(EventKind::SendReset) => Kind::SendReset {
+                state: state(step.old_state)?,
+            },
+            Some(EventKind::ReceiveReset) => Kind::ReceiveReset {
+                state: state(step.old_state)?,
+            },
+            Some(EventKind::Log) | None => return Err(DecodeError::Kind(step.kind)),
+        };
+        let state_change = matches!(kind, Kind::StateChange { .. });
+        tcp |= step.flags & STEP_TCP != 0;
+        *slot = LoggedStep {
+            ts_ns: step.ts_ns,
+            kind,
+            peer_fin: match step.fin_received {
+                _ if !state_change => None,
+                FIN_UNKNOWN => None,
+                received => Some(received != 0),
+            },
+            tcp: state_change && step.flags & STEP_TCP != 0,
+        };
+    }
+    Ok(StepLog::new(
+        socket(head)?,
+        generation,
+        (head.since_ns != 0).then_some(head.since_ns),
+        tcp.then_some(head.tcp),
+        &logged[..used.len()],
+    ))
+}
+
+/// What a log's head says of its socket, as a record (its step fields
+/// are filled from the steps).
+fn socket(head: &Event) -> Result<Record, DecodeError> {
+    decode_event(&Event {
+        kind: EventKind::StateChange as u8,
+        old_state: TcpState::Close as u8,
+        new_state: TcpState::Close as u8,
+        ..*head
+    })
 }
 
 /// Decodes one record exactly as the kernel wrote it.
@@ -61,6 +212,8 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
         EventKind::ReceiveReset => Kind::ReceiveReset {
             state: state(event.old_state)?,
         },
+        // A log is a record of its own shape (`decode_any`).
+        EventKind::Log => return Err(DecodeError::Kind(event.kind)),
     };
     let owner = match OwnerSource::from_u8(event.owner_source)
         .ok_or(DecodeError::OwnerSource(event.owner_source))?
@@ -325,7 +478,132 @@ pub(crate) mod tests {
             if bytes.len() != size_of::<Event>() {
                 proptest::prop_assert!(decoded.is_err());
             }
+            let any_shape = decode_any(&bytes);
+            if bytes.len() != size_of::<Event>() && bytes.len() != size_of::<Log>() {
+                proptest::prop_assert!(any_shape.is_err());
+            }
+            let entry = decode_entry(1, &bytes);
+            if bytes.len() != size_of::<SocketEntry>() {
+                proptest::prop_assert!(entry.is_err());
+                proptest::prop_assert!(entry_progress(&bytes).is_none());
+            }
         }
+
+        /// Logs and entries of any content decode or fail cleanly.
+        #[test]
+        fn arbitrary_logs_and_entries_decode_or_fail_cleanly(
+            bytes in proptest::collection::vec(any::<u8>(), size_of::<SocketEntry>()..=size_of::<SocketEntry>()),
+            steps_len in 0u8..10,
+        ) {
+            let mut entry = bytes.clone();
+            // `steps_len` sits right after `since_state`, before the padding.
+            let at = size_of::<SocketEntry>() - LOG_STEPS * size_of::<Step>() - 4 - 1;
+            entry[at] = steps_len;
+            let decoded = decode_entry(7, &entry);
+            if usize::from(steps_len) > LOG_STEPS {
+                proptest::prop_assert_eq!(decoded, Err(DecodeError::Steps(steps_len)));
+            } else if let Ok(log) = decoded {
+                proptest::prop_assert_eq!(log.steps().len(), usize::from(steps_len));
+            }
+            let mut log = bytes;
+            log.resize(size_of::<Log>(), 0);
+            let _ = decode_any(&log);
+        }
+    }
+
+    fn server_log() -> StepLog {
+        let srv = crate::testutil::Sock::server(5);
+        let step = |ts_ns, kind| LoggedStep {
+            ts_ns,
+            kind,
+            peer_fin: matches!(kind, Kind::StateChange { .. }).then_some(true),
+            tcp: false,
+        };
+        StepLog::new(
+            srv.step(0, TcpState::Close, TcpState::Close),
+            3,
+            Some(900),
+            Some(TcpFigures {
+                send_age_ms: 1,
+                recv_age_ms: 2,
+                segs_out: 3,
+                segs_in: 4,
+            }),
+            &[
+                step(
+                    1000,
+                    Kind::StateChange {
+                        old: TcpState::SynRecv,
+                        new: TcpState::Established,
+                    },
+                ),
+                LoggedStep {
+                    tcp: true,
+                    ..step(
+                        2000,
+                        Kind::StateChange {
+                            old: TcpState::Established,
+                            new: TcpState::CloseWait,
+                        },
+                    )
+                },
+                step(
+                    2500,
+                    Kind::SendReset {
+                        state: TcpState::CloseWait,
+                    },
+                ),
+                step(
+                    3000,
+                    Kind::StateChange {
+                        old: TcpState::CloseWait,
+                        new: TcpState::Close,
+                    },
+                ),
+            ],
+        )
+    }
+
+    #[test]
+    fn a_log_round_trips_from_the_ring_and_from_an_entry() {
+        let log = server_log();
+        assert_eq!(
+            decode_any(&crate::testutil::encode_log(&log)),
+            Ok(Decoded::Log(log))
+        );
+        let entry = crate::testutil::encode_entry(&log);
+        assert_eq!(decode_entry(5, &entry), Ok(log));
+        assert_eq!(entry_progress(&entry), Some((3, 4)));
+        // The figures go with the step that read them, the RST has no FIN.
+        assert_eq!(log.record(1).tcp, log.tcp);
+        assert_eq!(log.record(0).tcp, None);
+        assert_eq!(log.record(2).peer_fin, None);
+        assert_eq!(log.record(3).since_ns, Some(2000));
+        assert_eq!(log.record(0).since_ns, Some(900));
+    }
+
+    #[test]
+    fn damaged_logs_are_refused() {
+        let log = server_log();
+        let good = crate::testutil::encode_log(&log);
+        let kind_at = 8 + 8 + 8 + 8 + 16 + 16 + 16 + 4 + 4 + 2 + 2 + 2;
+        let len_at = size_of::<Event>() + 4;
+        let mut not_a_log = good.clone();
+        not_a_log[kind_at] = EventKind::StateChange as u8;
+        assert_eq!(decode_any(&not_a_log), Err(DecodeError::Kind(1)));
+        let mut too_long = good.clone();
+        too_long[len_at] = 7;
+        assert_eq!(decode_any(&too_long), Err(DecodeError::Steps(7)));
+        let mut bad_step = good.clone();
+        bad_step[len_at + 4 + 8] = 9;
+        assert_eq!(decode_any(&bad_step), Err(DecodeError::Kind(9)));
+        let mut bad_state = good;
+        bad_state[len_at + 4 + 8 + 2] = 99;
+        assert_eq!(decode_any(&bad_state), Err(DecodeError::State(99)));
+        // A plain record may not claim to be a log.
+        let mut event = crate::testutil::encode(&log.record(0));
+        event[kind_at] = EventKind::Log as u8;
+        assert_eq!(decode(&event), Err(DecodeError::Kind(5)));
     }
 
     // ---- generated records: the ones the kernel could write, and damaged ones ----

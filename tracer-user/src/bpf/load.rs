@@ -12,12 +12,12 @@ use aya::{
     programs::{BtfTracePoint, ProgramError},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, Config, GLOBAL_CONFIG, MAP_DROPS, MAP_EVENTS, MAP_FAILED, MAP_OWNERS,
-    MAP_RING_PEAK, MAX_FILTER_PIDS, MAX_FILTER_PORTS, failed,
+    AF_INET, AF_INET6, Config, GLOBAL_CONFIG, MAP_DROPS, MAP_ENTRY_COUNTS, MAP_EVENTS, MAP_FAILED,
+    MAP_OWNERS, MAP_RING_PEAK, MAX_FILTER_PIDS, MAX_FILTER_PORTS, entry_counts, failed,
 };
 
 use crate::{
-    bpf::offsets,
+    bpf::{entries::EntryReader, offsets},
     model::select::{FamilyFilter, Filters},
 };
 
@@ -178,6 +178,10 @@ pub struct Attached {
     drops: PerCpuArray<MapData, u64>,
     ring_peak: PerCpuArray<MapData, u64>,
     failed: PerCpuArray<MapData, u64>,
+    /// The per-socket entries, read for live sockets' logged steps; `None`
+    /// when every transition is written at once (nothing is logged).
+    entries: Option<EntryReader>,
+    entry_counts: PerCpuArray<MapData, u64>,
     ring_bytes: u32,
     /// `missed_runs` as read just before detaching, when the programs go.
     missed_at_detach: u64,
@@ -228,6 +232,30 @@ impl Attached {
                     .and_then(|v| v.trim().parse::<u64>().ok())
             })
             .sum()
+    }
+
+    /// Whether the kernel logs each socket's steps in its entry (and so
+    /// the entries must be read for what is open now).
+    pub fn folds(&self) -> bool {
+        self.entries.is_some()
+    }
+
+    /// Per-socket entries made and freed so far, summed over the CPUs.
+    pub fn entry_turnover(&self) -> (u64, u64) {
+        let slot = |index: u32| {
+            self.entry_counts
+                .get(&index, 0)
+                .map_or(0, |per_cpu| per_cpu.iter().sum())
+        };
+        (slot(entry_counts::MADE), slot(entry_counts::FREED))
+    }
+
+    /// Hands every per-socket entry (cookie, raw value) to `each`.
+    pub fn read_entries(&mut self, each: &mut dyn FnMut(u64, &[u8])) -> std::io::Result<usize> {
+        match &mut self.entries {
+            Some(reader) => reader.read(each),
+            None => Ok(0),
+        }
     }
 
     /// The ring's size in bytes.
@@ -404,49 +432,47 @@ pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
             }),
         }
     }
-    let missing = LoadError::Missing;
-    let ring = RingBuf::try_from(
-        ebpf.take_map(MAP_EVENTS)
-            .ok_or_else(|| missing(MAP_EVENTS))?,
-    )
-    .map_err(|e| LoadError::Program {
-        action: "open",
-        program: MAP_EVENTS,
-        source: Box::new(e),
-    })?;
-    let drops = PerCpuArray::try_from(ebpf.take_map(MAP_DROPS).ok_or_else(|| missing(MAP_DROPS))?)
-        .map_err(|e| LoadError::Program {
-            action: "open",
-            program: MAP_DROPS,
-            source: Box::new(e),
+    let ring = take_map(&mut ebpf, MAP_EVENTS, RingBuf::try_from)?;
+    let drops = take_map(&mut ebpf, MAP_DROPS, PerCpuArray::try_from)?;
+    let ring_peak = take_map(&mut ebpf, MAP_RING_PEAK, PerCpuArray::try_from)?;
+    let failed = take_map(&mut ebpf, MAP_FAILED, PerCpuArray::try_from)?;
+    let entry_counts = take_map(&mut ebpf, MAP_ENTRY_COUNTS, PerCpuArray::try_from)?;
+    let entries = if options.every_transition {
+        None
+    } else {
+        let map = take_map(&mut ebpf, MAP_OWNERS, |map| match map {
+            aya::maps::Map::LruHashMap(data) => Ok(data),
+            _ => Err(MapError::InvalidName {
+                name: MAP_OWNERS.into(),
+            }),
         })?;
-    let ring_peak = PerCpuArray::try_from(
-        ebpf.take_map(MAP_RING_PEAK)
-            .ok_or_else(|| missing(MAP_RING_PEAK))?,
-    )
-    .map_err(|e| LoadError::Program {
-        action: "open",
-        program: MAP_RING_PEAK,
-        source: Box::new(e),
-    })?;
-    let failed = PerCpuArray::try_from(
-        ebpf.take_map(MAP_FAILED)
-            .ok_or_else(|| missing(MAP_FAILED))?,
-    )
-    .map_err(|e| LoadError::Program {
-        action: "open",
-        program: MAP_FAILED,
-        source: Box::new(e),
-    })?;
+        Some(EntryReader::new(map, options.owner_entries.max(1)))
+    };
     Ok(Attached {
         ebpf: Some(ebpf),
         ring: Some(ring),
         drops,
         ring_peak,
         failed,
+        entries,
+        entry_counts,
         ring_bytes: options.ring_bytes,
         missed_at_detach: 0,
         degraded,
+    })
+}
+
+/// Takes map `name` out of the object as the type `open` makes of it.
+fn take_map<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    open: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+) -> Result<T, LoadError> {
+    let map = ebpf.take_map(name).ok_or(LoadError::Missing(name))?;
+    open(map).map_err(|e| LoadError::Program {
+        action: "open",
+        program: name,
+        source: Box::new(e),
     })
 }
 

@@ -9,6 +9,7 @@ use super::{Output, output_result, stop_signal};
 use crate::{
     bpf::{load::LoadOptions, ring::MAX_BATCH},
     model::{
+        fold::Unfolder,
         select::Selection,
         tracker::{ConnRecord, Tracker},
     },
@@ -61,11 +62,14 @@ async fn transitions(
     super::warn(host.take_warnings());
     eprintln!("tcplinger: tracing TCP state changes; Ctrl-C to stop");
     let mut counts = Counts::default();
+    // Every transition is written as it happens: no step is logged in the
+    // kernel, so this takes no logs (and would unfold one in full).
+    let mut unfolder = Unfolder::default();
     // Passes the waiting records to the output; the first write error ends it.
-    let drain = |host: &mut LiveHost, out: &mut TransitionWriter<_>, counts: &mut Counts| {
+    let mut drain = |host: &mut LiveHost, out: &mut TransitionWriter<_>, counts: &mut Counts| {
         let clock = host.wall_clock();
         let mut written = Ok(());
-        let n = session::drain(host, counts, |r| {
+        let n = session::drain(host, counts, &mut unfolder, |r| {
             if written.is_ok() && selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr) {
                 written = out.write(r, clock.wall(r.ts_ns));
             }

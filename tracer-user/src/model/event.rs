@@ -1,11 +1,11 @@
-//! What the kernel side reports, typed: one record per state change or RST, with the socket's endpoints, namespace and owner.
+//! What the kernel side reports, typed: one record per state change or RST, with the socket's endpoints, namespace and owner; and a socket's steps as the kernel logs them, which unfold into those records.
 
 use std::{
     fmt::{self, Write as _},
     net::IpAddr,
 };
 
-use tracer_common::{COMM_LEN, TcpFigures, TcpState};
+use tracer_common::{COMM_LEN, LOG_STEPS, TcpFigures, TcpState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Family {
@@ -114,6 +114,105 @@ pub struct Record {
     /// For a state change leaving ESTABLISHED or SYN_RECV: the TCP
     /// socket's own figures at that moment.
     pub tcp: Option<TcpFigures>,
+}
+
+/// One step of a [`StepLog`]: what differs from step to step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoggedStep {
+    pub ts_ns: u64,
+    pub kind: Kind,
+    /// As [`Record::peer_fin`].
+    pub peer_fin: Option<bool>,
+    /// The log's TCP figures were read at this step.
+    pub tcp: bool,
+}
+
+impl LoggedStep {
+    /// Fills the unused slots of a log.
+    pub const UNUSED: Self = Self {
+        ts_ns: 0,
+        kind: Kind::StateChange {
+            old: TcpState::Close,
+            new: TcpState::Close,
+        },
+        peer_fin: None,
+        tcp: false,
+    };
+}
+
+/// A socket's steps as the kernel logged them in its map entry: read
+/// from the entry while the socket lives, or written to the ring when its
+/// full socket's life ends (or its log filled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepLog {
+    /// What every step's record says of the socket: cookie, endpoints (as
+    /// of the last step), owner, namespace. Its `kind`, `ts_ns`,
+    /// `since_ns`, `peer_fin` and `tcp` are the last step's.
+    pub socket: Record,
+    /// Logs of this socket written to the ring before this one.
+    pub generation: u32,
+    /// When the socket entered the first step's old state, if known.
+    pub prior_ns: Option<u64>,
+    /// The TCP figures of the step marked `tcp`.
+    pub tcp: Option<TcpFigures>,
+    steps: [LoggedStep; LOG_STEPS],
+    len: usize,
+}
+
+impl StepLog {
+    /// A log of `steps` (at most [`LOG_STEPS`]; more are cut).
+    pub fn new(
+        socket: Record,
+        generation: u32,
+        prior_ns: Option<u64>,
+        tcp: Option<TcpFigures>,
+        steps: &[LoggedStep],
+    ) -> Self {
+        let len = steps.len().min(LOG_STEPS);
+        let mut slots = [LoggedStep::UNUSED; LOG_STEPS];
+        slots[..len].copy_from_slice(&steps[..len]);
+        let mut log = Self {
+            socket,
+            generation,
+            prior_ns,
+            tcp,
+            steps: slots,
+            len,
+        };
+        if len > 0 {
+            log.socket = log.record(len - 1);
+        }
+        log
+    }
+
+    pub fn cookie(&self) -> u64 {
+        self.socket.cookie
+    }
+
+    pub fn steps(&self) -> &[LoggedStep] {
+        &self.steps[..self.len]
+    }
+
+    /// Step `i` as the record the kernel would have written for it at
+    /// once: the state it left was entered at the state change before it.
+    pub fn record(&self, i: usize) -> Record {
+        let i = i.min(LOG_STEPS - 1);
+        let step = self.steps[i];
+        let since_ns = self.steps[..i]
+            .iter()
+            .rev()
+            .find(|s| matches!(s.kind, Kind::StateChange { .. }))
+            .map_or(self.prior_ns, |s| Some(s.ts_ns));
+        let state_change = matches!(step.kind, Kind::StateChange { .. });
+        Record {
+            ts_ns: step.ts_ns,
+            kind: step.kind,
+            since_ns: since_ns.filter(|_| state_change),
+            peer_fin: step.peer_fin,
+            tcp: self.tcp.filter(|_| step.tcp),
+            ..self.socket
+        }
+    }
 }
 
 #[cfg(test)]

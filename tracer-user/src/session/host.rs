@@ -4,7 +4,7 @@ use std::{
     collections::{HashMap, HashSet},
     future::Future,
     io,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -39,6 +39,9 @@ pub enum Event {
     Ring,
     /// Time to look up the sockets followed with sock_diag.
     DiagTick,
+    /// Time to read the per-socket entries for the steps of live sockets
+    /// ([`Host::read_entries`]).
+    EntriesTick,
     /// The start-up snapshot: the sockets open, and how many namespace
     /// dumps failed.
     Seeded { seeds: Vec<Seed>, unreadable: usize },
@@ -109,6 +112,9 @@ pub struct HostLosses {
     /// Host jobs (snapshot, dumps, /proc scans) that failed outright
     /// (panicked): their answers were lost.
     pub jobs_failed: u64,
+    /// Reads of the per-socket entries that failed: live sockets' steps
+    /// wait for the next read, or their socket's end.
+    pub entry_reads_failed: u64,
 }
 
 impl HostLosses {
@@ -123,6 +129,7 @@ impl HostLosses {
             (self.netns_not_found, "namespaces not found"),
             (self.cgroups_unknown, "cgroup lookups failed"),
             (self.jobs_failed, "host jobs failed"),
+            (self.entry_reads_failed, "reads of socket entries failed"),
         ]
         .into_iter()
         .filter(|(n, _)| *n > 0)
@@ -139,6 +146,13 @@ pub trait Host {
     /// Hands the waiting ring records to `each`, raw, at most
     /// [`crate::bpf::ring::MAX_BATCH`]; returns how many.
     fn drain(&mut self, each: &mut dyn FnMut(&[u8])) -> usize;
+    /// Hands every per-socket entry of the kernel (cookie, raw value) to
+    /// `each`: the steps of live sockets not yet written to the ring.
+    /// Returns how many; none when the kernel logs no steps.
+    fn read_entries(&mut self, each: &mut dyn FnMut(u64, &[u8])) -> usize;
+    /// Per-socket entries the kernel made and freed so far: with the
+    /// entries read, what tells how many the full map recycled.
+    fn entry_turnover(&mut self) -> (u64, u64);
     /// Starts looking up followed sockets (answered by [`Event::Diag`]);
     /// false if a lookup is still in flight.
     fn ask_diag(&mut self, requests: Vec<DiagRequest>) -> bool;
@@ -200,6 +214,11 @@ pub trait Host {
     }
 }
 
+/// How often the per-socket entries are read: what is open now is at most
+/// this old in `top`, the daemon's gauges and the rules. A read walks the
+/// whole map (its buckets are sized to `--max-sockets`), a few ms.
+pub const ENTRIES_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Threads for the host's blocking work: one for the follower's lookups
 /// (every 200 ms), one for the rest (snapshot, dumps, /proc scans), so a
 /// slow scan does not hold up the timewait lookups.
@@ -220,6 +239,8 @@ pub struct LiveHost {
     /// When the lookup out now was asked (boot ns).
     diag_asked_ns: u64,
     diag_tick: Interval,
+    /// `None` when the kernel logs no steps (every transition is written).
+    entries_tick: Option<Interval>,
     recheck: Pending<(Alive, u64)>,
     io: Option<IoReader>,
     look: Pending<(IoReader, LookAnswer)>,
@@ -249,6 +270,11 @@ impl LiveHost {
         let seeding = snapshot.then(|| workers.run(move || snapshot::take(&filters)));
         let mut diag_tick = interval(DIAG_INTERVAL);
         diag_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let entries_tick = attached.folds().then(|| {
+            let mut tick = interval(ENTRIES_INTERVAL);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            tick
+        });
         Ok(Self {
             attached,
             source,
@@ -259,6 +285,7 @@ impl LiveHost {
             diag: None,
             diag_asked_ns: 0,
             diag_tick,
+            entries_tick,
             recheck: None,
             io: Some(IoReader::default()),
             look: None,
@@ -397,6 +424,7 @@ impl Host for LiveHost {
                 seeding,
                 diag,
                 diag_tick,
+                entries_tick,
                 follower,
                 source,
                 recheck,
@@ -418,6 +446,7 @@ impl Host for LiveHost {
                 }
                 r = async { look.as_mut().expect("guarded").await }, if look.is_some() => self.look_event(r),
                 _ = diag_tick.tick(), if follower.is_some() => Some(Event::DiagTick),
+                _ = async { entries_tick.as_mut().expect("guarded").tick().await }, if entries_tick.is_some() => Some(Event::EntriesTick),
                 () = source.ready(), if !backlog => Some(Event::Ring),
                 () = tokio::task::yield_now(), if backlog => Some(Event::Ring),
             };
@@ -434,6 +463,24 @@ impl Host for LiveHost {
                 Ok::<(), io::Error>(())
             })
             .unwrap_or(0)
+    }
+
+    fn read_entries(&mut self, each: &mut dyn FnMut(u64, &[u8])) -> usize {
+        match self.attached.read_entries(each) {
+            Ok(n) => n,
+            Err(err) => {
+                if self.losses.entry_reads_failed == 0 {
+                    self.warnings
+                        .push(format!("reading the kernel's socket entries failed: {err}"));
+                }
+                self.losses.entry_reads_failed += 1;
+                0
+            }
+        }
+    }
+
+    fn entry_turnover(&mut self) -> (u64, u64) {
+        self.attached.entry_turnover()
     }
 
     fn ask_diag(&mut self, requests: Vec<DiagRequest>) -> bool {
@@ -539,6 +586,7 @@ impl Host for LiveHost {
                 + io.map_or(0, IoReader::netns_not_found),
             cgroups_unknown: self.cgroups.unknown,
             jobs_failed: self.workers.failed(),
+            entry_reads_failed: self.losses.entry_reads_failed,
         }
     }
 

@@ -15,10 +15,15 @@ use tracer_common::TcpState;
 use self::host::Event;
 pub use self::host::{Host, HostLosses, LiveHost, LookAnswer, LookRequest};
 use crate::{
-    bpf::{decode::decode, load::LoadOptions, ring::MAX_BATCH},
+    bpf::{
+        decode::{Decoded, decode_any, decode_entry, entry_progress},
+        load::LoadOptions,
+        ring::MAX_BATCH,
+    },
     host::follow::DiagAnswer,
     model::{
         event::Record,
+        fold::Unfolder,
         tracker::{Alive, CLOSE_GRACE_NS, Tracker},
     },
 };
@@ -53,28 +58,45 @@ pub struct TraceOptions {
     pub cgroup: Option<String>,
 }
 
+/// Ring drains in a row, at most, to empty the ring after a read of the
+/// per-socket entries (the read is applied only once the ring holds
+/// nothing written before it).
+const CATCH_UP_DRAINS: usize = 4;
+
 /// What one run saw and lost.
 #[derive(Debug, Default, Clone)]
 pub struct Counts {
+    /// Ring records read (a socket's log counts once).
     pub events: u64,
     pub malformed: u64,
     /// Why the first malformed record was refused.
     pub first_malformed: Option<String>,
 }
 
-/// Passes every waiting ring record, decoded, to `each`; returns how many
+impl Counts {
+    fn malformed(&mut self, err: &dyn std::fmt::Display) {
+        if self.malformed == 0 {
+            self.first_malformed = Some(err.to_string());
+        }
+        self.malformed += 1;
+    }
+}
+
+/// Passes every waiting ring record, decoded, to `each` (a socket's log
+/// as its steps not yet delivered, through `unfolder`); returns how many
 /// were read. Malformed records are counted, the first one's reason kept.
-pub fn drain<H: Host>(host: &mut H, counts: &mut Counts, mut each: impl FnMut(&Record)) -> usize {
+pub fn drain<H: Host>(
+    host: &mut H,
+    counts: &mut Counts,
+    unfolder: &mut Unfolder,
+    mut each: impl FnMut(&Record),
+) -> usize {
     host.drain(&mut |bytes| {
         counts.events += 1;
-        match decode(bytes) {
-            Ok(record) => each(&record),
-            Err(err) => {
-                if counts.malformed == 0 {
-                    counts.first_malformed = Some(err.to_string());
-                }
-                counts.malformed += 1;
-            }
+        match decode_any(bytes) {
+            Ok(Decoded::Record(record)) => each(&record),
+            Ok(Decoded::Log(log)) => unfolder.written(&log, &mut each),
+            Err(err) => counts.malformed(&err),
         }
     })
 }
@@ -101,6 +123,11 @@ pub struct Session<H: Host = LiveHost> {
     pub host: H,
     pub tracker: Tracker,
     pub counts: Counts,
+    unfolder: Unfolder,
+    /// Per-socket entries the kernel's full map recycled (more sockets
+    /// than `--max-sockets`), as far as reads tell: evictions, counted
+    /// with the tracker's.
+    recycled: u64,
     /// What the user should know, not yet shown (see [`Self::take_warnings`]).
     warnings: Vec<String>,
     seeded: bool,
@@ -123,11 +150,10 @@ impl Session<LiveHost> {
         tracker: Tracker,
         follow_timewait: bool,
     ) -> anyhow::Result<Self> {
-        Ok(Self::new(
-            LiveHost::start(options, true)?,
-            tracker,
-            follow_timewait,
-        ))
+        Ok(
+            Self::new(LiveHost::start(options, true)?, tracker, follow_timewait)
+                .with_pids(options.filters.pids.clone()),
+        )
     }
 }
 
@@ -139,6 +165,8 @@ impl<H: Host> Session<H> {
             host,
             tracker,
             counts: Counts::default(),
+            unfolder: Unfolder::default(),
+            recycled: 0,
             warnings: Vec::new(),
             seeded: false,
             follow_timewait,
@@ -150,6 +178,15 @@ impl<H: Host> Session<H> {
             recheck_done: None,
             last_recheck_ns: 0,
         }
+    }
+
+    /// Only sockets of these owners are traced (`--pid`): the kernel
+    /// filters the records it writes, the session what it reads of live
+    /// sockets' entries.
+    #[must_use]
+    pub fn with_pids(mut self, pids: Vec<u32>) -> Self {
+        self.unfolder = Unfolder::new(pids);
+        self
     }
 
     /// Waits for something to do and does it. Cancel-safe: a caller's
@@ -183,6 +220,7 @@ impl<H: Host> Session<H> {
                 self.recheck_wanted = true;
             }
             Event::DiagTick => self.ask_diag(),
+            Event::EntriesTick => self.catch_up(),
             Event::Looked(answer) => progress = Progress::Answered(Box::new(answer)),
             Event::Ring => {}
         }
@@ -197,6 +235,9 @@ impl<H: Host> Session<H> {
         if !self.backlog
             && let Some((alive, started_ns)) = self.recheck_done.take()
         {
+            // The steps of live sockets too: the dump must not contradict
+            // steps still waiting in their entries.
+            self.catch_up();
             self.tracker.reconcile(&alive, started_ns);
         }
         self.start_recheck();
@@ -242,14 +283,80 @@ impl<H: Host> Session<H> {
     fn drain(&mut self) -> usize {
         let malformed = self.counts.malformed;
         let tracker = &mut self.tracker;
-        let n = drain(&mut self.host, &mut self.counts, |r| tracker.on_record(r));
-        if malformed == 0
+        let n = drain(&mut self.host, &mut self.counts, &mut self.unfolder, |r| {
+            tracker.on_record(r);
+        });
+        self.warn_malformed(malformed);
+        n
+    }
+
+    /// Warns of the first malformed record, if it came after `before` were
+    /// counted.
+    fn warn_malformed(&mut self, before: u64) {
+        if before == 0
             && let Some(first) = &self.counts.first_malformed
         {
             self.warnings
                 .push(format!("skipping malformed records: {first}"));
         }
-        n
+    }
+
+    /// Brings the tracker up to date with the steps the kernel holds in
+    /// live sockets' entries: the entries are read, the ring drained (so
+    /// every log written before the read comes first), then the steps not
+    /// yet delivered are (see `model::fold`). If the ring cannot be
+    /// emptied, the read is dropped and the next one makes up for it.
+    fn catch_up(&mut self) {
+        let malformed = self.counts.malformed;
+        let (mut unchanged, mut fresh) = (Vec::new(), Vec::new());
+        self.unfolder.read_started();
+        // Made before the read, freed after it: an entry made during the
+        // read may be in it, one freed during it may not, so the figure
+        // below never counts more recycled entries than there were.
+        let (made, _) = self.host.entry_turnover();
+        let Self {
+            host,
+            unfolder,
+            counts,
+            ..
+        } = self;
+        let read = host.read_entries(&mut |cookie, bytes| {
+            let Some((generation, len)) = entry_progress(bytes) else {
+                counts.malformed(&format!("socket entry of {} bytes", bytes.len()));
+                return;
+            };
+            if !unfolder.is_new(cookie, generation, len) {
+                if len > 0 {
+                    unchanged.push(cookie);
+                }
+                return;
+            }
+            match decode_entry(cookie, bytes) {
+                Ok(log) => fresh.push(log),
+                Err(err) => counts.malformed(&err),
+            }
+        });
+        let (_, freed) = self.host.entry_turnover();
+        let in_map = u64::try_from(read).unwrap_or(u64::MAX);
+        self.recycled = self
+            .recycled
+            .max(made.saturating_sub(freed).saturating_sub(in_map));
+        let mut emptied = false;
+        for _ in 0..CATCH_UP_DRAINS {
+            if self.drain() < MAX_BATCH {
+                emptied = true;
+                break;
+            }
+        }
+        if emptied {
+            let tracker = &mut self.tracker;
+            self.unfolder
+                .apply_read(&unchanged, &fresh, &mut |r| tracker.on_record(r));
+        } else {
+            self.unfolder.read_dropped();
+            self.backlog = true;
+        }
+        self.warn_malformed(malformed);
     }
 
     /// What the user should know since the last call: optional hooks
@@ -288,6 +395,8 @@ impl<H: Host> Session<H> {
     pub async fn stop(&mut self) -> io::Result<()> {
         self.host.detach();
         self.drain();
+        // What live sockets' entries hold, now that nothing adds to them.
+        self.catch_up();
         if self.losses_grew(true) {
             self.tracker.note_loss();
             self.recheck_wanted = true;
@@ -304,6 +413,7 @@ impl<H: Host> Session<H> {
                 Event::Seeded { .. }
                 | Event::Ring
                 | Event::DiagTick
+                | Event::EntriesTick
                 | Event::Looked(_)
                 | Event::AliveFailed => {}
             }
@@ -326,6 +436,13 @@ impl<H: Host> Session<H> {
         Ok(())
     }
 
+    /// Sockets not followed for want of room: evicted by the tracker, or
+    /// recycled out of the kernel's per-socket map (their steps until then
+    /// lost; a later step starts them afresh, incomplete).
+    pub fn evicted(&self) -> u64 {
+        self.tracker.evicted() + self.recycled
+    }
+
     /// The one-line account of what was seen and lost.
     /// Losses besides the usual four appear when there are any.
     pub fn summary(&mut self, max_sockets: usize) -> String {
@@ -335,13 +452,20 @@ impl<H: Host> Session<H> {
             self.host.dropped(),
             self.host.missed(),
             self.counts.malformed,
-            self.tracker.evicted(),
+            self.evicted(),
         );
         let unfollowed = self.tracker.timewait_unfollowed();
         if unfollowed > 0 {
             let _ = write!(
                 line,
                 ", {unfollowed} TIME_WAIT untimed (over --max-sockets)"
+            );
+        }
+        let out_of_step = self.unfolder.discontinuities();
+        if out_of_step > 0 {
+            let _ = write!(
+                line,
+                ", {out_of_step} socket logs out of step (entry recycled)"
             );
         }
         for (n, what) in self.host.losses().named() {

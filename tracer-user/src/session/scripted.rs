@@ -30,6 +30,14 @@ pub struct ScriptedHost {
     pub events: VecDeque<Event>,
     /// Raw records waiting in the ring.
     pub ring: VecDeque<Vec<u8>>,
+    /// The kernel's per-socket entries, raw, by cookie.
+    pub entries: Vec<(u64, Vec<u8>)>,
+    /// Per-socket entries made and freed, as the kernel counts them.
+    pub entries_made: u64,
+    pub entries_freed: u64,
+    /// Records that reach the ring while the entries are read (after the
+    /// read, before the drain that follows it).
+    pub written_during_read: Vec<Vec<u8>>,
     pub dropped: u64,
     pub missed: u64,
     /// What sock_diag finds of timewait sockets: every lookup is answered
@@ -128,6 +136,18 @@ impl Host for ScriptedHost {
             each(&bytes);
         }
         n
+    }
+
+    fn read_entries(&mut self, each: &mut dyn FnMut(u64, &[u8])) -> usize {
+        for (cookie, bytes) in &self.entries {
+            each(*cookie, bytes);
+        }
+        self.ring.extend(self.written_during_read.drain(..));
+        self.entries.len()
+    }
+
+    fn entry_turnover(&mut self) -> (u64, u64) {
+        (self.entries_made, self.entries_freed)
     }
 
     fn ask_diag(&mut self, requests: Vec<DiagRequest>) -> bool {

@@ -15,12 +15,13 @@ use super::{
 use crate::{
     bpf::load::LoadOptions,
     host::last_io::Seen,
+    model::event::{Kind, LoggedStep, StepLog},
     model::{
         diagnose::{Figure, Pathology},
         select::Selection,
         tracker::{ClosedBy, Fw2End, Role, TimewaitSighting, Tracker},
     },
-    testutil::{MS, NETNS, Sock, owner},
+    testutil::{MS, NETNS, Sock, encode_entry, encode_log, owner},
 };
 
 /// Runs a future of the session to its end (the scripted host never waits).
@@ -169,6 +170,102 @@ fn stopping_detaches_and_looks_up_what_still_lingers() {
     assert_eq!(records.len(), 1, "{records:#?}");
     assert_eq!(records[0].closed_by, ClosedBy::Local);
     assert!(!records[0].time_wait);
+}
+
+/// An accepted socket's life as its entry logs it: established at 10 ms,
+/// the peer's FIN at 20 ms, closed by its server at 5 s.
+fn server_life() -> Vec<LoggedStep> {
+    let step = |ms: u64, old, new| LoggedStep {
+        ts_ns: ms * MS,
+        kind: Kind::StateChange { old, new },
+        peer_fin: Some(matches!(new, CloseWait | LastAck | Close)),
+        tcp: false,
+    };
+    vec![
+        step(10, SynRecv, Established),
+        step(20, Established, CloseWait),
+        step(5_000, CloseWait, LastAck),
+        step(5_001, LastAck, Close),
+    ]
+}
+
+fn log_of(srv: &Sock, steps: &[LoggedStep]) -> StepLog {
+    StepLog::new(srv.step(0, Close, Close), 0, None, None, steps)
+}
+
+#[test]
+fn live_sockets_steps_come_from_their_entries_and_their_log_adds_the_rest() {
+    let mut s = session(seeded_host());
+    run(s.step()).unwrap();
+    let srv = Sock::server(7);
+    let life = server_life();
+    // Alive in CLOSE_WAIT: only its entry says so.
+    s.host.entries = vec![(7, encode_entry(&log_of(&srv, &life[..2])))];
+    s.host.now_ns = 1_000 * MS;
+    s.host.events.push_back(Event::EntriesTick);
+    run(s.step()).unwrap();
+    let live: Vec<_> = s
+        .tracker
+        .live()
+        .map(|l| (l.cookie, l.state, l.since_ns))
+        .collect();
+    assert_eq!(live, [(7, CloseWait, Some(20 * MS))]);
+    // Read again with nothing new: nothing changes.
+    s.host.events.push_back(Event::EntriesTick);
+    run(s.step()).unwrap();
+    assert_eq!(s.tracker.live().count(), 1);
+    // Its server closes: the whole log is written, the entry goes.
+    s.host.entries.clear();
+    s.host.ring.push_back(encode_log(&log_of(&srv, &life)));
+    s.host.now_ns = 6_000 * MS;
+    run(s.step()).unwrap();
+    s.tracker.tick(10_000 * MS);
+    let records = s.tracker.take_ready();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = &records[0];
+    assert_eq!((r.role, r.closed_by), (Role::Server, ClosedBy::Remote));
+    assert_eq!(r.states.get(CloseWait), Some(4_980 * MS));
+    assert_eq!(s.counts.events, 1, "one ring record for the socket's life");
+    assert_eq!(s.tracker.live().count(), 0);
+}
+
+#[test]
+fn a_log_written_while_the_entries_are_read_is_delivered_once() {
+    let mut s = session(seeded_host());
+    run(s.step()).unwrap();
+    let srv = Sock::server(8);
+    let life = server_life();
+    // The read finds it in CLOSE_WAIT; its life ends before the drain.
+    s.host.entries = vec![(8, encode_entry(&log_of(&srv, &life[..2])))];
+    s.host
+        .written_during_read
+        .push(encode_log(&log_of(&srv, &life)));
+    s.host.now_ns = 6_000 * MS;
+    s.host.events.push_back(Event::EntriesTick);
+    run(s.step()).unwrap();
+    s.tracker.tick(10_000 * MS);
+    let records = s.tracker.take_ready();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0].states.get(CloseWait), Some(4_980 * MS));
+    assert_eq!(
+        s.tracker.live().count(),
+        0,
+        "the read's older copy did not bring the socket back"
+    );
+}
+
+#[test]
+fn stopping_reads_the_entries_of_sockets_still_open() {
+    let mut s = session(seeded_host());
+    run(s.step()).unwrap();
+    let srv = Sock::server(9);
+    let life = server_life();
+    s.host.entries = vec![(9, encode_entry(&log_of(&srv, &life[..2])))];
+    s.host.now_ns = 1_000 * MS;
+    run(s.stop()).unwrap();
+    let finished = s.tracker.finish(1_000 * MS);
+    assert_eq!(finished.len(), 1, "{finished:#?}");
+    assert_eq!(finished[0].closed_by, ClosedBy::Remote, "{finished:#?}");
 }
 
 fn trace() -> TraceOptions {
@@ -446,4 +543,27 @@ mod replay_fuzz {
             let _ = std::fs::remove_file(&path);
         }
     }
+#[test]
+fn entries_the_full_kernel_map_recycled_count_as_evicted() {
+    let mut s = session(seeded_host());
+    run(s.step()).unwrap();
+    let srv = Sock::server(11);
+    let life = server_life();
+    // 30 entries made, 5 freed, 1 in the map now: the map recycled 24.
+    s.host.entries = vec![(11, encode_entry(&log_of(&srv, &life[..1])))];
+    (s.host.entries_made, s.host.entries_freed) = (30, 5);
+    s.host.events.push_back(Event::EntriesTick);
+    run(s.step()).unwrap();
+    assert_eq!(s.evicted(), 24);
+    // Sockets freed since, none made: the figure never goes back.
+    s.host.entries_freed = 29;
+    s.host.entries.clear();
+    s.host.events.push_back(Event::EntriesTick);
+    run(s.step()).unwrap();
+    assert_eq!(s.evicted(), 24);
+    let summary = s.summary(1000);
+    assert!(
+        summary.contains("24 evicted (over --max-sockets 1000)"),
+        "{summary}"
+    );
 }

@@ -163,12 +163,10 @@ fn daemon_metrics_match_traffic_and_prometheus_scrapes_them() {
         5.0,
         "{text}"
     );
-    // At least 7 records a connection (the kernel leaves out the steps the
-    // tracker rebuilds: connect, accept, the orphan's FIN_WAIT2).
-    assert!(
-        value(&text, "tcplinger_events_total", &[]) >= 35.0,
-        "{text}"
-    );
+    // One record a socket: the kernel folds each socket's steps and writes
+    // them when its life ends (the listener's too, if it has closed).
+    let events = value(&text, "tcplinger_events_total", &[]);
+    assert!((10.0..=11.0).contains(&events), "{text}");
     assert_eq!(
         value(&text, "tcplinger_events_dropped_total", &[]),
         0.0,

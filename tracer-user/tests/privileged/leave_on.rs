@@ -47,8 +47,9 @@ fn watch_memory_stays_flat_over_two_million_connections() {
         "RSS grew from {warm} to {peak} KiB over {made} connections"
     );
     assert!(run.status.success(), "{:?}", run.stderr);
+    // One record a socket, two sockets a connection.
     assert!(
-        run.events >= 5 * total,
+        run.events >= 2 * total,
         "{} events for {total} connections",
         run.events
     );

@@ -52,7 +52,8 @@ fn flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right() {
         &ports,
     ]);
     // The consumer stalls through a burst of 200 connections: the 4 KiB ring
-    // holds about 36 records of the ~2,800 the burst writes.
+    // holds 17 of the 400 records the burst writes (one a socket, 232
+    // bytes with the ring's header).
     tracer.signal(libc::SIGSTOP);
     scene.converse(Closer::Client, 200, Pace::AllAtOnce);
     tracer.signal(libc::SIGCONT);
@@ -83,7 +84,7 @@ fn flood_with_a_tiny_ring_counts_drops_and_keeps_verdicts_right() {
         run.dropped
     );
     assert!(
-        run.dropped > 1000,
+        run.dropped > 300,
         "the burst overflowed the ring: {:?}",
         run.stderr
     );
@@ -246,7 +247,15 @@ privileged!(socket_cap_evicts_and_bounds_memory);
 // ---- 3. crash and restart ----
 
 /// Names of our maps as the kernel lists them.
-const OUR_MAPS: [&str; 5] = ["EVENTS", "DROPS", "OWNERS", "FAILED", "RING_PEAK"];
+const OUR_MAPS: [&str; 7] = [
+    "EVENTS",
+    "DROPS",
+    "OWNERS",
+    "FAILED",
+    "RING_PEAK",
+    "ENTRY_COUNTS",
+    "SCRATCH",
+];
 
 fn our_maps_loaded() -> Vec<String> {
     aya::maps::loaded_maps()

@@ -379,7 +379,7 @@ fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, recent: &mut Recent
         dropped,
         missed,
         malformed: session.counts.malformed,
-        evicted: session.tracker.evicted(),
+        evicted: session.evicted(),
         tracked: session.tracker.tracked() as u64,
         ring_bytes: u64::from(session.host.ring_bytes()),
         ring_peak,

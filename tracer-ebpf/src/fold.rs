@@ -1,0 +1,181 @@
+//! Each socket's life folded into its map entry: every state change and RST of the full socket is logged there, and the log goes to the ring as one record when the full socket's life ends (or the log fills). Userspace reads the live entries in batches for what is open now.
+
+use tracer_common::{
+    EventKind, FIN_UNKNOWN, LOG_STEPS, OwnerSource, STEP_IN_OWNER, STEP_TCP, SocketEntry, Step,
+    TcpFigures, TcpState, failed,
+};
+
+use crate::{
+    owner::{
+        Attribution, SCRATCH_STEP, adopt, create_entry, current_tgid, entry_of, fresh_entry,
+        runs_in_owner,
+    },
+    record::{Record, count_failure, emit, emit_log},
+    sock::{Tuple, addresses, fin_received, netns_of, pid_allowed, tcp_figures},
+};
+
+const CLOSE: u8 = TcpState::Close as u8;
+
+/// Logs the state change `old` -> `new` of socket `sk`; at CLOSE, the end
+/// of the full socket's life, writes the log out.
+#[inline(always)]
+pub fn state_change(sk: *const u8, tuple: &Tuple, cookie: u64, old: u8, new: u8, now: u64) {
+    let in_owner = runs_in_owner(old, new);
+    let mut step = Step {
+        ts_ns: now,
+        kind: EventKind::StateChange as u8,
+        old_state: old,
+        new_state: new,
+        fin_received: fin_received(sk),
+        flags: if in_owner { STEP_IN_OWNER } else { 0 },
+        _pad: [0; 3],
+    };
+    // Leaving ESTABLISHED (or SYN_RECV, but for ESTABLISHED) is the first
+    // closing act, or a reset: what the socket knows of its traffic then
+    // says how the connection was used and how soon after its last
+    // exchange it ended.
+    let leaves = old == TcpState::Established as u8
+        || (old == TcpState::SynRecv as u8 && new != TcpState::Established as u8);
+    let tcp = if leaves { tcp_figures(sk) } else { None };
+    if tcp.is_some() {
+        step.flags |= STEP_TCP;
+    }
+    let Some(entry) = entry_of(cookie) else {
+        first_step(sk, tuple, cookie, &step, tcp);
+        return;
+    };
+    if in_owner {
+        adopt(entry, current_tgid());
+    }
+    if let Some(tcp) = tcp {
+        entry.tcp = tcp;
+    }
+    append(entry, sk, tuple, cookie, &step);
+    entry.since_state = new;
+    entry.since_ns = now;
+    if new == CLOSE {
+        write_out(entry, cookie, now);
+    }
+}
+
+/// Logs a RST on socket `sk` in `state`; false if it has no entry (or is
+/// not a full socket), and so must be written at once.
+#[inline(always)]
+pub fn reset(
+    sk: *const u8,
+    tuple: &Tuple,
+    cookie: u64,
+    kind: EventKind,
+    state: u8,
+    now: u64,
+) -> bool {
+    // A timewait or request socket shares no entry with the full socket
+    // (a timewait one inherits its cookie, but the full socket's log was
+    // written out at its CLOSE).
+    if state == TcpState::TimeWait as u8 || state == TcpState::NewSynRecv as u8 || state == CLOSE {
+        return false;
+    }
+    let Some(entry) = entry_of(cookie) else {
+        return false;
+    };
+    let step = Step {
+        ts_ns: now,
+        kind: kind as u8,
+        old_state: state,
+        new_state: 0,
+        fin_received: FIN_UNKNOWN,
+        flags: 0,
+        _pad: [0; 3],
+    };
+    append(entry, sk, tuple, cookie, &step);
+    true
+}
+
+/// The first step of a socket without an entry: the entry is made with it
+/// logged. A step to CLOSE (nothing before it was logged), or an entry the
+/// map refuses, is written at once as a record of its own.
+#[inline(always)]
+fn first_step(sk: *const u8, tuple: &Tuple, cookie: u64, step: &Step, tcp: Option<TcpFigures>) {
+    let in_owner = step.flags & STEP_IN_OWNER != 0;
+    if step.new_state != CLOSE
+        && let Some(entry) = fresh_entry(SCRATCH_STEP, in_owner, step.new_state, step.ts_ns)
+    {
+        if let Some(tcp) = tcp {
+            entry.tcp = tcp;
+        }
+        set_endpoints(entry, sk, tuple);
+        entry.steps[0] = *step;
+        entry.steps_len = 1;
+        if create_entry(cookie, entry) {
+            return;
+        }
+    }
+    let owner = if in_owner && let Some(entry) = fresh_entry(SCRATCH_STEP, true, 0, 0) {
+        Attribution::of(entry, OwnerSource::Current)
+    } else {
+        Attribution::UNKNOWN
+    };
+    if !pid_allowed(owner.tgid) {
+        if owner.tgid == 0 {
+            count_failure(failed::UNATTRIBUTED);
+        }
+        return;
+    }
+    emit(
+        sk,
+        tuple,
+        &Record {
+            kind: EventKind::StateChange,
+            cookie,
+            old_state: step.old_state,
+            new_state: step.new_state,
+            owner,
+            fin_received: step.fin_received,
+            since_ns: 0,
+            ts_ns: step.ts_ns,
+            tcp,
+        },
+    );
+}
+
+/// Adds `step` to the entry's log, writing the log out first if it is
+/// full, and notes the socket's endpoints as they are now (the local port
+/// is chosen after connect's first step; CLOSE's is taken from the
+/// socket's source port).
+#[inline(always)]
+fn append(entry: &mut SocketEntry, sk: *const u8, tuple: &Tuple, cookie: u64, step: &Step) {
+    if usize::from(entry.steps_len) >= LOG_STEPS {
+        write_out(entry, cookie, step.ts_ns);
+    }
+    let len = usize::from(entry.steps_len);
+    if len < LOG_STEPS {
+        entry.steps[len] = *step;
+        entry.steps_len += 1;
+    }
+    set_endpoints(entry, sk, tuple);
+}
+
+#[inline(always)]
+fn set_endpoints(entry: &mut SocketEntry, sk: *const u8, tuple: &Tuple) {
+    let (saddr, daddr) = addresses(sk, tuple.family);
+    entry.saddr = saddr;
+    entry.daddr = daddr;
+    entry.family = tuple.family;
+    entry.sport = tuple.sport;
+    entry.dport = tuple.dport;
+    entry.netns = netns_of(sk);
+}
+
+/// Writes the log to the ring (unless the pid filter leaves its owner
+/// out) and starts the next one.
+#[inline(always)]
+fn write_out(entry: &mut SocketEntry, cookie: u64, now: u64) {
+    if pid_allowed(entry.tgid) {
+        emit_log(cookie, entry, now);
+    } else if entry.tgid == 0 {
+        count_failure(failed::UNATTRIBUTED);
+    }
+    entry.prior_ns = entry.since_ns;
+    entry.steps_len = 0;
+    entry.generation = entry.generation.wrapping_add(1);
+}
