@@ -357,7 +357,7 @@ pub struct TraceArgs {
 
     /// Most sockets followed at once; beyond it the stalest is dropped
     /// (counted as evicted) to bound memory. The kernel's owner map is
-    /// sized to match (112 bytes of kernel memory per socket: 28 MiB at
+    /// sized to match (280 bytes of kernel memory per socket: 70 MiB at
     /// the default).
     #[arg(long, value_name = "N", default_value = "262144", value_parser = parse_max_sockets, allow_hyphen_values = true)]
     pub max_sockets: NonZeroUsize,
