@@ -42,6 +42,9 @@ pub struct Hook {
     /// ~700 ns of kernel time per request here) to name an accepted
     /// socket's owner before its first close; the per-connection commands
     /// learn it from the process holding its fd, or from the close itself.
+    /// The destroy hook frees the entries that outlive their socket's
+    /// CLOSE step there (kept for the owner of every step, or made anew by
+    /// an I/O hook); otherwise the step to CLOSE frees its entry itself.
     pub for_step_owners: bool,
 }
 
@@ -56,7 +59,7 @@ pub const HOOKS: [Hook; 6] = [
         without: Some(
             "owner entries of closed sockets stay in the kernel's table until newer ones push them out",
         ),
-        for_step_owners: false,
+        for_step_owners: true,
     },
     Hook {
         program: "tcp_send_reset",
@@ -555,7 +558,10 @@ mod tests {
             .filter(|h| h.for_step_owners)
             .map(|h| h.program)
             .collect();
-        assert_eq!(io, ["sock_send_length", "sock_recv_length"]);
+        assert_eq!(
+            io,
+            ["tcp_destroy_sock", "sock_send_length", "sock_recv_length"]
+        );
         let degraded = Degraded {
             program: "sock_recv_length",
             reason: "not in this kernel".into(),
