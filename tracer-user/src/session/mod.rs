@@ -443,6 +443,12 @@ impl<H: Host> Session<H> {
         self.tracker.evicted() + self.recycled
     }
 
+    /// Socket logs that did not follow on from what was delivered of their
+    /// socket (its kernel entry was recycled and made anew).
+    pub fn logs_out_of_step(&self) -> u64 {
+        self.unfolder.discontinuities()
+    }
+
     /// The one-line account of what was seen and lost.
     /// Losses besides the usual four appear when there are any.
     pub fn summary(&mut self, max_sockets: usize) -> String {
@@ -461,7 +467,7 @@ impl<H: Host> Session<H> {
                 ", {unfollowed} TIME_WAIT untimed (over --max-sockets)"
             );
         }
-        let out_of_step = self.unfolder.discontinuities();
+        let out_of_step = self.logs_out_of_step();
         if out_of_step > 0 {
             let _ = write!(
                 line,

@@ -953,7 +953,13 @@ impl Metrics {
 
     /// The losses as totals: each kind's counter grows by what they grew.
     /// `http`: connections shed at the cap, and accepts that failed.
-    pub fn set_losses(&mut self, host: &HostLosses, timewait_unfollowed: u64, http: [u64; 2]) {
+    pub fn set_losses(
+        &mut self,
+        host: &HostLosses,
+        timewait_unfollowed: u64,
+        logs_out_of_step: u64,
+        http: [u64; 2],
+    ) {
         let totals = [
             ("kernel_read_failed", host.kernel.failed_runs),
             ("owner_not_recorded", host.kernel.owner_inserts),
@@ -963,7 +969,9 @@ impl Metrics {
             ("netns_not_found", host.netns_not_found),
             ("cgroup_unknown", host.cgroups_unknown),
             ("host_job_failed", host.jobs_failed),
+            ("entry_read_failed", host.entry_reads_failed),
             ("time_wait_unfollowed", timewait_unfollowed),
+            ("log_out_of_step", logs_out_of_step),
             ("http_connection_shed", http[0]),
             ("http_accept_failed", http[1]),
         ];

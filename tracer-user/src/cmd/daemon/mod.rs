@@ -389,6 +389,7 @@ fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, recent: &mut Recent
     m.set_losses(
         &losses,
         session.tracker.timewait_unfollowed(),
+        session.logs_out_of_step(),
         [
             shared.shed.load(Ordering::Relaxed),
             shared.accept_failed.load(Ordering::Relaxed),

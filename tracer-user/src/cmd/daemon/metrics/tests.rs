@@ -732,9 +732,10 @@ fn losses_given_as_totals_grow_their_counters_by_the_difference() {
         ..HostLosses::default()
     };
     host.kernel.owner_inserts = 1;
-    m.set_losses(&host, 2, [5, 0]);
+    m.set_losses(&host, 2, 0, [5, 0]);
     host.lookups_failed = 4;
-    m.set_losses(&host, 2, [5, 1]);
+    host.entry_reads_failed = 1;
+    m.set_losses(&host, 2, 3, [5, 1]);
     let text = m.encode();
     for (kind, n) in [
         ("lookup_failed", 4),
@@ -743,6 +744,8 @@ fn losses_given_as_totals_grow_their_counters_by_the_difference() {
         ("http_connection_shed", 5),
         ("http_accept_failed", 1),
         ("netns_not_found", 0),
+        ("entry_read_failed", 1),
+        ("log_out_of_step", 3),
     ] {
         let line = format!("tcplinger_losses_total{{kind=\"{kind}\"}} {n}\n");
         assert!(text.contains(&line), "{line} in {text}");
