@@ -288,6 +288,43 @@ pub struct SocketEntry {
     pub steps: [Step; LOG_STEPS],
 }
 
+impl SocketEntry {
+    /// What a [`Log`] of this entry says of socket `cookie` besides its
+    /// steps: endpoints, owner, namespace, the TCP figures, `since_ns` its
+    /// `prior_ns`; written at `ts_ns`. The kernel writes it, and userspace
+    /// reads a live entry as the same head.
+    #[inline]
+    #[must_use]
+    pub const fn log_head(&self, cookie: u64, ts_ns: u64) -> Event {
+        Event {
+            ts_ns,
+            cookie,
+            since_ns: self.prior_ns,
+            cgroup_id: self.cgroup_id,
+            saddr: self.saddr,
+            daddr: self.daddr,
+            comm: self.comm,
+            tgid: self.tgid,
+            netns: self.netns,
+            sport: self.sport,
+            dport: self.dport,
+            family: self.family,
+            kind: EventKind::Log as u8,
+            old_state: 0,
+            new_state: 0,
+            owner_source: if self.tgid == 0 {
+                OwnerSource::Unknown as u8
+            } else {
+                OwnerSource::Recorded as u8
+            },
+            fin_received: FIN_UNKNOWN,
+            has_tcp: 0,
+            _pad: [0; 4],
+            tcp: self.tcp,
+        }
+    }
+}
+
 /// A ring record of kind [`EventKind::Log`]: a socket's logged steps.
 /// `head` says what an [`Event`] says of the socket (endpoints at the
 /// time of writing, owner, namespace, the TCP figures); its `ts_ns` is
@@ -390,7 +427,8 @@ pub mod failed {
 pub mod entry_counts {
     /// Entries inserted.
     pub const MADE: u32 = 0;
-    /// Entries deleted when their socket was destroyed.
+    /// Entries deleted at their socket's end (its step to CLOSE, or its
+    /// destruction where entries outlive CLOSE).
     pub const FREED: u32 = 1;
     /// Slots in all.
     pub const SLOTS: u32 = 2;

@@ -11,7 +11,7 @@ use crate::{
         fresh_entry, runs_in_owner,
     },
     record::{Record, count_failure, emit, emit_log},
-    sock::{Tuple, addresses, fin_received, netns_of, pid_allowed, tcp_figures},
+    sock::{Tuple, addresses, closing_figures, fin_received, netns_of, pid_allowed},
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -30,13 +30,7 @@ pub fn state_change(sk: *const u8, tuple: &Tuple, cookie: u64, old: u8, new: u8,
         flags: if in_owner { STEP_IN_OWNER } else { 0 },
         _pad: [0; 3],
     };
-    // Leaving ESTABLISHED (or SYN_RECV, but for ESTABLISHED) is the first
-    // closing act, or a reset: what the socket knows of its traffic then
-    // says how the connection was used and how soon after its last
-    // exchange it ended.
-    let leaves = old == TcpState::Established as u8
-        || (old == TcpState::SynRecv as u8 && new != TcpState::Established as u8);
-    let tcp = if leaves { tcp_figures(sk) } else { None };
+    let tcp = closing_figures(sk, old, new);
     if tcp.is_some() {
         step.flags |= STEP_TCP;
     }
@@ -103,8 +97,9 @@ pub fn reset(
 #[inline(always)]
 fn first_step(sk: *const u8, tuple: &Tuple, cookie: u64, step: &Step, tcp: Option<TcpFigures>) {
     let in_owner = step.flags & STEP_IN_OWNER != 0;
-    if step.new_state != CLOSE
-        && let Some(entry) = fresh_entry(SCRATCH_STEP, in_owner, step.new_state, step.ts_ns)
+    let mut entry = fresh_entry(SCRATCH_STEP, in_owner, step.new_state, step.ts_ns);
+    if let Some(entry) = entry.as_deref_mut()
+        && step.new_state != CLOSE
     {
         if let Some(tcp) = tcp {
             entry.tcp = tcp;
@@ -116,10 +111,9 @@ fn first_step(sk: *const u8, tuple: &Tuple, cookie: u64, step: &Step, tcp: Optio
             return;
         }
     }
-    let owner = if in_owner && let Some(entry) = fresh_entry(SCRATCH_STEP, true, 0, 0) {
-        Attribution::of(entry, OwnerSource::Current)
-    } else {
-        Attribution::UNKNOWN
+    let owner = match entry {
+        Some(entry) if in_owner => Attribution::of(entry, OwnerSource::Current),
+        _ => Attribution::UNKNOWN,
     };
     if !pid_allowed(owner.tgid) {
         if owner.tgid == 0 {

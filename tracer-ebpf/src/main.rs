@@ -29,7 +29,7 @@ use crate::{
     },
     record::{Record, count_failure, emit},
     sock::{
-        cookie_of, field, fin_received, is_tcp, pid_allowed, tcp_figures, traced_family,
+        closing_figures, cookie_of, field, fin_received, is_tcp, pid_allowed, traced_family,
         traced_ports, tuple_if_traced,
     },
 };
@@ -104,12 +104,6 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         }
         return Ok(());
     }
-    // Leaving ESTABLISHED (or SYN_RECV, but for ESTABLISHED) is the first
-    // closing act, or a reset: what the socket knows of its traffic then
-    // says how the connection was used and how soon after its last
-    // exchange it ended.
-    let leaves = old == TcpState::Established as u8
-        || (old == TcpState::SynRecv as u8 && new != TcpState::Established as u8);
     let record = Record {
         kind: EventKind::StateChange,
         cookie,
@@ -119,7 +113,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
         fin_received: fin_received(sk),
         since_ns: step.since_ns,
         ts_ns: now,
-        tcp: if leaves { tcp_figures(sk) } else { None },
+        tcp: closing_figures(sk, old, new),
     };
     emit(sk, &tuple, &record);
     Ok(())

@@ -7,9 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use tracer_common::{
-    Event, EventKind, FIN_UNKNOWN, LOG_STEPS, Log, OwnerSource, SocketEntry, TcpFigures, failed,
-};
+use tracer_common::{Event, EventKind, LOG_STEPS, Log, SocketEntry, TcpFigures, failed};
 
 use crate::{
     config::config,
@@ -115,32 +113,7 @@ pub fn emit_log(cookie: u64, log: &SocketEntry, now: u64) {
     // is written (field by field: a whole `Log` would not fit the
     // programs' stack) before it is submitted.
     unsafe {
-        (*record).head = Event {
-            ts_ns: now,
-            cookie,
-            since_ns: log.prior_ns,
-            cgroup_id: log.cgroup_id,
-            saddr: log.saddr,
-            daddr: log.daddr,
-            comm: log.comm,
-            tgid: log.tgid,
-            netns: log.netns,
-            sport: log.sport,
-            dport: log.dport,
-            family: log.family,
-            kind: EventKind::Log as u8,
-            old_state: 0,
-            new_state: 0,
-            owner_source: if log.tgid == 0 {
-                OwnerSource::Unknown as u8
-            } else {
-                OwnerSource::Recorded as u8
-            },
-            fin_received: FIN_UNKNOWN,
-            has_tcp: 0,
-            _pad: [0; 4],
-            tcp: log.tcp,
-        };
+        (*record).head = log.log_head(cookie, now);
         (*record).generation = log.generation;
         (*record).steps_len = log.steps_len;
         (*record)._pad = [0; 3];

@@ -8,7 +8,7 @@ use aya_ebpf::helpers::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, FIN_UNKNOWN, IPPROTO_TCP, MAX_FILTER_PIDS, MAX_FILTER_PORTS, NO_OFFSET,
-    TcpFigures,
+    TcpFigures, TcpState,
 };
 
 use crate::config::config;
@@ -206,11 +206,22 @@ pub fn addresses(sk: *const u8, family: u16) -> ([u8; 16], [u8; 16]) {
     }
 }
 
+/// The TCP socket's figures if the step `old` -> `new` leaves ESTABLISHED
+/// (or SYN_RECV, but for ESTABLISHED): the first closing act, or a reset.
+/// What the socket knows of its traffic then says how the connection was
+/// used and how soon after its last exchange it ended.
+#[inline(always)]
+pub fn closing_figures(sk: *const u8, old: u8, new: u8) -> Option<TcpFigures> {
+    let leaves = old == TcpState::Established as u8
+        || (old == TcpState::SynRecv as u8 && new != TcpState::Established as u8);
+    if leaves { tcp_figures(sk) } else { None }
+}
+
 /// The TCP socket's own figures, read when a connection leaves
 /// ESTABLISHED. `None` when the socket is not a full TCP socket or the
 /// offsets are unknown.
 #[inline(always)]
-pub fn tcp_figures(sk: *const u8) -> Option<TcpFigures> {
+fn tcp_figures(sk: *const u8) -> Option<TcpFigures> {
     let lsndtime = config!(offsets.lsndtime);
     let lrcvtime = config!(offsets.lrcvtime);
     let segs_out = config!(offsets.data_segs_out);

@@ -72,32 +72,8 @@ pub fn decode_entry(cookie: u64, bytes: &[u8]) -> Result<StepLog, DecodeError> {
     }
     // SAFETY: as in `decode_any`, for `SocketEntry`.
     let entry: SocketEntry = unsafe { bytes.as_ptr().cast::<SocketEntry>().read_unaligned() };
-    let head = Event {
-        ts_ns: 0,
-        cookie,
-        since_ns: entry.prior_ns,
-        cgroup_id: entry.cgroup_id,
-        saddr: entry.saddr,
-        daddr: entry.daddr,
-        comm: entry.comm,
-        tgid: entry.tgid,
-        netns: entry.netns,
-        sport: entry.sport,
-        dport: entry.dport,
-        family: entry.family,
-        kind: EventKind::Log as u8,
-        old_state: 0,
-        new_state: 0,
-        owner_source: if entry.tgid == 0 {
-            OwnerSource::Unknown as u8
-        } else {
-            OwnerSource::Recorded as u8
-        },
-        fin_received: FIN_UNKNOWN,
-        has_tcp: 0,
-        _pad: [0; 4],
-        tcp: entry.tcp,
-    };
+    // A live entry has not been written: no time of writing.
+    let head = entry.log_head(cookie, 0);
     if entry.steps_len == 0 {
         // No endpoints are noted before the first step.
         return Ok(StepLog::new(
@@ -138,29 +114,13 @@ fn step_log(
     let mut logged = [LoggedStep::UNUSED; LOG_STEPS];
     let mut tcp = false;
     for (slot, step) in logged.iter_mut().zip(used) {
-        let kind = match EventKind::from_u8(step.kind) {
-            Some(EventKind::StateChange) => Kind::StateChange {
-                old: state(step.old_state)?,
-                new: state(step.new_state)?,
-            },
-            Some(EventKind::SendReset) => Kind::SendReset {
-                state: state(step.old_state)?,
-            },
-            Some(EventKind::ReceiveReset) => Kind::ReceiveReset {
-                state: state(step.old_state)?,
-            },
-            Some(EventKind::Log) | None => return Err(DecodeError::Kind(step.kind)),
-        };
+        let kind = step_kind(step.kind, step.old_state, step.new_state)?;
         let state_change = matches!(kind, Kind::StateChange { .. });
         tcp |= step.flags & STEP_TCP != 0;
         *slot = LoggedStep {
             ts_ns: step.ts_ns,
             kind,
-            peer_fin: match step.fin_received {
-                _ if !state_change => None,
-                FIN_UNKNOWN => None,
-                received => Some(received != 0),
-            },
+            peer_fin: peer_fin(kind, step.fin_received),
             tcp: state_change && step.flags & STEP_TCP != 0,
         };
     }
@@ -171,6 +131,32 @@ fn step_log(
         tcp.then_some(head.tcp),
         &logged[..used.len()],
     ))
+}
+
+/// One step's kind from the kernel's kind and states; a log is not a step.
+fn step_kind(kind: u8, old: u8, new: u8) -> Result<Kind, DecodeError> {
+    Ok(
+        match EventKind::from_u8(kind).ok_or(DecodeError::Kind(kind))? {
+            EventKind::StateChange => Kind::StateChange {
+                old: state(old)?,
+                new: state(new)?,
+            },
+            EventKind::SendReset => Kind::SendReset { state: state(old)? },
+            EventKind::ReceiveReset => Kind::ReceiveReset { state: state(old)? },
+            // A log is a record of its own shape (`decode_any`).
+            EventKind::Log => return Err(DecodeError::Kind(kind)),
+        },
+    )
+}
+
+/// Whether the peer's FIN had arrived: known only for a state change whose
+/// flag could be read.
+fn peer_fin(kind: Kind, raw: u8) -> Option<bool> {
+    match raw {
+        _ if !matches!(kind, Kind::StateChange { .. }) => None,
+        FIN_UNKNOWN => None,
+        received => Some(received != 0),
+    }
 }
 
 /// What a log's head says of its socket, as a record (its step fields
@@ -201,20 +187,7 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
         AF_INET6 => Family::Ipv6,
         other => return Err(DecodeError::Family(other)),
     };
-    let kind = match EventKind::from_u8(event.kind).ok_or(DecodeError::Kind(event.kind))? {
-        EventKind::StateChange => Kind::StateChange {
-            old: state(event.old_state)?,
-            new: state(event.new_state)?,
-        },
-        EventKind::SendReset => Kind::SendReset {
-            state: state(event.old_state)?,
-        },
-        EventKind::ReceiveReset => Kind::ReceiveReset {
-            state: state(event.old_state)?,
-        },
-        // A log is a record of its own shape (`decode_any`).
-        EventKind::Log => return Err(DecodeError::Kind(event.kind)),
-    };
+    let kind = step_kind(event.kind, event.old_state, event.new_state)?;
     let owner = match OwnerSource::from_u8(event.owner_source)
         .ok_or(DecodeError::OwnerSource(event.owner_source))?
     {
@@ -238,11 +211,7 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
         netns: event.netns,
         since_ns: (event.kind == EventKind::StateChange as u8 && event.since_ns != 0)
             .then_some(event.since_ns),
-        peer_fin: match event.fin_received {
-            _ if event.kind != EventKind::StateChange as u8 => None,
-            FIN_UNKNOWN => None,
-            received => Some(received != 0),
-        },
+        peer_fin: peer_fin(kind, event.fin_received),
         tcp: (event.kind == EventKind::StateChange as u8 && event.has_tcp != 0)
             .then_some(event.tcp),
     })

@@ -190,6 +190,16 @@ mod tests {
         out
     }
 
+    /// A read of `fresh` (and `unchanged` sockets) taken, then applied.
+    fn apply(
+        u: &mut Unfolder,
+        unchanged: &[u64],
+        fresh: &[StepLog],
+    ) -> Vec<(u64, Kind, Option<u64>)> {
+        u.read_started();
+        collect(|each| u.apply_read(unchanged, fresh, each))
+    }
+
     fn times(records: &[(u64, Kind, Option<u64>)]) -> Vec<u64> {
         records.iter().map(|r| r.0).collect()
     }
@@ -210,12 +220,10 @@ mod tests {
         let sock = Sock::client(7);
         let life = client_life();
         let mut u = Unfolder::default();
-        u.read_started();
-        let read = collect(|each| u.apply_read(&[], &[log_of(&sock, 0, &life[..2])], each));
+        let read = apply(&mut u, &[], &[log_of(&sock, 0, &life[..2])]);
         assert_eq!(times(&read), [1, 2]);
         assert_eq!(u.open(), 1);
-        u.read_started();
-        let read = collect(|each| u.apply_read(&[], &[log_of(&sock, 0, &life[..3])], each));
+        let read = apply(&mut u, &[], &[log_of(&sock, 0, &life[..3])]);
         assert_eq!(times(&read), [3], "only the step new since the last read");
         let written = collect(|each| u.written(&log_of(&sock, 0, &life), each));
         assert_eq!(times(&written), [4, 5]);
@@ -246,27 +254,14 @@ mod tests {
             step(10, SynRecv, Established),
             step(11, Established, CloseWait),
         ];
-        u.read_started();
-        let read = collect(|each| u.apply_read(&[], &[log_of(&sock, 0, &first[..1])], each));
+        let read = apply(&mut u, &[], &[log_of(&sock, 0, &first[..1])]);
         assert_eq!(times(&read), [10]);
         // The log filled and was written out; the next generation began.
         let written = collect(|each| u.written(&log_of(&sock, 0, &first), each));
         assert_eq!(times(&written), [11]);
         let second = [step(12, CloseWait, LastAck)];
-        u.read_started();
-        let read = collect(|each| {
-            u.apply_read(
-                &[],
-                &[StepLog::new(
-                    sock.step(0, Close, Close),
-                    1,
-                    Some(11),
-                    None,
-                    &second,
-                )],
-                each,
-            );
-        });
+        let next = StepLog::new(sock.step(0, Close, Close), 1, Some(11), None, &second);
+        let read = apply(&mut u, &[], &[next]);
         assert_eq!(read.len(), 1);
         assert_eq!(read[0].2, Some(11), "the prior step dates the state left");
         let end = [step(12, CloseWait, LastAck), step(13, LastAck, Close)];
@@ -284,18 +279,14 @@ mod tests {
         let (a, b) = (Sock::client(1), Sock::client(2));
         let life = client_life();
         let mut u = Unfolder::default();
-        u.read_started();
-        collect(|each| {
-            u.apply_read(
-                &[],
-                &[log_of(&a, 0, &life[..2]), log_of(&b, 0, &life[..3])],
-                each,
-            );
-        });
+        apply(
+            &mut u,
+            &[],
+            &[log_of(&a, 0, &life[..2]), log_of(&b, 0, &life[..3])],
+        );
         assert_eq!(u.open(), 2);
-        u.read_started();
         // `a`'s entry went (recycled); `b`'s was made anew with one step.
-        let read = collect(|each| u.apply_read(&[], &[log_of(&b, 0, &life[3..4])], each));
+        let read = apply(&mut u, &[], &[log_of(&b, 0, &life[3..4])]);
         assert_eq!(times(&read), [4]);
         assert_eq!(u.open(), 1);
         assert_eq!(u.discontinuities(), 1);
@@ -306,19 +297,15 @@ mod tests {
         let (a, b) = (Sock::client(1), Sock::client(2));
         let life = client_life();
         let mut u = Unfolder::default();
-        u.read_started();
-        collect(|each| {
-            u.apply_read(
-                &[],
-                &[log_of(&a, 0, &life[..2]), log_of(&b, 0, &life[..2])],
-                each,
-            );
-        });
+        apply(
+            &mut u,
+            &[],
+            &[log_of(&a, 0, &life[..2]), log_of(&b, 0, &life[..2])],
+        );
         assert!(!u.is_new(1, 0, 2), "nothing new in a's entry");
         assert!(u.is_new(2, 0, 3), "b moved on");
         assert!(!u.is_new(3, 0, 0), "an entry with nothing logged");
-        u.read_started();
-        let read = collect(|each| u.apply_read(&[1], &[log_of(&b, 0, &life[..3])], each));
+        let read = apply(&mut u, &[1], &[log_of(&b, 0, &life[..3])]);
         assert_eq!(times(&read), [3]);
         assert_eq!(u.open(), 2, "a is still open");
         let written = collect(|each| u.written(&log_of(&a, 0, &life), each));
@@ -346,14 +333,10 @@ mod tests {
             .pid;
         let life = client_life();
         let mut other = Unfolder::new(vec![owner + 1]);
-        other.read_started();
-        assert!(
-            collect(|each| other.apply_read(&[], &[log_of(&sock, 0, &life[..2])], each)).is_empty()
-        );
+        assert!(apply(&mut other, &[], &[log_of(&sock, 0, &life[..2])]).is_empty());
         let mut mine = Unfolder::new(vec![owner]);
-        mine.read_started();
         assert_eq!(
-            collect(|each| mine.apply_read(&[], &[log_of(&sock, 0, &life[..2])], each)).len(),
+            apply(&mut mine, &[], &[log_of(&sock, 0, &life[..2])]).len(),
             2
         );
     }
