@@ -15,6 +15,7 @@ use crate::{
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
+const LISTEN: u8 = TcpState::Listen as u8;
 
 /// Logs the state change `old` -> `new` of socket `sk`; at CLOSE, the end
 /// of the full socket's life, writes the log out.
@@ -47,7 +48,9 @@ pub fn state_change(sk: *const u8, tuple: &Tuple, cookie: u64, old: u8, new: u8,
     append(entry, sk, tuple, cookie, &step);
     entry.since_state = new;
     entry.since_ns = now;
-    if new == CLOSE {
+    if new == LISTEN {
+        write_out(entry, cookie, now);
+    } else if new == CLOSE {
         // The end of the full socket's life: its log goes out and its
         // entry with it, here rather than in a destroy hook: the same
         // delete (measured: the same kernel time per connection) with one
@@ -92,14 +95,22 @@ pub fn reset(
 }
 
 /// The first step of a socket without an entry: the entry is made with it
-/// logged. A step to CLOSE (nothing before it was logged), or an entry the
-/// map refuses, is written at once as a record of its own.
+/// logged. A step to CLOSE (nothing before it was logged), a listener's
+/// (which needs no entry: its steps run in its owner and are written at
+/// once), or an entry the map refuses, is written at once as a record of
+/// its own.
+///
+/// A listener's steps are never held back: the tracker names the sockets
+/// it accepts after it (their role, and their owner until a process is
+/// seen with them), so its LISTEN must reach userspace before any read
+/// of their entries does.
 #[inline(always)]
 fn first_step(sk: *const u8, tuple: &Tuple, cookie: u64, step: &Step, tcp: Option<TcpFigures>) {
     let in_owner = step.flags & STEP_IN_OWNER != 0;
     let mut entry = fresh_entry(SCRATCH_STEP, in_owner, step.new_state, step.ts_ns);
     if let Some(entry) = entry.as_deref_mut()
         && step.new_state != CLOSE
+        && step.new_state != LISTEN
     {
         if let Some(tcp) = tcp {
             entry.tcp = tcp;

@@ -1,13 +1,19 @@
 //! `watch` connection records on real TCP: who closed first, linger times measured through the timewait socket, pre-existing connections and a burst.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
 
 use serde_json::Value;
 
 use crate::support::{
     peer::{CLIENT_COMM, SERVER_COMM},
-    scene::{Closer, Pace, Scene},
+    require_root,
+    scene::{Closer, Pace, Scene, fresh_port},
     tracer::{Finished, Tcplinger},
+    wait_until,
 };
 
 /// Records arrive within a dump interval of the end they report; this is
@@ -222,6 +228,65 @@ fn lifecycle_peer_never_closes() {
     assert!(state_ms(s, "CLOSE_WAIT") >= 3000.0, "{s}");
 }
 privileged!(lifecycle_peer_never_closes);
+
+/// An accepted socket no process has touched (here: never accepted) is
+/// named by its listener's owner, so the listener must reach the tracker
+/// first. Both are only in the kernel's entries until a read, which hands
+/// them over in the map's order; eight listeners, each with a connection
+/// its client closes at once (the accepted side is then in CLOSE_WAIT, a
+/// record at exit), would find that order wrong for some of them.
+fn lifecycle_unaccepted_sockets_are_named_by_their_listener() {
+    require_root();
+    let ports: Vec<u16> = (0..8).map(|_| fresh_port()).collect();
+    let list = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let tracer = Tcplinger::start(&["watch", "--format", "json", "--port", &list]);
+    let listeners: Vec<TcpListener> = ports
+        .iter()
+        .map(|&port| {
+            let listener = TcpListener::bind(("127.0.0.1", port)).expect("binding a test port");
+            drop(TcpStream::connect(("127.0.0.1", port)).expect("connecting on loopback"));
+            listener
+        })
+        .collect();
+    let waiting = wait_until(SETTLE, || close_waits(&ports) == ports.len());
+    // Stopped at once: the steps are delivered by the read at exit.
+    let run = tracer.stop();
+    drop(listeners);
+    assert!(waiting, "the accepted sockets never reached CLOSE_WAIT");
+    assert!(run.status.success(), "{:?}", run.stderr);
+    let me = std::process::id();
+    for port in ports {
+        let server = run
+            .lines
+            .iter()
+            .find(|r| is_server(r, port))
+            .unwrap_or_else(|| panic!("no server side on {port}: {:#?}", run.lines));
+        assert_eq!(server["open_state"], "CLOSE_WAIT", "{server}");
+        assert_eq!(server["role"], "server", "{server}");
+        assert_eq!(server["pid"], me, "the listener's owner: {server}");
+    }
+}
+
+/// How many of `ports` have a local socket in CLOSE_WAIT
+/// (`/proc/net/tcp`, state 08).
+fn close_waits(ports: &[u16]) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    ports
+        .iter()
+        .filter(|port| {
+            let local = format!(":{port:04X} ");
+            table.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[1].ends_with(local.trim_end()) && f[3] == "08"
+            })
+        })
+        .count()
+}
+privileged!(lifecycle_unaccepted_sockets_are_named_by_their_listener);
 
 fn lifecycle_preexisting_connection() {
     let scene = Scene::new();
