@@ -430,8 +430,13 @@ pub mod entry_counts {
     /// Entries deleted at their socket's end (its step to CLOSE, or its
     /// destruction where entries outlive CLOSE).
     pub const FREED: u32 = 1;
+    /// Not an entry count: runs of the state-change program the kernel
+    /// skipped (it was already running on that CPU, interrupted by a
+    /// softirq) that its second copy made instead. The kernel counts them
+    /// among the first program's recursion misses; they were not lost.
+    pub const RESCUED: u32 = 2;
     /// Slots in all.
-    pub const SLOTS: u32 = 2;
+    pub const SLOTS: u32 = 3;
 }
 
 /// Load-time settings of the kernel programs (a read-only global).

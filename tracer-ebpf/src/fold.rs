@@ -7,8 +7,8 @@ use tracer_common::{
 
 use crate::{
     owner::{
-        Attribution, SCRATCH_STEP, adopt, create_entry, current_tgid, entry_of, forget,
-        fresh_entry, runs_in_owner,
+        Attribution, adopt, create_entry, current_tgid, entry_of, forget, fresh_entry,
+        runs_in_owner,
     },
     record::{Record, count_failure, emit, emit_log},
     sock::{Tuple, addresses, closing_figures, fin_received, netns_of, pid_allowed},
@@ -18,9 +18,18 @@ const CLOSE: u8 = TcpState::Close as u8;
 const LISTEN: u8 = TcpState::Listen as u8;
 
 /// Logs the state change `old` -> `new` of socket `sk`; at CLOSE, the end
-/// of the full socket's life, writes the log out.
+/// of the full socket's life, writes the log out. `slot` is the scratch
+/// slot of the program running.
 #[inline(always)]
-pub fn state_change(sk: *const u8, tuple: &Tuple, cookie: u64, old: u8, new: u8, now: u64) {
+pub fn state_change(
+    slot: u32,
+    sk: *const u8,
+    tuple: &Tuple,
+    cookie: u64,
+    old: u8,
+    new: u8,
+    now: u64,
+) {
     let in_owner = runs_in_owner(old, new);
     let mut step = Step {
         ts_ns: now,
@@ -36,7 +45,7 @@ pub fn state_change(sk: *const u8, tuple: &Tuple, cookie: u64, old: u8, new: u8,
         step.flags |= STEP_TCP;
     }
     let Some(entry) = entry_of(cookie) else {
-        first_step(sk, tuple, cookie, &step, tcp);
+        first_step(slot, sk, tuple, cookie, &step, tcp);
         return;
     };
     if in_owner {
@@ -105,9 +114,16 @@ pub fn reset(
 /// seen with them), so its LISTEN must reach userspace before any read
 /// of their entries does.
 #[inline(always)]
-fn first_step(sk: *const u8, tuple: &Tuple, cookie: u64, step: &Step, tcp: Option<TcpFigures>) {
+fn first_step(
+    slot: u32,
+    sk: *const u8,
+    tuple: &Tuple,
+    cookie: u64,
+    step: &Step,
+    tcp: Option<TcpFigures>,
+) {
     let in_owner = step.flags & STEP_IN_OWNER != 0;
-    let mut entry = fresh_entry(SCRATCH_STEP, in_owner, step.new_state, step.ts_ns);
+    let mut entry = fresh_entry(slot, in_owner, step.new_state, step.ts_ns);
     if let Some(entry) = entry.as_deref_mut()
         && step.new_state != CLOSE
         && step.new_state != LISTEN

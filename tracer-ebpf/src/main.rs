@@ -16,7 +16,9 @@ mod record;
 mod sock;
 
 use aya_ebpf::{
-    helpers::generated::bpf_ktime_get_boot_ns, macros::btf_tracepoint,
+    helpers::generated::bpf_ktime_get_boot_ns,
+    macros::{btf_tracepoint, map},
+    maps::PerCpuArray,
     programs::BtfTracePointContext,
 };
 use tracer_common::{EventKind, FIN_UNKNOWN, TcpState, failed};
@@ -24,8 +26,8 @@ use tracer_common::{EventKind, FIN_UNKNOWN, TcpState, failed};
 use crate::{
     config::config,
     owner::{
-        Transition, current_tgid, forget, note_io, recorded_owner, runs_in_owner, step_current,
-        step_recorded,
+        SCRATCH_NESTED, SCRATCH_STEP, Transition, count_rescued, current_tgid, forget, note_io,
+        recorded_owner, runs_in_owner, step_current, step_recorded,
     },
     record::{Record, count_failure, emit},
     sock::{
@@ -50,6 +52,19 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_boot_ns() }
 }
 
+/// Non-zero while [`inet_sock_set_state`] runs on this CPU.
+///
+/// The kernel never runs a program inside itself: a state change in a
+/// softirq that interrupts the program on the same CPU (a timer's ACK
+/// finishing an orphan's FIN_WAIT1 and its hand-over to a timewait socket,
+/// while a process closes another socket) is skipped and counted as a
+/// recursion miss. For a folded socket that loses its last steps and the
+/// log they end with. A second program on the same tracepoint has its own
+/// recursion guard: [`state_nested`] does the skipped run,
+/// and only then.
+#[map]
+static BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// `trace_inet_sock_set_state()` (include/trace/events/sock.h), fired by
 /// `inet_sk_state_store()`/`inet_sk_set_state()` on every state change of an
 /// inet socket; `tp_btf` so the `struct sock *` is typed and the cookie helper
@@ -60,10 +75,41 @@ fn now_ns() -> u64 {
     reason = "the signature the macro requires"
 )]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
-    done(try_inet_sock_set_state(&ctx))
+    let busy = BUSY.get_ptr_mut(0);
+    if let Some(busy) = busy {
+        // SAFETY: this CPU's slot, valid for this run.
+        unsafe { *busy = 1 };
+    }
+    let result = done(try_inet_sock_set_state(&ctx, SCRATCH_STEP));
+    if let Some(busy) = busy {
+        // SAFETY: as above.
+        unsafe { *busy = 0 };
+    }
+    result
 }
 
-fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
+/// The state change [`inet_sock_set_state`] could not take because it was
+/// running on this CPU already (see [`BUSY`]); every other run returns at
+/// once.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the signature the macro requires"
+)]
+pub fn state_nested(ctx: BtfTracePointContext) -> i32 {
+    // SAFETY: this CPU's slot, valid for this run.
+    let busy = BUSY.get_ptr(0).is_some_and(|busy| unsafe { *busy } != 0);
+    if !busy {
+        return 0;
+    }
+    count_rescued();
+    done(try_inet_sock_set_state(&ctx, SCRATCH_NESTED))
+}
+
+/// The state change program's work; `slot` is the scratch slot of the
+/// copy running.
+#[inline(always)]
+fn try_inet_sock_set_state(ctx: &BtfTracePointContext, slot: u32) -> Result<(), i32> {
     // The tracepoint's arguments are (sk, oldstate, newstate).
     let (sk, old, new): (*const u8, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
     if sk.is_null() || !is_tcp(sk) {
@@ -88,13 +134,13 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let cookie = cookie_of(sk);
     let now = now_ns();
     if config!(every_transition) == 0 {
-        fold::state_change(sk, &tuple, cookie, old, new, now);
+        fold::state_change(slot, sk, &tuple, cookie, old, new, now);
         return Ok(());
     }
     let step = if created {
         Transition::CREATED
     } else if runs_in_owner(old, new) {
-        step_current(cookie, current_tgid(), old, new, now)
+        step_current(slot, cookie, current_tgid(), old, new, now)
     } else {
         step_recorded(cookie, old, new, now)
     };

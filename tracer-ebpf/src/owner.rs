@@ -36,14 +36,23 @@ static ENTRY_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(entry_coun
 
 /// Where a new entry is built before it is inserted: an entry is too
 /// large for the programs' stack. Slot [`SCRATCH_STEP`] for the state
-/// change program, [`SCRATCH_IO`] for the I/O hooks: those run in process
-/// context and a softirq state change may interrupt them on the same CPU,
+/// change program, [`SCRATCH_IO`] for the I/O hooks, [`SCRATCH_NESTED`]
+/// for the state change program's second copy: each may interrupt another
+/// on the same CPU (a softirq state change during a process-context run),
 /// while a program never interrupts itself (the kernel skips such a run).
 #[map]
-static SCRATCH: PerCpuArray<SocketEntry> = PerCpuArray::with_max_entries(2, 0);
+static SCRATCH: PerCpuArray<SocketEntry> = PerCpuArray::with_max_entries(3, 0);
 
 pub const SCRATCH_STEP: u32 = 0;
 pub const SCRATCH_IO: u32 = 1;
+pub const SCRATCH_NESTED: u32 = 2;
+
+/// Counts a run of the state-change program's second copy (see
+/// `tracer_common::entry_counts::RESCUED`).
+#[inline(always)]
+pub fn count_rescued() {
+    count(&ENTRY_COUNTS, entry_counts::RESCUED);
+}
 
 /// Who a record names, and how that was learned.
 pub struct Attribution {
@@ -92,7 +101,8 @@ pub fn fresh_entry(
     since_ns: u64,
 ) -> Option<&'static mut SocketEntry> {
     // SAFETY: a per-CPU slot valid for this run, which only this program
-    // (or, for SCRATCH_IO, the other I/O hook, never nested in it) uses.
+    // (or, for SCRATCH_IO, the other I/O hook, never nested in it) uses;
+    // the state change program and its second copy take their own slots.
     let entry = unsafe { &mut *SCRATCH.get_ptr_mut(slot)? };
     if owned {
         entry.tgid = current_tgid();
@@ -200,7 +210,7 @@ pub fn step_recorded(cookie: u64, old: u8, new: u8, now: u64) -> Transition {
 /// A state change inside a syscall of the owner: the current task is
 /// recorded as the owner.
 #[inline(always)]
-pub fn step_current(cookie: u64, tgid: u32, old: u8, new: u8, now: u64) -> Transition {
+pub fn step_current(slot: u32, cookie: u64, tgid: u32, old: u8, new: u8, now: u64) -> Transition {
     if let Some(entry) = entry_of(cookie) {
         adopt(entry, tgid);
         return Transition {
@@ -208,7 +218,7 @@ pub fn step_current(cookie: u64, tgid: u32, old: u8, new: u8, now: u64) -> Trans
             owner: Attribution::of(entry, OwnerSource::Current),
         };
     }
-    let Some(entry) = fresh_entry(SCRATCH_STEP, true, new, now) else {
+    let Some(entry) = fresh_entry(slot, true, new, now) else {
         count_failure(failed::OWNER_INSERT);
         return Transition {
             owner: Attribution::UNKNOWN,

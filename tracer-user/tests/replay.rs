@@ -140,6 +140,19 @@ fn python_prefork_close_wait_leak_names_the_child_and_its_fds() {
     assert_eq!(f["evidence"]["fds"].as_array().unwrap().len(), 10, "{f}");
 }
 
+/// A recording of format version 1 (the kernel wrote a record per step,
+/// before it folded each socket's steps) still replays to its verdict.
+#[test]
+fn a_version_1_recording_still_replays() {
+    let r = report("v1/python_prefork_close_wait_leak");
+    let f = finding(&r, "close_wait_leak", "python3", "server");
+    assert_eq!(figure(f, "close_wait_now"), 10.0, "{f}");
+    assert_eq!(f["evidence"]["fds"].as_array().unwrap().len(), 10, "{f}");
+    let path = recording("v1/python_prefork_close_wait_leak");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes[8..12], 1u32.to_le_bytes(), "still a version 1 file");
+}
+
 #[test]
 fn python_server_with_curl_and_a_threaded_client() {
     let r = report("python_http_server_with_curl");
@@ -172,8 +185,12 @@ fn healthy_scenarios_have_no_finding() {
 fn recordings_are_whole() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/recordings");
     let mut n = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .chain(std::fs::read_dir(dir.join("v1")).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file());
+    for path in files {
         let out = tcplinger(&[
             "record",
             "--info",
@@ -189,10 +206,12 @@ fn recordings_are_whole() {
         let info: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(info["complete"], true, "{}: {info:#}", path.display());
         assert!(info["damage"].is_null(), "{info:#}");
-        assert!(info["records"].as_u64().unwrap() > 0, "{info:#}");
+        // A leak's sockets may live through the run: seen only in reads of
+        // the kernel's entries, with no ring record.
+        assert!(info["sockets"].as_u64().unwrap() > 0, "{info:#}");
         n += 1;
     }
-    assert!(n >= 13, "{n} recordings");
+    assert!(n >= 14, "{n} recordings");
 }
 
 #[test]
@@ -320,7 +339,7 @@ fn a_newer_format_and_other_files_are_one_line_errors() {
     assert_eq!(out.status.code(), Some(1));
     let line = one_line(&out);
     assert!(
-        line.contains("version 7") && line.contains("version 1"),
+        line.contains("version 7") && line.contains("version 2"),
         "{line}"
     );
 

@@ -8,6 +8,7 @@ mod deps;
 mod hold;
 mod keepalive;
 mod lint;
+mod nested;
 mod peers;
 mod procs;
 mod ratios;
@@ -60,6 +61,10 @@ enum Chore {
     /// The daemon under maximum churn for minutes, its memory sampled
     /// (needs root; see BENCHMARKS.md).
     Soak(soak::SoakArgs),
+    /// Count the state-change runs the kernel skips as nested (a softirq
+    /// interrupting the program on its CPU) under orphans finished by
+    /// delayed ACKs beside loopback churn, for each tcplinger given.
+    NestedMisses(nested::NestedArgs),
     /// Helper of the benchmark: hold loopback connections open.
     #[command(hide = true)]
     Hold { index: u8, pairs: u64 },
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
         Chore::Test { args } => test(&args),
         Chore::Bench(args) => bench::run(&args, &workspace_root()),
         Chore::Soak(args) => soak::run(&args, &workspace_root()),
+        Chore::NestedMisses(args) => nested::run(&args),
         Chore::Hold { index, pairs } => hold::hold(index, pairs),
         Chore::SoakChild {
             cgroup,

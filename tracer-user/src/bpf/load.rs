@@ -32,6 +32,8 @@ const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, Clone, Copy)]
 pub struct Hook {
     pub program: &'static str,
+    /// The tracepoint it is attached to, where it is not named after it.
+    pub tracepoint: Option<&'static str>,
     /// `None`: nothing works without it. Otherwise what a run without it
     /// cannot do, for the warning.
     pub without: Option<&'static str>,
@@ -48,14 +50,19 @@ pub struct Hook {
     pub for_step_owners: bool,
 }
 
-pub const HOOKS: [Hook; 6] = [
+/// The state change program's second copy (see its hook).
+const NESTED_PROGRAM: &str = "state_nested";
+
+pub const HOOKS: [Hook; 7] = [
     Hook {
         program: "inet_sock_set_state",
+        tracepoint: None,
         without: None,
         for_step_owners: false,
     },
     Hook {
         program: "tcp_destroy_sock",
+        tracepoint: None,
         without: Some(
             "owner entries of closed sockets stay in the kernel's table until newer ones push them out",
         ),
@@ -63,6 +70,7 @@ pub const HOOKS: [Hook; 6] = [
     },
     Hook {
         program: "tcp_send_reset",
+        tracepoint: None,
         without: Some(
             "RSTs this host sends are not seen: connections it aborts show closed_by \"unknown\"",
         ),
@@ -70,6 +78,7 @@ pub const HOOKS: [Hook; 6] = [
     },
     Hook {
         program: "tcp_receive_reset",
+        tracepoint: None,
         without: Some(
             "RSTs from peers are not seen: connections they abort show closed_by \"unknown\"",
         ),
@@ -77,6 +86,7 @@ pub const HOOKS: [Hook; 6] = [
     },
     Hook {
         program: "sock_send_length",
+        tracepoint: None,
         without: Some(
             "sends do not name a socket's owner: an accepted socket's steps before the server's own close show no pid, and --pid skips them (counted)",
         ),
@@ -84,10 +94,22 @@ pub const HOOKS: [Hook; 6] = [
     },
     Hook {
         program: "sock_recv_length",
+        tracepoint: None,
         without: Some(
             "receives do not name a socket's owner: an accepted socket's steps before the server's own close show no pid, and --pid skips them (counted)",
         ),
         for_step_owners: true,
+    },
+    // The state change program's second copy: it takes the runs the
+    // kernel skips because the first was already running on the CPU (a
+    // softirq interrupting it), which would otherwise be lost.
+    Hook {
+        program: NESTED_PROGRAM,
+        tracepoint: Some("inet_sock_set_state"),
+        without: Some(
+            "state changes in a softirq that interrupts the state change program on the same CPU are lost (counted as missed)",
+        ),
+        for_step_owners: false,
     },
 ];
 
@@ -219,13 +241,23 @@ impl Attached {
     }
 
     /// Program runs the kernel skipped because a program of ours was already
-    /// running on that CPU (e.g. a softirq interrupting it); their events are
-    /// lost like drops. Read from each program's fdinfo.
+    /// running on that CPU (e.g. a softirq interrupting it), less those the
+    /// state change program's second copy made instead; the others' events
+    /// are lost like drops. Read from each program's fdinfo.
     pub fn missed_runs(&self) -> u64 {
         let Some(ebpf) = &self.ebpf else {
             return self.missed_at_detach;
         };
-        ebpf.programs()
+        let rescued: u64 = self
+            .entry_counts
+            .get(&entry_counts::RESCUED, 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum());
+        // The second copy's own skips are not losses: it is skipped only
+        // while it runs on the CPU, and then the first takes the run unless
+        // it is running too, which its own count says.
+        let skipped: u64 = ebpf
+            .programs()
+            .filter(|(name, _)| *name != NESTED_PROGRAM)
             .filter_map(|(_, program)| program.fd().ok())
             .filter_map(|fd| {
                 let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
@@ -234,7 +266,8 @@ impl Attached {
                     .find_map(|l| l.strip_prefix("recursion_misses:"))
                     .and_then(|v| v.trim().parse::<u64>().ok())
             })
-            .sum()
+            .sum();
+        skipped.saturating_sub(rescued)
     }
 
     /// Whether the kernel logs each socket's steps in its entry (and so
@@ -413,7 +446,7 @@ pub fn load(options: &LoadOptions) -> Result<Attached, LoadError> {
         let attached = if options.disabled_hooks.contains(&name) {
             Err(LoadError::TracepointMissing(name))
         } else {
-            attach(&mut ebpf, name, &btf)
+            attach(&mut ebpf, name, hook.tracepoint.unwrap_or(name), &btf)
         };
         match (attached, hook.without) {
             (Ok(()), _) => {}
@@ -479,14 +512,19 @@ fn take_map<T>(
     })
 }
 
-fn attach(ebpf: &mut Ebpf, name: &'static str, btf: &aya::Btf) -> Result<(), LoadError> {
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoint: &str,
+    btf: &aya::Btf,
+) -> Result<(), LoadError> {
     let program: &mut BtfTracePoint = ebpf
         .program_mut(name)
         .ok_or(LoadError::Missing(name))?
         .try_into()
         .map_err(|e| program_error("load", name, e))?;
     program
-        .load(name, btf)
+        .load(tracepoint, btf)
         .map_err(|e| program_error("load", name, e))?;
     program
         .attach()

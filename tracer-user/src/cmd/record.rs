@@ -12,7 +12,7 @@ use super::{Driver, Output, Wake};
 use crate::{
     host::{
         netns::{self, NetnsPaths},
-        recording_file::{Header, RecordingWriter, VERSION},
+        recording_file::{Header, RecordingWriter},
     },
     output::Format,
     session::{
@@ -152,22 +152,23 @@ fn info_text(s: &settings::RecordInfo, summary: &journal::Summary) -> String {
         (None, false) => "cut short after its last whole chunk (no stop recorded)".into(),
     };
     format!(
-        "recording   {} ({}, {} chunks, format {VERSION})\n\
+        "recording   {} ({}, {} chunks, format {})\n\
          host        {}, kernel {}, tcplinger {}\n\
          recorded    from {} for {span}: {}\n\
-         holds       {} records of {} sockets; {} dropped, {} missed\n\
+         holds       {} sockets in {} ring records; {} dropped, {} missed\n\
          fin_timeout {}\n\
          state       {state}\n",
         s.path.display(),
         bytes(summary.bytes),
         summary.chunks,
+        summary.version,
         h.hostname,
         h.kernel,
         h.tool_version,
         humantime::format_rfc3339_seconds(start),
         h.args.join(" "),
-        summary.records,
         summary.sockets,
+        summary.records,
         summary.dropped,
         summary.missed,
         fin_timeouts_text(&summary.tcp_fin_timeout_s),
@@ -185,7 +186,8 @@ fn fin_timeouts_text(by_netns: &BTreeMap<u32, u64>) -> String {
         0 => "not recorded".into(),
         1 => {
             let (s, list) = by_value.iter().next().expect("one value");
-            format!("{s}s in {} network namespaces", list.len())
+            let plural = if list.len() == 1 { "" } else { "s" };
+            format!("{s}s in {} network namespace{plural}", list.len())
         }
         _ => by_value
             .iter()

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every recording.
 pub const MAGIC: [u8; 8] = *b"TCPLREC\n";
 /// The format this build writes, and the newest it reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const CHUNK_MAGIC: [u8; 4] = *b"CHNK";
 /// A chunk is written once its blocks reach this size, or once a second:
 /// a crash loses at most that much.
@@ -266,6 +266,8 @@ pub enum ReadError {
 /// Reads a recording block by block.
 pub struct RecordingReader<R> {
     input: R,
+    /// The format version the file was written in.
+    pub version: u32,
     pub header: Header,
     /// Blocks of the chunk being read, and where the next one starts.
     raw: Vec<u8>,
@@ -311,6 +313,7 @@ impl<R: Read> RecordingReader<R> {
             serde_json::from_slice(&header).map_err(|e| ReadError::Header(e.to_string()))?;
         Ok(Self {
             input,
+            version,
             header,
             raw: Vec::new(),
             at: 0,
@@ -540,16 +543,19 @@ mod tests {
     #[test]
     fn a_newer_version_and_other_files_are_refused_by_name() {
         let mut bytes = recording(&blocks(3), 1, None);
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
         let Err(err) = RecordingReader::new(Cursor::new(&bytes)) else {
             panic!("accepted")
         };
-        assert_eq!(err, ReadError::Newer { found: 2 });
+        assert_eq!(err, ReadError::Newer { found: 3 });
         let text = err.to_string();
         assert!(
-            text.contains("version 2") && text.contains("version 1"),
+            text.contains("version 3") && text.contains("version 2"),
             "{text}"
         );
+        // Every earlier version is read.
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert!(RecordingReader::new(Cursor::new(&bytes)).is_ok());
         assert!(matches!(
             RecordingReader::new(Cursor::new(b"#!/bin/sh\necho hi\n")),
             Err(ReadError::NotARecording)

@@ -48,9 +48,14 @@ pub fn alive() -> Alive {
         let mut complete = true;
         for family in Family::ALL {
             match diag.dump(family, mask.clone(), false) {
-                Ok(sockets) => alive
-                    .states
-                    .extend(sockets.iter().map(|s| (s.cookie, s.state))),
+                Ok(sockets) => {
+                    for s in &sockets {
+                        alive.states.insert(s.cookie, s.state);
+                        if s.timewait_expires_ms.is_some() {
+                            alive.timewait.insert(s.cookie);
+                        }
+                    }
+                }
                 Err(_) => complete = false,
             }
         }

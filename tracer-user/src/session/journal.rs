@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::host::{Event, Host, HostLosses, LookAnswer, LookRequest};
 use crate::{
-    bpf::ring::MAX_BATCH,
+    bpf::{
+        decode::{Decoded, decode_any},
+        ring::MAX_BATCH,
+    },
     host::{
         cgroups::Container,
         clock::WallClock,
@@ -38,7 +41,13 @@ mod tag {
     pub const ALIVE_NOW: u8 = 10;
     pub const LOOK_NOW: u8 = 11;
     pub const NAMESPACES: u8 = 12;
+    pub const TURNOVER: u8 = 13;
+    pub const ENTRIES: u8 = 14;
 }
+
+/// In an [`tag::ENTRIES`] block, the length that says an entry's bytes
+/// are those of the socket's entry in the block before.
+const SAME_ENTRY: u32 = u32::MAX;
 
 /// A block's JSON payload: what the host handed over, and when (boot ns).
 #[derive(Serialize)]
@@ -69,6 +78,10 @@ pub struct Recorder<H: Host> {
     counters: Counters,
     wall: Option<WallClock>,
     containers: HashMap<u64, Option<Container>>,
+    /// Cookie -> a hash of its entry as last written: an entry read again
+    /// unchanged is written as a reference (a quiet host's every read
+    /// would otherwise repeat the whole map).
+    entries: HashMap<u64, u64>,
     /// The first write that failed; the recording stops there.
     failure: Option<io::Error>,
     /// Ring records written.
@@ -83,6 +96,7 @@ impl<H: Host> Recorder<H> {
             counters: Counters::default(),
             wall: None,
             containers: HashMap::new(),
+            entries: HashMap::new(),
             failure: None,
             records: 0,
         }
@@ -202,6 +216,54 @@ impl<H: Host> Host for Recorder<H> {
         }
         *records += n as u64;
         n
+    }
+
+    fn read_entries(&mut self, each: &mut dyn FnMut(u64, &[u8])) -> usize {
+        if self.failure.is_some() {
+            return self.inner.read_entries(each);
+        }
+        let Self {
+            inner,
+            out,
+            failure,
+            entries,
+            ..
+        } = self;
+        let mut read = HashMap::with_capacity(entries.len());
+        let mut n = 0;
+        // Written as the ring's records are: straight into the chunk being
+        // built, the block's time and count over their places at the end.
+        let pushed = out.push_with(tag::ENTRIES, |buf| {
+            let at = buf.len();
+            buf.extend_from_slice(&[0; 16]);
+            n = inner.read_entries(&mut |cookie, bytes| {
+                let hash = entry_hash(bytes);
+                buf.extend_from_slice(&cookie.to_le_bytes());
+                if entries.get(&cookie) == Some(&hash) {
+                    buf.extend_from_slice(&SAME_ENTRY.to_le_bytes());
+                } else {
+                    buf.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(0).to_le_bytes());
+                    buf.extend_from_slice(bytes);
+                }
+                read.insert(cookie, hash);
+                each(cookie, bytes);
+            });
+            buf[at..at + 8].copy_from_slice(&inner.now_ns().to_le_bytes());
+            buf[at + 8..at + 16].copy_from_slice(&(n as u64).to_le_bytes());
+            n > 0 || buf.len() > at + 16
+        });
+        *entries = read;
+        if let Err(e) = pushed {
+            failure.get_or_insert(e);
+        }
+        n
+    }
+
+    fn entry_turnover(&mut self) -> (u64, u64) {
+        let turnover = self.inner.entry_turnover();
+        let now = self.inner.now_ns();
+        self.push_json(tag::TURNOVER, now, &turnover);
+        turnover
     }
 
     fn ask_diag(&mut self, requests: Vec<DiagRequest>) -> bool {
@@ -343,12 +405,35 @@ fn trimmed(answers: &[DiagAnswer]) -> Vec<DiagAnswer> {
         .collect()
 }
 
+/// A hash of an entry's bytes, to tell a changed entry from one read
+/// again as it was.
+fn entry_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes)
+}
+
+/// A socket's entry as read: its cookie and raw bytes.
+type EntryRead = (u64, Vec<u8>);
+
+/// A ring record's socket and time (a log's: its last step's), if it
+/// decodes.
+fn cookie_and_time(bytes: &[u8]) -> Option<(u64, u64)> {
+    match decode_any(bytes).ok()? {
+        Decoded::Record(r) => Some((r.cookie, r.ts_ns)),
+        Decoded::Log(log) => Some((log.cookie(), log.socket.ts_ns)),
+    }
+}
+
 /// A block a replay hands over in order (the others update its state as
 /// they are passed).
 enum Main {
     Event(Event),
     /// Raw records, as drained then.
     Ring(Vec<Vec<u8>>),
+    /// A read of the per-socket entries: how many the host said, and each.
+    Entries(usize, Vec<EntryRead>),
+    /// Entries made and freed so far.
+    Turnover((u64, u64)),
     Stop,
     Settled(Vec<Event>),
     DiagNow(Vec<DiagAnswer>),
@@ -368,6 +453,8 @@ pub struct ReplayHost {
     counters: Counters,
     clock: WallClock,
     containers: HashMap<u64, Option<Container>>,
+    /// The entries of the last read, for the next one's references.
+    entries: HashMap<u64, Vec<u8>>,
     /// Network namespace -> its `tcp_fin_timeout` (s), as recorded.
     fin_timeouts: std::collections::BTreeMap<u32, u64>,
     warnings: Vec<String>,
@@ -400,6 +487,7 @@ impl ReplayHost {
             counters: Counters::default(),
             clock,
             containers,
+            entries: HashMap::new(),
             fin_timeouts: std::collections::BTreeMap::new(),
             warnings: Vec::new(),
             damage: None,
@@ -475,6 +563,11 @@ impl ReplayHost {
             let (records, now) = decode_ring(&payload).ok_or_else(bad)?;
             return Ok(Some((now, Main::Ring(records))));
         }
+        if tag == tag::ENTRIES {
+            let (now, n, read) = decode_entries(&payload, &self.entries).ok_or_else(bad)?;
+            self.entries = read.iter().cloned().collect();
+            return Ok(Some((now, Main::Entries(n, read))));
+        }
         let main = match tag {
             tag::EVENT => json(&payload).map(|(now, e)| (now, Some(Main::Event(e)))),
             tag::STOP => json::<()>(&payload).map(|(now, ())| (now, Some(Main::Stop))),
@@ -482,6 +575,7 @@ impl ReplayHost {
             tag::DIAG_NOW => json(&payload).map(|(now, a)| (now, Some(Main::DiagNow(a)))),
             tag::ALIVE_NOW => json(&payload).map(|(now, a)| (now, Some(Main::AliveNow(a)))),
             tag::LOOK_NOW => json(&payload).map(|(now, a)| (now, Some(Main::LookNow(a)))),
+            tag::TURNOVER => json(&payload).map(|(now, t)| (now, Some(Main::Turnover(t)))),
             tag::COUNTERS => json(&payload).map(|(now, c)| {
                 self.counters = c;
                 (now, None)
@@ -553,6 +647,33 @@ fn decode_ring(payload: &[u8]) -> Option<(Vec<Vec<u8>>, u64)> {
     Some((records, now))
 }
 
+/// An entries block: its time, the count the host returned, and each
+/// entry, references resolved against the read before (`last`).
+fn decode_entries(
+    payload: &[u8],
+    last: &HashMap<u64, Vec<u8>>,
+) -> Option<(u64, usize, Vec<EntryRead>)> {
+    let now = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    let n = usize::try_from(u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?)).ok()?;
+    let mut rest = &payload[16..];
+    let mut read = Vec::new();
+    while !rest.is_empty() {
+        let cookie = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+        let len = u32::from_le_bytes(rest.get(8..12)?.try_into().ok()?);
+        rest = &rest[12..];
+        let bytes = if len == SAME_ENTRY {
+            last.get(&cookie)?.clone()
+        } else {
+            let len = len as usize;
+            let bytes = rest.get(..len)?.to_vec();
+            rest = &rest[len..];
+            bytes
+        };
+        read.push((cookie, bytes));
+    }
+    Some((now, n, read))
+}
+
 impl Host for ReplayHost {
     /// What the session steps through is done; only the recording's stop
     /// (if it was written) remains.
@@ -593,12 +714,29 @@ impl Host for ReplayHost {
         {
             // A drain after `--until`: its records from before it (the
             // replay ends at the next event, `exhausted`).
-            records.retain(|r| crate::bpf::decode::decode(r).is_ok_and(|r| r.ts_ns <= until));
+            records.retain(|r| cookie_and_time(r).is_some_and(|(_, ts)| ts <= until));
         }
         for r in &records {
             each(r);
         }
         records.len()
+    }
+
+    fn read_entries(&mut self, each: &mut dyn FnMut(u64, &[u8])) -> usize {
+        let Some(Main::Entries(n, read)) = self.take_if(|m| matches!(m, Main::Entries(..))) else {
+            return 0;
+        };
+        for (cookie, bytes) in &read {
+            each(*cookie, bytes);
+        }
+        n
+    }
+
+    fn entry_turnover(&mut self) -> (u64, u64) {
+        match self.take_if(|m| matches!(m, Main::Turnover(_))) {
+            Some(Main::Turnover(turnover)) => turnover,
+            _ => (0, 0),
+        }
     }
 
     fn ask_diag(&mut self, _requests: Vec<DiagRequest>) -> bool {
@@ -677,11 +815,14 @@ impl Host for ReplayHost {
         let mut late = Vec::new();
         while let Some(main) = self.take() {
             match main {
-                Main::Event(_) => {}
+                // Reads of live entries after the cut describe a later
+                // time: what is open at the cut is as the last read before
+                // it said (at most a second before).
+                Main::Event(_) | Main::Entries(..) | Main::Turnover(_) => {}
                 Main::Ring(records) => {
                     let before = records
                         .into_iter()
-                        .filter(|r| crate::bpf::decode::decode(r).is_ok_and(|r| r.ts_ns <= until))
+                        .filter(|r| cookie_and_time(r).is_some_and(|(_, ts)| ts <= until))
                         .collect::<Vec<_>>();
                     if before.is_empty() {
                         break;
@@ -716,6 +857,8 @@ impl Host for ReplayHost {
 /// What `record --info` says of a recording.
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
+    /// The file's format version.
+    pub version: u32,
     pub header: Header,
     pub bytes: u64,
     pub chunks: u64,
@@ -723,7 +866,7 @@ pub struct Summary {
     pub first_ns: Option<u64>,
     pub last_ns: Option<u64>,
     pub records: u64,
-    /// Distinct sockets in the records.
+    /// Distinct sockets in the records and in the reads of live entries.
     pub sockets: u64,
     pub dropped: u64,
     pub missed: u64,
@@ -740,6 +883,7 @@ pub fn summarize(path: &Path) -> anyhow::Result<Summary> {
     let bytes = std::fs::metadata(path)?.len();
     let mut host = ReplayHost::open(path)?;
     let mut summary = Summary {
+        version: host.reader.version,
         header: host.header().clone(),
         bytes,
         ..Summary::default()
@@ -757,11 +901,13 @@ pub fn summarize(path: &Path) -> anyhow::Result<Summary> {
             Some(Main::Ring(records)) => {
                 summary.records += records.len() as u64;
                 for r in &records {
-                    if let Ok(record) = crate::bpf::decode::decode(r) {
-                        cookies.insert(record.cookie);
+                    if let Some((cookie, _)) = cookie_and_time(r) {
+                        cookies.insert(cookie);
                     }
                 }
             }
+            // Sockets alive throughout show only in reads of the entries.
+            Some(Main::Entries(_, read)) => cookies.extend(read.iter().map(|(cookie, _)| *cookie)),
             Some(Main::Stop) => summary.complete = true,
             Some(_) => {}
         }

@@ -23,12 +23,15 @@ impl Tracker {
     /// socket not heard from since before the dump began and no longer
     /// there is written as ended (when it was last known of, incomplete,
     /// `closed_by` as far as its last state says); one found in TIME_WAIT
-    /// is written as such; one found in another state moves there. Without
+    /// is written as such; one found as a timewait socket in FIN_WAIT2 (an
+    /// orphan handed over) is closed and followed as if its step to CLOSE
+    /// had been seen; one found in another state moves there. Without
     /// this a socket whose closing events were all dropped would count as
     /// open until evicted.
     pub fn reconcile(&mut self, alive: &Alive, started_ns: u64) {
         let mut ended = Vec::new();
         let mut moved = Vec::new();
+        let mut handed_over = Vec::new();
         for (&cookie, conn) in self.conns.iter() {
             let last_known = conn.since().unwrap_or(conn.first_ns);
             if conn.phase != Phase::Live
@@ -40,6 +43,9 @@ impl Tracker {
             match alive.states.get(&cookie) {
                 None => ended.push((cookie, last_known, false)),
                 Some(TcpState::TimeWait) => ended.push((cookie, last_known, true)),
+                Some(TcpState::FinWait2) if alive.timewait.contains(&cookie) => {
+                    handed_over.push(cookie);
+                }
                 Some(&state) if state != conn.state => moved.push((cookie, state)),
                 Some(_) => {}
             }
@@ -68,6 +74,24 @@ impl Tracker {
                 last_known,
                 None,
             ));
+        }
+        for cookie in handed_over {
+            let Some(conn) = self.conns.peek_mut(&cookie) else {
+                continue;
+            };
+            conn.complete = false;
+            if conn.closed_by.is_none() {
+                conn.closed_by = closer_implied_by(TcpState::FinWait2);
+            }
+            if conn.state != TcpState::FinWait2 {
+                // When it got there is unknown; its FIN_WAIT2 is timed
+                // from the dump, a lower bound.
+                conn.since_ns = NOT_KNOWN;
+                conn.enter(TcpState::FinWait2, started_ns);
+            }
+            conn.last_step = (TcpState::FinWait2, TcpState::Close);
+            conn.enter(TcpState::Close, started_ns);
+            self.closed(cookie, TcpState::FinWait2, started_ns, Some(false));
         }
         for (cookie, state) in moved {
             if let Some(conn) = self.conns.peek_mut(&cookie) {

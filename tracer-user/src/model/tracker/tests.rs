@@ -989,6 +989,49 @@ fn after_a_loss_a_socket_found_elsewhere_moves_there() {
 }
 
 #[test]
+fn after_a_loss_an_orphan_found_handed_over_to_a_timewait_socket_is_followed_to_its_end() {
+    let mut t = tracker();
+    let c = Sock::client(1);
+    feed(&mut t, &client_open(&c));
+    feed(&mut t, &[c.step(1000, Established, FinWait1)]);
+    // FIN_WAIT1 -> FIN_WAIT2 and the hand-over to a timewait socket were
+    // lost: the dump finds the cookie as a timewait socket in FIN_WAIT2.
+    t.note_loss();
+    let mut found = alive(&[(1, FinWait2)]);
+    found.timewait.insert(1);
+    t.reconcile(&found, 2000 * MS);
+    assert_eq!(t.live().count(), 0, "not a live socket any more");
+    assert!(t.take_ready().is_empty(), "followed, not written yet");
+    // The follower sees it in FIN_WAIT2, then in TIME_WAIT: the peer's FIN.
+    diag(&mut t, &[timewait(1, FinWait2, 2100, 59_900)], 2100);
+    assert!(t.take_ready().is_empty(), "still in FIN_WAIT2");
+    // The peer's FIN at 4000 ms restarted the timer at 60 s.
+    diag(&mut t, &[timewait(1, TimeWait, 4200, 59_800)], 4200);
+    let r = only(t.take_ready());
+    assert_eq!(r.closed_by, ClosedBy::Local);
+    assert!(r.time_wait);
+    assert!(!r.complete);
+    let fw2 = ms(r.states.get(FinWait2)).unwrap();
+    assert!(
+        fw2 >= 1800.0,
+        "FIN_WAIT2 from the dump on, a lower bound: {r:#?}"
+    );
+}
+
+#[test]
+fn after_a_loss_a_full_socket_in_fin_wait2_stays_live() {
+    let mut t = tracker();
+    let c = Sock::client(1);
+    feed(&mut t, &client_open(&c));
+    feed(&mut t, &[c.step(1000, Established, FinWait1)]);
+    t.note_loss();
+    t.reconcile(&alive(&[(1, FinWait2)]), 2000 * MS);
+    let live: Vec<_> = t.live().collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].state, FinWait2);
+}
+
+#[test]
 fn a_recheck_leaves_alone_what_it_cannot_judge() {
     let mut t = tracker();
     let (c, late) = (Sock::client(1), Sock::client(3));

@@ -299,6 +299,10 @@ pub struct Alive {
     /// Namespaces whose every dump succeeded: only their sockets can be
     /// declared gone.
     pub netns: HashSet<u32>,
+    /// The cookies in `states` that are timewait sockets: a FIN_WAIT2 one
+    /// is an orphan whose full socket has closed, not a live socket.
+    #[serde(default)]
+    pub timewait: HashSet<u64>,
 }
 
 /// A socket found by the start-up sock_diag dump.
