@@ -186,6 +186,13 @@ pub struct Degraded {
 
 impl std::fmt::Display for Degraded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.program == NESTED_PROGRAM {
+            return write!(
+                f,
+                "the second program on tracepoint inet_sock_set_state ({NESTED_PROGRAM}) unavailable ({}): {}",
+                self.reason, self.without
+            );
+        }
         write!(
             f,
             "tracepoint {} unavailable ({}): {}",

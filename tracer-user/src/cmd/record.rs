@@ -155,7 +155,7 @@ fn info_text(s: &settings::RecordInfo, summary: &journal::Summary) -> String {
         "recording   {} ({}, {} chunks, format {})\n\
          host        {}, kernel {}, tcplinger {}\n\
          recorded    from {} for {span}: {}\n\
-         holds       {} sockets in {} ring records; {} dropped, {} missed\n\
+         holds       {} ring records; {} sockets seen; {} dropped, {} missed\n\
          fin_timeout {}\n\
          state       {state}\n",
         s.path.display(),
@@ -167,8 +167,8 @@ fn info_text(s: &settings::RecordInfo, summary: &journal::Summary) -> String {
         h.tool_version,
         humantime::format_rfc3339_seconds(start),
         h.args.join(" "),
-        summary.sockets,
         summary.records,
+        summary.sockets,
         summary.dropped,
         summary.missed,
         fin_timeouts_text(&summary.tcp_fin_timeout_s),

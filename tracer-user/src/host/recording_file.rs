@@ -128,7 +128,7 @@ impl RecordingWriter {
 
     /// Adds a block; the chunk goes out when it is large or old enough.
     pub fn push(&mut self, tag: u8, payload: &[u8]) -> io::Result<()> {
-        if payload.len() >= MAX_CHUNK_BYTES as usize - 5 {
+        if self.raw.len() + 5 + payload.len() > MAX_CHUNK_BYTES as usize {
             return Err(io::Error::other("a block too large for a recording"));
         }
         if self.full {
@@ -166,6 +166,10 @@ impl RecordingWriter {
         if !fill(&mut self.raw) {
             self.raw.truncate(start);
             return Ok(());
+        }
+        if self.raw.len() > MAX_CHUNK_BYTES as usize {
+            self.raw.truncate(start);
+            return Err(io::Error::other("a block too large for a recording"));
         }
         let len = len_u32(self.raw.len() - start - 5)?;
         self.raw[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());

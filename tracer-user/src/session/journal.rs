@@ -6,6 +6,7 @@ use std::{
     future::Future,
     io::{self, BufReader},
     path::Path,
+    rc::Rc,
 };
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -209,7 +210,11 @@ impl<H: Host> Host for Recorder<H> {
                 each(bytes);
             });
             buf[at..at + 8].copy_from_slice(&inner.now_ns().to_le_bytes());
-            n > 0
+            // Written even when empty: a replay's drains then take the
+            // blocks of the drains they stand for (two drains in a row, a
+            // read of the entries' empty one and its step's, would
+            // otherwise take each other's records).
+            true
         });
         if let Err(e) = pushed {
             failure.get_or_insert(e);
@@ -412,8 +417,9 @@ fn entry_hash(bytes: &[u8]) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes)
 }
 
-/// A socket's entry as read: its cookie and raw bytes.
-type EntryRead = (u64, Vec<u8>);
+/// A socket's entry as read: its cookie and raw bytes (shared with the
+/// reads that refer to it).
+type EntryRead = (u64, Rc<[u8]>);
 
 /// A ring record's socket and time (a log's: its last step's), if it
 /// decodes.
@@ -454,7 +460,10 @@ pub struct ReplayHost {
     clock: WallClock,
     containers: HashMap<u64, Option<Container>>,
     /// The entries of the last read, for the next one's references.
-    entries: HashMap<u64, Vec<u8>>,
+    entries: HashMap<u64, Rc<[u8]>>,
+    /// The last count of entries made and freed taken: what the host
+    /// still says where a recording cut short lacks the next.
+    turnover: (u64, u64),
     /// Network namespace -> its `tcp_fin_timeout` (s), as recorded.
     fin_timeouts: std::collections::BTreeMap<u32, u64>,
     warnings: Vec<String>,
@@ -488,6 +497,7 @@ impl ReplayHost {
             clock,
             containers,
             entries: HashMap::new(),
+            turnover: (0, 0),
             fin_timeouts: std::collections::BTreeMap::new(),
             warnings: Vec::new(),
             damage: None,
@@ -651,7 +661,7 @@ fn decode_ring(payload: &[u8]) -> Option<(Vec<Vec<u8>>, u64)> {
 /// entry, references resolved against the read before (`last`).
 fn decode_entries(
     payload: &[u8],
-    last: &HashMap<u64, Vec<u8>>,
+    last: &HashMap<u64, Rc<[u8]>>,
 ) -> Option<(u64, usize, Vec<EntryRead>)> {
     let now = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
     let n = usize::try_from(u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?)).ok()?;
@@ -662,10 +672,15 @@ fn decode_entries(
         let len = u32::from_le_bytes(rest.get(8..12)?.try_into().ok()?);
         rest = &rest[12..];
         let bytes = if len == SAME_ENTRY {
-            last.get(&cookie)?.clone()
+            Rc::clone(last.get(&cookie)?)
         } else {
+            // Only the kernel's entries: a larger one would be copied
+            // into every read that refers to it.
             let len = len as usize;
-            let bytes = rest.get(..len)?.to_vec();
+            if len != size_of::<tracer_common::SocketEntry>() {
+                return None;
+            }
+            let bytes = Rc::from(rest.get(..len)?);
             rest = &rest[len..];
             bytes
         };
@@ -733,10 +748,10 @@ impl Host for ReplayHost {
     }
 
     fn entry_turnover(&mut self) -> (u64, u64) {
-        match self.take_if(|m| matches!(m, Main::Turnover(_))) {
-            Some(Main::Turnover(turnover)) => turnover,
-            _ => (0, 0),
+        if let Some(Main::Turnover(turnover)) = self.take_if(|m| matches!(m, Main::Turnover(_))) {
+            self.turnover = turnover;
         }
+        self.turnover
     }
 
     fn ask_diag(&mut self, _requests: Vec<DiagRequest>) -> bool {
@@ -924,4 +939,75 @@ pub fn summarize(path: &Path) -> anyhow::Result<Summary> {
 /// Opens a recording for the errors a user should see: the path named.
 pub fn open(path: &Path) -> anyhow::Result<ReplayHost> {
     ReplayHost::open(path).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::recording_file::{Header, RecordingWriter};
+
+    fn recording_of(blocks: &[(u8, Vec<u8>)], name: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "tcplinger-unit-journal-{}-{name}",
+            std::process::id()
+        ));
+        let file = File::create(&path).unwrap();
+        let mut w = RecordingWriter::new(Box::new(file), &Header::default(), None).unwrap();
+        for (tag, payload) in blocks {
+            w.push(*tag, payload).unwrap();
+        }
+        w.finish().unwrap();
+        path
+    }
+
+    /// A recording cut short inside a read of the entries still answers
+    /// the count of entries made and freed as last recorded: (0, 0) would
+    /// count every entry ever made as recycled.
+    #[test]
+    fn a_turnover_missing_at_the_cut_is_the_last_one_recorded() {
+        let turnover = serde_json::to_vec(&Timed {
+            now_ns: 5,
+            value: &(40u64, 38u64),
+        })
+        .unwrap();
+        let path = recording_of(&[(tag::TURNOVER, turnover)], "turnover");
+        let mut host = ReplayHost::open(&path).unwrap();
+        assert_eq!(host.entry_turnover(), (40, 38));
+        assert_eq!(host.entry_turnover(), (40, 38), "the file ends here");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    fn entries_block(entries: &[(u64, Option<&[u8]>)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&7u64.to_le_bytes());
+        b.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for (cookie, bytes) in entries {
+            b.extend_from_slice(&cookie.to_le_bytes());
+            match bytes {
+                Some(bytes) => {
+                    b.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_le_bytes());
+                    b.extend_from_slice(bytes);
+                }
+                None => b.extend_from_slice(&SAME_ENTRY.to_le_bytes()),
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn entries_blocks_take_only_entries_and_known_references() {
+        let entry = vec![3u8; size_of::<tracer_common::SocketEntry>()];
+        let none = HashMap::new();
+        let (now, n, read) = decode_entries(&entries_block(&[(1, Some(&entry))]), &none).unwrap();
+        assert_eq!((now, n, read.len()), (7, 1, 1));
+        let last: HashMap<u64, Rc<[u8]>> = read.into_iter().collect();
+        let (_, _, again) = decode_entries(&entries_block(&[(1, None)]), &last).unwrap();
+        assert_eq!(&*again[0].1, &entry[..], "a reference is the entry before");
+        // A reference to a socket not read before, an entry of another
+        // size, a block cut inside an entry: damage, not a panic.
+        assert!(decode_entries(&entries_block(&[(2, None)]), &last).is_none());
+        assert!(decode_entries(&entries_block(&[(1, Some(&[1, 2, 3]))]), &none).is_none());
+        let cut = entries_block(&[(1, Some(&entry))]);
+        assert!(decode_entries(&cut[..cut.len() - 1], &none).is_none());
+    }
 }
