@@ -8,9 +8,11 @@
 //! socket, which generation and how many of its steps it delivered.
 //!
 //! The order of a read matters: take the read, drain the ring, then apply
-//! the read ([`Unfolder::read_started`], [`Unfolder::apply_read`]). Every
+//! the read ([`Unfolder::apply_read`]). Every
 //! log written before the read was taken is then delivered first; a log
-//! written after it is noted, and the read's older copy of it ignored.
+//! drained since the last read was applied is noted, and a read's copy of
+//! it ignored (a read may copy an entry in the instant between its log's
+//! submission and its reset, on another CPU).
 
 use std::collections::HashMap;
 
@@ -22,9 +24,9 @@ pub struct Unfolder {
     /// Cookie -> the generation of its log read last, and how many of its
     /// steps were delivered. Only sockets in the last read are here.
     delivered: HashMap<u64, (u32, usize)>,
-    /// While a read is pending: cookie -> the newest generation written to
-    /// the ring since it was taken.
-    written_since_read: Option<HashMap<u64, u32>>,
+    /// Cookie -> the newest generation of its logs drained since the last
+    /// read was applied: a read's copy of those is stale.
+    written_since_read: HashMap<u64, u32>,
     /// `--pid`: only sockets of these owners (the kernel applies it to the
     /// logs it writes; reads of live entries see every socket).
     pids: Vec<u32>,
@@ -46,10 +48,11 @@ impl Unfolder {
     /// to `each`, in order.
     pub fn written(&mut self, log: &StepLog, each: &mut dyn FnMut(&Record)) {
         let cookie = log.cookie();
-        if let Some(written) = &mut self.written_since_read {
-            let newest = written.entry(cookie).or_insert(log.generation);
-            *newest = (*newest).max(log.generation);
-        }
+        let newest = self
+            .written_since_read
+            .entry(cookie)
+            .or_insert(log.generation);
+        *newest = (*newest).max(log.generation);
         let done = match self.delivered.remove(&cookie) {
             Some((generation, done)) if generation == log.generation => done,
             _ => 0,
@@ -57,16 +60,12 @@ impl Unfolder {
         self.deliver(log, done, each);
     }
 
-    /// A read of the live entries is being taken: logs written from now on
-    /// supersede what it says of their sockets.
-    pub fn read_started(&mut self) {
-        self.written_since_read = Some(HashMap::new());
-    }
-
     /// The read taken could not be applied (the ring was not drained after
-    /// it): it is dropped; the next one makes up for it.
+    /// it): it is dropped; the next one, a second later, makes up for it.
+    /// The logs noted so far are forgotten, which bounds what is kept while
+    /// the ring stays full.
     pub fn read_dropped(&mut self) {
-        self.written_since_read = None;
+        self.written_since_read.clear();
     }
 
     /// Whether a live entry read holds steps not delivered yet: only those
@@ -76,8 +75,8 @@ impl Unfolder {
         len > 0 && self.delivered.get(&cookie) != Some(&(generation, len))
     }
 
-    /// Applies a read of every live entry taken at [`Self::read_started`],
-    /// the ring drained since: `unchanged` are the sockets read with
+    /// Applies a read of every live entry, taken before the ring was
+    /// drained: `unchanged` are the sockets read with
     /// nothing new ([`Self::is_new`]), `fresh` the logs of the others.
     /// Each socket's steps not yet delivered go to `each`, in order.
     pub fn apply_read(
@@ -86,7 +85,7 @@ impl Unfolder {
         fresh: &[StepLog],
         each: &mut dyn FnMut(&Record),
     ) {
-        let written = self.written_since_read.take().unwrap_or_default();
+        let written = std::mem::take(&mut self.written_since_read);
         let mut delivered = HashMap::with_capacity(unchanged.len() + fresh.len());
         for cookie in unchanged {
             if let Some(&progress) = self.delivered.get(cookie) {
@@ -196,7 +195,6 @@ mod tests {
         unchanged: &[u64],
         fresh: &[StepLog],
     ) -> Vec<(u64, Kind, Option<u64>)> {
-        u.read_started();
         collect(|each| u.apply_read(unchanged, fresh, each))
     }
 
@@ -236,7 +234,6 @@ mod tests {
         let sock = Sock::client(7);
         let life = client_life();
         let mut u = Unfolder::default();
-        u.read_started();
         // Drained after the read was taken: the whole life, in the ring.
         let written = collect(|each| u.written(&log_of(&sock, 0, &life), each));
         assert_eq!(times(&written), [1, 2, 3, 4, 5]);
@@ -317,10 +314,29 @@ mod tests {
         let sock = Sock::client(7);
         let life = client_life();
         let mut u = Unfolder::default();
-        u.read_started();
         u.read_dropped();
         let written = collect(|each| u.written(&log_of(&sock, 0, &life), each));
         assert_eq!(times(&written), [1, 2, 3, 4, 5]);
+    }
+
+    /// The kernel submits a log, then empties its entry: a read on another
+    /// CPU in between copies the whole log, already drained. It must not
+    /// deliver the life again.
+    #[test]
+    fn a_read_copying_an_entry_just_written_out_adds_nothing() {
+        let sock = Sock::client(7);
+        let life = client_life();
+        let mut u = Unfolder::default();
+        let written = collect(|each| u.written(&log_of(&sock, 0, &life), each));
+        assert_eq!(times(&written), [1, 2, 3, 4, 5]);
+        // The next read starts after that drain and copies the entry.
+        let read = apply(&mut u, &[], &[log_of(&sock, 0, &life)]);
+        assert!(read.is_empty(), "{read:?}");
+        assert_eq!(u.open(), 0);
+        // Once applied, the note is gone: a later life of the same cookie
+        // (a new entry, generation 0 again) is read as usual.
+        let again = apply(&mut u, &[], &[log_of(&sock, 0, &life[..2])]);
+        assert_eq!(times(&again), [1, 2]);
     }
 
     #[test]

@@ -309,7 +309,6 @@ impl<H: Host> Session<H> {
     fn catch_up(&mut self) {
         let malformed = self.counts.malformed;
         let (mut unchanged, mut fresh) = (Vec::new(), Vec::new());
-        self.unfolder.read_started();
         // Made before the read, freed after it: an entry made during the
         // read may be in it, one freed during it may not, so the figure
         // below never counts more recycled entries than there were.
