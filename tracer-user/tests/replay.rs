@@ -132,22 +132,25 @@ fn go_transport_per_request_leaks_idle_connections() {
     assert_eq!(figure(f, "idle_now"), 12.0, "{f}");
 }
 
-#[test]
-fn python_prefork_close_wait_leak_names_the_child_and_its_fds() {
-    let r = report("python_prefork_close_wait_leak");
+/// The prefork server's leak: the child, its 10 CLOSE_WAIT sockets and
+/// their fds.
+fn assert_prefork_leak(name: &str) {
+    let r = report(name);
     let f = finding(&r, "close_wait_leak", "python3", "server");
     assert_eq!(figure(f, "close_wait_now"), 10.0, "{f}");
     assert_eq!(f["evidence"]["fds"].as_array().unwrap().len(), 10, "{f}");
+}
+
+#[test]
+fn python_prefork_close_wait_leak_names_the_child_and_its_fds() {
+    assert_prefork_leak("python_prefork_close_wait_leak");
 }
 
 /// A recording of format version 1 (the kernel wrote a record per step,
 /// before it folded each socket's steps) still replays to its verdict.
 #[test]
 fn a_version_1_recording_still_replays() {
-    let r = report("v1/python_prefork_close_wait_leak");
-    let f = finding(&r, "close_wait_leak", "python3", "server");
-    assert_eq!(figure(f, "close_wait_now"), 10.0, "{f}");
-    assert_eq!(f["evidence"]["fds"].as_array().unwrap().len(), 10, "{f}");
+    assert_prefork_leak("v1/python_prefork_close_wait_leak");
     let path = recording("v1/python_prefork_close_wait_leak");
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes[8..12], 1u32.to_le_bytes(), "still a version 1 file");

@@ -410,16 +410,49 @@ fn analysis_feeds_only_owners_in_the_cgroup_asked_for() {
     assert_eq!(pids, vec![300], "{fed:#?}");
 }
 
+/// A live socket: cookie, state, since.
+type LiveSocket = (u64, tracer_common::TcpState, Option<u64>);
+
+/// Live sockets in cookie order.
+fn live_of(t: &Tracker) -> Vec<LiveSocket> {
+    let mut l: Vec<_> = t.live().map(|l| (l.cookie, l.state, l.since_ns)).collect();
+    l.sort_unstable();
+    l
+}
+
+/// What a replay of the recording at `path` gives: the live sockets after
+/// each step, the records, and the summary. The file is removed.
+fn replay_all(
+    path: &std::path::Path,
+) -> (
+    Vec<Vec<LiveSocket>>,
+    Vec<crate::model::tracker::ConnRecord>,
+    String,
+) {
+    use super::{Host as _, journal::ReplayHost};
+    let mut r = session(ReplayHost::open(path).unwrap());
+    let (mut steps, mut records) = (Vec::new(), Vec::new());
+    run(async {
+        while !r.host.exhausted() {
+            r.step().await.unwrap();
+            steps.push(live_of(&r.tracker));
+            records.extend(r.tracker.take_ready());
+        }
+        r.stop().await.unwrap();
+    });
+    let now = r.host.now_ns();
+    records.extend(r.tracker.finish(now));
+    let _ = std::fs::remove_file(path);
+    (steps, records, r.summary(1000))
+}
+
 /// A session on record, then its replay: the replay hands the session the
 /// same events, records and answers (the scripted host's clock and
 /// lookups included), so the same lifecycles come out, with the same
 /// figures and the same loss counts.
 #[test]
 fn a_recorded_session_replays_to_the_same_records() {
-    use super::{
-        Host as _,
-        journal::{Recorder, ReplayHost},
-    };
+    use super::journal::Recorder;
     use crate::host::recording_file::{Header, RecordingWriter};
 
     let path = std::env::temp_dir().join(format!("tcplinger-unit-journal-{}", std::process::id()));
@@ -465,20 +498,9 @@ fn a_recorded_session_replays_to_the_same_records() {
     s.host.finish().unwrap();
     assert_eq!(live.len(), 2, "{live:#?}");
 
-    let mut r = session(ReplayHost::open(&path).unwrap());
-    let mut replayed = Vec::new();
-    run(async {
-        while !r.host.exhausted() {
-            r.step().await.unwrap();
-            replayed.extend(r.tracker.take_ready());
-        }
-        r.stop().await.unwrap();
-    });
-    let now = r.host.now_ns();
-    replayed.extend(r.tracker.finish(now));
-    let _ = std::fs::remove_file(&path);
+    let (_, replayed, summary) = replay_all(&path);
     assert_eq!(replayed, live);
-    assert_eq!(r.summary(1000), live_summary);
+    assert_eq!(summary, live_summary);
     assert!(live_summary.contains("3 dropped"), "{live_summary}");
 }
 
@@ -488,10 +510,7 @@ fn a_recorded_session_replays_to_the_same_records() {
 /// same live sockets after every step, the same records and summary.
 #[test]
 fn a_recorded_session_of_folded_logs_replays_the_same() {
-    use super::{
-        Host as _,
-        journal::{Recorder, ReplayHost},
-    };
+    use super::journal::Recorder;
     use crate::host::recording_file::{Header, RecordingWriter};
 
     let path = std::env::temp_dir().join(format!("tcplinger-unit-fold-{}", std::process::id()));
@@ -502,11 +521,6 @@ fn a_recorded_session_of_folded_logs_replays_the_same() {
     let mut s = session(Recorder::new(seeded_host(), writer));
     let mut live_steps = Vec::new();
     let mut live = Vec::new();
-    let live_of = |t: &Tracker| {
-        let mut l: Vec<_> = t.live().map(|l| (l.cookie, l.state, l.since_ns)).collect();
-        l.sort_unstable();
-        l
-    };
     run(async {
         s.step().await.unwrap();
         live_steps.push(live_of(&s.tracker));
@@ -540,23 +554,10 @@ fn a_recorded_session_of_folded_logs_replays_the_same() {
     assert_eq!(live_steps[1].len(), 2, "{live_steps:?}");
     assert_eq!(live_steps[2].len(), 1, "{live_steps:?}");
 
-    let mut r = session(ReplayHost::open(&path).unwrap());
-    let mut replayed_steps = Vec::new();
-    let mut replayed = Vec::new();
-    run(async {
-        while !r.host.exhausted() {
-            r.step().await.unwrap();
-            replayed_steps.push(live_of(&r.tracker));
-            replayed.extend(r.tracker.take_ready());
-        }
-        r.stop().await.unwrap();
-    });
-    let now = r.host.now_ns();
-    replayed.extend(r.tracker.finish(now));
-    let _ = std::fs::remove_file(&path);
+    let (replayed_steps, replayed, summary) = replay_all(&path);
     assert_eq!(replayed_steps, live_steps);
     assert_eq!(replayed, live);
-    assert_eq!(r.summary(1000), live_summary);
+    assert_eq!(summary, live_summary);
 }
 
 mod replay_fuzz {
