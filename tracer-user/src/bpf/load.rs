@@ -255,10 +255,6 @@ impl Attached {
         let Some(ebpf) = &self.ebpf else {
             return self.missed_at_detach;
         };
-        let rescued: u64 = self
-            .entry_counts
-            .get(&entry_counts::RESCUED, 0)
-            .map_or(0, |per_cpu| per_cpu.iter().sum());
         // The second copy's own skips are not losses: it is skipped only
         // while it runs on the CPU, and then the first takes the run unless
         // it is running too, which its own count says.
@@ -274,6 +270,16 @@ impl Attached {
                     .and_then(|v| v.trim().parse::<u64>().ok())
             })
             .sum();
+        // Read after the misses: the kernel counts a skip before the copy
+        // takes it (the copy is attached after the first, and a
+        // tracepoint calls its programs in that order), so a rescue under way while the fdinfo files are read
+        // (tens of µs) is in both figures by now, not counted as lost for
+        // a moment; only one within the copy's own first instructions can
+        // still be.
+        let rescued: u64 = self
+            .entry_counts
+            .get(&entry_counts::RESCUED, 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum());
         skipped.saturating_sub(rescued)
     }
 
