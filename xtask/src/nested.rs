@@ -97,10 +97,11 @@ fn one(binary: &PathBuf, seconds: Duration) -> Result<(u64, u64, u64, u64)> {
         .rev()
         .find(|l| l.contains("missed (hook busy)"))
         .with_context(|| format!("no summary from {}: {summary:?}", binary.display()))?;
+    // "tcplinger: 5 events, 0 dropped (ring full), 2 missed (hook busy), ...":
+    // the number is the word before what it counts.
     let count = |what: &str| -> u64 {
         last.split(", ")
-            .find(|part| part.ends_with(what))
-            .and_then(|part| part.rsplit(' ').nth(what.matches(' ').count() + 1))
+            .find_map(|part| part.strip_suffix(what)?.split_whitespace().next_back())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
