@@ -17,7 +17,7 @@ mod settings;
 mod testutil;
 
 use crate::{
-    cmd::{daemon, record, report, sockets, top, watch},
+    cmd::{daemon, history, record, report, sockets, top, watch},
     settings::Command,
 };
 
@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             Command::Daemon(s) => daemon::run(s).await,
             Command::Record(s) => record::run(s).await,
             Command::RecordInfo(s) => record::info(&s),
+            Command::History(s) => history::run(&s),
         }
     });
     match result {

@@ -37,6 +37,8 @@ mod analysis;
 mod daemon;
 #[path = "privileged/health.rs"]
 mod health;
+#[path = "privileged/history.rs"]
+mod history;
 #[path = "privileged/leave_on.rs"]
 mod leave_on;
 #[path = "privileged/lifecycle.rs"]

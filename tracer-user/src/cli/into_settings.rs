@@ -6,8 +6,8 @@ use crate::{
     model::select::{FamilyFilter, Filters, Selection},
     session::TraceOptions,
     settings::{
-        Command, Daemon, REPORT_DURATION, Record, RecordInfo, Report, Sockets, Top, Watch, When,
-        Window,
+        Command, Daemon, History, HistoryKeep, REPORT_DURATION, Record, RecordInfo, Report,
+        Sockets, Top, Watch, When, Window,
         file::{DaemonValues, apply_file},
         filters,
     },
@@ -20,7 +20,10 @@ use super::{Command as Flags, DaemonArgs, Parsed, TraceArgs};
 pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
     Ok(match parsed.cli.command {
         Flags::Watch(a) => Command::Watch(Watch {
-            from: replayed(a.replay.from, &a.trace)?,
+            from: replayed(
+                replay_only(a.replay.from, a.replay.since, a.replay.until)?,
+                &a.trace,
+            )?,
             window: window(a.replay.since, a.replay.until)?,
             duration: a.trace.duration,
             trace: trace(&a.trace, None, a.transitions)?,
@@ -30,6 +33,7 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             output: a.output,
         }),
         Flags::Report(a) => Command::Report(Report {
+            history_dir: history_report(&a)?,
             from: replayed(a.replay.from, &a.trace)?,
             window: window(a.replay.since, a.replay.until)?,
             duration: a.trace.duration.unwrap_or(REPORT_DURATION),
@@ -41,7 +45,10 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             max_groups: a.analysis.max_groups,
         }),
         Flags::Top(a) => Command::Top(Top {
-            from: replayed(a.replay.from, &a.trace)?,
+            from: replayed(
+                replay_only(a.replay.from, a.replay.since, a.replay.until)?,
+                &a.trace,
+            )?,
             speed: a.speed,
             window: window(a.replay.since, a.replay.until)?,
             duration: a.trace.duration,
@@ -61,6 +68,7 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             states: a.state,
             format: a.format,
         }),
+        Flags::History(a) => history(a)?,
         Flags::Record(a) => match (a.info, a.output) {
             (Some(path), _) => Command::RecordInfo(RecordInfo {
                 path,
@@ -80,35 +88,120 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
                 return Err(UsageError("record: -o FILE (or --info FILE)".into()));
             }
         },
-        Flags::Daemon(a) => {
-            let mut values = daemon_values(&a);
-            if let Some(path) = &a.config {
-                values = apply_file(values, path, &parsed.given)?;
-            }
-            values.validate()?;
-            Command::Daemon(Daemon {
-                duration: a.trace.duration,
-                trace: TraceOptions {
-                    load: LoadOptions {
-                        filters: filters(&values.pids, &values.ports, values.family)?,
-                        ring_bytes: values.ring_bytes,
-                        every_transition: false,
-                        disabled_hooks: a.trace.disable_hook.clone(),
-                        owner_entries: owner_entries(values.max_sockets),
-                    },
-                    max_sockets: values.max_sockets,
-                    selection: Selection::new(&values.comm, &values.remote),
-                    cgroup: values.cgroup.clone(),
-                },
-                listen: values.listen,
-                log_format: values.log_format,
-                max_groups: values.max_groups,
-                max_endpoints: values.max_endpoints,
-                check_config: a.check_config,
-                file: values,
-            })
-        }
+        Flags::Daemon(a) => daemon(&a, &parsed.given)?,
     })
+}
+
+/// The daemon's flags over its `--config` file.
+fn daemon(
+    a: &DaemonArgs,
+    given: &std::collections::HashSet<String>,
+) -> Result<Command, UsageError> {
+    let mut values = daemon_values(a);
+    if let Some(path) = &a.config {
+        values = apply_file(values, path, given)?;
+    }
+    values.validate()?;
+    Ok(Command::Daemon(Daemon {
+        duration: a.trace.duration,
+        trace: TraceOptions {
+            load: LoadOptions {
+                filters: filters(&values.pids, &values.ports, values.family)?,
+                ring_bytes: values.ring_bytes,
+                every_transition: false,
+                disabled_hooks: a.trace.disable_hook.clone(),
+                owner_entries: owner_entries(values.max_sockets),
+            },
+            max_sockets: values.max_sockets,
+            selection: Selection::new(&values.comm, &values.remote),
+            cgroup: values.cgroup.clone(),
+        },
+        listen: values.listen,
+        log_format: values.log_format,
+        max_groups: values.max_groups,
+        max_endpoints: values.max_endpoints,
+        history: values.history.then(|| HistoryKeep {
+            dir: values.history_dir.clone(),
+            days: values.history_days,
+            max_bytes: values.history_max_bytes,
+        }),
+        check_config: a.check_config,
+        file: values,
+    }))
+}
+
+/// `tcplinger history`.
+fn history(a: super::HistoryArgs) -> Result<Command, UsageError> {
+    if let Some(until) = a.until {
+        let now = std::time::SystemTime::now();
+        if until.ago(now) <= a.since.ago(now) {
+            return Err(UsageError("--until: must come after --since".into()));
+        }
+    }
+    Ok(Command::History(History {
+        dir: a.history_dir,
+        since: a.since,
+        until: a.until,
+        pathologies: a.pathology,
+        selection: Selection::new(&a.comm, &[]),
+        connections: a.connections,
+        format: a.format,
+    }))
+}
+
+/// `--since`/`--until` of `watch` and `top`: points of a recording.
+fn replay_only(
+    from: Option<std::path::PathBuf>,
+    since: Option<When>,
+    until: Option<When>,
+) -> Result<Option<std::path::PathBuf>, UsageError> {
+    if from.is_none() {
+        let flag = if since.is_some() {
+            Some("--since")
+        } else if until.is_some() {
+            Some("--until")
+        } else {
+            None
+        };
+        if let Some(flag) = flag {
+            return Err(UsageError(format!(
+                "{flag}: only with --from FILE here (the daemon's history: report --since, tcplinger history)"
+            )));
+        }
+    }
+    Ok(from)
+}
+
+/// `report --since` without `--from` reads the daemon's history: the
+/// flags of a live run mean nothing there, and are refused.
+fn history_report(a: &super::ReportArgs) -> Result<Option<std::path::PathBuf>, UsageError> {
+    if a.replay.from.is_some() {
+        return Ok(None);
+    }
+    if a.replay.since.is_none() {
+        if a.replay.until.is_some() {
+            return Err(UsageError(
+                "--until: with --since (the daemon's history) or --from FILE".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let t = &a.trace;
+    let live_flag = [
+        (!t.pid.is_empty(), "--pid"),
+        (!t.port.is_empty(), "--port"),
+        (t.ipv4, "--ipv4"),
+        (t.ipv6, "--ipv6"),
+        (t.duration.is_some(), "--duration"),
+    ]
+    .into_iter()
+    .find_map(|(given, name)| given.then_some(name));
+    if let Some(name) = live_flag {
+        return Err(UsageError(format!(
+            "{name} with --since: the daemon's history is read, not traced; --comm and --remote select in it"
+        )));
+    }
+    Ok(Some(a.history_dir.clone()))
 }
 
 /// `--from FILE`: the flags that tell the kernel what to trace were for
@@ -218,6 +311,10 @@ pub(super) fn daemon_values(a: &DaemonArgs) -> DaemonValues {
         max_groups: a.analysis.max_groups,
         max_endpoints: a.max_endpoints,
         ring_bytes: a.trace.ring_bytes,
+        history: !a.no_history,
+        history_dir: a.history_dir.clone(),
+        history_days: a.history_days,
+        history_max_bytes: a.history_max_bytes,
     }
 }
 

@@ -19,9 +19,10 @@ use crate::{
     settings::{
         LogFormat, SortKey,
         values::{
-            parse_cgroup, parse_duration, parse_hook, parse_listen, parse_max_bytes,
-            parse_max_endpoints, parse_max_groups, parse_max_sockets, parse_pid, parse_port,
-            parse_ring_bytes, parse_speed, parse_state, parse_when,
+            parse_cgroup, parse_duration, parse_history_bytes, parse_history_days, parse_hook,
+            parse_listen, parse_max_bytes, parse_max_endpoints, parse_max_groups,
+            parse_max_sockets, parse_pathology, parse_pid, parse_port, parse_ring_bytes,
+            parse_speed, parse_state, parse_when,
         },
     },
 };
@@ -56,6 +57,44 @@ pub enum Command {
     /// Record what the kernel and the host say to a file, for `watch`,
     /// `report` or `top` --from FILE later: anywhere, without root.
     Record(RecordArgs),
+    /// The findings the daemon kept in its history, over time (no tracing;
+    /// no root where the history is readable). `report --since` gives the
+    /// full report of a window.
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// From this time on: a time of day (03:00, the last time the clock
+    /// showed it), an RFC 3339 time (2026-12-01T03:00:00Z), or this long
+    /// ago (2h, 3d).
+    #[arg(long, value_name = "WHEN", default_value = "24h", value_parser = parse_when)]
+    pub since: crate::settings::When,
+
+    /// Up to this time (same forms as --since); default: now.
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    pub until: Option<crate::settings::When>,
+
+    /// Only these pathologies (comma-separated or repeated).
+    #[arg(long, value_name = "NAME", value_delimiter = ',', value_parser = parse_pathology)]
+    pub pathology: Vec<crate::model::diagnose::Pathology>,
+
+    /// Only these process names (comma-separated or repeated).
+    #[arg(long, value_name = "NAME", value_delimiter = ',', value_parser = parse_comm)]
+    pub comm: Vec<String>,
+
+    /// List the connections kept whole instead (reset, or stuck in a
+    /// closing state for a second or more), as `watch` prints them.
+    #[arg(long)]
+    pub connections: bool,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// The daemon's history directory.
+    #[arg(long, value_name = "DIR", default_value = crate::settings::HISTORY_DIR)]
+    pub history_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +171,25 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N", default_value_t = 100, value_parser = parse_max_endpoints, allow_hyphen_values = true)]
     pub max_endpoints: usize,
 
+    /// Keep a history here (each group's minutes, the findings with their
+    /// start, end and worst figures, connections reset or stuck) for
+    /// `report --since` and `tcplinger history`.
+    #[arg(long, value_name = "DIR", default_value = crate::settings::HISTORY_DIR)]
+    pub history_dir: std::path::PathBuf,
+
+    /// Keep no history.
+    #[arg(long)]
+    pub no_history: bool,
+
+    /// Days of history kept; older minutes go first.
+    #[arg(long, value_name = "DAYS", default_value_t = crate::settings::HISTORY_DAYS, value_parser = parse_history_days)]
+    pub history_days: u32,
+
+    /// Most bytes the history takes on disk (with its log); beyond, the
+    /// oldest hours go.
+    #[arg(long, value_name = "BYTES", default_value = crate::settings::HISTORY_MAX_BYTES, value_parser = parse_history_bytes)]
+    pub history_max_bytes: u64,
+
     #[command(flatten)]
     pub analysis: AnalysisArgs,
 
@@ -187,6 +245,10 @@ pub struct ReportArgs {
     )]
     pub top: usize,
 
+    /// With --since and no --from: the daemon's history directory.
+    #[arg(long, value_name = "DIR", default_value = crate::settings::HISTORY_DIR)]
+    pub history_dir: std::path::PathBuf,
+
     /// Write the report to this file instead of stdout: a new file, made
     /// readable by its owner only, unless --force. A symbolic link is
     /// refused.
@@ -237,15 +299,18 @@ pub struct ReplayArgs {
     pub from: Option<std::path::PathBuf>,
 
     /// With --from: from this time on (RFC 3339, e.g.
-    /// 2026-12-01T03:00:00Z, UTC if no offset), or this far into the
-    /// recording (90s, 5m). What came before is read, not shown;
-    /// connections open then count as already open.
-    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
+    /// 2026-12-01T03:00:00Z, UTC if no offset; or 03:00, local), or this
+    /// far into the recording (90s, 5m). What came before is read, not
+    /// shown; connections open then count as already open. `report`
+    /// without --from: the daemon's history from then (03:00, RFC 3339, or
+    /// this long ago: 2h).
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
     pub since: Option<crate::settings::When>,
 
     /// With --from: stop the replay at this time, or this far into the
-    /// recording; it ends as if stopped then.
-    #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "from")]
+    /// recording; it ends as if stopped then. `report --since`: the end of
+    /// the window (default: now).
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
     pub until: Option<crate::settings::When>,
 }
 

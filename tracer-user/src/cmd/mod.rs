@@ -1,6 +1,7 @@
 //! The commands, one module each, and what they share: when to stop, where output goes, how a run ends, and the loop that steps an analysis.
 
 pub mod daemon;
+pub mod history;
 pub mod record;
 pub mod report;
 pub mod sockets;

@@ -20,6 +20,9 @@ use crate::{
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(s: settings::Report) -> anyhow::Result<()> {
+    if let Some(dir) = &s.history_dir {
+        return super::history::report(&s, dir);
+    }
     let output = Output::open(s.output.as_deref(), s.replace_output)?;
     if let Some(path) = &s.from {
         let (host, since) = super::replay(path, s.window)?;

@@ -1,8 +1,9 @@
-//! What the host tells besides the kernel programs: sock_diag dumps and lookups inside each network namespace, the processes holding sockets (/proc), cgroups, the clocks; and the recording file sessions are written to and replayed from.
+//! What the host tells besides the kernel programs: sock_diag dumps and lookups inside each network namespace, the processes holding sockets (/proc), cgroups, the clocks; the recording file sessions are written to and replayed from, and the daemon's history store.
 
 pub mod cgroups;
 pub mod clock;
 pub mod follow;
+pub mod history;
 pub mod last_io;
 pub mod netns;
 pub mod owners;

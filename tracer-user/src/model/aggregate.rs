@@ -42,7 +42,9 @@ const PEERS_KEPT: usize = 8;
 
 /// One group: processes of one name talking to one endpoint in one role.
 /// Ordered only so that ties in a ranking come out the same every run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct GroupKey {
     /// The process name; `None` when no process was seen with the sockets.
     pub comm: Option<Comm>,
@@ -102,6 +104,9 @@ pub struct Procs {
     kept: Vec<(u32, u64)>,
     /// Every pid seen, up to [`PIDS_COUNTED`]; beyond, the count is a floor.
     counted: foldhash::HashSet<u32>,
+    /// A count known without the pids behind it (a stored minute's): the
+    /// count is at least this.
+    at_least: u64,
 }
 
 /// Pids counted exactly per group; a count at this cap means "at least".
@@ -121,7 +126,20 @@ impl Procs {
 
     /// How many processes (at least, once [`PIDS_COUNTED`]).
     pub fn count(&self) -> u64 {
-        self.counted.len() as u64
+        (self.counted.len() as u64).max(self.at_least)
+    }
+
+    /// (pid, connections) of the pids kept, in the order first seen.
+    pub fn kept(&self) -> &[(u32, u64)] {
+        &self.kept
+    }
+
+    /// Adds what a stored minute kept: its pids and its count of processes.
+    pub fn restore(&mut self, kept: &[(u32, u64)], count: u64) {
+        for &(pid, conns) in kept {
+            self.add(pid, conns);
+        }
+        self.at_least = self.at_least.max(count);
     }
 
     /// The pid with the most connections (the lowest on a tie).
@@ -141,7 +159,7 @@ impl Procs {
 }
 
 /// The client addresses of a server group.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Peers {
     pub kept: Vec<IpAddr>,
     /// More addresses than [`PEERS_KEPT`] were seen.
@@ -165,11 +183,18 @@ impl Peers {
     pub fn single(&self) -> Option<IpAddr> {
         (self.kept.len() == 1 && !self.more).then(|| self.kept[0])
     }
+
+    fn merge(&mut self, other: &Peers) {
+        for &addr in &other.kept {
+            self.add(addr);
+        }
+        self.more |= other.more;
+    }
 }
 
 /// What a group saw happen over some time: one bucket, or a window of them
 /// merged.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     pub opened: u64,
     pub closed: u64,
@@ -218,7 +243,12 @@ impl Stats {
         self.prompt.iter().sum()
     }
 
-    fn merge(&mut self, o: &Stats) {
+    /// Nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        *self == Stats::default()
+    }
+
+    pub fn merge(&mut self, o: &Stats) {
         self.opened += o.opened;
         self.closed += o.closed;
         for (a, b) in self.closed_by.iter_mut().zip(o.closed_by) {
@@ -300,7 +330,7 @@ pub fn ratio(part: u64, whole: u64) -> f64 {
 }
 
 /// The sockets of one process of a group alive at the last observation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PidNow {
     pub established: u64,
     pub close_wait: u64,
@@ -309,7 +339,7 @@ pub struct PidNow {
 }
 
 /// Sockets of a group alive at the last observation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Now {
     /// When it was taken (boot-clock ns); 0 before the first.
     pub at_ns: u64,
@@ -398,8 +428,17 @@ pub struct Group {
 impl Group {
     /// Everything its buckets from index `from` on hold.
     fn stats_from(&self, from: u64) -> Stats {
+        self.stats_between(from, u64::MAX)
+    }
+
+    /// Everything its buckets with an index in `from..to` hold.
+    fn stats_between(&self, from: u64, to: u64) -> Stats {
         let mut out = Stats::default();
-        for b in self.buckets.iter().filter(|b| b.index >= from) {
+        for b in self
+            .buckets
+            .iter()
+            .filter(|b| (from..to).contains(&b.index))
+        {
             out.merge(&b.stats);
         }
         out
@@ -741,6 +780,38 @@ impl Aggregator {
     /// What a group saw in the window of `span_ns` up to `now_ns`.
     pub fn window(&self, group: &Group, span_ns: u64, now_ns: u64) -> Stats {
         group.stats_from(self.index(now_ns.saturating_sub(span_ns)))
+    }
+
+    /// What a group saw from `from_ns` to `to_ns` (boot ns), to the
+    /// precision of its buckets: those that start in the span.
+    pub fn between(&self, group: &Group, from_ns: u64, to_ns: u64) -> Stats {
+        let bucket = self.windowing.bucket_ns.max(1);
+        group.stats_between(from_ns.div_ceil(bucket), to_ns.div_ceil(bucket))
+    }
+
+    /// Adds a stored minute of a group (the daemon's history): its counts,
+    /// its processes and client addresses, and, when `now` is given, the
+    /// sockets alive at its end as the group's picture of now.
+    pub fn restore(
+        &mut self,
+        key: GroupKey,
+        stats: &Stats,
+        now: Option<&Now>,
+        procs: (&[(u32, u64)], u64),
+        peers: &Peers,
+    ) {
+        let g = if key.is_other() {
+            self.folded += stats.opened + stats.closed;
+            &mut self.other
+        } else {
+            self.group(key, 0)
+        };
+        g.bucket(0).merge(stats);
+        if let Some(now) = now {
+            g.now = now.clone();
+        }
+        g.procs.restore(procs.0, procs.1);
+        g.peers.merge(peers);
     }
 
     /// How long the window of `span_ns` up to `now_ns` really covers, in

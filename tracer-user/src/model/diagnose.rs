@@ -106,6 +106,21 @@ impl Severity {
 }
 
 impl Pathology {
+    pub const ALL: [Pathology; 7] = [
+        Self::ClientTimeoutStuckServer,
+        Self::ServerCloses,
+        Self::NoReuse,
+        Self::LeakedIdle,
+        Self::UnansweredRequests,
+        Self::DeadlinePooled,
+        Self::CloseWaitLeak,
+    ];
+
+    /// The pathology whose [`Self::id`] this is.
+    pub fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.id() == id)
+    }
+
     pub const fn id(self) -> &'static str {
         match self {
             Self::ClientTimeoutStuckServer => "client_timeout_stuck_server",
@@ -181,7 +196,8 @@ pub struct Finding {
     pub who: Who,
     /// For a server: its only client address, if it has one.
     pub client: Option<std::net::IpAddr>,
-    pub evidence: Vec<(&'static str, Figure)>,
+    /// Named figures; the names are the rules' own, or a stored finding's.
+    pub evidence: Vec<(std::borrow::Cow<'static, str>, Figure)>,
     pub summary: String,
     /// How long a stretch of time it was judged on, in seconds.
     pub window_s: f64,
@@ -408,7 +424,10 @@ impl Case<'_> {
             key: *self.key,
             who,
             client,
-            evidence,
+            evidence: evidence
+                .into_iter()
+                .map(|(name, figure)| (name.into(), figure))
+                .collect(),
             summary,
             window_s: (self.span_s * 10.0).round() / 10.0,
         }

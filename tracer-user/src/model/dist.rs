@@ -22,7 +22,7 @@ fn bin(ns: u64) -> u16 {
 
 /// One bin in use: its values' count and sum, whose mean stands for them
 /// (exact when they are all the same, within the bin's 2% otherwise).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Bin {
     index: u16,
     count: u32,
@@ -36,7 +36,8 @@ impl Bin {
 }
 
 /// Durations recorded in log-spaced bins; empty until used.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Dist {
     /// Sorted by bin.
     bins: Vec<Bin>,

@@ -84,6 +84,16 @@ impl Selection {
     /// with nothing selected, two emptiness checks.
     /// An IPv4 network also matches the IPv4-mapped form of its addresses,
     /// which is how dual-stack sockets show IPv4 peers.
+    /// Nothing is selected away.
+    pub fn is_empty(&self) -> bool {
+        self.comms.is_empty() && self.remotes.is_empty()
+    }
+
+    /// A process name as printed (`Comm`'s display) is one of `--comm`.
+    pub fn admits_name(&self, name: &str) -> bool {
+        self.comms.is_empty() || self.comms.iter().any(|w| w.as_slice() == name.as_bytes())
+    }
+
     pub fn admits(&self, comm: Option<&Comm>, raddr: IpAddr) -> bool {
         let comm_ok = self.comms.is_empty()
             || comm.is_some_and(|c| self.comms.iter().any(|w| w.as_slice() == c.as_bytes()));

@@ -143,6 +143,11 @@ impl<W: Write> ConnectionWriter<W> {
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+
+    /// The output back (for a record written to memory).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
 }
 
 /// The closing states with their durations, how FIN_WAIT2 ended, TIME_WAIT.

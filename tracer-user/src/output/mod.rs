@@ -1,6 +1,7 @@
 //! Output: formatting shared by every writer (timestamps, endpoints), and one module per kind of output.
 
 pub mod connections;
+pub mod history;
 pub mod report;
 pub mod transitions;
 

@@ -99,7 +99,7 @@ pub struct JsonFinding<'a> {
     local_port: Option<u16>,
     /// Seconds of traffic the finding was judged on.
     window_s: f64,
-    evidence: BTreeMap<&'static str, &'a Figure>,
+    evidence: BTreeMap<&'a str, &'a Figure>,
     summary: &'a str,
 }
 
@@ -116,7 +116,7 @@ pub fn json_finding(f: &Finding) -> JsonFinding<'_> {
         remote: f.remote(),
         local_port: (f.key.role == Role::Server).then_some(f.key.port),
         window_s: f.window_s,
-        evidence: f.evidence.iter().map(|(n, v)| (*n, v)).collect(),
+        evidence: f.evidence.iter().map(|(n, v)| (n.as_ref(), v)).collect(),
         summary: &f.summary,
     }
 }

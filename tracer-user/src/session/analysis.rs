@@ -510,7 +510,7 @@ impl<H: Host> Analysis<H> {
                     &format!(" in CLOSE_WAIT (fds {}),", fd_list(fds)),
                     1,
                 );
-                f.evidence.push(("fds", Figure::Fds(fds.clone())));
+                f.evidence.push(("fds".into(), Figure::Fds(fds.clone())));
             }
         }
         findings

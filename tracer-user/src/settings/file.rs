@@ -1,6 +1,11 @@
 //! The daemon's TOML file (`--config`): every key the flags have, applied over the defaults and under the flags given on the command line; every bad key or value is reported with the file, line and key.
 
-use std::{collections::HashSet, net::SocketAddr, num::NonZeroUsize, path::Path};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    num::NonZeroUsize,
+    path::{Path, PathBuf},
+};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -12,8 +17,9 @@ use crate::{
     settings::{
         LogFormat,
         values::{
-            parse_cgroup, parse_listen, parse_max_endpoints, parse_max_groups, parse_max_sockets,
-            parse_pid, parse_port, parse_ring_bytes,
+            parse_cgroup, parse_history_bytes, parse_history_days, parse_listen,
+            parse_max_endpoints, parse_max_groups, parse_max_sockets, parse_pid, parse_port,
+            parse_ring_bytes,
         },
     },
 };
@@ -36,6 +42,11 @@ pub struct DaemonValues {
     pub max_groups: usize,
     pub max_endpoints: usize,
     pub ring_bytes: u32,
+    /// Keep a history (`--no-history`: false).
+    pub history: bool,
+    pub history_dir: PathBuf,
+    pub history_days: u32,
+    pub history_max_bytes: u64,
 }
 
 impl DaemonValues {
@@ -77,6 +88,10 @@ struct FileConfig {
     max_groups: Option<Spanned<i64>>,
     max_endpoints: Option<Spanned<i64>>,
     ring_bytes: Option<Spanned<Size>>,
+    history: Option<Spanned<bool>>,
+    history_dir: Option<Spanned<String>>,
+    history_days: Option<Spanned<i64>>,
+    history_max_bytes: Option<Spanned<Size>>,
 }
 
 /// 1-based line of a byte offset.
@@ -131,6 +146,7 @@ pub(crate) fn apply_text(
     // A key is still checked when its flag was given, but the flag wins.
     let flag_given = |key: &str| match key {
         "family" => given.contains("ipv4") || given.contains("ipv6"),
+        "history" => given.contains("no_history"),
         key => given.contains(&key.replace('-', "_")),
     };
     macro_rules! check {
@@ -224,6 +240,31 @@ pub(crate) fn apply_text(
     }) {
         s.ring_bytes = v;
     }
+    if let Some(v) = check!(file.history, "history", |v| Ok::<bool, String>(v)) {
+        s.history = v;
+    }
+    if let Some(v) = check!(
+        file.history_dir,
+        "history-dir",
+        |v| if v.trim().is_empty() {
+            Err("an empty path (history = false keeps no history)".to_string())
+        } else {
+            Ok(PathBuf::from(v))
+        }
+    ) {
+        s.history_dir = v;
+    }
+    if let Some(v) = check!(file.history_days, "history-days", |v| parse_history_days(
+        &v.to_string()
+    )) {
+        s.history_days = v;
+    }
+    if let Some(v) = check!(file.history_max_bytes, "history-max-bytes", |v| match v {
+        Size::Bytes(n) => parse_history_bytes(&n.to_string()),
+        Size::Text(t) => parse_history_bytes(&t),
+    }) {
+        s.history_max_bytes = v;
+    }
     Ok(s)
 }
 
@@ -233,7 +274,7 @@ impl DaemonValues {
     pub fn to_toml(&self) -> String {
         let list = |v: &[String]| format!("[{}]", v.join(", "));
         format!(
-            "listen = \"{}\"\nallow-non-loopback = {}\nlog-format = \"{}\"\npid = {}\nport = {}\ncomm = {}\nremote = {}\nfamily = \"{}\"\n{}max-sockets = {}\nmax-groups = {}\nmax-endpoints = {}\nring-bytes = {}\n",
+            "listen = \"{}\"\nallow-non-loopback = {}\nlog-format = \"{}\"\npid = {}\nport = {}\ncomm = {}\nremote = {}\nfamily = \"{}\"\n{}max-sockets = {}\nmax-groups = {}\nmax-endpoints = {}\nring-bytes = {}\nhistory = {}\nhistory-dir = {}\nhistory-days = {}\nhistory-max-bytes = {}\n",
             self.listen,
             self.allow_non_loopback,
             match self.log_format {
@@ -269,6 +310,10 @@ impl DaemonValues {
             self.max_groups,
             self.max_endpoints,
             self.ring_bytes,
+            self.history,
+            serde_json::to_string(&self.history_dir.to_string_lossy()).expect("a string"),
+            self.history_days,
+            self.history_max_bytes,
         )
     }
 }

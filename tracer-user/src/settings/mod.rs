@@ -37,6 +37,11 @@ pub enum LogFormat {
 /// `report` traces this long unless told otherwise.
 pub const REPORT_DURATION: Duration = Duration::from_secs(30);
 
+/// Where the daemon keeps its history (systemd's `StateDirectory=tcplinger`).
+pub const HISTORY_DIR: &str = "/var/lib/tcplinger";
+pub const HISTORY_DAYS: u32 = 14;
+pub const HISTORY_MAX_BYTES: &str = "256MiB";
+
 /// A command and everything it runs with.
 #[derive(Debug)]
 pub enum Command {
@@ -47,6 +52,7 @@ pub enum Command {
     Daemon(Daemon),
     Record(Record),
     RecordInfo(RecordInfo),
+    History(History),
 }
 
 /// A point of a replay (`--since`, `--until`).
@@ -54,7 +60,7 @@ pub enum Command {
 pub enum When {
     /// A wall-clock time.
     At(std::time::SystemTime),
-    /// This far into the recording.
+    /// This far into the recording; for the daemon's history, this long ago.
     Into(Duration),
 }
 
@@ -71,6 +77,38 @@ impl When {
         };
         start_boot_ns.saturating_add(u64::try_from(into.as_nanos()).unwrap_or(u64::MAX))
     }
+}
+
+impl When {
+    /// The wall-clock time of this point of the daemon's history, read at
+    /// `now`: a duration is how long ago.
+    pub fn ago(self, now: std::time::SystemTime) -> std::time::SystemTime {
+        match self {
+            When::At(at) => at,
+            When::Into(d) => now.checked_sub(d).unwrap_or(std::time::UNIX_EPOCH),
+        }
+    }
+}
+
+/// How much history the daemon keeps, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryKeep {
+    pub dir: PathBuf,
+    pub days: u32,
+    pub max_bytes: u64,
+}
+
+/// `tcplinger history`: the findings (or the connections kept whole) the
+/// daemon stored over a window.
+#[derive(Debug)]
+pub struct History {
+    pub dir: PathBuf,
+    pub since: When,
+    pub until: Option<When>,
+    pub pathologies: Vec<crate::model::diagnose::Pathology>,
+    pub selection: Selection,
+    pub connections: bool,
+    pub format: Format,
 }
 
 /// What of a replay is shown: `--since` and `--until`.
@@ -133,6 +171,9 @@ pub struct Report {
     /// `--force`: an existing `output` file may be replaced.
     pub replace_output: bool,
     pub max_groups: usize,
+    /// `--since` without `--from`: the report of the daemon's history kept
+    /// here over the window.
+    pub history_dir: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -164,6 +205,8 @@ pub struct Daemon {
     pub log_format: LogFormat,
     pub max_groups: usize,
     pub max_endpoints: usize,
+    /// `None`: `--no-history`.
+    pub history: Option<HistoryKeep>,
     /// `--check-config`: print `file` as it would be used, and stop.
     pub check_config: bool,
     /// The settings in the file's terms, for `--check-config`.

@@ -25,11 +25,104 @@ pub fn parse_when(s: &str) -> Result<super::When, String> {
     if let Ok(at) = humantime::parse_rfc3339_weak(s) {
         return Ok(super::When::At(at));
     }
+    if let Some(at) = time_of_day(s) {
+        return at.map(super::When::At);
+    }
     humantime::parse_duration(s)
         .map(super::When::Into)
         .map_err(|_| {
-            format!("'{s}' is neither a time (2026-12-01T03:00:00Z) nor a duration into the recording (90s, 5m)")
+            format!(
+                "'{s}' is neither a time (03:00, 2026-12-01T03:00:00Z) nor a duration (90s, 2h)"
+            )
         })
+}
+
+/// `HH:MM` or `HH:MM:SS`, local time: the last time the clock showed it
+/// (today, or yesterday if that is still to come). `None` when `s` is not
+/// of that shape.
+fn time_of_day(s: &str) -> Option<Result<std::time::SystemTime, String>> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if !(2..=3).contains(&parts.len())
+        || !parts
+            .iter()
+            .all(|p| (1..=2).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    let n = |i: usize| parts.get(i).map_or(Some(0), |p| p.parse::<i32>().ok());
+    let (Some(h), Some(m), Some(sec)) = (n(0), n(1), n(2)) else {
+        return None;
+    };
+    if h > 23 || m > 59 || sec > 59 {
+        return Some(Err(format!(
+            "'{s}' is not a time of day (00:00 to 23:59:59)"
+        )));
+    }
+    Some(local_time_today(h, m, sec))
+}
+
+/// Today's `h:m:s` on this host's local clock, or yesterday's if that is
+/// later than now.
+fn local_time_today(h: i32, m: i32, sec: i32) -> Result<std::time::SystemTime, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    let now_s = libc::time_t::try_from(now.as_secs()).map_err(|e| e.to_string())?;
+    let at = |day_offset: libc::time_t| -> Result<i64, String> {
+        let t = now_s - day_offset * 86_400;
+        // SAFETY: localtime_r and mktime write only to the struct given.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        if unsafe { libc::localtime_r(&raw const t, &raw mut tm) }.is_null() {
+            return Err("cannot read the local time zone".into());
+        }
+        tm.tm_hour = h;
+        tm.tm_min = m;
+        tm.tm_sec = sec;
+        tm.tm_isdst = -1;
+        let made = unsafe { libc::mktime(&raw mut tm) };
+        if made == -1 {
+            return Err("cannot read the local time zone".into());
+        }
+        Ok(made)
+    };
+    let mut t = at(0)?;
+    if t > now_s {
+        t = at(1)?;
+    }
+    let t = u64::try_from(t).map_err(|_| "a time before 1970".to_string())?;
+    Ok(std::time::UNIX_EPOCH + Duration::from_secs(t))
+}
+
+/// `daemon --history-days`: 1 to 3650.
+pub fn parse_history_days(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n @ 1..=3650) => Ok(n),
+        Ok(_) => Err("from 1 to 3650 days".into()),
+        Err(_) => Err(format!("'{s}' is not a number of days")),
+    }
+}
+
+/// Smallest `daemon --history-max-bytes`: a few hours of a busy host.
+const MIN_HISTORY_BYTES: u64 = 1 << 20;
+
+pub fn parse_history_bytes(s: &str) -> Result<u64, String> {
+    let bytes = parse_size(s)?;
+    if bytes < MIN_HISTORY_BYTES {
+        return Err(format!("at least {}MiB", MIN_HISTORY_BYTES >> 20));
+    }
+    Ok(bytes)
+}
+
+/// `history --pathology`: one of the rules' names.
+pub fn parse_pathology(s: &str) -> Result<crate::model::diagnose::Pathology, String> {
+    let s = s.trim();
+    crate::model::diagnose::Pathology::from_id(s).ok_or_else(|| {
+        let names: Vec<&str> = crate::model::diagnose::Pathology::ALL
+            .iter()
+            .map(|p| p.id())
+            .collect();
+        format!("'{s}' is not one of {}", names.join(", "))
+    })
 }
 
 /// `top --speed`: recorded seconds per second, 0.1 to 1000.

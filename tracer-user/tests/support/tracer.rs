@@ -12,6 +12,29 @@ use serde_json::Value;
 use super::wait_until;
 
 const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// A daemon started by a test keeps its history in a directory of its own
+/// (never the host's /var/lib/tcplinger), unless the test says where.
+fn with_own_history(args: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(ToString::to_string).collect();
+    let chooses = [
+        "--history-dir",
+        "--no-history",
+        "--check-config",
+        "--config",
+    ];
+    if args.first() == Some(&"daemon") && !args.iter().any(|a| chooses.contains(a)) {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "tcplinger-tests/history-{}-{n}",
+            std::process::id()
+        ));
+        out.push("--history-dir".into());
+        out.push(dir.display().to_string());
+    }
+    out
+}
 const STOP_LIMIT: Duration = Duration::from_secs(15);
 
 pub struct Tcplinger {
@@ -46,7 +69,7 @@ impl Tcplinger {
 
     fn start_with(args: &[&str], stdout: Stdio) -> Tcplinger {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-            .args(args)
+            .args(with_own_history(args))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::piped())
@@ -123,6 +146,17 @@ impl Tcplinger {
         unsafe { libc::kill(self.child.id().cast_signed(), signal) };
     }
 
+    /// SIGKILL: no summary, nothing flushed; what it printed so far.
+    pub fn kill(mut self) -> (ExitStatus, Vec<String>) {
+        self.signal(libc::SIGKILL);
+        let status = self.child.wait().expect("waiting for tcplinger");
+        for reader in self.readers.drain(..) {
+            reader.join().expect("output reader");
+        }
+        let stderr = self.stderr.lock().unwrap().clone();
+        (status, stderr)
+    }
+
     /// Sends SIGINT, as Ctrl-C would, and collects everything.
     pub fn stop(self) -> Finished {
         self.signal(libc::SIGINT);
@@ -181,7 +215,7 @@ impl Drop for Tcplinger {
 /// Runs `tcplinger ARGS` to its end.
 pub fn tcplinger(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-        .args(args)
+        .args(with_own_history(args))
         .output()
         .expect("running tcplinger")
 }

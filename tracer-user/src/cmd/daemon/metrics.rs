@@ -192,6 +192,18 @@ pub struct Health {
     pub folded: u64,
 }
 
+/// The history's state, in totals (all zero without one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HistoryLosses {
+    pub bytes: u64,
+    /// Minutes not written because the store's thread was behind.
+    pub batches_dropped: u64,
+    /// Minutes the store could not write (the error is logged).
+    pub write_failures: u64,
+    /// Connections worth keeping whole beyond a minute's share.
+    pub connections_not_kept: u64,
+}
+
 /// Counters fed from absolute values: only the increase is added.
 #[derive(Debug, Default)]
 struct Last(Health);
@@ -217,6 +229,7 @@ pub struct Metrics {
     tracked: IntGauge,
     groups: IntGauge,
     ring_bytes: IntGauge,
+    history_bytes: IntGauge,
     ring_peak: IntGauge,
     /// Losses other than drops, misses and evictions, by kind.
     losses: IntCounterVec,
@@ -525,6 +538,11 @@ impl Metrics {
                 &r,
                 "tcplinger_ring_size_bytes",
                 "Size of the kernel-to-userspace ring.",
+            ),
+            history_bytes: gauge(
+                &r,
+                "tcplinger_history_bytes",
+                "Bytes the daemon's history takes on disk (0 without one).",
             ),
             ring_peak: gauge(
                 &r,
@@ -959,6 +977,7 @@ impl Metrics {
         timewait_unfollowed: u64,
         logs_out_of_step: u64,
         http: [u64; 2],
+        history: &HistoryLosses,
     ) {
         let totals = [
             ("kernel_read_failed", host.kernel.failed_runs),
@@ -974,7 +993,11 @@ impl Metrics {
             ("log_out_of_step", logs_out_of_step),
             ("http_connection_shed", http[0]),
             ("http_accept_failed", http[1]),
+            ("history_minute_dropped", history.batches_dropped),
+            ("history_write_failed", history.write_failures),
+            ("history_connection_not_kept", history.connections_not_kept),
         ];
+        self.history_bytes.set(as_gauge(history.bytes));
         for (kind, total) in totals {
             let last = self.losses_last.entry(kind).or_insert(0);
             self.losses

@@ -1,5 +1,6 @@
-//! `tcplinger daemon`: trace until SIGTERM, serve Prometheus metrics, and log each finding once (again only if it worsens).
+//! `tcplinger daemon`: trace until SIGTERM, serve Prometheus metrics, log each finding once (again only if it worsens), and keep a history of it all.
 
+pub mod history;
 pub mod http;
 pub mod metrics;
 
@@ -11,10 +12,12 @@ use std::{
 };
 
 use crate::{
+    cmd::daemon::history::{History, Totals},
     cmd::daemon::http::Shared,
-    cmd::daemon::metrics::{Health, Metrics},
+    cmd::daemon::metrics::{Health, HistoryLosses, Metrics},
     cmd::{Driver, Wake},
     host::clock,
+    host::history::{HistoryWriter, Limits},
     model::aggregate::GroupKey,
     model::diagnose::{Finding, Pathology},
     output::{
@@ -134,6 +137,10 @@ impl FindingLog {
     pub fn standing(&self) -> impl Iterator<Item = &Finding> {
         self.standing.values().map(|s| &s.last)
     }
+
+    pub fn is_standing(&self, key: &(Pathology, GroupKey)) -> bool {
+        self.standing.contains_key(key)
+    }
 }
 
 #[derive(Serialize)]
@@ -216,6 +223,8 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
         )
     })?;
     raise_fd_limit();
+    // Before tracing starts: a history that cannot be kept is said at once.
+    let mut history = s.history.as_ref().map(open_history).transpose()?;
     let mut driver = Driver::new(s.duration, REFRESH)?;
     let mut analysis = Analysis::start(&s.trace, s.max_groups, Judging::recent())?;
     analysis.tap = Some(Fed::default());
@@ -235,16 +244,35 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
                         "tcplinger: daemon tracing TCP connections ({open} already open); metrics on http://{}/metrics",
                         s.listen
                     );
-                    feed_metrics(&mut analysis, &shared);
+                    feed_metrics(&mut analysis, &shared, history.as_mut());
                 }
                 // A look is in: findings are drawn from it.
                 Wake::Step(Progress::Looked) => {
-                    feed_metrics(&mut analysis, &shared);
-                    log_findings(&mut analysis, &shared, &mut findings_log, &stdout, s.log_format)?;
+                    feed_metrics(&mut analysis, &shared, history.as_mut());
+                    let findings = log_findings(
+                        &mut analysis,
+                        &shared,
+                        &mut findings_log,
+                        &stdout,
+                        s.log_format,
+                    )?;
+                    if let Some(h) = history.as_mut() {
+                        let now = analysis.now_ns();
+                        h.on_analysis(
+                            &analysis.agg,
+                            &findings,
+                            |k| findings_log.is_standing(k),
+                            now,
+                        );
+                    }
                 }
-                Wake::Step(_) => feed_metrics(&mut analysis, &shared),
+                Wake::Step(_) => feed_metrics(&mut analysis, &shared, history.as_mut()),
                 Wake::Tick => {
-                    refresh_metrics(&mut analysis, &shared, &mut recent);
+                    if let Some(h) = history.as_mut() {
+                        let (totals, now, clock) = totals(&mut analysis);
+                        h.tick(&analysis.agg, totals, now, &clock);
+                    }
+                    refresh_metrics(&mut analysis, &shared, &mut recent, history.as_ref());
                     refreshes += 1;
                     // The first tick comes at once: the first look.
                     if refreshes % ANALYSIS_EVERY == 1 {
@@ -260,18 +288,64 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
     let _ = stop_server.send(());
     let _ = server.join();
     analysis.stop().await.context("stopping")?;
+    if let Some(mut h) = history {
+        // What the last drain brought, then every minute so far.
+        if let Some(fed) = analysis.tap.as_mut().map(std::mem::take) {
+            let clock = analysis.session.host.wall_clock();
+            h.on_records(&fed.records, &clock);
+        }
+        let (totals, now, clock) = totals(&mut analysis);
+        h.finish(&analysis.agg, totals, now, &clock);
+    }
     eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
     result
 }
 
-/// The findings of the look just applied, into the metrics and the log.
+/// The store and its thread, opened before tracing starts.
+fn open_history(keep: &settings::HistoryKeep) -> anyhow::Result<History> {
+    let limits = Limits {
+        max_bytes: keep.max_bytes,
+        days: keep.days,
+    };
+    let (writer, warning) = HistoryWriter::start(&keep.dir, limits).with_context(|| {
+        format!(
+            "cannot keep a history in {} (--history-dir elsewhere, or --no-history)",
+            keep.dir.display()
+        )
+    })?;
+    if let Some(warning) = warning {
+        eprintln!("tcplinger: history: {warning}");
+    }
+    eprintln!(
+        "tcplinger: keeping a history in {} ({} days, at most {} MiB)",
+        writer.path.display(),
+        keep.days,
+        keep.max_bytes >> 20
+    );
+    Ok(History::new(writer, clock::boot_ns()))
+}
+
+/// The tracer's totals now, the boot clock and the wall clock.
+fn totals(analysis: &mut Analysis) -> (Totals, u64, clock::WallClock) {
+    let host = &mut analysis.session.host;
+    let totals = Totals {
+        events: analysis.session.counts.events,
+        dropped: host.dropped(),
+        missed: host.missed(),
+        connections: analysis.connections,
+    };
+    (totals, host.now_ns(), host.wall_clock())
+}
+
+/// The findings of the look just applied, into the metrics and the log;
+/// returns them.
 fn log_findings(
     analysis: &mut Analysis,
     shared: &Shared,
     findings_log: &mut FindingLog,
     stdout: &io::Stdout,
     format: LogFormat,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Finding>> {
     let findings = analysis.findings();
     let changes = findings_log.update(&findings);
     if let Ok(mut m) = shared.metrics.lock() {
@@ -293,14 +367,20 @@ fn log_findings(
     for line in lines {
         writeln!(out, "{line}").context("writing the log")?;
     }
-    out.flush().context("writing the log")
+    out.flush().context("writing the log")?;
+    Ok(findings)
 }
 
-/// Tracker output since the last call into the counters and histograms.
-fn feed_metrics(analysis: &mut Analysis, shared: &Shared) {
+/// Tracker output since the last call into the counters and histograms,
+/// and the history.
+fn feed_metrics(analysis: &mut Analysis, shared: &Shared, history: Option<&mut History>) {
     let Some(fed) = analysis.tap.as_mut().map(std::mem::take) else {
         return;
     };
+    if let Some(h) = history {
+        let clock = analysis.session.host.wall_clock();
+        h.on_records(&fed.records, &clock);
+    }
     let Ok(mut m) = shared.metrics.lock() else {
         return;
     };
@@ -346,7 +426,12 @@ impl Recent {
 }
 
 /// Once a second: the sockets alive now, and the tracer's own health.
-fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, recent: &mut Recent) {
+fn refresh_metrics(
+    analysis: &mut Analysis,
+    shared: &Shared,
+    recent: &mut Recent,
+    history: Option<&History>,
+) {
     let live = analysis.live_resolved();
     let ring_peak = analysis.session.host.ring_peak_and_reset();
     let (dropped, missed, losses) = (
@@ -394,6 +479,7 @@ fn refresh_metrics(analysis: &mut Analysis, shared: &Shared, recent: &mut Recent
             shared.shed.load(Ordering::Relaxed),
             shared.accept_failed.load(Ordering::Relaxed),
         ],
+        &history.map_or_else(HistoryLosses::default, History::losses),
     );
 }
 

@@ -732,11 +732,19 @@ fn losses_given_as_totals_grow_their_counters_by_the_difference() {
         ..HostLosses::default()
     };
     host.kernel.owner_inserts = 1;
-    m.set_losses(&host, 2, 0, [5, 0]);
+    let mut history = HistoryLosses {
+        bytes: 4096,
+        write_failures: 1,
+        ..HistoryLosses::default()
+    };
+    m.set_losses(&host, 2, 0, [5, 0], &history);
     host.lookups_failed = 4;
     host.entry_reads_failed = 1;
-    m.set_losses(&host, 2, 3, [5, 1]);
+    history.write_failures = 2;
+    history.bytes = 8192;
+    m.set_losses(&host, 2, 3, [5, 1], &history);
     let text = m.encode();
+    assert!(text.contains("tcplinger_history_bytes 8192\n"), "{text}");
     for (kind, n) in [
         ("lookup_failed", 4),
         ("owner_not_recorded", 1),
@@ -746,6 +754,8 @@ fn losses_given_as_totals_grow_their_counters_by_the_difference() {
         ("netns_not_found", 0),
         ("entry_read_failed", 1),
         ("log_out_of_step", 3),
+        ("history_write_failed", 2),
+        ("history_minute_dropped", 0),
     ] {
         let line = format!("tcplinger_losses_total{{kind=\"{kind}\"}} {n}\n");
         assert!(text.contains(&line), "{line} in {text}");

@@ -1,0 +1,199 @@
+//! The daemon's side of its history: gathers each settled minute (the groups' slices, the tracer's counters), the findings' lives and the connections worth keeping whole, and hands them to the store's thread once a minute.
+
+use std::{collections::BTreeMap, sync::atomic::Ordering, time::SystemTime};
+
+use crate::{
+    cmd::daemon::metrics::HistoryLosses,
+    host::clock::WallClock,
+    host::history::{Batch, HistoryWriter, Kept, MinuteCounts},
+    model::aggregate::{Aggregator, GroupKey},
+    model::diagnose::{Finding, Pathology},
+    model::history::{
+        CONNECTIONS_PER_MINUTE, Life, Lives, MINUTE_NS, Slice, Slicer, StoredLife, notable,
+    },
+    model::tracker::ConnRecord,
+    output::{Format, connections::ConnectionWriter},
+};
+
+/// The tracer's totals at some moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub events: u64,
+    pub dropped: u64,
+    pub missed: u64,
+    pub connections: u64,
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub struct History {
+    writer: HistoryWriter,
+    slicer: Slicer,
+    lives: Lives,
+    /// This run's start (unix ms): the findings' lives are numbered in it.
+    run_ms: i64,
+    /// The totals at the first tick of each minute not cut yet.
+    marks: BTreeMap<u64, Totals>,
+    /// Connections kept whole, by the minute they ended in, not sent yet.
+    kept: BTreeMap<u64, Vec<Kept>>,
+    /// Of those, the ones beyond a minute's share.
+    skipped: BTreeMap<u64, u64>,
+    /// And in all.
+    not_kept: u64,
+}
+
+impl History {
+    pub fn new(writer: HistoryWriter, start_ns: u64) -> Self {
+        Self {
+            writer,
+            slicer: Slicer::new(start_ns),
+            lives: Lives::default(),
+            run_ms: unix_ms(SystemTime::now()),
+            marks: BTreeMap::new(),
+            kept: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+            not_kept: 0,
+        }
+    }
+
+    /// The store's size and what it lost, for the metrics.
+    pub fn losses(&self) -> HistoryLosses {
+        let stats = &self.writer.stats;
+        HistoryLosses {
+            bytes: stats.bytes.load(Ordering::Relaxed),
+            batches_dropped: stats.dropped.load(Ordering::Relaxed),
+            write_failures: stats.failures.load(Ordering::Relaxed),
+            connections_not_kept: self.not_kept,
+        }
+    }
+
+    /// Finished connections: the notable ones are kept, as `watch` prints them.
+    pub fn on_records(&mut self, records: &[ConnRecord], clock: &WallClock) {
+        for r in records {
+            let Some(reason) = notable(r) else { continue };
+            let minute = r.end_ns / MINUTE_NS;
+            let kept = self.kept.entry(minute).or_default();
+            if kept.len() >= CONNECTIONS_PER_MINUTE {
+                *self.skipped.entry(minute).or_default() += 1;
+                self.not_kept += 1;
+                continue;
+            }
+            let when = clock.wall(r.end_ns);
+            let mut line = ConnectionWriter::new(Vec::new(), Format::Json);
+            if line.write(r, when).is_err() {
+                continue;
+            }
+            let (Ok(record), Some(key)) = (
+                String::from_utf8(line.into_inner()),
+                Some(GroupKey::of(&r.id())),
+            ) else {
+                continue;
+            };
+            kept.push(Kept {
+                end_ms: unix_ms(when),
+                reason: reason.into(),
+                key,
+                record: record.trim_end().to_string(),
+            });
+        }
+    }
+
+    /// After an analysis: the picture of the minute that just ended, and
+    /// the findings' lives.
+    pub fn on_analysis(
+        &mut self,
+        agg: &Aggregator,
+        findings: &[Finding],
+        standing: impl Fn(&(Pathology, GroupKey)) -> bool,
+        now_ns: u64,
+    ) {
+        self.slicer.on_look(agg, now_ns);
+        self.lives.update(findings, standing, now_ns);
+    }
+
+    /// Once a second: the totals at the start of a minute, and the minutes
+    /// settled since the last call sent to the store.
+    pub fn tick(&mut self, agg: &Aggregator, totals: Totals, now_ns: u64, clock: &WallClock) {
+        self.marks.entry(now_ns / MINUTE_NS).or_insert(totals);
+        let due = self.slicer.due(agg, now_ns);
+        if !due.is_empty() {
+            self.send(due, totals, clock);
+        }
+    }
+
+    /// The daemon stops: every minute so far (the last one partial), and
+    /// the standing findings end.
+    pub fn finish(mut self, agg: &Aggregator, totals: Totals, now_ns: u64, clock: &WallClock) {
+        self.marks.entry(now_ns / MINUTE_NS + 1).or_insert(totals);
+        self.lives.end_all();
+        let due = self.slicer.rest(agg, now_ns);
+        self.send(due, totals, clock);
+        self.writer.finish();
+    }
+
+    fn send(&mut self, due: Vec<(u64, Vec<Slice>)>, totals: Totals, clock: &WallClock) {
+        let mut batch = Batch {
+            now_ms: unix_ms(SystemTime::now()),
+            ..Batch::default()
+        };
+        let last_cut = due.last().map(|(m, _)| *m);
+        for (minute, slices) in due {
+            let start = self.marks.get(&minute).copied();
+            // The totals at the next minute's first tick, or now.
+            let end = self.marks.get(&(minute + 1)).copied().unwrap_or(totals);
+            let counts = start.map_or_else(Totals::default, |start| Totals {
+                events: end.events.saturating_sub(start.events),
+                dropped: end.dropped.saturating_sub(start.dropped),
+                missed: end.missed.saturating_sub(start.missed),
+                connections: end.connections.saturating_sub(start.connections),
+            });
+            batch.minutes.push((
+                MinuteCounts {
+                    start_ms: unix_ms(clock.wall(minute * MINUTE_NS)),
+                    events: counts.events,
+                    dropped: counts.dropped,
+                    missed: counts.missed,
+                    connections: counts.connections,
+                    kept_skipped: self.skipped.remove(&minute).unwrap_or(0),
+                },
+                slices,
+            ));
+            batch
+                .kept
+                .extend(self.kept.remove(&minute).unwrap_or_default());
+            self.marks.retain(|&m, _| m > minute);
+        }
+        // Connections that ended in a minute already cut (they arrived
+        // late) go with this batch; their count beyond the share is lost
+        // with nothing to add it to, so they are kept in the last minute's.
+        if let Some(last) = last_cut {
+            let late: Vec<u64> = self.kept.range(..=last).map(|(m, _)| *m).collect();
+            for m in late {
+                batch.kept.extend(self.kept.remove(&m).unwrap_or_default());
+            }
+            let skipped: u64 = self.skipped.range(..=last).map(|(_, n)| *n).sum();
+            self.skipped.retain(|&m, _| m > last);
+            if let Some((counts, _)) = batch.minutes.last_mut() {
+                counts.kept_skipped += skipped;
+            }
+        }
+        let run_ms = self.run_ms;
+        batch.lives = self
+            .lives
+            .take()
+            .into_iter()
+            .map(|l: Life| StoredLife {
+                run_ms,
+                life: l.id,
+                start_ms: unix_ms(clock.wall(l.start_ns)),
+                last_ms: unix_ms(clock.wall(l.last_ns)),
+                end_ms: l.end_ns.map(|ns| unix_ms(clock.wall(ns))),
+                peak: (&l.peak).into(),
+            })
+            .collect();
+        self.writer.send(batch);
+    }
+}
