@@ -41,6 +41,10 @@ max-sockets = 1000
 max-groups = 50
 max-endpoints = 7
 ring-bytes = "16MiB"
+history = false
+history-dir = "/srv/tcplinger"
+history-days = 3
+history-max-bytes = "1GiB"
 "#;
 
 #[test]
@@ -65,6 +69,10 @@ fn every_key_is_read() {
     assert_eq!(s.max_groups, 50);
     assert_eq!(s.max_endpoints, 7);
     assert_eq!(s.ring_bytes, 16 << 20);
+    assert!(!s.history);
+    assert_eq!(s.history_dir, std::path::Path::new("/srv/tcplinger"));
+    assert_eq!(s.history_days, 3);
+    assert_eq!(s.history_max_bytes, 1 << 30);
 }
 
 #[test]
@@ -80,6 +88,37 @@ fn the_shipped_config_file_is_valid() {
     let s = parse(include_str!("../../../deploy/tcplinger.toml")).unwrap();
     assert_eq!(s.listen, defaults().listen, "loopback by default");
     assert_eq!(s.log_format, LogFormat::Json);
+    assert!(s.history);
+    assert_eq!(s.history_dir, defaults().history_dir);
+}
+
+/// The daemon's history directory is a volume of its own, writable, on
+/// the node (the root file system is read-only).
+#[test]
+fn the_shipped_daemonset_keeps_the_history_on_the_node() {
+    let daemon = daemonset_args("tcplinger");
+    let dir = flag(&daemon, "--history-dir");
+    let yaml = include_str!("../../../deploy/kubernetes/daemonset.yaml");
+    let mount: Vec<&str> = yaml
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != format!("mountPath: {dir}"))
+        .take(2)
+        .collect();
+    assert_eq!(mount.first(), Some(&format!("mountPath: {dir}").as_str()));
+    assert_ne!(mount.get(1), Some(&"readOnly: true"), "{mount:?}");
+    let volume: Vec<&str> = yaml
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != "- name: history")
+        .skip(1)
+        .skip_while(|l| *l != "- name: history")
+        .take(4)
+        .collect();
+    assert!(
+        volume.contains(&format!("path: {dir}").as_str()) && volume.contains(&"hostPath:"),
+        "{volume:?}"
+    );
 }
 
 /// The `args:` items of one container of the shipped DaemonSet, read as
@@ -183,6 +222,9 @@ fn the_readme_documents_every_key() {
         "max-groups",
         "max-endpoints",
         "ring-bytes",
+        "history-dir",
+        "history-days",
+        "history-max-bytes",
     ] {
         assert!(
             block.contains(&format!("{key} =")),
@@ -203,6 +245,9 @@ fn bad_files_name_the_line_and_key() {
         ("cgroup = \"kubepods\"\n", 1, "cgroup"),
         ("listen = \"everywhere\"\n", 1, "listen"),
         ("max-groups = \"many\"\n", 1, "max-groups"),
+        ("history-days = 0\n", 1, "history-days"),
+        ("history-max-bytes = \"10K\"\n", 1, "history-max-bytes"),
+        ("history-dir = \"\"\n", 1, "history-dir"),
         ("# comment\nmax_socket = 5\n", 2, "max_socket"),
         ("pid = [1, \n", 1, ""),
     ] {
