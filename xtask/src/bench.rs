@@ -96,6 +96,8 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Only {
     Daemon,
+    /// The daemon keeping its history (and the daemon without, to compare).
+    DaemonHistory,
     Watch,
     Record,
     Bpftrace,
@@ -146,6 +148,7 @@ impl Workload {
                 config,
                 Config::NoTracer
                     | Config::Daemon
+                    | Config::DaemonHistory
                     | Config::Watch
                     | Config::Record
                     | Config::Tcplife
@@ -158,6 +161,7 @@ impl Workload {
 pub enum Config {
     NoTracer,
     Daemon,
+    DaemonHistory,
     Watch,
     Record,
     Bpftrace,
@@ -169,7 +173,8 @@ impl Config {
     pub fn name(self) -> &'static str {
         match self {
             Config::NoTracer => "no tracer",
-            Config::Daemon => "tcplinger daemon",
+            Config::Daemon => "tcplinger daemon --no-history",
+            Config::DaemonHistory => "tcplinger daemon, history on",
             Config::Watch => "tcplinger watch --format json > /dev/null",
             Config::Record => "tcplinger record -o FILE",
             Config::Bpftrace => "bpftrace printing each transition > /dev/null",
@@ -316,7 +321,22 @@ fn start_tracer(config: Config, tools: &Tools) -> Result<Subject> {
         Config::NoTracer => bail!("no tracer to start"),
         Config::Daemon => {
             let mut c = Command::new(&tools.tcplinger);
-            c.args(["daemon", "--listen", &format!("127.0.0.1:{}", free_port())]);
+            c.args([
+                "daemon",
+                "--no-history",
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ]);
+            c
+        }
+        Config::DaemonHistory => {
+            // A history of its own each run, never the host's.
+            let dir = history_dir();
+            let _ = fs::remove_dir_all(&dir);
+            let mut c = Command::new(&tools.tcplinger);
+            c.args(["daemon", "--listen", &format!("127.0.0.1:{}", free_port())])
+                .arg("--history-dir")
+                .arg(&dir);
             c
         }
         Config::Watch => {
@@ -368,7 +388,9 @@ fn start_tracer(config: Config, tools: &Tools) -> Result<Subject> {
     loop {
         said.extend(tracer.stderr.try_iter());
         let ready = match config {
-            Config::Daemon | Config::Watch => said.iter().any(|l| l.contains("tracing")),
+            Config::Daemon | Config::DaemonHistory | Config::Watch => {
+                said.iter().any(|l| l.contains("tracing"))
+            }
             Config::Record => said.iter().any(|l| l.contains("tracing")),
             _ => bpf_stats::holds_programs(tracer.pid()),
         };
@@ -500,6 +522,11 @@ fn run_once(
 }
 
 /// Where `record` writes during the benchmark (one run at a time).
+/// Where the daemon with history keeps it during a run.
+pub fn history_dir() -> PathBuf {
+    std::env::temp_dir().join("tcplinger-bench-history")
+}
+
 fn recording_path() -> PathBuf {
     std::env::temp_dir().join("tcplinger-bench.tlrec")
 }
@@ -545,8 +572,11 @@ fn rotated(configs: &[Config], round: usize) -> Vec<Config> {
 fn configurations(args: &BenchArgs, libbpf: &mut LibbpfTools) -> Vec<Config> {
     let wanted = |o: Only| args.only.is_empty() || args.only.contains(&o);
     let mut configs = vec![Config::NoTracer];
-    if wanted(Only::Daemon) {
+    if wanted(Only::Daemon) || wanted(Only::DaemonHistory) {
         configs.push(Config::Daemon);
+    }
+    if wanted(Only::DaemonHistory) {
+        configs.push(Config::DaemonHistory);
     }
     if wanted(Only::Watch) {
         configs.push(Config::Watch);

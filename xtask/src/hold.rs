@@ -134,7 +134,13 @@ fn daemon_at_rest(tcplinger: &Path, settle: Duration) -> Result<DaemonAtRest> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let start = Instant::now();
     let mut child = Command::new(tcplinger)
-        .args(["daemon", "--listen", &format!("127.0.0.1:{port}")])
+        // Not the host's history: this measures the tracer at rest.
+        .args([
+            "daemon",
+            "--no-history",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;

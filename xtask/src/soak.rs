@@ -46,6 +46,14 @@ pub struct SoakArgs {
     /// Measure this tcplinger binary instead of building this tree's.
     #[arg(long, value_name = "PATH")]
     pub tcplinger: Option<PathBuf>,
+    /// Run the daemon without its history (by default it keeps one in a
+    /// scratch directory, and its size is sampled).
+    #[arg(long)]
+    pub no_history: bool,
+    /// The daemon's --history-max-bytes (e.g. 8M, to see the bound hold
+    /// within the soak).
+    #[arg(long, value_name = "BYTES", default_value = "256MiB")]
+    pub history_max_bytes: String,
     /// Also write the table to this file, and the daemon's exposition
     /// after warm-up and at the end beside it (`FILE.warm.prom`,
     /// `FILE.end.prom`), to see which series came.
@@ -158,6 +166,42 @@ fn distinct(text: &str, metric: &str, label: &str) -> usize {
     clippy::too_many_lines,
     reason = "the soak step by step: start, churn, sample, stop, report"
 )]
+/// How fast the history grew (from the first sample with a minute in it
+/// to the last, per hour), and how long `report --since` took to read
+/// the whole soak back.
+fn history_growth(sizes: &[(f64, f64)], tcplinger: &Path, dir: &Path, rate: f64) -> String {
+    let written: Vec<&(f64, f64)> = sizes.iter().filter(|(_, b)| *b > 0.0).collect();
+    let growth = match (written.first(), written.last()) {
+        (Some(a), Some(b)) if b.0 > a.0 => (b.1 - a.1) / (b.0 - a.0) * 3600.0,
+        _ => 0.0,
+    };
+    let asked = Instant::now();
+    let out = Command::new(tcplinger)
+        .args([
+            "report",
+            "--since",
+            "2h",
+            "--format",
+            "json",
+            "--history-dir",
+        ])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .output();
+    let took = asked.elapsed();
+    let read = match out {
+        Ok(o) if o.status.success() => format!("{:.2} s", took.as_secs_f64()),
+        Ok(o) => format!("failed ({})", o.status),
+        Err(e) => format!("failed ({e})"),
+    };
+    format!(
+        "\nHistory: {:.2} MB on disk at the last sample; it grew {:.1} MB an hour (from the first sample with a minute written to the last) at {:.0} connections/s of churn with the process churn beside it. `report --since 2h` of it took {read}.\n",
+        written.last().map_or(0.0, |s| s.1) / 1e6,
+        growth / 1e6,
+        rate
+    )
+}
+
 pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
     // SAFETY: geteuid is always safe.
     if unsafe { libc::geteuid() } != 0 {
@@ -168,8 +212,21 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
     }
     let tcplinger = build_tcplinger(root, args.tcplinger.as_deref())?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let history = std::env::temp_dir().join("tcplinger-soak-history");
+    let _ = fs::remove_dir_all(&history);
+    let mut daemon_args = vec!["daemon".to_string(), "--listen".into(), listen.to_string()];
+    if args.no_history {
+        daemon_args.push("--no-history".into());
+    } else {
+        daemon_args.extend([
+            "--history-dir".into(),
+            history.display().to_string(),
+            "--history-max-bytes".into(),
+            args.history_max_bytes.clone(),
+        ]);
+    }
     let mut child = Command::new(&tcplinger)
-        .args(["daemon", "--listen", &listen.to_string()])
+        .args(&daemon_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -220,10 +277,15 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
         "tcplinger_events_dropped_total",
         "tcplinger_tracked_sockets",
         "tcplinger_sockets_evicted_total",
+        "tcplinger_history_bytes",
+        "tcplinger_losses_total{kind=\"history_minute_dropped\"}",
+        "tcplinger_losses_total{kind=\"history_write_failed\"}",
     ];
     let mut table = String::from(
-        "| elapsed | daemon RSS | series | scrape | tracked sockets | events | dropped | evicted | daemon CPU (cores) |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| elapsed | daemon RSS | series | scrape | tracked sockets | events | dropped | evicted | daemon CPU (cores) | history on disk | history minutes dropped, failed |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
+    // (elapsed s, history bytes) at each sample.
+    let mut history_sizes: Vec<(f64, f64)> = Vec::new();
     let start = Instant::now();
     let mut samples: Vec<(u64, usize)> = Vec::new();
     let (mut last_cpu, mut last_at) = (cpu_seconds(pid), Instant::now());
@@ -255,15 +317,19 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
             v[0],
             v[1]
         );
+        history_sizes.push((start.elapsed().as_secs_f64(), v[4]));
         let _ = writeln!(
             table,
-            "| {:.0} s | {:.1} MB | {n} | {scrape_ms:.0} ms | {} | {} | {} | {} | {cores:.3} |",
+            "| {:.0} s | {:.1} MB | {n} | {scrape_ms:.0} ms | {} | {} | {} | {} | {cores:.3} | {:.2} MB | {}, {} |",
             start.elapsed().as_secs_f64(),
             rss as f64 / 1024.0,
             v[2],
             v[0],
             v[1],
-            v[3]
+            v[3],
+            v[4] / 1e6,
+            v[5],
+            v[6]
         );
     }
     let total_cpu = cpu_seconds(pid);
@@ -278,6 +344,11 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
         .context("running the process churn")?;
     let peak = rss_kb(pid, "VmHWM:");
     drop(daemon);
+    let history_report = if args.no_history {
+        String::new()
+    } else {
+        history_growth(&history_sizes, &tcplinger, &history, outcome.per_second())
+    };
     let mb = |kb: u64| kb as f64 / 1024.0;
     let rss: Vec<u64> = samples.iter().map(|s| s.0).collect();
     let warm = rss.get(1).copied().unwrap_or(0);
@@ -333,6 +404,7 @@ pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
         folded("endpoint"),
         folded("container"),
     );
+    report.push_str(&history_report);
     let _ = writeln!(
         report,
         "\n| metric family | series after warm-up | series at the end |\n|---|---|---|"
