@@ -49,7 +49,7 @@ fn main() -> ExitCode {
             Command::Report(s) => report::run(s).await,
             Command::Top(s) => top::run(s).await,
             Command::Sockets(s) => sockets::run(s),
-            Command::Daemon(s) => daemon::run(s).await,
+            Command::Daemon(s) => daemon::run(*s).await,
             Command::Record(s) => record::run(s).await,
             Command::RecordInfo(s) => record::info(&s),
             Command::History(s) => history::run(&s),

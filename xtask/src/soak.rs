@@ -162,10 +162,6 @@ fn distinct(text: &str, metric: &str, label: &str) -> usize {
         .len()
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "the soak step by step: start, churn, sample, stop, report"
-)]
 /// How fast the history grew (from the first sample with a minute in it
 /// to the last, per hour), and how long `report --since` took to read
 /// the whole soak back.
@@ -202,6 +198,10 @@ fn history_growth(sizes: &[(f64, f64)], tcplinger: &Path, dir: &Path, rate: f64)
     )
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "the soak step by step: start, churn, sample, stop, report"
+)]
 pub fn run(args: &SoakArgs, root: &Path) -> Result<()> {
     // SAFETY: geteuid is always safe.
     if unsafe { libc::geteuid() } != 0 {

@@ -45,6 +45,9 @@ history = false
 history-dir = "/srv/tcplinger"
 history-days = 3
 history-max-bytes = "1GiB"
+namespace = ["shop", "kube-system"]
+pod = ["db/pg-0"]
+node-root = "/host"
 "#;
 
 #[test]
@@ -73,6 +76,9 @@ fn every_key_is_read() {
     assert_eq!(s.history_dir, std::path::Path::new("/srv/tcplinger"));
     assert_eq!(s.history_days, 3);
     assert_eq!(s.history_max_bytes, 1 << 30);
+    assert_eq!(s.namespaces, ["shop", "kube-system"]);
+    assert_eq!(s.pods, ["db/pg-0"]);
+    assert_eq!(s.node_root, std::path::Path::new("/host"));
 }
 
 #[test]
@@ -225,6 +231,8 @@ fn the_readme_documents_every_key() {
         "history-dir",
         "history-days",
         "history-max-bytes",
+        "namespace",
+        "node-root",
     ] {
         assert!(
             block.contains(&format!("{key} =")),
@@ -248,6 +256,8 @@ fn bad_files_name_the_line_and_key() {
         ("history-days = 0\n", 1, "history-days"),
         ("history-max-bytes = \"10K\"\n", 1, "history-max-bytes"),
         ("history-dir = \"\"\n", 1, "history-dir"),
+        ("namespace = [\"Shop\"]\n", 1, "namespace"),
+        ("node-root = \"host\"\n", 1, "node-root"),
         ("# comment\nmax_socket = 5\n", 2, "max_socket"),
         ("pid = [1, \n", 1, ""),
     ] {

@@ -64,9 +64,11 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
                 ports: a.port,
                 family: family(a.ipv4, a.ipv6),
             },
-            selection: Selection::new(&a.select.comm, &a.select.remote),
+            selection: Selection::new(&a.select.comm, &a.select.remote)
+                .with_pods(&a.select.namespace, &a.select.pod),
             states: a.state,
             format: a.format,
+            node_root: a.node_root,
         }),
         Flags::History(a) => history(a)?,
         Flags::Record(a) => match (a.info, a.output) {
@@ -102,7 +104,7 @@ fn daemon(
         values = apply_file(values, path, given)?;
     }
     values.validate()?;
-    Ok(Command::Daemon(Daemon {
+    Ok(Command::Daemon(Box::new(Daemon {
         duration: a.trace.duration,
         trace: TraceOptions {
             load: LoadOptions {
@@ -113,8 +115,10 @@ fn daemon(
                 owner_entries: owner_entries(values.max_sockets),
             },
             max_sockets: values.max_sockets,
-            selection: Selection::new(&values.comm, &values.remote),
+            selection: Selection::new(&values.comm, &values.remote)
+                .with_pods(&values.namespaces, &values.pods),
             cgroup: values.cgroup.clone(),
+            node_root: values.node_root.clone(),
         },
         listen: values.listen,
         log_format: values.log_format,
@@ -127,7 +131,7 @@ fn daemon(
         }),
         check_config: a.check_config,
         file: values,
-    }))
+    })))
 }
 
 /// `tcplinger history`.
@@ -285,8 +289,10 @@ fn trace(
             owner_entries: owner_entries(a.max_sockets),
         },
         max_sockets: a.max_sockets,
-        selection: Selection::new(&a.select.comm, &a.select.remote),
+        selection: Selection::new(&a.select.comm, &a.select.remote)
+            .with_pods(&a.select.namespace, &a.select.pod),
         cgroup,
+        node_root: a.node_root.clone(),
     })
 }
 
@@ -315,6 +321,9 @@ pub(super) fn daemon_values(a: &DaemonArgs) -> DaemonValues {
         history_dir: a.history_dir.clone(),
         history_days: a.history_days,
         history_max_bytes: a.history_max_bytes,
+        namespaces: a.trace.select.namespace.clone(),
+        pods: a.trace.select.pod.clone(),
+        node_root: a.trace.node_root.clone(),
     }
 }
 
@@ -452,5 +461,95 @@ mod tests {
             panic!()
         };
         assert_eq!((t.sort, t.max_groups), (SortKey::Rate, 7));
+    }
+
+    #[test]
+    fn since_without_from_is_the_daemons_history_on_report_only() {
+        let Command::Report(r) = settings(&["report", "--since", "2h"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            r.history_dir.as_deref(),
+            Some(std::path::Path::new(crate::settings::HISTORY_DIR))
+        );
+        assert_eq!(
+            r.window.since,
+            Some(When::Into(std::time::Duration::from_hours(2)))
+        );
+        let Command::Report(r) =
+            settings(&["report", "--since", "1h", "--history-dir", "/srv/h"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            r.history_dir.as_deref(),
+            Some(std::path::Path::new("/srv/h"))
+        );
+        let Command::Report(r) = settings(&["report"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.history_dir, None, "a live report");
+        for (args, said) in [
+            (
+                &["report", "--since", "2h", "--pid", "1"][..],
+                "--pid with --since",
+            ),
+            (
+                &["report", "--since", "2h", "--duration", "5s"][..],
+                "--duration with --since",
+            ),
+            (&["report", "--until", "1h"][..], "--until: with --since"),
+            (&["watch", "--since", "5m"][..], "--since: only with --from"),
+            (&["top", "--until", "5m"][..], "--until: only with --from"),
+            (
+                &["history", "--since", "1h", "--until", "2h"][..],
+                "--until: must come after",
+            ),
+        ] {
+            let err = settings(args).unwrap_err().0;
+            assert!(err.contains(said), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn history_flags() {
+        let Command::History(h) = settings(&[
+            "history",
+            "--pathology",
+            "close_wait_leak,no_reuse",
+            "--comm",
+            "nginx",
+            "--connections",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            h.pathologies,
+            [
+                crate::model::diagnose::Pathology::CloseWaitLeak,
+                crate::model::diagnose::Pathology::NoReuse
+            ]
+        );
+        assert!(h.connections && h.selection.admits_name("nginx"));
+        assert_eq!(h.since, When::Into(std::time::Duration::from_hours(24)));
+        let err = parse(&["history", "--pathology", "slow"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("close_wait_leak"),
+            "the names are listed: {err}"
+        );
+        let Command::Daemon(d) = settings(&["daemon", "--no-history"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(d.history, None);
+        let Command::Daemon(d) = settings(&["daemon", "--history-days", "3"]).unwrap() else {
+            panic!()
+        };
+        let keep = d.history.unwrap();
+        assert_eq!((keep.days, keep.max_bytes), (3, 256 << 20));
+        assert!(parse(&["daemon", "--history-max-bytes", "100K"]).is_err());
+        assert!(parse(&["daemon", "--history-days", "0"]).is_err());
     }
 }

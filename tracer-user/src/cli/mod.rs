@@ -20,7 +20,7 @@ use crate::{
         LogFormat, SortKey,
         values::{
             parse_cgroup, parse_duration, parse_history_bytes, parse_history_days, parse_hook,
-            parse_listen, parse_max_bytes, parse_max_endpoints, parse_max_groups,
+            parse_kube_name, parse_listen, parse_max_bytes, parse_max_endpoints, parse_max_groups,
             parse_max_sockets, parse_pathology, parse_pid, parse_port, parse_ring_bytes,
             parse_speed, parse_state, parse_when,
         },
@@ -352,6 +352,11 @@ pub struct SocketsArgs {
 
     #[command(flatten)]
     pub select: SelectArgs,
+
+    /// Where the node's files are, read for Kubernetes names (see the
+    /// tracing commands' --node-root).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub node_root: std::path::PathBuf,
 }
 
 /// The values a flag takes, as clap lists them in help and errors.
@@ -395,6 +400,16 @@ pub struct SelectArgs {
     /// or CIDR (e.g. 10.0.0.0/8, fd00::/8; comma-separated or repeated).
     #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = parse_remote)]
     pub remote: Vec<ipnet::IpNet>,
+
+    /// Only sockets of processes in pods of this Kubernetes namespace
+    /// (comma-separated or repeated; named from the node's own files).
+    #[arg(long, value_name = "NAMESPACE", value_delimiter = ',', value_parser = parse_kube_name)]
+    pub namespace: Vec<String>,
+
+    /// Only sockets of processes in this pod: NAME or NAMESPACE/NAME
+    /// (comma-separated or repeated).
+    #[arg(long, value_name = "POD", value_delimiter = ',', value_parser = parse_kube_name)]
+    pub pod: Vec<String>,
 }
 
 /// Flags shared by every command that traces.
@@ -434,6 +449,12 @@ pub struct TraceArgs {
 
     #[command(flatten)]
     pub select: SelectArgs,
+
+    /// Where the node's files are (its /run, /var/log, /var/lib/docker),
+    /// read for Kubernetes names: / unless tcplinger runs in a container
+    /// that mounts the host's root elsewhere (e.g. /host).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub node_root: std::path::PathBuf,
 
     /// Tests only: behave as if this kernel hook could not be attached.
     #[arg(long, value_name = "HOOK", value_delimiter = ',', value_parser = parse_hook, hide = true)]

@@ -171,6 +171,13 @@ pub fn report(s: &settings::Report, dir: &Path) -> anyhow::Result<()> {
         .iter()
         .filter(|(_, slice)| admits(selection, &slice.key, one_peer(&slice.peers)))
         .collect();
+    // Each group's pod as its last minute in the window said.
+    let mut pods = std::collections::HashMap::new();
+    for (_, slice) in &kept {
+        if let Some(pod) = &slice.pod {
+            pods.insert(slice.key, pod.clone());
+        }
+    }
     let agg = restore(kept, s.max_groups);
     let (lives, unreadable) = history.lives(span)?;
     warn_unreadable(unreadable, "findings");
@@ -215,6 +222,7 @@ pub fn report(s: &settings::Report, dir: &Path) -> anyhow::Result<()> {
         other: other(&agg),
         folded: agg.folded(),
         top: s.top,
+        pods,
     };
     let written = output.begin().map(|writer| {
         let mut out = BufWriter::new(writer);

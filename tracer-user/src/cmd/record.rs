@@ -36,7 +36,7 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
     let output = Output::open(Some(&s.output), s.replace_output)?;
     let name = output.name();
     let mut driver = Driver::new(s.duration, LOOK_EVERY)?;
-    let host = LiveHost::start(&s.trace.load, true)?;
+    let host = LiveHost::start(&s.trace.load, &s.trace.node_root, true)?;
     let header = Header {
         cgroup: s.trace.cgroup.clone(),
         comm: s.comm.clone(),

@@ -83,6 +83,7 @@ async fn report<H: Host>(
         events_before = analysis.session.counts.events;
     }
     let findings = analysis.findings();
+    let pods = analysis.pods();
     let report = Report {
         window_s: analysis.window_s(),
         events: analysis.session.counts.events - events_before,
@@ -92,6 +93,7 @@ async fn report<H: Host>(
         other: other(&analysis.agg),
         folded: analysis.agg.folded(),
         top: s.top,
+        pods,
     };
     // A file being replaced is emptied only now, with the report ready: a
     // run that fails on the way leaves the previous one in place.

@@ -12,13 +12,16 @@ use crate::{
     host::netns::{self, NetnsPaths},
     host::owners::socket_owners,
     host::snapshot::{ALL_STATES, Found, dump_all},
+    host::{cgroups::Cgroups, kube::NodeFiles},
     model::aggregate::{GroupKey, Procs},
     model::diagnose::{process_short, remote_of},
+    model::event::PodName,
     model::human::human,
     model::{
         event::Owner,
         tracker::{ConnId, Role, TIMEWAIT_LEN_NS, role_by_ports},
     },
+    output::report::JsonPod,
     settings,
 };
 
@@ -47,6 +50,8 @@ struct Tally {
     /// Longest silence of an ESTABLISHED socket (TCP_INFO), in ns.
     max_idle_ns: Option<u64>,
     procs: Procs,
+    /// The Kubernetes pod of the process holding most of them.
+    pod: Option<PodName>,
 }
 
 impl Tally {
@@ -93,7 +98,12 @@ pub fn run(settings: settings::Sockets) -> anyhow::Result<()> {
         selection,
         states,
         format,
+        node_root,
     } = settings;
+    let mut cgroups = Cgroups::new(NodeFiles::new(node_root));
+    let mut pod_of = |cgroup_id: u64| -> Option<PodName> {
+        cgroups.lookup(cgroup_id).and_then(|c| c.kube.clone())
+    };
     let states: Vec<TcpState> = if states.is_empty() {
         DEFAULT_STATES.to_vec()
     } else {
@@ -140,6 +150,12 @@ pub fn run(settings: settings::Sockets) -> anyhow::Result<()> {
         {
             continue;
         }
+        if selection.wants_pods() {
+            let pod = owner.and_then(|o| pod_of(o.cgroup_id));
+            if !selection.admits_pod(pod.as_ref().map(|p| (p.namespace.as_str(), p.pod.as_str()))) {
+                continue;
+            }
+        }
         let range = *ephemeral
             .entry(*netns)
             .or_insert_with(|| netns::ephemeral_ports(*netns, &mut paths));
@@ -163,7 +179,7 @@ pub fn run(settings: settings::Sockets) -> anyhow::Result<()> {
         let tally = groups.entry(GroupKey::of(&id)).or_default();
         *tally.by_state.entry(s.state).or_default() += 1;
         if let Some(o) = owner {
-            tally.procs.add(o.pid, 1);
+            tally.procs.add_owner(&o, 1);
         }
         let left_ns = s.timewait_expires_ms.map(|ms| u64::from(ms) * 1_000_000);
         let age = match (s.state, left_ns, s.tcp_info) {
@@ -185,6 +201,13 @@ pub fn run(settings: settings::Sockets) -> anyhow::Result<()> {
             let idle = u64::from(info.last_data_sent_ms.min(info.last_data_recv_ms)) * 1_000_000;
             tally.max_idle_ns = Some(tally.max_idle_ns.unwrap_or(0).max(idle));
         }
+    }
+    for tally in groups.values_mut() {
+        let cgroup = tally
+            .procs
+            .main()
+            .and_then(|pid| tally.procs.cgroup_of(pid));
+        tally.pod = cgroup.and_then(&mut pod_of);
     }
     let mut rows: Vec<(GroupKey, Tally)> = groups.into_iter().collect();
     rows.sort_by_key(|(k, t)| {
@@ -210,9 +233,12 @@ fn write_json(
     failed: usize,
 ) -> io::Result<()> {
     #[derive(Serialize)]
-    struct Group {
+    struct Group<'a> {
         /// The process holding most of the group's sockets.
         pid: Option<u32>,
+        /// Its Kubernetes pod, when the node names it.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        kube: Option<JsonPod<'a>>,
         comm: Option<String>,
         processes: u64,
         pids: Vec<u32>,
@@ -226,10 +252,10 @@ fn write_json(
         established_max_idle_ms: Option<f64>,
     }
     #[derive(Serialize)]
-    struct Json {
+    struct Json<'a> {
         sockets: u64,
         failed_dumps: usize,
-        groups: Vec<Group>,
+        groups: Vec<Group<'a>>,
     }
     let ms = |ns: u64| (ns as f64 / 1e3).round() / 1e3;
     let json = Json {
@@ -239,6 +265,7 @@ fn write_json(
             .iter()
             .map(|(k, t)| Group {
                 pid: t.procs.main(),
+                kube: t.pod.as_ref().map(JsonPod::of),
                 comm: k.comm.map(|c| c.to_string()),
                 processes: t.procs.count(),
                 pids: t.procs.pids().into_iter().take(16).collect(),
@@ -290,6 +317,9 @@ fn write_text(out: &mut impl Write, rows: &[(GroupKey, Tally)], total: u64) -> i
             .collect();
         if let Some(idle) = t.max_idle_ns {
             ages.push(format!("idle {}", human(idle)));
+        }
+        if let Some(pod) = &t.pod {
+            ages.push(format!("pod {pod}"));
         }
         writeln!(
             out,

@@ -25,6 +25,7 @@ pub async fn run(settings: Watch) -> anyhow::Result<()> {
     let result = if settings.transitions {
         transitions(
             &settings.trace.load,
+            &settings.trace.node_root,
             &settings.trace.selection,
             stop,
             output,
@@ -40,7 +41,7 @@ pub async fn run(settings: Watch) -> anyhow::Result<()> {
             let since = since.unwrap_or(0);
             connections(session, &trace, since, stop, output, settings.format).await
         } else {
-            let session = Session::start(&settings.trace.load, tracker, false)?;
+            let session = Session::start(&settings.trace, tracker, false)?;
             connections(session, &settings.trace, 0, stop, output, settings.format).await
         }
     };
@@ -51,12 +52,13 @@ pub async fn run(settings: Watch) -> anyhow::Result<()> {
 /// Returns the output's own outcome apart, for `output_result` to judge.
 async fn transitions(
     options: &LoadOptions,
+    node_root: &std::path::Path,
     selection: &Selection,
     stop: impl Future<Output = ()>,
     output: Output,
     format: Format,
 ) -> anyhow::Result<io::Result<()>> {
-    let mut host = LiveHost::start(options, false)?;
+    let mut host = LiveHost::start(options, node_root, false)?;
     // Attached: only now may a file being replaced be emptied.
     let mut out = TransitionWriter::new(BufWriter::new(output.begin()?), format);
     super::warn(host.take_warnings());
@@ -128,14 +130,19 @@ async fn connections<H: Host>(
     let replayed = session.host.replayed();
     // A recording made with `--cgroup`: only owners under it.
     let cgroup = trace.cgroup.clone();
+    let selection = &trace.selection;
     let contained = |host: &mut H, r: &ConnRecord| {
         cgroup
             .as_deref()
             .is_none_or(|prefix| session::analysis::in_cgroup(host, prefix, &r.id()))
+            && (!selection.wants_pods() || session::analysis::in_pods(host, selection, &r.id()))
+    };
+    let pod = |host: &mut H, r: &ConnRecord| {
+        r.owner
+            .and_then(|o| session::analysis::pod_of(host, o.cgroup_id))
     };
     // Attached: only now may a file being replaced be emptied.
     let mut out = ConnectionWriter::new(BufWriter::new(output.begin()?), format);
-    let selection = &trace.selection;
     let wanted = |r: &ConnRecord| {
         r.end_ns >= since && selection.admits(r.owner.as_ref().map(|o| &o.comm), r.raddr)
     };
@@ -161,7 +168,8 @@ async fn connections<H: Host>(
             super::warn(session.take_warnings());
             for record in session.tracker.take_ready() {
                 if wanted(&record) && contained(&mut session.host, &record) {
-                    out.write(&record, session.host.wall(record.end_ns))?;
+                    let pod = pod(&mut session.host, &record);
+                    out.write(&record, session.host.wall(record.end_ns), pod.as_ref())?;
                 }
             }
             out.flush()?;
@@ -171,7 +179,8 @@ async fn connections<H: Host>(
         let now = session.host.now_ns();
         for record in session.tracker.finish(now) {
             if wanted(&record) && contained(&mut session.host, &record) {
-                out.write(&record, session.host.wall(record.end_ns))?;
+                let pod = pod(&mut session.host, &record);
+                out.write(&record, session.host.wall(record.end_ns), pod.as_ref())?;
             }
         }
         out.flush()

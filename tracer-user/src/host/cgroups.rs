@@ -1,4 +1,4 @@
-//! cgroup v2 ids to paths, and the container id and pod uid a path names (systemd and cgroupfs layouts of Docker, containerd, CRI-O, Podman and Kubernetes).
+//! cgroup v2 ids to paths, the container id and pod uid a path names (systemd and cgroupfs layouts of Docker, containerd, CRI-O, Podman and Kubernetes), and the Kubernetes names the node has for them (`host::kube`).
 
 use std::{
     collections::HashMap,
@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::kube::{NodeFiles, PodName};
+
 /// What a cgroup says about the container it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[expect(clippy::struct_field_names, reason = "named as the labels they become")]
@@ -16,10 +18,17 @@ pub struct Container {
     pub path: String,
     pub container_id: Option<String>,
     pub pod_uid: Option<String>,
+    /// The pod's namespace and name and the container's name, when the
+    /// node has them (a Kubernetes node). Absent from older recordings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube: Option<PodName>,
 }
 
 /// A rescan of the cgroup tree at most this often, however many unknown ids arrive.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
+/// A container the node had no names for is asked again after this long
+/// (its runtime may not have written them yet when its cgroup was seen).
+const NAMES_RETRY: Duration = Duration::from_secs(30);
 
 fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -56,6 +65,7 @@ pub fn parse(path: &str) -> Container {
         path: path.to_string(),
         container_id,
         pod_uid,
+        kube: None,
     }
 }
 
@@ -76,6 +86,10 @@ fn cgroup2_root() -> Option<PathBuf> {
 #[derive(Debug)]
 pub struct Cgroups {
     root: Option<PathBuf>,
+    node: NodeFiles,
+    /// Kubernetes names by container id (or `pod:<uid>`), and when they
+    /// were looked for: kept while the container's cgroup is.
+    names: HashMap<String, (Option<PodName>, Instant)>,
     by_id: HashMap<u64, Container>,
     last_scan: Option<Instant>,
     /// Lookups of an id found nowhere (a cgroup made since the last scan,
@@ -86,14 +100,17 @@ pub struct Cgroups {
 
 impl Default for Cgroups {
     fn default() -> Self {
-        Self::new()
+        Self::new(NodeFiles::default())
     }
 }
 
 impl Cgroups {
-    pub fn new() -> Self {
+    /// Containers named from the node's files under `node`.
+    pub fn new(node: NodeFiles) -> Self {
         Self {
             root: cgroup2_root(),
+            node,
+            names: HashMap::new(),
             by_id: HashMap::new(),
             last_scan: None,
             unknown: 0,
@@ -159,6 +176,35 @@ impl Cgroups {
         } else {
             self.by_id.extend(by_id);
         }
+        self.name_containers();
+    }
+
+    /// Kubernetes names for the containers and pods known, each looked
+    /// for once (again after [`NAMES_RETRY`] if the node had none); those
+    /// of cgroups no longer known are forgotten.
+    fn name_containers(&mut self) {
+        let now = Instant::now();
+        let mut wanted = std::collections::HashSet::new();
+        for c in self.by_id.values_mut() {
+            let key = match (&c.container_id, &c.pod_uid) {
+                (Some(id), _) => id.clone(),
+                (None, Some(uid)) => format!("pod:{uid}"),
+                (None, None) => continue,
+            };
+            let stale = |(names, at): &(Option<PodName>, Instant)| {
+                names.is_none() && now.duration_since(*at) >= NAMES_RETRY
+            };
+            if self.names.get(&key).is_none_or(stale) {
+                let found = match key.strip_prefix("pod:") {
+                    Some(uid) => self.node.pod(uid),
+                    None => self.node.container(&key),
+                };
+                self.names.insert(key.clone(), (found, now));
+            }
+            c.kube = self.names.get(&key).and_then(|(n, _)| n.clone());
+            wanted.insert(key);
+        }
+        self.names.retain(|k, _| wanted.contains(k));
     }
 }
 
@@ -222,7 +268,7 @@ mod tests {
 
     #[test]
     fn this_process_resolves_to_its_cgroup() {
-        let mut cgroups = Cgroups::new();
+        let mut cgroups = Cgroups::default();
         let Some(id) = cgroups.id_of_pid(std::process::id()) else {
             // No cgroup v2 mounted: nothing to resolve on this machine.
             assert!(cgroup2_root().is_none());

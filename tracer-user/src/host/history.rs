@@ -822,6 +822,7 @@ mod tests {
             pids: vec![(42, closed)],
             processes: 1,
             peers: crate::model::aggregate::Peers::default(),
+            pod: None,
         }
     }
 

@@ -43,7 +43,7 @@ pub fn socket_owners() -> HashMap<u32, Owner> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
-    let cgroups = Cgroups::new();
+    let cgroups = Cgroups::default();
     let mut owners = HashMap::new();
     for pid in pids {
         let dir = Path::new("/proc").join(pid.to_string());
@@ -78,7 +78,7 @@ pub fn holders(inodes: &HashSet<u32>) -> HashMap<u32, Vec<Owner>> {
     if inodes.is_empty() {
         return found;
     }
-    let cgroups = Cgroups::new();
+    let cgroups = Cgroups::default();
     let pids = fs::read_dir("/proc")
         .into_iter()
         .flatten()

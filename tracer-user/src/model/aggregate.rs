@@ -107,6 +107,9 @@ pub struct Procs {
     /// A count known without the pids behind it (a stored minute's): the
     /// count is at least this.
     at_least: u64,
+    /// The cgroup of each pid kept, where an owner said it: which
+    /// container (and pod) a pid is in.
+    cgroups: Vec<(u32, u64)>,
 }
 
 /// Pids counted exactly per group; a count at this cap means "at least".
@@ -127,6 +130,24 @@ impl Procs {
     /// How many processes (at least, once [`PIDS_COUNTED`]).
     pub fn count(&self) -> u64 {
         (self.counted.len() as u64).max(self.at_least)
+    }
+
+    /// Counts `conns` connections of `owner`, remembering its cgroup.
+    pub fn add_owner(&mut self, owner: &crate::model::event::Owner, conns: u64) {
+        self.add(owner.pid, conns);
+        if owner.cgroup_id != 0
+            && self.cgroups.len() < PIDS_KEPT
+            && !self.cgroups.iter().any(|(p, _)| *p == owner.pid)
+        {
+            self.cgroups.push((owner.pid, owner.cgroup_id));
+        }
+    }
+
+    /// The cgroup of a pid kept, if an owner said it.
+    pub fn cgroup_of(&self, pid: u32) -> Option<u64> {
+        self.cgroups
+            .iter()
+            .find_map(|&(p, cgroup)| (p == pid).then_some(cgroup))
     }
 
     /// (pid, connections) of the pids kept, in the order first seen.
@@ -620,8 +641,8 @@ impl Aggregator {
         let index = self.index(at_ns);
         let g = self.group(GroupKey::of(id), at_ns);
         g.bucket(index).opened += 1;
-        if let Some(o) = id.owner {
-            g.procs.add(o.pid, 1);
+        if let Some(o) = &id.owner {
+            g.procs.add_owner(o, 1);
         }
         if id.role == Role::Server {
             g.peers.add(id.raddr);
@@ -636,9 +657,9 @@ impl Aggregator {
         let index = self.index(r.end_ns);
         let g = self.group(GroupKey::of(&r.id()), r.end_ns);
         g.bucket(index).on_record(r);
-        if let Some(o) = r.owner {
+        if let Some(o) = &r.owner {
             // Opened ones were counted at their opening.
-            g.procs.add(o.pid, u64::from(!r.opened_seen));
+            g.procs.add_owner(o, u64::from(!r.opened_seen));
         }
         if r.role == Role::Server {
             g.peers.add(r.raddr);
@@ -726,6 +747,9 @@ impl Aggregator {
                 p.close_wait += pid.close_wait;
                 p.awaiting += pid.awaiting;
                 p.idle += pid.idle;
+            }
+            if let Some(owner) = s.id.owner.filter(|_| s.owner_known) {
+                g.procs.add_owner(&owner, 0);
             }
         }
         let keep = self.windowing.keep_ns;

@@ -184,6 +184,9 @@ pub struct Who {
     pub processes: u64,
     /// Some of them, busiest first.
     pub pids: Vec<u32>,
+    /// The Kubernetes pod and container of `pid`, when the node names it
+    /// (filled in by the session, which can look it up).
+    pub pod: Option<crate::model::event::PodName>,
 }
 
 /// Pids listed in a finding.
@@ -406,6 +409,7 @@ impl Case<'_> {
             pid: pid.or_else(|| self.group.procs.main()),
             processes: self.group.procs.count().max(u64::from(pid.is_some())),
             pids,
+            pod: None,
         }
     }
 

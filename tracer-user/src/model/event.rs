@@ -67,6 +67,27 @@ impl fmt::Debug for Comm {
     }
 }
 
+/// A container's names as Kubernetes gives them (read from the node's
+/// own files by `host::kube`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+pub struct PodName {
+    pub namespace: String,
+    pub pod: String,
+    /// `None` for a pod's sandbox, or a pod's own cgroup.
+    pub container: Option<String>,
+}
+
+impl fmt::Display for PodName {
+    /// `namespace/pod`, and `/container` when known.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.pod)?;
+        if let Some(c) = &self.container {
+            write!(f, "/{c}")?;
+        }
+        Ok(())
+    }
+}
+
 /// The process a socket belongs to: as the kernel attributed it, as
 /// `/proc` names the holder of a socket, as a connection keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -12,6 +12,7 @@ use tracer_common::TcpState;
 use crate::model::{
     aggregate::{Aggregator, GroupKey, Now, Peers, Stats, Windowing},
     diagnose::{Figure, Finding, Pathology, STUCK_LINGER_MS, Who},
+    event::PodName,
     tracker::{ClosedBy, ConnRecord},
 };
 
@@ -40,6 +41,10 @@ pub struct Slice {
     pub pids: Vec<(u32, u64)>,
     pub processes: u64,
     pub peers: Peers,
+    /// The Kubernetes pod of the busiest process, when the node named it
+    /// (filled in by the daemon, which can look it up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodName>,
 }
 
 /// Cuts the daemon's running aggregate into minutes, each once it has
@@ -97,6 +102,7 @@ impl Slicer {
                     pids: group.procs.kept().to_vec(),
                     processes: group.procs.count(),
                     peers: group.peers.clone(),
+                    pod: None,
                 });
             }
             // Same input, same rows: the groups come out of a hash map.
@@ -195,6 +201,8 @@ pub struct StoredFinding {
     pub evidence: Vec<(String, StoredFigure)>,
     pub summary: String,
     pub window_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodName>,
 }
 
 impl From<&Finding> for StoredFinding {
@@ -213,6 +221,7 @@ impl From<&Finding> for StoredFinding {
                 .collect(),
             summary: f.summary.clone(),
             window_s: f.window_s,
+            pod: f.who.pod.clone(),
         }
     }
 }
@@ -228,6 +237,7 @@ impl StoredFinding {
                 pid: self.pid,
                 processes: self.processes,
                 pids: self.pids.clone(),
+                pod: self.pod.clone(),
             },
             client: self.client,
             evidence: self

@@ -64,6 +64,9 @@ pub struct Selection {
     /// Command names as the kernel keeps them (at most 15 bytes).
     comms: Vec<Vec<u8>>,
     remotes: Vec<IpNet>,
+    /// Kubernetes namespaces, and pods (`name` or `namespace/name`).
+    namespaces: Vec<String>,
+    pods: Vec<String>,
 }
 
 impl Selection {
@@ -77,16 +80,47 @@ impl Selection {
         let mut remotes: Vec<IpNet> = remotes.iter().map(IpNet::trunc).collect();
         remotes.sort();
         remotes.dedup();
-        Self { comms, remotes }
+        Self {
+            comms,
+            remotes,
+            namespaces: Vec::new(),
+            pods: Vec::new(),
+        }
     }
 
-    /// Whether a connection owned by `comm` (if known) to `raddr` is wanted;
-    /// with nothing selected, two emptiness checks.
-    /// An IPv4 network also matches the IPv4-mapped form of its addresses,
-    /// which is how dual-stack sockets show IPv4 peers.
+    /// Also only owners in these Kubernetes namespaces and pods (a pod as
+    /// `name` or `namespace/name`).
+    #[must_use]
+    pub fn with_pods(mut self, namespaces: &[String], pods: &[String]) -> Self {
+        self.namespaces = namespaces.to_vec();
+        self.pods = pods.to_vec();
+        self
+    }
+
+    /// `--namespace` or `--pod` was given: the owner's pod must be looked up.
+    pub fn wants_pods(&self) -> bool {
+        !self.namespaces.is_empty() || !self.pods.is_empty()
+    }
+
+    /// An owner in this pod (`None`: not a pod, or not known) is wanted.
+    pub fn admits_pod(&self, pod: Option<(&str, &str)>) -> bool {
+        if !self.wants_pods() {
+            return true;
+        }
+        let Some((namespace, name)) = pod else {
+            return false;
+        };
+        (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace))
+            && (self.pods.is_empty()
+                || self.pods.iter().any(|p| match p.split_once('/') {
+                    Some((ns, pod)) => ns == namespace && pod == name,
+                    None => p == name,
+                }))
+    }
+
     /// Nothing is selected away.
     pub fn is_empty(&self) -> bool {
-        self.comms.is_empty() && self.remotes.is_empty()
+        self.comms.is_empty() && self.remotes.is_empty() && !self.wants_pods()
     }
 
     /// A process name as printed (`Comm`'s display) is one of `--comm`.
@@ -94,6 +128,11 @@ impl Selection {
         self.comms.is_empty() || self.comms.iter().any(|w| w.as_slice() == name.as_bytes())
     }
 
+    /// Whether a connection owned by `comm` (if known) to `raddr` is wanted;
+    /// with nothing selected, two emptiness checks. (The pod is judged
+    /// apart, [`Self::admits_pod`]: it takes a lookup.)
+    /// An IPv4 network also matches the IPv4-mapped form of its addresses,
+    /// which is how dual-stack sockets show IPv4 peers.
     pub fn admits(&self, comm: Option<&Comm>, raddr: IpAddr) -> bool {
         let comm_ok = self.comms.is_empty()
             || comm.is_some_and(|c| self.comms.iter().any(|w| w.as_slice() == c.as_bytes()));
@@ -206,5 +245,20 @@ mod tests {
         assert!(parse_comm("").is_err());
         assert!(parse_comm("a\nb").is_err());
         assert_eq!(parse_comm("nginx").unwrap(), "nginx");
+    }
+
+    #[test]
+    fn pods_are_selected_by_namespace_name_or_both() {
+        let none = Selection::default();
+        assert!(!none.wants_pods() && none.admits_pod(None));
+        let shop = Selection::default().with_pods(&["shop".into()], &[]);
+        assert!(shop.admits_pod(Some(("shop", "web-1"))));
+        assert!(!shop.admits_pod(Some(("kube-system", "web-1"))));
+        assert!(!shop.admits_pod(None), "not in a pod: not selected");
+        let web = Selection::default().with_pods(&[], &["web-1".into(), "db/pg-0".into()]);
+        assert!(web.admits_pod(Some(("shop", "web-1"))));
+        assert!(web.admits_pod(Some(("db", "pg-0"))));
+        assert!(!web.admits_pod(Some(("shop", "pg-0"))));
+        assert!(!web.is_empty());
     }
 }

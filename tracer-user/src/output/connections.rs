@@ -8,8 +8,10 @@ use std::{
 use serde::{Serialize, Serializer, ser::SerializeMap};
 use tracer_common::TcpState;
 
+use super::report::JsonPod;
 use super::{Endpoint, Format, JsonTcp, display_addr, rfc3339_millis, time_of_day};
 use crate::model::{
+    event::PodName,
     human::human,
     tracker::{ConnRecord, Fw2End, StateTimes},
 };
@@ -66,6 +68,9 @@ struct JsonRecord<'a> {
     /// The TCP socket's own figures at the first closing act.
     #[serde(skip_serializing_if = "Option::is_none")]
     tcp: Option<JsonTcp>,
+    /// The owner's Kubernetes pod, when the node names it.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    kube: Option<JsonPod<'a>>,
 }
 
 pub struct ConnectionWriter<W: Write> {
@@ -89,7 +94,13 @@ impl<W: Write> ConnectionWriter<W> {
         Ok(())
     }
 
-    pub fn write(&mut self, r: &ConnRecord, when: SystemTime) -> io::Result<()> {
+    /// One record; `pod` is its owner's, when the node names it.
+    pub fn write(
+        &mut self,
+        r: &ConnRecord,
+        when: SystemTime,
+        pod: Option<&PodName>,
+    ) -> io::Result<()> {
         match self.format {
             Format::Json => {
                 let line = JsonRecord {
@@ -112,6 +123,7 @@ impl<W: Write> ConnectionWriter<W> {
                     complete: r.complete,
                     open_state: r.open_state.map(TcpState::name),
                     tcp: r.tcp.map(JsonTcp::from),
+                    kube: pod.map(JsonPod::of),
                 };
                 serde_json::to_writer(&mut self.out, &line)?;
                 self.out.write_all(b"\n")
@@ -123,7 +135,7 @@ impl<W: Write> ConnectionWriter<W> {
                 };
                 writeln!(
                     self.out,
-                    "{:<12}  {:<22} {:<7}  {:<47} {:<12} {:>9}  {}",
+                    "{:<12}  {:<22} {:<7}  {:<47} {:<12} {:>9}  {}{}",
                     time_of_day(when),
                     who,
                     r.role.name(),
@@ -135,6 +147,7 @@ impl<W: Write> ConnectionWriter<W> {
                     r.closed_by.name(),
                     human(r.lifetime_ns),
                     linger(r),
+                    pod.map(|p| format!("  pod={p}")).unwrap_or_default(),
                 )
             }
         }
@@ -227,7 +240,7 @@ mod tests {
     fn render(format: Format, r: &ConnRecord) -> String {
         let mut w = ConnectionWriter::new(Vec::new(), format);
         w.header().unwrap();
-        w.write(r, SystemTime::UNIX_EPOCH).unwrap();
+        w.write(r, SystemTime::UNIX_EPOCH, None).unwrap();
         String::from_utf8(w.out).unwrap()
     }
 

@@ -1,7 +1,7 @@
 //! `report` output: findings first, then the busiest groups, as text, JSON or Markdown.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt::Write as _,
     io::{self, Write},
 };
@@ -15,6 +15,7 @@ use crate::{
     model::aggregate::{Aggregator, Group, GroupKey, Stats},
     model::diagnose::{Figure, Finding, process_short, remote_of},
     model::dist::Dist,
+    model::event::PodName,
     model::tracker::{ClosedBy, Role},
 };
 
@@ -101,6 +102,28 @@ pub struct JsonFinding<'a> {
     window_s: f64,
     evidence: BTreeMap<&'a str, &'a Figure>,
     summary: &'a str,
+    /// The Kubernetes pod of `pid`, when the node names it.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    kube: Option<JsonPod<'a>>,
+}
+
+/// `namespace`, `pod` and `container` fields.
+#[derive(Serialize)]
+pub struct JsonPod<'a> {
+    namespace: &'a str,
+    pod: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
+}
+
+impl<'a> JsonPod<'a> {
+    pub fn of(p: &'a PodName) -> Self {
+        Self {
+            namespace: &p.namespace,
+            pod: &p.pod,
+            container: p.container.as_deref(),
+        }
+    }
 }
 
 pub fn json_finding(f: &Finding) -> JsonFinding<'_> {
@@ -118,6 +141,7 @@ pub fn json_finding(f: &Finding) -> JsonFinding<'_> {
         window_s: f.window_s,
         evidence: f.evidence.iter().map(|(n, v)| (n.as_ref(), v)).collect(),
         summary: &f.summary,
+        kube: f.who.pod.as_ref().map(JsonPod::of),
     }
 }
 
@@ -141,9 +165,12 @@ fn percentiles(d: &Dist) -> Option<Percentiles> {
 }
 
 #[derive(Serialize)]
-struct JsonGroup {
+struct JsonGroup<'a> {
     /// The busiest process.
     pid: Option<u32>,
+    /// Its Kubernetes pod, when the node names it.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    kube: Option<JsonPod<'a>>,
     comm: Option<String>,
     processes: u64,
     pids: Vec<u32>,
@@ -171,11 +198,12 @@ struct JsonGroup {
     time_wait_ms: Option<Percentiles>,
 }
 
-fn json_group(v: &GroupView) -> JsonGroup {
+fn json_group<'a>(v: &GroupView, pods: &'a HashMap<GroupKey, PodName>) -> JsonGroup<'a> {
     let (key, g, s) = (v.key, v.group, &v.stats);
     let other = key.is_other();
     JsonGroup {
         pid: g.procs.main(),
+        kube: pods.get(key).map(JsonPod::of),
         comm: key.comm.map(|c| c.to_string()),
         processes: g.procs.count(),
         pids: g.procs.pids().into_iter().take(16).collect(),
@@ -239,6 +267,8 @@ pub struct Report<'a> {
     pub folded: u64,
     /// Groups shown in text and Markdown.
     pub top: usize,
+    /// The Kubernetes pod of each group's busiest process, where known.
+    pub pods: HashMap<GroupKey, PodName>,
 }
 
 /// Every group over its whole run, most interesting first: groups with
@@ -379,19 +409,23 @@ impl Report<'_> {
                     events: u64,
                     dropped: u64,
                     findings: Vec<JsonFinding<'a>>,
-                    groups: Vec<JsonGroup>,
+                    groups: Vec<JsonGroup<'a>>,
                     /// Events of groups beyond --max-groups, and their totals.
                     folded: u64,
-                    other: JsonGroup,
+                    other: JsonGroup<'a>,
                 }
                 let json = Json {
                     window_s: (self.window_s * 10.0).round() / 10.0,
                     events: self.events,
                     dropped: self.dropped,
                     findings: self.findings.iter().map(json_finding).collect(),
-                    groups: self.groups.iter().map(json_group).collect(),
+                    groups: self
+                        .groups
+                        .iter()
+                        .map(|g| json_group(g, &self.pods))
+                        .collect(),
                     folded: self.folded,
-                    other: json_group(&self.other),
+                    other: json_group(&self.other, &self.pods),
                 };
                 serde_json::to_writer(&mut *out, &json)?;
                 writeln!(out)
@@ -410,13 +444,18 @@ impl Report<'_> {
             for (i, f) in self.findings.iter().enumerate() {
                 let _ = writeln!(
                     s,
-                    "{:>2}. {} [{}] {} {} {}",
+                    "{:>2}. {} [{}] {} {} {}{}",
                     i + 1,
                     f.severity().name().to_uppercase(),
                     f.pathology.id(),
                     f.process_short(),
                     f.key.role.name(),
-                    f.key.endpoint()
+                    f.key.endpoint(),
+                    f.who
+                        .pod
+                        .as_ref()
+                        .map(|p| format!(" (pod {p})"))
+                        .unwrap_or_default()
                 );
                 let _ = writeln!(s, "    {}", f.summary);
                 let _ = writeln!(s, "    evidence: {}\n", evidence_text(f));
@@ -551,6 +590,7 @@ mod tests {
             other: other(&a),
             folded: a.folded(),
             top: 20,
+            pods: HashMap::new(),
         };
         let mut out = Vec::new();
         report.write(format, &mut out).unwrap();

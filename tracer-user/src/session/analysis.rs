@@ -110,13 +110,25 @@ pub fn in_cgroup(host: &mut impl Host, prefix: &str, id: &ConnId) -> bool {
     )
 }
 
+/// The Kubernetes pod of the owner of a socket with this cgroup, if the
+/// node names it.
+pub fn pod_of(host: &mut impl Host, cgroup_id: u64) -> Option<crate::model::event::PodName> {
+    (cgroup_id != 0).then(|| host.pod(cgroup_id)).flatten()
+}
+
+/// True when `id`'s owner is in a pod `--namespace`/`--pod` select.
+pub fn in_pods(host: &mut impl Host, selection: &Selection, id: &ConnId) -> bool {
+    let pod = id.owner.and_then(|o| pod_of(host, o.cgroup_id));
+    selection.admits_pod(pod.as_ref().map(|p| (p.namespace.as_str(), p.pod.as_str())))
+}
+
 impl Analysis<LiveHost> {
     pub fn start(
         trace: &TraceOptions,
         max_groups: usize,
         judging: Judging,
     ) -> anyhow::Result<Self> {
-        let host = LiveHost::start(&trace.load, true)?;
+        let host = LiveHost::start(&trace.load, &trace.node_root, true)?;
         Ok(Self::on(host, trace, max_groups, judging))
     }
 }
@@ -167,6 +179,9 @@ impl<H: Host> Analysis<H> {
             .selection
             .admits(id.owner.as_ref().map(|o| &o.comm), id.raddr)
         {
+            return false;
+        }
+        if self.selection.wants_pods() && !in_pods(&mut self.session.host, &self.selection, id) {
             return false;
         }
         match &self.cgroup {
@@ -513,7 +528,41 @@ impl<H: Host> Analysis<H> {
                 f.evidence.push(("fds".into(), Figure::Fds(fds.clone())));
             }
         }
+        for f in &mut findings {
+            if f.who.pod.is_none() {
+                f.who.pod = self.pod_of_pid(&f.key, f.who.pid);
+            }
+        }
         findings
+    }
+
+    /// The pod of a process of a group, if the node names it.
+    fn pod_of_pid(
+        &mut self,
+        key: &GroupKey,
+        pid: Option<u32>,
+    ) -> Option<crate::model::event::PodName> {
+        let group = if key.is_other() {
+            Some(self.agg.other())
+        } else {
+            self.agg.group_of(key)
+        };
+        let cgroup = group?.procs.cgroup_of(pid?)?;
+        pod_of(&mut self.session.host, cgroup)
+    }
+
+    /// The Kubernetes pod of each group's busiest process, where the node
+    /// names one.
+    pub fn pods(&mut self) -> std::collections::HashMap<GroupKey, crate::model::event::PodName> {
+        let mains: Vec<(GroupKey, Option<u32>)> = self
+            .agg
+            .groups()
+            .map(|(k, g)| (*k, g.procs.main()))
+            .collect();
+        mains
+            .into_iter()
+            .filter_map(|(key, pid)| Some((key, self.pod_of_pid(&key, pid)?)))
+            .collect()
     }
 }
 

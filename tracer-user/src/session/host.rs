@@ -190,6 +190,11 @@ pub trait Host {
     /// The cgroup v2 of this id (its path, and the container and pod it
     /// names), if it exists.
     fn container(&mut self, id: u64) -> Option<Container>;
+    /// The Kubernetes pod and container of the cgroup with this id, when
+    /// the node names them.
+    fn pod(&mut self, id: u64) -> Option<crate::model::event::PodName> {
+        self.container(id).and_then(|c| c.kube)
+    }
     /// The fullest the ring has been since the last call, in bytes.
     fn ring_peak_and_reset(&mut self) -> u64;
     /// The ring's size in bytes.
@@ -254,7 +259,13 @@ impl LiveHost {
     /// Loads and attaches the programs; with `snapshot`, the snapshot of
     /// open sockets starts in the background (while events flow, so a slow
     /// /proc scan cannot overflow the ring).
-    pub fn start(options: &LoadOptions, snapshot: bool) -> anyhow::Result<Self> {
+    /// Loads and attaches as `options` say; containers are named from
+    /// the node's files under `node_root`.
+    pub fn start(
+        options: &LoadOptions,
+        node_root: &std::path::Path,
+        snapshot: bool,
+    ) -> anyhow::Result<Self> {
         let mut attached = load::load(options)?;
         let mut warnings: Vec<String> = attached.degraded.iter().map(ToString::to_string).collect();
         warnings.extend(crate::bpf::privilege::drop_or_warning());
@@ -289,7 +300,7 @@ impl LiveHost {
             recheck: None,
             io: Some(IoReader::default()),
             look: None,
-            cgroups: Cgroups::new(),
+            cgroups: Cgroups::new(crate::host::kube::NodeFiles::new(node_root.to_path_buf())),
             warnings,
             losses: HostLosses::default(),
         })
@@ -605,6 +616,11 @@ impl Host for LiveHost {
 
     fn container(&mut self, id: u64) -> Option<Container> {
         self.cgroups.lookup(id).cloned()
+    }
+
+    // Asked for every record `watch` prints: only a pod is cloned.
+    fn pod(&mut self, id: u64) -> Option<crate::model::event::PodName> {
+        self.cgroups.lookup(id).and_then(|c| c.kube.clone())
     }
 
     fn ring_peak_and_reset(&mut self) -> u64 {

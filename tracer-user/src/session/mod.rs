@@ -56,6 +56,8 @@ pub struct TraceOptions {
     pub selection: crate::model::select::Selection,
     /// Only owners in cgroups under this path (the daemon's `--cgroup`).
     pub cgroup: Option<String>,
+    /// Where the node's files are, for Kubernetes names (`--node-root`).
+    pub node_root: std::path::PathBuf,
 }
 
 /// Ring drains in a row, at most, to empty the ring after a read of the
@@ -146,14 +148,12 @@ pub struct Session<H: Host = LiveHost> {
 impl Session<LiveHost> {
     /// Loads and attaches; the snapshot of open sockets starts in the background.
     pub fn start(
-        options: &LoadOptions,
+        trace: &TraceOptions,
         tracker: Tracker,
         follow_timewait: bool,
     ) -> anyhow::Result<Self> {
-        Ok(
-            Self::new(LiveHost::start(options, true)?, tracker, follow_timewait)
-                .with_pids(options.filters.pids.clone()),
-        )
+        let host = LiveHost::start(&trace.load, &trace.node_root, true)?;
+        Ok(Self::new(host, tracker, follow_timewait).with_pids(trace.load.filters.pids.clone()))
     }
 }
 

@@ -280,6 +280,7 @@ fn trace() -> TraceOptions {
         max_sockets: NonZeroUsize::new(1000).unwrap(),
         selection: Selection::default(),
         cgroup: None,
+        node_root: std::path::PathBuf::from("/"),
     }
 }
 

@@ -17,7 +17,7 @@ use crate::{
     settings::{
         LogFormat,
         values::{
-            parse_cgroup, parse_history_bytes, parse_history_days, parse_listen,
+            parse_cgroup, parse_history_bytes, parse_history_days, parse_kube_name, parse_listen,
             parse_max_endpoints, parse_max_groups, parse_max_sockets, parse_pid, parse_port,
             parse_ring_bytes,
         },
@@ -47,6 +47,10 @@ pub struct DaemonValues {
     pub history_dir: PathBuf,
     pub history_days: u32,
     pub history_max_bytes: u64,
+    /// Kubernetes namespaces and pods selected.
+    pub namespaces: Vec<String>,
+    pub pods: Vec<String>,
+    pub node_root: PathBuf,
 }
 
 impl DaemonValues {
@@ -92,6 +96,9 @@ struct FileConfig {
     history_dir: Option<Spanned<String>>,
     history_days: Option<Spanned<i64>>,
     history_max_bytes: Option<Spanned<Size>>,
+    namespace: Option<Spanned<Vec<String>>>,
+    pod: Option<Spanned<Vec<String>>>,
+    node_root: Option<Spanned<String>>,
 }
 
 /// 1-based line of a byte offset.
@@ -265,6 +272,27 @@ pub(crate) fn apply_text(
     }) {
         s.history_max_bytes = v;
     }
+    if let Some(v) = check!(file.namespace, "namespace", |v| v
+        .iter()
+        .map(|n| parse_kube_name(n))
+        .collect::<Result<Vec<_>, _>>())
+    {
+        s.namespaces = v;
+    }
+    if let Some(v) = check!(file.pod, "pod", |v| v
+        .iter()
+        .map(|n| parse_kube_name(n))
+        .collect::<Result<Vec<_>, _>>())
+    {
+        s.pods = v;
+    }
+    if let Some(v) = check!(file.node_root, "node-root", |v| if v.starts_with('/') {
+        Ok(PathBuf::from(v))
+    } else {
+        Err("an absolute path".to_string())
+    }) {
+        s.node_root = v;
+    }
     Ok(s)
 }
 
@@ -274,7 +302,7 @@ impl DaemonValues {
     pub fn to_toml(&self) -> String {
         let list = |v: &[String]| format!("[{}]", v.join(", "));
         format!(
-            "listen = \"{}\"\nallow-non-loopback = {}\nlog-format = \"{}\"\npid = {}\nport = {}\ncomm = {}\nremote = {}\nfamily = \"{}\"\n{}max-sockets = {}\nmax-groups = {}\nmax-endpoints = {}\nring-bytes = {}\nhistory = {}\nhistory-dir = {}\nhistory-days = {}\nhistory-max-bytes = {}\n",
+            "listen = \"{}\"\nallow-non-loopback = {}\nlog-format = \"{}\"\npid = {}\nport = {}\ncomm = {}\nremote = {}\nfamily = \"{}\"\n{}max-sockets = {}\nmax-groups = {}\nmax-endpoints = {}\nring-bytes = {}\nhistory = {}\nhistory-dir = {}\nhistory-days = {}\nhistory-max-bytes = {}\nnamespace = {}\npod = {}\nnode-root = {}\n",
             self.listen,
             self.allow_non_loopback,
             match self.log_format {
@@ -314,6 +342,21 @@ impl DaemonValues {
             serde_json::to_string(&self.history_dir.to_string_lossy()).expect("a string"),
             self.history_days,
             self.history_max_bytes,
+            list(
+                &self
+                    .namespaces
+                    .iter()
+                    .map(|n| format!("\"{n}\""))
+                    .collect::<Vec<_>>()
+            ),
+            list(
+                &self
+                    .pods
+                    .iter()
+                    .map(|p| format!("\"{p}\""))
+                    .collect::<Vec<_>>()
+            ),
+            serde_json::to_string(&self.node_root.to_string_lossy()).expect("a string"),
         )
     }
 }

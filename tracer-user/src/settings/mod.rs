@@ -49,7 +49,8 @@ pub enum Command {
     Report(Report),
     Top(Top),
     Sockets(Sockets),
-    Daemon(Daemon),
+    /// Boxed: its file's values make it the largest by far.
+    Daemon(Box<Daemon>),
     Record(Record),
     RecordInfo(RecordInfo),
     History(History),
@@ -195,6 +196,8 @@ pub struct Sockets {
     /// The states shown; empty: every state but LISTEN.
     pub states: Vec<TcpState>,
     pub format: Format,
+    /// Where the node's files are, for Kubernetes names.
+    pub node_root: PathBuf,
 }
 
 #[derive(Debug)]

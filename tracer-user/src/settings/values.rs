@@ -93,6 +93,30 @@ fn local_time_today(h: i32, m: i32, sec: i32) -> Result<std::time::SystemTime, S
     Ok(std::time::UNIX_EPOCH + Duration::from_secs(t))
 }
 
+/// `--namespace`, `--pod`: a Kubernetes name (a DNS label or subdomain),
+/// or for a pod `namespace/name`.
+pub fn parse_kube_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let ok = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 253
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    let valid = match s.split_once('/') {
+        Some((namespace, name)) => ok(namespace) && ok(name),
+        None => ok(s),
+    };
+    if valid {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is not a Kubernetes name (lower-case letters, digits, '-' and '.'; a pod may be namespace/name)"
+        ))
+    }
+}
+
 /// `daemon --history-days`: 1 to 3650.
 pub fn parse_history_days(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
@@ -286,5 +310,38 @@ mod tests {
         assert!(parse_port("0").is_err());
         assert!(parse_port("65536").is_err());
         assert!(parse_port("http").is_err());
+    }
+
+    #[test]
+    fn a_time_of_day_is_the_last_time_the_clock_showed_it() {
+        let now = std::time::SystemTime::now();
+        for text in ["00:00", "03:00", "12:30:15", "23:59:59", "7:5"] {
+            let Ok(crate::settings::When::At(at)) = parse_when(text) else {
+                panic!("{text}")
+            };
+            let ago = now.duration_since(at).expect("not in the future");
+            assert!(ago < Duration::from_hours(25), "{text}: {ago:?}");
+        }
+        for bad in ["24:00", "12:60", "12:00:61"] {
+            assert!(
+                parse_when(bad).unwrap_err().contains("time of day"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_when("2h"),
+            Ok(crate::settings::When::Into(Duration::from_hours(2)))
+        );
+        assert!(parse_when("03:00pm").is_err());
+    }
+
+    #[test]
+    fn kubernetes_names_are_dns_labels_and_pods_may_have_a_namespace() {
+        for good in ["shop", "web-7d9f8-x2x4q", "kube-system/coredns-1", "a.b"] {
+            assert_eq!(parse_kube_name(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "Shop", "web_1", "a/b/c", "/web", "shop/"] {
+            assert!(parse_kube_name(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::support::{
     peer::Peer,
     require_root,
     scene::{Closer, Pace, Scene, fresh_port, loopback_addr},
-    tracer::{our_programs_loaded, replayed},
+    tracer::{Tcplinger, our_programs_loaded, replayed},
     wait_until,
 };
 
@@ -546,7 +546,7 @@ fn record_cgroup_holds_for_its_replays() {
     let path = dir.path.join("cgroup.tlrec");
     let ports = format!("{inside},{outside}");
     let prefix = format!("/{name}");
-    let record = crate::support::tracer::Tcplinger::start(&[
+    let record = Tcplinger::start(&[
         "record",
         "-o",
         path.to_str().unwrap(),
@@ -578,3 +578,99 @@ fn record_cgroup_holds_for_its_replays() {
     drop(cgroups);
 }
 privileged!(record_cgroup_holds_for_its_replays);
+
+/// A pod's container as a Kubernetes node has it: a real cgroup under the
+/// kubelet's systemd layout and containerd's bundle with its annotations
+/// (in a directory given as the node's root): the daemon labels its series
+/// with the namespace, pod and container, `watch` prints them in its
+/// records, and `--pod` selects by them.
+fn kubernetes_names_come_from_the_nodes_files() {
+    let scene = Scene::new();
+    let (inside, outside) = (scene.port, fresh_port());
+    let id = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    let uid = "1b2c3d4e_5f60_7182_93a4_b5c6d7e8f901";
+    let name = format!("tlkube-{}", std::process::id());
+    let parent = cgroup2_root().join(&name);
+    let pod_slice = parent.join(format!("kubepods-besteffort-pod{uid}.slice"));
+    let scope = pod_slice.join(format!("cri-containerd-{id}.scope"));
+    std::fs::create_dir_all(&scope).expect("creating a cgroup");
+    let cgroups = TestCgroup {
+        dirs: vec![parent, pod_slice, scope.clone()],
+    };
+    let node = crate::support::real::TempDir::new("node");
+    let bundle = node.path.join(format!(
+        "run/containerd/io.containerd.runtime.v2.task/k8s.io/{id}"
+    ));
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        r#"{"ociVersion":"1.1.0","annotations":{
+            "io.kubernetes.cri.container-type":"container",
+            "io.kubernetes.cri.sandbox-namespace":"shop",
+            "io.kubernetes.cri.sandbox-name":"web-7d9f8-x2x4q",
+            "io.kubernetes.cri.container-name":"nginx"}}"#,
+    )
+    .unwrap();
+    let node_root = node.path.to_string_lossy().to_string();
+    let ports = format!("{inside},{outside}");
+    let listen = loopback_addr();
+    let daemon = start_daemon(listen, &["--port", &ports, "--node-root", &node_root]);
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "watch",
+            "--format",
+            "json",
+            "--port",
+            &ports,
+            "--node-root",
+            &node_root,
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let all_args = args(&[]);
+    let all = Tcplinger::start(&all_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let pod_args = args(&["--pod", "shop/web-7d9f8-x2x4q"]);
+    let one_pod = Tcplinger::start(&pod_args.iter().map(String::as_str).collect::<Vec<_>>());
+    contained_and_free(&scene, inside, outside, &scope);
+    let labelled = wait_until(Duration::from_secs(10), || {
+        value(
+            &scrape(listen),
+            "tcplinger_connections_closed_total",
+            &[
+                "namespace=\"shop\"",
+                "pod=\"web-7d9f8-x2x4q\"",
+                "container=\"nginx\"",
+            ],
+        ) == 2.0
+    });
+    assert!(labelled, "{}", scrape(listen));
+    let server_records =
+        |lines: &[Value]| lines.iter().filter(|l| l["comm"] == "tl-server").count();
+    assert!(all.wait_for(Duration::from_secs(10), |l| server_records(l) == 4));
+    assert!(one_pod.wait_for(Duration::from_secs(10), |l| server_records(l) == 2));
+    let all = all.stop();
+    let one_pod = one_pod.stop();
+    let in_pod = |l: &&Value| l["pod"] == "web-7d9f8-x2x4q";
+    let named: Vec<&Value> = all.lines.iter().filter(in_pod).collect();
+    assert_eq!(
+        named.len(),
+        2,
+        "the contained server's two: {:?}",
+        all.lines
+    );
+    for l in &named {
+        assert_eq!(l["namespace"], "shop", "{l}");
+        assert_eq!(l["container"], "nginx", "{l}");
+        assert_eq!(l["lport"], inside, "{l}");
+    }
+    assert!(
+        one_pod.lines.iter().all(|l| l["pod"] == "web-7d9f8-x2x4q"),
+        "--pod keeps only the pod's: {:?}",
+        one_pod.lines
+    );
+    let run = daemon.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    drop(cgroups);
+}
+privileged!(kubernetes_names_come_from_the_nodes_files);

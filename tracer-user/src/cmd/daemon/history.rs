@@ -8,6 +8,7 @@ use crate::{
     host::history::{Batch, HistoryWriter, Kept, MinuteCounts},
     model::aggregate::{Aggregator, GroupKey},
     model::diagnose::{Finding, Pathology},
+    model::event::PodName,
     model::history::{
         CONNECTIONS_PER_MINUTE, Life, Lives, MINUTE_NS, Slice, Slicer, StoredLife, notable,
     },
@@ -27,6 +28,23 @@ pub struct Totals {
 fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The Kubernetes pod of a cgroup (by id), when the node names it.
+pub type Pods<'a> = dyn FnMut(u64) -> Option<PodName> + 'a;
+
+/// Each slice's pod: its group's busiest process's.
+fn name_pods(due: &mut [(u64, Vec<Slice>)], agg: &Aggregator, pod: &mut Pods) {
+    for s in due.iter_mut().flat_map(|(_, slices)| slices.iter_mut()) {
+        let group = if s.key.is_other() {
+            Some(agg.other())
+        } else {
+            agg.group_of(&s.key)
+        };
+        s.pod = group
+            .and_then(|g| g.procs.cgroup_of(g.procs.main()?))
+            .and_then(&mut *pod);
+    }
 }
 
 pub struct History {
@@ -70,8 +88,9 @@ impl History {
         }
     }
 
-    /// Finished connections: the notable ones are kept, as `watch` prints them.
-    pub fn on_records(&mut self, records: &[ConnRecord], clock: &WallClock) {
+    /// Finished connections: the notable ones are kept, as `watch` prints
+    /// them (with the pod `pod` names for a cgroup).
+    pub fn on_records(&mut self, records: &[ConnRecord], clock: &WallClock, pod: &mut Pods) {
         for r in records {
             let Some(reason) = notable(r) else { continue };
             let minute = r.end_ns / MINUTE_NS;
@@ -83,7 +102,8 @@ impl History {
             }
             let when = clock.wall(r.end_ns);
             let mut line = ConnectionWriter::new(Vec::new(), Format::Json);
-            if line.write(r, when).is_err() {
+            let named = r.owner.and_then(|o| pod(o.cgroup_id));
+            if line.write(r, when, named.as_ref()).is_err() {
                 continue;
             }
             let (Ok(record), Some(key)) = (
@@ -116,20 +136,36 @@ impl History {
 
     /// Once a second: the totals at the start of a minute, and the minutes
     /// settled since the last call sent to the store.
-    pub fn tick(&mut self, agg: &Aggregator, totals: Totals, now_ns: u64, clock: &WallClock) {
+    pub fn tick(
+        &mut self,
+        agg: &Aggregator,
+        totals: Totals,
+        now_ns: u64,
+        clock: &WallClock,
+        pod: &mut Pods,
+    ) {
         self.marks.entry(now_ns / MINUTE_NS).or_insert(totals);
-        let due = self.slicer.due(agg, now_ns);
+        let mut due = self.slicer.due(agg, now_ns);
         if !due.is_empty() {
+            name_pods(&mut due, agg, pod);
             self.send(due, totals, clock);
         }
     }
 
     /// The daemon stops: every minute so far (the last one partial), and
     /// the standing findings end.
-    pub fn finish(mut self, agg: &Aggregator, totals: Totals, now_ns: u64, clock: &WallClock) {
+    pub fn finish(
+        mut self,
+        agg: &Aggregator,
+        totals: Totals,
+        now_ns: u64,
+        clock: &WallClock,
+        pod: &mut Pods,
+    ) {
         self.marks.entry(now_ns / MINUTE_NS + 1).or_insert(totals);
         self.lives.end_all();
-        let due = self.slicer.rest(agg, now_ns);
+        let mut due = self.slicer.rest(agg, now_ns);
+        name_pods(&mut due, agg, pod);
         self.send(due, totals, clock);
         self.writer.finish();
     }

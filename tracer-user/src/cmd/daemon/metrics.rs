@@ -324,7 +324,7 @@ impl ConnKey {
 
 /// A connection key's labels and the counters made from them so far.
 struct ConnSeries {
-    labels: [String; 6],
+    labels: [String; 9],
     /// The budgets that were full when the labels were made (indexed by
     /// [`Budgeted`]): its closes are counted as folded.
     folded: [bool; 3],
@@ -348,14 +348,21 @@ struct LingerSeries {
 }
 
 /// Labels of a connection's series.
-const CONN_LABELS: [&str; 6] = [
+const CONN_LABELS: [&str; 9] = [
     "comm",
     "role",
     "remote_addr",
     "port",
     "container_id",
     "pod_uid",
+    "namespace",
+    "pod",
+    "container",
 ];
+
+/// What a container's labels say, in this order: its ids as the cgroup
+/// path gives them, its Kubernetes names as the node does.
+type ContainerLabels = [String; 5];
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -423,6 +430,9 @@ impl Metrics {
                     "port",
                     "container_id",
                     "pod_uid",
+                    "namespace",
+                    "pod",
+                    "container",
                 ],
             ),
             lifetime: histogram_vec(
@@ -461,7 +471,15 @@ impl Metrics {
                         "tcplinger_sockets",
                         "TCP sockets now, by owning process and state.",
                     ),
-                    &["comm", "state", "container_id", "pod_uid"],
+                    &[
+                        "comm",
+                        "state",
+                        "container_id",
+                        "pod_uid",
+                        "namespace",
+                        "pod",
+                        "container",
+                    ],
                 )
                 .expect("valid metric");
                 r.register(Box::new(v.clone())).expect("unique metric");
@@ -578,7 +596,7 @@ impl Metrics {
         &mut self,
         id: &ConnId,
         container: Option<&Container>,
-    ) -> ([String; 6], [bool; 3]) {
+    ) -> ([String; 9], [bool; 3]) {
         let key = GroupKey::of(id);
         // A server's clients are many: its series are per listening port.
         let peer = key.peer.map_or_else(|| "*".to_string(), |p| p.to_string());
@@ -591,7 +609,8 @@ impl Metrics {
         };
         let comm = self.comm_label(id.owner.map(|o| o.comm));
         let comm_folded = comm == OTHER;
-        let ([container_id, pod_uid], container_folded) = self.container_labels(container);
+        let ([container_id, pod_uid, namespace, pod, name], container_folded) =
+            self.container_labels(container);
         (
             [
                 comm,
@@ -600,6 +619,9 @@ impl Metrics {
                 port,
                 container_id,
                 pod_uid,
+                namespace,
+                pod,
+                name,
             ],
             [comm_folded, endpoint_folded, container_folded],
         )
@@ -609,26 +631,35 @@ impl Metrics {
         self.comms.label(&comm_name(comm))
     }
 
-    /// The `container_id` and `pod_uid` labels of an owner's container,
-    /// within the container budget; whether that budget was full. An owner
-    /// outside containers has empty labels, one value for all, unbudgeted.
-    fn container_labels(&mut self, container: Option<&Container>) -> ([String; 2], bool) {
+    /// The `container_id`, `pod_uid`, `namespace`, `pod` and `container`
+    /// labels of an owner's container, within the container budget (the
+    /// names come with the ids: they take no slot of their own); whether
+    /// that budget was full. An owner outside containers has empty labels,
+    /// one value for all, unbudgeted.
+    fn container_labels(&mut self, container: Option<&Container>) -> (ContainerLabels, bool) {
         let container_id = container
             .and_then(|c| c.container_id.clone())
             .unwrap_or_default();
         let pod_uid = container
             .and_then(|c| c.pod_uid.clone())
             .unwrap_or_default();
+        let kube = container.and_then(|c| c.kube.as_ref());
+        let names = [
+            kube.map(|k| k.namespace.clone()).unwrap_or_default(),
+            kube.map(|k| k.pod.clone()).unwrap_or_default(),
+            kube.and_then(|k| k.container.clone()).unwrap_or_default(),
+        ];
+        let [namespace, pod, name] = names;
         if container_id.is_empty() && pod_uid.is_empty() {
-            return ([container_id, pod_uid], false);
+            return ([container_id, pod_uid, namespace, pod, name], false);
         }
         if self
             .containers
             .admit(&container_key(&container_id, &pod_uid))
         {
-            ([container_id, pod_uid], false)
+            ([container_id, pod_uid, namespace, pod, name], false)
         } else {
-            ([OTHER.to_string(), OTHER.to_string()], true)
+            (std::array::from_fn(|_| OTHER.to_string()), true)
         }
     }
 
@@ -728,8 +759,19 @@ impl Metrics {
         series.used_ns = now;
         series.closed[r.closed_by as usize]
             .get_or_insert_with(|| {
-                let [comm, role, addr, port, cid, pod] = &series.labels;
-                closed.with_label_values(&[comm, role, r.closed_by.name(), addr, port, cid, pod])
+                let [comm, role, addr, port, cid, uid, namespace, pod, name] = &series.labels;
+                closed.with_label_values(&[
+                    comm,
+                    role,
+                    r.closed_by.name(),
+                    addr,
+                    port,
+                    cid,
+                    uid,
+                    namespace,
+                    pod,
+                    name,
+                ])
             })
             .inc();
         let folded = series.folded;
@@ -797,15 +839,19 @@ impl Metrics {
         }
         // Owners beyond a budget add up under `other`: gauges are redrawn
         // each time, so nothing needs counting as folded.
-        let mut counts: HashMap<[String; 4], i64> = HashMap::new();
+        let mut counts: HashMap<[String; 7], i64> = HashMap::new();
         for ((owner, state), n) in by_owner {
             let container = container(owner.cgroup_id);
-            let ([container_id, pod_uid], _) = self.container_labels(container.as_ref());
+            let ([container_id, pod_uid, namespace, pod, name], _) =
+                self.container_labels(container.as_ref());
             let labels = [
                 self.comm_label(owner.comm),
                 state.name().to_string(),
                 container_id,
                 pod_uid,
+                namespace,
+                pod,
+                name,
             ];
             *counts.entry(labels).or_default() += n;
         }
@@ -847,7 +893,7 @@ impl Metrics {
                 // Noted already, at a previous call.
                 continue;
             }
-            let [comm, _, addr, port, container_id, pod_uid] = &s.labels;
+            let [comm, _, addr, port, container_id, pod_uid, ..] = &s.labels;
             let [comm_folded, endpoint_folded, container_folded] = s.folded;
             if !comm_folded {
                 self.comms.touch(comm, s.used_ns);

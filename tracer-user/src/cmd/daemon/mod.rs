@@ -270,7 +270,8 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
                 Wake::Tick => {
                     if let Some(h) = history.as_mut() {
                         let (totals, now, clock) = totals(&mut analysis);
-                        h.tick(&analysis.agg, totals, now, &clock);
+                        let host = &mut analysis.session.host;
+                        h.tick(&analysis.agg, totals, now, &clock, &mut |c| host.pod(c));
                     }
                     refresh_metrics(&mut analysis, &shared, &mut recent, history.as_ref());
                     refreshes += 1;
@@ -291,11 +292,13 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
     if let Some(mut h) = history {
         // What the last drain brought, then every minute so far.
         if let Some(fed) = analysis.tap.as_mut().map(std::mem::take) {
-            let clock = analysis.session.host.wall_clock();
-            h.on_records(&fed.records, &clock);
+            let host = &mut analysis.session.host;
+            let clock = host.wall_clock();
+            h.on_records(&fed.records, &clock, &mut |c| host.pod(c));
         }
         let (totals, now, clock) = totals(&mut analysis);
-        h.finish(&analysis.agg, totals, now, &clock);
+        let host = &mut analysis.session.host;
+        h.finish(&analysis.agg, totals, now, &clock, &mut |c| host.pod(c));
     }
     eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
     result
@@ -378,8 +381,9 @@ fn feed_metrics(analysis: &mut Analysis, shared: &Shared, history: Option<&mut H
         return;
     };
     if let Some(h) = history {
-        let clock = analysis.session.host.wall_clock();
-        h.on_records(&fed.records, &clock);
+        let host = &mut analysis.session.host;
+        let clock = host.wall_clock();
+        h.on_records(&fed.records, &clock, &mut |c| host.pod(c));
     }
     let Ok(mut m) = shared.metrics.lock() else {
         return;

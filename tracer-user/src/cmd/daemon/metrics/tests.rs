@@ -42,7 +42,7 @@ fn closes_and_lingers_are_exported_in_seconds() {
     }
     let text = m.encode();
     assert!(
-        text.contains(r#"tcplinger_connections_closed_total{closed_by="local",comm="curl",container_id="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 3"#),
+        text.contains(r#"tcplinger_connections_closed_total{closed_by="local",comm="curl",container="",container_id="",namespace="",pod="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 3"#),
         "{text}"
     );
     assert!(
@@ -132,7 +132,7 @@ fn series_of_processes_gone_are_deleted_and_their_slots_reused() {
     // curl is back: a fresh series of its own.
     curl.rport = 8080;
     m.on_record(&record(curl, ClosedBy::Local, 10, Some(1)), &mut |_| None);
-    assert!(m.encode().contains(r#"closed_by="local",comm="curl",container_id="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 1"#));
+    assert!(m.encode().contains(r#"closed_by="local",comm="curl",container="",container_id="",namespace="",pod="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 1"#));
 }
 
 #[test]
@@ -143,7 +143,7 @@ fn socket_gauges_are_replaced_not_accumulated() {
         None
     });
     assert!(m.encode().contains(
-        r#"tcplinger_sockets{comm="curl",container_id="",pod_uid="",state="CLOSE_WAIT"} 2"#
+        r#"tcplinger_sockets{comm="curl",container="",container_id="",namespace="",pod="",pod_uid="",state="CLOSE_WAIT"} 2"#
     ));
     m.set_sockets([(c, TcpState::Established)], |_| None);
     let text = m.encode();
@@ -160,7 +160,7 @@ fn followed_timewait_sockets_are_counted_as_they_come_and_go() {
     m.set_sockets([(c, TcpState::TimeWait)], |_| None);
     assert!(
         m.encode()
-            .contains(r#"comm="curl",container_id="",pod_uid="",state="TIME_WAIT"} 3"#),
+            .contains(r#"comm="curl",container="",container_id="",namespace="",pod="",pod_uid="",state="TIME_WAIT"} 3"#),
         "{}",
         m.encode()
     );
@@ -305,6 +305,7 @@ fn container_labels_appear_when_known() {
         path: "/kubepods/pod-x".into(),
         container_id: Some("abc".into()),
         pod_uid: Some("uid-1".into()),
+        kube: None,
     };
     // Not known at first: asked again, and labelled once known.
     let mut asked = 0;
@@ -322,11 +323,11 @@ fn container_labels_appear_when_known() {
     assert_eq!(asked, 2, "cached once known");
     let text = m.encode();
     assert!(
-        text.contains(r#"tcplinger_connections_opened_total{comm="curl",container_id="abc",pod_uid="uid-1",port="8080",remote_addr="10.0.0.2",role="client"} 3"#),
+        text.contains(r#"tcplinger_connections_opened_total{comm="curl",container="",container_id="abc",namespace="",pod="",pod_uid="uid-1",port="8080",remote_addr="10.0.0.2",role="client"} 3"#),
         "{text}"
     );
     assert!(
-        text.contains(r#"tcplinger_connections_opened_total{comm="curl",container_id="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 1"#),
+        text.contains(r#"tcplinger_connections_opened_total{comm="curl",container="",container_id="",namespace="",pod="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 1"#),
         "{text}"
     );
 }
@@ -438,6 +439,7 @@ fn container_of(cgroup_id: u64) -> Option<Container> {
         path: format!("/kubepods/pod{cgroup_id:032x}/{cgroup_id:064x}"),
         container_id: Some(format!("{cgroup_id:064x}")),
         pod_uid: Some(format!("{cgroup_id:032x}")),
+        kube: None,
     })
 }
 
