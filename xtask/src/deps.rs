@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 /// Debian packages the tests run, and why.
-pub const TEST_PACKAGES: [(&str, &str); 8] = [
+pub const TEST_PACKAGES: [(&str, &str); 9] = [
     ("iproute2", "ip netns, veth and tc: the test hosts"),
     ("util-linux", "setpriv: the unprivileged-run test"),
     ("tmux", "the pseudo-terminal test of top"),
@@ -25,6 +25,10 @@ pub const TEST_PACKAGES: [(&str, &str); 8] = [
     (
         "python3",
         "Python's http.server and the prefork and threaded scenarios",
+    ),
+    (
+        "chromium",
+        "renders the HTML report headless, to check its charts draw",
     ),
 ];
 

@@ -376,7 +376,7 @@ macro_rules! value_enum {
 }
 
 value_enum!(Format, Format::Text => "text", Format::Json => "json");
-value_enum!(ReportFormat, ReportFormat::Text => "text", ReportFormat::Json => "json", ReportFormat::Markdown => "markdown");
+value_enum!(ReportFormat, ReportFormat::Text => "text", ReportFormat::Json => "json", ReportFormat::Markdown => "markdown", ReportFormat::Html => "html");
 value_enum!(LogFormat, LogFormat::Text => "text", LogFormat::Json => "json");
 value_enum!(
     SortKey,
@@ -559,7 +559,7 @@ pub(crate) mod tests {
             &["watch", "--no-such-flag"],
             &["watch", "--max-sockets", "0"],
             &["watch", "--max-sockets", "many"],
-            &["report", "--format", "html"],
+            &["report", "--format", "pdf"],
             &["report", "--max-groups", "0"],
             &["top", "--sort", "bogus"],
             &["sockets", "--state", "half-open"],

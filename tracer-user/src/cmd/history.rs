@@ -15,10 +15,13 @@ use crate::{
         diagnose::{self, Finding},
         history::{StoredLife, restore},
         select::Selection,
+        timeline::Timeline,
+        tracker::ClosedBy,
     },
     output::{
         Format,
         history::{KeptView, LifeView, write_kept, write_lives},
+        html::Pictures,
         report::{Report, other, rank},
     },
     settings,
@@ -171,22 +174,34 @@ pub fn report(s: &settings::Report, dir: &Path) -> anyhow::Result<()> {
         .iter()
         .filter(|(_, slice)| admits(selection, &slice.key, one_peer(&slice.peers)))
         .collect();
-    // Each group's pod as its last minute in the window said.
+    // Each group's pod as its last minute in the window said, and its
+    // closes minute by minute (unix ns on the timeline).
+    let ns = |ms: i64| u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000);
     let mut pods = std::collections::HashMap::new();
-    for (_, slice) in &kept {
+    let mut timeline = Timeline::new(ns(span.from_ms), 60_000_000_000);
+    for (minute, slice) in &kept {
         if let Some(pod) = &slice.pod {
             pods.insert(slice.key, pod.clone());
         }
+        let st = &slice.stats;
+        let local = st.closed_by(ClosedBy::Local);
+        let remote = st.closed_by(ClosedBy::Remote);
+        timeline.add(slice.key, ns(*minute), ClosedBy::Local, local);
+        timeline.add(slice.key, ns(*minute), ClosedBy::Remote, remote);
+        let rest = st.closed.saturating_sub(local + remote);
+        timeline.add(slice.key, ns(*minute), ClosedBy::Unknown, rest);
     }
+    timeline.reach(ns(span.to_ms));
     let agg = restore(kept, s.max_groups);
     let (lives, unreadable) = history.lives(span)?;
     warn_unreadable(unreadable, "findings");
     let (readable, unknown) = findings_of(&lives);
     warn_unreadable(unknown as u64, "findings of unknown kinds");
-    let mut findings: Vec<Finding> = readable
+    let mut lived: Vec<(Finding, (SystemTime, SystemTime))> = readable
         .into_iter()
         .filter(|(_, f)| admits(selection, &f.key, f.client))
         .map(|(l, mut f)| {
+            let stood = (at_ms(l.start_ms), at_ms(l.end_ms.unwrap_or(l.last_ms)));
             let _ = match l.end_ms {
                 Some(end) => write!(
                     f.summary,
@@ -201,10 +216,13 @@ pub fn report(s: &settings::Report, dir: &Path) -> anyhow::Result<()> {
                     when(l.last_ms)
                 ),
             };
-            f
+            (f, stood)
         })
         .collect();
-    diagnose::sort(&mut findings);
+    // Most urgent first, as a live report; each keeps its span.
+    lived.sort_by(|a, b| diagnose::order(&a.0, &b.0));
+    let (findings, spans): (Vec<Finding>, Vec<_>) =
+        lived.into_iter().map(|(f, s)| (f, Some(s))).unzip();
     let (minutes, counts) = history.counts(span)?;
     if minutes == 0 {
         say_span(&history, span)?;
@@ -224,9 +242,17 @@ pub fn report(s: &settings::Report, dir: &Path) -> anyhow::Result<()> {
         top: s.top,
         pods,
     };
+    let pictures = Pictures {
+        from: Some(at_ms(span.from_ms)),
+        to: Some(at_ms(span.to_ms)),
+        spans,
+        timeline: Some((&timeline, at_ms(span.from_ms))),
+    };
     let written = output.begin().map(|writer| {
         let mut out = BufWriter::new(writer);
-        report.write(s.format, &mut out).and_then(|()| out.flush())
+        report
+            .write_with(s.format, &mut out, &pictures)
+            .and_then(|()| out.flush())
     });
     eprintln!(
         "tcplinger: history of {} from {} to {}: {} stored, {} events, {} dropped",

@@ -7,10 +7,15 @@ use std::{
 
 use super::{Driver, Output, Wake, output_result};
 use crate::{
-    output::report::{Report, other, rank},
+    model::timeline::Timeline,
+    output::{
+        ReportFormat,
+        html::Pictures,
+        report::{Report, other, rank},
+    },
     session::{
         Host, Progress,
-        analysis::{Analysis, Judging},
+        analysis::{Analysis, Fed, Judging},
     },
     settings,
 };
@@ -36,6 +41,19 @@ pub async fn run(s: settings::Report) -> anyhow::Result<()> {
     report(&s, output, driver, analysis, None).await
 }
 
+/// Closes over time are counted per second to begin with (buckets widen as
+/// the window grows).
+const TIMELINE_BUCKET_NS: u64 = 1_000_000_000;
+
+/// The records fed since the last call, onto the timeline.
+fn tap<H: Host>(analysis: &mut Analysis<H>, timeline: &mut Timeline) {
+    if let Some(fed) = analysis.tap.as_mut().map(std::mem::take) {
+        for r in &fed.records {
+            timeline.on_record(r);
+        }
+    }
+}
+
 /// The report of what `analysis` sees (from `since`, boot ns, if given:
 /// a replay's `--since`).
 async fn report<H: Host>(
@@ -48,6 +66,12 @@ async fn report<H: Host>(
     let name = output.name();
     // Records read before a replay's window opened are not the window's.
     let mut events_before = 0;
+    // An HTML page draws closes over time: the records fed are tapped.
+    let html = s.format == ReportFormat::Html;
+    if html {
+        analysis.tap = Some(Fed::default());
+    }
+    let mut timeline = Timeline::new(analysis.started_ns(), TIMELINE_BUCKET_NS);
     loop {
         // The window opens before the first step past it: what the tracker
         // follows stays (connections open then count as already open),
@@ -62,8 +86,11 @@ async fn report<H: Host>(
             analysis.restart(at);
             events_before = analysis.session.counts.events;
             since = None;
+            timeline = Timeline::new(at, TIMELINE_BUCKET_NS);
+            analysis.tap.as_mut().map(std::mem::take);
         }
         let wake = driver.next(&mut analysis).await?;
+        tap(&mut analysis, &mut timeline);
         match wake {
             Wake::Stop => break,
             Wake::Tick => analysis.look(),
@@ -77,13 +104,30 @@ async fn report<H: Host>(
         }
     }
     analysis.stop().await?;
+    tap(&mut analysis, &mut timeline);
     if let Some(at) = since {
         // The recording ended before the window opened: an empty window.
         analysis.restart(at);
         events_before = analysis.session.counts.events;
+        timeline = Timeline::new(at, TIMELINE_BUCKET_NS);
     }
     let findings = analysis.findings();
     let pods = analysis.pods();
+    let now = analysis.now_ns();
+    timeline.reach(now);
+    let seen: Vec<Option<(u64, u64)>> = findings.iter().map(|f| analysis.seen_span(f)).collect();
+    let host = &mut analysis.session.host;
+    let spans = seen
+        .into_iter()
+        .map(|span| span.map(|(first, last)| (host.wall(first), host.wall(last))))
+        .collect();
+    let started = host.wall(timeline.start_ns());
+    let pictures = Pictures {
+        from: Some(started),
+        to: Some(host.wall(now)),
+        spans,
+        timeline: Some((&timeline, started)),
+    };
     let report = Report {
         window_s: analysis.window_s(),
         events: analysis.session.counts.events - events_before,
@@ -99,7 +143,9 @@ async fn report<H: Host>(
     // run that fails on the way leaves the previous one in place.
     let written = output.begin().map(|writer| {
         let mut out = BufWriter::new(writer);
-        report.write(s.format, &mut out).and_then(|()| out.flush())
+        report
+            .write_with(s.format, &mut out, &pictures)
+            .and_then(|()| out.flush())
     });
     eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
     output_result(&name, written?)

@@ -505,15 +505,18 @@ pub fn diagnose(agg: &Aggregator, spans_ns: &[u64], now_ns: u64) -> Vec<Finding>
 
 /// Most urgent first, then the biggest, then by name: a stable order.
 pub fn sort(findings: &mut [Finding]) {
-    findings.sort_by(|a, b| {
-        a.severity()
-            .cmp(&b.severity())
-            .then(b.magnitude().total_cmp(&a.magnitude()))
-            .then(a.pathology.cmp(&b.pathology))
-            .then(a.key.comm_name().cmp(&b.key.comm_name()))
-            .then(a.key.endpoint().cmp(&b.key.endpoint()))
-            .then(a.key.cmp(&b.key))
-    });
+    findings.sort_by(order);
+}
+
+/// Most urgent first: by severity, then the larger main figure.
+pub fn order(a: &Finding, b: &Finding) -> std::cmp::Ordering {
+    a.severity()
+        .cmp(&b.severity())
+        .then(b.magnitude().total_cmp(&a.magnitude()))
+        .then(a.pathology.cmp(&b.pathology))
+        .then(a.key.comm_name().cmp(&b.key.comm_name()))
+        .then(a.key.endpoint().cmp(&b.key.endpoint()))
+        .then(a.key.cmp(&b.key))
 }
 
 /// Closes first, then lingers in FIN_WAIT2 (client) / CLOSE_WAIT (server) for seconds.

@@ -116,6 +116,18 @@ impl Dist {
         within as f64 / count as f64
     }
 
+    /// How many values fall in each of `edges_ms` (ascending): index `i`
+    /// counts values below `edges_ms[i]` and at or above the one before;
+    /// the last slot counts the rest. A value stands for its bin's mean.
+    pub fn counts_between(&self, edges_ms: &[f64]) -> Vec<u64> {
+        let mut out = vec![0; edges_ms.len() + 1];
+        for b in &self.bins {
+            let i = edges_ms.partition_point(|&e| e <= b.mean_ms());
+            out[i] += u64::from(b.count);
+        }
+        out
+    }
+
     /// Bins in use: what the distribution costs.
     #[cfg(test)]
     pub fn bins(&self) -> usize {

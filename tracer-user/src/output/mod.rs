@@ -2,6 +2,7 @@
 
 pub mod connections;
 pub mod history;
+pub mod html;
 pub mod report;
 pub mod transitions;
 
@@ -23,6 +24,8 @@ pub enum ReportFormat {
     Text,
     Json,
     Markdown,
+    /// One self-contained page with pictures (`output::html`).
+    Html,
 }
 
 /// What the TCP socket knew of its traffic at the connection's first

@@ -308,6 +308,34 @@ pub fn other(agg: &Aggregator) -> GroupView<'_> {
     }
 }
 
+/// A distribution as one line of bars: `[▁▁▇█   ]  41 closes; bands …`, each bar
+/// a band of [`super::html::EDGES_MS`], scaled to the fullest.
+fn spark(d: &Dist) -> String {
+    const LEVELS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let counts = d.counts_between(&super::html::EDGES_MS);
+    let max = counts.iter().copied().max().unwrap_or(0).max(1);
+    let bars: String = counts
+        .iter()
+        .map(|&n| {
+            if n == 0 {
+                ' '
+            } else {
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "n <= max: an index of 0..=7"
+                )]
+                let level = ((n * 7).div_ceil(max)) as usize;
+                LEVELS[level.min(7)]
+            }
+        })
+        .collect();
+    format!(
+        "[{bars}]  {} closes; bands {}",
+        d.count(),
+        super::html::EDGE_LABELS.join(" ")
+    )
+}
+
 fn pct(s: &Stats, by: &[ClosedBy]) -> String {
     if s.closed == 0 {
         "-".into()
@@ -381,7 +409,7 @@ impl Report<'_> {
         rows
     }
 
-    fn headline(&self) -> String {
+    pub fn headline(&self) -> String {
         format!(
             "tcplinger report: {:.1}s traced, {} events, {} dropped; {}, {}{}",
             self.window_s,
@@ -400,8 +428,20 @@ impl Report<'_> {
         )
     }
 
+    #[cfg(test)]
     pub fn write(&self, format: ReportFormat, out: &mut impl Write) -> io::Result<()> {
+        self.write_with(format, out, &super::html::Pictures::default())
+    }
+
+    /// As [`Self::write`], an HTML page drawing `pictures` too.
+    pub fn write_with(
+        &self,
+        format: ReportFormat,
+        out: &mut impl Write,
+        pictures: &super::html::Pictures,
+    ) -> io::Result<()> {
         match format {
+            ReportFormat::Html => out.write_all(super::html::page(self, pictures).as_bytes()),
             ReportFormat::Json => {
                 #[derive(Serialize)]
                 struct Json<'a> {
@@ -458,7 +498,18 @@ impl Report<'_> {
                         .unwrap_or_default()
                 );
                 let _ = writeln!(s, "    {}", f.summary);
-                let _ = writeln!(s, "    evidence: {}\n", evidence_text(f));
+                let _ = writeln!(s, "    evidence: {}", evidence_text(f));
+                if let Some(g) = self.groups.iter().find(|g| *g.key == f.key) {
+                    for (name, d) in [
+                        ("FIN_WAIT2", &g.stats.fin_wait2),
+                        ("CLOSE_WAIT", &g.stats.close_wait),
+                    ] {
+                        if d.count() > 0 {
+                            let _ = writeln!(s, "    {name:<10} {}", spark(d));
+                        }
+                    }
+                }
+                s.push('\n');
             }
         }
         let rows = self.shown();
@@ -665,5 +716,18 @@ mod tests {
         assert_eq!(text_name("idle_pct"), "idle");
         assert_eq!(text_name("opened_per_s"), "opened");
         assert_eq!(text_name("closed"), "closed");
+    }
+
+    #[test]
+    fn a_distribution_becomes_one_line_of_bars_by_band() {
+        let mut d = Dist::default();
+        for _ in 0..10 {
+            d.record(2_000_000_000); // 2 s: the 1-10s band
+        }
+        d.record(500_000); // 0.5 ms: under 1 ms
+        assert_eq!(
+            spark(&d),
+            "[▂   █  ]  11 closes; bands <1ms 1-10ms 10-100ms 0.1-1s 1-10s 10-60s ≥60s"
+        );
     }
 }

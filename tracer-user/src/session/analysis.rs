@@ -475,6 +475,19 @@ impl<H: Host> Analysis<H> {
         self.seen.clear();
     }
 
+    /// When the window judged started (boot ns).
+    pub fn started_ns(&self) -> u64 {
+        self.started_ns
+    }
+
+    /// When a live finding was first and last seen in the run (boot ns);
+    /// `None` for one judged on closes over the whole window.
+    pub fn seen_span(&self, f: &Finding) -> Option<(u64, u64)> {
+        self.seen
+            .get(&(f.pathology, f.key))
+            .map(|s| (s.first_ns, s.last_ns))
+    }
+
     /// The host's boot clock now.
     pub fn now_ns(&mut self) -> u64 {
         self.session.host.now_ns()

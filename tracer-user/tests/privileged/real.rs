@@ -831,3 +831,108 @@ fn real_daemon_reports_a_late_leak_among_many_programs() {
     assert_eq!(f["comm"], child_comm.as_str(), "{f}");
 }
 privileged!(real_daemon_reports_a_late_leak_among_many_programs);
+
+/// `report --format html` of real traffic (Python's http.server, a `curl`
+/// per request), loaded in a real browser (Debian's Chromium, headless):
+/// every chart draws something, and the page fetches nothing.
+fn real_html_report_renders_in_chromium() {
+    let scene = Scene::new();
+    let _server = Proc::spawn(
+        &scene.net.server_ns,
+        python(),
+        &[
+            "-m",
+            "http.server",
+            "--bind",
+            &scene.server_ip().to_string(),
+            &scene.port_arg(),
+        ],
+    );
+    assert!(wait_until(real::LIMIT, || {
+        real::listening(&scene.net.server_ns, scene.port)
+    }));
+    let dir = TempDir::new("html");
+    let page = dir.path.join("report.html");
+    let tracer = Tcplinger::start(&[
+        "report",
+        "--format",
+        "html",
+        "--output",
+        &page.to_string_lossy(),
+        "--port",
+        &scene.port_arg(),
+        "--duration",
+        "30s",
+    ]);
+    curl_loop(&scene.net.client_ns, &scene.url(), 60, "");
+    let run = tracer.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    let html = std::fs::read_to_string(&page).expect("the page");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing fetched"
+    );
+    // A page that loads the report and says what drew: each chart's box
+    // as laid out, and its marks.
+    let probe = dir.path.join("probe.html");
+    std::fs::write(
+        &probe,
+        r#"<!doctype html><html><body><iframe id="r" src="report.html" width="1200" height="3000"></iframe><pre id="result">pending</pre><script>
+document.getElementById('r').addEventListener('load', () => {
+  const d = document.getElementById('r').contentDocument;
+  const charts = [...d.querySelectorAll('svg.chart')];
+  const drawn = charts.filter(s => { const b = s.getBBox(); const marks = [...s.querySelectorAll('rect')].filter(r => r.getBBox().height > 0.5); return b.width > 0 && b.height > 0 && marks.length > 0; });
+  document.getElementById('result').textContent = JSON.stringify({charts: charts.length, drawn: drawn.length, findings: d.querySelectorAll('.finding').length, groups: d.querySelectorAll('.group').length});
+});
+</script></body></html>"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", probe.display()))
+        .output()
+        .expect("running chromium (Debian package chromium)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let result = dom
+        .split("<pre id=\"result\">")
+        .nth(1)
+        .and_then(|r| r.split("</pre>").next())
+        .unwrap_or_else(|| {
+            panic!(
+                "no result in {dom}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let counts: Value = serde_json::from_str(result)
+        .unwrap_or_else(|e| panic!("{e}: {result}: {}", String::from_utf8_lossy(&out.stderr)));
+    // The findings' timeline, and the server's and curl's closes over time
+    // and lifetimes at least.
+    assert!(counts["charts"].as_u64() >= Some(5), "{counts}");
+    assert_eq!(
+        counts["drawn"], counts["charts"],
+        "every chart draws: {counts}"
+    );
+    assert!(counts["findings"].as_u64() >= Some(1), "{counts}");
+    assert!(counts["groups"].as_u64() >= Some(2), "{counts}");
+    // A picture for whoever reads the run.
+    let shot = std::env::temp_dir().join("tcplinger-report.png");
+    let _ = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,2000",
+        ])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.display()))
+        .output();
+}
+privileged!(real_html_report_renders_in_chromium);

@@ -223,10 +223,12 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
         )
     })?;
     raise_fd_limit();
-    // Before tracing starts: a history that cannot be kept is said at once.
-    let mut history = s.history.as_ref().map(open_history).transpose()?;
     let mut driver = Driver::new(s.duration, REFRESH)?;
     let mut analysis = Analysis::start(&s.trace, s.max_groups, Judging::recent())?;
+    // Once attached, so what tracing needs is said first, and the store's
+    // thread starts with the capabilities already dropped (they are per
+    // thread): it writes as the file's owner, and needs none.
+    let mut history = s.history.as_ref().map(open_history).transpose()?;
     analysis.tap = Some(Fed::default());
     let shared = Arc::new(Shared::new(Metrics::new(s.max_endpoints)));
     let (stop_server, server) = http::start(listener, shared.clone())
