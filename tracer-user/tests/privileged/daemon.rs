@@ -632,6 +632,15 @@ fn kubernetes_names_come_from_the_nodes_files() {
     let all = Tcplinger::start(&all_args.iter().map(String::as_str).collect::<Vec<_>>());
     let pod_args = args(&["--pod", "shop/web-7d9f8-x2x4q"]);
     let one_pod = Tcplinger::start(&pod_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let report = Tcplinger::start(&[
+        "report",
+        "--format",
+        "json",
+        "--port",
+        &ports,
+        "--node-root",
+        &node_root,
+    ]);
     contained_and_free(&scene, inside, outside, &scope);
     let labelled = wait_until(Duration::from_secs(10), || {
         value(
@@ -651,6 +660,21 @@ fn kubernetes_names_come_from_the_nodes_files() {
     assert!(one_pod.wait_for(Duration::from_secs(10), |l| server_records(l) == 2));
     let all = all.stop();
     let one_pod = one_pod.stop();
+    // The report names the pod of the group's process.
+    let report = report.stop();
+    let groups = report.lines[0]["groups"].as_array().unwrap().clone();
+    let server = groups
+        .iter()
+        .find(|g| g["comm"] == "tl-server" && g["local_port"] == inside)
+        .unwrap_or_else(|| panic!("no contained server group: {groups:?}"));
+    assert_eq!(server["namespace"], "shop", "{server}");
+    assert_eq!(server["pod"], "web-7d9f8-x2x4q", "{server}");
+    assert_eq!(server["container"], "nginx", "{server}");
+    let free = groups
+        .iter()
+        .find(|g| g["comm"] == "tl-server" && g["local_port"] == outside)
+        .unwrap_or_else(|| panic!("no free server group: {groups:?}"));
+    assert!(free.get("pod").is_none(), "not in a pod: {free}");
     let in_pod = |l: &&Value| l["pod"] == "web-7d9f8-x2x4q";
     let named: Vec<&Value> = all.lines.iter().filter(in_pod).collect();
     assert_eq!(

@@ -275,12 +275,26 @@ fn the_grafana_dashboard_shows_what_the_daemon_exports() {
         ("Lingering sockets by process", "timeseries"),
         ("Findings", "timeseries"),
         ("Tracer health", "timeseries"),
+        ("Findings timeline", "state-timeline"),
+        ("This window on the host", "text"),
     ] {
         let panel = panels
             .iter()
             .find(|p| p["title"] == title)
             .unwrap_or_else(|| panic!("no panel {title}"));
         assert_eq!(panel["type"], kind, "{title}");
+    }
+    // The window's report on the host is what the text panel gives.
+    let host = panels
+        .iter()
+        .find(|p| p["title"] == "This window on the host")
+        .unwrap();
+    let content = host["options"]["content"].as_str().unwrap();
+    for command in [
+        "tcplinger report --since ${__from:date:iso} --until ${__to:date:iso}",
+        "tcplinger history --since ${__from:date:iso}",
+    ] {
+        assert!(content.contains(command), "{content}");
     }
     for panel in panels {
         for t in panel["targets"].as_array().unwrap() {
