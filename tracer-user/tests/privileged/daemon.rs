@@ -579,6 +579,45 @@ fn record_cgroup_holds_for_its_replays() {
 }
 privileged!(record_cgroup_holds_for_its_replays);
 
+/// A node's files as containerd leaves them for a running container of
+/// pod `shop/web-7d9f8-x2x4q`, container `nginx`.
+fn containerd_node(id: &str) -> crate::support::real::TempDir {
+    let node = crate::support::real::TempDir::new("node");
+    let bundle = node.path.join(format!(
+        "run/containerd/io.containerd.runtime.v2.task/k8s.io/{id}"
+    ));
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        r#"{"ociVersion":"1.1.0","annotations":{
+            "io.kubernetes.cri.container-type":"container",
+            "io.kubernetes.cri.sandbox-namespace":"shop",
+            "io.kubernetes.cri.sandbox-name":"web-7d9f8-x2x4q",
+            "io.kubernetes.cri.container-name":"nginx"}}"#,
+    )
+    .unwrap();
+    node
+}
+
+/// The report's group of the contained server names its pod; the free
+/// one's names none.
+fn report_names_the_pod(report: &crate::support::tracer::Finished, inside: u16, outside: u16) {
+    // The report names the pod of the group's process.
+    let groups = report.lines[0]["groups"].as_array().unwrap().clone();
+    let server = groups
+        .iter()
+        .find(|g| g["comm"] == "tl-server" && g["local_port"] == inside)
+        .unwrap_or_else(|| panic!("no contained server group: {groups:?}"));
+    assert_eq!(server["namespace"], "shop", "{server}");
+    assert_eq!(server["pod"], "web-7d9f8-x2x4q", "{server}");
+    assert_eq!(server["container"], "nginx", "{server}");
+    let free = groups
+        .iter()
+        .find(|g| g["comm"] == "tl-server" && g["local_port"] == outside)
+        .unwrap_or_else(|| panic!("no free server group: {groups:?}"));
+    assert!(free.get("pod").is_none(), "not in a pod: {free}");
+}
+
 /// A pod's container as a Kubernetes node has it: a real cgroup under the
 /// kubelet's systemd layout and containerd's bundle with its annotations
 /// (in a directory given as the node's root): the daemon labels its series
@@ -597,20 +636,7 @@ fn kubernetes_names_come_from_the_nodes_files() {
     let cgroups = TestCgroup {
         dirs: vec![parent, pod_slice, scope.clone()],
     };
-    let node = crate::support::real::TempDir::new("node");
-    let bundle = node.path.join(format!(
-        "run/containerd/io.containerd.runtime.v2.task/k8s.io/{id}"
-    ));
-    std::fs::create_dir_all(&bundle).unwrap();
-    std::fs::write(
-        bundle.join("config.json"),
-        r#"{"ociVersion":"1.1.0","annotations":{
-            "io.kubernetes.cri.container-type":"container",
-            "io.kubernetes.cri.sandbox-namespace":"shop",
-            "io.kubernetes.cri.sandbox-name":"web-7d9f8-x2x4q",
-            "io.kubernetes.cri.container-name":"nginx"}}"#,
-    )
-    .unwrap();
+    let node = containerd_node(id);
     let node_root = node.path.to_string_lossy().to_string();
     let ports = format!("{inside},{outside}");
     let listen = loopback_addr();
@@ -660,21 +686,7 @@ fn kubernetes_names_come_from_the_nodes_files() {
     assert!(one_pod.wait_for(Duration::from_secs(10), |l| server_records(l) == 2));
     let all = all.stop();
     let one_pod = one_pod.stop();
-    // The report names the pod of the group's process.
-    let report = report.stop();
-    let groups = report.lines[0]["groups"].as_array().unwrap().clone();
-    let server = groups
-        .iter()
-        .find(|g| g["comm"] == "tl-server" && g["local_port"] == inside)
-        .unwrap_or_else(|| panic!("no contained server group: {groups:?}"));
-    assert_eq!(server["namespace"], "shop", "{server}");
-    assert_eq!(server["pod"], "web-7d9f8-x2x4q", "{server}");
-    assert_eq!(server["container"], "nginx", "{server}");
-    let free = groups
-        .iter()
-        .find(|g| g["comm"] == "tl-server" && g["local_port"] == outside)
-        .unwrap_or_else(|| panic!("no free server group: {groups:?}"));
-    assert!(free.get("pod").is_none(), "not in a pod: {free}");
+    report_names_the_pod(&report.stop(), inside, outside);
     let in_pod = |l: &&Value| l["pod"] == "web-7d9f8-x2x4q";
     let named: Vec<&Value> = all.lines.iter().filter(in_pod).collect();
     assert_eq!(
