@@ -136,7 +136,8 @@ CREATE TABLE IF NOT EXISTS minutes (
     connections INTEGER NOT NULL,
     kept_skipped INTEGER NOT NULL
 );
--- One group's minute: the main figures as columns, everything in data (JSON).
+-- One group's minute: the main figures as columns, everything in data
+-- (JSON, zstd-compressed).
 CREATE TABLE IF NOT EXISTS slices (
     start_ms INTEGER NOT NULL,
     comm TEXT,
@@ -181,6 +182,26 @@ CREATE TABLE IF NOT EXISTS connections (
 );
 CREATE INDEX IF NOT EXISTS connections_end ON connections (end_ms);
 ";
+
+/// A slice as stored: JSON, zstd-compressed (a group's minute is mostly
+/// distributions, which compress several times over).
+fn pack(slice: &Slice) -> std::io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(slice)?;
+    zstd::bulk::compress(&json, 3)
+}
+
+/// A slice back: compressed JSON, or plain JSON text (what `sqlite3`
+/// users may insert by hand).
+fn unpack(data: &[u8]) -> Option<Slice> {
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    if data.starts_with(&ZSTD_MAGIC) {
+        // A minute of one group is far below this; more is not a slice.
+        let json = zstd::bulk::decompress(data, 64 << 20).ok()?;
+        serde_json::from_slice(&json).ok()
+    } else {
+        serde_json::from_slice(data).ok()
+    }
+}
 
 fn comm_of(key: &GroupKey) -> Option<String> {
     key.comm.map(|c| c.to_string())
@@ -335,7 +356,7 @@ impl Store {
                     i64_of(counts.kept_skipped),
                 ])?;
                 for s in slices {
-                    let data = serde_json::to_string(s)
+                    let data = pack(s)
                         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
                     let st = &s.stats;
                     slice.execute(params![
@@ -726,15 +747,15 @@ impl History {
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![span.from_ms, span.to_ms], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                Ok((r.get::<_, i64>(0)?, r.get_ref(1)?.as_bytes()?.to_vec()))
             })
             .map_err(|e| self.err(e))?;
         let (mut out, mut unreadable) = (Vec::new(), 0);
         for row in rows {
             let (start, data) = row.map_err(|e| self.err(e))?;
-            match serde_json::from_str::<Slice>(&data) {
-                Ok(s) => out.push((start, s)),
-                Err(_) => unreadable += 1,
+            match unpack(&data) {
+                Some(s) => out.push((start, s)),
+                None => unreadable += 1,
             }
         }
         Ok((out, unreadable))
@@ -878,6 +899,24 @@ mod tests {
         };
         let (slices, _) = history.slices(second).unwrap();
         assert_eq!(slices, vec![(t0 + 60_000, slice(80, 5))]);
+        // Stored compressed; a row of plain JSON (put there by hand) reads
+        // too, and one that is neither is counted, not fatal.
+        let plain = serde_json::to_string(&slice(443, 9)).unwrap();
+        for data in [
+            rusqlite::types::Value::Text(plain),
+            rusqlite::types::Value::Blob(vec![0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3]),
+        ] {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO slices VALUES (?1, NULL, 'client', 'x', 0, 0, 0, 0, 0, 0, 0, 0, 0, ?2)",
+                    params![t0 + 60_000, data],
+                )
+                .unwrap();
+        }
+        let (slices, unreadable) = history.slices(second).unwrap();
+        assert_eq!((slices.len(), unreadable), (2, 1));
+        assert_eq!(slices[1].1, slice(443, 9));
         let _ = fs::remove_dir_all(&dir);
     }
 
