@@ -155,7 +155,7 @@ CREATE TABLE IF NOT EXISTS slices (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS slices_start ON slices (start_ms);
--- A finding from first to last seen, at its worst (peak: JSON).
+-- A finding from first to last seen, at its worst (peak: JSON, zstd-compressed).
 CREATE TABLE IF NOT EXISTS findings (
     run_ms INTEGER NOT NULL,
     life INTEGER NOT NULL,
@@ -183,16 +183,17 @@ CREATE TABLE IF NOT EXISTS connections (
 CREATE INDEX IF NOT EXISTS connections_end ON connections (end_ms);
 ";
 
-/// A slice as stored: JSON, zstd-compressed (a group's minute is mostly
-/// distributions, which compress several times over).
-fn pack(slice: &Slice) -> std::io::Result<Vec<u8>> {
-    let json = serde_json::to_vec(slice)?;
+/// A slice or a finding as stored: JSON, zstd-compressed (a group's
+/// minute is mostly distributions, a finding mostly words: both compress
+/// several times over).
+fn pack<T: serde::Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+    let json = serde_json::to_vec(value)?;
     zstd::bulk::compress(&json, 3)
 }
 
-/// A slice back: compressed JSON, or plain JSON text (what `sqlite3`
+/// A value back: compressed JSON, or plain JSON text (what `sqlite3`
 /// users may insert by hand).
-fn unpack(data: &[u8]) -> Option<Slice> {
+fn unpack<T: serde::de::DeserializeOwned>(data: &[u8]) -> Option<T> {
     const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
     if data.starts_with(&ZSTD_MAGIC) {
         // A minute of one group is far below this; more is not a slice.
@@ -387,7 +388,7 @@ impl Store {
                  end_ms = excluded.end_ms, peak = excluded.peak",
             )?;
             for l in &batch.lives {
-                let peak = serde_json::to_string(&l.peak)
+                let peak = pack(&l.peak)
                     .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
                 let severity = l.peak.finding().map_or("unknown", |f| f.severity().name());
                 life.execute(params![
@@ -779,15 +780,15 @@ impl History {
                     r.get::<_, i64>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, String>(5)?,
+                    r.get_ref(5)?.as_bytes()?.to_vec(),
                 ))
             })
             .map_err(|e| self.err(e))?;
         let (mut out, mut unreadable) = (Vec::new(), 0);
         for row in rows {
             let (run_ms, life, start_ms, last_ms, end_ms, peak) = row.map_err(|e| self.err(e))?;
-            match serde_json::from_str::<StoredFinding>(&peak) {
-                Ok(peak) => out.push(StoredLife {
+            match unpack::<StoredFinding>(&peak) {
+                Some(peak) => out.push(StoredLife {
                     run_ms,
                     life: u64_of(life),
                     start_ms,
@@ -795,7 +796,7 @@ impl History {
                     end_ms,
                     peak,
                 }),
-                Err(_) => unreadable += 1,
+                None => unreadable += 1,
             }
         }
         Ok((out, unreadable))
