@@ -451,9 +451,19 @@ fn since_and_until_cut_a_window_of_the_replay() {
 
 #[test]
 fn a_window_needs_a_recording_and_an_order() {
-    let out = tcplinger(&["report", "--since", "5s"]);
+    let out = tcplinger(&["watch", "--since", "5s"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(one_line(&out).contains("--from"));
+    // `report --since` without a recording asks the daemon's history.
+    let out = tcplinger(&[
+        "report",
+        "--since",
+        "5s",
+        "--history-dir",
+        "/nonexistent/tcplinger",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_line(&out).contains("no history at /nonexistent/tcplinger/history.db"));
     let path = recording("go_keepalive_is_healthy");
     // The second of the same kind, or of different kinds compared once the
     // recording's start is known.

@@ -9,7 +9,7 @@ use tracer_user::model::{
 };
 
 use crate::support::{
-    real::{Proc, TempDir, comm_of, curl_loop, python, sources},
+    real::{TempDir, comm_of, curl_loop, forkserver},
     scene::{Scene, loopback_addr},
     tracer::{Tcplinger, tcplinger},
     wait_until,
@@ -58,28 +58,6 @@ fn leaks(lives: &[Value]) -> Vec<&Value> {
         .iter()
         .filter(|l| l["pathology"] == "close_wait_leak")
         .collect()
-}
-
-/// The forking Python server (its child accepts and never reads or
-/// closes): the server, and its child's pid.
-fn forkserver(scene: &Scene) -> (Proc, u32) {
-    let script = sources().join("python/forkserver.py");
-    let server = Proc::spawn(
-        &scene.net.server_ns,
-        python(),
-        &[
-            &script.to_string_lossy(),
-            &scene.server_ip().to_string(),
-            &scene.port_arg(),
-        ],
-    );
-    let line = server.expect_line("listening");
-    let child: u32 = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("child="))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no child pid in {line:?}"));
-    (server, child)
 }
 
 /// Waits for the daemon to log `event` for a finding of `pathology`.

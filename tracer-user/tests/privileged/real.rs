@@ -4,7 +4,7 @@ use serde_json::Value;
 use tracer_user::model::{aggregate::IDLE_AFTER_NS, diagnose::CLOSE_WAIT_LEAK_AGE_MS};
 
 use crate::support::{
-    real::{self, Nginx, Proc, TempDir, comm_of, curl_loop, python, sources},
+    real::{self, Nginx, Proc, TempDir, comm_of, curl_loop, forkserver, python, sources},
     scene::{Scene, loopback_addr},
     tracer::{Tcplinger, replayed},
     wait_until,
@@ -618,22 +618,7 @@ privileged!(real_python_http_server_with_curl);
 /// and never reads or closes. The leak is the child's, with its fds.
 fn real_python_prefork_close_wait_leak() {
     let scene = Scene::new();
-    let script = sources().join("python/forkserver.py");
-    let server = Proc::spawn(
-        &scene.net.server_ns,
-        python(),
-        &[
-            &script.to_string_lossy(),
-            &scene.server_ip().to_string(),
-            &scene.port_arg(),
-        ],
-    );
-    let line = server.expect_line("listening");
-    let child: u32 = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("child="))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no child pid in {line:?}"));
+    let (server, child) = forkserver(&scene);
     let tracer = start_report(&scene, "python_prefork_close_wait_leak");
     // curl gives up after 0.5 s and closes: the server side is left in
     // CLOSE_WAIT, in the child.
@@ -782,22 +767,7 @@ fn real_daemon_reports_a_late_leak_among_many_programs() {
         p.finish();
     }
     drop(go_server);
-    let script = sources().join("python/forkserver.py");
-    let mut server = Proc::spawn(
-        &scene.net.server_ns,
-        python(),
-        &[
-            &script.to_string_lossy(),
-            &scene.server_ip().to_string(),
-            &scene.port_arg(),
-        ],
-    );
-    let line = server.expect_line("listening");
-    let child: u32 = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("child="))
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let (mut server, child) = forkserver(&scene);
     let child_comm = comm_of(child);
     curl_loop(&scene.net.client_ns, &scene.url(), 6, "-m 0.5");
     let leak = |lines: &[Value]| {

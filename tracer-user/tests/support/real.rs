@@ -356,3 +356,26 @@ pub fn curl_loop(ns: &str, url: &str, count: u32, extra: &str) -> Vec<u32> {
 pub fn python() -> &'static str {
     "/usr/bin/python3"
 }
+
+/// The forking Python server of `tests/real/python/forkserver.py` in the
+/// scene's server namespace (the parent listens, a child accepts and never
+/// reads or closes): the server, and the child's pid.
+pub fn forkserver(scene: &Scene) -> (Proc, u32) {
+    let script = sources().join("python/forkserver.py");
+    let server = Proc::spawn(
+        &scene.net.server_ns,
+        python(),
+        &[
+            &script.to_string_lossy(),
+            &scene.server_ip().to_string(),
+            &scene.port_arg(),
+        ],
+    );
+    let line = server.expect_line("listening");
+    let child: u32 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("child="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no child pid in {line:?}"));
+    (server, child)
+}
