@@ -203,7 +203,7 @@ fn daemon_history_moves_a_damaged_store_aside() {
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(std::fs::read(&aside[0]).unwrap(), garbage);
-    // The new store is whole: it reads, and holds nothing yet.
+    // The new store is whole: it reads.
     let out = tcplinger(&[
         "history",
         "--history-dir",
