@@ -11,7 +11,7 @@ use super::{Output, output_result};
 use crate::{
     host::history::{History, Span},
     model::{
-        aggregate::{GroupKey, Peers},
+        aggregate::GroupKey,
         diagnose::{self, Finding},
         history::{StoredLife, restore},
         select::Selection,
@@ -172,7 +172,7 @@ pub fn report(s: &settings::Report, dir: &Path) -> anyhow::Result<()> {
     warn_unreadable(unreadable, "minutes");
     let kept: Vec<&(i64, crate::model::history::Slice)> = slices
         .iter()
-        .filter(|(_, slice)| admits(selection, &slice.key, one_peer(&slice.peers)))
+        .filter(|(_, slice)| admits(selection, &slice.key, slice.peers.single()))
         .collect();
     // Each group's pod as its last minute in the window said, and its
     // closes minute by minute (unix ns on the timeline).
@@ -264,8 +264,4 @@ pub fn report(s: &settings::Report, dir: &Path) -> anyhow::Result<()> {
         counts.dropped,
     );
     output_result(&name, written?)
-}
-
-fn one_peer(peers: &Peers) -> Option<std::net::IpAddr> {
-    peers.single()
 }

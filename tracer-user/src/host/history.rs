@@ -23,6 +23,7 @@ use tracer_common::TcpState;
 
 use crate::model::{
     aggregate::GroupKey,
+    diagnose::Pathology,
     history::{Slice, StoredFinding, StoredLife},
     tracker::ClosedBy,
 };
@@ -390,7 +391,8 @@ impl Store {
             for l in &batch.lives {
                 let peak = pack(&l.peak)
                     .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                let severity = l.peak.finding().map_or("unknown", |f| f.severity().name());
+                let severity = Pathology::from_id(&l.peak.pathology)
+                    .map_or("unknown", |p| p.severity().name());
                 life.execute(params![
                     l.run_ms,
                     i64_of(l.life),

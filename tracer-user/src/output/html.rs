@@ -2,12 +2,15 @@
 
 use std::{fmt::Write as _, time::SystemTime};
 
+use tracer_common::TcpState;
+
 use super::report::{GroupView, Report, text_name};
 use crate::model::{
     aggregate::Stats,
     dist::Dist,
     human::{human, human_ms},
     timeline::{Closes, Timeline},
+    tracker::ClosedBy,
 };
 
 /// What a page draws beyond the report's figures.
@@ -258,14 +261,13 @@ fn group(out: &mut String, v: &GroupView, report: &Report, p: &Pictures) {
         esc(&title),
         s.opened,
         s.closed,
-        s.closed_by(crate::model::tracker::ClosedBy::Local),
-        s.closed_by(crate::model::tracker::ClosedBy::Remote),
-        s.closed_by(crate::model::tracker::ClosedBy::ResetLocal)
-            + s.closed_by(crate::model::tracker::ClosedBy::ResetRemote),
-        v.group.now.count(tracer_common::TcpState::Established),
-        v.group.now.count(tracer_common::TcpState::CloseWait),
-        v.group.now.count(tracer_common::TcpState::FinWait2),
-        v.group.now.count(tracer_common::TcpState::TimeWait),
+        s.closed_by(ClosedBy::Local),
+        s.closed_by(ClosedBy::Remote),
+        s.closed_by(ClosedBy::ResetLocal) + s.closed_by(ClosedBy::ResetRemote),
+        v.group.now.count(TcpState::Established),
+        v.group.now.count(TcpState::CloseWait),
+        v.group.now.count(TcpState::FinWait2),
+        v.group.now.count(TcpState::TimeWait),
     );
     if let Some((timeline, _)) = p.timeline {
         let series = timeline.of(v.key);

@@ -106,12 +106,10 @@ impl History {
             if line.write(r, when, named.as_ref()).is_err() {
                 continue;
             }
-            let (Ok(record), Some(key)) = (
-                String::from_utf8(line.into_inner()),
-                Some(GroupKey::of(&r.id())),
-            ) else {
+            let Ok(record) = String::from_utf8(line.into_inner()) else {
                 continue;
             };
+            let key = GroupKey::of(&r.id());
             kept.push(Kept {
                 end_ms: unix_ms(when),
                 reason: reason.into(),
