@@ -32,6 +32,12 @@ use crate::{
 
 const REFRESH: Duration = Duration::from_secs(1);
 
+/// The table gets a POD column from this many columns on (the endpoint
+/// keeps room for an IPv4 address and port).
+const POD_COLUMN_FROM: u16 = 110;
+/// Room for `namespace/pod` (longer ones are cut).
+const POD_WIDTH: u16 = 30;
+
 /// One table row, computed at each refresh.
 #[derive(Debug, Clone, PartialEq)]
 struct RowView {
@@ -46,6 +52,8 @@ struct RowView {
     oldest_close_wait_ns: u64,
     fin_wait2_p99_ms: Option<f64>,
     lingering: u64,
+    /// `namespace/pod` of its busiest process, on a Kubernetes node.
+    pod: Option<String>,
 }
 
 impl RowView {
@@ -67,6 +75,7 @@ impl RowView {
             oldest_close_wait_ns: g.now.oldest_close_wait_ns,
             fin_wait2_p99_ms: recent.fin_wait2.quantile_ms(0.99),
             lingering: g.lingering(),
+            pod: None,
         }
     }
 }
@@ -164,10 +173,17 @@ impl Model {
         let now = analysis.now_ns();
         let agg = &analysis.agg;
         let recent_s = agg.span_s(RECENT_NS, now);
+        let keys: Vec<GroupKey> = agg.groups().map(|(k, _)| *k).collect();
         self.rows = agg
             .groups()
             .map(|(k, g)| RowView::of(k, g, &agg.window(g, RECENT_NS, now), recent_s))
             .collect();
+        let mut pods = analysis.pods();
+        for (row, key) in self.rows.iter_mut().zip(&keys) {
+            row.pod = pods
+                .remove(key)
+                .map(|p| format!("{}/{}", p.namespace, p.pod));
+        }
         self.sort_rows();
         self.findings = analysis.findings();
         let events = analysis.session.counts.events;
@@ -245,13 +261,24 @@ fn draw(frame: &mut Frame, model: &mut Model) {
         status,
     );
 
-    let header = Row::new([
-        "PROCESS", "ROLE", "ENDPOINT", "ESTAB", "CW", "FW2", "TW", "NEW/s", "CW_AGE",
-    ])
-    .style(Style::new().add_modifier(Modifier::BOLD));
+    // On a Kubernetes node, the pods in a column of their own where the
+    // screen is wide enough; else the selected row's in the title.
+    let pods = model.rows.iter().any(|r| r.pod.is_some());
+    let pod_column = pods && table.width >= POD_COLUMN_FROM;
+    let mut header = vec!["PROCESS"];
+    if pod_column {
+        header.push("POD");
+    }
+    header.extend([
+        "ROLE", "ENDPOINT", "ESTAB", "CW", "FW2", "TW", "NEW/s", "CW_AGE",
+    ]);
+    let header = Row::new(header).style(Style::new().add_modifier(Modifier::BOLD));
     let rows = model.rows.iter().map(|r| {
-        Row::new([
-            r.process.clone(),
+        let mut cells = vec![r.process.clone()];
+        if pod_column {
+            cells.push(r.pod.clone().unwrap_or_else(|| "-".into()));
+        }
+        cells.extend([
             r.role.to_string(),
             r.remote.clone(),
             r.established.to_string(),
@@ -264,10 +291,14 @@ fn draw(frame: &mut Frame, model: &mut Model) {
             } else {
                 "-".into()
             },
-        ])
+        ]);
+        Row::new(cells)
     });
-    let widths = [
-        Constraint::Length(16),
+    let mut widths = vec![Constraint::Length(16)];
+    if pod_column {
+        widths.push(Constraint::Length(POD_WIDTH));
+    }
+    widths.extend([
         Constraint::Length(6),
         Constraint::Fill(1),
         Constraint::Length(6),
@@ -276,15 +307,25 @@ fn draw(frame: &mut Frame, model: &mut Model) {
         Constraint::Length(5),
         Constraint::Length(6),
         Constraint::Length(7),
-    ];
+    ]);
+    let selected_pod = model
+        .table
+        .selected()
+        .and_then(|i| model.rows.get(i))
+        .and_then(|r| r.pod.as_deref())
+        .filter(|_| pods && !pod_column);
+    let title = match selected_pod {
+        Some(pod) => format!(
+            " groups, sorted by {}  (selected: pod {pod}) ",
+            sort_name(model.sort_key())
+        ),
+        None => format!(" groups, sorted by {} ", sort_name(model.sort_key())),
+    };
     let table_widget = Table::new(rows, widths)
         .header(header)
         .column_spacing(1)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
-        .block(Block::new().borders(Borders::TOP).title(format!(
-            " groups, sorted by {} ",
-            sort_name(model.sort_key())
-        )));
+        .block(Block::new().borders(Borders::TOP).title(title));
     frame.render_stateful_widget(table_widget, table, &mut model.table);
 
     // Two lines per finding: what and who, then the figures behind it.
@@ -293,10 +334,14 @@ fn draw(frame: &mut Frame, model: &mut Model) {
     for f in model.findings.iter().take(shown) {
         lines.push(
             Line::from(format!(
-                " {} {} {}",
+                " {} {} {}{}",
                 f.pathology.id(),
                 f.process_short(),
-                f.key.endpoint()
+                f.key.endpoint(),
+                f.who
+                    .pod
+                    .as_ref()
+                    .map_or_else(String::new, |p| format!(" pod {}/{}", p.namespace, p.pod))
             ))
             .style(Style::new().add_modifier(Modifier::BOLD)),
         );
@@ -546,13 +591,47 @@ mod tests {
     }
 
     fn screen(model: &mut Model) -> String {
-        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        screen_of(model, 80)
+    }
+
+    fn screen_of(model: &mut Model, width: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, 24)).unwrap();
         terminal.draw(|f| draw(f, model)).unwrap();
         let buffer = terminal.backend().buffer().clone();
         (0..24)
-            .map(|y| (0..80).map(|x| buffer[(x, y)].symbol()).collect::<String>())
+            .map(|y| {
+                (0..width)
+                    .map(|x| buffer[(x, y)].symbol())
+                    .collect::<String>()
+            })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    #[test]
+    fn pods_get_a_column_on_a_wide_screen_and_the_title_on_a_narrow_one() {
+        let mut m = model();
+        assert!(
+            !screen_of(&mut m, 120).contains("POD"),
+            "no pods, no column"
+        );
+        m.rows[0].pod = Some("shop/web-7d9f8-x2x4q".into());
+        let wide = screen_of(&mut m, 120);
+        let header = wide.lines().find(|l| l.contains("PROCESS")).unwrap();
+        assert!(header.contains("POD"), "{wide}");
+        let row = wide.lines().find(|l| l.contains("10.0.0.2:8080")).unwrap();
+        assert!(row.contains("shop/web-7d9f8-x2x4q"), "{wide}");
+        let other = wide.lines().find(|l| l.contains("10.0.0.2:9090")).unwrap();
+        assert!(other.contains(" - "), "{wide}");
+        // 80 columns: the endpoint keeps its room; the pod of the row
+        // selected is in the title.
+        let narrow = screen(&mut m);
+        assert!(!narrow.contains("POD"), "{narrow}");
+        assert!(narrow.contains("10.0.0.2:8080"), "{narrow}");
+        assert!(!narrow.contains("shop/web"), "nothing selected: {narrow}");
+        m.table.select(Some(0));
+        let narrow = screen(&mut m);
+        assert!(narrow.contains("pod shop/web-7d9f8-x2x4q"), "{narrow}");
     }
 
     #[test]

@@ -439,7 +439,8 @@ impl Store {
             reason = "a positive size below 2^63"
         )]
         let target = (self.limits.max_bytes as f64 * PRUNE_TO) as u64;
-        // Bounded: each round drops an hour or stops.
+        // Bounded: each round drops a tenth of the span (a minute at
+        // least) or stops.
         for _ in 0..100_000 {
             if self.bytes() <= target && !vacuumed {
                 break;

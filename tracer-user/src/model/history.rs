@@ -2,7 +2,7 @@
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -13,7 +13,7 @@ use crate::model::{
     aggregate::{Aggregator, GroupKey, Now, Peers, Stats, Windowing},
     diagnose::{Figure, Finding, Pathology, STUCK_LINGER_MS, Who},
     event::PodName,
-    tracker::{ClosedBy, ConnRecord},
+    tracker::{ClosedBy, ConnRecord, LiveConn},
 };
 
 pub const MINUTE_NS: u64 = 60_000_000_000;
@@ -27,6 +27,13 @@ pub const SETTLE_NS: u64 = 15_000_000_000;
 /// At most this many connections are kept whole per minute; the rest are
 /// counted in the minute's row.
 pub const CONNECTIONS_PER_MINUTE: usize = 600;
+
+/// The connections still open behind a finding kept whole: at most this
+/// many per life of the finding (its figures count them all)...
+pub const OPEN_PER_LIFE: usize = 100;
+/// ...and this many at a look, a look a minute while it stands, so a
+/// finding that grows has its newer sockets kept too.
+pub const OPEN_PER_LOOK: usize = 25;
 
 /// One group's minute.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -343,6 +350,11 @@ impl Lives {
         out
     }
 
+    /// The findings standing now, each with its life's number.
+    pub fn standing(&self) -> impl Iterator<Item = ((Pathology, GroupKey), u64)> + '_ {
+        self.open.iter().map(|(k, l)| (*k, l.id))
+    }
+
     /// The run stops: every standing life ends when it was last seen.
     pub fn end_all(&mut self) {
         for (_, mut life) in self.open.drain() {
@@ -350,6 +362,31 @@ impl Lives {
             self.ended.push(life);
         }
     }
+}
+
+/// Which of the sockets open now stand behind a finding of group `key`:
+/// up to `room` not in `kept` yet, those in a closing state first (what
+/// the lingering findings are about), then the established ones (an
+/// unanswered request's); the longest in their state first within each.
+/// Listeners, handshakes and TIME_WAIT are never picked.
+pub fn pick_open(live: &[LiveConn], key: &GroupKey, kept: &HashSet<u64>, room: usize) -> Vec<u64> {
+    let rank = |state: TcpState| match state {
+        TcpState::FinWait1
+        | TcpState::FinWait2
+        | TcpState::Closing
+        | TcpState::CloseWait
+        | TcpState::LastAck => Some(0),
+        TcpState::Established => Some(1),
+        _ => None,
+    };
+    let mut picked: Vec<(u8, u64, u64)> = live
+        .iter()
+        .filter(|l| !kept.contains(&l.cookie) && GroupKey::of(&l.id) == *key)
+        // Unknown since (it predates the tracer): the oldest.
+        .filter_map(|l| Some((rank(l.state)?, l.since_ns.unwrap_or(0), l.cookie)))
+        .collect();
+    picked.sort_unstable();
+    picked.into_iter().take(room).map(|(_, _, c)| c).collect()
 }
 
 /// Why a finished connection is worth keeping whole: reset, or lingering
@@ -552,6 +589,36 @@ mod tests {
         assert_eq!(over[0].end_ns, Some(10 * S));
         assert_eq!(over[0].id, life.id);
         assert!(lives.take().is_empty());
+    }
+
+    #[test]
+    fn open_sockets_behind_a_finding_are_picked_closing_and_oldest_first() {
+        let server = id(1, Role::Server, 8080);
+        let key = GroupKey::of(&server);
+        let conn = |cookie, state, since_ns| LiveConn {
+            cookie,
+            id: server,
+            owner_known: true,
+            state,
+            since_ns,
+        };
+        let mut other = conn(9, TcpState::CloseWait, Some(0));
+        other.id = crate::testutil::id_named(2, "other", Role::Server, 80);
+        let live = [
+            conn(1, TcpState::Established, Some(S)),
+            conn(2, TcpState::CloseWait, Some(5 * S)),
+            conn(3, TcpState::CloseWait, Some(2 * S)),
+            conn(4, TcpState::TimeWait, Some(0)),
+            conn(5, TcpState::Listen, Some(0)),
+            conn(6, TcpState::CloseWait, None),
+            other,
+        ];
+        let none = HashSet::new();
+        assert_eq!(pick_open(&live, &key, &none, 10), [6, 3, 2, 1]);
+        assert_eq!(pick_open(&live, &key, &none, 2), [6, 3]);
+        let kept: HashSet<u64> = [6, 3].into();
+        assert_eq!(pick_open(&live, &key, &kept, 2), [2, 1]);
+        assert!(pick_open(&live, &key, &none, 0).is_empty());
     }
 
     #[test]

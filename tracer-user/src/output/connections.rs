@@ -62,7 +62,8 @@ struct JsonRecord<'a> {
     fin_wait2_end: Option<&'static str>,
     time_wait: bool,
     complete: bool,
-    /// Only on records printed at exit for sockets still lingering.
+    /// Only on records of sockets still open: those lingering when
+    /// tracing stops, those the daemon's history keeps behind a finding.
     #[serde(skip_serializing_if = "Option::is_none")]
     open_state: Option<&'static str>,
     /// The TCP socket's own figures at the first closing act.

@@ -123,7 +123,7 @@ pub fn write_kept(out: &mut impl Write, format: Format, kept: &[KeptView]) -> io
         Format::Text => {
             writeln!(
                 out,
-                "{:<24}  {:<20} {:<22} {:<7}  {:<47} {:<12} LIFETIME",
+                "{:<24}  {:<28} {:<22} {:<7}  {:<47} {:<18} LIFETIME",
                 "TIME(UTC)", "WHY", "PID/COMM", "ROLE", "LOCAL -> REMOTE", "CLOSED_BY"
             )?;
             for k in kept {
@@ -139,9 +139,14 @@ pub fn write_kept(out: &mut impl Write, format: Format, kept: &[KeptView]) -> io
                     }
                     _ => "-".into(),
                 };
+                // A connection kept while still open: the state it was in.
+                let closed = match &v["open_state"] {
+                    serde_json::Value::String(state) => format!("(open) {state}"),
+                    _ => s("closed_by"),
+                };
                 writeln!(
                     out,
-                    "{:<24}  {:<20} {:<22} {:<7}  {:<47} {:<12} {}ms",
+                    "{:<24}  {:<28} {:<22} {:<7}  {:<47} {:<18} {}ms",
                     s("ts"),
                     k.reason,
                     who,
@@ -153,7 +158,7 @@ pub fn write_kept(out: &mut impl Write, format: Format, kept: &[KeptView]) -> io
                         s("raddr"),
                         s("rport")
                     ),
-                    s("closed_by"),
+                    closed,
                     s("lifetime_ms"),
                 )?;
             }

@@ -1,9 +1,6 @@
 //! `report`, `top` and `sockets` on real TCP: each of the seven pathologies reproduced between two namespaces, its finding checked for the right process and endpoint.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use tracer_user::model::{
@@ -14,6 +11,7 @@ use tracer_user::model::{
 use crate::support::{
     require_root,
     scene::{Closer, Pace, Scene},
+    tmux::Tmux,
     tracer::Tcplinger,
     wait_until,
 };
@@ -304,66 +302,6 @@ fn sockets_shows_what_lingers_now() {
     assert_eq!(v["sockets"], 4, "{v:#}");
 }
 privileged!(sockets_shows_what_lingers_now);
-
-/// tmux on a private socket, so nothing else is disturbed.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn new() -> Self {
-        // A socket of its own per instance: a server being killed must not
-        // take the next one down with it.
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmux = Self {
-            socket: format!("tltest{}-{n}", std::process::id()),
-        };
-        tmux.run(&["new-session", "-d", "-s", "top", "-x", "80", "-y", "24"]);
-        tmux
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .expect("running tmux");
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "top"])
-    }
-
-    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            let screen = self.screen();
-            if pred(&screen) {
-                return screen;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no {what} on screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .status();
-    }
-}
 
 fn top_in_a_pty_draws_updates_and_quits() {
     let scene = Scene::new();

@@ -14,6 +14,7 @@ use crate::support::{
     peer::Peer,
     require_root,
     scene::{Closer, Pace, Scene, fresh_port, loopback_addr},
+    tmux::Tmux,
     tracer::{Tcplinger, our_programs_loaded, replayed},
     wait_until,
 };
@@ -618,6 +619,35 @@ fn report_names_the_pod(report: &crate::support::tracer::Finished, inside: u16, 
     assert!(free.get("pod").is_none(), "not in a pod: {free}");
 }
 
+/// `top` on a wide terminal, started before the traffic.
+fn top_on_the_node(ports: &str, node_root: &str) -> Tmux {
+    let tmux = Tmux::sized(120, 30);
+    let command = format!(
+        "{} top --port {ports} --node-root {node_root}",
+        env!("CARGO_BIN_EXE_tcplinger"),
+    );
+    tmux.run(&["send-keys", "-t", "top", &command, "Enter"]);
+    tmux.wait_for("the table", |s| s.contains("PROCESS"));
+    tmux
+}
+
+/// The contained server's row names its pod in the POD column; the free
+/// server's row has none.
+fn top_names_the_pod(tmux: &Tmux) {
+    let screen = tmux.wait_for("the pod's row", |s| {
+        s.lines()
+            .any(|l| l.contains("tl-server") && l.contains("shop/web-7d9f8-x2x4q"))
+    });
+    let header = screen.lines().find(|l| l.contains("PROCESS")).unwrap();
+    assert!(header.contains("POD"), "{screen}");
+    tmux.wait_for("the free server's row", |s| {
+        s.lines()
+            .filter(|l| l.contains("tl-server"))
+            .any(|l| !l.contains("shop/"))
+    });
+    tmux.run(&["send-keys", "-t", "top", "q"]);
+}
+
 /// A pod's container as a Kubernetes node has it: a real cgroup under the
 /// kubelet's systemd layout and containerd's bundle with its annotations
 /// (in a directory given as the node's root): the daemon labels its series
@@ -667,7 +697,9 @@ fn kubernetes_names_come_from_the_nodes_files() {
         "--node-root",
         &node_root,
     ]);
+    let top = top_on_the_node(&ports, &node_root);
     contained_and_free(&scene, inside, outside, &scope);
+    top_names_the_pod(&top);
     let labelled = wait_until(Duration::from_secs(10), || {
         value(
             &scrape(listen),

@@ -17,6 +17,9 @@ struct Traced {
     record: Tcplinger,
     file: TempDir,
     name: &'static str,
+    /// A daemon keeping a history of the same traffic, in its own store.
+    daemon: Tcplinger,
+    history: TempDir,
 }
 
 /// The recording's file in its directory.
@@ -44,11 +47,25 @@ fn start_report(scene: &Scene, name: &'static str) -> Traced {
         "--port",
         &port,
     ]);
+    let history = TempDir::new("history");
+    let daemon = Tcplinger::start(&[
+        "daemon",
+        "--listen",
+        &loopback_addr().to_string(),
+        "--log-format",
+        "json",
+        "--port",
+        &port,
+        "--history-dir",
+        &history.path.to_string_lossy(),
+    ]);
     Traced {
         report,
         record,
         file,
         name,
+        daemon,
+        history,
     }
 }
 
@@ -64,6 +81,8 @@ fn finish(traced: Traced) -> Value {
         record,
         file,
         name,
+        daemon,
+        history,
     } = traced;
     let run = tracer.stop();
     let recorded = record.stop();
@@ -79,6 +98,7 @@ fn finish(traced: Traced) -> Value {
         verdicts(&report),
         "the recording's report names what the live one did:\nreplayed {replayed:#}\nlive {report:#}"
     );
+    from_history(daemon, &history, &report);
     if std::env::var_os("TCPLINGER_RERECORD").is_some() {
         let kept = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/recordings")
@@ -87,6 +107,88 @@ fn finish(traced: Traced) -> Value {
         eprintln!("  recording kept as {}", kept.display());
     }
     report
+}
+
+/// The daemon that watched the same traffic is stopped once it has judged
+/// it (it logs each finding as it first sees it; a healthy scene's has
+/// nothing to wait for), and `report --since` of its history names what
+/// the live report named: the same findings, processes and endpoints.
+fn from_history(daemon: Tcplinger, history: &TempDir, live: &Value) {
+    let wanted: Vec<(Value, Value)> = live["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["pathology"].clone(), f["comm"].clone()))
+        .collect();
+    let judged = daemon.wait_for(std::time::Duration::from_mins(1), |lines| {
+        wanted.iter().all(|(pathology, comm)| {
+            lines.iter().any(|l| {
+                l["event"] == "finding" && l["pathology"] == *pathology && l["comm"] == *comm
+            })
+        })
+    });
+    let run = daemon.stop();
+    assert!(run.status.success(), "{:?}", run.stderr);
+    assert!(
+        judged,
+        "the daemon did not log {wanted:?}: {:#?}",
+        run.lines
+    );
+    let out = crate::support::tracer::tcplinger_ok(&[
+        "report",
+        "--since",
+        "1h",
+        "--format",
+        "json",
+        "--history-dir",
+        &history.path.to_string_lossy(),
+    ]);
+    let past: Value = serde_json::from_str(&out).unwrap();
+    eprintln!("  history:\n{}", summary(&past));
+    let (live_verdicts, past_verdicts) = (verdicts(live), verdicts(&past));
+    let missing: Vec<&String> = live_verdicts
+        .iter()
+        .filter(|v| !past_verdicts.contains(v))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the history misses {missing:?}:\nhistory {past_verdicts:#?}\nlive {live_verdicts:#?}"
+    );
+    // Each with the same kinds of figures (their values are the worst
+    // the daemon saw, judged on its recent window: close, not equal).
+    for f in live["findings"].as_array().unwrap() {
+        let stored = finding(
+            &past,
+            f["pathology"].as_str().unwrap(),
+            f["comm"].as_str().unwrap(),
+        );
+        let names = |f: &Value| {
+            let mut n: Vec<String> = f["evidence"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            n.sort();
+            n
+        };
+        assert_eq!(names(stored), names(f), "history {stored}\nlive {f}");
+    }
+    // The minutes stored add up to what the live report counted.
+    let counts = |report: &Value| {
+        let mut c: Vec<String> = report["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                format!(
+                    "{} {} {} opened {} closed {}",
+                    g["comm"], g["role"], g["endpoint"], g["opened"], g["closed"]
+                )
+            })
+            .collect();
+        c.sort();
+        c
+    };
+    assert_eq!(counts(&past), counts(live), "groups: history, then live");
 }
 
 /// `report --from PATH --format json`, as an unprivileged user would run it.

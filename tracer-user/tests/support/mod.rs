@@ -6,6 +6,7 @@ pub mod netns;
 pub mod peer;
 pub mod real;
 pub mod scene;
+pub mod tmux;
 pub mod tracer;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,10 @@
 //! The daemon's side of its history: gathers each settled minute (the groups' slices, the tracer's counters), the findings' lives and the connections worth keeping whole, and hands them to the store's thread once a minute.
 
-use std::{collections::BTreeMap, sync::atomic::Ordering, time::SystemTime};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::atomic::Ordering,
+    time::SystemTime,
+};
 
 use crate::{
     cmd::daemon::metrics::HistoryLosses,
@@ -10,9 +14,10 @@ use crate::{
     model::diagnose::{Finding, Pathology},
     model::event::PodName,
     model::history::{
-        CONNECTIONS_PER_MINUTE, Life, Lives, MINUTE_NS, Slice, Slicer, StoredLife, notable,
+        CONNECTIONS_PER_MINUTE, Life, Lives, MINUTE_NS, OPEN_PER_LIFE, OPEN_PER_LOOK, Slice,
+        Slicer, StoredLife, notable, pick_open,
     },
-    model::tracker::ConnRecord,
+    model::tracker::{ConnRecord, LiveConn},
     output::{Format, connections::ConnectionWriter},
 };
 
@@ -61,6 +66,16 @@ pub struct History {
     skipped: BTreeMap<u64, u64>,
     /// And in all.
     not_kept: u64,
+    /// The open connections kept for each finding standing.
+    open_kept: BTreeMap<(Pathology, GroupKey), OpenKept>,
+}
+
+/// The open connections kept for one life of a finding.
+struct OpenKept {
+    life: u64,
+    /// When they were last looked for.
+    looked_ns: u64,
+    cookies: HashSet<u64>,
 }
 
 impl History {
@@ -74,6 +89,7 @@ impl History {
             kept: BTreeMap::new(),
             skipped: BTreeMap::new(),
             not_kept: 0,
+            open_kept: BTreeMap::new(),
         }
     }
 
@@ -92,31 +108,90 @@ impl History {
     /// them (with the pod `pod` names for a cgroup).
     pub fn on_records(&mut self, records: &[ConnRecord], clock: &WallClock, pod: &mut Pods) {
         for r in records {
-            let Some(reason) = notable(r) else { continue };
-            let minute = r.end_ns / MINUTE_NS;
-            let kept = self.kept.entry(minute).or_default();
-            if kept.len() >= CONNECTIONS_PER_MINUTE {
-                *self.skipped.entry(minute).or_default() += 1;
-                self.not_kept += 1;
-                continue;
+            if let Some(reason) = notable(r) {
+                self.keep(r, reason.into(), clock, pod);
             }
-            let when = clock.wall(r.end_ns);
-            let mut line = ConnectionWriter::new(Vec::new(), Format::Json);
-            let named = r.owner.and_then(|o| pod(o.cgroup_id));
-            if line.write(r, when, named.as_ref()).is_err() {
-                continue;
-            }
-            let Ok(record) = String::from_utf8(line.into_inner()) else {
+        }
+    }
+
+    /// The findings standing whose open connections are due to be kept:
+    /// a new one at once, then a look a minute while it stands.
+    pub fn open_wanted(&mut self, now_ns: u64) -> Vec<(Pathology, GroupKey)> {
+        let standing: BTreeMap<(Pathology, GroupKey), u64> = self.lives.standing().collect();
+        // A life over (or a new life of the same finding) starts afresh.
+        self.open_kept
+            .retain(|k, o| standing.get(k).is_some_and(|&life| life == o.life));
+        standing
+            .into_iter()
+            .filter(|(k, life)| {
+                self.open_kept.get(k).is_none_or(|o| {
+                    o.life != *life
+                        || (o.cookies.len() < OPEN_PER_LIFE
+                            && now_ns.saturating_sub(o.looked_ns) >= MINUTE_NS)
+                })
+            })
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Keeps the connections still open behind the findings `wanted`
+    /// (from [`Self::open_wanted`]), picked from `live`, their records
+    /// drawn by `record` at `now_ns`.
+    pub fn keep_open(
+        &mut self,
+        wanted: &[(Pathology, GroupKey)],
+        live: &[LiveConn],
+        record: impl Fn(u64) -> Option<ConnRecord>,
+        now_ns: u64,
+        clock: &WallClock,
+        pod: &mut Pods,
+    ) {
+        let standing: BTreeMap<(Pathology, GroupKey), u64> = self.lives.standing().collect();
+        for k in wanted {
+            let Some(&life) = standing.get(k) else {
                 continue;
             };
-            let key = GroupKey::of(&r.id());
-            kept.push(Kept {
-                end_ms: unix_ms(when),
-                reason: reason.into(),
-                key,
-                record: record.trim_end().to_string(),
+            let open = self.open_kept.entry(*k).or_insert_with(|| OpenKept {
+                life,
+                looked_ns: now_ns,
+                cookies: HashSet::new(),
             });
+            open.looked_ns = now_ns;
+            let room = OPEN_PER_LOOK.min(OPEN_PER_LIFE.saturating_sub(open.cookies.len()));
+            let picked = pick_open(live, &k.1, &open.cookies, room);
+            open.cookies.extend(&picked);
+            let reason = format!("open_at_{}", k.0.id());
+            for r in picked.into_iter().filter_map(&record) {
+                self.keep(&r, reason.clone(), clock, pod);
+            }
         }
+    }
+
+    /// One connection kept whole, in the minute it ended in (or was seen
+    /// open in), within the minute's share.
+    fn keep(&mut self, r: &ConnRecord, reason: String, clock: &WallClock, pod: &mut Pods) {
+        let minute = r.end_ns / MINUTE_NS;
+        let kept = self.kept.entry(minute).or_default();
+        if kept.len() >= CONNECTIONS_PER_MINUTE {
+            *self.skipped.entry(minute).or_default() += 1;
+            self.not_kept += 1;
+            return;
+        }
+        let when = clock.wall(r.end_ns);
+        let mut line = ConnectionWriter::new(Vec::new(), Format::Json);
+        let named = r.owner.and_then(|o| pod(o.cgroup_id));
+        if line.write(r, when, named.as_ref()).is_err() {
+            return;
+        }
+        let Ok(record) = String::from_utf8(line.into_inner()) else {
+            return;
+        };
+        kept.push(Kept {
+            end_ms: unix_ms(when),
+            reason,
+            key: GroupKey::of(&r.id()),
+            record: record.trim_end().to_string(),
+        });
     }
 
     /// After an analysis: the picture of the minute that just ended, and

@@ -266,6 +266,7 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
                             |k| findings_log.is_standing(k),
                             now,
                         );
+                        keep_open(h, &mut analysis, now);
                     }
                 }
                 Wake::Step(_) => feed_metrics(&mut analysis, &shared, history.as_mut()),
@@ -291,19 +292,55 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
     let _ = stop_server.send(());
     let _ = server.join();
     analysis.stop().await.context("stopping")?;
-    if let Some(mut h) = history {
-        // What the last drain brought, then every minute so far.
-        if let Some(fed) = analysis.tap.as_mut().map(std::mem::take) {
-            let host = &mut analysis.session.host;
-            let clock = host.wall_clock();
-            h.on_records(&fed.records, &clock, &mut |c| host.pod(c));
-        }
-        let (totals, now, clock) = totals(&mut analysis);
-        let host = &mut analysis.session.host;
-        h.finish(&analysis.agg, totals, now, &clock, &mut |c| host.pod(c));
+    if let Some(h) = history {
+        close_history(h, &mut analysis, &findings_log);
     }
     eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));
     result
+}
+
+/// The daemon stops: what the last drain brought, a last judgement on all
+/// that was drained (the findings' lives hold the evidence of the seconds
+/// since the last analysis too), then every minute so far.
+fn close_history(mut h: History, analysis: &mut Analysis, findings_log: &FindingLog) {
+    if let Some(fed) = analysis.tap.as_mut().map(std::mem::take) {
+        let host = &mut analysis.session.host;
+        let clock = host.wall_clock();
+        h.on_records(&fed.records, &clock, &mut |c| host.pod(c));
+    }
+    let findings = analysis.findings();
+    let now = analysis.now_ns();
+    h.on_analysis(
+        &analysis.agg,
+        &findings,
+        |k| findings_log.is_standing(k),
+        now,
+    );
+    let (totals, now, clock) = totals(analysis);
+    let host = &mut analysis.session.host;
+    h.finish(&analysis.agg, totals, now, &clock, &mut |c| host.pod(c));
+}
+
+/// The connections still open behind the findings standing, kept whole
+/// in the history when due.
+fn keep_open(h: &mut History, analysis: &mut Analysis, now: u64) {
+    let wanted = h.open_wanted(now);
+    if wanted.is_empty() {
+        return;
+    }
+    let live = analysis.live_resolved();
+    let session = &mut analysis.session;
+    let clock = session.host.wall_clock();
+    let tracker = &session.tracker;
+    let host = &mut session.host;
+    h.keep_open(
+        &wanted,
+        &live,
+        |cookie| tracker.open_record(cookie, now),
+        now,
+        &clock,
+        &mut |c| host.pod(c),
+    );
 }
 
 /// The store and its thread, opened before tracing starts.

@@ -89,34 +89,20 @@ impl Tracker {
             self.pass_opened(&mut conn, true);
             let tcp = self.figures.remove(&cookie);
             match conn.phase {
-                Phase::Live => {
-                    let state = conn.state;
+                Phase::Live
                     if !matches!(
-                        state,
+                        conn.state,
                         TcpState::FinWait1
                             | TcpState::FinWait2
                             | TcpState::Closing
                             | TcpState::CloseWait
                             | TcpState::LastAck
-                    ) {
-                        continue;
-                    }
-                    if let Some(since) = conn.since() {
-                        conn.times.add(state, now_ns.saturating_sub(since));
-                    }
-                    if state == TcpState::FinWait2 {
-                        conn.fin_wait2_end = Some(Fw2End::Open);
-                    }
-                    out.push(conn.record(tcp, cookie, now_ns, now_ns, Some(state)));
-                }
+                    ) => {}
                 Phase::Closed { at_ns, .. } => {
                     out.push(conn.record(tcp, cookie, at_ns, at_ns, None));
                 }
-                Phase::Fw2Timewait { closed_ns, .. } => {
-                    conn.times
-                        .add(TcpState::FinWait2, now_ns.saturating_sub(closed_ns));
-                    conn.fin_wait2_end = Some(Fw2End::Open);
-                    out.push(conn.record(tcp, cookie, now_ns, closed_ns, Some(TcpState::FinWait2)));
+                Phase::Live | Phase::Fw2Timewait { .. } => {
+                    out.extend(timed_open(conn, tcp, cookie, now_ns));
                 }
             }
         }
@@ -124,5 +110,45 @@ impl Tracker {
         self.figures.clear();
         self.closing.clear();
         out
+    }
+}
+
+impl Tracker {
+    /// A socket still open, as a record timed up to `now_ns` with its
+    /// state in `open_state`, the socket left as it is: what the daemon
+    /// keeps of the connections standing behind a finding. `None` for a
+    /// socket unknown or already closed.
+    pub fn open_record(&self, cookie: u64, now_ns: u64) -> Option<ConnRecord> {
+        let conn = self.conns.peek(&cookie)?.clone();
+        timed_open(conn, self.figures.get(&cookie).copied(), cookie, now_ns)
+    }
+}
+
+/// An open socket's record at `now_ns`: the time in its present state
+/// added; a FIN_WAIT2 not over yet is said to be open.
+fn timed_open(
+    mut conn: Conn,
+    tcp: Option<tracer_common::TcpFigures>,
+    cookie: u64,
+    now_ns: u64,
+) -> Option<ConnRecord> {
+    match conn.phase {
+        Phase::Live => {
+            let state = conn.state;
+            if let Some(since) = conn.since() {
+                conn.times.add(state, now_ns.saturating_sub(since));
+            }
+            if state == TcpState::FinWait2 {
+                conn.fin_wait2_end = Some(Fw2End::Open);
+            }
+            Some(conn.record(tcp, cookie, now_ns, now_ns, Some(state)))
+        }
+        Phase::Fw2Timewait { closed_ns, .. } => {
+            conn.times
+                .add(TcpState::FinWait2, now_ns.saturating_sub(closed_ns));
+            conn.fin_wait2_end = Some(Fw2End::Open);
+            Some(conn.record(tcp, cookie, now_ns, closed_ns, Some(TcpState::FinWait2)))
+        }
+        Phase::Closed { .. } => None,
     }
 }

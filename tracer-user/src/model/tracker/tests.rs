@@ -631,6 +631,38 @@ fn finish_reports_lingering_sockets_only() {
 }
 
 #[test]
+fn an_open_socket_is_read_as_a_record_and_left_as_it_is() {
+    let mut t = tracker();
+    let s = Sock::server(52);
+    t.on_record(&s.step(0, Close, Listen));
+    feed(&mut t, &server_open(&s));
+    feed(&mut t, &[s.unowned_step(1000, Established, CloseWait)]);
+    let r = t.open_record(52, 4000 * MS).expect("open");
+    assert_eq!(r.open_state, Some(CloseWait));
+    assert_eq!(r.closed_by, ClosedBy::Remote);
+    assert_eq!(ms(r.states.get(CloseWait)), Some(3000.0));
+    assert_eq!(r.end_ns, 4000 * MS);
+    // Read again later: timed from the state's start, not from the read.
+    let later = t.open_record(52, 5000 * MS).expect("still open");
+    assert_eq!(ms(later.states.get(CloseWait)), Some(4000.0));
+    assert_eq!(t.live().count(), 1);
+    assert!(t.open_record(99, 4000 * MS).is_none(), "unknown");
+    // Its close completes it as if never read.
+    feed(
+        &mut t,
+        &[
+            s.step(6000, CloseWait, LastAck),
+            s.unowned_step(6001, LastAck, Close),
+        ],
+    );
+    t.tick(u64::MAX / 2);
+    let done = only(t.take_ready());
+    assert_eq!(ms(done.states.get(CloseWait)), Some(5000.0));
+    assert_eq!(done.open_state, None);
+    assert!(t.open_record(52, 7000 * MS).is_none(), "closed");
+}
+
+#[test]
 fn a_failed_lookup_writes_waiting_sockets_as_incomplete() {
     let mut t = tracker();
     let c = Sock::client(60);
