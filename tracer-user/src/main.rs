@@ -26,6 +26,18 @@ fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(err) => return usage_exit(&err),
     };
+    // Generated from the definitions themselves: no settings to make.
+    match &parsed.cli.command {
+        cli::Command::Completions(a) => {
+            let done = cli::generate::completions(a.shell, &mut std::io::stdout().lock());
+            return generated(done.map_err(Into::into));
+        }
+        cli::Command::Manpage(a) => {
+            let done = cli::generate::manpages(a.dir.as_deref(), &mut std::io::stdout().lock());
+            return generated(done);
+        }
+        _ => {}
+    }
     let command = match cli::into_settings(parsed) {
         Ok(command) => command,
         Err(err) => {
@@ -64,8 +76,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Help and version go to stdout with success; anything else is one line
-/// on stderr and exit 2, except a bare `tcplinger`, which gets the help.
+/// The end of `completions` or `manpage`: a reader that stopped early
+/// (`| head`) is no error.
+fn generated(done: anyhow::Result<()>) -> ExitCode {
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tcplinger: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Help and version go to stdout with success; a bare `tcplinger` gets
+/// the help and exit 2; anything else is clap's own short block (what is
+/// wrong, the values allowed, a "did you mean", the usage line) on stderr
+/// under our name, and exit 2.
 fn usage_exit(err: &clap::Error) -> ExitCode {
     match err.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
@@ -77,20 +109,7 @@ fn usage_exit(err: &clap::Error) -> ExitCode {
             ExitCode::from(2)
         }
         _ => {
-            let text = err.to_string();
-            let mut lines = text.lines();
-            let first = lines.next().unwrap_or("invalid arguments");
-            let mut line = first.strip_prefix("error: ").unwrap_or(first).to_string();
-            // "the following required arguments were not provided:" lists
-            // them on the lines below: they belong on the one line.
-            if line.ends_with(':') {
-                let listed: Vec<&str> = lines
-                    .take_while(|l| l.starts_with(' '))
-                    .map(str::trim)
-                    .collect();
-                line = format!("{line} {}", listed.join(", "));
-            }
-            eprintln!("tcplinger: {line}");
+            eprint!("{}", cli::usage_block(&err.to_string()));
             ExitCode::from(2)
         }
     }

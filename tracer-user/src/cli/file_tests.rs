@@ -31,6 +31,7 @@ const EVERY_KEY: &str = r#"
 listen = "[::1]:9999"
 allow-non-loopback = true
 log-format = "json"
+include-self = true
 pid = [1, 2]
 port = [80, 443]
 comm = ["nginx", "kube-controller-manager"]
@@ -56,6 +57,7 @@ fn every_key_is_read() {
     assert_eq!(s.listen, "[::1]:9999".parse().unwrap());
     assert!(s.allow_non_loopback);
     assert_eq!(s.log_format, LogFormat::Json);
+    assert!(s.include_self);
     assert_eq!(s.comm, ["nginx", "kube-controller-manager"]);
     assert_eq!(
         s.remote,

@@ -43,6 +43,7 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             replace_output: force(a.force, a.output.is_some())?,
             output: a.output,
             max_groups: a.analysis.max_groups,
+            quiet: a.quiet,
         }),
         Flags::Top(a) => Command::Top(Top {
             from: replayed(
@@ -71,6 +72,12 @@ pub fn into_settings(parsed: Parsed) -> Result<Command, UsageError> {
             node_root: a.node_root,
         }),
         Flags::History(a) => history(a)?,
+        // main.rs answers these from the definitions before any settings.
+        Flags::Completions(_) | Flags::Manpage(_) => {
+            return Err(UsageError(
+                "completions and man pages take no settings".into(),
+            ));
+        }
         Flags::Record(a) => match (a.info, a.output) {
             (Some(path), _) => Command::RecordInfo(RecordInfo {
                 path,
@@ -116,7 +123,8 @@ fn daemon(
             },
             max_sockets: values.max_sockets,
             selection: Selection::new(&values.comm, &values.remote)
-                .with_pods(&values.namespaces, &values.pods),
+                .with_pods(&values.namespaces, &values.pods)
+                .without_pid((!values.include_self).then(std::process::id)),
             cgroup: values.cgroup.clone(),
             node_root: values.node_root.clone(),
         },
@@ -303,6 +311,7 @@ pub(super) fn daemon_values(a: &DaemonArgs) -> DaemonValues {
         listen: a.listen,
         allow_non_loopback: a.allow_non_loopback,
         log_format: a.log_format,
+        include_self: a.include_self,
         pids: a.trace.pid.clone(),
         ports: a.trace.port.clone(),
         comm: a.trace.select.comm.clone(),

@@ -2,6 +2,7 @@
 
 #[cfg(test)]
 mod file_tests;
+pub mod generate;
 mod into_settings;
 
 pub use into_settings::into_settings;
@@ -22,7 +23,7 @@ use crate::{
             parse_cgroup, parse_duration, parse_history_bytes, parse_history_days, parse_hook,
             parse_kube_name, parse_listen, parse_max_bytes, parse_max_endpoints, parse_max_groups,
             parse_max_sockets, parse_pathology, parse_pid, parse_port, parse_ring_bytes,
-            parse_speed, parse_state, parse_when,
+            parse_speed, parse_state, parse_top, parse_when,
         },
     },
 };
@@ -61,6 +62,25 @@ pub enum Command {
     /// no root where the history is readable). `report --since` gives the
     /// full report of a window.
     History(HistoryArgs),
+    /// Print the shell completion script for SHELL (e.g. `tcplinger
+    /// completions bash > /usr/share/bash-completion/completions/tcplinger`).
+    Completions(CompletionsArgs),
+    /// Print the man page, tcplinger(1); with --dir, write it and one page
+    /// per command there (tcplinger-watch.1, ...).
+    Manpage(ManpageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    /// Write tcplinger.1 and tcplinger-COMMAND.1 in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +181,11 @@ pub struct DaemonArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Judge the daemon's own sockets too (the scrapes of its metrics):
+    /// left out by default.
+    #[arg(long)]
+    pub include_self: bool,
+
     /// Only sockets whose owner's cgroup path starts with this (e.g.
     /// /kubepods.slice or /system.slice/nginx.service).
     #[arg(long, value_name = "PATH", value_parser = parse_cgroup)]
@@ -186,7 +211,7 @@ pub struct DaemonArgs {
     pub history_days: u32,
 
     /// Most bytes the history takes on disk (with its log); beyond, the
-    /// oldest hours go.
+    /// oldest minutes go.
     #[arg(long, value_name = "BYTES", default_value = crate::settings::HISTORY_MAX_BYTES, value_parser = parse_history_bytes)]
     pub history_max_bytes: u64,
 
@@ -241,6 +266,7 @@ pub struct ReportArgs {
         long,
         value_name = "N",
         default_value_t = 20,
+        value_parser = parse_top,
         allow_hyphen_values = true
     )]
     pub top: usize,
@@ -260,6 +286,11 @@ pub struct ReportArgs {
     /// report is written: a run that fails leaves it as it was.
     #[arg(long)]
     pub force: bool,
+
+    /// No progress line on stderr while tracing (there is none when stderr
+    /// is not a terminal).
+    #[arg(short, long)]
+    pub quiet: bool,
 
     #[command(flatten)]
     pub analysis: AnalysisArgs,
@@ -484,6 +515,31 @@ pub fn parse_from(
     Ok(Parsed { cli, given })
 }
 
+/// clap's error text as tcplinger prints it: our name for its `error:`,
+/// its blank lines gone, the rest (allowed values, a suggestion, the usage
+/// line, where to read more) indented under it.
+pub fn usage_block(clap_text: &str) -> String {
+    let mut out = String::new();
+    for (i, line) in clap_text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+    {
+        if i == 0 {
+            out.push_str("tcplinger: ");
+            out.push_str(line.strip_prefix("error: ").unwrap_or(line));
+        } else {
+            out.push_str("  ");
+            out.push_str(line.trim());
+        }
+        out.push('\n');
+    }
+    if out.is_empty() {
+        out.push_str("tcplinger: invalid arguments\n");
+    }
+    out
+}
+
 fn given(matches: &ArgMatches) -> HashSet<String> {
     matches
         .ids()
@@ -617,5 +673,45 @@ pub(crate) mod tests {
             watch(&["--duration", "250ms"]).trace.duration,
             Some(Duration::from_millis(250))
         );
+    }
+
+    /// The block a usage error prints: clap's own words under our name.
+    fn block(args: &[&str]) -> String {
+        usage_block(&parse(args).unwrap_err().to_string())
+    }
+
+    #[test]
+    fn a_bad_value_lists_the_values_allowed() {
+        let b = block(&["watch", "--format", "yaml"]);
+        assert!(
+            b.starts_with("tcplinger: invalid value 'yaml' for '--format <FORMAT>'"),
+            "{b}"
+        );
+        assert!(b.contains("[possible values: text, json]"), "{b}");
+        assert!(!b.contains("error:") && !b.contains("\n\n"), "{b}");
+        assert!(b.lines().skip(1).all(|l| l.starts_with("  ")), "{b}");
+        assert!(b.lines().count() <= 6, "short: {b}");
+    }
+
+    #[test]
+    fn a_mistyped_command_or_flag_gets_a_suggestion() {
+        let b = block(&["wtach"]);
+        assert!(b.contains("'wtach'") && b.contains("'watch'"), "{b}");
+        let b = block(&["report", "--duraton", "5s"]);
+        assert!(b.contains("'--duration'"), "{b}");
+    }
+
+    #[test]
+    fn report_top_must_list_something() {
+        let b = block(&["report", "--top", "0"]);
+        assert!(b.contains("at least 1"), "{b}");
+        assert!(parse(&["report", "--top", "1"]).is_ok());
+    }
+
+    #[test]
+    fn completions_and_manpage_parse() {
+        assert!(parse(&["completions", "bash"]).is_ok());
+        assert!(block(&["completions", "tcsh"]).contains("possible values"));
+        assert!(parse(&["manpage", "--dir", "/tmp/x"]).is_ok());
     }
 }

@@ -175,6 +175,51 @@ impl Drop for Output {
     }
 }
 
+/// Notices that the reader of stdout has gone (`watch | head -1` once it
+/// has its line) without a write to find out: a quiet host may have
+/// nothing to write for minutes. The write end of a pipe polls as
+/// `POLLERR` once no reader is left (`POLLHUP` for a hung-up terminal); a
+/// file never does.
+pub struct ReaderGone {
+    stdout: bool,
+    checked: std::time::Instant,
+}
+
+/// How often the descriptor is asked (the tracing loops turn at least
+/// every 200 ms).
+const READER_CHECK: Duration = Duration::from_millis(200);
+
+impl ReaderGone {
+    pub fn new(output: &Output) -> Self {
+        Self {
+            stdout: output.file.is_none(),
+            checked: std::time::Instant::now(),
+        }
+    }
+
+    /// True once stdout's reader is gone (asked at most every 200 ms).
+    pub fn gone(&mut self) -> bool {
+        if !self.stdout || self.checked.elapsed() < READER_CHECK {
+            return false;
+        }
+        self.checked = std::time::Instant::now();
+        let mut fd = libc::pollfd {
+            fd: libc::STDOUT_FILENO,
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the length given; no wait.
+        let ready = unsafe { libc::poll(&raw mut fd, 1, 0) };
+        ready > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+    }
+}
+
+/// What ends a run whose reader has gone: a broken pipe, as a write would
+/// have said (not an error: `output_result` takes it as the end).
+pub fn reader_gone_error() -> io::Error {
+    ErrorKind::BrokenPipe.into()
+}
+
 const SYMLINK: &str = "is a symbolic link; name the file itself (links are not followed, since tcplinger runs as root)";
 const IS_DIR: &str = "is a directory";
 const NOT_REGULAR: &str = "is not a regular file (for a pipe or a device, redirect stdout instead)";
@@ -419,6 +464,18 @@ pub fn as_recorded(
         cgroup: header.cgroup.clone(),
         selection,
         ..trace.clone()
+    }
+}
+
+/// How a run ends, as the line that starts it says: `for 20s; Ctrl-C to
+/// stop early`, or `until Ctrl-C`.
+pub fn how_to_stop(duration: Option<Duration>) -> String {
+    match duration {
+        Some(d) => format!(
+            "for {}; Ctrl-C to stop early",
+            humantime::format_duration(d)
+        ),
+        None => "until Ctrl-C".into(),
     }
 }
 

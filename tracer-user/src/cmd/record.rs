@@ -60,7 +60,8 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
             }
             Wake::Step(Progress::Seeded { open, .. }) => {
                 eprintln!(
-                    "tcplinger: tracing TCP connections, recording to {name} ({open} already open); Ctrl-C to stop"
+                    "tcplinger: tracing TCP connections, recording to {name} ({open} already open) {}",
+                    super::how_to_stop(s.duration)
                 );
             }
             Wake::Step(_) => {}

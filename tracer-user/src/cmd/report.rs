@@ -1,7 +1,7 @@
 //! `tcplinger report`: trace for a while (30 s by default, or until Ctrl-C), looking at the live sockets every second, then print the findings and the groups behind them.
 
 use std::{
-    io::{BufWriter, Write},
+    io::{BufWriter, IsTerminal as _, Write},
     time::Duration,
 };
 
@@ -23,6 +23,61 @@ use crate::{
 /// How often the sockets alive are looked at during the run: a report
 /// covers what happened in it, not only what is left at its end.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// The line a live report keeps on stderr while it traces: how far it is,
+/// what it has seen so far, what it waits for. Written over itself, and
+/// gone before the report is printed.
+struct ProgressLine {
+    on: bool,
+    shown: bool,
+}
+
+impl ProgressLine {
+    fn new(on: bool) -> Self {
+        Self { on, shown: false }
+    }
+
+    /// `12s of 30s (18s left): 4512 events, 230 connections, 1 finding so far`.
+    fn show<H: Host>(&mut self, analysis: &mut Analysis<H>, duration: Duration) {
+        if !self.on {
+            return;
+        }
+        let elapsed = Duration::from_secs_f64(analysis.window_s());
+        let left = duration.saturating_sub(elapsed);
+        let findings = analysis.findings().len();
+        let line = format!(
+            "{}s of {} ({}s left): {}, {}, {} so far; Ctrl-C ends it early",
+            elapsed.as_secs(),
+            humantime::format_duration(duration),
+            left.as_secs(),
+            crate::output::report::plural(
+                usize::try_from(analysis.session.counts.events).unwrap_or(usize::MAX),
+                "event"
+            ),
+            crate::output::report::plural(
+                usize::try_from(analysis.connections).unwrap_or(usize::MAX),
+                "connection"
+            ),
+            crate::output::report::plural(findings, "finding"),
+        );
+        self.say(&line);
+    }
+
+    fn say(&mut self, what: &str) {
+        if self.on {
+            eprint!("\r\x1b[Ktcplinger: {what}");
+            self.shown = true;
+        }
+    }
+
+    /// The line goes, so what follows starts clean.
+    fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+            self.shown = false;
+        }
+    }
+}
 
 pub async fn run(s: settings::Report) -> anyhow::Result<()> {
     if let Some(dir) = &s.history_dir {
@@ -72,6 +127,9 @@ async fn report<H: Host>(
         analysis.tap = Some(Fed::default());
     }
     let mut timeline = Timeline::new(analysis.started_ns(), TIMELINE_BUCKET_NS);
+    // A live run says how far it is, on a terminal, over one line.
+    let mut progress =
+        ProgressLine::new(s.from.is_none() && !s.quiet && std::io::stderr().is_terminal());
     loop {
         // The window opens before the first step past it: what the tracker
         // follows stays (connections open then count as already open),
@@ -89,21 +147,31 @@ async fn report<H: Host>(
             timeline = Timeline::new(at, TIMELINE_BUCKET_NS);
             analysis.tap.as_mut().map(std::mem::take);
         }
-        let wake = driver.next(&mut analysis).await?;
+        let wake = driver.next(&mut analysis).await;
+        if wake.is_err() {
+            progress.clear();
+        }
+        let wake = wake?;
         tap(&mut analysis, &mut timeline);
         match wake {
             Wake::Stop => break,
-            Wake::Tick => analysis.look(),
+            Wake::Tick => {
+                analysis.look();
+                progress.show(&mut analysis, s.duration);
+            }
             Wake::Step(Progress::Seeded { open, .. }) if s.from.is_none() => {
                 eprintln!(
-                    "tcplinger: tracing TCP connections for {} ({open} already open); Ctrl-C to stop early",
-                    humantime::format_duration(s.duration)
+                    "tcplinger: tracing TCP connections ({open} already open) {}",
+                    super::how_to_stop(Some(s.duration))
                 );
             }
             Wake::Step(_) => {}
         }
     }
-    analysis.stop().await?;
+    progress.say("stopping: reading the last records and what is still open…");
+    let stopped = analysis.stop().await;
+    progress.clear();
+    stopped?;
     tap(&mut analysis, &mut timeline);
     if let Some(at) = since {
         // The recording ended before the window opened: an empty window.

@@ -5,7 +5,7 @@ use std::{
     io::{self, BufWriter},
 };
 
-use super::{Output, output_result, stop_signal};
+use super::{Output, ReaderGone, output_result, stop_signal};
 use crate::{
     bpf::{load::LoadOptions, ring::MAX_BATCH},
     model::{
@@ -22,12 +22,13 @@ pub async fn run(settings: Watch) -> anyhow::Result<()> {
     let output = Output::open(settings.output.as_deref(), settings.replace_output)?;
     let name = output.name();
     let stop = stop_signal(settings.duration)?;
+    let until = super::how_to_stop(settings.duration);
     let result = if settings.transitions {
         transitions(
             &settings.trace.load,
             &settings.trace.node_root,
             &settings.trace.selection,
-            stop,
+            (stop, &until),
             output,
             settings.format,
         )
@@ -39,30 +40,41 @@ pub async fn run(settings: Watch) -> anyhow::Result<()> {
             let trace = super::as_recorded(&settings.trace, &host);
             let session = Session::new(host, tracker, false);
             let since = since.unwrap_or(0);
-            connections(session, &trace, since, stop, output, settings.format).await
+            connections(
+                session,
+                &trace,
+                since,
+                (stop, &until),
+                output,
+                settings.format,
+            )
+            .await
         } else {
             let session = Session::start(&settings.trace, tracker, false)?;
+            let stop = (stop, until.as_str());
             connections(session, &settings.trace, 0, stop, output, settings.format).await
         }
     };
     output_result(&name, result?)
 }
 
-/// `--transitions`: every record straight to the output.
+/// `--transitions`: every record straight to the output, until `stop`
+/// (`until` says when, to the user).
 /// Returns the output's own outcome apart, for `output_result` to judge.
 async fn transitions(
     options: &LoadOptions,
     node_root: &std::path::Path,
     selection: &Selection,
-    stop: impl Future<Output = ()>,
+    (stop, until): (impl Future<Output = ()>, &str),
     output: Output,
     format: Format,
 ) -> anyhow::Result<io::Result<()>> {
     let mut host = LiveHost::start(options, node_root, false)?;
+    let mut reader = ReaderGone::new(&output);
     // Attached: only now may a file being replaced be emptied.
     let mut out = TransitionWriter::new(BufWriter::new(output.begin()?), format);
     super::warn(host.take_warnings());
-    eprintln!("tcplinger: tracing TCP state changes; Ctrl-C to stop");
+    eprintln!("tcplinger: tracing TCP state changes {until}");
     let mut counts = Counts::default();
     // Every transition is written as it happens: no step is logged in the
     // kernel, so this takes no logs (and would unfold one in full).
@@ -88,6 +100,9 @@ async fn transitions(
                 biased;
                 () = &mut stop => break,
                 _ = host.next(backlog) => {}
+            }
+            if reader.gone() {
+                return Err(super::reader_gone_error());
             }
             let malformed = counts.malformed;
             backlog = drain(&mut host, &mut out, &mut counts)? == MAX_BATCH;
@@ -123,7 +138,7 @@ async fn connections<H: Host>(
     mut session: Session<H>,
     trace: &TraceOptions,
     since: u64,
-    stop: impl Future<Output = ()>,
+    (stop, until): (impl Future<Output = ()>, &str),
     output: Output,
     format: Format,
 ) -> anyhow::Result<io::Result<()>> {
@@ -141,6 +156,7 @@ async fn connections<H: Host>(
         r.owner
             .and_then(|o| session::analysis::pod_of(host, o.cgroup_id))
     };
+    let mut reader = ReaderGone::new(&output);
     // Attached: only now may a file being replaced be emptied.
     let mut out = ConnectionWriter::new(BufWriter::new(output.begin()?), format);
     let wanted = |r: &ConnRecord| {
@@ -161,9 +177,12 @@ async fn connections<H: Host>(
                     if let Progress::Seeded { open, unreadable } = progress?
                         && !replayed
                     {
-                        announce(open, unreadable);
+                        announce(open, unreadable, until);
                     }
                 }
+            }
+            if reader.gone() {
+                return Err(super::reader_gone_error());
             }
             super::warn(session.take_warnings());
             for record in session.tracker.take_ready() {
@@ -192,7 +211,7 @@ async fn connections<H: Host>(
 }
 
 /// The line that says tracing has started, once the open sockets are known.
-pub fn announce(open: usize, unreadable: usize) {
+pub fn announce(open: usize, unreadable: usize, until: &str) {
     super::warn_unreadable(unreadable);
-    eprintln!("tcplinger: tracing TCP connections ({open} already open); Ctrl-C to stop");
+    eprintln!("tcplinger: tracing TCP connections ({open} already open) {until}");
 }

@@ -844,6 +844,17 @@ impl Aggregator {
         span_ns.min(now_ns.saturating_sub(self.started_ns)) as f64 / 1e9
     }
 
+    /// The stretch a window of `span_ns` up to `now_ns` really covers, in
+    /// seconds: windows are counted in whole buckets, from the start of
+    /// the one `span_ns` ago (never before the run began). A rate over the
+    /// window divides by this.
+    pub fn covered_s(&self, span_ns: u64, now_ns: u64) -> f64 {
+        let first = self
+            .index(now_ns.saturating_sub(span_ns))
+            .saturating_mul(self.windowing.bucket_ns);
+        now_ns.saturating_sub(first.max(self.started_ns)) as f64 / 1e9
+    }
+
     /// How long `group` has been opening connections within the window of
     /// `span_ns` up to `now_ns`, in seconds: from the start of its first
     /// bucket there with an opening. Rates divide by it, so a burst after

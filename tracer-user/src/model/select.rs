@@ -67,6 +67,8 @@ pub struct Selection {
     /// Kubernetes namespaces, and pods (`name` or `namespace/name`).
     namespaces: Vec<String>,
     pods: Vec<String>,
+    /// A process left out whatever else is selected: the daemon's own.
+    without_pid: Option<u32>,
 }
 
 impl Selection {
@@ -85,7 +87,21 @@ impl Selection {
             remotes,
             namespaces: Vec::new(),
             pods: Vec::new(),
+            without_pid: None,
         }
+    }
+
+    /// Also never the sockets of process `pid` (the daemon's own: the
+    /// scrapes of its metrics are not what it is there to judge).
+    #[must_use]
+    pub fn without_pid(mut self, pid: Option<u32>) -> Self {
+        self.without_pid = pid;
+        self
+    }
+
+    /// A socket owned by `pid` (if known) is not left out as the tool's own.
+    pub fn admits_pid(&self, pid: Option<u32>) -> bool {
+        self.without_pid.is_none() || pid != self.without_pid
     }
 
     /// Also only owners in these Kubernetes namespaces and pods (a pod as

@@ -308,9 +308,10 @@ pub fn other(agg: &Aggregator) -> GroupView<'_> {
     }
 }
 
-/// A distribution as one line of bars: `[▁▁▇█   ]  41 closes; bands …`, each bar
-/// a band of [`super::html::EDGES_MS`], scaled to the fullest.
-fn spark(d: &Dist) -> String {
+/// A distribution as bars, one per band of [`super::html::EDGES_MS`]
+/// (labelled by [`super::html::EDGE_LABELS`]), scaled to the fullest:
+/// `[▁▁▇█   ]`.
+pub fn bars(d: &Dist) -> String {
     const LEVELS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let counts = d.counts_between(&super::html::EDGES_MS);
     let max = counts.iter().copied().max().unwrap_or(0).max(1);
@@ -329,9 +330,15 @@ fn spark(d: &Dist) -> String {
             }
         })
         .collect();
+    format!("[{bars}]")
+}
+
+/// A distribution as one line of bars: `[▁▁▇█   ]  41 closes; bands …`.
+fn spark(d: &Dist) -> String {
     format!(
-        "[{bars}]  {} closes; bands {}",
-        d.count(),
+        "{}  {}; bands {}",
+        bars(d),
+        plural(usize::try_from(d.count()).unwrap_or(usize::MAX), "close"),
         super::html::EDGE_LABELS.join(" ")
     )
 }
@@ -411,9 +418,9 @@ impl Report<'_> {
 
     pub fn headline(&self) -> String {
         format!(
-            "tcplinger report: {:.1}s traced, {} events, {} dropped; {}, {}{}",
+            "tcplinger report: {:.1}s traced, {}, {} dropped; {}, {}{}",
             self.window_s,
-            self.events,
+            plural(usize::try_from(self.events).unwrap_or(usize::MAX), "event"),
             self.dropped,
             plural(self.findings.len(), "finding"),
             plural(self.groups.len(), "group"),

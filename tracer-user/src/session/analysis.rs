@@ -175,9 +175,10 @@ impl<H: Host> Analysis<H> {
     }
 
     fn admitted(&mut self, id: &ConnId) -> bool {
-        if !self
-            .selection
-            .admits(id.owner.as_ref().map(|o| &o.comm), id.raddr)
+        if !self.selection.admits_pid(id.owner.map(|o| o.pid))
+            || !self
+                .selection
+                .admits(id.owner.as_ref().map(|o| &o.comm), id.raddr)
         {
             return false;
         }

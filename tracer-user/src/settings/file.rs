@@ -32,6 +32,8 @@ pub struct DaemonValues {
     /// Serving metrics beyond loopback was asked for explicitly.
     pub allow_non_loopback: bool,
     pub log_format: LogFormat,
+    /// The daemon's own sockets are judged too (`--include-self`).
+    pub include_self: bool,
     pub pids: Vec<u32>,
     pub ports: Vec<u16>,
     pub comm: Vec<String>,
@@ -82,6 +84,7 @@ struct FileConfig {
     listen: Option<Spanned<String>>,
     allow_non_loopback: Option<Spanned<bool>>,
     log_format: Option<Spanned<String>>,
+    include_self: Option<Spanned<bool>>,
     pid: Option<Spanned<Vec<i64>>>,
     port: Option<Spanned<Vec<i64>>>,
     comm: Option<Spanned<Vec<String>>>,
@@ -184,6 +187,9 @@ pub(crate) fn apply_text(
         other => Err(format!("'{other}' is not text or json")),
     }) {
         s.log_format = v;
+    }
+    if let Some(v) = check!(file.include_self, "include-self", |v| Ok::<bool, String>(v)) {
+        s.include_self = v;
     }
     if let Some(v) = check!(file.pid, "pid", |v| v
         .iter()
@@ -302,13 +308,14 @@ impl DaemonValues {
     pub fn to_toml(&self) -> String {
         let list = |v: &[String]| format!("[{}]", v.join(", "));
         format!(
-            "listen = \"{}\"\nallow-non-loopback = {}\nlog-format = \"{}\"\npid = {}\nport = {}\ncomm = {}\nremote = {}\nfamily = \"{}\"\n{}max-sockets = {}\nmax-groups = {}\nmax-endpoints = {}\nring-bytes = {}\nhistory = {}\nhistory-dir = {}\nhistory-days = {}\nhistory-max-bytes = {}\nnamespace = {}\npod = {}\nnode-root = {}\n",
+            "listen = \"{}\"\nallow-non-loopback = {}\nlog-format = \"{}\"\ninclude-self = {}\npid = {}\nport = {}\ncomm = {}\nremote = {}\nfamily = \"{}\"\n{}max-sockets = {}\nmax-groups = {}\nmax-endpoints = {}\nring-bytes = {}\nhistory = {}\nhistory-dir = {}\nhistory-days = {}\nhistory-max-bytes = {}\nnamespace = {}\npod = {}\nnode-root = {}\n",
             self.listen,
             self.allow_non_loopback,
             match self.log_format {
                 LogFormat::Text => "text",
                 LogFormat::Json => "json",
             },
+            self.include_self,
             list(&self.pids.iter().map(u32::to_string).collect::<Vec<_>>()),
             list(&self.ports.iter().map(u16::to_string).collect::<Vec<_>>()),
             list(

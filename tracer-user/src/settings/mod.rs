@@ -175,6 +175,8 @@ pub struct Report {
     /// `--since` without `--from`: the report of the daemon's history kept
     /// here over the window.
     pub history_dir: Option<PathBuf>,
+    /// `-q`: no progress line while tracing.
+    pub quiet: bool,
 }
 
 #[derive(Debug)]

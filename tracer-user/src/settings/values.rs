@@ -225,6 +225,16 @@ pub fn parse_max_groups(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `report --top`: how many groups a text report lists; none would leave
+/// only the findings, which `--top` is not the way to ask for.
+pub fn parse_top(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 1..) => Ok(n),
+        Ok(_) => Err("at least 1 (a report lists its findings anyway)".into()),
+        Err(_) => Err(format!("'{s}' is not a count")),
+    }
+}
+
 /// A TCP state by its name, any case, `-` or `_`: `close-wait`, `TIME_WAIT`.
 pub fn parse_state(s: &str) -> Result<tracer_common::TcpState, String> {
     let wanted = s.trim().to_ascii_uppercase().replace('-', "_");

@@ -329,6 +329,7 @@ fn top_in_a_pty_draws_updates_and_quits() {
     tmux.wait_for("the server's and the client's rows", |s| {
         s.contains(&format!("{}/tl-server", server.pid)) && s.contains("tl-client")
     });
+    keys_in_a_pty(&tmux, server.pid);
     tmux.run(&["send-keys", "-t", "top", "q"]);
     let after = tmux.wait_for("the shell again", |s| s.contains("TOP-EXITED-42"));
     assert!(
@@ -347,6 +348,34 @@ fn top_in_a_pty_draws_updates_and_quits() {
     }
 }
 privileged!(top_in_a_pty_draws_updates_and_quits);
+
+/// Help, a filter, a group in full and back, as keys typed on a terminal.
+fn keys_in_a_pty(tmux: &Tmux, server: u32) {
+    let keys = |k: &str| tmux.run(&["send-keys", "-t", "top", k]);
+    keys("?");
+    tmux.wait_for("the help", |s| s.contains("reverse the sort"));
+    keys("x");
+    tmux.wait_for("the table again", |s| {
+        !s.contains("reverse the sort") && s.contains("PROCESS")
+    });
+    keys("/");
+    tmux.run(&["send-keys", "-t", "top", "-l", "tl-server"]);
+    keys("Enter");
+    let filtered = tmux.wait_for("the filter applied", |s| s.contains("filter \"tl-server\""));
+    assert!(!filtered.contains("tl-client"), "{filtered}");
+    keys("Enter");
+    // Its three connections are still open (it never closes them).
+    let detail = tmux.wait_for("the server's group in full", |s| {
+        s.contains("sockets open now (3)") && s.contains("Esc back")
+    });
+    assert!(detail.contains(&format!("{server}/tl-server")), "{detail}");
+    assert!(detail.contains("CLOSE_WAIT"), "{detail}");
+    keys("Escape");
+    tmux.wait_for("the table again", |s| s.contains("PROCESS"));
+    keys("/");
+    keys("Escape");
+    tmux.wait_for("the filter gone", |s| s.contains("tl-client"));
+}
 
 /// The seconds `top`'s status line shows.
 fn top_elapsed(screen: &str) -> Option<u64> {
@@ -441,3 +470,35 @@ fn top_refuses_without_a_terminal() {
     assert!(stderr.contains("report"), "{stderr}");
 }
 privileged!(top_refuses_without_a_terminal);
+
+/// `report` on a terminal says how far it is while it traces (elapsed, what
+/// is left, running counts), then clears that line before the report; `-q`
+/// keeps quiet; with stderr not a terminal there is no such line (every
+/// other test reads that stderr).
+fn report_shows_its_progress_on_a_terminal() {
+    let scene = Scene::new();
+    let tmux = Tmux::new();
+    let out = std::env::temp_dir().join(format!("tcplinger-progress-{}", std::process::id()));
+    let command = format!(
+        "{bin} report --duration 6s --port {port} --format json > {out}; \
+         {bin} report -q --duration 3s --port {port} --format json > {out}.q; echo DONE-$((40+2))",
+        bin = env!("CARGO_BIN_EXE_tcplinger"),
+        port = scene.port,
+        out = out.display()
+    );
+    tmux.run(&["send-keys", "-t", "top", &command, "Enter"]);
+    let during = tmux.wait_for("the progress line", |s| {
+        s.contains("s of 6s (") && s.contains("s left)") && s.contains("so far")
+    });
+    assert!(during.contains("events"), "{during}");
+    let after = tmux.wait_for("both reports", |s| s.contains("DONE-42"));
+    assert!(!after.contains("s left)"), "the line was left:\n{after}");
+    assert!(!after.contains("s of 3s"), "-q showed progress:\n{after}");
+    for file in [out.clone(), out.with_extension("q")] {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let _ = std::fs::remove_file(&file);
+        let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(report["findings"].is_array(), "{report}");
+    }
+}
+privileged!(report_shows_its_progress_on_a_terminal);

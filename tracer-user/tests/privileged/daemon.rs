@@ -742,3 +742,43 @@ fn kubernetes_names_come_from_the_nodes_files() {
     drop(cgroups);
 }
 privileged!(kubernetes_names_come_from_the_nodes_files);
+
+/// The daemon's own sockets (the scrapes of its metrics) are left out by
+/// default, and judged with `--include-self`: traced on its own port
+/// only, a scraper's connections are its whole traffic. With the flag
+/// first, which shows the scrapes are counted well within the wait the
+/// default run is then given to count none.
+fn the_daemons_own_scrapes_are_left_out_unless_asked() {
+    for include in [true, false] {
+        let listen = loopback_addr();
+        let port = listen.port().to_string();
+        let mut args = vec!["--port", port.as_str()];
+        if include {
+            args.push("--include-self");
+        }
+        let daemon = start_daemon(listen, &args);
+        // Each scrape is a connection of its own (HTTP/1.0, closed).
+        let ours = |text: &str| {
+            value(
+                text,
+                "tcplinger_connections_closed_total",
+                &["comm=\"tcplinger\""],
+            )
+        };
+        let seen = wait_until(Duration::from_secs(15), || ours(&scrape(listen)) >= 3.0);
+        let last = scrape(listen);
+        let run = daemon.stop();
+        assert!(run.status.success(), "{:?}", run.stderr);
+        if include {
+            assert!(seen, "its scrapes counted with --include-self: {last}");
+        } else {
+            assert!(!seen, "its own scrapes counted: {last}");
+            assert_eq!(ours(&last), 0.0, "{last}");
+            assert!(
+                !last.contains("comm=\"tcplinger\""),
+                "a series of its own: {last}"
+            );
+        }
+    }
+}
+privileged!(the_daemons_own_scrapes_are_left_out_unless_asked);

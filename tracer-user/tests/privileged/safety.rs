@@ -1309,3 +1309,56 @@ fn record_selection_is_the_default_of_its_replays() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 privileged!(record_selection_is_the_default_of_its_replays);
+
+/// `watch | head -1` on a quiet host: the header is read, the reader goes,
+/// and watch ends within a second or so although no record comes to
+/// write (it asks its stdout, it does not wait for a write to fail), in
+/// both modes; exit 0, as for any reader that has what it wanted.
+fn watch_ends_when_its_reader_goes_with_nothing_to_write() {
+    require_root();
+    // A port nobody uses: nothing to write, ever.
+    let port = fresh_port().to_string();
+    for extra in [&[][..], &["--transitions"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+            .args(["watch", "--port", &port])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning tcplinger");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut header = String::new();
+        stdout.read_line(&mut header).unwrap();
+        assert!(header.contains("TIME"), "{extra:?}: {header:?}");
+        // Its start-up line comes once attached: then the reader goes.
+        // Kept open to the end: the summary is written to it at exit.
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("tracing TCP") {
+            line.clear();
+            let read = stderr.read_line(&mut line).unwrap();
+            assert!(read > 0, "{extra:?}: never said it started");
+        }
+        drop(stdout);
+        let gone = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if gone.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("{extra:?}: watch still running 10 s after its reader went");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = gone.elapsed();
+        assert!(status.success(), "{extra:?}: {status:?}");
+        // It looks every 200 ms; the margin is for a loaded machine.
+        assert!(
+            took < Duration::from_secs(3),
+            "{extra:?}: took {took:?} to notice"
+        );
+    }
+}
+privileged!(watch_ends_when_its_reader_goes_with_nothing_to_write);

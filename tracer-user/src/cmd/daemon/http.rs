@@ -88,10 +88,13 @@ impl Shared {
     }
 
     /// The metrics, encoded again only if the last encoding is older than
-    /// [`ENCODE_EVERY`] and the tracing loop is not writing them: this
-    /// thread serves every client, /healthz included, so it never waits
-    /// for that loop once there is an encoding to serve (a scrape is then
-    /// a second or two older, never late).
+    /// [`ENCODE_EVERY`]. The tracing loop holds them for a moment each
+    /// second to write them: a scrape waits for that, up to
+    /// [`LOOP_WAIT`]. Serving the last encoding at once instead would hand
+    /// a scraper figures as old as its previous scrape (30 s flat, then a
+    /// jump); the last encoding is served only when the loop holds them
+    /// longer (a stuck loop, which /healthz reports), since this thread
+    /// answers /healthz too.
     fn metrics_text(&self) -> Bytes {
         let Ok(mut cached) = self.encoded.lock() else {
             return Bytes::new();
@@ -100,15 +103,16 @@ impl Shared {
             Some((at, text)) if at.elapsed() < ENCODE_EVERY => return text.clone(),
             last => last.map(|(_, text)| text.clone()),
         };
-        let metrics = match (self.metrics.try_lock(), last) {
-            (Ok(m), _) => m,
-            (Err(TryLockError::WouldBlock), Some(last)) => return last,
-            // Nothing encoded yet: the first scrape waits, once.
-            (Err(TryLockError::WouldBlock), None) => match self.metrics.lock() {
-                Ok(m) => m,
-                Err(_) => return Bytes::new(),
-            },
-            (Err(TryLockError::Poisoned(_)), _) => return Bytes::new(),
+        let started = Instant::now();
+        let metrics = loop {
+            match (self.metrics.try_lock(), &last) {
+                (Ok(m), _) => break m,
+                (Err(TryLockError::WouldBlock), Some(last)) if started.elapsed() >= LOOP_WAIT => {
+                    return last.clone();
+                }
+                (Err(TryLockError::WouldBlock), _) => std::thread::sleep(LOOP_POLL),
+                (Err(TryLockError::Poisoned(_)), _) => return Bytes::new(),
+            }
         };
         let text = Bytes::from(metrics.encode());
         drop(metrics);
@@ -116,6 +120,12 @@ impl Shared {
         text
     }
 }
+
+/// How long a scrape waits for the tracing loop to finish writing the
+/// metrics before it is served the last encoding.
+const LOOP_WAIT: Duration = Duration::from_secs(1);
+/// How often it looks meanwhile.
+const LOOP_POLL: Duration = Duration::from_millis(2);
 
 /// The verdict of /healthz: healthy or not, and why, as one JSON line.
 pub fn judge(now_ns: u64, last_loop_ns: u64, status: &Status) -> (StatusCode, String) {
@@ -420,14 +430,17 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_encoding_is_served_rather_than_waiting_for_the_loop() {
+    fn a_stale_encoding_is_served_only_when_the_loop_holds_on() {
         let s = shared(clock::boot_ns());
         let first = s.metrics_text();
         let old = Instant::now().checked_sub(ENCODE_EVERY * 2).unwrap();
         *s.encoded.lock().unwrap() = Some((old, Bytes::from_static(b"stale")));
-        // The loop holds the metrics: the last encoding, at once.
+        // The loop holds the metrics and never lets go: the last
+        // encoding, once the wait is over.
         let guard = s.metrics.lock().unwrap();
+        let asked = Instant::now();
         assert_eq!(s.metrics_text(), Bytes::from_static(b"stale"));
+        assert!(asked.elapsed() >= LOOP_WAIT);
         drop(guard);
         // Free again: encoded anew.
         assert_eq!(s.metrics_text(), first);
