@@ -42,30 +42,30 @@ impl ProgressLine {
         if !self.on {
             return;
         }
-        let elapsed = Duration::from_secs_f64(analysis.window_s());
-        let left = duration.saturating_sub(elapsed);
+        let elapsed = analysis.window_s() as u64;
+        let left = duration.as_secs().saturating_sub(elapsed);
         let findings = analysis.findings().len();
+        let count = |n: u64, what| {
+            crate::output::report::plural(usize::try_from(n).unwrap_or(usize::MAX), what)
+        };
         let line = format!(
-            "{}s of {} ({}s left): {}, {}, {} so far; Ctrl-C ends it early",
-            elapsed.as_secs(),
+            "{elapsed}s of {} ({left}s left): {}, {}, {} so far",
             humantime::format_duration(duration),
-            left.as_secs(),
-            crate::output::report::plural(
-                usize::try_from(analysis.session.counts.events).unwrap_or(usize::MAX),
-                "event"
-            ),
-            crate::output::report::plural(
-                usize::try_from(analysis.connections).unwrap_or(usize::MAX),
-                "connection"
-            ),
-            crate::output::report::plural(findings, "finding"),
+            count(analysis.session.counts.events, "event"),
+            count(analysis.connections, "connection"),
+            count(findings as u64, "finding"),
         );
         self.say(&line);
     }
 
+    /// One line over the last, cut to the terminal's width: a line that
+    /// wrapped could not be written over.
     fn say(&mut self, what: &str) {
         if self.on {
-            eprint!("\r\x1b[Ktcplinger: {what}");
+            let line = format!("tcplinger: {what}");
+            let width = stderr_columns().unwrap_or(80).saturating_sub(1);
+            let cut: String = line.chars().take(width).collect();
+            eprint!("\r\x1b[K{cut}");
             self.shown = true;
         }
     }
@@ -77,6 +77,19 @@ impl ProgressLine {
             self.shown = false;
         }
     }
+}
+
+/// The width of the terminal stderr is on, if it is one.
+fn stderr_columns() -> Option<usize> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ fills the winsize it is given, nothing more.
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &raw mut size) } == 0;
+    (ok && size.ws_col > 0).then_some(usize::from(size.ws_col))
 }
 
 pub async fn run(s: settings::Report) -> anyhow::Result<()> {

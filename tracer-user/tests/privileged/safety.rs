@@ -16,7 +16,8 @@ use crate::support::{
     require_root,
     scene::{Closer, Pace, Scene, fresh_port, loopback_addr, loopback_port},
     tracer::{
-        Finished, Tcplinger, one_line_error, our_programs_loaded, replayed, tcplinger, tcplinger_ok,
+        Finished, Tcplinger, one_line_error, our_programs_loaded, replayed, tcplinger,
+        tcplinger_ok, usage_error,
     },
     vm_kib, wait_until,
 };
@@ -684,7 +685,7 @@ privileged!(io_hooks_run_only_where_a_step_needs_its_owner);
 
 // ---- 5. bad input and environment problems ----
 
-fn bad_input_exits_2_with_one_line_naming_the_flag() {
+fn bad_input_exits_2_with_a_short_block_naming_the_flag() {
     require_root();
     let dir = std::env::temp_dir().join(format!("tcplinger-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -759,7 +760,7 @@ fn bad_input_exits_2_with_one_line_naming_the_flag() {
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let line = one_line_error(&out);
+        let line = usage_error(&out);
         assert!(line.contains(flag), "{args:?}: {line}");
         assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
     }
@@ -770,9 +771,12 @@ fn bad_input_exits_2_with_one_line_naming_the_flag() {
     assert_eq!(out.status.code(), Some(2));
     assert!(one_line_error(&out).contains("bad.toml:1"));
     std::fs::remove_dir_all(&dir).unwrap();
-    eprintln!("{} bad inputs: exit 2, one line each", cases.len() + 1);
+    eprintln!(
+        "{} bad inputs: exit 2, one short block each",
+        cases.len() + 1
+    );
 }
-privileged!(bad_input_exits_2_with_one_line_naming_the_flag);
+privileged!(bad_input_exits_2_with_a_short_block_naming_the_flag);
 
 fn environment_problems_exit_1_with_the_fix() {
     require_root();

@@ -250,6 +250,22 @@ pub fn one_line_error(out: &Output) -> String {
     stderr
 }
 
+/// A usage error as printed: a first line starting with `tcplinger: ` (what
+/// is wrong), then at most five indented lines of clap's (the values
+/// allowed, a suggestion, the usage line, where to read more). Its first
+/// line.
+pub fn usage_error(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        !lines.is_empty() && lines.len() <= 6,
+        "expected a short block, got {stderr:?}"
+    );
+    assert!(lines[0].starts_with("tcplinger: "), "{stderr:?}");
+    assert!(lines[1..].iter().all(|l| l.starts_with("  ")), "{stderr:?}");
+    lines[0].to_string()
+}
+
 /// Names of our programs as the kernel lists them (truncated to 15 bytes).
 const OUR_PROGRAMS: [&str; 6] = [
     "inet_sock_set_s",
