@@ -42,7 +42,9 @@ impl ProgressLine {
         if !self.on {
             return;
         }
-        let elapsed = analysis.window_s() as u64;
+        let elapsed = Duration::try_from_secs_f64(analysis.window_s())
+            .unwrap_or_default()
+            .as_secs();
         let left = duration.as_secs().saturating_sub(elapsed);
         let findings = analysis.findings().len();
         let count = |n: u64, what| {
