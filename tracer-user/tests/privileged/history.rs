@@ -9,6 +9,7 @@ use tracer_user::model::{
 };
 
 use crate::support::{
+    daemon::with_history,
     real::{TempDir, comm_of, curl_loop, forkserver},
     scene::{Scene, loopback_addr},
     tracer::{Tcplinger, tcplinger},
@@ -19,17 +20,7 @@ use crate::support::{
 const FIRST_MINUTE: Duration = Duration::from_nanos(MINUTE_NS + SETTLE_NS + 10_000_000_000);
 
 fn daemon(dir: &TempDir, scene: &Scene) -> Tcplinger {
-    Tcplinger::start(&[
-        "daemon",
-        "--listen",
-        &loopback_addr().to_string(),
-        "--log-format",
-        "json",
-        "--port",
-        &scene.port_arg(),
-        "--history-dir",
-        &dir.path.to_string_lossy(),
-    ])
+    with_history(&scene.port_arg(), &dir.path)
 }
 
 /// `tcplinger ARGS --history-dir DIR` as `uid`; its JSON lines.

@@ -4,6 +4,7 @@ use serde_json::Value;
 use tracer_user::model::{aggregate::IDLE_AFTER_NS, diagnose::CLOSE_WAIT_LEAK_AGE_MS};
 
 use crate::support::{
+    daemon::with_history,
     real::{self, Nginx, Proc, TempDir, comm_of, curl_loop, forkserver, python, sources},
     scene::{Scene, loopback_addr},
     tracer::{Tcplinger, replayed},
@@ -48,17 +49,7 @@ fn start_report(scene: &Scene, name: &'static str) -> Traced {
         &port,
     ]);
     let history = TempDir::new("history");
-    let daemon = Tcplinger::start(&[
-        "daemon",
-        "--listen",
-        &loopback_addr().to_string(),
-        "--log-format",
-        "json",
-        "--port",
-        &port,
-        "--history-dir",
-        &history.path.to_string_lossy(),
-    ]);
+    let daemon = with_history(&port, &history.path);
     Traced {
         report,
         record,

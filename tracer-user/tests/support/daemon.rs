@@ -23,6 +23,20 @@ pub fn start_daemon(listen: SocketAddr, extra: &[&str]) -> Tcplinger {
     Tcplinger::start(&args)
 }
 
+/// A daemon on a loopback address of its own, JSON log lines, tracing
+/// `ports`, keeping its history in `history_dir`.
+pub fn with_history(ports: &str, history_dir: &std::path::Path) -> Tcplinger {
+    start_daemon(
+        crate::support::scene::loopback_addr(),
+        &[
+            "--port",
+            ports,
+            "--history-dir",
+            &history_dir.to_string_lossy(),
+        ],
+    )
+}
+
 /// One HTTP/1.0 request; the status code and the body.
 pub fn get(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))

@@ -259,14 +259,7 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
                         s.log_format,
                     )?;
                     if let Some(h) = history.as_mut() {
-                        let now = analysis.now_ns();
-                        h.on_analysis(
-                            &analysis.agg,
-                            &findings,
-                            |k| findings_log.is_standing(k),
-                            now,
-                        );
-                        keep_open(h, &mut analysis, now);
+                        judged(h, &mut analysis, &findings, &findings_log);
                     }
                 }
                 Wake::Step(_) => feed_metrics(&mut analysis, &shared, history.as_mut()),
@@ -309,16 +302,18 @@ fn close_history(mut h: History, analysis: &mut Analysis, findings_log: &Finding
         h.on_records(&fed.records, &clock, &mut |c| host.pod(c));
     }
     let findings = analysis.findings();
-    let now = analysis.now_ns();
-    h.on_analysis(
-        &analysis.agg,
-        &findings,
-        |k| findings_log.is_standing(k),
-        now,
-    );
+    judged(&mut h, analysis, &findings, findings_log);
     let (totals, now, clock) = totals(analysis);
     let host = &mut analysis.session.host;
     h.finish(&analysis.agg, totals, now, &clock, &mut |c| host.pod(c));
+}
+
+/// An analysis found `findings`: the history follows their lives and keeps
+/// the connections still open behind them.
+fn judged(h: &mut History, analysis: &mut Analysis, findings: &[Finding], log: &FindingLog) {
+    let now = analysis.now_ns();
+    h.on_analysis(&analysis.agg, findings, |k| log.is_standing(k), now);
+    keep_open(h, analysis, now);
 }
 
 /// The connections still open behind the findings standing, kept whole
