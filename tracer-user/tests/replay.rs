@@ -508,5 +508,14 @@ fn a_window_needs_a_recording_and_an_order() {
         "yesterday",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    one_line(&out);
+    // A value clap refused: its short block, the reason on the first line.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("tcplinger: ")
+            && first.contains("--since")
+            && first.contains("yesterday"),
+        "{stderr}"
+    );
+    assert!(stderr.lines().count() <= 6, "{stderr}");
 }
