@@ -14,7 +14,11 @@ use super::Cli;
 /// The completion script for `shell`, on `out`.
 pub fn completions(shell: Shell, out: &mut impl Write) -> io::Result<()> {
     let mut command = Cli::command();
-    clap_complete::generate(shell, &mut command, "tcplinger", out);
+    // Into memory first: clap_complete panics on a failed write (a
+    // reader that stopped early, `| head`); ours returns it.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "tcplinger", &mut script);
+    out.write_all(&script)?;
     out.flush()
 }
 

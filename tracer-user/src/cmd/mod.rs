@@ -274,6 +274,17 @@ pub fn output_result(name: &str, result: io::Result<()>) -> anyhow::Result<()> {
     }
 }
 
+/// Ready at every poll: what the stop signal becomes once it has fired.
+struct Fired;
+
+impl Future for Fired {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Ready(())
+    }
+}
+
 /// What woke the loop of a command that analyses.
 #[derive(Debug, Clone)]
 pub enum Wake {
@@ -331,6 +342,7 @@ impl Driver {
     /// not stepping (a replay paused or over).
     pub async fn stopped(&mut self) {
         (&mut self.stop).await;
+        self.stop = Box::pin(Fired);
     }
 
     /// A paced replay runs at once up to `ns` (recorded time), at its pace
@@ -339,6 +351,14 @@ impl Driver {
     pub fn paced_after(mut self, ns: u64) -> Self {
         self.pace_after_ns = ns;
         self
+    }
+
+    /// The stop signal fired: from now on it is ready at once (a replay
+    /// that ended waits on it again, and a future must not be polled
+    /// after it completed).
+    fn fired(&mut self) -> Wake {
+        self.stop = Box::pin(Fired);
+        Wake::Stop
     }
 
     /// The pace is counted afresh from now (after a pause).
@@ -358,7 +378,7 @@ impl Driver {
                 // moment waits again next time.
                 tokio::select! {
                     biased;
-                    () = &mut self.stop => Ok(Wake::Stop),
+                    () = &mut self.stop => Ok(self.fired()),
                     () = tokio::time::sleep_until(at) => {
                         self.tick_at = None;
                         Ok(Wake::Tick)
@@ -398,7 +418,7 @@ impl Driver {
             } else {
                 tokio::select! {
                     biased;
-                    () = &mut self.stop => Ok(Wake::Stop),
+                    () = &mut self.stop => Ok(self.fired()),
                     progress = analysis.step() => progress.map(Wake::Step),
                 }
             };
@@ -407,7 +427,7 @@ impl Driver {
         }
         let wake = tokio::select! {
             biased;
-            () = &mut self.stop => Ok(Wake::Stop),
+            () = &mut self.stop => Ok(self.fired()),
             progress = analysis.step() => progress.map(Wake::Step),
             _ = self.tick.tick(), if seeded => Ok(Wake::Tick),
         };
@@ -479,9 +499,18 @@ pub fn how_to_stop(duration: Option<Duration>) -> String {
     }
 }
 
-/// Shows warnings on stderr, one line each.
+/// A line written over itself is on stderr (`report`'s progress): what
+/// else is written there must start on a line of its own.
+pub static PROGRESS_SHOWN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Shows warnings on stderr, one line each (a progress line under way is
+/// cleared first; it is drawn again at its next turn).
 pub fn warn(warnings: impl IntoIterator<Item = String>) {
     for w in warnings {
+        if PROGRESS_SHOWN.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            eprint!("\r\x1b[K");
+        }
         eprintln!("tcplinger: warning: {w}");
     }
 }

@@ -69,13 +69,16 @@ impl ProgressLine {
             let cut: String = line.chars().take(width).collect();
             eprint!("\r\x1b[K{cut}");
             self.shown = true;
+            super::PROGRESS_SHOWN.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
     /// The line goes, so what follows starts clean.
     fn clear(&mut self) {
         if self.shown {
-            eprint!("\r\x1b[K");
+            if super::PROGRESS_SHOWN.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                eprint!("\r\x1b[K");
+            }
             self.shown = false;
         }
     }

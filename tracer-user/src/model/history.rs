@@ -364,29 +364,48 @@ impl Lives {
     }
 }
 
-/// Which of the sockets open now stand behind a finding of group `key`:
-/// up to `room` not in `kept` yet, those in a closing state first (what
-/// the lingering findings are about), then the established ones (an
-/// unanswered request's); the longest in their state first within each.
-/// Listeners, handshakes and TIME_WAIT are never picked.
-pub fn pick_open(live: &[LiveConn], key: &GroupKey, kept: &HashSet<u64>, room: usize) -> Vec<u64> {
-    let rank = |state: TcpState| match state {
+/// The states of the open sockets that stand behind a finding of
+/// `pathology`: the stuck ones of a leak or a stuck handler, the waiting
+/// ones of a pool; TIME_WAIT, listeners and handshakes never.
+fn behind(pathology: Pathology, state: TcpState) -> bool {
+    let closing = matches!(
+        state,
         TcpState::FinWait1
-        | TcpState::FinWait2
-        | TcpState::Closing
-        | TcpState::CloseWait
-        | TcpState::LastAck => Some(0),
-        TcpState::Established => Some(1),
-        _ => None,
-    };
-    let mut picked: Vec<(u8, u64, u64)> = live
+            | TcpState::FinWait2
+            | TcpState::Closing
+            | TcpState::CloseWait
+            | TcpState::LastAck
+    );
+    match pathology {
+        Pathology::CloseWaitLeak => state == TcpState::CloseWait,
+        Pathology::UnansweredRequests | Pathology::LeakedIdle | Pathology::DeadlinePooled => {
+            state == TcpState::Established
+        }
+        Pathology::ClientTimeoutStuckServer | Pathology::ServerCloses | Pathology::NoReuse => {
+            closing
+        }
+    }
+}
+
+/// Which of the sockets open now stand behind a finding of `pathology` in
+/// group `key`: up to `room` not in `kept` yet, in the states the finding
+/// is about, the longest in their state first.
+pub fn pick_open(
+    live: &[LiveConn],
+    (pathology, key): (Pathology, &GroupKey),
+    kept: &HashSet<u64>,
+    room: usize,
+) -> Vec<u64> {
+    let mut picked: Vec<(u64, u64)> = live
         .iter()
-        .filter(|l| !kept.contains(&l.cookie) && GroupKey::of(&l.id) == *key)
+        .filter(|l| {
+            !kept.contains(&l.cookie) && behind(pathology, l.state) && GroupKey::of(&l.id) == *key
+        })
         // Unknown since (it predates the tracer): the oldest.
-        .filter_map(|l| Some((rank(l.state)?, l.since_ns.unwrap_or(0), l.cookie)))
+        .map(|l| (l.since_ns.unwrap_or(0), l.cookie))
         .collect();
     picked.sort_unstable();
-    picked.into_iter().take(room).map(|(_, _, c)| c).collect()
+    picked.into_iter().take(room).map(|(_, c)| c).collect()
 }
 
 /// Why a finished connection is worth keeping whole: reset, or lingering
@@ -592,7 +611,7 @@ mod tests {
     }
 
     #[test]
-    fn open_sockets_behind_a_finding_are_picked_closing_and_oldest_first() {
+    fn open_sockets_behind_a_finding_are_those_it_is_about_oldest_first() {
         let server = id(1, Role::Server, 8080);
         let key = GroupKey::of(&server);
         let conn = |cookie, state, since_ns| LiveConn {
@@ -611,14 +630,24 @@ mod tests {
             conn(4, TcpState::TimeWait, Some(0)),
             conn(5, TcpState::Listen, Some(0)),
             conn(6, TcpState::CloseWait, None),
+            conn(7, TcpState::LastAck, Some(3 * S)),
+            conn(8, TcpState::Established, Some(0)),
             other,
         ];
         let none = HashSet::new();
-        assert_eq!(pick_open(&live, &key, &none, 10), [6, 3, 2, 1]);
-        assert_eq!(pick_open(&live, &key, &none, 2), [6, 3]);
+        let leak = (Pathology::CloseWaitLeak, &key);
+        // A leak's: its CLOSE_WAIT sockets only, not the healthy ones.
+        assert_eq!(pick_open(&live, leak, &none, 10), [6, 3, 2]);
+        assert_eq!(pick_open(&live, leak, &none, 2), [6, 3]);
         let kept: HashSet<u64> = [6, 3].into();
-        assert_eq!(pick_open(&live, &key, &kept, 2), [2, 1]);
-        assert!(pick_open(&live, &key, &none, 0).is_empty());
+        assert_eq!(pick_open(&live, leak, &kept, 2), [2]);
+        assert!(pick_open(&live, leak, &none, 0).is_empty());
+        // A stuck handler's: every closing state.
+        let stuck = (Pathology::ClientTimeoutStuckServer, &key);
+        assert_eq!(pick_open(&live, stuck, &none, 10), [6, 3, 7, 2]);
+        // A pool's: the established ones.
+        let pool = (Pathology::UnansweredRequests, &key);
+        assert_eq!(pick_open(&live, pool, &none, 10), [8, 1]);
     }
 
     #[test]

@@ -158,7 +158,7 @@ impl History {
             });
             open.looked_ns = now_ns;
             let room = OPEN_PER_LOOK.min(OPEN_PER_LIFE.saturating_sub(open.cookies.len()));
-            let picked = pick_open(live, &k.1, &open.cookies, room);
+            let picked = pick_open(live, (k.0, &k.1), &open.cookies, room);
             open.cookies.extend(&picked);
             let reason = format!("open_at_{}", k.0.id());
             for r in picked.into_iter().filter_map(&record) {

@@ -10,7 +10,7 @@ use ratatui::{
     widgets::{Block, Borders, Clear, Paragraph, Row, Table},
 };
 
-use super::view::{Detail, Focus, Model, closers, sort_name};
+use super::view::{Detail, FINDINGS_SHOWN, Focus, Model, closers, sort_name};
 use crate::{
     model::dist::Dist,
     model::human::{human, human_ms},
@@ -27,7 +27,7 @@ const POD_WIDTH: u16 = 30;
 /// Draws one frame.
 pub fn draw(frame: &mut Frame, model: &mut Model) {
     // Up to three findings of two lines each, under a title line.
-    let shown = u16::try_from(model.findings.len().min(3)).unwrap_or(3);
+    let shown = u16::try_from(model.findings.len().min(FINDINGS_SHOWN)).unwrap_or(3);
     let findings_height = (shown * 2 + 1).max(2);
     let [status, main, findings, keys] = Layout::vertical([
         Constraint::Length(1),
@@ -316,7 +316,7 @@ fn detail_head(d: &Detail) -> Vec<Line<'static>> {
             closers(&d.recent)
         )),
         Line::from(format!(
-            " since start{:>11} {:>9}  [bands: {}…{}]",
+            " last 5 min {:>11} {:>9}  [bands: {}…{}]",
             "p50",
             "p99",
             EDGE_LABELS[0],

@@ -167,6 +167,25 @@ fn a_filter_keeps_matching_rows_and_states() {
     }
     typed(&mut m, "close-wait");
     assert!(m.shown.is_empty());
+    // A state without a column is text: no row names it.
+    for _ in 0.."close-wait".len() {
+        press(&mut m, KeyCode::Backspace);
+    }
+    typed(&mut m, "app");
+    assert_eq!(m.shown.len(), 2, "the process name");
+    for _ in 0..3 {
+        press(&mut m, KeyCode::Backspace);
+    }
+    // (Even where sockets linger: it is not a column's state.)
+    m.rows[0].time_wait = 3;
+    m.rows[0].lingering = 3;
+    typed(&mut m, "last-ack");
+    assert!(m.shown.is_empty());
+    for _ in 0.."last-ack".len() {
+        press(&mut m, KeyCode::Backspace);
+    }
+    typed(&mut m, "tw");
+    assert_eq!(m.shown.len(), 1, "the row with TIME_WAIT");
     // Esc while typing clears it.
     press(&mut m, KeyCode::Esc);
     assert!(m.filter.is_empty() && !m.editing);
@@ -246,6 +265,11 @@ fn findings_scroll_most_severe_first() {
     assert!(s.contains("findings 1-3 of 6"), "{s}");
     press(&mut m, KeyCode::PageDown);
     assert!(screen(&mut m).contains("findings 4-6 of 6"));
+    press(&mut m, KeyCode::PageDown);
+    assert!(
+        screen(&mut m).contains("findings 4-6 of 6"),
+        "never past the last full page"
+    );
     press(&mut m, KeyCode::Tab);
     press(&mut m, KeyCode::Up);
     assert!(screen(&mut m).contains("findings 3-5 of 6"));
@@ -310,6 +334,8 @@ fn pods_get_a_column_on_a_wide_screen_and_the_title_on_a_narrow_one() {
 #[test]
 fn keys_select_and_quit() {
     let mut m = model();
+    assert_eq!(press(&mut m, KeyCode::Down), Action::Redraw);
+    assert_eq!(m.table.selected(), Some(0), "the first move: the top row");
     assert_eq!(press(&mut m, KeyCode::Down), Action::Redraw);
     assert_eq!(press(&mut m, KeyCode::Down), Action::Redraw);
     assert_eq!(m.table.selected(), Some(1), "stays on the last row");

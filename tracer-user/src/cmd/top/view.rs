@@ -19,6 +19,8 @@ use crate::{
 pub const RATE_NS: u64 = 10_000_000_000;
 /// Percentiles in a row and the detail view's counts cover the last minute.
 pub const RECENT_NS: u64 = 60_000_000_000;
+/// The findings pane shows this many at a time (two lines each).
+pub const FINDINGS_SHOWN: usize = 3;
 /// A group with nothing open, opened or closed is dimmed; this long idle,
 /// it leaves the screen (a program that came and went; `report` keeps it).
 pub const GONE_AFTER_NS: u64 = 60_000_000_000;
@@ -79,9 +81,9 @@ impl RowView {
         }
     }
 
-    /// The row is kept by the filter `/`: a state (`close-wait`, `cw`,
-    /// `fw2`, `tw`, `estab`) keeps rows with sockets in it; other text is
-    /// looked for in the process, endpoint and pod.
+    /// The row is kept by the filter `/`: a state with a column of its own
+    /// (`cw` or `close-wait`, `fw2`, `tw`, `estab`) keeps rows with sockets
+    /// in it; any other text is looked for in the process, endpoint and pod.
     fn kept_by(&self, filter: &str) -> bool {
         let f = filter.trim().to_lowercase();
         if f.is_empty() {
@@ -94,14 +96,12 @@ impl RowView {
             "estab" => Some(TcpState::Established),
             other => parse_state(other).ok(),
         };
-        if let Some(state) = state {
-            return match state {
-                TcpState::CloseWait => self.close_wait > 0,
-                TcpState::FinWait2 => self.fin_wait2 > 0,
-                TcpState::TimeWait => self.time_wait > 0,
-                TcpState::Established => self.established > 0,
-                _ => self.lingering > 0,
-            };
+        match state {
+            Some(TcpState::CloseWait) => return self.close_wait > 0,
+            Some(TcpState::FinWait2) => return self.fin_wait2 > 0,
+            Some(TcpState::TimeWait) => return self.time_wait > 0,
+            Some(TcpState::Established) => return self.established > 0,
+            _ => {}
         }
         [&self.process, &self.remote]
             .into_iter()
@@ -306,7 +306,7 @@ impl Model {
         self.findings = findings;
         self.findings_offset = self
             .findings_offset
-            .min(self.findings.len().saturating_sub(1));
+            .min(self.findings.len().saturating_sub(FINDINGS_SHOWN));
         self.refresh_detail(analysis);
         let events = analysis.session.counts.events;
         // Over the time the host's clock says passed: a second live, the
@@ -339,19 +339,21 @@ impl Model {
         match self.focus {
             Focus::Table => {
                 let last = self.shown.len().saturating_sub(1);
-                let at = self.table.selected().unwrap_or(0);
-                self.table.select(Some(if down {
-                    (at + 1).min(last)
-                } else {
-                    at.saturating_sub(1)
-                }));
+                // Nothing selected yet: the first move selects the top row.
+                let next = match self.table.selected() {
+                    None => 0,
+                    Some(at) if down => (at + 1).min(last),
+                    Some(at) => at.saturating_sub(1),
+                };
+                self.table.select(Some(next));
             }
             Focus::Findings => self.scroll_findings(if down { 1 } else { -1 }),
         }
     }
 
+    /// Scrolls the findings pane, never past its last full page.
     pub fn scroll_findings(&mut self, by: isize) {
-        let last = self.findings.len().saturating_sub(1);
+        let last = self.findings.len().saturating_sub(FINDINGS_SHOWN);
         self.findings_offset = self.findings_offset.saturating_add_signed(by).min(last);
     }
 }
