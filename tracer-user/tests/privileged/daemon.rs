@@ -671,9 +671,10 @@ fn kubernetes_names_come_from_the_nodes_files() {
     let ports = format!("{inside},{outside}");
     let listen = loopback_addr();
     let daemon = start_daemon(listen, &["--port", &ports, "--node-root", &node_root]);
-    let args = |extra: &[&str]| {
+    // `command` in JSON on the node's files, `extra` after.
+    let start = |command: &str, extra: &[&str]| {
         let mut a = vec![
-            "watch",
+            command,
             "--format",
             "json",
             "--port",
@@ -682,21 +683,11 @@ fn kubernetes_names_come_from_the_nodes_files() {
             &node_root,
         ];
         a.extend_from_slice(extra);
-        a.into_iter().map(String::from).collect::<Vec<_>>()
+        Tcplinger::start(&a)
     };
-    let all_args = args(&[]);
-    let all = Tcplinger::start(&all_args.iter().map(String::as_str).collect::<Vec<_>>());
-    let pod_args = args(&["--pod", "shop/web-7d9f8-x2x4q"]);
-    let one_pod = Tcplinger::start(&pod_args.iter().map(String::as_str).collect::<Vec<_>>());
-    let report = Tcplinger::start(&[
-        "report",
-        "--format",
-        "json",
-        "--port",
-        &ports,
-        "--node-root",
-        &node_root,
-    ]);
+    let all = start("watch", &[]);
+    let one_pod = start("watch", &["--pod", "shop/web-7d9f8-x2x4q"]);
+    let report = start("report", &[]);
     let top = top_on_the_node(&ports, &node_root);
     contained_and_free(&scene, inside, outside, &scope);
     top_names_the_pod(&top);

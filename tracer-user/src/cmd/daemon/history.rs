@@ -116,42 +116,36 @@ impl History {
 
     /// The findings standing whose open connections are due to be kept:
     /// a new one at once, then a look a minute while it stands.
-    pub fn open_wanted(&mut self, now_ns: u64) -> Vec<(Pathology, GroupKey)> {
+    pub fn open_wanted(&mut self, now_ns: u64) -> Vec<((Pathology, GroupKey), u64)> {
         let standing: BTreeMap<(Pathology, GroupKey), u64> = self.lives.standing().collect();
         // A life over (or a new life of the same finding) starts afresh.
         self.open_kept
             .retain(|k, o| standing.get(k).is_some_and(|&life| life == o.life));
         standing
             .into_iter()
-            .filter(|(k, life)| {
+            .filter(|(k, _)| {
                 self.open_kept.get(k).is_none_or(|o| {
-                    o.life != *life
-                        || (o.cookies.len() < OPEN_PER_LIFE
-                            && now_ns.saturating_sub(o.looked_ns) >= MINUTE_NS)
+                    o.cookies.len() < OPEN_PER_LIFE
+                        && now_ns.saturating_sub(o.looked_ns) >= MINUTE_NS
                 })
             })
-            .map(|(k, _)| k)
             .collect()
     }
 
     /// Keeps the connections still open behind the findings `wanted`
-    /// (from [`Self::open_wanted`]), picked from `live`, their records
-    /// drawn by `record` at `now_ns`.
+    /// (from [`Self::open_wanted`], with their lives' numbers), picked from
+    /// `live`, their records drawn by `record` at `now_ns`.
     pub fn keep_open(
         &mut self,
-        wanted: &[(Pathology, GroupKey)],
+        wanted: &[((Pathology, GroupKey), u64)],
         live: &[LiveConn],
         record: impl Fn(u64) -> Option<ConnRecord>,
         now_ns: u64,
         clock: &WallClock,
         pod: &mut Pods,
     ) {
-        let standing: BTreeMap<(Pathology, GroupKey), u64> = self.lives.standing().collect();
-        for k in wanted {
-            let Some(&life) = standing.get(k) else {
-                continue;
-            };
-            let open = self.open_kept.entry(*k).or_insert_with(|| OpenKept {
+        for &(k, life) in wanted {
+            let open = self.open_kept.entry(k).or_insert_with(|| OpenKept {
                 life,
                 looked_ns: now_ns,
                 cookies: HashSet::new(),

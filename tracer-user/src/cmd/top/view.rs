@@ -9,6 +9,7 @@ use crate::{
     model::aggregate::{Group, GroupKey, Stats},
     model::diagnose::{self, Finding, process_short},
     model::tracker::{ClosedBy, Role},
+    output::Endpoint,
     session::Host,
     session::analysis::Analysis,
     settings::{SortKey, values::parse_state},
@@ -375,8 +376,8 @@ fn detail<H: Host>(
             pid: l.id.owner.map(|o| o.pid),
             state: l.state,
             age_ns: l.since_ns.map(|since| now.saturating_sub(since)),
-            local: endpoint(l.id.laddr, l.id.lport),
-            remote: endpoint(l.id.raddr, l.id.rport),
+            local: Endpoint(l.id.laddr, l.id.lport).to_string(),
+            remote: Endpoint(l.id.raddr, l.id.rport).to_string(),
         })
         .collect();
     sockets.sort_by_key(|s| std::cmp::Reverse(s.age_ns.unwrap_or(u64::MAX)));
@@ -392,13 +393,6 @@ fn detail<H: Host>(
         findings,
         sockets,
     })
-}
-
-fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
-    match addr.to_canonical() {
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-        a @ std::net::IpAddr::V4(_) => format!("{a}:{port}"),
-    }
 }
 
 /// Who closed first, as shares of what closed: `local 80%, remote 20%`.
