@@ -191,6 +191,43 @@ pub struct Event {
     pub _pad: [u8; 4],
     /// What the TCP socket knew of its own traffic at that moment.
     pub tcp: TcpFigures,
+    /// For a state change to CLOSE (and a [`Log`] whose last step is one):
+    /// the TCP socket's account of its whole life, read then.
+    pub net: NetFigures,
+}
+
+/// A TCP socket's account of its whole life, read from `struct tcp_sock`
+/// and `struct sock` once, at its step to CLOSE (the full socket's end:
+/// a close, a reset, a handover to a timewait socket, or a connect that
+/// failed). The counters TCP_INFO reports, without a hook on the I/O or
+/// packet path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetFigures {
+    /// `tcp_sock.bytes_acked`: bytes this side sent that the peer
+    /// acknowledged (RFC 4898 `tcpEStatsAppHCThruOctetsAcked`).
+    pub bytes_acked: u64,
+    /// `tcp_sock.bytes_received`: bytes received in order (RFC 4898
+    /// `tcpEStatsAppHCThruOctetsReceived`).
+    pub bytes_received: u64,
+    /// Smoothed round-trip time, microseconds (`srtt_us >> 3`); 0 if no
+    /// RTT sample was ever taken.
+    pub srtt_us: u32,
+    /// Its mean deviation, microseconds (`mdev_us >> 2`, as TCP_INFO's
+    /// `tcpi_rttvar`).
+    pub rttvar_us: u32,
+    /// `tcp_sock.total_retrans`: segments retransmitted over the life
+    /// (SYNs included).
+    pub retrans: u32,
+    /// `sock.sk_err`: the error the socket ended with (an errno:
+    /// `ECONNREFUSED` for a connect answered by a RST, `ETIMEDOUT` when
+    /// retransmissions gave up, `EHOSTUNREACH`... from ICMP), 0 if none.
+    pub error: u16,
+    /// 1 when the figures were read; 0 otherwise (not a step to CLOSE, a
+    /// socket that is not a full TCP one, or a kernel whose layout lacks
+    /// a field).
+    pub read: u8,
+    pub _pad: u8,
 }
 
 /// A TCP socket's own account of its traffic, read from `struct tcp_sock`
@@ -321,6 +358,16 @@ impl SocketEntry {
             has_tcp: 0,
             _pad: [0; 4],
             tcp: self.tcp,
+            net: NetFigures {
+                bytes_acked: 0,
+                bytes_received: 0,
+                srtt_us: 0,
+                rttvar_us: 0,
+                retrans: 0,
+                error: 0,
+                read: 0,
+                _pad: 0,
+            },
         }
     }
 }
@@ -392,6 +439,18 @@ pub struct SockOffsets {
     pub data_segs_out: u16,
     /// `tcp_sock.data_segs_in` (u32).
     pub data_segs_in: u16,
+    /// `tcp_sock.bytes_acked` (u64).
+    pub bytes_acked: u16,
+    /// `tcp_sock.bytes_received` (u64).
+    pub bytes_received: u16,
+    /// `tcp_sock.srtt_us` (u32, microseconds << 3).
+    pub srtt_us: u16,
+    /// `tcp_sock.mdev_us` (u32, microseconds << 2).
+    pub mdev_us: u16,
+    /// `tcp_sock.total_retrans` (u32).
+    pub total_retrans: u16,
+    /// `sock.sk_err` (int).
+    pub sk_err: u16,
     pub _pad: u16,
 }
 
@@ -466,7 +525,7 @@ pub struct Config {
 }
 
 // The structs must have no implicit padding: every byte is a named field.
-const _: () = assert!(size_of::<Event>() == 120);
+const _: () = assert!(size_of::<Event>() == 152);
 const _: () = assert!(
     size_of::<Event>()
         == 8 + 8
@@ -488,8 +547,10 @@ const _: () = assert!(
             + 1
             + 4
             + size_of::<TcpFigures>()
+            + size_of::<NetFigures>()
 );
 const _: () = assert!(size_of::<TcpFigures>() == 4 * 4);
+const _: () = assert!(size_of::<NetFigures>() == 8 + 8 + 4 + 4 + 4 + 2 + 1 + 1);
 const _: () = assert!(size_of::<Step>() == 8 + 5 + 3);
 const _: () = assert!(
     size_of::<SocketEntry>()
@@ -512,7 +573,7 @@ const _: () = assert!(
 );
 const _: () =
     assert!(size_of::<Log>() == size_of::<Event>() + 4 + 1 + 3 + LOG_STEPS * size_of::<Step>());
-const _: () = assert!(size_of::<SockOffsets>() == 22 * 2);
+const _: () = assert!(size_of::<SockOffsets>() == 28 * 2);
 const _: () = assert!(
     size_of::<Config>()
         == 4 * MAX_FILTER_PIDS

@@ -1,8 +1,8 @@
 //! Each socket's life folded into its map entry: every state change and RST of the full socket is logged there, and the log goes to the ring as one record when the full socket's life ends (or the log fills). Userspace reads the live entries in batches for what is open now.
 
 use tracer_common::{
-    EventKind, FIN_UNKNOWN, LOG_STEPS, OwnerSource, STEP_IN_OWNER, STEP_TCP, SocketEntry, Step,
-    TcpFigures, TcpState, failed,
+    EventKind, FIN_UNKNOWN, LOG_STEPS, NetFigures, OwnerSource, STEP_IN_OWNER, STEP_TCP,
+    SocketEntry, Step, TcpFigures, TcpState, failed,
 };
 
 use crate::{
@@ -11,7 +11,9 @@ use crate::{
         runs_in_owner,
     },
     record::{Record, count_failure, emit, emit_log},
-    sock::{Tuple, addresses, closing_figures, fin_received, netns_of, pid_allowed},
+    sock::{
+        Tuple, addresses, closing_figures, final_figures, fin_received, netns_of, pid_allowed,
+    },
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -58,14 +60,14 @@ pub fn state_change(
     entry.since_state = new;
     entry.since_ns = now;
     if new == LISTEN {
-        write_out(entry, cookie, now);
+        write_out(entry, cookie, now, None);
     } else if new == CLOSE {
         // The end of the full socket's life: its log goes out and its
         // entry with it, here rather than in a destroy hook: the same
         // delete (measured: the same kernel time per connection) with one
         // hook less attached. A socket that connects again after a failed
         // connect starts a new entry.
-        write_out(entry, cookie, now);
+        write_out(entry, cookie, now, final_figures(sk, new));
         forget(cookie);
     }
 }
@@ -161,6 +163,7 @@ fn first_step(
             since_ns: 0,
             ts_ns: step.ts_ns,
             tcp,
+            net: final_figures(sk, step.new_state),
         },
     );
 }
@@ -172,7 +175,7 @@ fn first_step(
 #[inline(always)]
 fn append(entry: &mut SocketEntry, sk: *const u8, tuple: &Tuple, cookie: u64, step: &Step) {
     if usize::from(entry.steps_len) >= LOG_STEPS {
-        write_out(entry, cookie, step.ts_ns);
+        write_out(entry, cookie, step.ts_ns, None);
     }
     let len = usize::from(entry.steps_len);
     if len < LOG_STEPS {
@@ -196,11 +199,12 @@ fn set_endpoints(entry: &mut SocketEntry, sk: *const u8, tuple: &Tuple) {
 }
 
 /// Writes the log to the ring (unless the pid filter leaves its owner
-/// out) and starts the next one.
+/// out) and starts the next one; `net`: the socket's figures, when its
+/// last step ends its life.
 #[inline(always)]
-fn write_out(entry: &mut SocketEntry, cookie: u64, now: u64) {
+fn write_out(entry: &mut SocketEntry, cookie: u64, now: u64, net: Option<NetFigures>) {
     if pid_allowed(entry.tgid) {
-        emit_log(cookie, entry, now);
+        emit_log(cookie, entry, now, net);
     } else if entry.tgid == 0 {
         count_failure(failed::UNATTRIBUTED);
     }

@@ -31,7 +31,7 @@ use crate::{
     },
     record::{Record, count_failure, emit},
     sock::{
-        closing_figures, cookie_of, field, fin_received, is_tcp, pid_allowed, traced_family,
+        closing_figures, cookie_of, field, final_figures, fin_received, is_tcp, pid_allowed, traced_family,
         traced_ports, tuple_if_traced,
     },
 };
@@ -160,6 +160,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext, slot: u32) -> Result<(), 
         since_ns: step.since_ns,
         ts_ns: now,
         tcp: closing_figures(sk, old, new),
+        net: final_figures(sk, new),
     };
     emit(sk, &tuple, &record);
     Ok(())
@@ -238,6 +239,7 @@ fn try_reset(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i32> {
         since_ns: 0,
         ts_ns: now,
         tcp: None,
+        net: None,
     };
     emit(sk, &tuple, &record);
     Ok(())

@@ -7,7 +7,9 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use tracer_common::{Event, EventKind, LOG_STEPS, Log, SocketEntry, TcpFigures, failed};
+use tracer_common::{
+    Event, EventKind, LOG_STEPS, Log, NetFigures, SocketEntry, TcpFigures, failed,
+};
 
 use crate::{
     config::config,
@@ -42,6 +44,8 @@ pub struct Record {
     pub since_ns: u64,
     pub ts_ns: u64,
     pub tcp: Option<TcpFigures>,
+    /// At a step to CLOSE: the socket's whole life.
+    pub net: Option<NetFigures>,
 }
 
 /// Losses the kernel side counts, per CPU, one slot each (see
@@ -96,14 +100,16 @@ pub fn emit(sk: *const u8, tuple: &Tuple, r: &Record) {
         has_tcp: u8::from(r.tcp.is_some()),
         _pad: [0; 4],
         tcp: r.tcp.unwrap_or_default(),
+        net: r.net.unwrap_or_default(),
     });
     entry.submit(submit_flags());
 }
 
 /// Writes the steps logged in `log`, the entry of socket `cookie`, as one
-/// record; the endpoints are the entry's, as of its last step.
+/// record; the endpoints are the entry's, as of its last step; `net` the
+/// socket's figures when that step ends its life.
 #[inline(always)]
-pub fn emit_log(cookie: u64, log: &SocketEntry, now: u64) {
+pub fn emit_log(cookie: u64, log: &SocketEntry, now: u64, net: Option<NetFigures>) {
     let Some(mut entry) = EVENTS.reserve::<Log>(0) else {
         count(&DROPS, 0);
         return;
@@ -114,6 +120,9 @@ pub fn emit_log(cookie: u64, log: &SocketEntry, now: u64) {
     // programs' stack) before it is submitted.
     unsafe {
         (*record).head = log.log_head(cookie, now);
+        if let Some(net) = net {
+            (*record).head.net = net;
+        }
         (*record).generation = log.generation;
         (*record).steps_len = log.steps_len;
         (*record)._pad = [0; 3];

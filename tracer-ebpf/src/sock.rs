@@ -7,8 +7,8 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_skc_to_tcp_sock},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, FIN_UNKNOWN, IPPROTO_TCP, MAX_FILTER_PIDS, MAX_FILTER_PORTS, NO_OFFSET,
-    TcpFigures, TcpState,
+    AF_INET, AF_INET6, FIN_UNKNOWN, IPPROTO_TCP, MAX_FILTER_PIDS, MAX_FILTER_PORTS, NetFigures,
+    NO_OFFSET, TcpFigures, TcpState,
 };
 
 use crate::config::config;
@@ -233,13 +233,7 @@ fn tcp_figures(sk: *const u8) -> Option<TcpFigures> {
     {
         return None;
     }
-    // SAFETY: the helper checks that `sk` is a full TCP socket and returns
-    // it typed as `struct tcp_sock *` (or NULL), so the verifier checks
-    // each plain load below against that type.
-    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast_mut().cast::<c_void>()) } as *const u8;
-    if tp.is_null() {
-        return None;
-    }
+    let tp = tcp_sock(sk)?;
     // `tcp_jiffies32` is the low 32 bits of jiffies; the stamps wrap with it.
     // SAFETY: no arguments; reads the kernel's jiffies.
     #[expect(
@@ -257,5 +251,57 @@ fn tcp_figures(sk: *const u8) -> Option<TcpFigures> {
         recv_age_ms: age_ms(field(tp, lrcvtime)),
         segs_out: field(tp, segs_out),
         segs_in: field(tp, segs_in),
+    })
+}
+
+/// `sk` as a `struct tcp_sock *`, if it is a full TCP socket.
+#[inline(always)]
+fn tcp_sock(sk: *const u8) -> Option<*const u8> {
+    // SAFETY: the helper checks that `sk` is a full TCP socket and returns
+    // it typed as `struct tcp_sock *` (or NULL), so the verifier checks
+    // each plain load from it against that type.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast_mut().cast::<c_void>()) } as *const u8;
+    (!tp.is_null()).then_some(tp)
+}
+
+/// The TCP socket's account of its whole life if the step goes to CLOSE
+/// (the full socket's end, whatever ended it): read once per connection,
+/// on a path every connection takes anyway, so that bytes, RTT,
+/// retransmissions and the error it ended with cost no hook on the I/O or
+/// packet path. `None` on other steps, for a socket that is not a full
+/// TCP one, or when the kernel's layout lacks a field.
+#[inline(always)]
+pub fn final_figures(sk: *const u8, new: u8) -> Option<NetFigures> {
+    if new != TcpState::Close as u8 {
+        return None;
+    }
+    let acked = config!(offsets.bytes_acked);
+    let received = config!(offsets.bytes_received);
+    let srtt = config!(offsets.srtt_us);
+    let mdev = config!(offsets.mdev_us);
+    let retrans = config!(offsets.total_retrans);
+    let err = config!(offsets.sk_err);
+    if acked == NO_OFFSET
+        || received == NO_OFFSET
+        || srtt == NO_OFFSET
+        || mdev == NO_OFFSET
+        || retrans == NO_OFFSET
+        || err == NO_OFFSET
+    {
+        return None;
+    }
+    let tp = tcp_sock(sk)?;
+    // An errno; a negative or huge value would be a kernel bug, kept
+    // visible rather than folded to 0.
+    let error: i32 = field(sk, err);
+    Some(NetFigures {
+        bytes_acked: field(tp, acked),
+        bytes_received: field(tp, received),
+        srtt_us: field::<u32>(tp, srtt) >> 3,
+        rttvar_us: field::<u32>(tp, mdev) >> 2,
+        retrans: field(tp, retrans),
+        error: u16::try_from(error).unwrap_or(u16::MAX),
+        read: 1,
+        _pad: 0,
     })
 }

@@ -4,12 +4,12 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use tracer_common::{
     AF_INET, AF_INET6, COMM_LEN, Event, EventKind, FIN_UNKNOWN, LOG_STEPS, Log, OwnerSource,
-    STEP_TCP, SocketEntry, Step, TcpFigures, TcpState,
+    STEP_TCP, SocketEntry, Step, TcpFigures, TcpState, NetFigures,
 };
 
 use crate::model::{
     aggregate::{LastIo, LiveSocket},
-    event::{Comm, Family, Kind, Owner, Record, StepLog},
+    event::{Comm, Family, Kind, LoggedStep, Owner, Record, StepLog},
     tracker::{ClosedBy, ConnId, ConnRecord, Role, StateTimes},
 };
 
@@ -90,6 +90,8 @@ pub fn record(
         open_state: None,
         opened_seen: true,
         tcp: None,
+        net: None,
+        connect_failed: None,
     }
 }
 
@@ -120,6 +122,7 @@ pub fn live(
         io: io.map(|(s, r)| LastIo {
             send_ns: s.map(|ms| ms * MS),
             recv_ns: r.map(|ms| ms * MS),
+            net: None,
         }),
     }
 }
@@ -172,6 +175,7 @@ impl Sock {
             peer_fin: matches!(kind, Kind::StateChange { .. }).then_some(false),
             since_ns: None,
             tcp: None,
+            net: None,
         }
     }
 
@@ -227,10 +231,33 @@ fn raw_log(log: &StepLog) -> (Event, [Step; LOG_STEPS]) {
     head.since_ns = log.prior_ns.unwrap_or(0);
     head.tcp = log.tcp.unwrap_or_default();
     head.has_tcp = 0;
+    head.net = log.net.map_or_else(Default::default, |n| NetFigures { read: 1, ..n });
     if log.socket.owner.is_some() {
         head.owner_source = OwnerSource::Recorded as u8;
     }
     (head, steps)
+}
+
+/// The log of one socket's `steps` (records of the same socket, in
+/// order), as the kernel would fold them; net figures are set apart
+/// ([`StepLog::with_net`]).
+pub fn log_of(steps: &[Record]) -> StepLog {
+    let logged: Vec<LoggedStep> = steps
+        .iter()
+        .map(|r| LoggedStep {
+            ts_ns: r.ts_ns,
+            kind: r.kind,
+            peer_fin: r.peer_fin,
+            tcp: r.tcp.is_some(),
+        })
+        .collect();
+    StepLog::new(
+        steps[0],
+        0,
+        None,
+        steps.iter().find_map(|r| r.tcp),
+        &logged,
+    )
 }
 
 /// A log as the kernel writes it in the ring (inverse of
@@ -326,5 +353,6 @@ fn event_of(r: &Record) -> Event {
         has_tcp: u8::from(r.tcp.is_some()),
         _pad: [0; 4],
         tcp: r.tcp.unwrap_or_default(),
+        net: r.net.map_or_else(Default::default, |n| NetFigures { read: 1, ..n }),
     }
 }

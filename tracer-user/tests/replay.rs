@@ -342,7 +342,7 @@ fn a_newer_format_and_other_files_are_one_line_errors() {
     assert_eq!(out.status.code(), Some(1));
     let line = one_line(&out);
     assert!(
-        line.contains("version 7") && line.contains("version 2"),
+        line.contains("version 7") && line.contains("version 3"),
         "{line}"
     );
 

@@ -3,8 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::{
-    AF_INET, AF_INET6, Event, EventKind, FIN_UNKNOWN, LOG_STEPS, Log, OwnerSource, STEP_TCP,
-    SocketEntry, Step, TcpState,
+    AF_INET, AF_INET6, Event, EventKind, FIN_UNKNOWN, LOG_STEPS, Log, NetFigures, OwnerSource,
+    STEP_TCP, SocketEntry, Step, TcpState,
 };
 
 use crate::model::event::{Comm, Family, Kind, LoggedStep, Owner, Record, StepLog};
@@ -130,7 +130,13 @@ fn step_log(
         (head.since_ns != 0).then_some(head.since_ns),
         tcp.then_some(head.tcp),
         &logged[..used.len()],
-    ))
+    )
+    .with_net(net(head)))
+}
+
+/// The socket's figures at its end, if the kernel read them.
+fn net(event: &Event) -> Option<NetFigures> {
+    (event.net.read != 0).then_some(event.net)
 }
 
 /// One step's kind from the kernel's kind and states; a log is not a step.
@@ -168,6 +174,26 @@ fn socket(head: &Event) -> Result<Record, DecodeError> {
         new_state: TcpState::Close as u8,
         ..*head
     })
+}
+
+/// Ring records as recordings of format versions 1 and 2 hold them: an
+/// `Event` without its `net` figures (the last field), and a `Log` whose
+/// head is such an `Event`.
+const LEGACY_EVENT: usize = size_of::<Event>() - size_of::<NetFigures>();
+const LEGACY_LOG: usize = size_of::<Log>() - size_of::<NetFigures>();
+
+/// Rewrites a record of the layout before `net` was added in today's,
+/// with no figures (`read` 0); any other length is left to the decoder
+/// to refuse.
+pub fn widen_legacy(bytes: &mut Vec<u8>) {
+    match bytes.len() {
+        LEGACY_EVENT => bytes.resize(size_of::<Event>(), 0),
+        LEGACY_LOG => {
+            let at = LEGACY_EVENT;
+            bytes.splice(at..at, [0; size_of::<NetFigures>()]);
+        }
+        _ => {}
+    }
 }
 
 /// Decodes one record exactly as the kernel wrote it.
@@ -214,6 +240,9 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
         peer_fin: peer_fin(kind, event.fin_received),
         tcp: (event.kind == EventKind::StateChange as u8 && event.has_tcp != 0)
             .then_some(event.tcp),
+        net: net(event).filter(|_| {
+            event.kind == EventKind::StateChange as u8 && event.new_state == TcpState::Close as u8
+        }),
     })
 }
 
@@ -266,7 +295,78 @@ pub(crate) mod tests {
                 segs_out: 2,
                 segs_in: 1,
             },
+            // Read only at a step to CLOSE: ignored on this one.
+            net: NET,
         }
+    }
+
+    const NET: NetFigures = NetFigures {
+        bytes_acked: 1_048_577,
+        bytes_received: 2,
+        srtt_us: 41,
+        rttvar_us: 20,
+        retrans: 3,
+        error: 0,
+        read: 1,
+        _pad: 0,
+    };
+
+    #[test]
+    fn records_of_the_layout_before_net_figures_are_widened() {
+        // An Event and a Log of format version 2: today's bytes without
+        // `net`, which is last in an Event and so in a Log's head.
+        let c = crate::testutil::Sock::client(9);
+        let closing = crate::testutil::log_of(&[
+            c.step(5, TcpState::FinWait1, TcpState::FinWait2),
+            c.step(6, TcpState::FinWait2, TcpState::Close),
+        ]);
+        let log = crate::testutil::encode_log(&closing);
+        let mut old_log = log.clone();
+        old_log.drain(LEGACY_EVENT..size_of::<Event>());
+        assert_eq!(old_log.len(), 224);
+        widen_legacy(&mut old_log);
+        assert_eq!(old_log, log);
+        let event = bytes_of(&Event {
+            net: NetFigures::default(),
+            ..v4_event()
+        });
+        let mut old_event = event[..LEGACY_EVENT].to_vec();
+        assert_eq!(old_event.len(), 120);
+        widen_legacy(&mut old_event);
+        assert_eq!(old_event, event);
+        // Anything else is the decoder's to refuse.
+        let mut odd = vec![0; 7];
+        widen_legacy(&mut odd);
+        assert_eq!(decode_any(&odd), Err(DecodeError::Length(7)));
+    }
+
+    #[test]
+    fn a_step_to_close_carries_the_sockets_figures() {
+        let mut e = v4_event();
+        e.old_state = TcpState::FinWait2 as u8;
+        e.new_state = TcpState::Close as u8;
+        assert_eq!(decode(&bytes_of(&e)).unwrap().net, Some(NET));
+        // Not read (a kernel without the fields): none.
+        e.net.read = 0;
+        assert_eq!(decode(&bytes_of(&e)).unwrap().net, None);
+        // Another step never has them.
+        assert_eq!(decode(&bytes_of(&v4_event())).unwrap().net, None);
+        // A log: only when its last step is the one to CLOSE.
+        let c = crate::testutil::Sock::client(9);
+        let closing = crate::testutil::log_of(&[
+            c.step(5, TcpState::FinWait1, TcpState::FinWait2),
+            c.step(6, TcpState::FinWait2, TcpState::Close),
+        ])
+        .with_net(Some(NET));
+        let Decoded::Log(log) = decode_any(&crate::testutil::encode_log(&closing)).unwrap() else {
+            panic!("a log");
+        };
+        assert_eq!(log.net, Some(NET));
+        assert_eq!(log.record(1).net, Some(NET));
+        assert_eq!(log.record(0).net, None);
+        let open = crate::testutil::log_of(&[c.step(5, TcpState::FinWait1, TcpState::FinWait2)])
+            .with_net(Some(NET));
+        assert_eq!(open.net, None);
     }
 
     #[test]
@@ -317,6 +417,7 @@ pub(crate) mod tests {
                     segs_out: 2,
                     segs_in: 1,
                 }),
+                net: None,
             }
         );
     }
@@ -718,6 +819,14 @@ pub(crate) mod tests {
                 peer_fin: shape.peer_fin.filter(|_| state_change),
                 since_ns: (state_change && shape.since_known).then_some(e.since_ns),
                 tcp: (state_change && shape.tcp_byte.is_some()).then_some(e.tcp),
+                net: (matches!(
+                    shape.kind,
+                    Kind::StateChange {
+                        new: TcpState::Close,
+                        ..
+                    }
+                ) && e.net.read != 0)
+                    .then_some(e.net),
             };
             (record, e)
         })

@@ -228,6 +228,15 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
         ))?,
         data_segs_out: optional(offset(btf, "tcp_sock", &["data_segs_out"], 4))?,
         data_segs_in: optional(offset(btf, "tcp_sock", &["data_segs_in"], 4))?,
+        // Without these records carry no bytes, RTT, retransmissions or
+        // the error a connection ended with (failed connects have no
+        // reason).
+        bytes_acked: optional(offset(btf, "tcp_sock", &["bytes_acked"], 8))?,
+        bytes_received: optional(offset(btf, "tcp_sock", &["bytes_received"], 8))?,
+        srtt_us: optional(offset(btf, "tcp_sock", &["srtt_us"], 4))?,
+        mdev_us: optional(offset(btf, "tcp_sock", &["mdev_us"], 4))?,
+        total_retrans: optional(offset(btf, "tcp_sock", &["total_retrans"], 4))?,
+        sk_err: optional(offset(btf, "sock", &["sk_err"], 4))?,
         _pad: 0,
     })
 }
@@ -278,6 +287,12 @@ mod tests {
             o.lrcvtime,
             o.data_segs_out,
             o.data_segs_in,
+            o.bytes_acked,
+            o.bytes_received,
+            o.srtt_us,
+            o.mdev_us,
+            o.total_retrans,
+            o.sk_err,
         ] {
             assert_ne!(off, NO_OFFSET, "{o:?}");
         }
@@ -285,6 +300,10 @@ mod tests {
             o.lrcvtime < o.lsndtime && o.lsndtime < o.data_segs_out.max(o.data_segs_in),
             "{o:?}"
         );
+        // sk_err is struct sock's, before inet_sock's own fields; the
+        // counters are tcp_sock's, beyond the connection sock it starts with.
+        assert!(o.sk_err < o.inet_sport, "{o:?}");
+        assert!(o.bytes_acked > o.lrcvtime && o.srtt_us > o.lrcvtime, "{o:?}");
     }
 
     #[test]

@@ -9,7 +9,10 @@ use crate::{
         netns::NetnsPaths,
         sock_diag::{self, Diag, DiagSocket},
     },
-    model::{aggregate::LastIo, event::Family},
+    model::{
+        aggregate::{LastIo, LiveNet},
+        event::Family,
+    },
 };
 
 /// When a dumped socket last moved data, from its TCP_INFO ("ms ago" as of
@@ -26,6 +29,11 @@ pub fn last_io(s: &DiagSocket) -> Option<LastIo> {
     Some(LastIo {
         send_ns: at(info.data_segs_out, info.last_data_sent_ms),
         recv_ns: at(info.data_segs_in, info.last_data_recv_ms),
+        net: Some(LiveNet {
+            unacked: info.unacked,
+            retrans: info.total_retrans,
+            rtt_us: info.rtt_us,
+        }),
     })
 }
 
@@ -127,6 +135,9 @@ mod tests {
                 last_ack_recv_ms: 250,
                 data_segs_in: 1,
                 data_segs_out: 3,
+                unacked: 1,
+                total_retrans: 2,
+                rtt_us: 41,
             }),
             seen_ns: 60_000_000_000,
         };
@@ -135,6 +146,11 @@ mod tests {
             Some(LastIo {
                 send_ns: Some(55_000_000_000),
                 recv_ns: Some(59_750_000_000),
+                net: Some(LiveNet {
+                    unacked: 1,
+                    retrans: 2,
+                    rtt_us: 41,
+                }),
             })
         );
         // Older than boot cannot be.

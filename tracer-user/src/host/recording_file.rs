@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every recording.
 pub const MAGIC: [u8; 8] = *b"TCPLREC\n";
 /// The format this build writes, and the newest it reads.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 const CHUNK_MAGIC: [u8; 4] = *b"CHNK";
 /// A chunk is written once its blocks reach this size, or once a second:
 /// a crash loses at most that much.
@@ -547,14 +547,15 @@ mod tests {
     #[test]
     fn a_newer_version_and_other_files_are_refused_by_name() {
         let mut bytes = recording(&blocks(3), 1, None);
-        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
         let Err(err) = RecordingReader::new(Cursor::new(&bytes)) else {
             panic!("accepted")
         };
-        assert_eq!(err, ReadError::Newer { found: 3 });
+        assert_eq!(err, ReadError::Newer { found: VERSION + 1 });
         let text = err.to_string();
         assert!(
-            text.contains("version 3") && text.contains("version 2"),
+            text.contains(&format!("version {}", VERSION + 1))
+                && text.contains(&format!("version {VERSION}")),
             "{text}"
         );
         // Every earlier version is read.

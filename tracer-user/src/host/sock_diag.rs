@@ -34,6 +34,11 @@ pub struct TcpTimes {
     pub last_ack_recv_ms: u32,
     pub data_segs_in: u32,
     pub data_segs_out: u32,
+    /// Segments sent and not yet acknowledged, segments retransmitted over
+    /// the life, and the smoothed RTT (µs).
+    pub unacked: u32,
+    pub total_retrans: u32,
+    pub rtt_us: u32,
 }
 
 /// Everything the tracer uses about one socket from a dump.
@@ -113,6 +118,9 @@ fn to_diag_socket(response: &InetResponse, raw: &[u8], seen_ns: u64) -> Option<D
             last_ack_recv_ms: info.last_ack_recv,
             data_segs_in: info.data_segs_in,
             data_segs_out: info.data_segs_out,
+            unacked: info.unacked,
+            total_retrans: info.total_retrans,
+            rtt_us: info.rtt,
         }),
         _ => None,
     });

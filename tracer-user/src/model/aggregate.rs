@@ -15,7 +15,7 @@ use tracer_common::TcpState;
 use crate::{
     model::dist::Dist,
     model::event::Comm,
-    model::tracker::{ClosedBy, ConnId, ConnRecord, Role, TimewaitEnd},
+    model::tracker::{ClosedBy, ConnId, ConnRecord, ConnectFailure, Role, TimewaitEnd},
 };
 
 /// ESTABLISHED sockets silent this long count as idle.
@@ -243,9 +243,49 @@ pub struct Stats {
     pub close_wait: Dist,
     pub last_ack: Dist,
     pub time_wait: Dist,
+    /// Connect attempts that never completed their handshake, by
+    /// [`ConnectFailure`] (indexed by its discriminant). Not in `closed`:
+    /// they never were connections.
+    #[serde(default)]
+    connect_failed: [u64; ConnectFailure::COUNT],
+    /// SYN retransmissions of those failed attempts.
+    #[serde(default)]
+    pub failed_syn_retrans: u64,
+    /// Closes that carried the socket's figures at its end.
+    #[serde(default)]
+    pub with_net: u64,
+    /// Of those, the ones that retransmitted at least one segment.
+    #[serde(default)]
+    pub retrans_conns: u64,
+    /// Segments retransmitted, in all (SYNs included).
+    #[serde(default)]
+    pub retrans_segs: u64,
+    /// Bytes sent and acknowledged by the peer, and bytes received, in all.
+    #[serde(default)]
+    pub bytes_acked: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// Smoothed RTT of each connection at its end (those with a sample).
+    #[serde(default)]
+    pub rtt: Dist,
 }
 
 impl Stats {
+    /// Failed connect attempts for `reason`.
+    pub fn connect_failed(&self, reason: ConnectFailure) -> u64 {
+        self.connect_failed[reason as usize]
+    }
+
+    /// Failed connect attempts, whatever the reason.
+    pub fn connects_failed(&self) -> u64 {
+        self.connect_failed.iter().sum()
+    }
+
+    /// Share of closes with figures that retransmitted, 0 when none.
+    pub fn retrans_share(&self) -> f64 {
+        ratio(self.retrans_conns, self.with_net)
+    }
+
     pub fn closed_by(&self, by: ClosedBy) -> u64 {
         self.closed_by[by as usize]
     }
@@ -289,9 +329,36 @@ impl Stats {
         self.close_wait.merge(&o.close_wait);
         self.last_ack.merge(&o.last_ack);
         self.time_wait.merge(&o.time_wait);
+        for (a, b) in self.connect_failed.iter_mut().zip(o.connect_failed) {
+            *a += b;
+        }
+        self.failed_syn_retrans += o.failed_syn_retrans;
+        self.with_net += o.with_net;
+        self.retrans_conns += o.retrans_conns;
+        self.retrans_segs += o.retrans_segs;
+        self.bytes_acked += o.bytes_acked;
+        self.bytes_received += o.bytes_received;
+        self.rtt.merge(&o.rtt);
     }
 
     fn on_record(&mut self, r: &ConnRecord) {
+        if let Some(reason) = r.connect_failed {
+            self.connect_failed[reason as usize] += 1;
+            self.failed_syn_retrans += r.net.map_or(0, |n| u64::from(n.retrans));
+            return;
+        }
+        if let Some(n) = r.net {
+            self.with_net += 1;
+            if n.retrans > 0 {
+                self.retrans_conns += 1;
+            }
+            self.retrans_segs += u64::from(n.retrans);
+            self.bytes_acked += n.bytes_acked;
+            self.bytes_received += n.bytes_received;
+            if n.srtt_us > 0 {
+                self.rtt.record(u64::from(n.srtt_us) * 1_000);
+            }
+        }
         self.closed += 1;
         self.closed_by[r.closed_by as usize] += 1;
         if r.time_wait {
@@ -373,6 +440,17 @@ pub struct Now {
     /// [`UNANSWERED_AFTER_NS`] or more ago.
     pub awaiting: u64,
     pub oldest_awaiting_ns: u64,
+    /// Of the awaiting sockets, those whose network figures are known;
+    /// among them the ones whose request the peer's TCP has not even
+    /// acknowledged, their retransmissions, and their RTTs.
+    #[serde(default)]
+    pub awaiting_with_net: u64,
+    #[serde(default)]
+    pub awaiting_unacked: u64,
+    #[serde(default)]
+    pub awaiting_retrans: u64,
+    #[serde(default)]
+    pub awaiting_rtt: Dist,
     /// How long each ESTABLISHED socket has been silent (since its last
     /// send or receive, or since it was first seen).
     pub idle_time: Dist,
@@ -532,6 +610,21 @@ pub struct LastIo {
     pub send_ns: Option<u64>,
     /// The last data received; `None` if none was.
     pub recv_ns: Option<u64>,
+    /// What the socket says of the network now; `None` from a recording
+    /// older than these figures.
+    #[serde(default)]
+    pub net: Option<LiveNet>,
+}
+
+/// An open socket's network figures, from TCP_INFO at a look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct LiveNet {
+    /// Segments sent that the peer has not acknowledged yet.
+    pub unacked: u32,
+    /// Segments retransmitted over the socket's life.
+    pub retrans: u32,
+    /// Smoothed RTT, µs.
+    pub rtt_us: u32,
 }
 
 /// A socket alive now, with what the kernel knows of its last I/O.
@@ -725,6 +818,14 @@ impl Aggregator {
                         now.awaiting += 1;
                         pid.awaiting = 1;
                         now.oldest_awaiting_ns = now.oldest_awaiting_ns.max(silent);
+                        if let Some(n) = io.net {
+                            now.awaiting_with_net += 1;
+                            now.awaiting_unacked += u64::from(n.unacked > 0);
+                            now.awaiting_retrans += u64::from(n.retrans);
+                            if n.rtt_us > 0 {
+                                now.awaiting_rtt.record(u64::from(n.rtt_us) * 1_000);
+                            }
+                        }
                     } else if !unanswered && silent >= IDLE_AFTER_NS {
                         now.idle += 1;
                         pid.idle = 1;

@@ -1,4 +1,4 @@
-//! The seven pathologies: rules over a group's recent window and its sockets alive now, each finding naming the process, the endpoint, the evidence and the likely cause.
+//! The eight pathologies: rules over a group's recent window and its sockets alive now, each finding naming the process, the endpoint, the evidence and the likely cause.
 //!
 //! Every threshold is a named constant here and in the README, with the
 //! real-software figures it was set from. A rule fires only when all of
@@ -16,7 +16,7 @@ use tracer_common::TcpState;
 
 use crate::{
     model::aggregate::{Aggregator, Group, GroupKey, PROMPT_MS, Stats, ratio},
-    model::tracker::{ClosedBy, Role},
+    model::tracker::{ClosedBy, ConnectFailure, Role},
 };
 
 /// Fewest closed connections before a closing pattern is judged.
@@ -69,6 +69,19 @@ pub const DEADLINE_ONE_EXCHANGE_SHARE: f64 = 0.5;
 /// close_wait_leak: at least this many CLOSE_WAIT sockets, the oldest this old.
 pub const CLOSE_WAIT_LEAK_MIN: u64 = 3;
 pub const CLOSE_WAIT_LEAK_AGE_MS: f64 = 5_000.0;
+/// connect_failures: at least this many connect attempts of a client
+/// group failed in the window, and they are at least this share of its
+/// attempts.
+pub const CONNECT_FAIL_MIN: u64 = 5;
+pub const CONNECT_FAIL_SHARE: f64 = 0.5;
+/// The network may explain a wait when at least this share of the
+/// connections judged retransmitted a segment, or when their RTT p99 is at
+/// least this fraction of the wait (an exchange takes a few round trips).
+/// On loopback and between namespaces here no connection retransmits and
+/// the RTT is 10-100 µs; with 10% of packets dropped on a veth, 1 MiB
+/// transfers retransmit on every connection.
+pub const NET_RETRANS_SHARE: f64 = 0.1;
+pub const NET_RTT_SHARE_OF_WAIT: f64 = 0.1;
 /// Share of closes that must carry the TCP figures before a rule built on
 /// them judges (they are missing when the kernel's layout could not be read).
 const FIGURES_SHARE: f64 = 0.8;
@@ -82,6 +95,7 @@ pub enum Pathology {
     UnansweredRequests,
     DeadlinePooled,
     CloseWaitLeak,
+    ConnectFailures,
 }
 
 /// How urgent a finding is; findings are listed most urgent first.
@@ -106,7 +120,7 @@ impl Severity {
 }
 
 impl Pathology {
-    pub const ALL: [Pathology; 7] = [
+    pub const ALL: [Pathology; 8] = [
         Self::ClientTimeoutStuckServer,
         Self::ServerCloses,
         Self::NoReuse,
@@ -114,6 +128,7 @@ impl Pathology {
         Self::UnansweredRequests,
         Self::DeadlinePooled,
         Self::CloseWaitLeak,
+        Self::ConnectFailures,
     ];
 
     /// The pathology whose [`Self::id`] this is.
@@ -130,13 +145,16 @@ impl Pathology {
             Self::UnansweredRequests => "unanswered_requests",
             Self::DeadlinePooled => "deadline_pooled",
             Self::CloseWaitLeak => "close_wait_leak",
+            Self::ConnectFailures => "connect_failures",
         }
     }
 
     pub const fn severity(self) -> Severity {
         match self {
             Self::CloseWaitLeak | Self::UnansweredRequests | Self::LeakedIdle => Severity::Critical,
-            Self::ClientTimeoutStuckServer | Self::DeadlinePooled => Severity::Warning,
+            Self::ClientTimeoutStuckServer | Self::DeadlinePooled | Self::ConnectFailures => {
+                Severity::Warning
+            }
             Self::ServerCloses | Self::NoReuse => Severity::Notice,
         }
     }
@@ -218,6 +236,14 @@ impl Finding {
         self.pathology.severity()
     }
 
+    /// The same finding with `note` (a sentence, or nothing) after its
+    /// summary.
+    #[must_use]
+    fn with_note(mut self, note: &str) -> Self {
+        self.summary.push_str(note);
+        self
+    }
+
     /// `4242/curl`, `nginx ×2`, `-`: the short form for tables.
     pub fn process_short(&self) -> String {
         process_short(&self.key, self.who.pid, self.who.processes)
@@ -242,6 +268,7 @@ impl Finding {
             Pathology::LeakedIdle => "established_now",
             Pathology::UnansweredRequests => "awaiting_reply",
             Pathology::CloseWaitLeak => "close_wait_now",
+            Pathology::ConnectFailures => "connects_failed",
         };
         match self.figure(name) {
             Some(Figure::Count(n)) => *n as f64,
@@ -309,6 +336,22 @@ impl Finding {
                     f("oldest_close_wait_ms")
                 )
             }
+            Pathology::ConnectFailures => format!(
+                "{} of {} connects failed, mostly {}",
+                f("connects_failed"),
+                f("connect_attempts"),
+                self.evidence
+                    .iter()
+                    .filter(|(n, _)| n.starts_with("failed_"))
+                    .max_by(|a, b| {
+                        let count = |f: &Figure| match f {
+                            Figure::Count(n) => *n,
+                            _ => 0,
+                        };
+                        count(&a.1).cmp(&count(&b.1))
+                    })
+                    .map_or("?", |(n, _)| n.trim_start_matches("failed_"))
+            ),
         }
     }
 }
@@ -358,6 +401,16 @@ fn pct(share: f64) -> Figure {
 
 fn ms(v: f64) -> Figure {
     Figure::Ms((v * 10.0).round() / 10.0)
+}
+
+/// An RTT to the microsecond (they are tens of µs on a LAN).
+fn rtt_ms(v: f64) -> Figure {
+    Figure::Ms((v * 1000.0).round() / 1000.0)
+}
+
+/// An RTT for summaries: `0.041ms`, `12.3ms`.
+fn rtt_dur(ms: f64) -> String {
+    crate::model::human::human_ms(ms)
 }
 
 /// `1.95s` / `850ms`, for summaries.
@@ -446,11 +499,12 @@ impl Case<'_> {
 type Rule = fn(&Case) -> Option<Finding>;
 
 /// The rules judged on closes, over a window.
-const CLOSING_RULES: [Rule; 4] = [
+const CLOSING_RULES: [Rule; 5] = [
     client_timeout_stuck_server,
     server_closes,
     no_reuse,
     deadline_pooled,
+    connect_failures,
 ];
 /// The rules judged on the sockets alive now.
 const LIVE_RULES: [Rule; 3] = [leaked_idle, unanswered_requests, close_wait_leak];
@@ -537,7 +591,7 @@ fn client_timeout_stuck_server(c: &Case) -> Option<Finding> {
     }
     let p99 = dist.quantile_ms(0.99).unwrap_or(p50);
     let client = c.key.role == Role::Client;
-    let evidence = vec![
+    let mut evidence = vec![
         ("closed", Figure::Count(s.closed)),
         (
             if client {
@@ -564,7 +618,11 @@ fn client_timeout_stuck_server(c: &Case) -> Option<Finding> {
             ms(p99),
         ),
     ];
-    Some(c.finding(Pathology::ClientTimeoutStuckServer, None, evidence, |who, far| {
+    // The wait the network would have to explain: the client's, until it
+    // gave up (the lifetime), or the linger itself.
+    let wait = s.lifetime.quantile_ms(0.5).unwrap_or(p50).max(p50);
+    let network = network_closes(s, wait, &mut evidence);
+    let finding = c.finding(Pathology::ClientTimeoutStuckServer, None, evidence, |who, far| {
         if client {
             format!(
                 "{who} gives up and closes first, then waits {} (p50) in FIN_WAIT2 for {far} to close: a client timeout racing a stuck server handler; check the server's handler latency against the client's timeout.",
@@ -577,7 +635,8 @@ fn client_timeout_stuck_server(c: &Case) -> Option<Finding> {
                 dur(p50)
             )
         }
-    }))
+    });
+    Some(finding.with_note(&network))
 }
 
 fn far_end_capitalized(far: &str) -> String {
@@ -705,7 +764,7 @@ fn deadline_pooled(c: &Case) -> Option<Finding> {
         return None;
     }
     let (p10, p90) = (s.lifetime.quantile_ms(0.1)?, s.lifetime.quantile_ms(0.9)?);
-    let evidence = vec![
+    let mut evidence = vec![
         ("closed", Figure::Count(s.timed)),
         ("closed_by_local_pct", pct(share)),
         ("lifetime_p10_ms", ms(p10)),
@@ -715,14 +774,16 @@ fn deadline_pooled(c: &Case) -> Option<Finding> {
         ("band_ms", ms(band)),
         ("closed_in_use_pct", pct(busy)),
     ];
-    Some(c.finding(Pathology::DeadlinePooled, None, evidence, |who, far| {
+    let network = network_closes(s, p50, &mut evidence);
+    let finding = c.finding(Pathology::DeadlinePooled, None, evidence, |who, far| {
         format!(
             "{who} closes its connections to {far} {} after they open ({:.0}% within ±{}), while they are in use: a fixed deadline or maximum connection age on pooled connections (requests in flight fail, or are retried); check deadlines set once per connection, client timeouts and pool max-lifetime settings.",
             dur(p50),
             clustered * 100.0,
             dur(band)
         )
-    }))
+    });
+    Some(finding.with_note(&network))
 }
 
 /// ESTABLISHED keeps growing, and nearly all of it is idle. Judged on the
@@ -776,13 +837,14 @@ fn unanswered_requests(c: &Case) -> Option<Finding> {
     }
     let oldest = now.oldest_awaiting_ns as f64 / 1e6;
     let awaiting = now.awaiting;
-    let evidence = vec![
+    let mut evidence = vec![
         ("awaiting_reply", Figure::Count(awaiting)),
         ("established_now", Figure::Count(established)),
         ("awaiting_pct", pct(share)),
         ("oldest_wait_ms", ms(oldest)),
     ];
-    Some(c.finding(
+    let network = network_awaiting(now, &mut evidence);
+    let finding = c.finding(
         Pathology::UnansweredRequests,
         now.main_pid(|p| p.awaiting),
         evidence,
@@ -792,7 +854,8 @@ fn unanswered_requests(c: &Case) -> Option<Finding> {
                 dur(oldest)
             )
         },
-    ))
+    );
+    Some(finding.with_note(&network))
 }
 
 /// Sockets the peer closed that the application never closes.
@@ -818,6 +881,142 @@ fn close_wait_leak(c: &Case) -> Option<Finding> {
             )
         },
     ))
+}
+
+/// A client's connect attempts keep failing: refused, timed out,
+/// unreachable, or given up by the process itself.
+fn connect_failures(c: &Case) -> Option<Finding> {
+    let s = c.stats;
+    let failed = s.connects_failed();
+    if c.key.role != Role::Client || failed < CONNECT_FAIL_MIN {
+        return None;
+    }
+    // Attempts: the openings counted in the window (an attempt's opening
+    // and its failure may fall in different windows).
+    let attempts = s.opened.max(failed);
+    let share = ratio(failed, attempts);
+    if share < CONNECT_FAIL_SHARE {
+        return None;
+    }
+    let mut evidence = vec![
+        ("connect_attempts", Figure::Count(attempts)),
+        ("connects_failed", Figure::Count(failed)),
+        ("failed_pct", pct(share)),
+    ];
+    for reason in ConnectFailure::ALL {
+        let n = s.connect_failed(reason);
+        if n > 0 {
+            evidence.push((failed_name(reason), Figure::Count(n)));
+        }
+    }
+    if s.failed_syn_retrans > 0 {
+        evidence.push(("syn_retransmits", Figure::Count(s.failed_syn_retrans)));
+    }
+    let main = ConnectFailure::ALL
+        .into_iter()
+        .max_by_key(|&r| (s.connect_failed(r), std::cmp::Reverse(r)))
+        .unwrap_or(ConnectFailure::Other);
+    let syns = s.failed_syn_retrans;
+    Some(c.finding(Pathology::ConnectFailures, None, evidence, |who, far| {
+        let why = match main {
+            ConnectFailure::Refused => format!(
+                "{far} answers its SYNs with a RST: nothing listens on that port (the service is down, restarting, or the address or port is wrong) or a firewall rejects"
+            ),
+            ConnectFailure::Timeout => format!(
+                "its SYNs to {far} go unanswered until the kernel gives up ({syns} SYN retransmissions in all): a firewall drops them, or the host is down or unreachable"
+            ),
+            ConnectFailure::Unreachable => format!(
+                "ICMP errors say {far} cannot be reached: check routes, the address and firewalls on the way"
+            ),
+            ConnectFailure::Abandoned => format!(
+                "it gives up before the handshake with {far} completes (its own connect timeout, shorter than the kernel's): the peer is slow to answer SYNs (a full accept backlog) or they are lost on the way"
+            ),
+            ConnectFailure::Other => format!(
+                "the kernel ended them with errors other than refused or timed out (see the records' error), or the reason could not be read"
+            ),
+        };
+        format!(
+            "{who} fails to connect to {far}: {failed} of {attempts} attempts ({:.0}%), mostly {}: {why}.",
+            share * 100.0,
+            main.name()
+        )
+    }))
+}
+
+/// The evidence name of a count of failed connects.
+const fn failed_name(reason: ConnectFailure) -> &'static str {
+    match reason {
+        ConnectFailure::Refused => "failed_refused",
+        ConnectFailure::Timeout => "failed_timeout",
+        ConnectFailure::Unreachable => "failed_unreachable",
+        ConnectFailure::Abandoned => "failed_abandoned",
+        ConnectFailure::Other => "failed_other",
+    }
+}
+
+/// Whether the network can explain a wait of `wait_ms` over the closes of
+/// `s`: their RTT and retransmissions as evidence, and a sentence saying
+/// so (empty when no close carried the figures).
+fn network_closes(s: &Stats, wait_ms: f64, evidence: &mut Vec<(&'static str, Figure)>) -> String {
+    if s.with_net == 0 {
+        return String::new();
+    }
+    let (p50, p99) = (s.rtt.quantile_ms(0.5), s.rtt.quantile_ms(0.99));
+    if let (Some(p50), Some(p99)) = (p50, p99) {
+        evidence.push(("rtt_p50_ms", rtt_ms(p50)));
+        evidence.push(("rtt_p99_ms", rtt_ms(p99)));
+    }
+    evidence.push(("retrans_pct", pct(s.retrans_share())));
+    evidence.push(("retrans_segments", Figure::Count(s.retrans_segs)));
+    let rtt = p50.map_or_else(
+        || "no RTT sample".into(),
+        |p| format!("RTT p50 {}", rtt_dur(p)),
+    );
+    let retransmitted = format!(
+        "{} of {} connections retransmitted",
+        s.retrans_conns, s.with_net
+    );
+    let slow = p99.is_some_and(|p| p >= wait_ms * NET_RTT_SHARE_OF_WAIT);
+    if s.retrans_share() >= NET_RETRANS_SHARE || slow {
+        format!(
+            " The network may explain part of the wait: {retransmitted} ({} segments), {rtt}, p99 {}; check the path for loss or delay before the application.",
+            s.retrans_segs,
+            p99.map_or_else(|| "-".into(), rtt_dur)
+        )
+    } else {
+        format!(" Not the network: {rtt}, {retransmitted}: the wait is in the application.")
+    }
+}
+
+/// As [`network_closes`], for requests awaiting an answer now: whether
+/// the peer's TCP acknowledged them.
+fn network_awaiting(
+    now: &crate::model::aggregate::Now,
+    evidence: &mut Vec<(&'static str, Figure)>,
+) -> String {
+    if now.awaiting_with_net == 0 {
+        return String::new();
+    }
+    evidence.push(("unacked_requests", Figure::Count(now.awaiting_unacked)));
+    evidence.push(("retrans_segments", Figure::Count(now.awaiting_retrans)));
+    let rtt = now.awaiting_rtt.quantile_ms(0.5);
+    if let Some(p50) = rtt {
+        evidence.push(("rtt_p50_ms", rtt_ms(p50)));
+    }
+    let rtt = rtt.map_or_else(
+        || "no RTT sample".into(),
+        |p| format!("RTT p50 {}", rtt_dur(p)),
+    );
+    if now.awaiting_unacked == 0 && now.awaiting_retrans == 0 {
+        format!(
+            " Not the network: the peer's TCP acknowledged every request ({rtt}, no retransmission): its application does not answer."
+        )
+    } else {
+        format!(
+            " The network may be involved: {} of {} requests not yet acknowledged by the peer's TCP, {} retransmissions, {rtt}; check the path and the peer's host.",
+            now.awaiting_unacked, now.awaiting_with_net, now.awaiting_retrans
+        )
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::{
     net::IpAddr,
 };
 
-use tracer_common::{COMM_LEN, LOG_STEPS, TcpFigures, TcpState};
+use tracer_common::{COMM_LEN, LOG_STEPS, NetFigures, TcpFigures, TcpState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Family {
@@ -135,6 +135,9 @@ pub struct Record {
     /// For a state change leaving ESTABLISHED or SYN_RECV: the TCP
     /// socket's own figures at that moment.
     pub tcp: Option<TcpFigures>,
+    /// For a state change to CLOSE: the socket's whole life (bytes, RTT,
+    /// retransmissions, the error it ended with).
+    pub net: Option<NetFigures>,
 }
 
 /// One step of a [`StepLog`]: what differs from step to step.
@@ -176,6 +179,8 @@ pub struct StepLog {
     pub prior_ns: Option<u64>,
     /// The TCP figures of the step marked `tcp`.
     pub tcp: Option<TcpFigures>,
+    /// The socket's figures at its end, when the last step is its CLOSE.
+    pub net: Option<NetFigures>,
     steps: [LoggedStep; LOG_STEPS],
     len: usize,
 }
@@ -197,6 +202,7 @@ impl StepLog {
             generation,
             prior_ns,
             tcp,
+            net: None,
             steps: slots,
             len,
         };
@@ -204,6 +210,25 @@ impl StepLog {
             log.socket = log.record(len - 1);
         }
         log
+    }
+
+    /// The same log with the socket's figures at its end (kept only when
+    /// its last step is the step to CLOSE, the one they were read at).
+    #[must_use]
+    pub fn with_net(mut self, net: Option<NetFigures>) -> Self {
+        let ends = self.len > 0
+            && matches!(
+                self.steps[self.len - 1].kind,
+                Kind::StateChange {
+                    new: TcpState::Close,
+                    ..
+                }
+            );
+        self.net = net.filter(|_| ends);
+        if ends {
+            self.socket = self.record(self.len - 1);
+        }
+        self
     }
 
     pub fn cookie(&self) -> u64 {
@@ -231,6 +256,7 @@ impl StepLog {
             since_ns: since_ns.filter(|_| state_change),
             peer_fin: step.peer_fin,
             tcp: self.tcp.filter(|_| step.tcp),
+            net: self.net.filter(|_| i + 1 == self.len),
             ..self.socket
         }
     }

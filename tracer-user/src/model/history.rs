@@ -366,7 +366,8 @@ impl Lives {
 
 /// The states of the open sockets that stand behind a finding of
 /// `pathology`: the stuck ones of a leak or a stuck handler, the waiting
-/// ones of a pool; TIME_WAIT, listeners and handshakes never.
+/// ones of a pool, the connects still trying of failing connects;
+/// TIME_WAIT and listeners never.
 fn behind(pathology: Pathology, state: TcpState) -> bool {
     let closing = matches!(
         state,
@@ -384,6 +385,7 @@ fn behind(pathology: Pathology, state: TcpState) -> bool {
         Pathology::ClientTimeoutStuckServer | Pathology::ServerCloses | Pathology::NoReuse => {
             closing
         }
+        Pathology::ConnectFailures => state == TcpState::SynSent,
     }
 }
 

@@ -9,11 +9,13 @@ use serde::{Serialize, Serializer, ser::SerializeMap};
 use tracer_common::TcpState;
 
 use super::report::JsonPod;
-use super::{Endpoint, Format, JsonTcp, display_addr, rfc3339_millis, time_of_day};
+use super::{
+    Endpoint, Format, JsonNet, JsonTcp, display_addr, human_bytes, rfc3339_millis, time_of_day,
+};
 use crate::model::{
     event::PodName,
     human::human,
-    tracker::{ConnRecord, Fw2End, StateTimes},
+    tracker::{ConnRecord, ConnectFailure, Fw2End, StateTimes},
 };
 
 /// States shown in the text LINGER column: the closing ones.
@@ -69,6 +71,12 @@ struct JsonRecord<'a> {
     /// The TCP socket's own figures at the first closing act.
     #[serde(skip_serializing_if = "Option::is_none")]
     tcp: Option<JsonTcp>,
+    /// The socket's account of its whole life, read at its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    net: Option<JsonNet>,
+    /// Only on a connect that never completed: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connect_failed: Option<&'static str>,
     /// The owner's Kubernetes pod, when the node names it.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     kube: Option<JsonPod<'a>>,
@@ -124,6 +132,8 @@ impl<W: Write> ConnectionWriter<W> {
                     complete: r.complete,
                     open_state: r.open_state.map(TcpState::name),
                     tcp: r.tcp.map(JsonTcp::from),
+                    net: r.net.map(JsonNet::from),
+                    connect_failed: r.connect_failed.map(ConnectFailure::name),
                     kube: pod.map(JsonPod::of),
                 };
                 serde_json::to_writer(&mut self.out, &line)?;
@@ -136,7 +146,7 @@ impl<W: Write> ConnectionWriter<W> {
                 };
                 writeln!(
                     self.out,
-                    "{:<12}  {:<22} {:<7}  {:<47} {:<12} {:>9}  {}{}",
+                    "{:<12}  {:<22} {:<7}  {:<47} {:<12} {:>9}  {}{}{}",
                     time_of_day(when),
                     who,
                     r.role.name(),
@@ -148,6 +158,7 @@ impl<W: Write> ConnectionWriter<W> {
                     r.closed_by.name(),
                     human(r.lifetime_ns),
                     linger(r),
+                    net_text(r),
                     pod.map(|p| format!("  pod={p}")).unwrap_or_default(),
                 )
             }
@@ -164,8 +175,35 @@ impl<W: Write> ConnectionWriter<W> {
     }
 }
 
+/// The network figures after the lingers, `key=value` as `pod=`:
+/// `  rtt=0.041ms retrans=3 sent=1.0MiB received=2B`.
+fn net_text(r: &ConnRecord) -> String {
+    let Some(n) = r.net else {
+        return String::new();
+    };
+    let mut text = String::new();
+    if n.srtt_us > 0 {
+        text.push_str(&format!("  rtt={}", human(u64::from(n.srtt_us) * 1_000)));
+    }
+    text.push_str(&format!("  retrans={}", n.retrans));
+    if r.connect_failed.is_none() {
+        text.push_str(&format!(
+            "  sent={} received={}",
+            human_bytes(n.bytes_acked),
+            human_bytes(n.bytes_received)
+        ));
+    }
+    if n.error != 0 {
+        text.push_str(&format!("  error={}", super::errno_name(n.error)));
+    }
+    text
+}
+
 /// The closing states with their durations, how FIN_WAIT2 ended, TIME_WAIT.
 fn linger(r: &ConnRecord) -> String {
+    if let Some(reason) = r.connect_failed {
+        return format!("connect failed: {}", reason.name());
+    }
     let mut parts: Vec<String> = LINGER_STATES
         .iter()
         .filter_map(|&s| {
@@ -235,6 +273,8 @@ mod tests {
             open_state: None,
             opened_seen: true,
             tcp: None,
+            net: None,
+            connect_failed: None,
         }
     }
 
@@ -282,6 +322,62 @@ mod tests {
         // Lifecycle order, not alphabetical.
         let text = render(Format::Json, &record());
         assert!(text.find("ESTABLISHED").unwrap() < text.find("FIN_WAIT1").unwrap());
+    }
+
+    const NET: tracer_common::NetFigures = tracer_common::NetFigures {
+        bytes_acked: 1_048_578,
+        bytes_received: 2,
+        srtt_us: 41,
+        rttvar_us: 20,
+        retrans: 3,
+        error: 0,
+        read: 1,
+        _pad: 0,
+    };
+
+    #[test]
+    fn network_figures_and_failed_connects_are_in_both_formats() {
+        let mut r = record();
+        r.net = Some(NET);
+        let v: serde_json::Value =
+            serde_json::from_str(render(Format::Json, &r).trim()).unwrap();
+        assert_eq!(
+            v["net"],
+            serde_json::json!({"bytes_acked": 1_048_578, "bytes_received": 2, "rtt_ms": 0.041,
+                "rttvar_ms": 0.02, "retrans": 3, "error": null})
+        );
+        assert!(v.get("connect_failed").is_none());
+        let text = render(Format::Text, &r);
+        assert!(
+            text.contains("  rtt=0.041ms  retrans=3  sent=1.0MiB received=2B"),
+            "{text}"
+        );
+
+        let mut failed = record();
+        failed.states = StateTimes::default().with(TcpState::SynSent, 1_000_000_000);
+        failed.time_wait = false;
+        failed.fin_wait2_end = None;
+        failed.closed_by = ClosedBy::Unknown;
+        failed.net = Some(tracer_common::NetFigures {
+            srtt_us: 0,
+            retrans: 2,
+            bytes_acked: 0,
+            bytes_received: 0,
+            error: 110,
+            ..NET
+        });
+        failed.connect_failed = Some(ConnectFailure::Timeout);
+        let v: serde_json::Value =
+            serde_json::from_str(render(Format::Json, &failed).trim()).unwrap();
+        assert_eq!(v["connect_failed"], "timeout");
+        assert_eq!(v["net"]["error"], "ETIMEDOUT");
+        assert_eq!(v["net"]["rtt_ms"], serde_json::Value::Null);
+        let text = render(Format::Text, &failed);
+        assert!(
+            text.contains("connect failed: timeout  retrans=2  error=ETIMEDOUT"),
+            "{text}"
+        );
+        assert!(!text.contains("sent="), "{text}");
     }
 
     #[test]

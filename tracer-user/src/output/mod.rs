@@ -9,7 +9,7 @@ pub mod transitions;
 use std::{fmt, net::IpAddr, time::SystemTime};
 
 use serde::Serialize;
-use tracer_common::TcpFigures;
+use tracer_common::{NetFigures, TcpFigures};
 
 /// How connection records and transition lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,72 @@ impl From<TcpFigures> for JsonTcp {
             segs_in: t.segs_in,
         }
     }
+}
+
+/// The socket's account of its whole life, read at its end, in JSON
+/// (connection records and transition lines).
+#[derive(Serialize)]
+pub struct JsonNet {
+    bytes_acked: u64,
+    bytes_received: u64,
+    /// Smoothed RTT and its mean deviation, ms with µs precision; `null`
+    /// when the connection never had an RTT sample.
+    rtt_ms: Option<f64>,
+    rttvar_ms: Option<f64>,
+    retrans: u32,
+    /// The error the socket ended with (`ECONNREFUSED`, `ETIMEDOUT`...);
+    /// `null` for none.
+    error: Option<String>,
+}
+
+impl From<NetFigures> for JsonNet {
+    fn from(n: NetFigures) -> Self {
+        let ms = |us: u32| f64::from(us) / 1_000.0;
+        Self {
+            bytes_acked: n.bytes_acked,
+            bytes_received: n.bytes_received,
+            rtt_ms: (n.srtt_us > 0).then(|| ms(n.srtt_us)),
+            rttvar_ms: (n.srtt_us > 0).then(|| ms(n.rttvar_us)),
+            retrans: n.retrans,
+            error: (n.error != 0).then(|| errno_name(n.error)),
+        }
+    }
+}
+
+/// The name of an errno a TCP socket ends with, or `errno N`.
+pub fn errno_name(errno: u16) -> String {
+    let name = match i32::from(errno) {
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EHOSTDOWN => "EHOSTDOWN",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::EPIPE => "EPIPE",
+        libc::EPROTO => "EPROTO",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        _ => return format!("errno {errno}"),
+    };
+    name.into()
+}
+
+/// A byte count for people: `512B`, `1.5KiB`, `1.0MiB`, `2.3GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
 }
 
 /// RFC 3339 UTC with milliseconds, as in the JSON contract: `2026-01-01T00:00:00.123Z`.
@@ -104,6 +170,19 @@ mod tests {
             format!("{:<14}|", Endpoint("1.2.3.4".parse().unwrap(), 5)),
             "1.2.3.4:5     |"
         );
+    }
+
+    #[test]
+    fn byte_counts_and_errors_read_as_people_say_them() {
+        assert_eq!(human_bytes(0), "0B");
+        assert_eq!(human_bytes(1023), "1023B");
+        assert_eq!(human_bytes(1536), "1.5KiB");
+        assert_eq!(human_bytes(1_048_578), "1.0MiB");
+        assert_eq!(human_bytes(5 << 30), "5.0GiB");
+        assert_eq!(human_bytes(u64::MAX), "16777216.0TiB");
+        assert_eq!(errno_name(111), "ECONNREFUSED");
+        assert_eq!(errno_name(110), "ETIMEDOUT");
+        assert_eq!(errno_name(4242), "errno 4242");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::{
     model::diagnose::{Figure, Finding, process_short, remote_of},
     model::dist::Dist,
     model::event::PodName,
-    model::tracker::{ClosedBy, Role},
+    model::tracker::{ClosedBy, ConnectFailure, Role},
 };
 
 /// States shown as current counts, in this order.
@@ -196,6 +196,40 @@ struct JsonGroup<'a> {
     close_wait_ms: Option<Percentiles>,
     last_ack_ms: Option<Percentiles>,
     time_wait_ms: Option<Percentiles>,
+    /// Connect attempts that never completed, by reason (not in `closed`).
+    failed_connects: BTreeMap<&'static str, u64>,
+    /// What the closed connections' sockets said of the network at their
+    /// end; absent when none carried the figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    net: Option<JsonGroupNet>,
+}
+
+/// A group's network figures over the window.
+#[derive(Serialize)]
+struct JsonGroupNet {
+    /// Closes that carried them.
+    connections: u64,
+    /// Smoothed RTT of each connection at its end.
+    rtt_ms: Option<Percentiles>,
+    /// Connections that retransmitted, their share, and segments in all.
+    retrans_connections: u64,
+    retrans_pct: f64,
+    retrans_segments: u64,
+    /// Mean bytes per connection, each way.
+    bytes_acked_per_connection: u64,
+    bytes_received_per_connection: u64,
+}
+
+fn json_group_net(s: &Stats) -> Option<JsonGroupNet> {
+    (s.with_net > 0).then(|| JsonGroupNet {
+        connections: s.with_net,
+        rtt_ms: percentiles(&s.rtt),
+        retrans_connections: s.retrans_conns,
+        retrans_pct: (s.retrans_share() * 1000.0).round() / 10.0,
+        retrans_segments: s.retrans_segs,
+        bytes_acked_per_connection: s.bytes_acked / s.with_net,
+        bytes_received_per_connection: s.bytes_received / s.with_net,
+    })
 }
 
 fn json_group<'a>(v: &GroupView, pods: &'a HashMap<GroupKey, PodName>) -> JsonGroup<'a> {
@@ -239,6 +273,12 @@ fn json_group<'a>(v: &GroupView, pods: &'a HashMap<GroupKey, PodName>) -> JsonGr
         close_wait_ms: percentiles(&s.close_wait),
         last_ack_ms: percentiles(&s.last_ack),
         time_wait_ms: percentiles(&s.time_wait),
+        failed_connects: ConnectFailure::ALL
+            .iter()
+            .filter(|&&r| s.connect_failed(r) > 0)
+            .map(|&r| (r.name(), s.connect_failed(r)))
+            .collect(),
+        net: json_group_net(s),
     }
 }
 
@@ -362,8 +402,17 @@ fn p50_p99(d: &Dist) -> String {
     }
 }
 
+/// Share of closes with figures that retransmitted, `-` without figures.
+fn retrans(s: &Stats) -> String {
+    if s.with_net == 0 {
+        "-".into()
+    } else {
+        format!("{:.0}%", s.retrans_share() * 100.0)
+    }
+}
+
 /// The cells of one group row, shared by text and Markdown.
-fn row(v: &GroupView) -> [String; 13] {
+fn row(v: &GroupView) -> [String; COLUMNS] {
     let (key, g, s) = (v.key, v.group, &v.stats);
     [
         process_short(key, g.procs.main(), g.procs.count()),
@@ -388,10 +437,18 @@ fn row(v: &GroupView) -> [String; 13] {
         p50(&s.lifetime),
         p50_p99(&s.fin_wait2),
         p50_p99(&s.close_wait),
+        p50_p99(&s.rtt),
+        retrans(s),
+        match s.connects_failed() {
+            0 => "-".into(),
+            n => n.to_string(),
+        },
     ]
 }
 
-const HEADERS: [&str; 13] = [
+const COLUMNS: usize = 16;
+
+const HEADERS: [&str; COLUMNS] = [
     "PROCESS",
     "ROLE",
     "ENDPOINT",
@@ -405,11 +462,14 @@ const HEADERS: [&str; 13] = [
     "LIFETIME_P50",
     "FIN_WAIT2_P50/P99",
     "CLOSE_WAIT_P50/P99",
+    "RTT_P50/P99",
+    "RETRANS",
+    "CONNECT_FAILED",
 ];
 
 impl Report<'_> {
-    fn shown(&self) -> Vec<[String; 13]> {
-        let mut rows: Vec<[String; 13]> = self.groups.iter().take(self.top).map(row).collect();
+    fn shown(&self) -> Vec<[String; COLUMNS]> {
+        let mut rows: Vec<[String; COLUMNS]> = self.groups.iter().take(self.top).map(row).collect();
         if self.folded > 0 {
             rows.push(row(&self.other));
         }

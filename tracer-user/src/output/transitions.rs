@@ -8,7 +8,7 @@ use std::{
 use serde::Serialize;
 use tracer_common::TcpState;
 
-use super::{Endpoint, Format, JsonTcp, display_addr, rfc3339_millis, time_of_day};
+use super::{Endpoint, Format, JsonNet, JsonTcp, display_addr, rfc3339_millis, time_of_day};
 use crate::model::event::{Kind, Record};
 
 pub struct TransitionWriter<W: Write> {
@@ -43,6 +43,9 @@ struct JsonLine {
     /// figures then.
     #[serde(skip_serializing_if = "Option::is_none")]
     tcp: Option<JsonTcp>,
+    /// On a step to CLOSE: the socket's account of its whole life.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    net: Option<JsonNet>,
 }
 
 impl<W: Write> TransitionWriter<W> {
@@ -86,6 +89,7 @@ impl<W: Write> TransitionWriter<W> {
                     raddr: display_addr(record.raddr).to_string(),
                     rport: record.rport,
                     tcp: record.tcp.map(JsonTcp::from),
+                    net: record.net.map(JsonNet::from),
                 };
                 serde_json::to_writer(&mut self.out, &line)?;
                 self.out.write_all(b"\n")
@@ -139,6 +143,7 @@ mod tests {
             peer_fin: None,
             since_ns: None,
             tcp: None,
+            net: None,
         }
     }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use super::host::{Event, Host, HostLosses, LookAnswer, LookRequest};
 use crate::{
     bpf::{
-        decode::{Decoded, decode_any},
+        decode::{Decoded, decode_any, widen_legacy},
         ring::MAX_BATCH,
     },
     host::{
@@ -570,7 +570,12 @@ impl ReplayHost {
             offset,
         };
         if tag == tag::RING {
-            let (records, now) = decode_ring(&payload).ok_or_else(bad)?;
+            let (mut records, now) = decode_ring(&payload).ok_or_else(bad)?;
+            if self.reader.version < NET_FIGURES_VERSION {
+                for record in &mut records {
+                    widen_legacy(record);
+                }
+            }
             return Ok(Some((now, Main::Ring(records))));
         }
         if tag == tag::ENTRIES {
@@ -640,6 +645,11 @@ fn json<T: DeserializeOwned>(payload: &[u8]) -> Option<(u64, T)> {
     let timed: TimedOwned<T> = serde_json::from_slice(payload).ok()?;
     Some((timed.now_ns, timed.value))
 }
+
+/// The first format version whose ring records carry the sockets' figures
+/// at their end (`tracer_common::NetFigures`); earlier records are
+/// widened to today's layout as they are read.
+const NET_FIGURES_VERSION: u32 = 3;
 
 /// A ring block: its time, then each record as a length and its bytes.
 fn decode_ring(payload: &[u8]) -> Option<(Vec<Vec<u8>>, u64)> {

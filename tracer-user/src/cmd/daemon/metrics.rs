@@ -15,7 +15,7 @@ use crate::{
     model::aggregate::GroupKey,
     model::diagnose::Finding,
     model::event::Comm,
-    model::tracker::{ClosedBy, ConnId, ConnRecord, Role, TimewaitEnd},
+    model::tracker::{ClosedBy, ConnId, ConnRecord, ConnectFailure, Role, TimewaitEnd},
     session::HostLosses,
 };
 
@@ -35,12 +35,18 @@ const LIFETIME_BUCKETS: [f64; 16] = [
     86400.0,
 ];
 
+/// RTT buckets in seconds: tens of µs on a host or a LAN, milliseconds
+/// across a region, a second only on a path in trouble.
+const RTT_BUCKETS: [f64; 12] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0,
+];
+
 /// Process names with series of their own (the `comm` label).
 pub const COMMS_KEPT: usize = 200;
 
 /// (process name, role) pairs with linger histograms of their own. Each
-/// pair costs 95 series (five histograms of 16 buckets, `+Inf`, sum and
-/// count), so fewer than the names the counters keep: the histograms of
+/// pair costs 110 series (five histograms of 16 buckets and one of 12,
+/// each with `+Inf`, sum and count), so fewer than the names the counters keep: the histograms of
 /// the busiest programs, the rest under `comm="other"`.
 pub const LINGERS_KEPT: usize = 64;
 
@@ -217,6 +223,10 @@ pub struct Metrics {
     close_wait: HistogramVec,
     last_ack: HistogramVec,
     time_wait: HistogramVec,
+    rtt: HistogramVec,
+    connect_failed: IntCounterVec,
+    retrans: IntCounterVec,
+    bytes: IntCounterVec,
     sockets: IntGaugeVec,
     findings: IntCounterVec,
     findings_active: IntGaugeVec,
@@ -332,6 +342,10 @@ struct ConnSeries {
     used_ns: u64,
     opened: Option<IntCounter>,
     closed: [Option<IntCounter>; ClosedBy::COUNT],
+    failed: [Option<IntCounter>; ConnectFailure::COUNT],
+    retrans: Option<IntCounter>,
+    /// Bytes acknowledged by the peer, and received.
+    bytes: [Option<IntCounter>; 2],
 }
 
 /// The histograms of one (comm, role).
@@ -345,6 +359,7 @@ struct LingerSeries {
     close_wait: Histogram,
     last_ack: Histogram,
     time_wait: Histogram,
+    rtt: Histogram,
 }
 
 /// Labels of a connection's series.
@@ -363,6 +378,16 @@ const CONN_LABELS: [&str; 9] = [
 /// What a container's labels say, in this order: its ids as the cgroup
 /// path gives them, its Kubernetes names as the node does.
 type ContainerLabels = [String; 5];
+
+/// The connection labels with `name` third, as `closed_by` is.
+fn with_label(name: &'static str) -> [&'static str; 10] {
+    let [comm, role, rest @ ..] = CONN_LABELS;
+    let mut out = [name; 10];
+    out[0] = comm;
+    out[1] = role;
+    out[3..].copy_from_slice(&rest);
+    out
+}
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -398,6 +423,12 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
         .register(Box::new(g.clone()))
         .expect("unique metric");
     g
+}
+
+/// A connection's labels with `value` third (see [`with_label`]).
+fn labelled<'a>(labels: &'a [String; 9], value: &'a str) -> [&'a str; 10] {
+    let [comm, role, addr, port, cid, uid, namespace, pod, name] = labels;
+    [comm, role, value, addr, port, cid, uid, namespace, pod, name]
 }
 
 impl Metrics {
@@ -464,6 +495,30 @@ impl Metrics {
                 "tcplinger_time_wait_seconds",
                 "Time in TIME_WAIT.",
                 &LINGER_BUCKETS,
+            ),
+            rtt: histogram_vec(
+                &r,
+                "tcplinger_connection_rtt_seconds",
+                "Smoothed RTT of each connection at its end.",
+                &RTT_BUCKETS,
+            ),
+            connect_failed: counter_vec(
+                &r,
+                "tcplinger_connect_failures_total",
+                "Connect attempts whose handshake never completed, by reason.",
+                &with_label("reason"),
+            ),
+            retrans: counter_vec(
+                &r,
+                "tcplinger_retransmitted_segments_total",
+                "Segments the closed connections retransmitted (SYNs included).",
+                &CONN_LABELS,
+            ),
+            bytes: counter_vec(
+                &r,
+                "tcplinger_connection_bytes_total",
+                "Bytes of the closed connections: sent (acknowledged by the peer) and received.",
+                &with_label("direction"),
             ),
             sockets: {
                 let v = IntGaugeVec::new(
@@ -689,6 +744,9 @@ impl Metrics {
                 used_ns: self.now_ns,
                 opened: None,
                 closed: Default::default(),
+                failed: Default::default(),
+                retrans: None,
+                bytes: Default::default(),
             };
             if cgroup_id != 0 && found.is_none() {
                 // Not known (yet): not cached, asked again next time.
@@ -724,6 +782,7 @@ impl Metrics {
                 close_wait: child(&self.close_wait),
                 last_ack: child(&self.last_ack),
                 time_wait: child(&self.time_wait),
+                rtt: child(&self.rtt),
             };
             self.linger_cache.insert(key, series);
         }
@@ -755,23 +814,40 @@ impl Metrics {
         let id = r.id();
         let closed = self.closed.clone();
         let now = self.now_ns;
+        if let Some(reason) = r.connect_failed {
+            // An attempt, not a connection: counted by its reason only.
+            let failed = self.connect_failed.clone();
+            let series = self.conn_series(&id, container);
+            series.used_ns = now;
+            series.failed[reason as usize]
+                .get_or_insert_with(|| failed.with_label_values(&labelled(&series.labels, reason.name())))
+                .inc();
+            return;
+        }
+        if let Some(n) = r.net {
+            let (retrans, bytes) = (self.retrans.clone(), self.bytes.clone());
+            let series = self.conn_series(&id, container);
+            series
+                .retrans
+                .get_or_insert_with(|| retrans.with_label_values(&series.labels))
+                .inc_by(u64::from(n.retrans));
+            for (i, (direction, count)) in [("sent", n.bytes_acked), ("received", n.bytes_received)]
+                .into_iter()
+                .enumerate()
+            {
+                series.bytes[i]
+                    .get_or_insert_with(|| bytes.with_label_values(&labelled(&series.labels, direction)))
+                    .inc_by(count);
+            }
+            if n.srtt_us > 0 {
+                self.linger_series(&id).rtt.observe(f64::from(n.srtt_us) / 1e6);
+            }
+        }
         let series = self.conn_series(&id, container);
         series.used_ns = now;
         series.closed[r.closed_by as usize]
             .get_or_insert_with(|| {
-                let [comm, role, addr, port, cid, uid, namespace, pod, name] = &series.labels;
-                closed.with_label_values(&[
-                    comm,
-                    role,
-                    r.closed_by.name(),
-                    addr,
-                    port,
-                    cid,
-                    uid,
-                    namespace,
-                    pod,
-                    name,
-                ])
+                closed.with_label_values(&labelled(&series.labels, r.closed_by.name()))
             })
             .inc();
         let folded = series.folded;
@@ -988,6 +1064,10 @@ impl Metrics {
                     "tcplinger_close_wait_seconds" => histogram(&self.close_wait),
                     "tcplinger_last_ack_seconds" => histogram(&self.last_ack),
                     "tcplinger_time_wait_seconds" => histogram(&self.time_wait),
+                    "tcplinger_connection_rtt_seconds" => histogram(&self.rtt),
+                    "tcplinger_connect_failures_total" => counter(&self.connect_failed),
+                    "tcplinger_retransmitted_segments_total" => counter(&self.retrans),
+                    "tcplinger_connection_bytes_total" => counter(&self.bytes),
                     _ => {}
                 }
             }

@@ -12,9 +12,11 @@ use ratatui::{
 
 use super::view::{Detail, FINDINGS_SHOWN, Focus, Model, closers, sort_name};
 use crate::{
+    model::aggregate::Stats,
     model::dist::Dist,
     model::human::{human, human_ms},
-    output::{html::EDGE_LABELS, report::bars},
+    model::tracker::ConnectFailure,
+    output::{html::EDGE_LABELS, human_bytes, report::bars},
     settings::SortKey,
 };
 
@@ -269,6 +271,35 @@ fn dist_line(name: &str, d: &Dist) -> String {
     }
 }
 
+/// The network figures of the last 5 minutes' closes: retransmissions,
+/// bytes per connection, failed connects by reason.
+fn network_line(s: &Stats) -> String {
+    let mut parts = Vec::new();
+    if s.with_net > 0 {
+        parts.push(format!(
+            "retransmitted {} of {} ({} segments), per connection sent {} received {}",
+            s.retrans_conns,
+            s.with_net,
+            s.retrans_segs,
+            human_bytes(s.bytes_acked / s.with_net),
+            human_bytes(s.bytes_received / s.with_net)
+        ));
+    }
+    let failed: Vec<String> = ConnectFailure::ALL
+        .iter()
+        .filter(|&&r| s.connect_failed(r) > 0)
+        .map(|&r| format!("{} {}", r.name(), s.connect_failed(r)))
+        .collect();
+    if !failed.is_empty() {
+        parts.push(format!("failed connects: {}", failed.join(", ")));
+    }
+    if parts.is_empty() {
+        "  network    -".into()
+    } else {
+        format!("  network    {}", parts.join("; "))
+    }
+}
+
 /// The group's head: who, what it holds now, who closed first, the
 /// legend of the percentiles and bars.
 fn detail_head(d: &Detail) -> Vec<Line<'static>> {
@@ -333,9 +364,11 @@ fn draw_detail(frame: &mut Frame, area: Rect, d: &Detail) {
         ("CLOSE_WAIT", &d.total.close_wait),
         ("LAST_ACK", &d.total.last_ack),
         ("TIME_WAIT", &d.total.time_wait),
+        ("RTT", &d.total.rtt),
     ] {
         lines.push(Line::from(dist_line(name, dist)));
     }
+    lines.push(Line::from(network_line(&d.total)));
     for f in &d.findings {
         lines.push(
             Line::from(format!(

@@ -544,3 +544,156 @@ fn closes_without_tcp_figures_are_not_judged_on_them() {
     );
     assert_eq!(findings(&a), vec![]);
 }
+
+/// A close's network figures: `retrans` segments retransmitted, RTT `rtt_us`.
+fn net(retrans: u32, rtt_us: u32) -> tracer_common::NetFigures {
+    tracer_common::NetFigures {
+        bytes_acked: 120,
+        bytes_received: 400,
+        srtt_us: rtt_us,
+        rttvar_us: rtt_us / 2,
+        retrans,
+        error: 0,
+        read: 1,
+        _pad: 0,
+    }
+}
+
+/// The Go deadline story: 3 s lifetimes closed by the client while in use.
+fn deadline_closes(a: &mut Aggregator, figures_at_end: impl Fn(u64) -> tracer_common::NetFigures) {
+    let c = id(30, Role::Client, 8080);
+    for i in 0..8 {
+        a.on_opened(&c, 0);
+        let mut r = record(c, ClosedBy::Local, 3_020, Some(1));
+        r.tcp = Some(figures(20, 20, 30, 30));
+        r.net = Some(figures_at_end(i));
+        a.on_record(&r);
+    }
+}
+
+#[test]
+fn a_timed_finding_says_whether_the_network_explains_the_wait() {
+    // Loopback: no retransmission, a 41 µs RTT against a 3 s deadline.
+    let mut a = whole();
+    deadline_closes(&mut a, |_| net(0, 41));
+    let f = only(&a, Pathology::DeadlinePooled);
+    assert_eq!(f.figure("retrans_pct"), Some(&Figure::Percent(0.0)));
+    assert_eq!(f.figure("retrans_segments"), Some(&Figure::Count(0)));
+    assert!(matches!(f.figure("rtt_p50_ms"), Some(Figure::Ms(v)) if (v - 0.041).abs() < 0.002));
+    assert!(
+        f.summary.ends_with(
+            " Not the network: RTT p50 0.041ms, 0 of 8 connections retransmitted: the wait is in the application."
+        ),
+        "{}",
+        f.summary
+    );
+    // Half of them retransmitted: the network may explain it.
+    let mut a = whole();
+    deadline_closes(&mut a, |i| net(if i % 2 == 0 { 4 } else { 0 }, 41));
+    let f = only(&a, Pathology::DeadlinePooled);
+    assert_eq!(f.figure("retrans_segments"), Some(&Figure::Count(16)));
+    assert!(
+        f.summary.contains(" The network may explain part of the wait: 4 of 8 connections retransmitted (16 segments)"),
+        "{}",
+        f.summary
+    );
+    // No retransmission, but an RTT of a third of a second against 3 s.
+    let mut a = whole();
+    deadline_closes(&mut a, |_| net(0, 330_000));
+    let f = only(&a, Pathology::DeadlinePooled);
+    assert!(f.summary.contains("The network may explain"), "{}", f.summary);
+    // Without the figures (an older kernel layout or recording): no claim.
+    let mut a = whole();
+    closes(
+        &mut a,
+        id(30, Role::Client, 8080),
+        8,
+        ClosedBy::Local,
+        3_020,
+        Some(1),
+        Some(figures(20, 20, 30, 30)),
+    );
+    let f = only(&a, Pathology::DeadlinePooled);
+    assert!(!f.summary.contains("network"), "{}", f.summary);
+    assert_eq!(f.figure("retrans_pct"), None);
+}
+
+#[test]
+fn unanswered_requests_say_whether_the_peer_acknowledged_them() {
+    let c = id(14, Role::Client, 8080);
+    let sent = Some((Some(5_000), Some(1_000)));
+    for (unacked, retrans, says) in [
+        (0, 0, " Not the network: the peer's TCP acknowledged every request (RTT p50 0.050ms, no retransmission): its application does not answer."),
+        (1, 3, " The network may be involved: 16 of 16 requests not yet acknowledged by the peer's TCP, 48 retransmissions, RTT p50 0.050ms; check the path and the peer's host."),
+    ] {
+        let mut a = whole();
+        a.observe(
+            (0..16).map(|i| {
+                let mut s = live(c, i, TcpState::Established, 900, sent);
+                s.io = s.io.map(|io| crate::model::aggregate::LastIo {
+                    net: Some(crate::model::aggregate::LiveNet {
+                        unacked,
+                        retrans,
+                        rtt_us: 50,
+                    }),
+                    ..io
+                });
+                s
+            }),
+            12_000 * MS,
+        );
+        let f = only(&a, Pathology::UnansweredRequests);
+        assert!(f.summary.ends_with(says), "{}", f.summary);
+        assert_eq!(
+            f.figure("unacked_requests"),
+            Some(&Figure::Count(if unacked > 0 { 16 } else { 0 }))
+        );
+    }
+}
+
+/// `n` connect attempts of `c` that failed for `reason`, with `syns` SYN
+/// retransmissions each.
+fn failed_connects(a: &mut Aggregator, c: ConnId, n: u64, reason: ConnectFailure, syns: u32) {
+    for _ in 0..n {
+        a.on_opened(&c, 0);
+        let mut r = record(c, ClosedBy::Unknown, 1_000, None);
+        r.connect_failed = Some(reason);
+        r.net = Some(net(syns, 0));
+        a.on_record(&r);
+    }
+}
+
+#[test]
+fn a_client_that_keeps_failing_to_connect_is_a_finding_with_the_reason() {
+    let c = id(40, Role::Client, 9);
+    let mut a = whole();
+    failed_connects(&mut a, c, 6, ConnectFailure::Refused, 0);
+    let f = only(&a, Pathology::ConnectFailures);
+    assert_eq!(f.figure("connects_failed"), Some(&Figure::Count(6)));
+    assert_eq!(f.figure("failed_refused"), Some(&Figure::Count(6)));
+    assert_eq!(f.severity(), Severity::Warning);
+    assert!(
+        f.summary.starts_with("app (pid 40) fails to connect to 10.0.0.2:9: 6 of 6 attempts (100%), mostly refused: 10.0.0.2:9 answers its SYNs with a RST"),
+        "{}",
+        f.summary
+    );
+    assert_eq!(f.brief(), "6 of 6 connects failed, mostly refused");
+    // Failed attempts are not closes: no lifetime, no closing pattern.
+    let stats = a.window(a.groups().next().unwrap().1, u64::MAX, NOW_NS);
+    assert_eq!((stats.closed, stats.timed), (0, 0));
+
+    let mut a = whole();
+    failed_connects(&mut a, c, 5, ConnectFailure::Timeout, 2);
+    let f = only(&a, Pathology::ConnectFailures);
+    assert_eq!(f.figure("syn_retransmits"), Some(&Figure::Count(10)));
+    assert!(f.summary.contains("mostly timeout: its SYNs to 10.0.0.2:9 go unanswered until the kernel gives up (10 SYN retransmissions in all)"), "{}", f.summary);
+
+    // A few failures among many good connections, or too few: nothing.
+    let mut a = whole();
+    failed_connects(&mut a, c, 5, ConnectFailure::Refused, 0);
+    closes(&mut a, c, 20, ClosedBy::Local, 5, Some(1), Some(figures(90_000, 90_000, 3, 3)));
+    assert_eq!(findings(&a), vec![]);
+    let mut a = whole();
+    failed_connects(&mut a, c, 4, ConnectFailure::Refused, 0);
+    assert_eq!(findings(&a), vec![]);
+}

@@ -2,9 +2,11 @@
 
 use std::net::IpAddr;
 
-use tracer_common::{TcpFigures, TcpState};
+use tracer_common::TcpState;
 
-use super::types::{ClosedBy, ConnId, ConnRecord, Fw2End, Role, StateTimes};
+use super::types::{
+    ClosedBy, ConnId, ConnRecord, ConnectFailure, Figures, Fw2End, Role, StateTimes,
+};
 use crate::model::event::{Comm, Family, Owner, Record};
 
 /// A connection's owner in the 32 bytes of an [`Owner`]: pid 0 (no
@@ -163,7 +165,7 @@ impl Conn {
 
     pub(super) fn record(
         &self,
-        tcp: Option<TcpFigures>,
+        figures: Figures,
         cookie: u64,
         end_ns: u64,
         lifetime_end_ns: u64,
@@ -193,7 +195,11 @@ impl Conn {
             complete: self.complete,
             open_state,
             opened_seen: self.born,
-            tcp,
+            tcp: figures.tcp,
+            net: figures.net,
+            connect_failed: (self.last_step == (TcpState::SynSent, TcpState::Close)).then(|| {
+                ConnectFailure::of(figures.net.map(|n| n.error), self.reset_local == Some(false))
+            }),
         }
     }
 }

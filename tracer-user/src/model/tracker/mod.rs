@@ -10,7 +10,7 @@ mod types;
 use std::{collections::VecDeque, num::NonZeroUsize};
 
 use foldhash::{HashMap, HashMapExt as _, HashSet};
-use tracer_common::{TcpFigures, TcpState};
+use tracer_common::TcpState;
 
 use conn::{Conn, KeptOwner, Phase, Timewait, closer_implied_by};
 use table::LruTable;
@@ -44,8 +44,9 @@ pub struct Tracker {
     /// TIME_WAIT sockets not followed because `max_sockets` were already:
     /// their record is written, their TIME_WAIT goes untimed.
     timewait_unfollowed: u64,
-    /// The TCP figures of sockets past their first closing act, by cookie.
-    figures: HashMap<u64, TcpFigures>,
+    /// The TCP figures of sockets past their first closing act, by
+    /// cookie: kept beside the table, as only closing sockets have them.
+    figures: HashMap<u64, Figures>,
 }
 
 impl Tracker {
@@ -254,7 +255,7 @@ impl Tracker {
                 }
             }
             self.ready.push(conn.record(
-                self.figures.remove(&cookie),
+                self.figures.remove(&cookie).unwrap_or_default(),
                 cookie,
                 end_ns,
                 lifetime_end,
@@ -369,9 +370,13 @@ impl Tracker {
             conn.owner_known = true;
         }
         if let Some(t) = r.tcp {
-            // The first closing act's figures: kept beside the table, as
-            // only closing sockets have them.
-            self.figures.entry(r.cookie).or_insert(t);
+            // The first closing act's.
+            let kept = self.figures.entry(r.cookie).or_default();
+            kept.tcp = kept.tcp.or(Some(t));
+        }
+        if let Some(n) = r.net {
+            // The full socket's end.
+            self.figures.entry(r.cookie).or_default().net = Some(n);
         }
         let opened = (conn.opened_pending && conn.owner_known).then(|| {
             conn.opened_pending = false;

@@ -68,7 +68,7 @@ impl Tracker {
             conn.since_ns = NOT_KNOWN;
             conn.enter(TcpState::Close, last_known);
             self.ready.push(conn.record(
-                self.figures.remove(&cookie),
+                self.figures.remove(&cookie).unwrap_or_default(),
                 cookie,
                 last_known,
                 last_known,

@@ -5,7 +5,7 @@ use tracer_common::TcpState;
 use super::{
     Tracker,
     conn::{Conn, KeptOwner, Phase, closer_implied_by},
-    types::{ConnRecord, Fw2End, Role, Seed, StateTimes},
+    types::{ConnRecord, Figures, Fw2End, Role, Seed, StateTimes},
 };
 
 impl Tracker {
@@ -87,7 +87,7 @@ impl Tracker {
             };
             // Open ones too: the opening was seen during the run.
             self.pass_opened(&mut conn, true);
-            let tcp = self.figures.remove(&cookie);
+            let figures = self.figures.remove(&cookie).unwrap_or_default();
             match conn.phase {
                 Phase::Live
                     if !matches!(
@@ -99,10 +99,10 @@ impl Tracker {
                             | TcpState::LastAck
                     ) => {}
                 Phase::Closed { at_ns, .. } => {
-                    out.push(conn.record(tcp, cookie, at_ns, at_ns, None));
+                    out.push(conn.record(figures, cookie, at_ns, at_ns, None));
                 }
                 Phase::Live | Phase::Fw2Timewait { .. } => {
-                    out.extend(timed_open(conn, tcp, cookie, now_ns));
+                    out.extend(timed_open(conn, figures, cookie, now_ns));
                 }
             }
         }
@@ -120,7 +120,12 @@ impl Tracker {
     /// socket unknown or already closed.
     pub fn open_record(&self, cookie: u64, now_ns: u64) -> Option<ConnRecord> {
         let conn = self.conns.peek(&cookie)?.clone();
-        timed_open(conn, self.figures.get(&cookie).copied(), cookie, now_ns)
+        timed_open(
+            conn,
+            self.figures.get(&cookie).copied().unwrap_or_default(),
+            cookie,
+            now_ns,
+        )
     }
 }
 
@@ -128,7 +133,7 @@ impl Tracker {
 /// added; a FIN_WAIT2 not over yet is said to be open.
 fn timed_open(
     mut conn: Conn,
-    tcp: Option<tracer_common::TcpFigures>,
+    figures: Figures,
     cookie: u64,
     now_ns: u64,
 ) -> Option<ConnRecord> {
@@ -141,13 +146,19 @@ fn timed_open(
             if state == TcpState::FinWait2 {
                 conn.fin_wait2_end = Some(Fw2End::Open);
             }
-            Some(conn.record(tcp, cookie, now_ns, now_ns, Some(state)))
+            Some(conn.record(figures, cookie, now_ns, now_ns, Some(state)))
         }
         Phase::Fw2Timewait { closed_ns, .. } => {
             conn.times
                 .add(TcpState::FinWait2, now_ns.saturating_sub(closed_ns));
             conn.fin_wait2_end = Some(Fw2End::Open);
-            Some(conn.record(tcp, cookie, now_ns, closed_ns, Some(TcpState::FinWait2)))
+            Some(conn.record(
+                figures,
+                cookie,
+                now_ns,
+                closed_ns,
+                Some(TcpState::FinWait2),
+            ))
         }
         Phase::Closed { .. } => None,
     }

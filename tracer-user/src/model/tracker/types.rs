@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use foldhash::{HashMap, HashSet};
-use tracer_common::{TcpFigures, TcpState};
+use tracer_common::{NetFigures, TcpFigures, TcpState};
 
 use crate::model::event::{Family, Owner};
 
@@ -37,6 +37,80 @@ impl Role {
             Self::Unknown => "unknown",
         }
     }
+}
+
+/// Why a connect failed: its handshake never completed (SYN_SENT ->
+/// CLOSE), by the error the kernel left on the socket (`sk_err`, read at
+/// that CLOSE). Discriminants index counts (0..COUNT).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum ConnectFailure {
+    /// The peer answered the SYN with a RST (`ECONNREFUSED`): nothing
+    /// listens on that port, or a firewall rejects.
+    Refused = 0,
+    /// The kernel's SYN retransmissions went unanswered and it gave up
+    /// (`ETIMEDOUT`, after `net.ipv4.tcp_syn_retries`): the SYNs or the
+    /// answers are dropped on the way.
+    Timeout,
+    /// An ICMP error said the host or network cannot be reached
+    /// (`EHOSTUNREACH`, `ENETUNREACH`).
+    Unreachable,
+    /// The process closed the socket before the handshake completed, with
+    /// no error on it: its own connect timeout gave up first, or the dial
+    /// was cancelled.
+    Abandoned,
+    /// Another error, or none known (the socket's figures were not read:
+    /// a kernel layout without them, or a recording older than them).
+    Other,
+}
+
+impl ConnectFailure {
+    pub const COUNT: usize = Self::Other as usize + 1;
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Refused,
+        Self::Timeout,
+        Self::Unreachable,
+        Self::Abandoned,
+        Self::Other,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::Unreachable => "unreachable",
+            Self::Abandoned => "abandoned",
+            Self::Other => "other",
+        }
+    }
+
+    /// The reason for the error the socket ended with (`None`: not read);
+    /// `reset_by_peer`: a RST arrived, which says refused when the error
+    /// is not known.
+    pub fn of(error: Option<u16>, reset_by_peer: bool) -> Self {
+        const ENETUNREACH: u16 = libc::ENETUNREACH as u16;
+        const ETIMEDOUT: u16 = libc::ETIMEDOUT as u16;
+        const ECONNREFUSED: u16 = libc::ECONNREFUSED as u16;
+        const EHOSTUNREACH: u16 = libc::EHOSTUNREACH as u16;
+        match error {
+            Some(ECONNREFUSED) => Self::Refused,
+            Some(ETIMEDOUT) => Self::Timeout,
+            Some(EHOSTUNREACH | ENETUNREACH) => Self::Unreachable,
+            Some(0) if reset_by_peer => Self::Refused,
+            Some(0) => Self::Abandoned,
+            None if reset_by_peer => Self::Refused,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// What the TCP socket told of its traffic: at its first closing act
+/// (kept from then to its record), and at its end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    pub tcp: Option<TcpFigures>,
+    pub net: Option<NetFigures>,
 }
 
 /// The first closing act of a connection.
@@ -249,6 +323,12 @@ pub struct ConnRecord {
     /// What the TCP socket knew of its traffic at the first closing act
     /// (leaving ESTABLISHED); `None` if that step was not seen.
     pub tcp: Option<TcpFigures>,
+    /// The socket's account of its whole life (bytes, RTT,
+    /// retransmissions, its error), read at its CLOSE; `None` if that step
+    /// was not seen or the kernel could not read them.
+    pub net: Option<NetFigures>,
+    /// Set when the handshake never completed (SYN_SENT -> CLOSE).
+    pub connect_failed: Option<ConnectFailure>,
 }
 
 impl ConnRecord {

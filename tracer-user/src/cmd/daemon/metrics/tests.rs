@@ -8,7 +8,7 @@ use std::{
 use super::*;
 use crate::{
     model::event::{Comm, Family},
-    model::tracker::{ClosedBy, Role, TimewaitEnd},
+    model::tracker::{ClosedBy, ConnectFailure, Role, TimewaitEnd},
     testutil::{comm, owner, record},
 };
 
@@ -59,6 +59,64 @@ fn closes_and_lingers_are_exported_in_seconds() {
     );
     assert!(
         text.contains(r#"tcplinger_fin_wait2_seconds_bucket{comm="curl",role="client",le="1"} 0"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn network_figures_and_failed_connects_are_exported_per_connection_series() {
+    let mut m = Metrics::new(10);
+    let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
+    let net = tracer_common::NetFigures {
+        bytes_acked: 1000,
+        bytes_received: 50,
+        srtt_us: 400,
+        rttvar_us: 100,
+        retrans: 2,
+        error: 0,
+        read: 1,
+        _pad: 0,
+    };
+    for _ in 0..2 {
+        let mut r = record(c, ClosedBy::Local, 1_000, None);
+        r.net = Some(net);
+        m.on_record(&r, &mut |_| None);
+    }
+    let mut failed = record(c, ClosedBy::ResetRemote, 1, None);
+    failed.connect_failed = Some(ConnectFailure::Refused);
+    failed.net = Some(tracer_common::NetFigures {
+        error: 111,
+        retrans: 0,
+        ..net
+    });
+    m.on_record(&failed, &mut |_| None);
+    let text = m.encode();
+    let labels = r#"comm="curl",container="",container_id="",namespace="",pod="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client""#;
+    assert!(
+        text.contains(&format!(r#"tcplinger_retransmitted_segments_total{{{labels}}} 4"#)),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tcplinger_connection_bytes_total{comm="curl",container="",container_id="",direction="sent",namespace="",pod="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 2000"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tcplinger_connection_bytes_total{comm="curl",container="",container_id="",direction="received",namespace="",pod="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 100"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tcplinger_connect_failures_total{comm="curl",container="",container_id="",namespace="",pod="",pod_uid="",port="8080",reason="refused",remote_addr="10.0.0.2",role="client"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tcplinger_connection_rtt_seconds_bucket{comm="curl",role="client",le="0.0005"} 2"#),
+        "{text}"
+    );
+    // A failed attempt is not a closed connection.
+    assert!(
+        text.contains(&format!(
+            r#"tcplinger_connections_closed_total{{closed_by="local",{labels}}} 2"#
+        )) && !text.contains(r#"closed_by="reset_remote""#),
         "{text}"
     );
 }
