@@ -11,9 +11,7 @@ use crate::{
         runs_in_owner,
     },
     record::{Record, count_failure, emit, emit_log},
-    sock::{
-        Tuple, addresses, closing_figures, final_figures, fin_received, netns_of, pid_allowed,
-    },
+    sock::{Tuple, addresses, closing_figures, fin_received, final_figures, netns_of, pid_allowed},
 };
 
 const CLOSE: u8 = TcpState::Close as u8;

@@ -31,8 +31,8 @@ use crate::{
     },
     record::{Record, count_failure, emit},
     sock::{
-        closing_figures, cookie_of, field, final_figures, fin_received, is_tcp, pid_allowed, traced_family,
-        traced_ports, tuple_if_traced,
+        closing_figures, cookie_of, field, fin_received, final_figures, is_tcp, pid_allowed,
+        traced_family, traced_ports, tuple_if_traced,
     },
 };
 

@@ -7,8 +7,8 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_socket_cookie, bpf_jiffies64, bpf_skc_to_tcp_sock},
 };
 use tracer_common::{
-    AF_INET, AF_INET6, FIN_UNKNOWN, IPPROTO_TCP, MAX_FILTER_PIDS, MAX_FILTER_PORTS, NetFigures,
-    NO_OFFSET, TcpFigures, TcpState,
+    AF_INET, AF_INET6, FIN_UNKNOWN, IPPROTO_TCP, MAX_FILTER_PIDS, MAX_FILTER_PORTS, NO_OFFSET,
+    NetFigures, TcpFigures, TcpState,
 };
 
 use crate::config::config;

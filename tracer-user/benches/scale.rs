@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_common::{AF_INET, COMM_LEN, Event, EventKind, OwnerSource, TcpFigures, TcpState};
+use tracer_common::{
+    AF_INET, COMM_LEN, Event, EventKind, NetFigures, OwnerSource, TcpFigures, TcpState,
+};
 use tracer_user::{
     bpf::decode::decode,
     model::aggregate::{Aggregator, LiveSocket, Windowing},
@@ -112,6 +114,7 @@ fn event(
         has_tcp: 0,
         _pad: [0; 4],
         tcp: TcpFigures::default(),
+        net: NetFigures::default(),
     };
     // SAFETY: `Event` is plain data with no padding (asserted in tracer-common).
     unsafe { std::mem::transmute::<Event, [u8; size_of::<Event>()]>(event) }

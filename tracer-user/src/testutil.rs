@@ -3,8 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use tracer_common::{
-    AF_INET, AF_INET6, COMM_LEN, Event, EventKind, FIN_UNKNOWN, LOG_STEPS, Log, OwnerSource,
-    STEP_TCP, SocketEntry, Step, TcpFigures, TcpState, NetFigures,
+    AF_INET, AF_INET6, COMM_LEN, Event, EventKind, FIN_UNKNOWN, LOG_STEPS, Log, NetFigures,
+    OwnerSource, STEP_TCP, SocketEntry, Step, TcpFigures, TcpState,
 };
 
 use crate::model::{
@@ -231,7 +231,9 @@ fn raw_log(log: &StepLog) -> (Event, [Step; LOG_STEPS]) {
     head.since_ns = log.prior_ns.unwrap_or(0);
     head.tcp = log.tcp.unwrap_or_default();
     head.has_tcp = 0;
-    head.net = log.net.map_or_else(Default::default, |n| NetFigures { read: 1, ..n });
+    head.net = log
+        .net
+        .map_or_else(Default::default, |n| NetFigures { read: 1, ..n });
     if log.socket.owner.is_some() {
         head.owner_source = OwnerSource::Recorded as u8;
     }
@@ -251,13 +253,7 @@ pub fn log_of(steps: &[Record]) -> StepLog {
             tcp: r.tcp.is_some(),
         })
         .collect();
-    StepLog::new(
-        steps[0],
-        0,
-        None,
-        steps.iter().find_map(|r| r.tcp),
-        &logged,
-    )
+    StepLog::new(steps[0], 0, None, steps.iter().find_map(|r| r.tcp), &logged)
 }
 
 /// A log as the kernel writes it in the ring (inverse of
@@ -353,6 +349,8 @@ fn event_of(r: &Record) -> Event {
         has_tcp: u8::from(r.tcp.is_some()),
         _pad: [0; 4],
         tcp: r.tcp.unwrap_or_default(),
-        net: r.net.map_or_else(Default::default, |n| NetFigures { read: 1, ..n }),
+        net: r
+            .net
+            .map_or_else(Default::default, |n| NetFigures { read: 1, ..n }),
     }
 }

@@ -43,6 +43,8 @@ mod history;
 mod leave_on;
 #[path = "privileged/lifecycle.rs"]
 mod lifecycle;
+#[path = "privileged/network.rs"]
+mod network;
 #[path = "privileged/real.rs"]
 mod real;
 #[path = "privileged/safety.rs"]

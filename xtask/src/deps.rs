@@ -5,8 +5,12 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 /// Debian packages the tests run, and why.
-pub const TEST_PACKAGES: [(&str, &str); 9] = [
+pub const TEST_PACKAGES: [(&str, &str); 10] = [
     ("iproute2", "ip netns, veth and tc: the test hosts"),
+    (
+        "iptables",
+        "packet loss and a blackhole inside a test namespace (the network figures' tests)",
+    ),
     ("util-linux", "setpriv: the unprivileged-run test"),
     ("tmux", "the pseudo-terminal test of top"),
     (

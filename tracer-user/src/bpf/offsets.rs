@@ -303,7 +303,10 @@ mod tests {
         // sk_err is struct sock's, before inet_sock's own fields; the
         // counters are tcp_sock's, beyond the connection sock it starts with.
         assert!(o.sk_err < o.inet_sport, "{o:?}");
-        assert!(o.bytes_acked > o.lrcvtime && o.srtt_us > o.lrcvtime, "{o:?}");
+        assert!(
+            o.bytes_acked > o.lrcvtime && o.srtt_us > o.lrcvtime,
+            "{o:?}"
+        );
     }
 
     #[test]

@@ -931,9 +931,9 @@ fn connect_failures(c: &Case) -> Option<Finding> {
             ConnectFailure::Abandoned => format!(
                 "it gives up before the handshake with {far} completes (its own connect timeout, shorter than the kernel's): the peer is slow to answer SYNs (a full accept backlog) or they are lost on the way"
             ),
-            ConnectFailure::Other => format!(
-                "the kernel ended them with errors other than refused or timed out (see the records' error), or the reason could not be read"
-            ),
+            ConnectFailure::Other => {
+                "the kernel ended them with errors other than refused or timed out (see the records' error), or the reason could not be read".into()
+            }
         };
         format!(
             "{who} fails to connect to {far}: {failed} of {attempts} attempts ({:.0}%), mostly {}: {why}.",

@@ -178,23 +178,25 @@ impl<W: Write> ConnectionWriter<W> {
 /// The network figures after the lingers, `key=value` as `pod=`:
 /// `  rtt=0.041ms retrans=3 sent=1.0MiB received=2B`.
 fn net_text(r: &ConnRecord) -> String {
+    use std::fmt::Write as _;
     let Some(n) = r.net else {
         return String::new();
     };
     let mut text = String::new();
     if n.srtt_us > 0 {
-        text.push_str(&format!("  rtt={}", human(u64::from(n.srtt_us) * 1_000)));
+        let _ = write!(text, "  rtt={}", human(u64::from(n.srtt_us) * 1_000));
     }
-    text.push_str(&format!("  retrans={}", n.retrans));
+    let _ = write!(text, "  retrans={}", n.retrans);
     if r.connect_failed.is_none() {
-        text.push_str(&format!(
+        let _ = write!(
+            text,
             "  sent={} received={}",
             human_bytes(n.bytes_acked),
             human_bytes(n.bytes_received)
-        ));
+        );
     }
     if n.error != 0 {
-        text.push_str(&format!("  error={}", super::errno_name(n.error)));
+        let _ = write!(text, "  error={}", super::errno_name(n.error));
     }
     text
 }
@@ -339,8 +341,7 @@ mod tests {
     fn network_figures_and_failed_connects_are_in_both_formats() {
         let mut r = record();
         r.net = Some(NET);
-        let v: serde_json::Value =
-            serde_json::from_str(render(Format::Json, &r).trim()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(render(Format::Json, &r).trim()).unwrap();
         assert_eq!(
             v["net"],
             serde_json::json!({"bytes_acked": 1_048_578, "bytes_received": 2, "rtt_ms": 0.041,

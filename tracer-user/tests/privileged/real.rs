@@ -260,6 +260,22 @@ fn figure(f: &Value, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {f:#}"))
 }
 
+/// The finding weighed the network and cleared it: the connections it
+/// judged carried their figures, and none retransmitted (between two
+/// namespaces nothing is lost).
+fn not_the_network(f: &Value) {
+    assert_eq!(figure(f, "retrans_pct"), 0.0, "{f:#}");
+    assert_eq!(figure(f, "retrans_segments"), 0.0, "{f:#}");
+    assert!(figure(f, "rtt_p50_ms") < 10.0, "{f:#}");
+    assert!(
+        f["summary"]
+            .as_str()
+            .unwrap()
+            .contains(" Not the network: "),
+        "{f:#}"
+    );
+}
+
 /// `got` is `want` within 10% + 50 ms.
 fn about_ms(got: f64, want: f64, what: &str) {
     assert!(
@@ -468,6 +484,7 @@ fn real_go_client_timeout_against_a_stuck_handler() {
         2000.0,
         "client FIN_WAIT2 p50",
     );
+    not_the_network(f);
     let f = finding(&report, "client_timeout_stuck_server", "goserver");
     assert_eq!(f["pid"], server.pid, "{f}");
     assert_eq!(f["local_port"], scene.port);
@@ -477,6 +494,7 @@ fn real_go_client_timeout_against_a_stuck_handler() {
         2000.0,
         "server CLOSE_WAIT p50",
     );
+    not_the_network(f);
     assert_eq!(comm_of(server.pid), "goserver");
 }
 privileged!(real_go_client_timeout_against_a_stuck_handler);
@@ -588,6 +606,7 @@ fn real_go_deadline_on_pooled_connections() {
     assert_eq!(f["endpoint"], scene.server_endpoint());
     about_ms(figure(f, "lifetime_p50_ms"), 3000.0, "lifetime p50");
     assert!(figure(f, "closed") >= 6.0, "{f}");
+    not_the_network(f);
     no_finding_names(&report, "goserver");
 }
 privileged!(real_go_deadline_on_pooled_connections);
@@ -620,6 +639,16 @@ fn real_go_pool_filled_by_unanswered_requests() {
     assert_eq!(f["endpoint"], scene.server_endpoint());
     assert_eq!(figure(f, "awaiting_reply"), 16.0, "{f}");
     assert!(figure(f, "oldest_wait_ms") >= 1000.0, "{f}");
+    // The server's kernel acknowledged every request: its handler is what
+    // does not answer.
+    assert_eq!(figure(f, "unacked_requests"), 0.0, "{f}");
+    assert!(
+        f["summary"]
+            .as_str()
+            .unwrap()
+            .contains(" Not the network: the peer's TCP acknowledged every request"),
+        "{f}"
+    );
     assert!(
         f["summary"].as_str().unwrap().contains("over by its end"),
         "{f}"

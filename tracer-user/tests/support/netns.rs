@@ -122,6 +122,23 @@ impl NetPair {
         }
     }
 
+    /// Adds an iptables rule (`iptables ARGS`) inside one namespace; it
+    /// goes with the namespace.
+    #[expect(clippy::unused_self, reason = "a namespace of this pair is meant")]
+    pub fn iptables(&self, ns: &str, args: &[&str]) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "iptables"])
+            .args(args)
+            .output()
+            .expect("running iptables");
+        assert!(
+            out.status.success(),
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Sets a sysctl inside one namespace, e.g. `net.ipv4.tcp_fin_timeout`.
     #[expect(clippy::unused_self, reason = "a namespace of this pair is meant")]
     pub fn sysctl(&self, ns: &str, key: &str, value: &str) {

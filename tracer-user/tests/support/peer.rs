@@ -68,6 +68,13 @@ pub struct PeerArgs {
     /// Run all `count` connections at once, one thread each.
     #[arg(long)]
     pub parallel: bool,
+    /// Server: answer with this many bytes instead of `ok\n`.
+    #[arg(long)]
+    pub reply_bytes: Option<usize>,
+    /// Client: a connect that fails is said (`connect failed: ...`) and
+    /// the next attempted, rather than ending the peer.
+    #[arg(long)]
+    pub connect_may_fail: bool,
 }
 
 /// A peer process; killed if still running when dropped.
@@ -304,7 +311,10 @@ fn serve(args: &PeerArgs) -> std::io::Result<()> {
             // it comes, waits in CLOSE_WAIT meanwhile).
             std::thread::sleep(Duration::from_millis(args.hold_ms));
             if !args.no_reply {
-                stream.write_all(b"ok\n")?;
+                match args.reply_bytes {
+                    Some(n) => stream.write_all(&vec![b'x'; n])?,
+                    None => stream.write_all(b"ok\n")?,
+                }
             }
             close(stream, args)
         },
@@ -318,6 +328,17 @@ fn serve(args: &PeerArgs) -> std::io::Result<()> {
 }
 
 fn connect(args: &PeerArgs) -> std::io::Result<()> {
+    if args.connect_may_fail {
+        // Each attempt in turn; a failure is the scenario.
+        for _ in 0..args.count {
+            match TcpStream::connect_timeout(&args.addr, IO_TIMEOUT) {
+                Ok(stream) => drop(stream),
+                Err(e) => println!("connect failed: {e}"),
+            }
+        }
+        println!("done");
+        return std::io::stdout().flush();
+    }
     let held = repeat(
         args,
         || TcpStream::connect_timeout(&args.addr, IO_TIMEOUT),

@@ -428,7 +428,9 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 /// A connection's labels with `value` third (see [`with_label`]).
 fn labelled<'a>(labels: &'a [String; 9], value: &'a str) -> [&'a str; 10] {
     let [comm, role, addr, port, cid, uid, namespace, pod, name] = labels;
-    [comm, role, value, addr, port, cid, uid, namespace, pod, name]
+    [
+        comm, role, value, addr, port, cid, uid, namespace, pod, name,
+    ]
 }
 
 impl Metrics {
@@ -820,7 +822,9 @@ impl Metrics {
             let series = self.conn_series(&id, container);
             series.used_ns = now;
             series.failed[reason as usize]
-                .get_or_insert_with(|| failed.with_label_values(&labelled(&series.labels, reason.name())))
+                .get_or_insert_with(|| {
+                    failed.with_label_values(&labelled(&series.labels, reason.name()))
+                })
                 .inc();
             return;
         }
@@ -836,11 +840,15 @@ impl Metrics {
                 .enumerate()
             {
                 series.bytes[i]
-                    .get_or_insert_with(|| bytes.with_label_values(&labelled(&series.labels, direction)))
+                    .get_or_insert_with(|| {
+                        bytes.with_label_values(&labelled(&series.labels, direction))
+                    })
                     .inc_by(count);
             }
             if n.srtt_us > 0 {
-                self.linger_series(&id).rtt.observe(f64::from(n.srtt_us) / 1e6);
+                self.linger_series(&id)
+                    .rtt
+                    .observe(f64::from(n.srtt_us) / 1e6);
             }
         }
         let series = self.conn_series(&id, container);

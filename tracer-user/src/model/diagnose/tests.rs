@@ -601,7 +601,11 @@ fn a_timed_finding_says_whether_the_network_explains_the_wait() {
     let mut a = whole();
     deadline_closes(&mut a, |_| net(0, 330_000));
     let f = only(&a, Pathology::DeadlinePooled);
-    assert!(f.summary.contains("The network may explain"), "{}", f.summary);
+    assert!(
+        f.summary.contains("The network may explain"),
+        "{}",
+        f.summary
+    );
     // Without the figures (an older kernel layout or recording): no claim.
     let mut a = whole();
     closes(
@@ -623,8 +627,16 @@ fn unanswered_requests_say_whether_the_peer_acknowledged_them() {
     let c = id(14, Role::Client, 8080);
     let sent = Some((Some(5_000), Some(1_000)));
     for (unacked, retrans, says) in [
-        (0, 0, " Not the network: the peer's TCP acknowledged every request (RTT p50 0.050ms, no retransmission): its application does not answer."),
-        (1, 3, " The network may be involved: 16 of 16 requests not yet acknowledged by the peer's TCP, 48 retransmissions, RTT p50 0.050ms; check the path and the peer's host."),
+        (
+            0,
+            0,
+            " Not the network: the peer's TCP acknowledged every request (RTT p50 0.050ms, no retransmission): its application does not answer.",
+        ),
+        (
+            1,
+            3,
+            " The network may be involved: 16 of 16 requests not yet acknowledged by the peer's TCP, 48 retransmissions, RTT p50 0.050ms; check the path and the peer's host.",
+        ),
     ] {
         let mut a = whole();
         a.observe(
@@ -691,7 +703,15 @@ fn a_client_that_keeps_failing_to_connect_is_a_finding_with_the_reason() {
     // A few failures among many good connections, or too few: nothing.
     let mut a = whole();
     failed_connects(&mut a, c, 5, ConnectFailure::Refused, 0);
-    closes(&mut a, c, 20, ClosedBy::Local, 5, Some(1), Some(figures(90_000, 90_000, 3, 3)));
+    closes(
+        &mut a,
+        c,
+        20,
+        ClosedBy::Local,
+        5,
+        Some(1),
+        Some(figures(90_000, 90_000, 3, 3)),
+    );
     assert_eq!(findings(&a), vec![]);
     let mut a = whole();
     failed_connects(&mut a, c, 4, ConnectFailure::Refused, 0);

@@ -198,7 +198,10 @@ impl Conn {
             tcp: figures.tcp,
             net: figures.net,
             connect_failed: (self.last_step == (TcpState::SynSent, TcpState::Close)).then(|| {
-                ConnectFailure::of(figures.net.map(|n| n.error), self.reset_local == Some(false))
+                ConnectFailure::of(
+                    figures.net.map(|n| n.error),
+                    self.reset_local == Some(false),
+                )
             }),
         }
     }

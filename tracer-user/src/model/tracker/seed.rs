@@ -131,12 +131,7 @@ impl Tracker {
 
 /// An open socket's record at `now_ns`: the time in its present state
 /// added; a FIN_WAIT2 not over yet is said to be open.
-fn timed_open(
-    mut conn: Conn,
-    figures: Figures,
-    cookie: u64,
-    now_ns: u64,
-) -> Option<ConnRecord> {
+fn timed_open(mut conn: Conn, figures: Figures, cookie: u64, now_ns: u64) -> Option<ConnRecord> {
     match conn.phase {
         Phase::Live => {
             let state = conn.state;
@@ -152,13 +147,7 @@ fn timed_open(
             conn.times
                 .add(TcpState::FinWait2, now_ns.saturating_sub(closed_ns));
             conn.fin_wait2_end = Some(Fw2End::Open);
-            Some(conn.record(
-                figures,
-                cookie,
-                now_ns,
-                closed_ns,
-                Some(TcpState::FinWait2),
-            ))
+            Some(conn.record(figures, cookie, now_ns, closed_ns, Some(TcpState::FinWait2)))
         }
         Phase::Closed { .. } => None,
     }

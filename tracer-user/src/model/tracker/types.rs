@@ -89,17 +89,19 @@ impl ConnectFailure {
     /// `reset_by_peer`: a RST arrived, which says refused when the error
     /// is not known.
     pub fn of(error: Option<u16>, reset_by_peer: bool) -> Self {
-        const ENETUNREACH: u16 = libc::ENETUNREACH as u16;
-        const ETIMEDOUT: u16 = libc::ETIMEDOUT as u16;
-        const ECONNREFUSED: u16 = libc::ECONNREFUSED as u16;
-        const EHOSTUNREACH: u16 = libc::EHOSTUNREACH as u16;
-        match error {
-            Some(ECONNREFUSED) => Self::Refused,
-            Some(ETIMEDOUT) => Self::Timeout,
-            Some(EHOSTUNREACH | ENETUNREACH) => Self::Unreachable,
-            Some(0) if reset_by_peer => Self::Refused,
-            Some(0) => Self::Abandoned,
-            None if reset_by_peer => Self::Refused,
+        let Some(errno) = error else {
+            return if reset_by_peer {
+                Self::Refused
+            } else {
+                Self::Other
+            };
+        };
+        match i32::from(errno) {
+            libc::ECONNREFUSED => Self::Refused,
+            libc::ETIMEDOUT => Self::Timeout,
+            libc::EHOSTUNREACH | libc::ENETUNREACH => Self::Unreachable,
+            0 if reset_by_peer => Self::Refused,
+            0 => Self::Abandoned,
             _ => Self::Other,
         }
     }

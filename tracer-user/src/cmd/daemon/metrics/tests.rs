@@ -93,7 +93,9 @@ fn network_figures_and_failed_connects_are_exported_per_connection_series() {
     let text = m.encode();
     let labels = r#"comm="curl",container="",container_id="",namespace="",pod="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client""#;
     assert!(
-        text.contains(&format!(r#"tcplinger_retransmitted_segments_total{{{labels}}} 4"#)),
+        text.contains(&format!(
+            "tcplinger_retransmitted_segments_total{{{labels}}} 4"
+        )),
         "{text}"
     );
     assert!(
@@ -109,7 +111,9 @@ fn network_figures_and_failed_connects_are_exported_per_connection_series() {
         "{text}"
     );
     assert!(
-        text.contains(r#"tcplinger_connection_rtt_seconds_bucket{comm="curl",role="client",le="0.0005"} 2"#),
+        text.contains(
+            r#"tcplinger_connection_rtt_seconds_bucket{comm="curl",role="client",le="0.0005"} 2"#
+        ),
         "{text}"
     );
     // A failed attempt is not a closed connection.
