@@ -105,9 +105,27 @@ fn go_client_timeout_against_a_stuck_handler() {
     let r = report("go_client_timeout_against_a_stuck_handler");
     let f = finding(&r, "client_timeout_stuck_server", "goserver", "server");
     assert!(figure(f, "close_wait_p50_ms") >= 1000.0, "{f}");
+    not_the_network(f);
     let f = finding(&r, "client_timeout_stuck_server", "goclient", "client");
     assert!(figure(f, "fin_wait2_p50_ms") >= 1000.0, "{f}");
     assert_eq!(figure(f, "closed_by_local_pct"), 100.0, "{f}");
+    not_the_network(f);
+}
+
+/// Recorded since the kernel side reads each connection's network figures
+/// (format 3): the finding weighed them, and between two namespaces the
+/// network explains nothing.
+fn not_the_network(f: &Value) {
+    assert_eq!(figure(f, "retrans_pct"), 0.0, "{f}");
+    assert_eq!(figure(f, "retrans_segments"), 0.0, "{f}");
+    assert!(figure(f, "rtt_p50_ms") < 10.0, "{f}");
+    assert!(
+        f["summary"]
+            .as_str()
+            .unwrap()
+            .contains(" Not the network: "),
+        "{f}"
+    );
 }
 
 #[test]
@@ -116,6 +134,49 @@ fn go_deadline_on_pooled_connections() {
     let f = finding(&r, "deadline_pooled", "goclient", "client");
     assert!(figure(f, "closed_in_use_pct") >= 50.0, "{f}");
     assert_eq!(findings(&r).len(), 1, "{r:#}");
+    not_the_network(f);
+    // The records carry the figures: requests went out and answers came
+    // back on every connection, none retransmitted.
+    let lines = watch_lines(&[
+        "watch",
+        "--format",
+        "json",
+        "--from",
+        recording("go_deadline_on_pooled_connections")
+            .to_str()
+            .unwrap(),
+    ]);
+    let clients: Vec<&Value> = lines.iter().filter(|l| l["comm"] == "goclient").collect();
+    assert!(clients.len() >= 6, "{lines:#?}");
+    for l in clients {
+        assert!(l["net"]["bytes_acked"].as_u64().unwrap() > 0, "{l}");
+        assert!(l["net"]["bytes_received"].as_u64().unwrap() > 0, "{l}");
+        assert_eq!(l["net"]["retrans"], 0, "{l}");
+    }
+}
+
+/// A recording of format version 2 (before the records carried network
+/// figures) replays to the same verdict, and the finding makes no claim
+/// about the network.
+#[test]
+fn a_version_2_recording_still_replays_without_network_figures() {
+    let r = report("v2/go_deadline_on_pooled_connections");
+    let f = finding(&r, "deadline_pooled", "goclient", "client");
+    assert!(figure(f, "closed_in_use_pct") >= 50.0, "{f}");
+    assert!(f["evidence"].get("retrans_pct").is_none(), "{f}");
+    assert!(!f["summary"].as_str().unwrap().contains("network"), "{f}");
+    let path = recording("v2/go_deadline_on_pooled_connections");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes[8..12], 2u32.to_le_bytes(), "still a version 2 file");
+    let lines = watch_lines(&[
+        "watch",
+        "--format",
+        "json",
+        "--from",
+        path.to_str().unwrap(),
+    ]);
+    assert!(!lines.is_empty());
+    assert!(lines.iter().all(|l| l.get("net").is_none()), "{lines:#?}");
 }
 
 #[test]
@@ -123,6 +184,15 @@ fn go_pool_filled_by_unanswered_requests() {
     let r = report("go_pool_filled_by_unanswered_requests");
     let f = finding(&r, "unanswered_requests", "goclient", "client");
     assert_eq!(figure(f, "awaiting_reply"), 16.0, "{f}");
+    // The server's kernel acknowledged every request (format 3 looks).
+    assert_eq!(figure(f, "unacked_requests"), 0.0, "{f}");
+    assert!(
+        f["summary"]
+            .as_str()
+            .unwrap()
+            .contains(" Not the network: the peer's TCP acknowledged every request"),
+        "{f}"
+    );
 }
 
 #[test]
@@ -191,6 +261,7 @@ fn recordings_are_whole() {
     let files = std::fs::read_dir(&dir)
         .unwrap()
         .chain(std::fs::read_dir(dir.join("v1")).unwrap())
+        .chain(std::fs::read_dir(dir.join("v2")).unwrap())
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.is_file());
     for path in files {
@@ -214,7 +285,7 @@ fn recordings_are_whole() {
         assert!(info["sockets"].as_u64().unwrap() > 0, "{info:#}");
         n += 1;
     }
-    assert!(n >= 14, "{n} recordings");
+    assert!(n >= 15, "{n} recordings");
 }
 
 #[test]

@@ -1220,3 +1220,88 @@ fn timewait_sockets_past_the_follow_cap_are_counted_apart_from_evictions() {
     assert_eq!(t.timewait_unfollowed(), 1);
     assert_eq!(t.evicted(), 0, "no socket was dropped from the table");
 }
+
+/// The socket's figures at its end, as the kernel reads them at CLOSE.
+fn ending(error: u16, retrans: u32) -> tracer_common::NetFigures {
+    tracer_common::NetFigures {
+        bytes_acked: if error == 0 { 1_048_578 } else { 0 },
+        bytes_received: if error == 0 { 5 } else { 0 },
+        srtt_us: if error == 0 { 46 } else { 0 },
+        rttvar_us: 20,
+        retrans,
+        error,
+        read: 1,
+        _pad: 0,
+    }
+}
+
+#[test]
+fn a_connections_figures_at_close_reach_its_record() {
+    let mut t = tracker();
+    let c = Sock::client(95);
+    feed(&mut t, &client_open(&c));
+    let close = Record {
+        net: Some(ending(0, 3)),
+        ..c.unowned_step(1003, FinWait2, Close)
+    };
+    feed(
+        &mut t,
+        &[
+            c.step(1000, Established, FinWait1),
+            c.unowned_step(1001, FinWait1, FinWait2),
+            Record {
+                peer_fin: Some(true),
+                ..close
+            },
+        ],
+    );
+    let r = only(t.take_ready());
+    assert_eq!(r.net, Some(ending(0, 3)));
+    assert_eq!(r.connect_failed, None);
+    assert_eq!(r.closed_by, ClosedBy::Local);
+}
+
+#[test]
+fn a_failed_connect_says_why_from_the_sockets_error() {
+    for (error, rst, want) in [
+        (111, true, ConnectFailure::Refused),
+        (110, false, ConnectFailure::Timeout),
+        (113, false, ConnectFailure::Unreachable),
+        (0, false, ConnectFailure::Abandoned),
+        (71, false, ConnectFailure::Other),
+    ] {
+        let mut t = tracker();
+        let c = Sock::client(96);
+        t.on_record(&Record {
+            lport: 0,
+            ..c.step(0, Close, SynSent)
+        });
+        if rst {
+            t.on_record(&c.record(5, Kind::ReceiveReset { state: SynSent }));
+        }
+        t.on_record(&Record {
+            net: Some(ending(error, 2)),
+            ..c.unowned_step(5, SynSent, Close)
+        });
+        t.tick(1_000 * MS);
+        let r = only(t.take_ready());
+        assert_eq!(r.connect_failed, Some(want), "errno {error}");
+        assert_eq!(r.net.map(|n| n.retrans), Some(2));
+    }
+    // Without the figures (an older kernel layout or recording), a RST
+    // still says refused; nothing else can be told.
+    for (rst, want) in [
+        (true, ConnectFailure::Refused),
+        (false, ConnectFailure::Other),
+    ] {
+        let mut t = tracker();
+        let c = Sock::client(97);
+        t.on_record(&c.step(0, Close, SynSent));
+        if rst {
+            t.on_record(&c.record(5, Kind::ReceiveReset { state: SynSent }));
+        }
+        t.on_record(&c.unowned_step(5, SynSent, Close));
+        t.tick(1_000 * MS);
+        assert_eq!(only(t.take_ready()).connect_failed, Some(want));
+    }
+}

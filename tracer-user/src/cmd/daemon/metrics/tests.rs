@@ -306,6 +306,13 @@ fn the_grafana_dashboard_shows_what_the_daemon_exports() {
         .states
         .with(TcpState::CloseWait, 1)
         .with(TcpState::LastAck, 1);
+    r.net = Some(tracer_common::NetFigures {
+        srtt_us: 50,
+        read: 1,
+        ..Default::default()
+    });
+    m.on_record(&r, &mut |_| None);
+    r.connect_failed = Some(ConnectFailure::Timeout);
     m.on_record(&r, &mut |_| None);
     m.on_opened(&c, &mut |_| None);
     m.on_timewait_end(&TimewaitEnd {
@@ -339,6 +346,8 @@ fn the_grafana_dashboard_shows_what_the_daemon_exports() {
         ("Tracer health", "timeseries"),
         ("Findings timeline", "state-timeline"),
         ("This window on the host", "text"),
+        ("Failed connects by reason", "timeseries"),
+        ("Network: retransmissions and RTT", "timeseries"),
     ] {
         let panel = panels
             .iter()
