@@ -95,6 +95,23 @@ pub fn record(
     }
 }
 
+/// A socket's figures at its end, as the kernel reads them at CLOSE:
+/// `acked` bytes sent and acknowledged, `received`, the smoothed RTT
+/// (its deviation half of it), `retrans`, and `error` (an errno, 0 for
+/// none).
+pub fn at_close(acked: u64, received: u64, srtt_us: u32, retrans: u32, error: u16) -> NetFigures {
+    NetFigures {
+        bytes_acked: acked,
+        bytes_received: received,
+        srtt_us,
+        rttvar_us: srtt_us / 2,
+        retrans,
+        error,
+        read: 1,
+        _pad: 0,
+    }
+}
+
 /// TCP figures at the first closing act.
 pub fn figures(send_age_ms: u32, recv_age_ms: u32, segs_out: u32, segs_in: u32) -> TcpFigures {
     TcpFigures {

@@ -11,6 +11,12 @@ use std::{
 
 use serde_json::Value;
 
+/// Shared with the live scenarios (tests/support is the privileged
+/// tests'; this one module of it needs nothing privileged).
+#[path = "support/verdict.rs"]
+mod verdict;
+use verdict::{figure, not_the_network};
+
 fn recording(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/recordings")
@@ -58,16 +64,6 @@ fn finding<'a>(report: &'a Value, pathology: &str, comm: &str, role: &str) -> &'
     f
 }
 
-fn figure(f: &Value, name: &str) -> f64 {
-    f["evidence"][name]
-        .as_f64()
-        .unwrap_or_else(|| no_figure(f, name))
-}
-
-fn no_figure(f: &Value, name: &str) -> f64 {
-    panic!("no {name} in {f}")
-}
-
 #[test]
 fn nginx_with_keepalive_off_closes_and_curl_does_not_reuse() {
     let r = report("nginx_keepalive_off_with_curl");
@@ -110,22 +106,6 @@ fn go_client_timeout_against_a_stuck_handler() {
     assert!(figure(f, "fin_wait2_p50_ms") >= 1000.0, "{f}");
     assert_eq!(figure(f, "closed_by_local_pct"), 100.0, "{f}");
     not_the_network(f);
-}
-
-/// Recorded since the kernel side reads each connection's network figures
-/// (format 3): the finding weighed them, and between two namespaces the
-/// network explains nothing.
-fn not_the_network(f: &Value) {
-    assert_eq!(figure(f, "retrans_pct"), 0.0, "{f}");
-    assert_eq!(figure(f, "retrans_segments"), 0.0, "{f}");
-    assert!(figure(f, "rtt_p50_ms") < 10.0, "{f}");
-    assert!(
-        f["summary"]
-            .as_str()
-            .unwrap()
-            .contains(" Not the network: "),
-        "{f}"
-    );
 }
 
 #[test]

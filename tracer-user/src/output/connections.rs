@@ -245,7 +245,7 @@ mod tests {
     use crate::{
         model::event::Family,
         model::tracker::{ClosedBy, Role},
-        testutil::owner,
+        testutil::{at_close, owner},
     };
 
     fn record() -> ConnRecord {
@@ -326,21 +326,10 @@ mod tests {
         assert!(text.find("ESTABLISHED").unwrap() < text.find("FIN_WAIT1").unwrap());
     }
 
-    const NET: tracer_common::NetFigures = tracer_common::NetFigures {
-        bytes_acked: 1_048_578,
-        bytes_received: 2,
-        srtt_us: 41,
-        rttvar_us: 20,
-        retrans: 3,
-        error: 0,
-        read: 1,
-        _pad: 0,
-    };
-
     #[test]
     fn network_figures_and_failed_connects_are_in_both_formats() {
         let mut r = record();
-        r.net = Some(NET);
+        r.net = Some(at_close(1_048_578, 2, 41, 3, 0));
         let v: serde_json::Value = serde_json::from_str(render(Format::Json, &r).trim()).unwrap();
         assert_eq!(
             v["net"],
@@ -359,14 +348,7 @@ mod tests {
         failed.time_wait = false;
         failed.fin_wait2_end = None;
         failed.closed_by = ClosedBy::Unknown;
-        failed.net = Some(tracer_common::NetFigures {
-            srtt_us: 0,
-            retrans: 2,
-            bytes_acked: 0,
-            bytes_received: 0,
-            error: 110,
-            ..NET
-        });
+        failed.net = Some(at_close(0, 0, 0, 2, 110));
         failed.connect_failed = Some(ConnectFailure::Timeout);
         let v: serde_json::Value =
             serde_json::from_str(render(Format::Json, &failed).trim()).unwrap();

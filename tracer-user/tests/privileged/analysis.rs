@@ -16,19 +16,6 @@ use crate::support::{
     wait_until,
 };
 
-/// A report that ends when the test says so (SIGINT), not by its clock.
-fn start_report(port: u16) -> Tcplinger {
-    Tcplinger::start(&[
-        "report",
-        "--format",
-        "json",
-        "--duration",
-        "5m",
-        "--port",
-        &port.to_string(),
-    ])
-}
-
 /// Stops the report and returns its JSON, once the scene's closes under
 /// way have been traced (the report reads what its ring holds before it
 /// ends).
@@ -64,7 +51,7 @@ fn has_pathology(report: &Value, pathology: &str) -> bool {
 
 fn report_client_timeout_stuck_server() {
     let scene = Scene::new();
-    let tracer = start_report(scene.port);
+    let tracer = Tcplinger::report_until_stopped(scene.port);
     let server = scene.server(&[
         "--count",
         "3",
@@ -97,7 +84,7 @@ privileged!(report_client_timeout_stuck_server);
 
 fn report_server_closes() {
     let scene = Scene::new();
-    let tracer = start_report(scene.port);
+    let tracer = Tcplinger::report_until_stopped(scene.port);
     let pids = scene.converse(Closer::Server, 12, Pace::OneAtATime);
     let report = finish_report(&scene, tracer);
     let f = finding(&report, "server_closes", pids.server);
@@ -126,7 +113,7 @@ privileged!(report_server_closes);
 
 fn report_no_reuse() {
     let scene = Scene::new();
-    let tracer = start_report(scene.port);
+    let tracer = Tcplinger::report_until_stopped(scene.port);
     let pids = scene.converse(Closer::Client, 40, Pace::OneAtATime);
     let report = finish_report(&scene, tracer);
     let f = finding(&report, "no_reuse", pids.client);
@@ -142,7 +129,7 @@ privileged!(report_no_reuse);
 
 fn report_leaked_idle() {
     let scene = Scene::new();
-    let tracer = start_report(scene.port);
+    let tracer = Tcplinger::report_until_stopped(scene.port);
     let _server = scene.server(&["--count", "15", "--close", "never"]);
     let client = scene.client(&["--count", "15", "--close", "never"]);
     client.expect_line("done");
@@ -164,7 +151,7 @@ privileged!(report_leaked_idle);
 
 fn report_unanswered_requests() {
     let scene = Scene::new();
-    let tracer = start_report(scene.port);
+    let tracer = Tcplinger::report_until_stopped(scene.port);
     let _server = scene.server(&["--count", "10", "--close", "never", "--no-reply"]);
     // A pool of 10: each connection sends a request, gives up waiting
     // after 100 ms and stays open, as a pooled client's would.
@@ -188,7 +175,7 @@ privileged!(report_unanswered_requests);
 /// idle connections) are not a deadline cutting requests short.
 fn report_idle_closes_at_a_fixed_age_are_no_deadline() {
     let scene = Scene::new();
-    let tracer = start_report(scene.port);
+    let tracer = Tcplinger::report_until_stopped(scene.port);
     let server = scene.server(&["--count", "6", "--parallel", "--close", "after-eof"]);
     let client = scene.client(&[
         "--count",
@@ -218,7 +205,7 @@ privileged!(report_idle_closes_at_a_fixed_age_are_no_deadline);
 
 fn report_close_wait_leak() {
     let scene = Scene::new();
-    let tracer = start_report(scene.port);
+    let tracer = Tcplinger::report_until_stopped(scene.port);
     let server = scene.server(&["--count", "5", "--close", "never"]);
     scene.client(&["--count", "5", "--close", "first"]).finish();
     let seen = scene.wait_sockets(&scene.net.server_ns, "5 in CLOSE_WAIT", |s| {

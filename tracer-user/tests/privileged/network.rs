@@ -151,15 +151,7 @@ privileged!(network_rtt_on_a_shaped_link_exceeds_the_unshaped_one);
 /// report's JSON.
 fn failed_attempts(scene: &Scene, port: u16, count: usize) -> (Vec<Value>, Value) {
     let tracer = watch(port);
-    let report = Tcplinger::start(&[
-        "report",
-        "--format",
-        "json",
-        "--duration",
-        "5m",
-        "--port",
-        &port.to_string(),
-    ]);
+    let report = Tcplinger::report_until_stopped(port);
     let client = scene.client_of(port, &["--count", &count.to_string(), "--connect-may-fail"]);
     client.finish();
     let (found, _) = records(tracer, count, |r| r.get("connect_failed").is_some());

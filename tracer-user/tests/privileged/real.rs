@@ -8,6 +8,7 @@ use crate::support::{
     real::{self, Nginx, Proc, TempDir, comm_of, curl_loop, forkserver, python, sources},
     scene::{Scene, loopback_addr},
     tracer::{Tcplinger, replayed},
+    verdict::{figure, not_the_network},
     wait_until,
 };
 
@@ -252,28 +253,6 @@ fn no_finding_names(report: &Value, comm: &str) {
         .filter(|f| f["comm"] == comm)
         .collect();
     assert!(named.is_empty(), "findings name {comm}: {named:#?}");
-}
-
-fn figure(f: &Value, name: &str) -> f64 {
-    f["evidence"][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no {name} in {f:#}"))
-}
-
-/// The finding weighed the network and cleared it: the connections it
-/// judged carried their figures, and none retransmitted (between two
-/// namespaces nothing is lost).
-fn not_the_network(f: &Value) {
-    assert_eq!(figure(f, "retrans_pct"), 0.0, "{f:#}");
-    assert_eq!(figure(f, "retrans_segments"), 0.0, "{f:#}");
-    assert!(figure(f, "rtt_p50_ms") < 10.0, "{f:#}");
-    assert!(
-        f["summary"]
-            .as_str()
-            .unwrap()
-            .contains(" Not the network: "),
-        "{f:#}"
-    );
 }
 
 /// `got` is `want` within 10% + 50 ms.

@@ -8,6 +8,7 @@ pub mod real;
 pub mod scene;
 pub mod tmux;
 pub mod tracer;
+pub mod verdict;
 
 use std::time::{Duration, Instant};
 

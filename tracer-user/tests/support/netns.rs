@@ -126,17 +126,9 @@ impl NetPair {
     /// goes with the namespace.
     #[expect(clippy::unused_self, reason = "a namespace of this pair is meant")]
     pub fn iptables(&self, ns: &str, args: &[&str]) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "iptables"])
-            .args(args)
-            .output()
-            .expect("running iptables");
-        assert!(
-            out.status.success(),
-            "iptables {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut argv = vec!["netns", "exec", ns, "iptables"];
+        argv.extend_from_slice(args);
+        ip(&argv);
     }
 
     /// Sets a sysctl inside one namespace, e.g. `net.ipv4.tcp_fin_timeout`.

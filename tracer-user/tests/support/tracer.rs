@@ -63,6 +63,20 @@ impl Tcplinger {
 
     /// As [`Self::start`], its output thrown away unread (a run printing
     /// millions of records); its summary on stderr is still collected.
+    /// A JSON report of `port` that ends when the test stops it (SIGINT),
+    /// not by its clock.
+    pub fn report_until_stopped(port: u16) -> Tcplinger {
+        Self::start(&[
+            "report",
+            "--format",
+            "json",
+            "--duration",
+            "5m",
+            "--port",
+            &port.to_string(),
+        ])
+    }
+
     pub fn start_discarding(args: &[&str]) -> Tcplinger {
         Self::start_with(args, Stdio::null())
     }

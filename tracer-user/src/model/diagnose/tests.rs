@@ -547,16 +547,7 @@ fn closes_without_tcp_figures_are_not_judged_on_them() {
 
 /// A close's network figures: `retrans` segments retransmitted, RTT `rtt_us`.
 fn net(retrans: u32, rtt_us: u32) -> tracer_common::NetFigures {
-    tracer_common::NetFigures {
-        bytes_acked: 120,
-        bytes_received: 400,
-        srtt_us: rtt_us,
-        rttvar_us: rtt_us / 2,
-        retrans,
-        error: 0,
-        read: 1,
-        _pad: 0,
-    }
+    crate::testutil::at_close(120, 400, rtt_us, retrans, 0)
 }
 
 /// The Go deadline story: 3 s lifetimes closed by the client while in use.

@@ -1223,15 +1223,10 @@ fn timewait_sockets_past_the_follow_cap_are_counted_apart_from_evictions() {
 
 /// The socket's figures at its end, as the kernel reads them at CLOSE.
 fn ending(error: u16, retrans: u32) -> tracer_common::NetFigures {
-    tracer_common::NetFigures {
-        bytes_acked: if error == 0 { 1_048_578 } else { 0 },
-        bytes_received: if error == 0 { 5 } else { 0 },
-        srtt_us: if error == 0 { 46 } else { 0 },
-        rttvar_us: 20,
-        retrans,
-        error,
-        read: 1,
-        _pad: 0,
+    if error == 0 {
+        crate::testutil::at_close(1_048_578, 5, 46, retrans, 0)
+    } else {
+        crate::testutil::at_close(0, 0, 0, retrans, error)
     }
 }
 

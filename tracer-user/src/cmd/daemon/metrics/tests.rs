@@ -67,16 +67,7 @@ fn closes_and_lingers_are_exported_in_seconds() {
 fn network_figures_and_failed_connects_are_exported_per_connection_series() {
     let mut m = Metrics::new(10);
     let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
-    let net = tracer_common::NetFigures {
-        bytes_acked: 1000,
-        bytes_received: 50,
-        srtt_us: 400,
-        rttvar_us: 100,
-        retrans: 2,
-        error: 0,
-        read: 1,
-        _pad: 0,
-    };
+    let net = crate::testutil::at_close(1000, 50, 400, 2, 0);
     for _ in 0..2 {
         let mut r = record(c, ClosedBy::Local, 1_000, None);
         r.net = Some(net);
@@ -84,11 +75,7 @@ fn network_figures_and_failed_connects_are_exported_per_connection_series() {
     }
     let mut failed = record(c, ClosedBy::ResetRemote, 1, None);
     failed.connect_failed = Some(ConnectFailure::Refused);
-    failed.net = Some(tracer_common::NetFigures {
-        error: 111,
-        retrans: 0,
-        ..net
-    });
+    failed.net = Some(crate::testutil::at_close(0, 0, 0, 0, 111));
     m.on_record(&failed, &mut |_| None);
     let text = m.encode();
     let labels = r#"comm="curl",container="",container_id="",namespace="",pod="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client""#;
