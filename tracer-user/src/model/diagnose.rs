@@ -928,8 +928,11 @@ fn connect_failures(c: &Case) -> Option<Finding> {
             ConnectFailure::Unreachable => format!(
                 "ICMP errors say {far} cannot be reached: check routes, the address and firewalls on the way"
             ),
+            ConnectFailure::Abandoned if syns > 0 => format!(
+                "it gives up before the handshake with {far} completes (its own connect timeout, shorter than the kernel's), after {syns} SYN retransmissions in all: the SYNs or their answers are lost on the way (a firewall dropping them, a host down), or the peer's accept backlog is full"
+            ),
             ConnectFailure::Abandoned => format!(
-                "it gives up before the handshake with {far} completes (its own connect timeout, shorter than the kernel's): the peer is slow to answer SYNs (a full accept backlog) or they are lost on the way"
+                "it gives up before the handshake with {far} completes (its own connect timeout, shorter than the kernel's first SYN retry): the timeout is shorter than the round trip, or the peer is slow to answer SYNs"
             ),
             ConnectFailure::Other => {
                 "the kernel ended them with errors other than refused or timed out (see the records' error), or the reason could not be read".into()

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
+    real::curl_loop,
     scene::{Scene, fresh_port},
     tracer::{Finished, Tcplinger},
 };
@@ -243,3 +244,55 @@ fn network_an_address_nobody_answers_arp_for_is_unreachable() {
     assert_eq!(r["net"]["error"], "EHOSTUNREACH", "{r}");
 }
 privileged!(network_an_address_nobody_answers_arp_for_is_unreachable);
+
+/// Real curl, a process per attempt: against a closed port (refused), and
+/// with `--connect-timeout 1.5` against SYNs dropped on the way (curl
+/// gives up first: abandoned, after the kernel retried each SYN once).
+fn network_real_curl_failing_to_connect_is_a_finding_with_its_reason() {
+    let scene = Scene::new();
+    let (closed, dropped) = (fresh_port(), fresh_port());
+    scene.net.iptables(
+        &scene.net.server_ns,
+        &[
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--syn",
+            "--dport",
+            &dropped.to_string(),
+            "-j",
+            "DROP",
+        ],
+    );
+    for (port, extra, reason, count) in [
+        (closed, "", "refused", 6),
+        (dropped, "--connect-timeout 1.5", "abandoned", 5),
+    ] {
+        let report = Tcplinger::report_until_stopped(port);
+        let url = format!("http://{}/", scene.at(port));
+        let pids = curl_loop(&scene.net.client_ns, &url, count, extra);
+        let run = report.stop();
+        assert!(run.status.success(), "{:?}", run.stderr);
+        let report = &run.lines[0];
+        let f = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["pathology"] == "connect_failures")
+            .unwrap_or_else(|| panic!("no connect_failures: {report:#}"));
+        assert_eq!(f["comm"], "curl", "{f}");
+        assert!(
+            pids.contains(&u32::try_from(f["pid"].as_u64().unwrap()).unwrap()),
+            "{f}"
+        );
+        assert_eq!(f["processes"], count, "{f}");
+        assert_eq!(f["evidence"][format!("failed_{reason}")], count, "{f}");
+        assert_eq!(f["endpoint"], scene.at(port).to_string(), "{f}");
+        if reason == "abandoned" {
+            // Measured: one SYN retransmission per attempt (at 1 s).
+            assert_eq!(f["evidence"]["syn_retransmits"], count, "{f}");
+        }
+    }
+}
+privileged!(network_real_curl_failing_to_connect_is_a_finding_with_its_reason);

@@ -16,7 +16,11 @@ use crate::{
     model::dist::Dist,
     model::human::{human, human_ms},
     model::tracker::ConnectFailure,
-    output::{html::EDGE_LABELS, human_bytes, report::bars},
+    output::{
+        html::EDGE_LABELS,
+        human_bytes,
+        report::{bars, plural},
+    },
     settings::SortKey,
 };
 
@@ -75,7 +79,7 @@ fn status_line(model: &Model) -> String {
         model.elapsed_s,
         model.events_per_s,
         model.dropped,
-        crate::output::report::plural(model.rows.len(), "group"),
+        plural(model.rows.len(), "group"),
         if model.folded > 0 {
             format!(" (+{} folded)", model.folded)
         } else {
@@ -271,33 +275,34 @@ fn dist_line(name: &str, d: &Dist) -> String {
     }
 }
 
-/// The network figures of the last 5 minutes' closes: retransmissions,
-/// bytes per connection, failed connects by reason.
-fn network_line(s: &Stats) -> String {
-    let mut parts = Vec::new();
-    if s.with_net > 0 {
-        parts.push(format!(
-            "retransmitted {} of {} ({} segments), per connection sent {} received {}",
+/// The network figures of the last 5 minutes' closes (retransmissions,
+/// bytes per connection each way), and failed connects by reason: a line
+/// each, within 80 columns.
+fn network_lines(s: &Stats) -> Vec<String> {
+    let mut lines = vec![if s.with_net > 0 {
+        format!(
+            "  network    {} of {} retransmitted ({}), {} out {} in each",
             s.retrans_conns,
             s.with_net,
-            s.retrans_segs,
+            plural(
+                usize::try_from(s.retrans_segs).unwrap_or(usize::MAX),
+                "segment"
+            ),
             human_bytes(s.bytes_acked / s.with_net),
             human_bytes(s.bytes_received / s.with_net)
-        ));
-    }
+        )
+    } else {
+        "  network    -".into()
+    }];
     let failed: Vec<String> = ConnectFailure::ALL
         .iter()
         .filter(|&&r| s.connect_failed(r) > 0)
         .map(|&r| format!("{} {}", r.name(), s.connect_failed(r)))
         .collect();
     if !failed.is_empty() {
-        parts.push(format!("failed connects: {}", failed.join(", ")));
+        lines.push(format!("  connects   failed: {}", failed.join(", ")));
     }
-    if parts.is_empty() {
-        "  network    -".into()
-    } else {
-        format!("  network    {}", parts.join("; "))
-    }
+    lines
 }
 
 /// The group's head: who, what it holds now, who closed first, the
@@ -368,7 +373,7 @@ fn draw_detail(frame: &mut Frame, area: Rect, d: &Detail) {
     ] {
         lines.push(Line::from(dist_line(name, dist)));
     }
-    lines.push(Line::from(network_line(&d.total)));
+    lines.extend(network_lines(&d.total).into_iter().map(Line::from));
     for f in &d.findings {
         lines.push(
             Line::from(format!(

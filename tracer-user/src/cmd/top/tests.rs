@@ -221,9 +221,20 @@ fn enter_shows_a_group_in_full_and_esc_goes_back() {
     let row = m.shown[0].clone();
     let mut a = Aggregator::new(10, 0, crate::model::aggregate::Windowing::WHOLE_RUN);
     let c = id(4242, Role::Client, 8080);
-    for _ in 0..5 {
-        a.on_record(&record(c, ClosedBy::Local, 1_000, Some(2_000)));
+    for i in 0..5 {
+        let mut r = record(c, ClosedBy::Local, 1_000, Some(2_000));
+        r.net = Some(crate::testutil::at_close(
+            2048,
+            4096,
+            150,
+            u32::from(i == 0),
+            0,
+        ));
+        a.on_record(&r);
     }
+    let mut failed = record(c, ClosedBy::ResetRemote, 1, None);
+    failed.connect_failed = Some(crate::model::tracker::ConnectFailure::Refused);
+    a.on_record(&failed);
     let total = a.group_of(&key).unwrap().total();
     m.detail = Some(Detail {
         row,
@@ -245,6 +256,16 @@ fn enter_shows_a_group_in_full_and_esc_goes_back() {
     let s = screen(&mut m);
     assert!(s.contains("first FIN: here 100%"), "{s}");
     assert!(line_with(&s, "FIN_WAIT2 ").contains("2.00s"), "{s}");
+    assert!(line_with(&s, "RTT ").contains("0.150ms"), "{s}");
+    assert!(
+        line_with(&s, "network ")
+            .contains("1 of 5 retransmitted (1 segment), 2.0KiB out 4.0KiB in each"),
+        "{s}"
+    );
+    assert!(
+        line_with(&s, "connects ").contains("failed: refused 1"),
+        "{s}"
+    );
     assert!(s.contains("client_timeout_stuck_server"), "{s}");
     assert!(s.contains("sockets open now (30)"), "{s}");
     assert!(line_with(&s, "40000").contains("30.00s"), "{s}");

@@ -691,6 +691,14 @@ fn a_client_that_keeps_failing_to_connect_is_a_finding_with_the_reason() {
     assert_eq!(f.figure("syn_retransmits"), Some(&Figure::Count(10)));
     assert!(f.summary.contains("mostly timeout: its SYNs to 10.0.0.2:9 go unanswered until the kernel gives up (10 SYN retransmissions in all)"), "{}", f.summary);
 
+    // curl --connect-timeout 1.5 against SYNs dropped on the way: each
+    // attempt retried its SYN once, then curl closed the socket.
+    let mut a = whole();
+    failed_connects(&mut a, c, 5, ConnectFailure::Abandoned, 1);
+    let f = only(&a, Pathology::ConnectFailures);
+    assert_eq!(f.figure("failed_abandoned"), Some(&Figure::Count(5)));
+    assert!(f.summary.contains("mostly abandoned: it gives up before the handshake with 10.0.0.2:9 completes (its own connect timeout, shorter than the kernel's), after 5 SYN retransmissions in all"), "{}", f.summary);
+
     // A few failures among many good connections, or too few: nothing.
     let mut a = whole();
     failed_connects(&mut a, c, 5, ConnectFailure::Refused, 0);
