@@ -410,12 +410,15 @@ pub fn pick_open(
     picked.into_iter().take(room).map(|(_, c)| c).collect()
 }
 
-/// Why a finished connection is worth keeping whole: reset, or lingering
-/// in a closing state as long as the rules call stuck. `None` for the
-/// rest (nearly all of them).
+/// Why a finished connection is worth keeping whole: a connect that
+/// failed, a reset, or lingering in a closing state as long as the rules
+/// call stuck. `None` for the rest (nearly all of them).
 pub fn notable(r: &ConnRecord) -> Option<&'static str> {
     if r.open_state.is_some() {
         return None;
+    }
+    if r.connect_failed.is_some() {
+        return Some("connect_failed");
     }
     if matches!(r.closed_by, ClosedBy::ResetLocal | ClosedBy::ResetRemote) {
         return Some("reset");
@@ -653,7 +656,7 @@ mod tests {
     }
 
     #[test]
-    fn resets_and_long_closing_lingers_are_notable_the_rest_is_not() {
+    fn failed_connects_resets_and_long_closing_lingers_are_notable_the_rest_is_not() {
         let c = id(1, Role::Client, 80);
         assert_eq!(notable(&record(c, ClosedBy::Local, 5, None)), None);
         assert_eq!(
@@ -668,5 +671,9 @@ mod tests {
         let mut open = record(c, ClosedBy::ResetLocal, 5, None);
         open.open_state = Some(TcpState::Established);
         assert_eq!(notable(&open), None);
+        // A refused connect is a reset too, but said for what it is.
+        let mut refused = record(c, ClosedBy::ResetRemote, 1, None);
+        refused.connect_failed = Some(crate::model::tracker::ConnectFailure::Refused);
+        assert_eq!(notable(&refused), Some("connect_failed"));
     }
 }

@@ -52,9 +52,10 @@ impl Timeline {
         self.series.entry(key).or_default().entry(i).or_default()[slot] += n;
     }
 
-    /// A finished connection (not one still open at the end).
+    /// A finished connection (not one still open at the end, nor a
+    /// connect that failed: never a connection, so never a close).
     pub fn on_record(&mut self, r: &ConnRecord) {
-        if r.open_state.is_none() {
+        if r.open_state.is_none() && r.connect_failed.is_none() {
             self.add(GroupKey::of(&r.id()), r.end_ns, r.closed_by, 1);
         }
     }
