@@ -161,6 +161,27 @@ fn failed_attempts(scene: &Scene, port: u16, count: usize) -> (Vec<Value>, Value
     (found, run.lines.into_iter().next().expect("the report"))
 }
 
+/// SYNs to `port` vanish on their way into the server's namespace.
+fn drop_syns(scene: &Scene, port: u16) {
+    let port = port.to_string();
+    scene.net.iptables(
+        &scene.net.server_ns,
+        &[
+            "-A", "INPUT", "-p", "tcp", "--syn", "--dport", &port, "-j", "DROP",
+        ],
+    );
+}
+
+/// The report's `connect_failures` finding.
+fn connect_failures(report: &Value) -> &Value {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["pathology"] == "connect_failures")
+        .unwrap_or_else(|| panic!("no connect_failures: {report:#}"))
+}
+
 fn network_a_closed_port_is_refused_and_a_finding() {
     let scene = Scene::new();
     let port = fresh_port();
@@ -170,12 +191,7 @@ fn network_a_closed_port_is_refused_and_a_finding() {
         assert_eq!(r["net"]["error"], "ECONNREFUSED", "{r}");
         assert_eq!(r["role"], "client", "{r}");
     }
-    let finding = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["pathology"] == "connect_failures")
-        .unwrap_or_else(|| panic!("no connect_failures: {report:#}"));
+    let finding = connect_failures(&report);
     assert_eq!(finding["evidence"]["failed_refused"], 6, "{finding}");
     assert_eq!(finding["remote"], scene.at(port).to_string(), "{finding}");
     let group = &report["groups"][0];
@@ -188,20 +204,7 @@ fn network_a_blackholed_address_times_out_after_the_syn_retries() {
     let scene = Scene::new();
     let port = fresh_port();
     // SYNs vanish on the way in; the client retries once (1 s, then 2 s).
-    scene.net.iptables(
-        &scene.net.server_ns,
-        &[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--syn",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "DROP",
-        ],
-    );
+    drop_syns(&scene, port);
     scene
         .net
         .sysctl(&scene.net.client_ns, "net.ipv4.tcp_syn_retries", "1");
@@ -251,20 +254,7 @@ privileged!(network_an_address_nobody_answers_arp_for_is_unreachable);
 fn network_real_curl_failing_to_connect_is_a_finding_with_its_reason() {
     let scene = Scene::new();
     let (closed, dropped) = (fresh_port(), fresh_port());
-    scene.net.iptables(
-        &scene.net.server_ns,
-        &[
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--syn",
-            "--dport",
-            &dropped.to_string(),
-            "-j",
-            "DROP",
-        ],
-    );
+    drop_syns(&scene, dropped);
     for (port, extra, reason, count) in [
         (closed, "", "refused", 6),
         (dropped, "--connect-timeout 1.5", "abandoned", 5),
@@ -275,12 +265,7 @@ fn network_real_curl_failing_to_connect_is_a_finding_with_its_reason() {
         let run = report.stop();
         assert!(run.status.success(), "{:?}", run.stderr);
         let report = &run.lines[0];
-        let f = report["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["pathology"] == "connect_failures")
-            .unwrap_or_else(|| panic!("no connect_failures: {report:#}"));
+        let f = connect_failures(report);
         assert_eq!(f["comm"], "curl", "{f}");
         assert!(
             pids.contains(&u32::try_from(f["pid"].as_u64().unwrap()).unwrap()),

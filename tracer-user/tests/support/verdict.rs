@@ -24,3 +24,17 @@ pub fn not_the_network(f: &Value) {
         "{f:#}"
     );
 }
+
+/// An `unanswered_requests` finding that cleared the network: the peer's
+/// kernel acknowledged every request, so its application is what does not
+/// answer.
+pub fn peer_acknowledged(f: &Value) {
+    assert_eq!(figure(f, "unacked_requests"), 0.0, "{f:#}");
+    assert!(
+        f["summary"]
+            .as_str()
+            .unwrap()
+            .contains(" Not the network: the peer's TCP acknowledged every request"),
+        "{f:#}"
+    );
+}
