@@ -9,12 +9,10 @@ use serde::{Serialize, Serializer, ser::SerializeMap};
 use tracer_common::TcpState;
 
 use super::report::JsonPod;
-use super::{
-    Endpoint, Format, JsonNet, JsonTcp, display_addr, human_bytes, rfc3339_millis, time_of_day,
-};
+use super::{Endpoint, Format, JsonNet, JsonTcp, display_addr, rfc3339_millis, time_of_day};
 use crate::model::{
     event::PodName,
-    human::human,
+    human::{human, human_bytes},
     tracker::{ConnRecord, ConnectFailure, Fw2End, StateTimes},
 };
 

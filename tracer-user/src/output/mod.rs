@@ -100,21 +100,6 @@ pub fn errno_name(errno: u16) -> String {
     name.into()
 }
 
-/// A byte count for people: `512B`, `1.5KiB`, `1.0MiB`, `2.3GiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes}B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1}{}", UNITS[unit])
-}
-
 /// RFC 3339 UTC with milliseconds, as in the JSON contract: `2026-01-01T00:00:00.123Z`.
 pub fn rfc3339_millis(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
@@ -173,13 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn byte_counts_and_errors_read_as_people_say_them() {
-        assert_eq!(human_bytes(0), "0B");
-        assert_eq!(human_bytes(1023), "1023B");
-        assert_eq!(human_bytes(1536), "1.5KiB");
-        assert_eq!(human_bytes(1_048_578), "1.0MiB");
-        assert_eq!(human_bytes(5 << 30), "5.0GiB");
-        assert_eq!(human_bytes(u64::MAX), "16777216.0TiB");
+    fn errors_read_as_people_say_them() {
         assert_eq!(errno_name(111), "ECONNREFUSED");
         assert_eq!(errno_name(110), "ETIMEDOUT");
         assert_eq!(errno_name(4242), "errno 4242");

@@ -828,9 +828,15 @@ impl Metrics {
                 .inc();
             return;
         }
+        let (retrans, bytes) = (self.retrans.clone(), self.bytes.clone());
+        let series = self.conn_series(&id, container);
+        series.used_ns = now;
+        series.closed[r.closed_by as usize]
+            .get_or_insert_with(|| {
+                closed.with_label_values(&labelled(&series.labels, r.closed_by.name()))
+            })
+            .inc();
         if let Some(n) = r.net {
-            let (retrans, bytes) = (self.retrans.clone(), self.bytes.clone());
-            let series = self.conn_series(&id, container);
             series
                 .retrans
                 .get_or_insert_with(|| retrans.with_label_values(&series.labels))
@@ -845,19 +851,7 @@ impl Metrics {
                     })
                     .inc_by(count);
             }
-            if n.srtt_us > 0 {
-                self.linger_series(&id)
-                    .rtt
-                    .observe(f64::from(n.srtt_us) / 1e6);
-            }
         }
-        let series = self.conn_series(&id, container);
-        series.used_ns = now;
-        series.closed[r.closed_by as usize]
-            .get_or_insert_with(|| {
-                closed.with_label_values(&labelled(&series.labels, r.closed_by.name()))
-            })
-            .inc();
         let folded = series.folded;
         for (budget, counter) in folded.iter().zip(&self.folded_by) {
             if *budget {
@@ -869,6 +863,9 @@ impl Metrics {
             self.folded_by[Budgeted::Linger as usize].inc();
         }
         let lingers = self.linger_series(&id);
+        if let Some(n) = r.net.filter(|n| n.srtt_us > 0) {
+            lingers.rtt.observe(f64::from(n.srtt_us) / 1e6);
+        }
         if r.opened_seen {
             // A socket that predates the tracer has no known lifetime.
             lingers.lifetime.observe(seconds(r.lifetime_ns));

@@ -14,11 +14,10 @@ use super::view::{Detail, FINDINGS_SHOWN, Focus, Model, closers, sort_name};
 use crate::{
     model::aggregate::Stats,
     model::dist::Dist,
-    model::human::{human, human_ms},
+    model::human::{human, human_bytes, human_ms},
     model::tracker::ConnectFailure,
     output::{
         html::EDGE_LABELS,
-        human_bytes,
         report::{bars, plural},
     },
     settings::SortKey,
