@@ -133,13 +133,14 @@ fn layering(src: &Path) -> Result<Vec<String>> {
             continue;
         };
         let text = fs::read_to_string(&file).with_context(|| format!("reading {rel}"))?;
-        let code = strip_comments(&text);
+        let stripped = strip_comments(&text);
         if !CLAP_ALLOWED.iter().any(|allowed| rel.starts_with(allowed))
-            && (code.contains("clap::") || code.contains("use clap"))
+            && (stripped.contains("clap::") || stripped.contains("use clap"))
         {
             problems.push(format!("{rel}: names clap; only {CLAP_ALLOWED:?} may"));
         }
-        for path in crate_paths(&code) {
+        let code = without_inline_tests(&stripped);
+        for path in module_paths(code, &file_module(&rel)) {
             let target = path[0].as_str();
             if target != layer && target != "testutil" && !deps.contains(target) {
                 problems.push(format!(
@@ -186,6 +187,28 @@ fn module_of(rel: &str) -> String {
     path.split('/').take(2).collect::<Vec<_>>().join("::")
 }
 
+/// `model/tracker/conn.rs` -> `[model, tracker, conn]`; `output/mod.rs` ->
+/// `[output]`: the module a file is, which `super::` is read from.
+fn file_module(rel: &str) -> Vec<String> {
+    let path = rel.trim_end_matches(".rs").trim_end_matches("/mod");
+    path.split('/').map(str::to_owned).collect()
+}
+
+/// The code before an inline `#[cfg(test)] mod tests {`: in there
+/// `super::` names the file's own module, and tests import what they like.
+fn without_inline_tests(code: &str) -> &str {
+    let mut from = 0;
+    while let Some(i) = code[from..].find("#[cfg(test)]") {
+        let at = from + i;
+        let rest = code[at + "#[cfg(test)]".len()..].trim_start();
+        if rest.starts_with("mod ") && rest.split('\n').next().is_some_and(|l| l.contains('{')) {
+            return &code[..at];
+        }
+        from = at + 1;
+    }
+    code
+}
+
 /// The code without `//` comments (doc comments name paths in prose).
 /// String literals holding `//` are cut short too; none names a module.
 fn strip_comments(text: &str) -> String {
@@ -196,20 +219,45 @@ fn strip_comments(text: &str) -> String {
 }
 
 /// Every path named as `crate::a::b` or inside `crate::{a::{b, c}, d}`,
-/// as its segments (at most two: the layer and the module).
-fn crate_paths(code: &str) -> Vec<Vec<String>> {
+/// or through `super::` from the file's module `here`, as its segments (at
+/// most two: the layer and the module).
+fn module_paths(code: &str, here: &[String]) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let mut rest = code;
     while let Some(i) = rest.find("crate::") {
         let preceded = rest[..i]
             .chars()
             .next_back()
-            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
         rest = &rest[i + "crate::".len()..];
         if preceded {
             continue;
         }
         tree(rest, &mut Vec::new(), &mut out);
+    }
+    let mut rest = code;
+    while let Some(i) = rest.find("super::") {
+        let preceded = rest[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
+        rest = &rest[i + "super::".len()..];
+        if preceded {
+            continue;
+        }
+        // `super::super::x` climbs once per `super`.
+        let mut base = here.to_vec();
+        base.pop();
+        while let Some(next) = rest.strip_prefix("super::") {
+            base.pop();
+            rest = next;
+        }
+        base.truncate(2);
+        if base.len() < 2 {
+            tree(rest, &mut base, &mut out);
+        } else {
+            out.push(base);
+        }
     }
     out
 }
@@ -324,7 +372,14 @@ mod tests {
     use super::*;
 
     fn paths(code: &str) -> Vec<String> {
-        crate_paths(code).iter().map(|p| p.join("::")).collect()
+        paths_from(code, "session/mod.rs")
+    }
+
+    fn paths_from(code: &str, rel: &str) -> Vec<String> {
+        module_paths(code, &file_module(rel))
+            .iter()
+            .map(|p| p.join("::"))
+            .collect()
     }
 
     #[test]
@@ -338,6 +393,42 @@ mod tests {
         );
         assert_eq!(paths("let x = crate::testutil::id(1);"), ["testutil::id"]);
         assert_eq!(paths("use tracer_crate::x;"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn reads_paths_through_super() {
+        assert_eq!(
+            paths_from("use super::report::{A, B};", "output/html.rs"),
+            ["output::report"]
+        );
+        assert_eq!(
+            paths_from("super::EDGES", "output/report.rs"),
+            ["output::EDGES"]
+        );
+        assert_eq!(
+            paths_from("use super::super::aggregate::S;", "model/tracker/conn.rs"),
+            ["model::aggregate"]
+        );
+        assert_eq!(
+            paths_from(
+                "use super::{conn::Conn, types::T};",
+                "model/tracker/table.rs"
+            ),
+            ["model::tracker"]
+        );
+        assert_eq!(
+            paths_from("use super::cmd::x;", "session/mod.rs"),
+            ["cmd::x"]
+        );
+    }
+
+    #[test]
+    fn inline_tests_are_left_out() {
+        let code = "use a;\n#[cfg(test)]\npub fn f() {}\n#[cfg(test)]\nmod tests {\n    use super::super::x;\n}\n";
+        assert_eq!(
+            without_inline_tests(code),
+            "use a;\n#[cfg(test)]\npub fn f() {}\n"
+        );
     }
 
     #[test]
@@ -387,6 +478,12 @@ mod tests {
             "model/b.rs",
             "// crate::cmd in a comment is fine\nuse crate::model::a::A;\n",
         );
+        write("output/mod.rs", "pub mod c;\npub mod d;\n");
+        write("output/c.rs", "use super::d::D;\n");
+        write(
+            "output/d.rs",
+            "use super::c::C;\n#[cfg(test)]\nmod tests {\n    use crate::cmd::x;\n}\n",
+        );
         write(
             "cmd/mod.rs",
             "use clap::Parser;\nuse crate::{model::a, session::S};\n",
@@ -401,6 +498,7 @@ mod tests {
             "model/a.rs: imports crate::host",
             "cmd/mod.rs: names clap",
             "import cycle: model::a -> model::b",
+            "import cycle: output::c -> output::d",
         ];
         for e in expected {
             assert!(

@@ -250,8 +250,7 @@ pub fn report(s: &settings::Report, dir: &Path) -> anyhow::Result<()> {
     };
     let written = output.begin().map(|writer| {
         let mut out = BufWriter::new(writer);
-        report
-            .write_with(s.format, &mut out, &pictures)
+        crate::output::write_report(&report, s.format, &mut out, &pictures)
             .and_then(|()| out.flush())
     });
     eprintln!(

@@ -229,8 +229,7 @@ async fn report<H: Host>(
     // run that fails on the way leaves the previous one in place.
     let written = output.begin().map(|writer| {
         let mut out = BufWriter::new(writer);
-        report
-            .write_with(s.format, &mut out, &pictures)
+        crate::output::write_report(&report, s.format, &mut out, &pictures)
             .and_then(|()| out.flush())
     });
     eprintln!("{}", analysis.session.summary(s.trace.max_sockets.get()));

@@ -10,7 +10,7 @@ use std::{
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
@@ -524,7 +524,26 @@ pub struct WriterStats {
     pub dropped: AtomicU64,
     /// Stores moved aside while running.
     pub moved_aside: AtomicU64,
+    /// What the writer has to say (an error, a store moved aside), not
+    /// yet taken by [`HistoryWriter::take_warnings`]: the thread does not
+    /// print, its owner does.
+    warnings: Mutex<Vec<String>>,
 }
+
+impl WriterStats {
+    fn warn(&self, message: String) {
+        if let Ok(mut w) = self.warnings.lock() {
+            // A writer failing on every minute for hours says so once per
+            // distinct message already; the bound is for safety.
+            if w.len() < MAX_WARNINGS {
+                w.push(message);
+            }
+        }
+    }
+}
+
+/// Most warnings queued for the owner to print between two looks.
+const MAX_WARNINGS: usize = 16;
 
 /// The store on its own thread: the daemon's loop only queues batches.
 pub struct HistoryWriter {
@@ -578,12 +597,22 @@ impl HistoryWriter {
         }
     }
 
-    /// Writes what is queued and stops the thread.
-    pub fn finish(mut self) {
+    /// What the writer thread had to say since the last call.
+    pub fn take_warnings(&self) -> Vec<String> {
+        self.stats
+            .warnings
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default()
+    }
+
+    /// Writes what is queued and stops the thread; what it had to say.
+    pub fn finish(mut self) -> Vec<String> {
         self.tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.take_warnings()
     }
 }
 
@@ -602,15 +631,15 @@ fn write_loop(mut store: Store, rx: &Receiver<Batch>, stats: &WriterStats, dir: 
                 let message = e.to_string();
                 // Each new error once, not once a minute.
                 if last_error.as_deref() != Some(&message) {
-                    eprintln!(
-                        "tcplinger: history: cannot write {}: {message}{}",
+                    stats.warn(format!(
+                        "cannot write {}: {message}{}",
                         store.path.display(),
                         if damaged {
                             ""
                         } else {
                             " (the minute is lost; the next is tried)"
                         }
-                    );
+                    ));
                     last_error = Some(message);
                 }
                 if damaged {
@@ -620,14 +649,14 @@ fn write_loop(mut store: Store, rx: &Receiver<Batch>, stats: &WriterStats, dir: 
                     {
                         Ok((aside, (new, _))) => {
                             stats.moved_aside.fetch_add(1, Ordering::Relaxed);
-                            eprintln!(
-                                "tcplinger: history: moved the damaged store to {} and began a new one",
+                            stats.warn(format!(
+                                "moved the damaged store to {} and began a new one",
                                 aside.display()
-                            );
+                            ));
                             store = new;
                         }
                         Err(e) => {
-                            eprintln!("tcplinger: history: stopped: {e}");
+                            stats.warn(format!("stopped: {e}"));
                             return;
                         }
                     }
@@ -942,6 +971,32 @@ mod tests {
             .collect();
         assert_eq!(aside.len(), 1);
         assert_eq!(fs::read(aside[0].path()).unwrap(), vec![0x5a; 8192]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_writer_thread_says_each_new_error_once_through_its_owner() {
+        let dir = tempdir("warnings");
+        let (writer, _) = HistoryWriter::start(&dir, LIMITS).unwrap();
+        assert!(writer.take_warnings().is_empty());
+        // Another connection takes the table away under the writer: every
+        // minute written from now on fails the same way.
+        Connection::open(dir.join(FILE))
+            .unwrap()
+            .execute("DROP TABLE slices", [])
+            .unwrap();
+        for k in 0..3 {
+            writer.send(minute(1_800_000_000_000 + k * 60_000, vec![slice(80, 1)]));
+        }
+        let stats = writer.stats.clone();
+        let warnings = writer.finish();
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 3);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("no such table: slices")
+                && warnings[0].contains("the minute is lost"),
+            "{warnings:?}"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -4,7 +4,10 @@ use std::{fmt::Write as _, time::SystemTime};
 
 use tracer_common::TcpState;
 
-use super::report::{GroupView, Report, text_name};
+use super::{
+    EDGE_LABELS, EDGES_MS,
+    report::{GroupView, Report, text_name},
+};
 use crate::model::{
     aggregate::Stats,
     dist::Dist,
@@ -26,12 +29,6 @@ pub struct Pictures<'a> {
     /// starts at.
     pub timeline: Option<(&'a Timeline, SystemTime)>,
 }
-
-/// Bounds of the linger bars, in ms: under 1 ms, 1-10 ms, ... 10-60 s, 60 s and more.
-pub const EDGES_MS: [f64; 6] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0, 60_000.0];
-pub const EDGE_LABELS: [&str; 7] = [
-    "<1ms", "1-10ms", "10-100ms", "0.1-1s", "1-10s", "10-60s", "≥60s",
-];
 
 /// Colours: this side first, the peer first, the rest; and per severity.
 const LOCAL: &str = "#3b6fb6";

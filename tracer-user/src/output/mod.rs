@@ -6,7 +6,12 @@ pub mod html;
 pub mod report;
 pub mod transitions;
 
-use std::{fmt, net::IpAddr, time::SystemTime};
+use std::{
+    fmt,
+    io::{self, Write},
+    net::IpAddr,
+    time::SystemTime,
+};
 
 use serde::Serialize;
 use tracer_common::{NetFigures, TcpFigures};
@@ -26,6 +31,27 @@ pub enum ReportFormat {
     Markdown,
     /// One self-contained page with pictures (`output::html`).
     Html,
+}
+
+/// Bounds of the linger bars, in ms: under 1 ms, 1-10 ms, ... 10-60 s, 60 s and more.
+pub const EDGES_MS: [f64; 6] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0, 60_000.0];
+pub const EDGE_LABELS: [&str; 7] = [
+    "<1ms", "1-10ms", "10-100ms", "0.1-1s", "1-10s", "10-60s", "≥60s",
+];
+
+/// Writes `report` in `format`; an HTML page draws `pictures` too.
+pub fn write_report(
+    report: &report::Report,
+    format: ReportFormat,
+    out: &mut impl Write,
+    pictures: &html::Pictures,
+) -> io::Result<()> {
+    match format {
+        ReportFormat::Html => out.write_all(html::page(report, pictures).as_bytes()),
+        ReportFormat::Json => report.write_json(out),
+        ReportFormat::Text => out.write_all(report.text().as_bytes()),
+        ReportFormat::Markdown => out.write_all(report.markdown().as_bytes()),
+    }
 }
 
 /// What the TCP socket knew of its traffic at the connection's first

@@ -9,7 +9,6 @@ use std::{
 use serde::{Serialize, Serializer};
 use tracer_common::TcpState;
 
-use super::ReportFormat;
 use crate::model::human::human_ms;
 use crate::{
     model::aggregate::{Aggregator, Group, GroupKey, Stats},
@@ -348,12 +347,12 @@ pub fn other(agg: &Aggregator) -> GroupView<'_> {
     }
 }
 
-/// A distribution as bars, one per band of [`super::html::EDGES_MS`]
-/// (labelled by [`super::html::EDGE_LABELS`]), scaled to the fullest:
+/// A distribution as bars, one per band of [`super::EDGES_MS`]
+/// (labelled by [`super::EDGE_LABELS`]), scaled to the fullest:
 /// `[▁▁▇█   ]`.
 pub fn bars(d: &Dist) -> String {
     const LEVELS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let counts = d.counts_between(&super::html::EDGES_MS);
+    let counts = d.counts_between(&super::EDGES_MS);
     let max = counts.iter().copied().max().unwrap_or(0).max(1);
     let bars: String = counts
         .iter()
@@ -379,7 +378,7 @@ fn spark(d: &Dist) -> String {
         "{}  {}; bands {}",
         bars(d),
         plural(usize::try_from(d.count()).unwrap_or(usize::MAX), "close"),
-        super::html::EDGE_LABELS.join(" ")
+        super::EDGE_LABELS.join(" ")
     )
 }
 
@@ -495,54 +494,38 @@ impl Report<'_> {
         )
     }
 
-    #[cfg(test)]
-    pub fn write(&self, format: ReportFormat, out: &mut impl Write) -> io::Result<()> {
-        self.write_with(format, out, &super::html::Pictures::default())
-    }
-
-    /// As [`Self::write`], an HTML page drawing `pictures` too.
-    pub fn write_with(
-        &self,
-        format: ReportFormat,
-        out: &mut impl Write,
-        pictures: &super::html::Pictures,
-    ) -> io::Result<()> {
-        match format {
-            ReportFormat::Html => out.write_all(super::html::page(self, pictures).as_bytes()),
-            ReportFormat::Json => {
-                #[derive(Serialize)]
-                struct Json<'a> {
-                    window_s: f64,
-                    events: u64,
-                    dropped: u64,
-                    findings: Vec<JsonFinding<'a>>,
-                    groups: Vec<JsonGroup<'a>>,
-                    /// Events of groups beyond --max-groups, and their totals.
-                    folded: u64,
-                    other: JsonGroup<'a>,
-                }
-                let json = Json {
-                    window_s: (self.window_s * 10.0).round() / 10.0,
-                    events: self.events,
-                    dropped: self.dropped,
-                    findings: self.findings.iter().map(json_finding).collect(),
-                    groups: self
-                        .groups
-                        .iter()
-                        .map(|g| json_group(g, &self.pods))
-                        .collect(),
-                    folded: self.folded,
-                    other: json_group(&self.other, &self.pods),
-                };
-                serde_json::to_writer(&mut *out, &json)?;
-                writeln!(out)
-            }
-            ReportFormat::Text => out.write_all(self.text().as_bytes()),
-            ReportFormat::Markdown => out.write_all(self.markdown().as_bytes()),
+    /// The report as one JSON document and a newline.
+    pub fn write_json(&self, out: &mut impl Write) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            window_s: f64,
+            events: u64,
+            dropped: u64,
+            findings: Vec<JsonFinding<'a>>,
+            groups: Vec<JsonGroup<'a>>,
+            /// Events of groups beyond --max-groups, and their totals.
+            folded: u64,
+            other: JsonGroup<'a>,
         }
+        let json = Json {
+            window_s: (self.window_s * 10.0).round() / 10.0,
+            events: self.events,
+            dropped: self.dropped,
+            findings: self.findings.iter().map(json_finding).collect(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| json_group(g, &self.pods))
+                .collect(),
+            folded: self.folded,
+            other: json_group(&self.other, &self.pods),
+        };
+        serde_json::to_writer(&mut *out, &json)?;
+        writeln!(out)
     }
 
-    fn text(&self) -> String {
+    /// The report as text for a terminal.
+    pub fn text(&self) -> String {
         let mut s = format!("{}\n\n", self.headline());
         if self.findings.is_empty() {
             s.push_str("FINDINGS: none (no pattern crossed its thresholds)\n\n");
@@ -614,7 +597,8 @@ impl Report<'_> {
         s
     }
 
-    fn markdown(&self) -> String {
+    /// The report as Markdown (a ticket, a chat).
+    pub fn markdown(&self) -> String {
         let mut s = format!("## {}\n\n### Findings\n\n", self.headline());
         if self.findings.is_empty() {
             s.push_str("None: no pattern crossed its thresholds.\n\n");
@@ -655,6 +639,7 @@ mod tests {
         model::aggregate::{Aggregator, Windowing},
         model::diagnose::diagnose,
         model::tracker::Role,
+        output::ReportFormat,
         testutil::{id, record},
     };
 
@@ -711,7 +696,13 @@ mod tests {
             pods: HashMap::new(),
         };
         let mut out = Vec::new();
-        report.write(format, &mut out).unwrap();
+        super::super::write_report(
+            &report,
+            format,
+            &mut out,
+            &super::super::html::Pictures::default(),
+        )
+        .unwrap();
         String::from_utf8(out).unwrap()
     }
 

@@ -234,7 +234,12 @@ impl History {
         let mut due = self.slicer.rest(agg, now_ns);
         name_pods(&mut due, agg, pod);
         self.send(due, totals, clock);
-        self.writer.finish();
+        say(self.writer.finish());
+    }
+
+    /// Prints what the writer thread had to say since the last look.
+    pub fn say_warnings(&self) {
+        say(self.writer.take_warnings());
     }
 
     fn send(&mut self, due: Vec<(u64, Vec<Slice>)>, totals: Totals, clock: &WallClock) {
@@ -298,5 +303,12 @@ impl History {
             })
             .collect();
         self.writer.send(batch);
+    }
+}
+
+/// The history writer's warnings, on stderr as the daemon's others.
+fn say(warnings: Vec<String>) {
+    for w in warnings {
+        eprintln!("tcplinger: history: {w}");
     }
 }

@@ -418,6 +418,7 @@ fn feed_metrics(analysis: &mut Analysis, shared: &Shared, history: Option<&mut H
         let host = &mut analysis.session.host;
         let clock = host.wall_clock();
         h.on_records(&fed.records, &clock, &mut |c| host.pod(c));
+        h.say_warnings();
     }
     let Ok(mut m) = shared.metrics.lock() else {
         return;

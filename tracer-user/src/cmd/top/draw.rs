@@ -17,7 +17,7 @@ use crate::{
     model::human::{human, human_bytes, human_ms},
     model::tracker::ConnectFailure,
     output::{
-        html::EDGE_LABELS,
+        EDGE_LABELS,
         report::{bars, plural},
     },
     settings::SortKey,
