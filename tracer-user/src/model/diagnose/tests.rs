@@ -5,8 +5,9 @@ use tracer_common::{TcpFigures, TcpState};
 use super::*;
 use crate::{
     model::aggregate::{Aggregator, Windowing},
-    model::tracker::ConnId,
+    model::diagnose::finding::Severity,
     model::tracker::ConnRecord,
+    model::tracker::{ClosedBy, ConnId, ConnectFailure, Role},
     testutil::{MS, figures, id, id_named, live, record},
 };
 
