@@ -1,7 +1,6 @@
 //! What a finding is: its pathology and severity, the process and endpoint it names, its evidence, and the words summaries are made of.
 
-use super::*;
-use crate::model::tracker::Role;
+use crate::model::{aggregate::GroupKey, tracker::Role};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Pathology {

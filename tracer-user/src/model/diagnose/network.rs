@@ -1,6 +1,9 @@
 //! Whether the network can explain what a finding shows: RTT and retransmissions of the connections behind it, in evidence and in one sentence.
 
-use super::{finding::*, *};
+use super::{
+    NET_RETRANS_SHARE, NET_RTT_SHARE_OF_WAIT, Stats,
+    finding::{Figure, pct, rtt_dur, rtt_ms},
+};
 
 /// Whether the network can explain a wait of `wait_ms` over the closes of
 /// `s`: their RTT and retransmissions as evidence, and a sentence saying
