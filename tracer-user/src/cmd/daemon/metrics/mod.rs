@@ -1,12 +1,10 @@
 //! The daemon's Prometheus metrics: closes, linger histograms, sockets now, findings and the tracer's own health, with every label's cardinality bounded.
 
-use std::collections::{HashMap, HashSet};
-
-use std::net::IpAddr;
+use std::collections::HashMap;
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use tracer_common::TcpState;
 
@@ -15,8 +13,19 @@ use crate::{
     model::aggregate::GroupKey,
     model::diagnose::Finding,
     model::event::Comm,
-    model::tracker::{ClosedBy, ConnId, ConnRecord, ConnectFailure, Role, TimewaitEnd},
+    model::tracker::{ConnId, ConnRecord, Role, TimewaitEnd},
     session::HostLosses,
+};
+
+mod budget;
+mod series;
+
+pub use budget::{Budgeted, LabelBudget, STALE_NS};
+use budget::{container_key, endpoint_key, linger_key};
+use series::{
+    CONN_LABELS, ConnKey, ConnSeries, ContainerLabels, GaugeKey, LINGER_CACHE, LingerSeries,
+    SERIES_CACHE, as_gauge, comm_name, counter, counter_vec, gauge, histogram_vec, labelled,
+    with_label,
 };
 
 /// Refreshes (one a second) the ring peak is the maximum of.
@@ -54,128 +63,6 @@ pub const LINGERS_KEPT: usize = 64;
 /// own: above the pods a node runs at once (the kubelet's default cap is
 /// 110), with room for the ones replaced within [`STALE_NS`].
 pub const CONTAINERS_KEPT: usize = 256;
-
-/// The labels whose values come and go with the workload, each with a
-/// budget of values that get series of their own. Pids are not among them:
-/// no metric has a pid label (a series per short-lived process); the
-/// findings in the log name the pids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Budgeted {
-    /// `comm`, [`COMMS_KEPT`] values.
-    Comm = 0,
-    /// `remote_addr` and `port` together, `--max-endpoints` values.
-    Endpoint = 1,
-    /// `container_id` and `pod_uid` together, [`CONTAINERS_KEPT`] values.
-    Container = 2,
-    /// `comm` and `role` of the linger histograms, [`LINGERS_KEPT`] pairs.
-    Linger = 3,
-}
-
-impl Budgeted {
-    const ALL: [Self; 4] = [Self::Comm, Self::Endpoint, Self::Container, Self::Linger];
-
-    /// Its value of the `label` label of `tcplinger_connections_folded_total`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Comm => "comm",
-            Self::Endpoint => "endpoint",
-            Self::Container => "container",
-            Self::Linger => "linger",
-        }
-    }
-}
-
-/// The budget key of an endpoint: its two labels as one value.
-fn endpoint_key(addr: &str, port: &str) -> String {
-    format!("{addr}:{port}")
-}
-
-/// The budget key of a linger histogram: its process name and role as one
-/// value (the role, a fixed word, first).
-fn linger_key(comm: &str, role: &str) -> String {
-    format!("{role}:{comm}")
-}
-
-/// The budget key of a container: its two labels as one value.
-fn container_key(container_id: &str, pod_uid: &str) -> String {
-    format!("{container_id}/{pod_uid}")
-}
-
-/// Gives label values their own series, the first `limit` values seen;
-/// later ones share `other`. A slot stays while its value is in use: a
-/// counter's increments must never move between series while it lives.
-/// A value unused for longer than the stale age (a process that exited,
-/// an endpoint no longer talked to) gives its slot back, and its series
-/// are deleted. Every increment is still counted, under `other` if need be.
-#[derive(Debug)]
-pub struct LabelBudget {
-    limit: usize,
-    /// Value -> when it was last used (boot ns).
-    admitted: HashMap<String, u64>,
-    now_ns: u64,
-}
-
-impl LabelBudget {
-    pub fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            admitted: HashMap::new(),
-            now_ns: 0,
-        }
-    }
-
-    /// `value` if it has (or now gets) a slot, else `other`.
-    pub fn label(&mut self, value: &str) -> String {
-        if self.admit(value) {
-            value.to_string()
-        } else {
-            OTHER.to_string()
-        }
-    }
-
-    /// Whether `value` has a slot, giving it one if one is free; either way
-    /// it is in use now.
-    fn admit(&mut self, value: &str) -> bool {
-        if let Some(used) = self.admitted.get_mut(value) {
-            *used = self.now_ns;
-            return true;
-        }
-        if self.admitted.len() >= self.limit {
-            return false;
-        }
-        self.admitted.insert(value.to_string(), self.now_ns);
-        true
-    }
-
-    /// Values from now on are used at `now_ns`.
-    fn at(&mut self, now_ns: u64) {
-        self.now_ns = now_ns;
-    }
-
-    /// `value`, if it holds a slot, was used at `used_ns`.
-    fn touch(&mut self, value: &str, used_ns: u64) {
-        if let Some(used) = self.admitted.get_mut(value) {
-            *used = (*used).max(used_ns);
-        }
-    }
-
-    /// Gives back the slots of values unused for `stale_ns`; returns them.
-    fn release_stale(&mut self, stale_ns: u64) -> HashSet<String> {
-        let now = self.now_ns;
-        let stale: HashSet<String> = self
-            .admitted
-            .iter()
-            .filter(|&(_, &used)| now.saturating_sub(used) > stale_ns)
-            .map(|(v, _)| v.clone())
-            .collect();
-        self.admitted.retain(|v, _| !stale.contains(v));
-        stale
-    }
-}
-
-/// A label value unused this long gives its slot back: longer than the
-/// daemon's longest judging window, so a group still judged keeps its series.
-pub const STALE_NS: u64 = 600_000_000_000;
 
 /// A cached series handle unused this long is dropped (its series stays):
 /// under churn every short-lived process brings new connection keys, and
@@ -269,168 +156,6 @@ pub struct Metrics {
     /// The series of a key whose container is not known yet.
     uncached: Option<ConnSeries>,
     linger_cache: foldhash::HashMap<(Option<Comm>, Role), LingerSeries>,
-}
-
-/// A process name as its label value (empty when no process was seen).
-fn comm_name(comm: Option<Comm>) -> String {
-    comm.map_or_else(String::new, |c| c.to_string())
-}
-
-/// A count as an integer gauge's value (saturating; no count comes near).
-fn as_gauge(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// Whom a socket gauge counts: processes by name (a pid label would make
-/// a series per short-lived process; findings name the pids instead).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct GaugeKey {
-    comm: Option<Comm>,
-    cgroup_id: u64,
-}
-
-impl GaugeKey {
-    fn of(id: &ConnId) -> Self {
-        Self {
-            comm: id.owner.map(|o| o.comm),
-            cgroup_id: id.owner.map_or(0, |o| o.cgroup_id),
-        }
-    }
-}
-
-/// Connection keys whose series handles are kept; beyond it the cache
-/// starts over (a bound for hosts talking to very many endpoints).
-const SERIES_CACHE: usize = 16_384;
-
-/// (process name, role) keys whose histogram handles are kept. The key is
-/// the raw name, so names beyond [`LINGERS_KEPT`] (folded into one `other`
-/// series per role) would each add an entry; beyond this the cache starts
-/// over. Every pair with a slot fits, with room to spare.
-const LINGER_CACHE: usize = 1024;
-
-/// What a connection's series are told apart by, before labels are made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct ConnKey {
-    comm: Option<Comm>,
-    role: Role,
-    /// `None` for a server: its series are per listening port.
-    peer: Option<IpAddr>,
-    port: u16,
-    cgroup_id: u64,
-}
-
-impl ConnKey {
-    fn of(id: &ConnId) -> Self {
-        let group = GroupKey::of(id);
-        Self {
-            comm: group.comm,
-            role: group.role,
-            peer: group.peer,
-            port: group.port,
-            cgroup_id: id.owner.map_or(0, |o| o.cgroup_id),
-        }
-    }
-}
-
-/// A connection key's labels and the counters made from them so far.
-struct ConnSeries {
-    labels: [String; 9],
-    /// The budgets that were full when the labels were made (indexed by
-    /// [`Budgeted`]): its closes are counted as folded.
-    folded: [bool; 3],
-    /// Last increment (boot ns): keeps its label values' slots.
-    used_ns: u64,
-    opened: Option<IntCounter>,
-    closed: [Option<IntCounter>; ClosedBy::COUNT],
-    failed: [Option<IntCounter>; ConnectFailure::COUNT],
-    retrans: Option<IntCounter>,
-    /// Bytes acknowledged by the peer, and received.
-    bytes: [Option<IntCounter>; 2],
-}
-
-/// The histograms of one (comm, role).
-struct LingerSeries {
-    /// Last observation (boot ns): keeps its comm's slot.
-    used_ns: u64,
-    /// Its comm is counted under `other`: the linger budget was full.
-    folded: bool,
-    lifetime: Histogram,
-    fin_wait2: Histogram,
-    close_wait: Histogram,
-    last_ack: Histogram,
-    time_wait: Histogram,
-    rtt: Histogram,
-}
-
-/// Labels of a connection's series.
-const CONN_LABELS: [&str; 9] = [
-    "comm",
-    "role",
-    "remote_addr",
-    "port",
-    "container_id",
-    "pod_uid",
-    "namespace",
-    "pod",
-    "container",
-];
-
-/// What a container's labels say, in this order: its ids as the cgroup
-/// path gives them, its Kubernetes names as the node does.
-type ContainerLabels = [String; 5];
-
-/// The connection labels with `name` third, as `closed_by` is.
-fn with_label(name: &'static str) -> [&'static str; 10] {
-    let [comm, role, rest @ ..] = CONN_LABELS;
-    let mut out = [name; 10];
-    out[0] = comm;
-    out[1] = role;
-    out[3..].copy_from_slice(&rest);
-    out
-}
-
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(v.clone()))
-        .expect("unique metric");
-    v
-}
-
-fn histogram_vec(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
-    let v = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        &["comm", "role"],
-    )
-    .expect("valid metric");
-    registry
-        .register(Box::new(v.clone()))
-        .expect("unique metric");
-    v
-}
-
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
-}
-
-/// A connection's labels with `value` third (see [`with_label`]).
-fn labelled<'a>(labels: &'a [String; 9], value: &'a str) -> [&'a str; 10] {
-    let [comm, role, addr, port, cid, uid, namespace, pod, name] = labels;
-    [
-        comm, role, value, addr, port, cid, uid, namespace, pod, name,
-    ]
 }
 
 impl Metrics {
