@@ -49,6 +49,20 @@ const PEERS_KEPT: usize = 8;
 struct Bucket {
     index: u64,
     stats: Stats,
+    /// When its first connection opened (boot ns; `u64::MAX`: none did):
+    /// a rate is counted from there, not from the bucket's start, which
+    /// may be up to a bucket earlier.
+    first_open_ns: u64,
+}
+
+impl Bucket {
+    fn new(index: u64) -> Self {
+        Self {
+            index,
+            stats: Stats::default(),
+            first_open_ns: u64::MAX,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -122,25 +136,20 @@ impl Group {
     }
 
     fn bucket(&mut self, index: u64) -> &mut Stats {
+        &mut self.bucket_at(index).stats
+    }
+
+    fn bucket_at(&mut self, index: u64) -> &mut Bucket {
         // Events arrive nearly in time order: look from the newest.
         match self.buckets.iter().rposition(|b| b.index <= index) {
-            Some(i) if self.buckets[i].index == index => &mut self.buckets[i].stats,
+            Some(i) if self.buckets[i].index == index => &mut self.buckets[i],
             Some(i) => {
-                self.buckets.insert(
-                    i + 1,
-                    Bucket {
-                        index,
-                        stats: Stats::default(),
-                    },
-                );
-                &mut self.buckets[i + 1].stats
+                self.buckets.insert(i + 1, Bucket::new(index));
+                &mut self.buckets[i + 1]
             }
             None => {
-                self.buckets.push_front(Bucket {
-                    index,
-                    stats: Stats::default(),
-                });
-                &mut self.buckets[0].stats
+                self.buckets.push_front(Bucket::new(index));
+                &mut self.buckets[0]
             }
         }
     }
@@ -239,7 +248,9 @@ impl Aggregator {
     pub fn on_opened(&mut self, id: &ConnId, at_ns: u64) {
         let index = self.index(at_ns);
         let g = self.group(GroupKey::of(id), at_ns);
-        g.bucket(index).opened += 1;
+        let b = g.bucket_at(index);
+        b.stats.opened += 1;
+        b.first_open_ns = b.first_open_ns.min(at_ns);
         if let Some(o) = &id.owner {
             g.procs.add_owner(o, 1);
         }
@@ -463,9 +474,10 @@ impl Aggregator {
     }
 
     /// How long `group` has been opening connections within the window of
-    /// `span_ns` up to `now_ns`, in seconds: from the start of its first
-    /// bucket there with an opening. Rates divide by it, so a burst after
-    /// a quiet hour is not diluted by the quiet part of the window.
+    /// `span_ns` up to `now_ns`, in seconds: from its first opening there
+    /// (a bucket restored from history: from the bucket's start). Rates
+    /// divide by it, so a burst after a quiet hour is not diluted by the
+    /// quiet part of the window, nor by the part of a bucket before it.
     pub fn opening_span_s(&self, group: &Group, span_ns: u64, now_ns: u64) -> f64 {
         let window_start = now_ns.saturating_sub(span_ns).max(self.started_ns);
         let from = self.index(now_ns.saturating_sub(span_ns));
@@ -474,9 +486,14 @@ impl Aggregator {
             .iter()
             .find(|b| b.index >= from && b.stats.opened > 0)
             .map_or(window_start, |b| {
-                b.index
-                    .saturating_mul(self.windowing.bucket_ns)
-                    .max(window_start)
+                // A bucket restored from history has no first opening:
+                // its start stands for it.
+                let first_open = if b.first_open_ns == u64::MAX {
+                    b.index.saturating_mul(self.windowing.bucket_ns)
+                } else {
+                    b.first_open_ns
+                };
+                first_open.max(window_start)
             });
         now_ns.saturating_sub(first) as f64 / 1e9
     }

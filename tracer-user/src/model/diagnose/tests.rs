@@ -405,28 +405,30 @@ fn a_close_wait_leak_names_the_process_holding_the_sockets() {
 
 #[test]
 fn the_daemon_judges_a_burst_after_hours_on_its_last_minute() {
-    // 200 new connections in 19 s, after 100 s of quiet uptime.
+    // 200 new connections in 19 s, after 105 s of quiet uptime (the burst
+    // starts half-way through a 10-s bucket).
     let spans = [300_000 * MS, 60_000 * MS];
     let mut a = Aggregator::new(100, 0, Windowing::sliding(10_000 * MS, 310_000 * MS));
     let c = id(15, Role::Client, 8080);
     for i in 0..200u64 {
-        let at = 100_000 * MS + i * 95 * MS;
+        let at = 105_000 * MS + i * 95 * MS;
         a.on_opened(&c, at);
         let mut r = record(c, ClosedBy::Local, 1, None);
         r.end_ns = at;
         r.tcp = one_exchange();
         a.on_record(&r);
     }
-    let now = 120_000 * MS;
+    let now = 125_000 * MS;
     let f = diagnose(&a, &spans, now);
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!(f[0].pathology, Pathology::NoReuse);
-    assert!(f[0].window_s <= 120.0, "{}", f[0].window_s);
-    // The rate is the burst's: 200 in 19 s, counted from its first bucket.
+    assert!(f[0].window_s <= 125.0, "{}", f[0].window_s);
+    // The rate is the burst's, counted from its first opening: 200 over
+    // the 20 s since (from its bucket's start it would read 8/s).
     let Some(Figure::PerSecond(rate)) = f[0].figure("opened_per_s") else {
         panic!("{f:#?}");
     };
-    assert!((6.6..=10.6).contains(rate), "{rate}/s");
+    assert!((9.9..=10.1).contains(rate), "{rate}/s");
     // An hour later the burst is over: so is the finding, and the group.
     let later = now + 3_600_000 * MS;
     a.expire(later);
