@@ -331,7 +331,7 @@ pub fn page(report: &Report, p: &Pictures) -> String {
             let _ = write!(
                 out,
                 "<tr><td>{}</td><td>{}</td></tr>",
-                esc(text_name(n)),
+                esc(&text_name(n)),
                 esc(&v.show())
             );
         }

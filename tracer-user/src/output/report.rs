@@ -51,12 +51,18 @@ impl Serialize for Figure {
 }
 
 /// An evidence name for text, where the value carries its unit: the JSON
-/// name's unit suffix (`_ms`, `_pct`, `_per_s`) would contradict it.
-pub fn text_name(name: &str) -> &str {
-    ["_ms", "_pct", "_per_s"]
+/// name's unit suffix (`_ms`, `_pct`) would contradict it. A rate is
+/// `_rate` (`opened_per_s` beside `opened` would read as the same figure
+/// twice).
+pub fn text_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if let Some(stem) = name.strip_suffix("_per_s") {
+        return format!("{stem}_rate").into();
+    }
+    ["_ms", "_pct"]
         .iter()
         .find_map(|suffix| name.strip_suffix(suffix))
         .unwrap_or(name)
+        .into()
 }
 
 /// `name=value, ...` for text.
@@ -772,7 +778,7 @@ mod tests {
         assert_eq!(plural(0, "group"), "0 groups");
         assert_eq!(text_name("close_wait_p50_ms"), "close_wait_p50");
         assert_eq!(text_name("idle_pct"), "idle");
-        assert_eq!(text_name("opened_per_s"), "opened");
+        assert_eq!(text_name("opened_per_s"), "opened_rate");
         assert_eq!(text_name("closed"), "closed");
     }
 
