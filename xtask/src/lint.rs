@@ -223,28 +223,10 @@ fn strip_comments(text: &str) -> String {
 /// most two: the layer and the module).
 fn module_paths(code: &str, here: &[String]) -> Vec<Vec<String>> {
     let mut out = Vec::new();
-    let mut rest = code;
-    while let Some(i) = rest.find("crate::") {
-        let preceded = rest[..i]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
-        rest = &rest[i + "crate::".len()..];
-        if preceded {
-            continue;
-        }
+    for rest in after_each(code, "crate::") {
         tree(rest, &mut Vec::new(), &mut out);
     }
-    let mut rest = code;
-    while let Some(i) = rest.find("super::") {
-        let preceded = rest[..i]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
-        rest = &rest[i + "super::".len()..];
-        if preceded {
-            continue;
-        }
+    for mut rest in after_each(code, "super::") {
         // `super::super::x` climbs once per `super`.
         let mut base = here.to_vec();
         base.pop();
@@ -260,6 +242,20 @@ fn module_paths(code: &str, here: &[String]) -> Vec<Vec<String>> {
         }
     }
     out
+}
+
+/// The text after each `word` that starts a path (not the tail of a
+/// longer name, nor a later segment: `super::super::` is found once).
+fn after_each<'a>(code: &'a str, word: &str) -> Vec<&'a str> {
+    code.match_indices(word)
+        .filter(|&(i, _)| {
+            !code[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+        })
+        .map(|(i, _)| &code[i + word.len()..])
+        .collect()
 }
 
 /// Reads one use-tree at the start of `text` under `prefix`.
