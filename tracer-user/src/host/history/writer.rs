@@ -31,18 +31,14 @@ pub struct WriterStats {
 
 impl WriterStats {
     pub(super) fn warn(&self, message: String) {
+        // No bound needed: at most two messages per batch (a new error,
+        // a store moved aside), and the loop that sends the batches takes
+        // them at every turn.
         if let Ok(mut w) = self.warnings.lock() {
-            // A writer failing on every minute for hours says so once per
-            // distinct message already; the bound is for safety.
-            if w.len() < MAX_WARNINGS {
-                w.push(message);
-            }
+            w.push(message);
         }
     }
 }
-
-/// Most warnings queued for the owner to print between two looks.
-const MAX_WARNINGS: usize = 16;
 
 /// The store on its own thread: the daemon's loop only queues batches.
 pub struct HistoryWriter {

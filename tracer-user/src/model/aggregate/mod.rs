@@ -49,10 +49,10 @@ const PEERS_KEPT: usize = 8;
 struct Bucket {
     index: u64,
     stats: Stats,
-    /// When its first connection opened (boot ns; `u64::MAX`: none did):
-    /// a rate is counted from there, not from the bucket's start, which
-    /// may be up to a bucket earlier.
-    first_open_ns: u64,
+    /// When its first connection opened (boot ns): a rate is counted from
+    /// there, not from the bucket's start, which may be up to a bucket
+    /// earlier.
+    first_open_ns: Option<u64>,
 }
 
 impl Bucket {
@@ -60,7 +60,7 @@ impl Bucket {
         Self {
             index,
             stats: Stats::default(),
-            first_open_ns: u64::MAX,
+            first_open_ns: None,
         }
     }
 }
@@ -250,7 +250,7 @@ impl Aggregator {
         let g = self.group(GroupKey::of(id), at_ns);
         let b = g.bucket_at(index);
         b.stats.opened += 1;
-        b.first_open_ns = b.first_open_ns.min(at_ns);
+        b.first_open_ns = Some(b.first_open_ns.map_or(at_ns, |t| t.min(at_ns)));
         if let Some(o) = &id.owner {
             g.procs.add_owner(o, 1);
         }
@@ -488,11 +488,9 @@ impl Aggregator {
             .map_or(window_start, |b| {
                 // A bucket restored from history has no first opening:
                 // its start stands for it.
-                let first_open = if b.first_open_ns == u64::MAX {
-                    b.index.saturating_mul(self.windowing.bucket_ns)
-                } else {
-                    b.first_open_ns
-                };
+                let first_open = b
+                    .first_open_ns
+                    .unwrap_or_else(|| b.index.saturating_mul(self.windowing.bucket_ns));
                 first_open.max(window_start)
             });
         now_ns.saturating_sub(first) as f64 / 1e9

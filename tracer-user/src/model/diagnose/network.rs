@@ -1,9 +1,10 @@
 //! Whether the network can explain what a finding shows: RTT and retransmissions of the connections behind it, in evidence and in one sentence.
 
 use super::{
-    NET_RETRANS_SHARE, NET_RTT_SHARE_OF_WAIT, Stats,
+    NET_RETRANS_SHARE, NET_RTT_SHARE_OF_WAIT,
     finding::{Figure, pct, rtt_dur, rtt_ms},
 };
+use crate::model::aggregate::Stats;
 
 /// Whether the network can explain a wait of `wait_ms` over the closes of
 /// `s`: their RTT and retransmissions as evidence, and a sentence saying
