@@ -47,7 +47,8 @@ pub async fn run(s: settings::Record) -> anyhow::Result<()> {
         .with_context(|| format!("writing {name}"))?;
     let mut recorder = Recorder::new(host, writer);
     recorder.note_namespaces(&fin_timeouts());
-    let mut analysis = Analysis::on(recorder, &s.trace, GROUPS, Judging::whole_run());
+    let mut analysis =
+        Analysis::on(recorder, &s.trace, GROUPS, Judging::whole_run()).lookups_only();
     let terminal = std::io::stderr().is_terminal();
     let mut last_progress = Instant::now();
     let mut full = false;

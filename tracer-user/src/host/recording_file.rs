@@ -95,6 +95,11 @@ impl Header {
 pub struct RecordingWriter {
     out: BufWriter<Box<dyn Write>>,
     raw: Vec<u8>,
+    /// One compression context for every chunk, and the buffer its output
+    /// goes to: made once, not per chunk (a context is hundreds of KiB of
+    /// tables to allocate and clear).
+    compressor: zstd::bulk::Compressor<'static>,
+    compressed: Vec<u8>,
     last_chunk: Instant,
     written: u64,
     max_bytes: Option<u64>,
@@ -118,6 +123,8 @@ impl RecordingWriter {
         Ok(Self {
             out,
             raw: Vec::with_capacity(CHUNK_RAW_BYTES + 4096),
+            compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
+            compressed: Vec::new(),
             last_chunk: Instant::now(),
             written: (MAGIC.len() + 8 + header.len()) as u64,
             max_bytes,
@@ -186,7 +193,12 @@ impl RecordingWriter {
         if self.raw.is_empty() || self.full {
             return Ok(());
         }
-        let compressed = zstd::bulk::compress(&self.raw, ZSTD_LEVEL)?;
+        self.compressed.clear();
+        self.compressed
+            .reserve(zstd::zstd_safe::compress_bound(self.raw.len()));
+        self.compressor
+            .compress_to_buffer(&self.raw, &mut self.compressed)?;
+        let compressed = &self.compressed;
         let size = (CHUNK_FRAME + compressed.len()) as u64;
         if self
             .max_bytes
@@ -203,8 +215,8 @@ impl RecordingWriter {
         self.out
             .write_all(&len_u32(compressed.len())?.to_le_bytes())?;
         self.out
-            .write_all(&crc32fast::hash(&compressed).to_le_bytes())?;
-        self.out.write_all(&compressed)?;
+            .write_all(&crc32fast::hash(compressed).to_le_bytes())?;
+        self.out.write_all(compressed)?;
         // Each chunk reaches the file whole: a crash after it keeps it.
         self.out.flush()?;
         self.written += size;

@@ -86,6 +86,9 @@ pub struct Analysis<H: Host = LiveHost> {
     seen: HashMap<(Pathology, GroupKey), Seen>,
     /// The fds of the processes with a CLOSE_WAIT leak, as last looked up.
     fds: std::collections::HashMap<u32, Vec<u32>>,
+    /// Connections that ended feed the aggregate (see
+    /// [`Self::lookups_only`]).
+    aggregates_ended: bool,
 }
 
 /// Tracker output passed to the aggregator.
@@ -171,7 +174,22 @@ impl<H: Host> Analysis<H> {
             resolve_asked_ns: None,
             seen: HashMap::new(),
             fds: std::collections::HashMap::new(),
+            aggregates_ended: true,
         }
+    }
+
+    /// Keeps only what decides the lookups asked of the host (a
+    /// recording's analysis: its replay aggregates the rest). The ended
+    /// connections are selected and counted but not aggregated: no
+    /// finding drawn from them asks for anything. A CLOSE_WAIT leak, whose
+    /// fds are looked up, is judged on the sockets alive at each look,
+    /// which are still observed.
+    #[must_use]
+    pub fn lookups_only(mut self) -> Self {
+        self.aggregates_ended = false;
+        // Nothing is shown: the findings seen on the way need no keeping.
+        self.judging.keep_seen = false;
+        self
     }
 
     fn admitted(&mut self, id: &ConnId) -> bool {
@@ -230,19 +248,21 @@ impl<H: Host> Analysis<H> {
             .collect();
         let starts: Vec<ConnId> = starts.into_iter().filter(|id| self.admitted(id)).collect();
         let ends: Vec<TimewaitEnd> = ends.into_iter().filter(|e| self.admitted(&e.id)).collect();
-        for id in &opened {
-            self.agg.on_opened(id, now);
-        }
-        for record in &records {
-            self.agg.on_record(record);
-        }
         self.connections += records.len() as u64;
-        // Starts first: a socket can start and end within one batch.
-        for id in &starts {
-            self.agg.on_timewait_start(id, now);
-        }
-        for end in &ends {
-            self.agg.on_timewait_end(end, now);
+        if self.aggregates_ended {
+            for id in &opened {
+                self.agg.on_opened(id, now);
+            }
+            for record in &records {
+                self.agg.on_record(record);
+            }
+            // Starts first: a socket can start and end within one batch.
+            for id in &starts {
+                self.agg.on_timewait_start(id, now);
+            }
+            for end in &ends {
+                self.agg.on_timewait_end(end, now);
+            }
         }
         if let Some(tap) = &mut self.tap {
             tap.opened.extend(opened);

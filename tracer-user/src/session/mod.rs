@@ -33,11 +33,27 @@ use crate::{
 /// sustained flood losses are noted at every step.
 const RECHECK_EVERY_NS: u64 = 2_000_000_000;
 
-/// How often followed TIME_WAIT sockets are looked up: they change once
-/// in 60 s, and their table can be large (a dump of 130,000 costs tens of
-/// ms). Expiry is dated from the timer; only a TIME_WAIT cut short (reused,
-/// reset) is dated to the look that missed it, up to this late.
+/// Followed TIME_WAIT sockets are looked up at least this often.
+/// Their timers end them, dated from what a look saw, and a new socket on
+/// the same endpoints ends a reused one; a look catches only a TIME_WAIT
+/// cut short otherwise (a reset, a reuse by a socket not traced), dated to
+/// the look that missed it.
 const TIMEWAIT_POLL_NS: u64 = 5_000_000_000;
+/// A look dumps every timewait socket of the namespace (a host after a
+/// churn holds tens of thousands; a dump of 130,000 costs tens of ms, and
+/// reading them was most of what tracing a churn cost): looks are spaced
+/// so that about this many sockets are read a second, as many as the last
+/// dumps held...
+const TIMEWAIT_POLL_PER_S: u64 = 5_000;
+/// ...but never further apart than this.
+const TIMEWAIT_POLL_MAX_NS: u64 = 30_000_000_000;
+
+/// How long between looks at TIME_WAIT sockets when the last dumps held
+/// `dumped` timewait sockets.
+fn timewait_poll_ns(dumped: u64) -> u64 {
+    let spread = dumped.saturating_mul(1_000_000_000) / TIMEWAIT_POLL_PER_S;
+    spread.clamp(TIMEWAIT_POLL_NS, TIMEWAIT_POLL_MAX_NS)
+}
 
 /// Missed runs are read from each program's fdinfo (a file per program):
 /// at most this often, where the drop counter is one map read per step.
@@ -135,6 +151,8 @@ pub struct Session<H: Host = LiveHost> {
     seeded: bool,
     follow_timewait: bool,
     last_timewait_poll_ns: u64,
+    /// Timewait sockets the last TIME_WAIT dumps held, in all namespaces.
+    timewait_dumped: u64,
     losses: Losses,
     backlog: bool,
     /// Events were lost since the last check against the kernel's sockets.
@@ -160,7 +178,11 @@ impl Session<LiveHost> {
 impl<H: Host> Session<H> {
     /// A session on `host`. With `follow_timewait`, TIME_WAIT sockets are
     /// followed to their end.
-    pub fn new(host: H, tracker: Tracker, follow_timewait: bool) -> Self {
+    pub fn new(mut host: H, tracker: Tracker, follow_timewait: bool) -> Self {
+        // The first TIME_WAIT look waits a period too: the timers end
+        // TIME_WAITs without one, and a busy host's table, dumped at once,
+        // would cost a short run more than all its connections.
+        let started_ns = host.now_ns();
         Self {
             host,
             tracker,
@@ -170,7 +192,8 @@ impl<H: Host> Session<H> {
             warnings: Vec::new(),
             seeded: false,
             follow_timewait,
-            last_timewait_poll_ns: 0,
+            last_timewait_poll_ns: started_ns,
+            timewait_dumped: 0,
             losses: Losses::default(),
             backlog: false,
             recheck_wanted: false,
@@ -369,7 +392,8 @@ impl<H: Host> Session<H> {
     fn ask_diag(&mut self) {
         let now = self.host.now_ns();
         let timewait = self.follow_timewait
-            && now.saturating_sub(self.last_timewait_poll_ns) >= TIMEWAIT_POLL_NS;
+            && now.saturating_sub(self.last_timewait_poll_ns)
+                >= timewait_poll_ns(self.timewait_dumped);
         let requests = self.tracker.diag_requests(timewait);
         if requests.is_empty() {
             return;
@@ -380,6 +404,14 @@ impl<H: Host> Session<H> {
     }
 
     fn apply(&mut self, answers: &[DiagAnswer]) {
+        let dumps: Vec<u64> = answers
+            .iter()
+            .filter(|a| !a.request.time_wait.is_empty())
+            .filter_map(|a| Some(a.timewait.as_ref()?.len() as u64))
+            .collect();
+        if !dumps.is_empty() {
+            self.timewait_dumped = dumps.iter().sum();
+        }
         for a in answers {
             match &a.timewait {
                 Some(timewait) => self.tracker.on_diag(&a.request, timewait, a.done_ns),

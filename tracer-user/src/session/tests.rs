@@ -648,3 +648,95 @@ fn entries_the_full_kernel_map_recycled_count_as_evicted() {
         "{summary}"
     );
 }
+
+#[test]
+fn time_wait_looks_spread_out_as_the_table_grows() {
+    use super::timewait_poll_ns;
+    const S: u64 = 1_000_000_000;
+    assert_eq!(timewait_poll_ns(0), 5 * S, "a quiet host: every 5 s");
+    assert_eq!(timewait_poll_ns(25_000), 5 * S);
+    assert_eq!(
+        timewait_poll_ns(100_000),
+        20 * S,
+        "5,000 sockets read a second"
+    );
+    assert_eq!(timewait_poll_ns(131_072), 26_214_400_000);
+    assert_eq!(timewait_poll_ns(1_000_000), 30 * S, "at most 30 s apart");
+    assert_eq!(timewait_poll_ns(u64::MAX), 30 * S);
+}
+
+#[test]
+fn the_first_time_wait_look_waits_a_period_after_the_start() {
+    // Started 100 s after boot.
+    let mut host = seeded_host();
+    host.now_ns = 100_000 * MS;
+    let mut s = session(host);
+    let c = Sock::client(1);
+    s.host.write(&client_closing_first(&c));
+    s.host.timewait.insert(
+        1,
+        TimewaitSighting {
+            state: TimeWait,
+            seen_ns: 101_100 * MS,
+            expires_ms: 59_900,
+        },
+    );
+    s.host.now_ns = 101_100 * MS;
+    run(s.step()).unwrap();
+    s.host.events.push_back(Event::DiagTick);
+    run(s.step()).unwrap();
+    run(s.step()).unwrap();
+    assert_eq!(s.tracker.take_ready().len(), 1, "looked up as an orphan");
+    let asks_timewait =
+        |s: &Session<ScriptedHost>| s.host.diag_asked.iter().any(|r| !r.time_wait.is_empty());
+    s.host.now_ns = 104_900 * MS;
+    s.host.events.push_back(Event::DiagTick);
+    run(s.step()).unwrap();
+    assert!(!asks_timewait(&s), "{:?}", s.host.diag_asked);
+    s.host.now_ns = 105_100 * MS;
+    s.host.events.push_back(Event::DiagTick);
+    run(s.step()).unwrap();
+    assert!(asks_timewait(&s), "{:?}", s.host.diag_asked);
+}
+
+#[test]
+fn a_recordings_analysis_asks_the_looks_a_full_one_asks() {
+    // What the host is asked, and the fds of the leak it finds.
+    let asked = |lookups_only: bool| {
+        let mut host = seeded_host();
+        prefork_leak(&mut host);
+        let a = Analysis::new(session(host), &trace(), 100, Judging::whole_run());
+        let mut a = if lookups_only { a.lookups_only() } else { a };
+        a.session.host.now_ns = 10_000 * MS;
+        run(a.step()).unwrap();
+        until_looked(&mut a);
+        a.session.host.now_ns = 16_000 * MS;
+        look(&mut a);
+        let fds: Vec<Figure> = a
+            .findings()
+            .into_iter()
+            .filter(|f| f.pathology == Pathology::CloseWaitLeak)
+            .flat_map(|f| f.evidence)
+            .filter(|(name, _)| *name == "fds")
+            .map(|(_, f)| f)
+            .collect();
+        (
+            a.session.host.looks_asked,
+            fds,
+            a.agg.groups().map(|(_, g)| g.total().opened).sum::<u64>(),
+        )
+    };
+    let (full_looks, full_fds, full_opened) = asked(false);
+    let (looks, fds, opened) = asked(true);
+    assert_eq!(
+        looks, full_looks,
+        "the same looks, the leak's fds among them"
+    );
+    assert_eq!(fds, full_fds);
+    assert_eq!(fds, vec![Figure::Fds(vec![7, 8, 9])]);
+    assert_eq!(
+        (full_opened, opened),
+        (3, 0),
+        "only the full analysis aggregates the openings"
+    );
+}

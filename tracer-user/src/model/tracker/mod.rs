@@ -14,6 +14,7 @@ use tracer_common::TcpState;
 
 use conn::{Conn, KeptOwner, Phase, Timewait, closer_implied_by};
 use table::LruTable;
+use timewait::Timewaits;
 pub use types::*;
 
 use crate::model::event::{Family, Kind, Owner, Record};
@@ -31,7 +32,7 @@ pub struct Tracker {
     /// Cookies sock_diag must look up, by (netns, family).
     followed: HashMap<(u32, Family), HashSet<u64>>,
     /// TIME_WAIT sockets followed to their end, when asked to.
-    timewaits: Option<HashMap<u64, Timewait>>,
+    timewaits: Option<Timewaits>,
     cap: usize,
     ready: Vec<ConnRecord>,
     /// Openings passed on, when asked for ([`Self::with_openings`]): only
@@ -72,7 +73,7 @@ impl Tracker {
     /// (at most `max_sockets` of them; more are counted apart, see
     /// [`Self::timewait_unfollowed`]).
     pub fn follow_timewait(mut self) -> Self {
-        self.timewaits = Some(HashMap::new());
+        self.timewaits = Some(Timewaits::default());
         self
     }
 
@@ -328,6 +329,11 @@ impl Tracker {
         if !self.conns.contains(&r.cookie) {
             self.track_new(r, old, new);
         }
+        if new == Established && matches!(old, SynSent | SynRecv) {
+            // Its endpoints are known from here on (a connect's first
+            // step has no local port yet).
+            self.end_reused_timewait(r);
+        }
         let Some(conn) = self.conns.get_mut(&r.cookie) else {
             return;
         };
@@ -501,6 +507,7 @@ impl Tracker {
 
     /// Writes the records of sockets whose grace period has passed.
     pub fn tick(&mut self, now_ns: u64) {
+        self.expire_timewaits(now_ns);
         while let Some(&(at_ns, cookie)) = self.closing.front() {
             if at_ns.saturating_add(CLOSE_GRACE_NS) > now_ns {
                 break;

@@ -1300,3 +1300,129 @@ fn a_failed_connect_says_why_from_the_sockets_error() {
         assert_eq!(only(t.take_ready()).connect_failed, Some(want));
     }
 }
+
+#[test]
+fn a_connect_reusing_the_endpoints_of_a_time_wait_ends_it() {
+    let mut t = tracker().follow_timewait();
+    let old = Sock::client(80);
+    feed(&mut t, &client_open(&old));
+    feed(
+        &mut t,
+        &[
+            old.step(10, Established, FinWait1),
+            old.unowned_step(11, FinWait1, FinWait2),
+            Record {
+                peer_fin: Some(true),
+                ..old.unowned_step(20, FinWait2, Close)
+            },
+        ],
+    );
+    assert!(only(t.take_ready()).time_wait);
+    assert_eq!(t.take_timewait_starts().len(), 1);
+    // A new connect from the same port to the same peer 3 s later: the
+    // kernel handed it the timewait socket's endpoints.
+    let new = Sock::client(81);
+    let connect = Record {
+        lport: 0,
+        ..new.step(3_000, Close, SynSent)
+    };
+    feed(&mut t, &[connect]);
+    assert!(
+        t.take_timewait_ends().is_empty(),
+        "no local port yet: nothing to match"
+    );
+    feed(
+        &mut t,
+        &[Record {
+            since_ns: Some(3_000 * MS),
+            ..new.step(3_001, SynSent, Established)
+        }],
+    );
+    let ends = t.take_timewait_ends();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0].duration_ns, 2_980 * MS, "ended at the connect");
+    // Nothing left to end: neither a look nor the timer ends it again.
+    diag(&mut t, &[], 70_000);
+    t.tick(70_000 * MS);
+    assert!(t.take_timewait_ends().is_empty());
+}
+
+#[test]
+fn a_new_socket_on_other_endpoints_leaves_a_time_wait_alone() {
+    let mut t = tracker().follow_timewait();
+    let old = Sock::client(82);
+    feed(&mut t, &client_open(&old));
+    feed(
+        &mut t,
+        &[
+            old.step(10, Established, FinWait1),
+            Record {
+                peer_fin: Some(true),
+                ..old.unowned_step(20, FinWait2, Close)
+            },
+        ],
+    );
+    let new = Sock::client(83);
+    feed(
+        &mut t,
+        &[Record {
+            lport: 40001,
+            ..new.step(3_001, SynSent, Established)
+        }],
+    );
+    assert!(t.take_timewait_ends().is_empty());
+}
+
+#[test]
+fn a_time_wait_ends_when_its_timer_is_due_without_a_look() {
+    let mut t = tracker().follow_timewait();
+    let c = Sock::client(84);
+    feed(&mut t, &client_open(&c));
+    feed(
+        &mut t,
+        &[
+            c.step(10, Established, FinWait1),
+            Record {
+                peer_fin: Some(true),
+                ..c.unowned_step(500, FinWait2, Close)
+            },
+        ],
+    );
+    assert_eq!(t.take_timewait_starts().len(), 1);
+    // A look at 10 s sees its timer: due at 60.5 s.
+    diag(&mut t, &[timewait(84, TimeWait, 10_000, 50_500)], 10_000);
+    t.tick(60_400 * MS);
+    assert!(t.take_timewait_ends().is_empty(), "not due yet");
+    t.tick(60_600 * MS);
+    let ends = t.take_timewait_ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].duration_ns, 60_000 * MS);
+    // A later look that no longer finds it ends nothing twice.
+    diag(&mut t, &[], 61_000);
+    assert!(t.take_timewait_ends().is_empty());
+}
+
+#[test]
+fn a_time_wait_whose_timer_a_look_saw_set_later_waits_for_it() {
+    let mut t = tracker().follow_timewait();
+    let c = Sock::client(85);
+    feed(&mut t, &client_open(&c));
+    feed(
+        &mut t,
+        &[
+            c.step(10, Established, FinWait1),
+            Record {
+                peer_fin: Some(true),
+                ..c.unowned_step(500, FinWait2, Close)
+            },
+        ],
+    );
+    // The peer's FIN came again at 30 s: the kernel set the timer anew.
+    diag(&mut t, &[timewait(85, TimeWait, 30_000, 60_000)], 30_000);
+    t.tick(61_000 * MS);
+    assert!(t.take_timewait_ends().is_empty(), "due at 90 s now");
+    t.tick(90_100 * MS);
+    let ends = t.take_timewait_ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].duration_ns, 89_500 * MS);
+}

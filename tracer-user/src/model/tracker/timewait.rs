@@ -1,20 +1,68 @@
 //! Following sockets that live on as timewait sockets: what sock_diag is asked, and how its answers end FIN_WAIT2 and TIME_WAIT.
 
+use std::{collections::VecDeque, net::IpAddr};
+
 use foldhash::{HashMap, HashMapExt as _};
 use tracer_common::TcpState;
 
 use super::{
     Tracker,
-    conn::Phase,
+    conn::{Phase, Timewait},
     types::{
         DiagRequest, Fw2End, Sightings, TIMEWAIT_LEN_NS, TimewaitEnd, TimewaitSighting, Wanted,
     },
 };
-use crate::model::event::Family;
+use crate::model::event::{Family, Record};
 
 /// Timer rounding tolerated before a vanished timewait socket counts as
 /// killed early rather than expired.
 const EXPIRY_SLACK_NS: u64 = 20_000_000;
+
+/// A socket's endpoints in its namespace: two sockets cannot hold the
+/// same at once.
+type Tuple = (u32, IpAddr, u16, IpAddr, u16);
+
+/// The TIME_WAIT sockets followed to their end: by cookie; by endpoints,
+/// since a new socket on the same ones ends a TIME_WAIT (a connect reusing
+/// it, or a SYN it accepted); and in the order their timers are due.
+#[derive(Default)]
+pub(super) struct Timewaits {
+    by_cookie: HashMap<u64, Timewait>,
+    by_tuple: HashMap<Tuple, u64>,
+    /// (when due, cookie), oldest first: a timer is due 60 s after its
+    /// TIME_WAIT began, so they are pushed in about that order.
+    due: VecDeque<(u64, u64)>,
+}
+
+impl Timewaits {
+    pub(super) fn len(&self) -> usize {
+        self.by_cookie.len()
+    }
+
+    pub(super) fn insert(&mut self, cookie: u64, tw: Timewait) {
+        self.by_tuple.insert(tuple(&tw), cookie);
+        self.due.push_back((tw.expires_ns, cookie));
+        self.by_cookie.insert(cookie, tw);
+    }
+
+    pub(super) fn remove(&mut self, cookie: u64) -> Option<Timewait> {
+        let tw = self.by_cookie.remove(&cookie)?;
+        let key = tuple(&tw);
+        if self.by_tuple.get(&key) == Some(&cookie) {
+            self.by_tuple.remove(&key);
+        }
+        Some(tw)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&u64, &Timewait)> {
+        self.by_cookie.iter()
+    }
+}
+
+fn tuple(tw: &Timewait) -> Tuple {
+    let id = &tw.id;
+    (id.netns, id.laddr, id.lport, id.raddr, id.rport)
+}
 
 impl Tracker {
     /// What sock_diag should be asked now; empty when nothing is followed.
@@ -50,7 +98,7 @@ impl Tracker {
             }
         }
         if timewait {
-            for (&cookie, tw) in self.timewaits.iter().flatten() {
+            for (&cookie, tw) in self.timewaits.iter().flat_map(Timewaits::iter) {
                 request(&mut by_namespace, tw.id.netns, tw.id.family)
                     .time_wait
                     .push(cookie);
@@ -64,7 +112,7 @@ impl Tracker {
         let Some(timewaits) = &mut self.timewaits else {
             return;
         };
-        let Some(tw) = timewaits.get_mut(&cookie) else {
+        let Some(tw) = timewaits.by_cookie.get_mut(&cookie) else {
             return;
         };
         if let Some(s) = seen {
@@ -81,7 +129,65 @@ impl Tracker {
                 id: tw.id,
                 duration_ns: end.saturating_sub(tw.since_ns),
             });
-            timewaits.remove(&cookie);
+            timewaits.remove(cookie);
+        }
+    }
+
+    /// A socket established in `r` ends the followed TIME_WAIT on its
+    /// endpoints: the kernel gave them to it (a connect reusing them, or
+    /// the SYN of a new connection accepted over the timewait socket).
+    /// That TIME_WAIT ended as this socket entered SYN_SENT or SYN_RECV.
+    pub(super) fn end_reused_timewait(&mut self, r: &Record) {
+        let Some(timewaits) = &mut self.timewaits else {
+            return;
+        };
+        let key = (r.netns, r.laddr, r.lport, r.raddr, r.rport);
+        let Some(&cookie) = timewaits.by_tuple.get(&key) else {
+            return;
+        };
+        let taken_ns = r.since_ns.unwrap_or(r.ts_ns);
+        if cookie == r.cookie
+            || timewaits
+                .by_cookie
+                .get(&cookie)
+                .is_none_or(|tw| tw.since_ns > r.ts_ns)
+        {
+            return;
+        }
+        if let Some(tw) = timewaits.remove(cookie) {
+            self.timewait_ends.push(TimewaitEnd {
+                id: tw.id,
+                duration_ns: taken_ns.saturating_sub(tw.since_ns),
+            });
+        }
+    }
+
+    /// Ends the followed TIME_WAIT sockets whose timer is due by `now_ns`,
+    /// at its due time: the kernel's timer ends a TIME_WAIT, and a look is
+    /// needed only to catch one ended early (reset, or reused unseen).
+    pub(super) fn expire_timewaits(&mut self, now_ns: u64) {
+        let Some(timewaits) = &mut self.timewaits else {
+            return;
+        };
+        while let Some(&(due_ns, cookie)) = timewaits.due.front() {
+            if due_ns.saturating_add(EXPIRY_SLACK_NS) > now_ns {
+                break;
+            }
+            timewaits.due.pop_front();
+            let Some(tw) = timewaits.by_cookie.get(&cookie) else {
+                continue;
+            };
+            if tw.expires_ns > due_ns {
+                // A look saw its timer set later: due then.
+                timewaits.due.push_back((tw.expires_ns, cookie));
+                continue;
+            }
+            let end = tw.expires_ns.max(tw.seen_ns);
+            self.timewait_ends.push(TimewaitEnd {
+                id: tw.id,
+                duration_ns: end.saturating_sub(tw.since_ns),
+            });
+            timewaits.remove(cookie);
         }
     }
 
