@@ -1,4 +1,4 @@
-//! `tcplinger record`: trace as `report` does (the same looks at live sockets, the same lookups), writing everything the host hands over to a file for `watch`/`report --from`; `record --info` says what a recording holds.
+//! `tcplinger record`: trace as `report` does (the same looks at live sockets, the same lookups, but nothing aggregated that decides none), writing everything the host hands over to a file for `watch`/`report --from`; `record --info` says what a recording holds.
 
 use std::{
     collections::BTreeMap,

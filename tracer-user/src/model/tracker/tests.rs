@@ -1426,3 +1426,43 @@ fn a_time_wait_whose_timer_a_look_saw_set_later_waits_for_it() {
     assert_eq!(ends.len(), 1);
     assert_eq!(ends[0].duration_ns, 89_500 * MS);
 }
+
+#[test]
+fn time_waits_ended_by_reuse_leave_no_pile_of_due_dates() {
+    let mut t = Tracker::new(NonZeroUsize::new(100).unwrap()).follow_timewait();
+    // 10,000 connections from the same port, each reusing the endpoints
+    // of the one before it in TIME_WAIT.
+    for i in 0..10_000u64 {
+        let c = Sock::client(1000 + i);
+        let at = i * 10;
+        feed(
+            &mut t,
+            &[
+                Record {
+                    since_ns: Some(at * MS),
+                    ..c.step(at + 1, SynSent, Established)
+                },
+                c.step(at + 5, Established, FinWait1),
+                Record {
+                    peer_fin: Some(true),
+                    ..c.unowned_step(at + 6, FinWait2, Close)
+                },
+            ],
+        );
+    }
+    assert_eq!(
+        t.take_timewait_ends().len(),
+        9_999,
+        "each ended by the next"
+    );
+    let timewaits = t.timewaits.as_ref().unwrap();
+    assert_eq!(timewaits.len(), 1);
+    assert!(
+        timewaits.due.len() <= 2 + super::timewait::DUE_SLACK,
+        "{} due dates kept",
+        timewaits.due.len()
+    );
+    // The last one still ends when due.
+    t.tick(200_000 * MS);
+    assert_eq!(t.take_timewait_ends().len(), 1);
+}

@@ -30,9 +30,16 @@ pub(super) struct Timewaits {
     by_cookie: HashMap<u64, Timewait>,
     by_tuple: HashMap<Tuple, u64>,
     /// (when due, cookie), oldest first: a timer is due 60 s after its
-    /// TIME_WAIT began, so they are pushed in about that order.
-    due: VecDeque<(u64, u64)>,
+    /// TIME_WAIT began, so they are pushed in about that order. Entries of
+    /// sockets ended otherwise stay until due or compacted away.
+    pub(super) due: VecDeque<(u64, u64)>,
 }
+
+/// `due` is rebuilt from the sockets still followed once it holds this
+/// many entries more than twice their number: under churn most
+/// TIME_WAITs end reused long before due, and their entries would
+/// otherwise pile up for 60 s whatever `--max-sockets` says.
+pub(super) const DUE_SLACK: usize = 1024;
 
 impl Timewaits {
     pub(super) fn len(&self) -> usize {
@@ -43,6 +50,15 @@ impl Timewaits {
         self.by_tuple.insert(tuple(&tw), cookie);
         self.due.push_back((tw.expires_ns, cookie));
         self.by_cookie.insert(cookie, tw);
+        if self.due.len() > 2 * self.by_cookie.len() + DUE_SLACK {
+            let mut due: Vec<(u64, u64)> = self
+                .by_cookie
+                .iter()
+                .map(|(&cookie, tw)| (tw.expires_ns, cookie))
+                .collect();
+            due.sort_unstable();
+            self.due = due.into();
+        }
     }
 
     pub(super) fn remove(&mut self, cookie: u64) -> Option<Timewait> {
