@@ -1458,7 +1458,7 @@ fn time_waits_ended_by_reuse_leave_no_pile_of_due_dates() {
     let timewaits = t.timewaits.as_ref().unwrap();
     assert_eq!(timewaits.len(), 1);
     assert!(
-        timewaits.due.len() <= 2 + super::timewait::DUE_SLACK,
+        timewaits.due.len() <= 2 + timewait::DUE_SLACK,
         "{} due dates kept",
         timewaits.due.len()
     );

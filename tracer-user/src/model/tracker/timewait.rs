@@ -28,7 +28,10 @@ type Tuple = (u32, IpAddr, u16, IpAddr, u16);
 #[derive(Default)]
 pub(super) struct Timewaits {
     by_cookie: HashMap<u64, Timewait>,
-    by_tuple: HashMap<Tuple, u64>,
+    /// A hash of the endpoints -> the cookie (16 bytes an entry where the
+    /// endpoints would take 56: at `--max-sockets` that is tens of MB); a
+    /// match is checked against the socket's own endpoints.
+    by_tuple: HashMap<u64, u64>,
     /// (when due, cookie), oldest first: a timer is due 60 s after its
     /// TIME_WAIT began, so they are pushed in about that order. Entries of
     /// sockets ended otherwise stay until due or compacted away.
@@ -47,7 +50,7 @@ impl Timewaits {
     }
 
     pub(super) fn insert(&mut self, cookie: u64, tw: Timewait) {
-        self.by_tuple.insert(tuple(&tw), cookie);
+        self.by_tuple.insert(hash(&tuple(&tw)), cookie);
         self.due.push_back((tw.expires_ns, cookie));
         self.by_cookie.insert(cookie, tw);
         if self.due.len() > 2 * self.by_cookie.len() + DUE_SLACK {
@@ -63,7 +66,7 @@ impl Timewaits {
 
     pub(super) fn remove(&mut self, cookie: u64) -> Option<Timewait> {
         let tw = self.by_cookie.remove(&cookie)?;
-        let key = tuple(&tw);
+        let key = hash(&tuple(&tw));
         if self.by_tuple.get(&key) == Some(&cookie) {
             self.by_tuple.remove(&key);
         }
@@ -73,6 +76,18 @@ impl Timewaits {
     pub(super) fn iter(&self) -> impl Iterator<Item = (&u64, &Timewait)> {
         self.by_cookie.iter()
     }
+
+    /// The followed socket on these endpoints, if any.
+    fn on(&self, key: &Tuple) -> Option<(u64, &Timewait)> {
+        let cookie = *self.by_tuple.get(&hash(key))?;
+        let tw = self.by_cookie.get(&cookie)?;
+        (tuple(tw) == *key).then_some((cookie, tw))
+    }
+}
+
+fn hash(key: &Tuple) -> u64 {
+    use std::hash::BuildHasher as _;
+    foldhash::fast::FixedState::with_seed(0).hash_one(key)
 }
 
 fn tuple(tw: &Timewait) -> Tuple {
@@ -158,18 +173,13 @@ impl Tracker {
             return;
         };
         let key = (r.netns, r.laddr, r.lport, r.raddr, r.rport);
-        let Some(&cookie) = timewaits.by_tuple.get(&key) else {
+        let Some((cookie, tw)) = timewaits.on(&key) else {
             return;
         };
-        let taken_ns = r.since_ns.unwrap_or(r.ts_ns);
-        if cookie == r.cookie
-            || timewaits
-                .by_cookie
-                .get(&cookie)
-                .is_none_or(|tw| tw.since_ns > r.ts_ns)
-        {
+        if cookie == r.cookie || tw.since_ns > r.ts_ns {
             return;
         }
+        let taken_ns = r.since_ns.unwrap_or(r.ts_ns);
         if let Some(tw) = timewaits.remove(cookie) {
             self.timewait_ends.push(TimewaitEnd {
                 id: tw.id,
