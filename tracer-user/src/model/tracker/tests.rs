@@ -1466,3 +1466,41 @@ fn time_waits_ended_by_reuse_leave_no_pile_of_due_dates() {
     t.tick(200_000 * MS);
     assert_eq!(t.take_timewait_ends().len(), 1);
 }
+
+#[test]
+fn a_time_wait_due_a_little_later_than_thought_is_not_held_behind_the_rest() {
+    let mut t = tracker().follow_timewait();
+    let (first, second) = (Sock::client(86), Sock::client(87));
+    for (c, close_ms, port) in [(&first, 500, 40_000), (&second, 10_500, 40_001)] {
+        feed(
+            &mut t,
+            &[
+                Record {
+                    lport: port,
+                    ..c.step(close_ms - 10, Established, FinWait1)
+                },
+                Record {
+                    lport: port,
+                    peer_fin: Some(true),
+                    ..c.unowned_step(close_ms, FinWait2, Close)
+                },
+            ],
+        );
+    }
+    // A look at 20 s finds the first's timer 100 ms later than its close
+    // said (due at 60.6 s), the second's as said (70.5 s).
+    diag(
+        &mut t,
+        &[
+            timewait(86, TimeWait, 20_000, 40_600),
+            timewait(87, TimeWait, 20_000, 50_500),
+        ],
+        20_000,
+    );
+    t.tick(60_700 * MS);
+    let ends = t.take_timewait_ends();
+    assert_eq!(ends.len(), 1, "the first, when due: {ends:?}");
+    assert_eq!(ends[0].duration_ns, 60_100 * MS);
+    t.tick(70_600 * MS);
+    assert_eq!(t.take_timewait_ends().len(), 1);
+}

@@ -1,6 +1,6 @@
 //! Following sockets that live on as timewait sockets: what sock_diag is asked, and how its answers end FIN_WAIT2 and TIME_WAIT.
 
-use std::{collections::VecDeque, net::IpAddr};
+use std::{cmp::Reverse, collections::BinaryHeap, net::IpAddr};
 
 use foldhash::{HashMap, HashMapExt as _};
 use tracer_common::TcpState;
@@ -32,10 +32,11 @@ pub(super) struct Timewaits {
     /// endpoints would take 56: at `--max-sockets` that is tens of MB); a
     /// match is checked against the socket's own endpoints.
     by_tuple: HashMap<u64, u64>,
-    /// (when due, cookie), oldest first: a timer is due 60 s after its
-    /// TIME_WAIT began, so they are pushed in about that order. Entries of
-    /// sockets ended otherwise stay until due or compacted away.
-    pub(super) due: VecDeque<(u64, u64)>,
+    /// (when due, cookie), soonest first. A look may find a timer set
+    /// later than thought (the peer's FIN came again): the socket is then
+    /// due anew. Entries of sockets ended otherwise stay until due or
+    /// compacted away.
+    pub(super) due: BinaryHeap<Reverse<(u64, u64)>>,
 }
 
 /// `due` is rebuilt from the sockets still followed once it holds this
@@ -51,16 +52,14 @@ impl Timewaits {
 
     pub(super) fn insert(&mut self, cookie: u64, tw: Timewait) {
         self.by_tuple.insert(hash(&tuple(&tw)), cookie);
-        self.due.push_back((tw.expires_ns, cookie));
+        self.due.push(Reverse((tw.expires_ns, cookie)));
         self.by_cookie.insert(cookie, tw);
         if self.due.len() > 2 * self.by_cookie.len() + DUE_SLACK {
-            let mut due: Vec<(u64, u64)> = self
+            self.due = self
                 .by_cookie
                 .iter()
-                .map(|(&cookie, tw)| (tw.expires_ns, cookie))
+                .map(|(&cookie, tw)| Reverse((tw.expires_ns, cookie)))
                 .collect();
-            due.sort_unstable();
-            self.due = due.into();
         }
     }
 
@@ -195,17 +194,17 @@ impl Tracker {
         let Some(timewaits) = &mut self.timewaits else {
             return;
         };
-        while let Some(&(due_ns, cookie)) = timewaits.due.front() {
+        while let Some(&Reverse((due_ns, cookie))) = timewaits.due.peek() {
             if due_ns.saturating_add(EXPIRY_SLACK_NS) > now_ns {
                 break;
             }
-            timewaits.due.pop_front();
+            timewaits.due.pop();
             let Some(tw) = timewaits.by_cookie.get(&cookie) else {
                 continue;
             };
             if tw.expires_ns > due_ns {
                 // A look saw its timer set later: due then.
-                timewaits.due.push_back((tw.expires_ns, cookie));
+                timewaits.due.push(Reverse((tw.expires_ns, cookie)));
                 continue;
             }
             let end = tw.expires_ns.max(tw.seen_ns);
