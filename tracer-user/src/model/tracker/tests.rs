@@ -1301,22 +1301,28 @@ fn a_failed_connect_says_why_from_the_sockets_error() {
     }
 }
 
+/// `c` opens, shuts down at `shutdown_ms` and closes at `close_ms` after
+/// the peer's FIN: a TIME_WAIT from then, with no lookup needed.
+fn closed_into_time_wait(t: &mut Tracker, c: &Sock, shutdown_ms: u64, close_ms: u64) {
+    feed(t, &client_open(c));
+    feed(
+        t,
+        &[
+            c.step(shutdown_ms, Established, FinWait1),
+            c.unowned_step(shutdown_ms + 1, FinWait1, FinWait2),
+            Record {
+                peer_fin: Some(true),
+                ..c.unowned_step(close_ms, FinWait2, Close)
+            },
+        ],
+    );
+}
+
 #[test]
 fn a_connect_reusing_the_endpoints_of_a_time_wait_ends_it() {
     let mut t = tracker().follow_timewait();
     let old = Sock::client(80);
-    feed(&mut t, &client_open(&old));
-    feed(
-        &mut t,
-        &[
-            old.step(10, Established, FinWait1),
-            old.unowned_step(11, FinWait1, FinWait2),
-            Record {
-                peer_fin: Some(true),
-                ..old.unowned_step(20, FinWait2, Close)
-            },
-        ],
-    );
+    closed_into_time_wait(&mut t, &old, 10, 20);
     assert!(only(t.take_ready()).time_wait);
     assert_eq!(t.take_timewait_starts().len(), 1);
     // A new connect from the same port to the same peer 3 s later: the
@@ -1351,17 +1357,7 @@ fn a_connect_reusing_the_endpoints_of_a_time_wait_ends_it() {
 fn a_new_socket_on_other_endpoints_leaves_a_time_wait_alone() {
     let mut t = tracker().follow_timewait();
     let old = Sock::client(82);
-    feed(&mut t, &client_open(&old));
-    feed(
-        &mut t,
-        &[
-            old.step(10, Established, FinWait1),
-            Record {
-                peer_fin: Some(true),
-                ..old.unowned_step(20, FinWait2, Close)
-            },
-        ],
-    );
+    closed_into_time_wait(&mut t, &old, 10, 20);
     let new = Sock::client(83);
     feed(
         &mut t,
@@ -1377,17 +1373,7 @@ fn a_new_socket_on_other_endpoints_leaves_a_time_wait_alone() {
 fn a_time_wait_ends_when_its_timer_is_due_without_a_look() {
     let mut t = tracker().follow_timewait();
     let c = Sock::client(84);
-    feed(&mut t, &client_open(&c));
-    feed(
-        &mut t,
-        &[
-            c.step(10, Established, FinWait1),
-            Record {
-                peer_fin: Some(true),
-                ..c.unowned_step(500, FinWait2, Close)
-            },
-        ],
-    );
+    closed_into_time_wait(&mut t, &c, 10, 500);
     assert_eq!(t.take_timewait_starts().len(), 1);
     // A look at 10 s sees its timer: due at 60.5 s.
     diag(&mut t, &[timewait(84, TimeWait, 10_000, 50_500)], 10_000);
@@ -1406,17 +1392,7 @@ fn a_time_wait_ends_when_its_timer_is_due_without_a_look() {
 fn a_time_wait_whose_timer_a_look_saw_set_later_waits_for_it() {
     let mut t = tracker().follow_timewait();
     let c = Sock::client(85);
-    feed(&mut t, &client_open(&c));
-    feed(
-        &mut t,
-        &[
-            c.step(10, Established, FinWait1),
-            Record {
-                peer_fin: Some(true),
-                ..c.unowned_step(500, FinWait2, Close)
-            },
-        ],
-    );
+    closed_into_time_wait(&mut t, &c, 10, 500);
     // The peer's FIN came again at 30 s: the kernel set the timer anew.
     diag(&mut t, &[timewait(85, TimeWait, 30_000, 60_000)], 30_000);
     t.tick(61_000 * MS);
