@@ -183,7 +183,9 @@ impl<H: Host> Analysis<H> {
     /// connections are selected and counted but not aggregated: no
     /// finding drawn from them asks for anything. A CLOSE_WAIT leak, whose
     /// fds are looked up, is judged on the sockets alive at each look,
-    /// which are still observed.
+    /// which are still observed. (Past `max_groups` groups, which ones are
+    /// folded into the rest can differ from the replay's, and a leak its
+    /// replay finds may then lack its fds.)
     #[must_use]
     pub fn lookups_only(mut self) -> Self {
         self.aggregates_ended = false;
