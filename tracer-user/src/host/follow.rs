@@ -109,7 +109,7 @@ fn ask(diag: &mut Diag, request: &DiagRequest) -> Result<Sightings, DiagError> {
     let mut found = Sightings::default();
     if !request.fin_wait2.is_empty() {
         sock_diag::add_timewait(
-            &diag.lookup(request.family, &request.fin_wait2)?,
+            &diag.lookup(request.family, &request.fin_wait2, false)?,
             &mut found,
         );
     }

@@ -1,6 +1,6 @@
 //! When each open connection last sent and received data, from the kernel's own TCP_INFO (over sock_diag), for telling idle sockets from ones awaiting an answer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tracer_common::TcpState;
 
@@ -12,6 +12,7 @@ use crate::{
     model::{
         aggregate::{LastIo, LiveNet},
         event::Family,
+        tracker::Wanted,
     },
 };
 
@@ -55,6 +56,23 @@ pub type ByCookie = foldhash::HashMap<u64, Seen>;
 /// never touched).
 const STATES: [TcpState; 2] = [TcpState::Established, TcpState::CloseWait];
 
+/// Up to this many sockets of a namespace are looked up one by one (one
+/// batch of exact lookups); more, and the namespace is dumped. A dump
+/// walks every bucket of the kernel's socket table and every TIME_WAIT
+/// socket in it: on this 2-CPU, 24 GB VM (262,144 buckets) a look with
+/// 120 to 240 open sockets cost the tracer about 4 ms of CPU a second as
+/// a dump, 1.5 ms as lookups (about 6 µs each, so a batch stays within a
+/// dump's cost; BENCHMARKS.md).
+const LOOKUPS_AT_MOST: usize = 256;
+
+/// An open socket whose last I/O and inode are wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asked {
+    pub netns: u32,
+    pub family: Family,
+    pub socket: Wanted,
+}
+
 /// Reads last I/O and inodes of open sockets, keeping one sock_diag socket
 /// per namespace asked about.
 #[derive(Default)]
@@ -72,17 +90,21 @@ impl IoReader {
         self.paths.not_found
     }
 
-    /// Last I/O (and inode) of every ESTABLISHED or CLOSE_WAIT socket in
-    /// the namespaces and families listed. A namespace that cannot be read
-    /// is skipped: its sockets then have no I/O known, as before their
-    /// first look.
-    pub fn read(&mut self, wanted: impl IntoIterator<Item = (u32, Family)>) -> ByCookie {
-        let mut out = ByCookie::default();
-        let mut asked: Vec<(u32, Family)> = wanted.into_iter().collect();
-        asked.sort_unstable_by_key(|&(netns, family)| (netns, family == Family::Ipv6));
-        asked.dedup();
+    /// Last I/O (and inode) of the sockets `asked` that are ESTABLISHED or
+    /// CLOSE_WAIT now. A namespace that cannot be read is skipped: its
+    /// sockets then have no I/O known, as before their first look.
+    pub fn read(&mut self, asked: &[Asked]) -> ByCookie {
+        let mut by_namespace: BTreeMap<(u32, bool), Vec<Wanted>> = BTreeMap::new();
+        for a in asked {
+            by_namespace
+                .entry((a.netns, a.family == Family::Ipv6))
+                .or_default()
+                .push(a.socket);
+        }
         let states = sock_diag::states(&STATES);
-        for &(netns, family) in &asked {
+        let mut out = ByCookie::default();
+        for (&(netns, v6), wanted) in &by_namespace {
+            let family = if v6 { Family::Ipv6 } else { Family::Ipv4 };
             if !self.sockets.contains_key(&netns) {
                 let Ok(Some(diag)) = Diag::open_for(netns, &mut self.paths) else {
                     self.failed += 1;
@@ -93,21 +115,32 @@ impl IoReader {
             let Some(diag) = self.sockets.get_mut(&netns) else {
                 continue;
             };
-            if let Ok(sockets) = diag.dump(family, states.clone(), true) {
-                out.extend(sockets.iter().map(|s| {
-                    let io = (s.state == TcpState::Established)
-                        .then(|| last_io(s))
-                        .flatten();
-                    (s.cookie, Seen { io, inode: s.inode })
-                }));
+            let found = if wanted.len() <= LOOKUPS_AT_MOST {
+                diag.lookup(family, wanted, true)
             } else {
+                diag.dump(family, states.clone(), true)
+            };
+            let Ok(found) = found else {
                 // Broken or gone: a fresh socket next time.
                 self.failed += 1;
                 self.sockets.remove(&netns);
-            }
+                continue;
+            };
+            let cookies: HashSet<u64> = wanted.iter().map(|w| w.cookie).collect();
+            out.extend(
+                found
+                    .iter()
+                    .filter(|s| STATES.contains(&s.state) && cookies.contains(&s.cookie))
+                    .map(|s| {
+                        let io = (s.state == TcpState::Established)
+                            .then(|| last_io(s))
+                            .flatten();
+                        (s.cookie, Seen { io, inode: s.inode })
+                    }),
+            );
         }
         self.sockets
-            .retain(|netns, _| asked.iter().any(|(n, _)| n == netns));
+            .retain(|netns, _| by_namespace.keys().any(|&(n, _)| n == *netns));
         out
     }
 }

@@ -355,12 +355,20 @@ impl Diag {
     /// The sockets among `wanted` (all of `family`) that still exist, full
     /// or timewait, each looked up by its 4-tuple and cookie: far cheaper
     /// than a dump when the table is large and few are wanted. A socket
-    /// whose 4-tuple now belongs to another is not returned.
+    /// whose 4-tuple now belongs to another is not returned. With `info`,
+    /// each full socket's TCP_INFO times too (the kernel sizes each reply
+    /// for them either way, so the batch fits as well).
     pub fn lookup(
         &mut self,
         family: Family,
         wanted: &[Wanted],
+        info: bool,
     ) -> Result<Vec<DiagSocket>, DiagError> {
+        let extensions = if info {
+            ExtensionFlags::INFO
+        } else {
+            ExtensionFlags::empty()
+        };
         let mut found = Vec::new();
         let mut bytes = Vec::new();
         for chunk in wanted.chunks(LOOKUP_BATCH) {
@@ -382,7 +390,7 @@ impl Diag {
                     sequence,
                     family,
                     StateFlags::all(),
-                    ExtensionFlags::empty(),
+                    extensions.clone(),
                     id,
                     &mut bytes,
                 );

@@ -6,10 +6,11 @@ use foldhash::{HashMap, HashMapExt as _};
 use tracer_common::TcpState;
 
 use crate::{
+    host::last_io::Asked,
     model::aggregate::{Aggregator, GroupKey, LiveSocket, Windowing},
     model::diagnose::{self, Figure, Finding, Pathology},
     model::select::Selection,
-    model::tracker::{ConnId, ConnRecord, LiveConn, TimewaitEnd, Tracker},
+    model::tracker::{ConnId, ConnRecord, LiveConn, TimewaitEnd, Tracker, Wanted},
     session::{Host, LiveHost, LookAnswer, LookRequest, Progress, Session, TraceOptions},
 };
 
@@ -312,7 +313,7 @@ impl<H: Host> Analysis<H> {
     fn look_request(&mut self, resolve_now: bool) -> LookRequest {
         let now = self.session.host.now_ns();
         let provisional: HashMap<u64, u32> = self.session.tracker.provisional().collect();
-        let (sockets, cookies): (Vec<_>, HashSet<_>) = self
+        let sockets = self
             .session
             .tracker
             .live()
@@ -320,12 +321,21 @@ impl<H: Host> Analysis<H> {
                 matches!(l.state, TcpState::Established | TcpState::CloseWait)
                     && (l.state == TcpState::Established || provisional.contains_key(&l.cookie))
             })
-            .map(|l| ((l.id.netns, l.id.family), l.cookie))
-            .unzip();
+            .map(|l| Asked {
+                netns: l.id.netns,
+                family: l.id.family,
+                socket: Wanted {
+                    cookie: l.cookie,
+                    laddr: l.id.laddr,
+                    lport: l.id.lport,
+                    raddr: l.id.raddr,
+                    rport: l.id.rport,
+                },
+            })
+            .collect();
         let resolve = resolve_now || now.saturating_sub(self.last_resolve_ns) >= RESOLVE_EVERY_NS;
         LookRequest {
             sockets,
-            cookies,
             holders_of: if resolve {
                 provisional.into_keys().collect()
             } else {

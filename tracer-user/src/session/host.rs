@@ -22,12 +22,12 @@ use crate::{
         cgroups::{Cgroups, Container},
         clock::{self, WallClock},
         follow::{DIAG_INTERVAL, DiagAnswer, Follower},
-        last_io::{ByCookie, IoReader},
+        last_io::{Asked, ByCookie, IoReader},
         owners, snapshot,
         workers::Workers,
     },
     model::{
-        event::{Family, Owner},
+        event::Owner,
         tracker::{Alive, DiagRequest, Seed},
     },
 };
@@ -63,12 +63,10 @@ pub enum Event {
 /// and answered later, never done on the thread that drains the ring.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LookRequest {
-    /// Namespaces and families whose ESTABLISHED and CLOSE_WAIT sockets'
-    /// last I/O and inodes are wanted.
-    pub sockets: Vec<(u32, Family)>,
-    /// The sockets of those the answer is for: the rest of the dump (other
-    /// ports, sockets not followed) is left out of it.
-    pub cookies: HashSet<u64>,
+    /// The open sockets whose last I/O and inodes are wanted (if still
+    /// ESTABLISHED or CLOSE_WAIT): the answer is for them alone, not for
+    /// other ports or sockets not followed.
+    pub sockets: Vec<Asked>,
     /// Sockets (by cookie) whose holding processes are wanted, found from
     /// the inodes the same dump gives.
     pub holders_of: HashSet<u64>,
@@ -392,22 +390,22 @@ impl LiveHost {
     fn look_job(&mut self, request: LookRequest) -> oneshot::Receiver<(IoReader, LookAnswer)> {
         let mut io = self.io.take().unwrap_or_default();
         self.workers.run(move || {
-            let answer = look(&mut io, request);
+            let answer = look(&mut io, &request);
             (io, answer)
         })
     }
 }
 
-/// Does one look: a dump per namespace asked, the holders of the sockets
-/// asked about by their inodes, and the fds of CLOSE_WAIT sockets.
-fn look(io: &mut IoReader, request: LookRequest) -> LookAnswer {
+/// Does one look: the sockets asked about (looked up, or their namespace
+/// dumped when many), the holders of those asked about by their inodes,
+/// and the fds of CLOSE_WAIT sockets.
+fn look(io: &mut IoReader, request: &LookRequest) -> LookAnswer {
     let fds_only = request.fds_only;
-    let mut seen = if request.sockets.is_empty() {
+    let seen = if request.sockets.is_empty() {
         ByCookie::default()
     } else {
-        io.read(request.sockets)
+        io.read(&request.sockets)
     };
-    seen.retain(|cookie, _| request.cookies.contains(cookie));
     let inodes: HashSet<u32> = request
         .holders_of
         .iter()

@@ -149,26 +149,61 @@ fn report_leaked_idle() {
 }
 privileged!(report_leaked_idle);
 
-fn report_unanswered_requests() {
+/// A pool of `count`: each connection (all at once) sends a request, gives
+/// up waiting after 100 ms and stays open, as a pooled client's would. Seen as
+/// awaiting an answer from the last I/O the looks read of each socket.
+fn unanswered_requests(count: usize) {
     let scene = Scene::new();
     let tracer = Tcplinger::report_until_stopped(scene.port);
-    let _server = scene.server(&["--count", "10", "--close", "never", "--no-reply"]);
-    // A pool of 10: each connection sends a request, gives up waiting
-    // after 100 ms and stays open, as a pooled client's would.
-    let client = scene.client(&["--count", "10", "--timeout-ms", "100", "--close", "never"]);
+    let n = count.to_string();
+    let _server = scene.server(&[
+        "--count",
+        &n,
+        "--parallel",
+        "--close",
+        "never",
+        "--no-reply",
+    ]);
+    let client = scene.client(&[
+        "--count",
+        &n,
+        "--parallel",
+        "--timeout-ms",
+        "100",
+        "--close",
+        "never",
+    ]);
     client.expect_line("done");
     // Until every request has waited long enough to count as unanswered.
-    scene.wait_silent(&scene.net.client_ns, 10, UNANSWERED_AFTER_NS / 1_000_000, 0);
+    scene.wait_silent(
+        &scene.net.client_ns,
+        count,
+        UNANSWERED_AFTER_NS / 1_000_000,
+        0,
+    );
     let report = finish_report(&scene, tracer);
     let f = finding(&report, "unanswered_requests", client.pid);
     assert_eq!(f["remote"], scene.server_endpoint(), "{f}");
-    assert_eq!(f["evidence"]["awaiting_reply"], 10, "{f}");
+    assert_eq!(f["evidence"]["awaiting_reply"], count, "{f}");
     assert!(
         !has_pathology(&report, "leaked_idle"),
         "awaiting is not idle: {report:#}"
     );
 }
+
+/// A few: each socket looked up by itself at every look.
+fn report_unanswered_requests() {
+    unanswered_requests(10);
+}
 privileged!(report_unanswered_requests);
+
+/// More than one batch of lookups in a namespace (the tracer's
+/// `LOOKUPS_AT_MOST`, 256): its open sockets are dumped instead, with the
+/// same answer.
+fn report_unanswered_requests_past_a_batch_of_lookups() {
+    unanswered_requests(300);
+}
+privileged!(report_unanswered_requests_past_a_batch_of_lookups);
 
 /// Connections closed by their client at a fixed age after one exchange
 /// and idle since (an idle timeout, or a maximum age that only ever meets

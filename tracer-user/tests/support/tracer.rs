@@ -2,6 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader},
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
@@ -14,8 +15,10 @@ use super::wait_until;
 const START_LIMIT: Duration = Duration::from_secs(30);
 
 /// A daemon started by a test keeps its history in a directory of its own
-/// (never the host's /var/lib/tcplinger), unless the test says where.
-fn with_own_history(args: &[&str]) -> Vec<String> {
+/// (never the host's /var/lib/tcplinger), unless the test says where; the
+/// directory, when one was made up here, is returned to be removed once
+/// the daemon has exited.
+fn with_own_history(args: &[&str]) -> (Vec<String>, Option<PathBuf>) {
     let mut out: Vec<String> = args.iter().map(ToString::to_string).collect();
     let chooses = [
         "--history-dir",
@@ -32,8 +35,17 @@ fn with_own_history(args: &[&str]) -> Vec<String> {
         ));
         out.push("--history-dir".into());
         out.push(dir.display().to_string());
+        return (out, Some(dir));
     }
-    out
+    (out, None)
+}
+
+/// Removes a history directory [`with_own_history`] made up, with what
+/// the daemon wrote in it.
+fn remove_history(dir: Option<&Path>) {
+    if let Some(dir) = dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 const STOP_LIMIT: Duration = Duration::from_secs(15);
 
@@ -42,6 +54,7 @@ pub struct Tcplinger {
     lines: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     readers: Vec<std::thread::JoinHandle<()>>,
+    history: Option<PathBuf>,
 }
 
 /// What a finished run printed.
@@ -82,8 +95,9 @@ impl Tcplinger {
     }
 
     fn start_with(args: &[&str], stdout: Stdio) -> Tcplinger {
+        let (args, history) = with_own_history(args);
         let mut child = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-            .args(with_own_history(args))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::piped())
@@ -123,6 +137,7 @@ impl Tcplinger {
             lines,
             stderr,
             readers,
+            history,
         };
         if ready_rx.recv_timeout(START_LIMIT).is_err() {
             let _ = tracer.child.kill();
@@ -223,15 +238,19 @@ impl Drop for Tcplinger {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        remove_history(self.history.as_deref());
     }
 }
 
 /// Runs `tcplinger ARGS` to its end.
 pub fn tcplinger(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tcplinger"))
-        .args(with_own_history(args))
+    let (args, history) = with_own_history(args);
+    let out = Command::new(env!("CARGO_BIN_EXE_tcplinger"))
+        .args(args)
         .output()
-        .expect("running tcplinger")
+        .expect("running tcplinger");
+    remove_history(history.as_deref());
+    out
 }
 
 /// Runs `tcplinger ARGS` to its end, which must succeed; what it printed.
@@ -246,7 +265,7 @@ pub fn tcplinger_ok(args: &[&str]) -> String {
 }
 
 /// `tcplinger ARGS --from RECORDING`, as anyone could run it later.
-pub fn replayed(args: &[&str], recording: &std::path::Path) -> String {
+pub fn replayed(args: &[&str], recording: &Path) -> String {
     let mut args = args.to_vec();
     args.extend(["--from", recording.to_str().expect("a UTF-8 path")]);
     tcplinger_ok(&args)
