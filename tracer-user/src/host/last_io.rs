@@ -59,10 +59,10 @@ const STATES: [TcpState; 2] = [TcpState::Established, TcpState::CloseWait];
 /// Up to this many sockets of a namespace are looked up one by one (one
 /// batch of exact lookups); more, and the namespace is dumped. A dump
 /// walks every bucket of the kernel's socket table and every TIME_WAIT
-/// socket in it: on this 2-CPU, 24 GB VM (262,144 buckets) a look with
-/// 120 to 240 open sockets cost the tracer about 4 ms of CPU a second as
-/// a dump, 1.5 ms as lookups (about 6 µs each, so a batch stays within a
-/// dump's cost; BENCHMARKS.md).
+/// socket in it: on this 2-CPU, 24 GB VM (262,144 buckets) a look a
+/// second at 120 to 240 open sockets cost the tracer 4 to 5.5 ms of CPU a
+/// second as dumps, 1 to 2 ms as lookups (under 10 µs a socket, so a
+/// batch stays within a dump's cost; BENCHMARKS.md, "Looks").
 const LOOKUPS_AT_MOST: usize = 256;
 
 /// An open socket whose last I/O and inode are wanted.
@@ -79,8 +79,9 @@ pub struct Asked {
 pub struct IoReader {
     paths: NetnsPaths,
     sockets: HashMap<u32, Diag>,
-    /// Dumps that failed or could not be made (namespace found nowhere),
-    /// in all: those sockets' last I/O is unknown at that look.
+    /// Dumps or batches of lookups that failed or could not be made
+    /// (namespace found nowhere), in all: those sockets' last I/O is
+    /// unknown at that look.
     pub failed: u64,
 }
 
