@@ -220,7 +220,7 @@ impl Tracker {
     /// `done_ns` is when the dump finished. A namespace that no longer
     /// exists is an empty dump: its timewait sockets went with it.
     pub fn on_diag(&mut self, request: &DiagRequest, timewait: &Sightings, done_ns: u64) {
-        for cookie in request.cookies() {
+        for cookie in request.fin_wait2.iter().map(|w| w.cookie) {
             let seen = timewait.get(&cookie);
             let Some(conn) = self.conns.get_mut(&cookie) else {
                 self.unfollow(cookie, request.netns, request.family);
@@ -299,6 +299,12 @@ impl Tracker {
                 },
                 _ => self.unfollow(cookie, request.netns, request.family),
             }
+        }
+        // A followed TIME_WAIT's full socket ended when its TIME_WAIT
+        // began: only its own table is asked (a dump answers for every one
+        // followed, over 100,000 when the kernel's table is full).
+        for &cookie in &request.time_wait {
+            self.on_timewait_sighting(cookie, timewait.get(&cookie), done_ns);
         }
     }
 
