@@ -68,7 +68,7 @@ pub struct LookRequest {
     /// other ports or sockets not followed.
     pub sockets: Vec<Asked>,
     /// Sockets (by cookie) whose holding processes are wanted, found from
-    /// the inodes the same dump gives.
+    /// the inodes the same look gives.
     pub holders_of: HashSet<u64>,
     /// Processes whose fds holding these CLOSE_WAIT sockets (netns,
     /// cookie) are wanted.
