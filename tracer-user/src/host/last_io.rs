@@ -1,6 +1,6 @@
 //! When each open connection last sent and received data, from the kernel's own TCP_INFO (over sock_diag), for telling idle sockets from ones awaiting an answer.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use tracer_common::TcpState;
 
@@ -95,17 +95,16 @@ impl IoReader {
     /// CLOSE_WAIT now. A namespace that cannot be read is skipped: its
     /// sockets then have no I/O known, as before their first look.
     pub fn read(&mut self, asked: &[Asked]) -> ByCookie {
-        let mut by_namespace: BTreeMap<(u32, bool), Vec<Wanted>> = BTreeMap::new();
+        let mut by_namespace: HashMap<(u32, Family), Vec<Wanted>> = HashMap::new();
         for a in asked {
             by_namespace
-                .entry((a.netns, a.family == Family::Ipv6))
+                .entry((a.netns, a.family))
                 .or_default()
                 .push(a.socket);
         }
         let states = sock_diag::states(&STATES);
         let mut out = ByCookie::default();
-        for (&(netns, v6), wanted) in &by_namespace {
-            let family = if v6 { Family::Ipv6 } else { Family::Ipv4 };
+        for (&(netns, family), wanted) in &by_namespace {
             if !self.sockets.contains_key(&netns) {
                 let Ok(Some(diag)) = Diag::open_for(netns, &mut self.paths) else {
                     self.failed += 1;
