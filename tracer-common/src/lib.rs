@@ -188,7 +188,11 @@ pub struct Event {
     /// SYN_RECV for another state than ESTABLISHED: the connection's first
     /// closing act, or its reset).
     pub has_tcp: u8,
-    pub _pad: [u8; 4],
+    /// For a state change from FIN_WAIT2 or CLOSING to CLOSE: 1 if no
+    /// timewait socket took the full socket's place (see
+    /// [`STEP_NO_TIMEWAIT`]); 0 otherwise, and when it could not be told.
+    pub no_timewait: u8,
+    pub _pad: [u8; 3],
     /// What the TCP socket knew of its own traffic at that moment.
     pub tcp: TcpFigures,
     /// For a state change to CLOSE (and a [`Log`] whose last step is one):
@@ -263,6 +267,13 @@ pub const STEP_IN_OWNER: u8 = 1;
 /// [`Step::flags`]: the entry's `tcp` figures were read at this step (the
 /// connection left ESTABLISHED).
 pub const STEP_TCP: u8 = 2;
+/// [`Step::flags`]: this step, FIN_WAIT2 or CLOSING to CLOSE, found no
+/// timewait socket holding the socket's endpoints and cookie in the
+/// kernel's socket table, where `tcp_time_wait()` puts one before the full
+/// socket's CLOSE is traced. The kernel made none: its TIME_WAIT table was
+/// full (`net.ipv4.tcp_max_tw_buckets`, counted as `TCPTimeWaitOverflow`),
+/// or the socket was reset. Not set when the table could not be read.
+pub const STEP_NO_TIMEWAIT: u8 = 4;
 
 /// One step of a socket's life as its entry logs it: a state change or a
 /// RST on the full socket.
@@ -279,7 +290,7 @@ pub struct Step {
     pub new_state: u8,
     /// As [`Event::fin_received`].
     pub fin_received: u8,
-    /// [`STEP_IN_OWNER`], [`STEP_TCP`].
+    /// [`STEP_IN_OWNER`], [`STEP_TCP`], [`STEP_NO_TIMEWAIT`].
     pub flags: u8,
     pub _pad: [u8; 3],
 }
@@ -356,7 +367,8 @@ impl SocketEntry {
             },
             fin_received: FIN_UNKNOWN,
             has_tcp: 0,
-            _pad: [0; 4],
+            no_timewait: 0,
+            _pad: [0; 3],
             tcp: self.tcp,
             net: NetFigures {
                 bytes_acked: 0,
@@ -451,6 +463,23 @@ pub struct SockOffsets {
     pub total_retrans: u16,
     /// `sock.sk_err` (int).
     pub sk_err: u16,
+    /// `sock_common.skc_hash` (u32): the socket's bucket in the socket
+    /// table, masked.
+    pub skc_hash: u16,
+    /// `sock_common.skc_nulls_node` (`struct hlist_nulls_node`): a socket's
+    /// link in its bucket's chain.
+    pub nulls_node: u16,
+    /// `sock_common.skc_cookie` (u64): a timewait socket keeps its full
+    /// socket's.
+    pub skc_cookie: u16,
+    /// `net.ipv4.tcp_death_row.hashinfo` (`struct inet_hashinfo *`): the
+    /// table `tcp_time_wait()` puts a timewait socket in; [`NO_OFFSET`] on
+    /// a kernel that has none there (before 6.1), and then no check.
+    pub death_row_hashinfo: u16,
+    /// `inet_hashinfo.ehash` (`struct inet_ehash_bucket *`, 8-byte buckets).
+    pub ehash: u16,
+    /// `inet_hashinfo.ehash_mask` (u32).
+    pub ehash_mask: u16,
     pub _pad: u16,
 }
 
@@ -475,8 +504,13 @@ pub mod failed {
     /// not known (no entry: recycled, or never made), so the filter could
     /// not tell whether they belong to the pids asked for.
     pub const UNATTRIBUTED: u32 = 2;
+    /// Steps from FIN_WAIT2 or CLOSING to CLOSE where whether a timewait
+    /// socket took the full socket's place could not be told (a failed
+    /// read, or an ambiguous bucket): those are taken to have had one, as
+    /// almost all do.
+    pub const TIMEWAIT_UNCHECKED: u32 = 3;
     /// Slots in all.
-    pub const SLOTS: u32 = 3;
+    pub const SLOTS: u32 = 4;
 }
 
 /// Slots of the per-CPU `ENTRY_COUNTS` map: entries of the per-socket map
@@ -545,7 +579,8 @@ const _: () = assert!(
             + 1
             + 1
             + 1
-            + 4
+            + 1
+            + 3
             + size_of::<TcpFigures>()
             + size_of::<NetFigures>()
 );
@@ -573,7 +608,7 @@ const _: () = assert!(
 );
 const _: () =
     assert!(size_of::<Log>() == size_of::<Event>() + 4 + 1 + 3 + LOG_STEPS * size_of::<Step>());
-const _: () = assert!(size_of::<SockOffsets>() == 28 * 2);
+const _: () = assert!(size_of::<SockOffsets>() == 34 * 2);
 const _: () = assert!(
     size_of::<Config>()
         == 4 * MAX_FILTER_PIDS

@@ -1,8 +1,8 @@
 //! Each socket's life folded into its map entry: every state change and RST of the full socket is logged there, and the log goes to the ring as one record when the full socket's life ends (or the log fills). Userspace reads the live entries in batches for what is open now.
 
 use tracer_common::{
-    EventKind, FIN_UNKNOWN, LOG_STEPS, NetFigures, OwnerSource, STEP_IN_OWNER, STEP_TCP,
-    SocketEntry, Step, TcpFigures, TcpState, failed,
+    EventKind, FIN_UNKNOWN, LOG_STEPS, NetFigures, OwnerSource, STEP_IN_OWNER, STEP_NO_TIMEWAIT,
+    STEP_TCP, SocketEntry, Step, TcpFigures, TcpState, failed,
 };
 
 use crate::{
@@ -11,7 +11,10 @@ use crate::{
         runs_in_owner,
     },
     record::{Record, count_failure, emit, emit_log},
-    sock::{Tuple, addresses, closing_figures, fin_received, final_figures, netns_of, pid_allowed},
+    sock::{
+        Tuple, addresses, closing_figures, fin_received, final_figures, netns_of, no_timewait,
+        pid_allowed,
+    },
 };
 
 const CLOSE: u8 = TcpState::Close as u8;
@@ -43,6 +46,9 @@ pub fn state_change(
     let tcp = closing_figures(sk, old, new);
     if tcp.is_some() {
         step.flags |= STEP_TCP;
+    }
+    if no_timewait(sk, tuple, cookie, old, new) {
+        step.flags |= STEP_NO_TIMEWAIT;
     }
     let Some(entry) = entry_of(cookie) else {
         first_step(slot, sk, tuple, cookie, &step, tcp);
@@ -162,6 +168,7 @@ fn first_step(
             ts_ns: step.ts_ns,
             tcp,
             net: final_figures(sk, step.new_state),
+            no_timewait: step.flags & STEP_NO_TIMEWAIT != 0,
         },
     );
 }

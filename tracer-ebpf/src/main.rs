@@ -31,8 +31,8 @@ use crate::{
     },
     record::{Record, count_failure, emit},
     sock::{
-        closing_figures, cookie_of, field, fin_received, final_figures, is_tcp, pid_allowed,
-        traced_family, traced_ports, tuple_if_traced,
+        closing_figures, cookie_of, field, fin_received, final_figures, is_tcp, no_timewait,
+        pid_allowed, traced_family, traced_ports, tuple_if_traced,
     },
 };
 
@@ -161,6 +161,7 @@ fn try_inet_sock_set_state(ctx: &BtfTracePointContext, slot: u32) -> Result<(), 
         ts_ns: now,
         tcp: closing_figures(sk, old, new),
         net: final_figures(sk, new),
+        no_timewait: no_timewait(sk, &tuple, cookie, old, new),
     };
     emit(sk, &tuple, &record);
     Ok(())
@@ -240,6 +241,7 @@ fn try_reset(ctx: &BtfTracePointContext, kind: EventKind) -> Result<(), i32> {
         ts_ns: now,
         tcp: None,
         net: None,
+        no_timewait: false,
     };
     emit(sk, &tuple, &record);
     Ok(())

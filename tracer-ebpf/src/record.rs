@@ -46,6 +46,9 @@ pub struct Record {
     pub tcp: Option<TcpFigures>,
     /// At a step to CLOSE: the socket's whole life.
     pub net: Option<NetFigures>,
+    /// At a step to CLOSE from FIN_WAIT2 or CLOSING: no timewait socket
+    /// took the socket's place (see `sock::timewait_successor`).
+    pub no_timewait: bool,
 }
 
 /// Losses the kernel side counts, per CPU, one slot each (see
@@ -98,7 +101,8 @@ pub fn emit(sk: *const u8, tuple: &Tuple, r: &Record) {
         owner_source: r.owner.source as u8,
         fin_received: r.fin_received,
         has_tcp: u8::from(r.tcp.is_some()),
-        _pad: [0; 4],
+        no_timewait: u8::from(r.no_timewait),
+        _pad: [0; 3],
         tcp: r.tcp.unwrap_or_default(),
         net: r.net.unwrap_or_default(),
     });

@@ -8,10 +8,10 @@ use aya_ebpf::helpers::{
 };
 use tracer_common::{
     AF_INET, AF_INET6, FIN_UNKNOWN, IPPROTO_TCP, MAX_FILTER_PIDS, MAX_FILTER_PORTS, NO_OFFSET,
-    NetFigures, TcpFigures, TcpState,
+    NetFigures, TcpFigures, TcpState, failed,
 };
 
-use crate::config::config;
+use crate::{config::config, record::count_failure};
 
 /// A socket's family and ports, as a record wants them.
 pub struct Tuple {
@@ -160,6 +160,100 @@ pub fn sock_flag(sk: *const u8, bit: u16) -> Option<bool> {
     }
     let flags: u64 = field(sk, offset);
     Some((flags >> (bit & 63)) & 1 != 0)
+}
+
+/// Nodes of a socket-table bucket's chain [`timewait_successor`] walks:
+/// at the kernel's sizing a chain holds a socket or two, and the timewait
+/// socket it looks for was put at its head just before.
+const CHAIN_NODES: usize = 8;
+
+/// `TCP_TIME_WAIT`, the state of every timewait socket (its substate,
+/// FIN_WAIT2 or TIME_WAIT, is kept apart).
+const TIME_WAIT: u8 = TcpState::TimeWait as u8;
+
+/// Whether the step `old` -> `new` is where a timewait socket may take the
+/// full socket's place, so [`timewait_successor`] has something to tell.
+#[inline(always)]
+pub fn may_hand_over(old: u8, new: u8) -> bool {
+    new == TcpState::Close as u8
+        && (old == TcpState::FinWait2 as u8 || old == TcpState::Closing as u8)
+}
+
+/// [`timewait_successor`] at a step that may hand over, as a record says
+/// it: true when no timewait socket took the place; a check that could
+/// not be made is counted and says false.
+#[inline(always)]
+pub fn no_timewait(sk: *const u8, tuple: &Tuple, cookie: u64, old: u8, new: u8) -> bool {
+    if !may_hand_over(old, new) {
+        return false;
+    }
+    if let Some(made) = timewait_successor(sk, tuple, cookie) {
+        !made
+    } else {
+        count_failure(failed::TIMEWAIT_UNCHECKED);
+        false
+    }
+}
+
+/// At a full socket's step to CLOSE from FIN_WAIT2 or CLOSING: whether a
+/// timewait socket took its place. `tcp_time_wait()` allocates one, puts
+/// it at the head of the socket's bucket in the established table and
+/// unhashes the full socket, then calls `tcp_done()`, whose state change
+/// is the one traced; when the table is full (`tcp_max_tw_buckets`) it
+/// allocates none and counts `TCPTimeWaitOverflow` instead. So the chain
+/// is walked for a timewait socket with this cookie. `None` when it cannot
+/// be told: a kernel without the fields, a failed read, a timewait socket
+/// on the same ports whose cookie was never made (0), or a chain longer
+/// than the walk. `tuple`: the socket's ports (its `skc_num` is zeroed by
+/// now).
+#[inline(always)]
+pub fn timewait_successor(sk: *const u8, tuple: &Tuple, cookie: u64) -> Option<bool> {
+    let hashinfo_offset = config!(offsets.death_row_hashinfo);
+    let net_offset = config!(offsets.net);
+    if hashinfo_offset == NO_OFFSET || net_offset == NO_OFFSET {
+        return None;
+    }
+    let net: *const u8 = field(sk, net_offset);
+    if net.is_null() {
+        return None;
+    }
+    // Typed loads as far as the BTF goes; the bucket is found by a computed
+    // index, which the verifier allows only through the helper.
+    let hashinfo: *const u8 = field(net, hashinfo_offset);
+    if hashinfo.is_null() {
+        return None;
+    }
+    let ehash: u64 = probe(hashinfo, config!(offsets.ehash)).ok()?;
+    let mask: u32 = probe(hashinfo, config!(offsets.ehash_mask)).ok()?;
+    let hash: u32 = field(sk, config!(offsets.skc_hash));
+    let bucket = ehash.wrapping_add(u64::from(hash & mask) * 8);
+    let mut node: u64 = probe(bucket as *const u8, 0).ok()?;
+    let mut i = 0;
+    while i < CHAIN_NODES {
+        // A nulls list ends in an odd "pointer": no more sockets.
+        if node & 1 != 0 {
+            return Some(false);
+        }
+        let common = node.wrapping_sub(u64::from(config!(offsets.nulls_node))) as *const u8;
+        let state: u8 = probe(common, config!(offsets.state)).ok()?;
+        if state == TIME_WAIT {
+            let theirs: u64 = probe(common, config!(offsets.skc_cookie)).ok()?;
+            if theirs == cookie {
+                return Some(true);
+            }
+            if theirs == 0 {
+                let num: u16 = probe(common, config!(offsets.num)).ok()?;
+                let dport: u16 = probe(common, config!(offsets.dport)).ok()?;
+                if num == tuple.sport && u16::from_be(dport) == tuple.dport {
+                    return None;
+                }
+            }
+        }
+        // `hlist_nulls_node.next` comes first.
+        node = probe(node as *const u8, 0).ok()?;
+        i += 1;
+    }
+    None
 }
 
 /// The socket's cookie: the one key shared with sock_diag and timewait

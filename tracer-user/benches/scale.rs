@@ -112,7 +112,8 @@ fn event(
         owner_source: OwnerSource::Recorded as u8,
         fin_received: 0,
         has_tcp: 0,
-        _pad: [0; 4],
+        no_timewait: 0,
+        _pad: [0; 3],
         tcp: TcpFigures::default(),
         net: NetFigures::default(),
     };

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use tracer_common::{
     AF_INET, AF_INET6, COMM_LEN, Event, EventKind, FIN_UNKNOWN, LOG_STEPS, Log, NetFigures,
-    OwnerSource, STEP_TCP, SocketEntry, Step, TcpFigures, TcpState,
+    OwnerSource, STEP_NO_TIMEWAIT, STEP_TCP, SocketEntry, Step, TcpFigures, TcpState,
 };
 
 use crate::model::{
@@ -86,6 +86,7 @@ pub fn record(
         states,
         fin_wait2_end: None,
         time_wait: fin_wait2_ms.is_some(),
+        time_wait_refused: false,
         complete: true,
         open_state: None,
         opened_seen: true,
@@ -193,6 +194,7 @@ impl Sock {
             since_ns: None,
             tcp: None,
             net: None,
+            no_timewait: false,
         }
     }
 
@@ -237,7 +239,12 @@ fn raw_log(log: &StepLog) -> (Event, [Step; LOG_STEPS]) {
             old_state: old,
             new_state: new,
             fin_received: step.peer_fin.map_or(FIN_UNKNOWN, u8::from),
-            flags: if step.tcp { STEP_TCP } else { 0 },
+            flags: if step.tcp { STEP_TCP } else { 0 }
+                | if step.no_timewait {
+                    STEP_NO_TIMEWAIT
+                } else {
+                    0
+                },
             _pad: [0; 3],
         };
     }
@@ -268,6 +275,7 @@ pub fn log_of(steps: &[Record]) -> StepLog {
             kind: r.kind,
             peer_fin: r.peer_fin,
             tcp: r.tcp.is_some(),
+            no_timewait: r.no_timewait,
         })
         .collect();
     StepLog::new(steps[0], 0, None, steps.iter().find_map(|r| r.tcp), &logged)
@@ -364,7 +372,8 @@ fn event_of(r: &Record) -> Event {
         },
         fin_received: r.peer_fin.map_or(FIN_UNKNOWN, u8::from),
         has_tcp: u8::from(r.tcp.is_some()),
-        _pad: [0; 4],
+        no_timewait: u8::from(r.no_timewait),
+        _pad: [0; 3],
         tcp: r.tcp.unwrap_or_default(),
         net: r
             .net

@@ -15,7 +15,7 @@ use serde_json::Value;
 /// tests'; this one module of it needs nothing privileged).
 #[path = "support/verdict.rs"]
 mod verdict;
-use verdict::{figure, not_the_network, peer_acknowledged};
+use verdict::{figure, not_the_network, peer_acknowledged, time_wait_refused};
 
 fn recording(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -76,6 +76,41 @@ fn nginx_with_keepalive_off_closes_and_curl_does_not_reuse() {
     assert_eq!(f["processes"], 200, "a process per request, one group: {f}");
     assert_eq!(figure(f, "opened"), 200.0, "{f}");
     assert_eq!(findings(&r).len(), 2, "{r:#}");
+}
+
+/// nginx closing first on a server whose TIME_WAIT table holds 10
+/// sockets: the closes past the tenth got none (format 4 says so of each
+/// step to CLOSE), and are neither counted nor timed as TIME_WAITs.
+#[test]
+fn nginx_with_a_full_time_wait_table_counts_the_closes_that_got_none() {
+    let r = report("nginx_with_a_full_time_wait_table");
+    let refused = time_wait_refused(&r, "nginx", 10);
+    // Each connection says it too.
+    let path = recording("nginx_with_a_full_time_wait_table");
+    let out = tcplinger(&[
+        "watch",
+        "--format",
+        "json",
+        "--from",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let said = records
+        .iter()
+        .filter(|c| c["time_wait_refused"] == true)
+        .count();
+    assert_eq!(u64::try_from(said).unwrap(), refused);
+    assert!(
+        records
+            .iter()
+            .filter(|c| c["time_wait_refused"] == true)
+            .all(|c| c["time_wait"] == false && c["comm"] == "nginx"),
+        "{records:#?}"
+    );
 }
 
 #[test]
@@ -385,7 +420,7 @@ fn a_newer_format_and_other_files_are_one_line_errors() {
     assert_eq!(out.status.code(), Some(1));
     let line = one_line(&out);
     assert!(
-        line.contains("version 7") && line.contains("version 3"),
+        line.contains("version 7") && line.contains("version 4"),
         "{line}"
     );
 

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::{
     AF_INET, AF_INET6, Event, EventKind, FIN_UNKNOWN, LOG_STEPS, Log, NetFigures, OwnerSource,
-    STEP_TCP, SocketEntry, Step, TcpState,
+    STEP_NO_TIMEWAIT, STEP_TCP, SocketEntry, Step, TcpState,
 };
 
 use crate::model::event::{Comm, Family, Kind, LoggedStep, Owner, Record, StepLog};
@@ -122,6 +122,7 @@ fn step_log(
             kind,
             peer_fin: peer_fin(kind, step.fin_received),
             tcp: state_change && step.flags & STEP_TCP != 0,
+            no_timewait: state_change && step.flags & STEP_NO_TIMEWAIT != 0,
         };
     }
     Ok(StepLog::new(
@@ -243,6 +244,7 @@ pub fn decode_event(event: &Event) -> Result<Record, DecodeError> {
         net: net(event).filter(|_| {
             event.kind == EventKind::StateChange as u8 && event.new_state == TcpState::Close as u8
         }),
+        no_timewait: event.kind == EventKind::StateChange as u8 && event.no_timewait != 0,
     })
 }
 
@@ -288,7 +290,8 @@ pub(crate) mod tests {
             owner_source: OwnerSource::Current as u8,
             fin_received: 0,
             has_tcp: 1,
-            _pad: [0; 4],
+            no_timewait: 0,
+            _pad: [0; 3],
             tcp: TcpFigures {
                 send_age_ms: 3,
                 recv_age_ms: 1500,
@@ -418,6 +421,7 @@ pub(crate) mod tests {
                     segs_in: 1,
                 }),
                 net: None,
+                no_timewait: false,
             }
         );
     }
@@ -473,6 +477,39 @@ pub(crate) mod tests {
         let reset = decode(&bytes_of(&event)).unwrap();
         assert_eq!(reset.peer_fin, None);
         assert_eq!(reset.since_ns, None);
+    }
+
+    #[test]
+    fn a_close_with_no_timewait_says_so_in_a_record_and_in_a_log() {
+        let mut event = v4_event();
+        event.old_state = TcpState::FinWait2 as u8;
+        event.new_state = TcpState::Close as u8;
+        assert!(
+            !decode(&bytes_of(&event)).unwrap().no_timewait,
+            "0: one was made"
+        );
+        event.no_timewait = 1;
+        assert!(decode(&bytes_of(&event)).unwrap().no_timewait);
+        event.kind = EventKind::SendReset as u8;
+        event.new_state = 0;
+        assert!(
+            !decode(&bytes_of(&event)).unwrap().no_timewait,
+            "only a state change says it"
+        );
+        // In a log, the flag of the step to CLOSE.
+        let c = crate::testutil::Sock::client(9);
+        let closing = crate::testutil::log_of(&[
+            c.step(5, TcpState::FinWait1, TcpState::FinWait2),
+            Record {
+                no_timewait: true,
+                ..c.step(6, TcpState::FinWait2, TcpState::Close)
+            },
+        ]);
+        let Ok(Decoded::Log(log)) = decode_any(&crate::testutil::encode_log(&closing)) else {
+            panic!("a log");
+        };
+        let flags: Vec<bool> = (0..2).map(|i| log.record(i).no_timewait).collect();
+        assert_eq!(flags, [false, true]);
     }
 
     #[test]
@@ -588,6 +625,7 @@ pub(crate) mod tests {
             kind,
             peer_fin: matches!(kind, Kind::StateChange { .. }).then_some(true),
             tcp: false,
+            no_timewait: false,
         };
         StepLog::new(
             srv.step(0, TcpState::Close, TcpState::Close),
@@ -827,6 +865,7 @@ pub(crate) mod tests {
                     }
                 ) && e.net.read != 0)
                     .then_some(e.net),
+                no_timewait: state_change && e.no_timewait != 0,
             };
             (record, e)
         })

@@ -174,6 +174,11 @@ pub struct KernelLosses {
     pub owner_inserts: u64,
     /// Records skipped by `--pid` because their socket's owner was unknown.
     pub unattributed: u64,
+    /// Steps to CLOSE from FIN_WAIT2 or CLOSING where the kernel could not
+    /// tell whether a timewait socket took the full socket's place (taken
+    /// to have had one). Absent from recordings made before it was counted.
+    #[serde(default)]
+    pub timewait_unchecked: u64,
 }
 
 /// An optional hook that could not be attached, and what that costs.
@@ -244,6 +249,7 @@ impl Attached {
             failed_runs: slot(failed::RUN),
             owner_inserts: slot(failed::OWNER_INSERT),
             unattributed: slot(failed::UNATTRIBUTED),
+            timewait_unchecked: slot(failed::TIMEWAIT_UNCHECKED),
         }
     }
 

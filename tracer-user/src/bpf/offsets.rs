@@ -237,7 +237,52 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
         mdev_us: optional(offset(btf, "tcp_sock", &["mdev_us"], 4))?,
         total_retrans: optional(offset(btf, "tcp_sock", &["total_retrans"], 4))?,
         sk_err: optional(offset(btf, "sock", &["sk_err"], 4))?,
-        _pad: 0,
+        ..timewait_table(btf).unwrap_or(SockOffsets {
+            death_row_hashinfo: NO_OFFSET,
+            ..SockOffsets::default()
+        })
+    })
+}
+
+/// Where the kernel programs look, at a step from FIN_WAIT2 or CLOSING to
+/// CLOSE, for the timewait socket that took the full socket's place. A
+/// kernel without one of these fields (before 6.1 the table had no
+/// pointer in the namespace) gets no check: an error here is not the
+/// tracer's, so it leaves `death_row_hashinfo` at `NO_OFFSET` and the
+/// rest of the offsets apply.
+fn timewait_table(btf: &Btf) -> Result<SockOffsets, LayoutError> {
+    // The programs index the bucket array with 8-byte steps.
+    let bucket = btf
+        .resolve_types_by_name("inet_ehash_bucket")
+        .map_err(|_| LayoutError::NoStruct("inet_ehash_bucket"))?
+        .into_iter()
+        .find_map(|ty| match ty {
+            Type::Struct(s) => Some(s.size()),
+            _ => None,
+        })
+        .ok_or(LayoutError::NoStruct("inet_ehash_bucket"))?;
+    if bucket != size_of::<u64>() {
+        return Err(LayoutError::Size {
+            strukt: "inet_ehash_bucket",
+            field: "chain",
+            got: bucket,
+            want: size_of::<u64>(),
+        });
+    }
+    let c = |field, want| offset(btf, "sock_common", &[field], want);
+    Ok(SockOffsets {
+        skc_hash: c("skc_hash", 4)?,
+        nulls_node: c("skc_nulls_node", 2 * size_of::<u64>())?,
+        skc_cookie: c("skc_cookie", size_of::<u64>())?,
+        death_row_hashinfo: offset(
+            btf,
+            "net",
+            &["ipv4", "tcp_death_row", "hashinfo"],
+            size_of::<u64>(),
+        )?,
+        ehash: offset(btf, "inet_hashinfo", &["ehash"], size_of::<u64>())?,
+        ehash_mask: offset(btf, "inet_hashinfo", &["ehash_mask"], 4)?,
+        ..SockOffsets::default()
     })
 }
 
@@ -274,6 +319,15 @@ mod tests {
         // is somewhere inside struct net.
         assert!(o.net > o.state && o.net < o.v6_daddr, "{o:?}");
         assert!(o.net_inum != NO_OFFSET, "{o:?}");
+        // Since 6.1 each namespace points at the table its timewait
+        // sockets go in. A socket's hash follows its two IPv4 addresses;
+        // its cookie and chain link lie further in sock_common.
+        assert!(o.death_row_hashinfo != NO_OFFSET, "{o:?}");
+        assert!(o.ehash != o.ehash_mask, "{o:?}");
+        assert_eq!(o.skc_hash, 8, "{o:?}");
+        for off in [o.nulls_node, o.skc_cookie] {
+            assert!(off > o.state && off < o.protocol, "{o:?}");
+        }
         // In sock_common, after the addresses; SOCK_DONE follows SOCK_DEAD.
         assert!(o.flags > o.daddr && o.flags < o.protocol, "{o:?}");
         assert_eq!(o.flag_done_bit, 1, "{o:?}");

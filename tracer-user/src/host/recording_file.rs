@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// The first bytes of every recording.
 pub const MAGIC: [u8; 8] = *b"TCPLREC\n";
 /// The format this build writes, and the newest it reads.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 const CHUNK_MAGIC: [u8; 4] = *b"CHNK";
 /// A chunk is written once its blocks reach this size, or once a second:
 /// a crash loses at most that much.

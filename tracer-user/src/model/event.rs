@@ -138,6 +138,11 @@ pub struct Record {
     /// For a state change to CLOSE: the socket's whole life (bytes, RTT,
     /// retransmissions, the error it ended with).
     pub net: Option<NetFigures>,
+    /// For a state change from FIN_WAIT2 or CLOSING to CLOSE: the kernel
+    /// looked for the timewait socket that takes the full socket's place
+    /// and found none (its TIME_WAIT table was full, or a RST ended the
+    /// socket). False when it found one, or could not tell.
+    pub no_timewait: bool,
 }
 
 /// One step of a [`StepLog`]: what differs from step to step.
@@ -149,6 +154,8 @@ pub struct LoggedStep {
     pub peer_fin: Option<bool>,
     /// The log's TCP figures were read at this step.
     pub tcp: bool,
+    /// As [`Record::no_timewait`].
+    pub no_timewait: bool,
 }
 
 impl LoggedStep {
@@ -161,6 +168,7 @@ impl LoggedStep {
         },
         peer_fin: None,
         tcp: false,
+        no_timewait: false,
     };
 }
 
@@ -257,6 +265,7 @@ impl StepLog {
             peer_fin: step.peer_fin,
             tcp: self.tcp.filter(|_| step.tcp),
             net: self.net.filter(|_| i + 1 == self.len),
+            no_timewait: step.no_timewait,
             ..self.socket
         }
     }

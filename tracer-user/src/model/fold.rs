@@ -164,6 +164,7 @@ mod tests {
             kind: Kind::StateChange { old, new },
             peer_fin: Some(false),
             tcp: false,
+            no_timewait: false,
         }
     }
 
@@ -367,6 +368,7 @@ mod tests {
                 kind: Kind::ReceiveReset { state: Established },
                 peer_fin: None,
                 tcp: false,
+                no_timewait: false,
             },
             step(4, Established, Close),
         ];

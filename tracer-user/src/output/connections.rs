@@ -61,6 +61,10 @@ struct JsonRecord<'a> {
     states_ms: StatesMs<'a>,
     fin_wait2_end: Option<&'static str>,
     time_wait: bool,
+    /// Only when the connection owed a TIME_WAIT and the kernel, its
+    /// table full, made none.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    time_wait_refused: bool,
     complete: bool,
     /// Only on records of sockets still open: those lingering when
     /// tracing stops, those the daemon's history keeps behind a finding.
@@ -127,6 +131,7 @@ impl<W: Write> ConnectionWriter<W> {
                     states_ms: StatesMs(&r.states),
                     fin_wait2_end: r.fin_wait2_end.map(Fw2End::name),
                     time_wait: r.time_wait,
+                    time_wait_refused: r.time_wait_refused,
                     complete: r.complete,
                     open_state: r.open_state.map(TcpState::name),
                     tcp: r.tcp.map(JsonTcp::from),
@@ -226,6 +231,9 @@ fn linger(r: &ConnRecord) -> String {
     if r.time_wait {
         parts.push("TIME_WAIT".into());
     }
+    if r.time_wait_refused {
+        parts.push("no TIME_WAIT (table full)".into());
+    }
     let mut text = if parts.is_empty() {
         "-".to_string()
     } else {
@@ -269,6 +277,7 @@ mod tests {
             states,
             fin_wait2_end: Some(Fw2End::PeerFin),
             time_wait: true,
+            time_wait_refused: false,
             complete: true,
             open_state: None,
             opened_seen: true,
@@ -283,6 +292,22 @@ mod tests {
         w.header().unwrap();
         w.write(r, SystemTime::UNIX_EPOCH, None).unwrap();
         String::from_utf8(w.out).unwrap()
+    }
+
+    #[test]
+    fn a_refused_time_wait_is_said_in_both_formats_and_only_then() {
+        let plain = render(Format::Json, &record());
+        assert!(!plain.contains("time_wait_refused"), "{plain}");
+        let mut refused = record();
+        refused.time_wait = false;
+        refused.time_wait_refused = true;
+        let v: serde_json::Value =
+            serde_json::from_str(render(Format::Json, &refused).trim()).unwrap();
+        assert_eq!(v["time_wait"], false);
+        assert_eq!(v["time_wait_refused"], true);
+        let text = render(Format::Text, &refused);
+        assert!(text.contains("no TIME_WAIT (table full)"), "{text}");
+        assert!(!render(Format::Text, &record()).contains("table full"));
     }
 
     #[test]

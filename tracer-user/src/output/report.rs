@@ -189,6 +189,9 @@ struct JsonGroup<'a> {
     closed: u64,
     closed_by: BTreeMap<&'static str, u64>,
     time_wait_closes: u64,
+    /// Closes that owed a TIME_WAIT and got none (the table was full).
+    #[serde(skip_serializing_if = "is_zero")]
+    time_wait_refused: u64,
     incomplete: u64,
     now: BTreeMap<&'static str, u64>,
     idle: u64,
@@ -223,6 +226,14 @@ struct JsonGroupNet {
     /// Mean bytes per connection, each way.
     bytes_acked_per_connection: u64,
     bytes_received_per_connection: u64,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "the signature serde's skip_serializing_if calls"
+)]
+const fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn json_group_net(s: &Stats) -> Option<JsonGroupNet> {
@@ -262,6 +273,7 @@ fn json_group<'a>(v: &GroupView, pods: &'a HashMap<GroupKey, PodName>) -> JsonGr
             .map(|&b| (b.name(), s.closed_by(b)))
             .collect(),
         time_wait_closes: s.time_wait_closes,
+        time_wait_refused: s.time_wait_refused,
         incomplete: s.incomplete,
         now: SHOWN_STATES
             .iter()
@@ -512,6 +524,10 @@ impl Report<'_> {
             /// Events of groups beyond --max-groups, and their totals.
             folded: u64,
             other: JsonGroup<'a>,
+            /// Closes, over every group, that owed a TIME_WAIT and got
+            /// none: the kernel's table was full.
+            #[serde(skip_serializing_if = "is_zero")]
+            time_wait_refused: u64,
         }
         let json = Json {
             window_s: (self.window_s * 10.0).round() / 10.0,
@@ -525,6 +541,7 @@ impl Report<'_> {
                 .collect(),
             folded: self.folded,
             other: json_group(&self.other, &self.pods),
+            time_wait_refused: self.time_wait_refused(),
         };
         serde_json::to_writer(&mut *out, &json)?;
         writeln!(out)
@@ -600,7 +617,36 @@ impl Report<'_> {
         for r in &rows {
             let _ = writeln!(s, "{}", line(r));
         }
+        if let Some(note) = self.time_wait_refused_note() {
+            let _ = writeln!(s, "\n{note}");
+        }
         s
+    }
+
+    /// Closes that owed a TIME_WAIT and got none, over every group.
+    fn time_wait_refused(&self) -> u64 {
+        self.groups
+            .iter()
+            .map(|g| g.stats.time_wait_refused)
+            .sum::<u64>()
+            + if self.folded > 0 {
+                self.other.stats.time_wait_refused
+            } else {
+                0
+            }
+    }
+
+    /// A line saying the kernel's TIME_WAIT table was full, when it was.
+    fn time_wait_refused_note(&self) -> Option<String> {
+        let n = self.time_wait_refused();
+        (n > 0).then(|| {
+            format!(
+                "TIME_WAIT table full: {} owed a TIME_WAIT and got none (the kernel's \
+                 net.ipv4.tcp_max_tw_buckets was reached; it counts them as TCPTimeWaitOverflow): \
+                 those sockets were freed at once, and a late segment of theirs meets a RST",
+                plural(usize::try_from(n).unwrap_or(usize::MAX), "close")
+            )
+        })
     }
 
     /// The report as Markdown (a ticket, a chat).
@@ -633,6 +679,9 @@ impl Report<'_> {
         for r in self.shown() {
             let cells: Vec<String> = r.iter().map(|c| c.replace('|', "\\|")).collect();
             let _ = writeln!(s, "| {} |", cells.join(" | "));
+        }
+        if let Some(note) = self.time_wait_refused_note() {
+            let _ = writeln!(s, "\n{note}");
         }
         s
     }
@@ -676,19 +725,28 @@ mod tests {
     }
 
     fn render(format: ReportFormat) -> String {
+        render_with(format, 0)
+    }
+
+    /// The report of five client closes to one server and one folded
+    /// beyond `--max-groups`; the last `refused` of the five, and the
+    /// folded one if any is, owed a TIME_WAIT the kernel did not make.
+    fn render_with(format: ReportFormat, refused: usize) -> String {
         let mut a = Aggregator::new(1, 0, Windowing::WHOLE_RUN);
         let c = id(1, Role::Client, 8080);
-        for _ in 0..5 {
+        for i in 0..5 {
             a.on_opened(&c, 0);
-            a.on_record(&record(c, ClosedBy::Local, 1_000, Some(2_000)));
+            let mut r = record(c, ClosedBy::Local, 1_000, Some(2_000));
+            if i >= 5 - refused {
+                r.time_wait = false;
+                r.time_wait_refused = true;
+            }
+            a.on_record(&r);
         }
         // Beyond the cap of 1 group: folded.
-        a.on_record(&record(
-            id(2, Role::Client, 9999),
-            ClosedBy::Remote,
-            10,
-            None,
-        ));
+        let mut folded = record(id(2, Role::Client, 9999), ClosedBy::Remote, 10, None);
+        folded.time_wait_refused = refused > 0;
+        a.on_record(&folded);
         let findings = diagnose(&a, &[u64::MAX], 30_000_000_000);
         let report = Report {
             window_s: 30.0,
@@ -734,6 +792,33 @@ mod tests {
         assert_eq!(v["folded"], 1);
         assert_eq!(v["other"]["closed"], 1);
         assert_eq!(v["other"]["role"], "other");
+    }
+
+    #[test]
+    fn closes_refused_a_time_wait_are_counted_and_said_only_when_there_are_some() {
+        for format in [
+            ReportFormat::Json,
+            ReportFormat::Text,
+            ReportFormat::Markdown,
+        ] {
+            assert!(
+                !render(format).contains("refused") && !render(format).contains("table full"),
+                "{format:?}"
+            );
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&render_with(ReportFormat::Json, 3)).unwrap();
+        assert_eq!(v["groups"][0]["time_wait_refused"], 3);
+        assert_eq!(v["other"]["time_wait_refused"], 1);
+        assert_eq!(v["time_wait_refused"], 4, "the groups' and the folded one");
+        for format in [ReportFormat::Text, ReportFormat::Markdown] {
+            let out = render_with(format, 3);
+            assert!(
+                out.contains("TIME_WAIT table full: 4 closes owed a TIME_WAIT and got none"),
+                "{out}"
+            );
+            assert!(out.contains("tcp_max_tw_buckets"), "{out}");
+        }
     }
 
     #[test]

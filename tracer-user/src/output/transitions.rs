@@ -144,6 +144,7 @@ mod tests {
             since_ns: None,
             tcp: None,
             net: None,
+            no_timewait: false,
         }
     }
 

@@ -122,6 +122,10 @@ impl HostLosses {
             (self.kernel.failed_runs, "failed (kernel read)"),
             (self.kernel.owner_inserts, "owners not recorded (map full)"),
             (self.kernel.unattributed, "skipped (owner unknown to --pid)"),
+            (
+                self.kernel.timewait_unchecked,
+                "TIME_WAIT hand-overs unchecked (kernel read)",
+            ),
             (self.lookups_failed, "lookups failed (linger unknown)"),
             (self.dumps_failed, "dumps failed"),
             (self.netns_not_found, "namespaces not found"),

@@ -180,6 +180,7 @@ fn server_life() -> Vec<LoggedStep> {
         kind: Kind::StateChange { old, new },
         peer_fin: Some(matches!(new, CloseWait | LastAck | Close)),
         tcp: false,
+        no_timewait: false,
     };
     vec![
         step(10, SynRecv, Established),

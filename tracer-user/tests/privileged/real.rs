@@ -8,7 +8,7 @@ use crate::support::{
     real::{self, Nginx, Proc, TempDir, comm_of, curl_loop, forkserver, python, sources},
     scene::{Scene, loopback_addr},
     tracer::{Tcplinger, replayed},
-    verdict::{figure, not_the_network, peer_acknowledged},
+    verdict::{figure, not_the_network, peer_acknowledged, time_wait_refused},
     wait_until,
 };
 
@@ -331,6 +331,45 @@ fn real_nginx_keepalive_off_with_curl() {
     );
 }
 privileged!(real_nginx_keepalive_off_with_curl);
+
+/// nginx closing first (`keepalive_timeout 0`) on a server whose
+/// TIME_WAIT table holds 10 sockets (`net.ipv4.tcp_max_tw_buckets`): past
+/// the tenth, the kernel frees each closing socket at once instead of
+/// keeping it in TIME_WAIT. The report says how many closes got none, and
+/// that is the kernel's own count (`TCPTimeWaitOverflow`); none of them
+/// is counted or timed as a TIME_WAIT.
+fn real_nginx_with_a_full_time_wait_table() {
+    let scene = Scene::new();
+    let table = 10;
+    scene.net.sysctl(
+        &scene.net.server_ns,
+        "net.ipv4.tcp_max_tw_buckets",
+        &table.to_string(),
+    );
+    let overflows = || {
+        scene
+            .net
+            .tcp_ext(&scene.net.server_ns, "TCPTimeWaitOverflow")
+    };
+    let before = overflows();
+    let mut nginx = Nginx::start(&scene.net.server_ns, scene.target(), "0");
+    let tracer = start_report(&scene, "nginx_with_a_full_time_wait_table");
+    curl_loop(&scene.net.client_ns, &scene.url(), 100, "");
+    let report = finish(tracer);
+    nginx.stop();
+    let refused_by_kernel = overflows() - before;
+
+    let refused = time_wait_refused(&report, "nginx", table);
+    assert_eq!(
+        refused, refused_by_kernel,
+        "each close the kernel gave no TIME_WAIT, and only those"
+    );
+    let kept = &group(&report, "nginx", "server")["time_wait_closes"];
+    eprintln!(
+        "  TIME_WAIT: {kept} kept, {refused} refused (the kernel counted {refused_by_kernel})"
+    );
+}
+privileged!(real_nginx_with_a_full_time_wait_table);
 
 /// nginx timing out idle keep-alive clients after 1 s, and a Go client
 /// that pauses 1.5 s between requests: the server closes first, on every

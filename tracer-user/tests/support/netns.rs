@@ -145,6 +145,34 @@ impl NetPair {
     }
 }
 
+impl NetPair {
+    /// A `TcpExt` counter of one namespace's `/proc/net/netstat`, e.g.
+    /// `TCPTimeWaitOverflow`: what the kernel itself counted there.
+    #[expect(clippy::unused_self, reason = "a namespace of this pair is meant")]
+    pub fn tcp_ext(&self, ns: &str, name: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "cat", "/proc/net/netstat"])
+            .output()
+            .expect("ip netns exec");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Pairs of lines: `TcpExt: Name...` then `TcpExt: value...`.
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .filter(|l| l.starts_with("TcpExt:"))
+            .map(|l| l.split_whitespace().skip(1).collect())
+            .collect();
+        let [names, values] = rows.as_slice() else {
+            panic!("no TcpExt pair in {text}");
+        };
+        let at = names
+            .iter()
+            .position(|n| *n == name)
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        values[at].parse().expect("a counter")
+    }
+}
+
 impl Drop for NetPair {
     fn drop(&mut self) {
         // Deleting a namespace deletes its end of the veth, and with it the pair.

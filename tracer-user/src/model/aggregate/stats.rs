@@ -18,6 +18,10 @@ pub struct Stats {
     closed_by: [u64; ClosedBy::COUNT],
     /// Closed connections that went on to TIME_WAIT here.
     pub time_wait_closes: u64,
+    /// Closed connections that owed a TIME_WAIT here and got none: the
+    /// kernel's TIME_WAIT table was full. Not in `time_wait_closes`.
+    #[serde(default)]
+    pub time_wait_refused: u64,
     pub incomplete: u64,
     /// Closes whose first closing act carried the TCP socket's figures.
     pub with_figures: u64,
@@ -114,6 +118,7 @@ impl Stats {
             *a += b;
         }
         self.time_wait_closes += o.time_wait_closes;
+        self.time_wait_refused += o.time_wait_refused;
         self.incomplete += o.incomplete;
         self.with_figures += o.with_figures;
         self.one_exchange += o.one_exchange;
@@ -158,6 +163,9 @@ impl Stats {
         self.closed_by[r.closed_by as usize] += 1;
         if r.time_wait {
             self.time_wait_closes += 1;
+        }
+        if r.time_wait_refused {
+            self.time_wait_refused += 1;
         }
         if !r.complete {
             self.incomplete += 1;

@@ -123,9 +123,20 @@ pub(super) fn server_closes(c: &Case) -> Option<Finding> {
     if let Some(p50) = s.lifetime.quantile_ms(0.5) {
         evidence.push(("lifetime_p50_ms", ms(p50)));
     }
+    // The pile can be capped by the kernel: past `tcp_max_tw_buckets` a
+    // close owed a TIME_WAIT gets none.
+    let refused = s.time_wait_refused;
+    let piles = if refused > 0 {
+        evidence.push(("time_wait_refused", Figure::Count(refused)));
+        format!(
+            "TIME_WAIT piles up here, {time_wait} now, and the kernel's table is full: {refused} of its closes got no TIME_WAIT (net.ipv4.tcp_max_tw_buckets), so a late segment of theirs meets a RST."
+        )
+    } else {
+        format!("TIME_WAIT piles up here, {time_wait} now.")
+    };
     Some(c.finding(Pathology::ServerCloses, None, evidence, |who, far| {
         format!(
-            "{who} ends {:.0}% of its connections with {far} right after answering (within {PROMPT_MS}ms), and its FIN comes first on {:.0}% (the clients close at once on the rest): keep-alive is off or it answers Connection: close (set by it, or asked for by its clients); TIME_WAIT piles up here, {time_wait} now.",
+            "{who} ends {:.0}% of its connections with {far} right after answering (within {PROMPT_MS}ms), and its FIN comes first on {:.0}% (the clients close at once on the rest): keep-alive is off or it answers Connection: close (set by it, or asked for by its clients); {piles}",
             prompt_share * 100.0,
             first_share * 100.0,
         )

@@ -98,6 +98,8 @@ pub(super) struct Conn {
     pub(super) times: StateTimes,
     pub(super) fin_wait2_end: Option<Fw2End>,
     pub(super) time_wait: bool,
+    /// As [`ConnRecord::time_wait_refused`].
+    pub(super) time_wait_refused: bool,
     pub(super) complete: bool,
     pub(super) phase: Phase,
 }
@@ -129,6 +131,7 @@ impl Conn {
             times: StateTimes::default(),
             fin_wait2_end: None,
             time_wait: false,
+            time_wait_refused: false,
             complete: born,
             phase: Phase::Live,
         }
@@ -192,6 +195,7 @@ impl Conn {
             states: self.times,
             fin_wait2_end: self.fin_wait2_end,
             time_wait: self.time_wait,
+            time_wait_refused: self.time_wait_refused,
             complete: self.complete,
             open_state,
             opened_seen: self.born,

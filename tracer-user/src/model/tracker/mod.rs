@@ -409,22 +409,39 @@ impl Tracker {
         }
         self.note_opened(opened);
         if new == Close {
-            self.closed(r.cookie, old, now, r.peer_fin);
+            self.closed(r.cookie, old, now, r.peer_fin, r.no_timewait);
         }
     }
 
     /// The full socket reached CLOSE: decide what must be learned before
     /// its record can be written.
     /// `peer_fin`: whether the peer's FIN had arrived when the full socket
-    /// closed (`None`: not known).
-    fn closed(&mut self, cookie: u64, from: TcpState, at_ns: u64, peer_fin: Option<bool>) {
+    /// closed (`None`: not known). `no_timewait`: the kernel found no
+    /// timewait socket in its place.
+    fn closed(
+        &mut self,
+        cookie: u64,
+        from: TcpState,
+        at_ns: u64,
+        peer_fin: Option<bool>,
+        no_timewait: bool,
+    ) {
         let Some(conn) = self.conns.get_mut(&cookie) else {
             return;
         };
         // FIN_WAIT2 and CLOSING are the states a timewait socket replaces;
         // a RST rules it out.
-        let successor =
+        let owed =
             matches!(from, TcpState::FinWait2 | TcpState::Closing) && conn.reset_local.is_none();
+        // Owed one and none was made: the TIME_WAIT table was full. Nothing
+        // lingers; no sock_diag answer could say more.
+        if owed && no_timewait {
+            conn.time_wait_refused = true;
+            if from == TcpState::FinWait2 && peer_fin == Some(true) {
+                conn.fin_wait2_end = Some(Fw2End::PeerFin);
+            }
+        }
+        let successor = owed && !no_timewait;
         // With the peer's FIN in (always so from CLOSING), the successor is
         // in TIME_WAIT from this instant: nothing to ask sock_diag.
         if successor && (from == TcpState::Closing || peer_fin == Some(true)) {

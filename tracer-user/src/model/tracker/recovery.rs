@@ -91,7 +91,7 @@ impl Tracker {
             }
             conn.last_step = (TcpState::FinWait2, TcpState::Close);
             conn.enter(TcpState::Close, started_ns);
-            self.closed(cookie, TcpState::FinWait2, started_ns, Some(false));
+            self.closed(cookie, TcpState::FinWait2, started_ns, Some(false), false);
         }
         for (cookie, state) in moved {
             if let Some(conn) = self.conns.peek_mut(&cookie) {

@@ -68,6 +68,7 @@ impl Tracker {
                 times,
                 fin_wait2_end: None,
                 time_wait: false,
+                time_wait_refused: false,
                 complete: false,
                 phase: Phase::Live,
             };

@@ -766,6 +766,86 @@ fn a_full_socket_closing_after_the_peers_fin_needs_no_lookup() {
     assert_eq!(ends[0].duration_ns, 60_000 * MS);
 }
 
+/// The step to CLOSE as the kernel writes it when its TIME_WAIT table
+/// was full: it looked for the timewait socket and found none.
+fn no_timewait(step: Record) -> Record {
+    Record {
+        no_timewait: true,
+        ..step
+    }
+}
+
+#[test]
+fn a_close_the_kernel_made_no_timewait_for_is_no_time_wait_and_not_followed() {
+    let mut t = tracker().follow_timewait();
+    // After the peer's FIN (the common client close), in an orphan
+    // (no FIN yet) and out of CLOSING: three closes that each owed one.
+    let (after_fin, orphan, crossed) = (Sock::client(81), Sock::client(82), Sock::client(83));
+    for c in [&after_fin, &orphan, &crossed] {
+        feed(&mut t, &client_open(c));
+    }
+    feed(
+        &mut t,
+        &[
+            after_fin.step(10, Established, FinWait1),
+            after_fin.unowned_step(11, FinWait1, FinWait2),
+            no_timewait(Record {
+                peer_fin: Some(true),
+                ..after_fin.unowned_step(12, FinWait2, Close)
+            }),
+            orphan.step(10, Established, FinWait1),
+            orphan.unowned_step(11, FinWait1, FinWait2),
+            no_timewait(Record {
+                peer_fin: Some(false),
+                ..orphan.unowned_step(11, FinWait2, Close)
+            }),
+            crossed.step(10, Established, FinWait1),
+            crossed.unowned_step(11, FinWait1, Closing),
+            no_timewait(crossed.unowned_step(12, Closing, Close)),
+        ],
+    );
+    assert!(
+        t.diag_requests(true).is_empty(),
+        "no timewait socket to ask sock_diag about"
+    );
+    t.tick(1_000 * MS);
+    let mut records = t.take_ready();
+    records.sort_by_key(|r| r.cookie);
+    assert_eq!(records.len(), 3, "{records:#?}");
+    for r in &records {
+        assert!(!r.time_wait, "{r:#?}");
+        assert!(r.time_wait_refused, "{r:#?}");
+        assert!(r.complete, "{r:#?}");
+    }
+    assert_eq!(records[0].fin_wait2_end, Some(Fw2End::PeerFin));
+    assert_eq!(
+        records[1].fin_wait2_end, None,
+        "it ended with no FIN, unlingered"
+    );
+    assert_eq!(records[2].closed_by, ClosedBy::Simultaneous);
+    assert!(t.take_timewait_starts().is_empty(), "no TIME_WAIT to time");
+}
+
+#[test]
+fn a_reset_close_owes_no_time_wait_so_none_is_refused() {
+    let mut t = tracker().follow_timewait();
+    let c = Sock::client(84);
+    feed(&mut t, &client_open(&c));
+    feed(
+        &mut t,
+        &[
+            c.step(10, Established, FinWait1),
+            c.unowned_step(11, FinWait1, FinWait2),
+            c.record(20, Kind::ReceiveReset { state: FinWait2 }),
+            no_timewait(c.unowned_step(20, FinWait2, Close)),
+        ],
+    );
+    t.tick(1_000 * MS);
+    let r = only(t.take_ready());
+    assert!(!r.time_wait && !r.time_wait_refused, "{r:#?}");
+    assert_eq!(r.fin_wait2_end, Some(Fw2End::Reset));
+}
+
 #[test]
 fn an_orphan_whose_peer_fin_is_unknown_is_still_looked_up() {
     for peer_fin in [None, Some(false)] {

@@ -312,6 +312,12 @@ pub struct ConnRecord {
     /// Set when the connection entered FIN_WAIT2 and its end is known.
     pub fin_wait2_end: Option<Fw2End>,
     pub time_wait: bool,
+    /// The socket owed a TIME_WAIT (this side closed first, or the FINs
+    /// crossed) but the kernel made no timewait socket for it: its
+    /// TIME_WAIT table was full (`net.ipv4.tcp_max_tw_buckets`). The
+    /// socket was freed at once; a late segment of the connection meets a
+    /// RST instead of being absorbed.
+    pub time_wait_refused: bool,
     /// False when events may be missing: the socket predates the tracer,
     /// events were lost, or its transitions did not chain.
     pub complete: bool,

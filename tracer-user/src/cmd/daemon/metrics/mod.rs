@@ -113,6 +113,7 @@ pub struct Metrics {
     rtt: HistogramVec,
     connect_failed: IntCounterVec,
     retrans: IntCounterVec,
+    time_wait_refused: IntCounterVec,
     bytes: IntCounterVec,
     sockets: IntGaugeVec,
     findings: IntCounterVec,
@@ -223,6 +224,12 @@ impl Metrics {
                 "tcplinger_connect_failures_total",
                 "Connect attempts whose handshake never completed, by reason.",
                 &with_label("reason"),
+            ),
+            time_wait_refused: counter_vec(
+                &r,
+                "tcplinger_time_wait_refused_total",
+                "Closes that owed a TIME_WAIT and got none: the kernel's TIME_WAIT table was full (net.ipv4.tcp_max_tw_buckets).",
+                &CONN_LABELS,
             ),
             retrans: counter_vec(
                 &r,
@@ -462,6 +469,7 @@ impl Metrics {
                 closed: Default::default(),
                 failed: Default::default(),
                 retrans: None,
+                time_wait_refused: None,
                 bytes: Default::default(),
             };
             if cgroup_id != 0 && found.is_none() {
@@ -543,6 +551,7 @@ impl Metrics {
             return;
         }
         let (retrans, bytes) = (self.retrans.clone(), self.bytes.clone());
+        let refused = self.time_wait_refused.clone();
         let series = self.conn_series(&id, container);
         series.used_ns = now;
         series.closed[r.closed_by as usize]
@@ -550,6 +559,12 @@ impl Metrics {
                 closed.with_label_values(&labelled(&series.labels, r.closed_by.name()))
             })
             .inc();
+        if r.time_wait_refused {
+            series
+                .time_wait_refused
+                .get_or_insert_with(|| refused.with_label_values(&series.labels))
+                .inc();
+        }
         if let Some(n) = r.net {
             series
                 .retrans
@@ -786,6 +801,7 @@ impl Metrics {
                     "tcplinger_connection_rtt_seconds" => histogram(&self.rtt),
                     "tcplinger_connect_failures_total" => counter(&self.connect_failed),
                     "tcplinger_retransmitted_segments_total" => counter(&self.retrans),
+                    "tcplinger_time_wait_refused_total" => counter(&self.time_wait_refused),
                     "tcplinger_connection_bytes_total" => counter(&self.bytes),
                     _ => {}
                 }
@@ -828,6 +844,7 @@ impl Metrics {
             ("kernel_read_failed", host.kernel.failed_runs),
             ("owner_not_recorded", host.kernel.owner_inserts),
             ("unattributed_skipped", host.kernel.unattributed),
+            ("timewait_unchecked", host.kernel.timewait_unchecked),
             ("lookup_failed", host.lookups_failed),
             ("dump_failed", host.dumps_failed),
             ("netns_not_found", host.netns_not_found),

@@ -85,6 +85,7 @@ pub(super) struct ConnSeries {
     pub(super) closed: [Option<IntCounter>; ClosedBy::COUNT],
     pub(super) failed: [Option<IntCounter>; ConnectFailure::COUNT],
     pub(super) retrans: Option<IntCounter>,
+    pub(super) time_wait_refused: Option<IntCounter>,
     /// Bytes acknowledged by the peer, and received.
     pub(super) bytes: [Option<IntCounter>; 2],
 }

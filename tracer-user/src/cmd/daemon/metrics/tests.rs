@@ -113,6 +113,29 @@ fn network_figures_and_failed_connects_are_exported_per_connection_series() {
 }
 
 #[test]
+fn closes_refused_a_time_wait_are_counted_per_connection_series_and_only_they() {
+    let mut m = Metrics::new(10);
+    let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
+    m.on_record(&record(c, ClosedBy::Local, 1, None), &mut |_| None);
+    assert!(
+        !m.encode().contains("tcplinger_time_wait_refused_total{"),
+        "no series before a refused close"
+    );
+    for _ in 0..3 {
+        let mut r = record(c, ClosedBy::Local, 1, None);
+        r.time_wait = false;
+        r.time_wait_refused = true;
+        m.on_record(&r, &mut |_| None);
+    }
+    let text = m.encode();
+    let labels = r#"comm="curl",container="",container_id="",namespace="",pod="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client""#;
+    assert!(
+        text.contains(&format!("tcplinger_time_wait_refused_total{{{labels}}} 3")),
+        "{text}"
+    );
+}
+
+#[test]
 fn ten_thousand_endpoints_stay_within_the_budget() {
     let limit = 20;
     let mut m = Metrics::new(limit);
