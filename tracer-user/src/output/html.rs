@@ -358,6 +358,9 @@ pub fn page(report: &Report, p: &Pictures) -> String {
     if report.folded > 0 {
         group(&mut out, &report.other, report, p);
     }
+    if let Some(note) = report.time_wait_refused_note() {
+        let _ = write!(out, "<p class=\"meta\">{}</p>", esc(&note));
+    }
     let _ = writeln!(
         out,
         "</section><footer class=\"meta\"><p>{}</p></footer></body></html>",

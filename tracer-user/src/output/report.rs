@@ -637,7 +637,7 @@ impl Report<'_> {
     }
 
     /// A line saying the kernel's TIME_WAIT table was full, when it was.
-    fn time_wait_refused_note(&self) -> Option<String> {
+    pub fn time_wait_refused_note(&self) -> Option<String> {
         let n = self.time_wait_refused();
         (n > 0).then(|| {
             format!(
@@ -800,6 +800,7 @@ mod tests {
             ReportFormat::Json,
             ReportFormat::Text,
             ReportFormat::Markdown,
+            ReportFormat::Html,
         ] {
             assert!(
                 !render(format).contains("refused") && !render(format).contains("table full"),
@@ -811,7 +812,11 @@ mod tests {
         assert_eq!(v["groups"][0]["time_wait_refused"], 3);
         assert_eq!(v["other"]["time_wait_refused"], 1);
         assert_eq!(v["time_wait_refused"], 4, "the groups' and the folded one");
-        for format in [ReportFormat::Text, ReportFormat::Markdown] {
+        for format in [
+            ReportFormat::Text,
+            ReportFormat::Markdown,
+            ReportFormat::Html,
+        ] {
             let out = render_with(format, 3);
             assert!(
                 out.contains("TIME_WAIT table full: 4 closes owed a TIME_WAIT and got none"),
