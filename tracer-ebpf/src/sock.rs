@@ -218,13 +218,14 @@ pub fn timewait_successor(sk: *const u8, tuple: &Tuple, cookie: u64) -> Option<b
         return None;
     }
     // Typed loads as far as the BTF goes; the bucket is found by a computed
-    // index, which the verifier allows only through the helper.
+    // index, which the verifier allows only through the helper, so the
+    // array's address is read as a plain number.
     let hashinfo: *const u8 = field(net, hashinfo_offset);
     if hashinfo.is_null() {
         return None;
     }
     let ehash: u64 = probe(hashinfo, config!(offsets.ehash)).ok()?;
-    let mask: u32 = probe(hashinfo, config!(offsets.ehash_mask)).ok()?;
+    let mask: u32 = field(hashinfo, config!(offsets.ehash_mask));
     let hash: u32 = field(sk, config!(offsets.skc_hash));
     let bucket = ehash.wrapping_add(u64::from(hash & mask) * 8);
     let mut node: u64 = probe(bucket as *const u8, 0).ok()?;

@@ -87,29 +87,22 @@ fn nginx_with_a_full_time_wait_table_counts_the_closes_that_got_none() {
     let refused = time_wait_refused(&r, "nginx", 10);
     // Each connection says it too.
     let path = recording("nginx_with_a_full_time_wait_table");
-    let out = tcplinger(&[
+    let refused_lines: Vec<Value> = watch_lines(&[
         "watch",
         "--format",
         "json",
         "--from",
         path.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let said = records
-        .iter()
-        .filter(|c| c["time_wait_refused"] == true)
-        .count();
-    assert_eq!(u64::try_from(said).unwrap(), refused);
+    ])
+    .into_iter()
+    .filter(|c| c["time_wait_refused"] == true)
+    .collect();
+    assert_eq!(u64::try_from(refused_lines.len()).unwrap(), refused);
     assert!(
-        records
+        refused_lines
             .iter()
-            .filter(|c| c["time_wait_refused"] == true)
             .all(|c| c["time_wait"] == false && c["comm"] == "nginx"),
-        "{records:#?}"
+        "{refused_lines:#?}"
     );
 }
 
