@@ -330,7 +330,7 @@ mod tests {
     use super::*;
 
     fn shared(last_loop_ns: u64) -> Shared {
-        let s = Shared::new(Metrics::new(10));
+        let s = Shared::new(Metrics::new(10, 0));
         s.last_loop_ns.store(last_loop_ns, Ordering::Relaxed);
         s
     }

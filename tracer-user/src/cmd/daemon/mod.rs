@@ -230,7 +230,10 @@ pub async fn run(s: settings::Daemon) -> anyhow::Result<()> {
     // thread): it writes as the file's owner, and needs none.
     let mut history = s.history.as_ref().map(open_history).transpose()?;
     analysis.tap = Some(Fed::default());
-    let shared = Arc::new(Shared::new(Metrics::new(s.max_endpoints)));
+    let shared = Arc::new(Shared::new(Metrics::new(
+        s.max_endpoints,
+        analysis.now_ns(),
+    )));
     let (stop_server, server) = http::start(listener, shared.clone())
         .context("cannot start the thread serving metrics (is the pids limit reached?)")?;
     let mut findings_log = FindingLog::default();
@@ -420,9 +423,13 @@ fn feed_metrics(analysis: &mut Analysis, shared: &Shared, history: Option<&mut H
         h.on_records(&fed.records, &clock, &mut |c| host.pod(c));
         h.say_warnings();
     }
+    let now = analysis.now_ns();
     let Ok(mut m) = shared.metrics.lock() else {
         return;
     };
+    // Steps come before the once-a-second refresh when both are ready:
+    // what is fed now is used now.
+    m.at(now);
     let host = &mut analysis.session.host;
     let mut container = |cgroup_id: u64| host.container(cgroup_id);
     for id in &fed.opened {

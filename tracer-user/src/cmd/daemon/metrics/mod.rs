@@ -163,12 +163,21 @@ impl Metrics {
     /// `max_endpoints` bounds the remote endpoints (address and service
     /// port) with series of their own; process names and containers have
     /// fixed budgets ([`COMMS_KEPT`], [`CONTAINERS_KEPT`]); pids are never
-    /// labels.
+    /// labels. `now_ns` (boot clock) is when it starts: records can come
+    /// before the first refresh, and a label value used "at 0" would look
+    /// unused for as long as the machine has been up, its series deleted
+    /// at that refresh.
+    pub fn new(max_endpoints: usize, now_ns: u64) -> Self {
+        let mut m = Self::registered(max_endpoints);
+        m.at(now_ns);
+        m
+    }
+
     #[expect(
         clippy::too_many_lines,
         reason = "one registration per series, read as a list"
     )]
-    pub fn new(max_endpoints: usize) -> Self {
+    fn registered(max_endpoints: usize) -> Self {
         let r = Registry::new();
         Self {
             opened: counter_vec(

@@ -33,7 +33,7 @@ fn series(text: &str, metric: &str) -> usize {
 
 #[test]
 fn closes_and_lingers_are_exported_in_seconds() {
-    let mut m = Metrics::new(10);
+    let mut m = Metrics::new(10, 0);
     let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
     for _ in 0..3 {
         m.on_record(&record(c, ClosedBy::Local, 1_000, Some(2_000)), &mut |_| {
@@ -65,7 +65,7 @@ fn closes_and_lingers_are_exported_in_seconds() {
 
 #[test]
 fn network_figures_and_failed_connects_are_exported_per_connection_series() {
-    let mut m = Metrics::new(10);
+    let mut m = Metrics::new(10, 0);
     let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
     let net = crate::testutil::at_close(1000, 50, 400, 2, 0);
     for _ in 0..2 {
@@ -114,7 +114,7 @@ fn network_figures_and_failed_connects_are_exported_per_connection_series() {
 
 #[test]
 fn closes_refused_a_time_wait_are_counted_per_connection_series_and_only_they() {
-    let mut m = Metrics::new(10);
+    let mut m = Metrics::new(10, 0);
     let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
     m.on_record(&record(c, ClosedBy::Local, 1, None), &mut |_| None);
     assert!(
@@ -138,7 +138,7 @@ fn closes_refused_a_time_wait_are_counted_per_connection_series_and_only_they() 
 #[test]
 fn ten_thousand_endpoints_stay_within_the_budget() {
     let limit = 20;
-    let mut m = Metrics::new(limit);
+    let mut m = Metrics::new(limit, 0);
     for i in 0..10_000u32 {
         let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
         let repeats = if i % 500 == 0 { 5 } else { 1 };
@@ -180,9 +180,33 @@ fn label_budget_keeps_its_slots_while_used() {
     assert_eq!(b.label("c"), "c", "b's slot went to c");
 }
 
+/// A daemon started on a machine up for a day: the records that come
+/// before its first refresh are counted at its start, not "at 0" (which
+/// the first refresh took for a day unused, deleting their series).
+#[test]
+fn series_fed_before_the_first_refresh_are_kept() {
+    const DAY: u64 = 86_400_000_000_000;
+    let mut m = Metrics::new(10, DAY);
+    let curl = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
+    for _ in 0..3 {
+        m.on_record(&record(curl, ClosedBy::Local, 10, Some(1)), &mut |_| None);
+    }
+    m.at(DAY + 1_000_000_000);
+    m.release_stale();
+    let text = m.encode();
+    assert!(
+        text.contains(r#"tcplinger_connections_closed_total{closed_by="local",comm="curl",container="",container_id="",namespace="",pod="",pod_uid="",port="8080",remote_addr="10.0.0.2",role="client"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tcplinger_fin_wait2_seconds_count{comm="curl",role="client"} 3"#),
+        "{text}"
+    );
+}
+
 #[test]
 fn series_of_processes_gone_are_deleted_and_their_slots_reused() {
-    let mut m = Metrics::new(10);
+    let mut m = Metrics::new(10, 0);
     m.at(0);
     let mut curl = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
     m.on_record(&record(curl, ClosedBy::Local, 10, Some(1)), &mut |_| None);
@@ -209,7 +233,7 @@ fn series_of_processes_gone_are_deleted_and_their_slots_reused() {
 
 #[test]
 fn socket_gauges_are_replaced_not_accumulated() {
-    let mut m = Metrics::new(10);
+    let mut m = Metrics::new(10, 0);
     let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
     m.set_sockets([(c, TcpState::CloseWait), (c, TcpState::CloseWait)], |_| {
         None
@@ -225,7 +249,7 @@ fn socket_gauges_are_replaced_not_accumulated() {
 
 #[test]
 fn followed_timewait_sockets_are_counted_as_they_come_and_go() {
-    let mut m = Metrics::new(10);
+    let mut m = Metrics::new(10, 0);
     let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
     m.on_timewait_start(&c);
     m.on_timewait_start(&c);
@@ -252,7 +276,7 @@ fn followed_timewait_sockets_are_counted_as_they_come_and_go() {
 
 #[test]
 fn health_counters_follow_absolute_values() {
-    let mut m = Metrics::new(10);
+    let mut m = Metrics::new(10, 0);
     m.set_health(Health {
         events: 100,
         dropped: 2,
@@ -308,7 +332,7 @@ fn the_grafana_dashboard_shows_what_the_daemon_exports() {
     let dashboard: serde_json::Value =
         serde_json::from_str(include_str!("../../../../../deploy/grafana/dashboard.json"))
             .expect("valid JSON");
-    let mut m = Metrics::new(10);
+    let mut m = Metrics::new(10, 0);
     // Make every family appear in the exposition.
     let c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 80);
     let mut r = record(c, ClosedBy::Local, 10, Some(5));
@@ -393,7 +417,7 @@ fn the_grafana_dashboard_shows_what_the_daemon_exports() {
 
 #[test]
 fn container_labels_appear_when_known() {
-    let mut m = Metrics::new(10);
+    let mut m = Metrics::new(10, 0);
     let mut c = id(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 8080);
     c.owner.as_mut().unwrap().cgroup_id = 42;
     let container = Container {
@@ -579,11 +603,14 @@ fn check_accounts(text: &str, label: &str, watched: Option<Watched>, before: (u6
 /// values (each used for two minutes) with the stale slots released each
 /// minute, as the daemon does each second.
 fn churn(what: Churned, w: Watched, burst: usize) {
-    let mut m = Metrics::new(if w.folded == Budgeted::Endpoint {
-        w.budget
-    } else {
-        1000
-    });
+    let mut m = Metrics::new(
+        if w.folded == Budgeted::Endpoint {
+            w.budget
+        } else {
+            1000
+        },
+        0,
+    );
     let label = what.label();
     m.at(0);
     let burst = u32::try_from(burst).unwrap();
@@ -722,7 +749,7 @@ fn container_churn_stays_within_the_container_budget() {
 
 #[test]
 fn pid_churn_adds_no_series() {
-    let mut m = Metrics::new(1000);
+    let mut m = Metrics::new(1000, 0);
     let mut lines = None;
     let mut before = (0, 0);
     // An hour of a new process a second, each with one connection.
@@ -743,7 +770,7 @@ fn pid_churn_adds_no_series() {
 
 #[test]
 fn handle_caches_stay_capped_under_name_churn() {
-    let mut m = Metrics::new(1000);
+    let mut m = Metrics::new(1000, 0);
     m.at(0);
     let names = u32::try_from(SERIES_CACHE + LINGER_CACHE).unwrap();
     for i in 0..names {
@@ -775,7 +802,7 @@ fn handle_caches_stay_capped_under_name_churn() {
 
 #[test]
 fn socket_gauges_add_containers_beyond_the_budget_under_other() {
-    let mut m = Metrics::new(10);
+    let mut m = Metrics::new(10, 0);
     let n = u32::try_from(2 * CONTAINERS_KEPT).unwrap();
     let live: Vec<(ConnId, TcpState)> = (0..n)
         .map(|i| (Churned::Container.conn(i), TcpState::Established))
@@ -795,7 +822,7 @@ fn socket_gauges_add_containers_beyond_the_budget_under_other() {
 
 #[test]
 fn idle_handles_are_dropped_and_their_series_go_on() {
-    let mut m = Metrics::new(1000);
+    let mut m = Metrics::new(1000, 0);
     m.at(0);
     for i in 0..5_000 {
         connect(&mut m, Churned::Endpoint, i);
@@ -823,7 +850,7 @@ fn idle_handles_are_dropped_and_their_series_go_on() {
 
 #[test]
 fn losses_given_as_totals_grow_their_counters_by_the_difference() {
-    let mut m = Metrics::new(10);
+    let mut m = Metrics::new(10, 0);
     let mut host = HostLosses {
         lookups_failed: 3,
         ..HostLosses::default()
