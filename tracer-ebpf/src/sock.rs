@@ -174,7 +174,7 @@ const TIME_WAIT: u8 = TcpState::TimeWait as u8;
 /// Whether the step `old` -> `new` is where a timewait socket may take the
 /// full socket's place, so [`timewait_successor`] has something to tell.
 #[inline(always)]
-pub fn may_hand_over(old: u8, new: u8) -> bool {
+fn may_hand_over(old: u8, new: u8) -> bool {
     new == TcpState::Close as u8
         && (old == TcpState::FinWait2 as u8 || old == TcpState::Closing as u8)
 }
@@ -207,7 +207,7 @@ pub fn no_timewait(sk: *const u8, tuple: &Tuple, cookie: u64, old: u8, new: u8) 
 /// than the walk. `tuple`: the socket's ports (its `skc_num` is zeroed by
 /// now).
 #[inline(always)]
-pub fn timewait_successor(sk: *const u8, tuple: &Tuple, cookie: u64) -> Option<bool> {
+fn timewait_successor(sk: *const u8, tuple: &Tuple, cookie: u64) -> Option<bool> {
     let hashinfo_offset = config!(offsets.death_row_hashinfo);
     let net_offset = config!(offsets.net);
     if hashinfo_offset == NO_OFFSET || net_offset == NO_OFFSET {
